@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_count -*-
+"""
+The count protocol's codec: what a request line means and what its reply is.
+
+Pure functions, free of Twisted, shared by the server, the command-line
+client and the load generator so they can never disagree on the wire format.
+
+A request is one line. Its I{message} is the line decoded as UTF-8 with the
+surrounding whitespace removed; its I{count} is how often the message's last
+code point occurs in it; the I{verdict} is whether that count is prime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from primecount.primes import is_prime
+
+#: The reason words of C{ERR} replies; one fixed phrase per failure.
+EMPTY = "empty message"
+INVALID_UTF8 = "invalid UTF-8"
+LINE_TOO_LONG = "line too long"
+JOURNAL_UNAVAILABLE = "journal unavailable"
+SERVER_BUSY = "server busy"
+
+YES = "sí"
+NO = "no"
+
+#: How much of an unreadable or oversized line is kept for the journal.
+EXCERPT_BYTES = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """
+    The evaluation of one request line.
+
+    @ivar message: the message as text; for a line that is not valid UTF-8,
+        its bytes with the bad ones escaped (C{\\xff}), so the journal shows
+        what arrived.
+    @ivar count: occurrences of the last code point, or L{None} on error.
+    @ivar prime: whether C{count} is prime, or L{None} on error.
+    @ivar error: the C{ERR} reason, or L{None} for a good request.
+    """
+
+    message: str
+    count: int | None = None
+    prime: bool | None = None
+    error: str | None = None
+
+    def reply(self) -> bytes:
+        """
+        The reply line for this verdict, newline included, UTF-8 encoded.
+        """
+        if self.error is not None:
+            return error_reply(self.error)
+        return format_reply(self.count or 0, bool(self.prime))
+
+
+def count_last(message: str) -> int:
+    """
+    How often the last code point of a non-empty C{message} occurs in it.
+    """
+    return message.count(message[-1])
+
+
+def evaluate(line: bytes) -> Verdict:
+    """
+    Evaluate one request line (without its LF; a trailing CR is dropped).
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return Verdict(excerpt(line), error=INVALID_UTF8)
+    message = text.strip()
+    if not message:
+        return Verdict(message, error=EMPTY)
+    k = count_last(message)
+    return Verdict(message, k, is_prime(k))
+
+
+def excerpt(data: bytes) -> str:
+    """
+    A short, always-decodable rendering of raw request bytes for the journal.
+    """
+    shown = data[:EXCERPT_BYTES].decode("utf-8", "backslashreplace")
+    return shown + "…" if len(data) > EXCERPT_BYTES else shown
+
+
+def format_reply(count: int, prime: bool) -> bytes:
+    """
+    The wire form of a good answer: C{b"2 s\\xc3\\xad\\n"} or C{b"4 no\\n"}.
+    """
+    return f"{count} {YES if prime else NO}\n".encode()
+
+
+def error_reply(reason: str) -> bytes:
+    """
+    The wire form of an error: C{b"ERR <reason>\\n"}.
+    """
+    return f"ERR {reason}\n".encode()
+
+
+def expected_reply(message: str | bytes) -> bytes:
+    """
+    The reply a correct server gives to one request line; for clients that
+    verify what they receive.
+    """
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    return evaluate(message).reply()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """
+    A reply line as a client reads it.
+
+    @ivar count: the count, or L{None} for an C{ERR} reply.
+    @ivar prime: the verdict, or L{None} for an C{ERR} reply.
+    @ivar error: the C{ERR} reason, or L{None}.
+    """
+
+    count: int | None
+    prime: bool | None
+    error: str | None = None
+
+
+def parse_reply(line: bytes) -> Reply:
+    """
+    Parse one reply line (with or without its LF).
+
+    @raise ValueError: when the line is not a well-formed reply.
+    """
+    text = line.rstrip(b"\n").decode("utf-8")
+    if text.startswith("ERR "):
+        return Reply(None, None, text[4:])
+    number, _, word = text.partition(" ")
+    if not number.isdigit() or word not in (YES, NO):
+        raise ValueError(f"not a count reply: {text!r}")
+    return Reply(int(number), word == YES)
