@@ -1,0 +1,53 @@
+# -*- test-case-name: tests.test_records -*-
+"""
+Journal records: what is kept of every request, on either protocol.
+
+Pure data, free of Twisted and of any storage engine, so the server, the
+journal writer and the C{primecount journal} reader share one definition.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import dataclass
+
+COUNT = "count"
+RANGE = "range"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """
+    One journalled request.
+
+    @ivar time: when the request was answered, seconds since the epoch (UTC).
+    @ivar host: the client's IP address.
+    @ivar port: the client's port (0 when the transport has none, e.g. UNIX).
+    @ivar protocol: L{COUNT} or L{RANGE}.
+    @ivar message: count protocol: the message; range protocol: L{None}.
+    @ivar count: count protocol: k; range protocol: N, the number of primes.
+    @ivar prime: count protocol: whether k is prime; otherwise L{None}.
+    @ivar error: the error, if the request failed, else L{None}.
+    @ivar a: range protocol: the lower bound.
+    @ivar b: range protocol: the upper bound.
+    @ivar sum_ok: range protocol: whether the client's sum matched.
+    """
+
+    time: float
+    host: str
+    port: int
+    protocol: str
+    message: str | None = None
+    count: int | None = None
+    prime: bool | None = None
+    error: str | None = None
+    a: int | None = None
+    b: int | None = None
+    sum_ok: bool | None = None
+
+
+def now() -> float:
+    """
+    The current time for a record (a separate name so tests can replace it).
+    """
+    return _time.time()
