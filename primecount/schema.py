@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.test_journal -*-
+"""
+The journal's SQLite schema, and the mapping between rows and L{Record}s.
+
+Shared by the writer (L{primecount.journal}) and the reader
+(C{primecount journal}), so the two can never disagree on a column.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from primecount.records import Record
+
+COLUMNS = (
+    "time",
+    "host",
+    "port",
+    "protocol",
+    "message",
+    "count",
+    "prime",
+    "error",
+    "a",
+    "b",
+    "sum_ok",
+)
+
+CREATE = """
+CREATE TABLE IF NOT EXISTS requests (
+    id       INTEGER PRIMARY KEY,
+    time     REAL    NOT NULL,   -- seconds since the epoch, UTC
+    host     TEXT    NOT NULL,
+    port     INTEGER NOT NULL,
+    protocol TEXT    NOT NULL,   -- 'count' or 'range'
+    message  TEXT,
+    count    INTEGER,
+    prime    INTEGER,            -- 0/1, NULL when not a count verdict
+    error    TEXT,
+    a        INTEGER,
+    b        INTEGER,
+    sum_ok   INTEGER             -- 0/1, NULL when unknown
+);
+CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
+"""
+
+INSERT = (
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+)
+
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
+
+
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def to_row(record: Record) -> tuple[object, ...]:
+    """
+    The parameters of L{INSERT} for one record.
+    """
+    return (
+        record.time,
+        record.host,
+        record.port,
+        record.protocol,
+        record.message,
+        record.count,
+        _flag(record.prime),
+        record.error,
+        record.a,
+        record.b,
+        _flag(record.sum_ok),
+    )
+
+
+def from_row(row: Iterable[object]) -> Record:
+    """
+    The record of one row of L{SELECT}.
+    """
+    (time, host, port, protocol, message, count, prime, error, a, b, sum_ok) = row
+    return Record(
+        time=float(time),  # type: ignore[arg-type]
+        host=str(host),
+        port=int(port),  # type: ignore[call-overload]
+        protocol=str(protocol),
+        message=message,  # type: ignore[arg-type]
+        count=count,  # type: ignore[arg-type]
+        prime=None if prime is None else bool(prime),
+        error=error,  # type: ignore[arg-type]
+        a=a,  # type: ignore[arg-type]
+        b=b,  # type: ignore[arg-type]
+        sum_ok=None if sum_ok is None else bool(sum_ok),
+    )
+
+
+def connect(path: str, *, readonly: bool = False, timeout: float = 1.0) -> sqlite3.Connection:
+    """
+    Open the journal database at C{path}.
+
+    A writable connection creates the schema and switches the file to WAL,
+    so readers never block the writer. A read-only connection fails with
+    L{sqlite3.OperationalError} when the file does not exist.
+    """
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
+        )
+        return conn
+    conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(CREATE)
+    return conn
