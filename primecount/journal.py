@@ -1,0 +1,299 @@
+# -*- test-case-name: tests.test_journal -*-
+"""
+The request journal: every request recorded, durably, before it is answered.
+
+One writer thread owns the SQLite connection. Records queue up while it
+commits; each commit takes everything that arrived meanwhile (group commit),
+so under load the cost of a transaction is shared by many requests. The
+L{Deferred} returned by L{SQLiteJournal.append} fires only after the
+transaction holding its records has committed: the request path writes a
+reply only then, so a C{kill -9} can never lose a request whose answer a
+client received.
+
+Durability: the database is in WAL mode. By default (C{synchronous=NORMAL})
+a commit survives the server process being killed; with C{fsync=True}
+(C{synchronous=FULL}) every group commit is also flushed to disk and
+survives a power loss, at the cost of one fsync per group.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from primecount import schema
+from primecount.records import Record
+
+
+class JournalUnavailable(Exception):
+    """
+    The journal could not commit these records.
+    """
+
+
+class JournalURLError(ValueError):
+    """
+    A C{--journal} value that names no usable journal.
+    """
+
+
+@dataclass(frozen=True)
+class JournalURL:
+    """
+    A parsed C{--journal} value.
+
+    @ivar scheme: C{"sqlite"} or C{"none"}.
+    @ivar path: the database file (absolute), for C{sqlite}.
+    """
+
+    scheme: str
+    path: str = ""
+
+    def __str__(self) -> str:
+        return "none" if self.scheme == "none" else f"sqlite:{self.path}"
+
+
+def parse_url(value: str, *, base: str | None = None) -> JournalURL:
+    """
+    Parse C{sqlite:PATH} (relative paths against C{base}, default the
+    current directory) or C{none}.
+
+    @raise JournalURLError: for anything else.
+    """
+    if value == "none":
+        return JournalURL("none")
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme != "sqlite":
+        raise JournalURLError(
+            f"unknown journal {value!r}: expected sqlite:PATH or none"
+        )
+    if not rest:
+        raise JournalURLError("sqlite: needs a file path, e.g. sqlite:primecount.sqlite3")
+    return JournalURL("sqlite", os.path.abspath(os.path.join(base or os.getcwd(), rest)))
+
+
+def check_writable(url: JournalURL) -> None:
+    """
+    Open the database once, creating the schema, to fail early and clearly.
+
+    @raise JournalURLError: when the file cannot be opened or written.
+    """
+    if url.scheme != "sqlite":
+        return
+    try:
+        conn = schema.connect(url.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise JournalURLError(f"cannot write journal {url.path}: {e}") from None
+
+
+_STOP = object()
+
+
+class SQLiteJournal(Service):
+    """
+    The SQLite journal: a single writer thread with group commit.
+
+    @ivar batches: how many transactions were committed (for metrics).
+    @ivar committed: how many records were committed.
+    @ivar failed: how many records could not be committed.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any,
+        *,
+        fsync: bool = False,
+        connect: Callable[[str], sqlite3.Connection] = schema.connect,
+        onCommit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """
+        @param path: the database file.
+        @param reactor: used to hand results back to the reactor thread.
+        @param fsync: flush every group commit to disk (power-loss safe).
+        @param connect: opens the database (tests hand in failing ones).
+        @param onCommit: called in the reactor thread after each successful
+            group commit with the number of records and the seconds it took.
+        """
+        self.path = path
+        self._reactor = reactor
+        self._fsync = fsync
+        self._connect = connect
+        self._onCommit = onCommit
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred[None] | None = None
+        self._accepting = False
+        self._failing = False
+        self._failedInEpisode = 0
+        self.batches = 0
+        self.committed = 0
+        self.failed = 0
+
+    # -- service --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._accepting = True
+        self._thread = threading.Thread(
+            target=self._run, name="primecount-journal", daemon=True
+        )
+        self._thread.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Commit everything queued, then stop the writer thread.
+        """
+        super().stopService()
+        self._accepting = False
+        if self._thread is None:
+            return succeed(None)
+        self._stopped = Deferred()
+        self._queue.put(_STOP)
+        return self._stopped
+
+    # -- reactor side -----------------------------------------------------------
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Queue C{records} for the next group commit.
+
+        @return: fires once they are committed; fails with
+            L{JournalUnavailable} if they could not be.
+        """
+        if not self._accepting:
+            return fail(JournalUnavailable("journal is stopped"))
+        d: Deferred[None] = Deferred()
+        self._queue.put((records, d))
+        return d
+
+    def _committed(self, waiting: list[Deferred[None]], n: int, seconds: float) -> None:
+        self.batches += 1
+        self.committed += n
+        if self._failing:
+            self._failing = False
+            self._log.info(
+                "journal {path} writable again; {failed} requests were "
+                "answered ERR journal unavailable meanwhile",
+                path=self.path,
+                failed=self._failedInEpisode,
+            )
+            self._failedInEpisode = 0
+        if self._onCommit is not None:
+            self._onCommit(n, seconds)
+        for d in waiting:
+            d.callback(None)
+
+    def _notCommitted(self, waiting: list[Deferred[None]], n: int, why: str) -> None:
+        self.failed += n
+        self._failedInEpisode += n
+        if not self._failing:
+            self._failing = True
+            self._log.error(
+                "journal {path} cannot commit ({why}); answering "
+                "ERR journal unavailable until it can",
+                path=self.path,
+                why=why,
+            )
+        for d in waiting:
+            d.errback(Failure(JournalUnavailable(why)))
+
+    # -- writer thread ------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect(self.path)
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        return conn
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        stopping = False
+        clock = time.monotonic
+        while not stopping:
+            item = self._queue.get()
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if not batch:
+                continue
+            waiting = [d for _, d in batch]
+            n = sum(len(records) for records, _ in batch)
+            started = clock()
+            try:
+                rows = [schema.to_row(r) for records, _ in batch for r in records]
+                if conn is None:
+                    conn = self._open()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(schema.INSERT, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except Exception as e:
+                if conn is not None:
+                    # Start afresh next time: the file may have been replaced,
+                    # remounted or repaired meanwhile.
+                    _close_quietly(conn)
+                    conn = None
+                self._reactor.callFromThread(
+                    self._notCommitted, waiting, n, str(e) or type(e).__name__
+                )
+            else:
+                self._reactor.callFromThread(
+                    self._committed, waiting, n, clock() - started
+                )
+        if conn is not None:
+            _close_quietly(conn)
+        self._reactor.callFromThread(self._finished)
+
+    def _finished(self) -> None:
+        self._thread = None
+        if self._stopped is not None:
+            stopped, self._stopped = self._stopped, None
+            stopped.callback(None)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
+
+
+class NullJournal:
+    """
+    C{--journal none}: records nothing, answers at once.
+    """
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Accept and forget C{records}.
+        """
+        return succeed(None)

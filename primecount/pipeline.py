@@ -1,0 +1,220 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The request path between parsing and replying.
+
+Every count request parsed during one reactor turn, from every connection,
+travels to the thread pool as I{one} job: a thread hop costs tens of
+microseconds, far more than evaluating a line, so hopping per line would
+spend most of the server's time on hand-offs. The job returns the replies
+and the journal records; the records go to the journal, and only once they
+are committed are the replies handed back to their connections, which
+write them in request order.
+
+    reactor turn ──► one pool job (evaluate) ──► journal.append (group
+    commit) ──► each connection fills its reply slots, in order
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from primecount import count
+from primecount.count import Verdict, error_reply
+from primecount.records import COUNT, Record, now
+
+
+class Journal(Protocol):
+    """
+    What the request path needs of a journal.
+    """
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Record C{records}; the result fires once they are committed, or fails
+        with L{primecount.journal.JournalUnavailable}.
+        """
+
+
+class Slot:
+    """
+    The place of one reply in its connection's queue, filled when the reply
+    is ready.
+    """
+
+    __slots__ = ("reply",)
+
+    def __init__(self) -> None:
+        self.reply: bytes | None = None
+
+
+class Sink(Protocol):
+    """
+    The connection side of a request: where it came from and where the
+    reply goes.
+    """
+
+    host: str
+    port: int
+
+    def replyReady(self) -> None:
+        """
+        One or more of this connection's slots were filled.
+        """
+
+
+#: One request on its way: the raw line (or a verdict made while parsing,
+#: such as a line that was too long), the connection, and its reply slot.
+Request = tuple[bytes | Verdict, Sink, Slot]
+
+
+def evaluate_batch(
+    items: Sequence[tuple[bytes | Verdict, str, int]],
+    journal: bool = True,
+    clock: Callable[[], float] = now,
+) -> tuple[list[bytes], list[Record]]:
+    """
+    Evaluate a batch of request lines: the pool job.
+
+    @param items: (line or verdict, client host, client port) per request.
+    @param journal: whether to build the journal records at all.
+    @param clock: the time source for the records.
+    @return: the reply lines and the journal records, in the order of
+        C{items}.
+    """
+    replies: list[bytes] = []
+    records: list[Record] = []
+    when = clock()
+    for item, host, port in items:
+        verdict = item if isinstance(item, Verdict) else count.evaluate(item)
+        replies.append(verdict.reply())
+        if journal:
+            records.append(
+                Record(
+                    when,
+                    host,
+                    port,
+                    COUNT,
+                    verdict.message,
+                    verdict.count,
+                    verdict.prime,
+                    verdict.error,
+                )
+            )
+    return replies, records
+
+
+class Pipeline:
+    """
+    Gathers requests from every connection for one reactor turn, evaluates
+    them in one thread-pool job, journals them, then fills the reply slots.
+
+    @ivar inFlight: the number of requests accepted and not yet answered.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        threadpool: object,
+        journal: Journal | None,
+    ) -> None:
+        """
+        @param reactor: provides C{callLater} and C{callFromThread}.
+        @param threadpool: the pool that evaluates (a
+            L{twisted.python.threadpool.ThreadPool} or a stand-in with
+            C{callInThreadWithCallback}).
+        @param journal: where records go, or L{None} for no journal.
+        """
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._journal = journal
+        self._pending: list[Request] = []
+        self._scheduled = False
+        self.inFlight = 0
+        self._idle: list[Deferred[None]] = []
+
+    def submit(self, requests: list[Request]) -> None:
+        """
+        Queue requests; they leave for the pool at the end of this turn.
+        """
+        self._pending.extend(requests)
+        self.inFlight += len(requests)
+        if not self._scheduled:
+            self._scheduled = True
+            self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        items = [(item, sink.host, sink.port) for item, sink, _ in batch]
+        d = deferToThreadPool(
+            self._reactor,  # type: ignore[arg-type]
+            self._threadpool,  # type: ignore[arg-type]
+            evaluate_batch,
+            items,
+            self._journal is not None,
+        )
+        d.addCallbacks(
+            self._evaluated,
+            self._failed,
+            callbackArgs=(batch,),
+            errbackArgs=(batch, "evaluation failed"),
+        )
+        d.addErrback(lambda f: self._log.failure("answering failed", f))
+
+    def _evaluated(
+        self, result: tuple[list[bytes], list[Record]], batch: list[Request]
+    ) -> Deferred[None] | None:
+        replies, records = result
+        if self._journal is None:
+            self._answer(batch, replies)
+            return None
+        d = self._journal.append(records)
+        d.addCallbacks(
+            lambda _: self._answer(batch, replies),
+            self._unjournalled,
+            errbackArgs=(batch,),
+        )
+        return d
+
+    def _unjournalled(self, failure: Failure, batch: list[Request]) -> None:
+        # The journal logs the episode itself, once; here each request just
+        # gets its answer that it was not recorded.
+        self._answer(batch, [error_reply(count.JOURNAL_UNAVAILABLE)] * len(batch))
+
+    def _failed(self, failure: Failure, batch: list[Request], why: str) -> None:
+        self._log.failure("{why}", failure, why=why)
+        self._answer(batch, [error_reply("internal error")] * len(batch))
+
+    def _answer(self, batch: list[Request], replies: list[bytes]) -> None:
+        touched: dict[int, Sink] = {}
+        for (_, sink, slot), reply in zip(batch, replies, strict=True):
+            slot.reply = reply
+            touched[id(sink)] = sink
+        self.inFlight -= len(batch)
+        for sink in touched.values():
+            sink.replyReady()
+        if not self.inFlight:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once every accepted request is answered.
+        """
+        d: Deferred[None] = Deferred()
+        if self.inFlight:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d

@@ -1,0 +1,290 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The count protocol: one request per line, one reply per request, in order.
+
+L{CountProtocol} only frames and orders: it cuts the byte stream into
+lines, hands them to the shared L{Pipeline} and writes the replies as they
+become ready, in request order. Evaluation and journalling happen in the
+pipeline; the protocol never blocks and never does work that grows with
+the input beyond splitting what one read delivered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from primecount import count
+from primecount.count import Verdict, error_reply
+from primecount.pipeline import Pipeline, Request, Slot
+
+#: Stop reading from a client with this many unanswered requests; read again
+#: when fewer than half remain. Bounds the memory a pipelining client can
+#: claim whatever it sends.
+MAX_PENDING = 1024
+
+
+def peer_of(address: object) -> tuple[str, int]:
+    """
+    The (host, port) to journal for a transport's peer address.
+    """
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host, address.port
+    return type(address).__name__, 0
+
+
+@implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
+class CountProtocol(LineReceiver, TimeoutMixin):
+    """
+    One client connection of the count protocol.
+
+    It is registered as the transport's producer so that when the client
+    stops reading replies, the server stops reading requests.
+
+    @ivar host: the client's address. @ivar port: the client's port.
+    """
+
+    delimiter = b"\n"
+    factory: CountFactory
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._slots: deque[Slot] = deque()
+        self._batch: list[Request] = []
+        self._closing = False  # answer what is queued, then close
+        self._lost = False
+        self._readPaused = False  # too many unanswered requests
+        self._writePaused = False  # the client is not reading replies
+        self._answered = 0
+        self.host = ""
+        self.port = 0
+
+    # -- connection life ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.MAX_LENGTH = factory.maxLine
+        self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
+        self.host, self.port = peer_of(self.transport.getPeer())
+        self.transport.registerProducer(self, True)
+        self.setTimeout(factory.timeout or None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._lost = True
+        self.setTimeout(None)
+        self._slots.clear()
+        self.factory.connectionClosed(self)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed: bytes after the last LF are one last request.
+        """
+        rest, self._buffer = self._buffer, b""
+        if rest:
+            self._request(rest)
+            self._send()
+        self._closeWhenDone()
+
+    def writeConnectionLost(self) -> None:
+        """
+        The client cannot receive replies any more: nothing left to do.
+        """
+        self.transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        if self._slots:
+            # The client is waiting for answers we owe it; that is not idle.
+            self.resetTimeout()
+            return
+        self._log.debug("closing idle connection from {host}", host=self.host)
+        self.transport.loseConnection()
+
+    # -- input --------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Split what one read delivered into lines, in linear time.
+
+        L{LineReceiver.dataReceived} re-copies the rest of the buffer for
+        every line, which is quadratic in the lines per read; a client
+        pipelining short lines would make each read cost milliseconds of
+        the reactor's time. This keeps L{LineReceiver}'s interface
+        (C{lineReceived}, C{lineLengthExceeded}, C{MAX_LENGTH}) but splits
+        once per read.
+        """
+        if self._closing:
+            return
+        lines = (self._buffer + data).split(self.delimiter)
+        self._buffer = lines.pop()
+        for line in lines:
+            if len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line)
+                break
+            self.lineReceived(line)
+            if self._closing:
+                break
+        else:
+            if len(self._buffer) > self.MAX_LENGTH:
+                self.lineLengthExceeded(self._buffer)
+        self._send()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        self._request(line)
+        if self.factory.closeAfterReply:
+            self._closeWhenDone()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        Framing is lost: answer C{ERR line too long} after the earlier
+        replies, then close.
+        """
+        self._log.info(
+            "{host}:{port} sent a line longer than {limit} bytes; closing",
+            host=self.host,
+            port=self.port,
+            limit=self.MAX_LENGTH,
+        )
+        self._buffer = b""
+        self._request(Verdict(count.excerpt(line), error=count.LINE_TOO_LONG))
+        self._closeWhenDone()
+
+    def _request(self, item: bytes | Verdict) -> None:
+        slot = Slot()
+        self._slots.append(slot)
+        self._batch.append((item, self, slot))
+
+    def _send(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self.factory.pipeline.submit(batch)
+        if len(self._slots) >= MAX_PENDING and not self._readPaused:
+            self._readPaused = True
+            self._updateReading()
+
+    def _closeWhenDone(self) -> None:
+        self._closing = True
+        self.transport.pauseProducing()
+        if not self._slots:
+            self.transport.loseConnection()
+
+    # -- output -------------------------------------------------------------
+
+    def replyReady(self) -> None:
+        """
+        Write every reply at the head of the queue that is ready.
+        """
+        if self._lost:
+            return
+        ready = []
+        slots = self._slots
+        while slots and slots[0].reply is not None:
+            ready.append(slots.popleft().reply)
+        if not ready:
+            return
+        self.transport.write(b"".join(ready))  # type: ignore[arg-type]
+        self._answered += len(ready)
+        if self._closing:
+            if not slots:
+                self.transport.loseConnection()
+            return
+        self.resetTimeout()
+        if self._readPaused and len(slots) < MAX_PENDING // 2:
+            self._readPaused = False
+            self._updateReading()
+
+    # -- flow control (IPushProducer, driven by the transport) ---------------
+
+    def pauseProducing(self) -> None:
+        self._writePaused = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        self._writePaused = False
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _updateReading(self) -> None:
+        if self._closing or self._lost:
+            return
+        if self._readPaused or self._writePaused:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
+
+class BusyProtocol(Protocol):
+    """
+    Tells a client over the connection limit so, then closes.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.write(error_reply(count.SERVER_BUSY))
+        self.transport.loseConnection()
+
+
+class CountFactory(Factory):
+    """
+    Builds L{CountProtocol}s that share one L{Pipeline}, and enforces the
+    connection limit (in C{buildProtocol}: Twisted's wrapping factories hide
+    half-close and mishandle IPv4 addresses).
+
+    @ivar connections: the number of open count connections.
+    """
+
+    protocol = CountProtocol
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        pipeline: Pipeline,
+        *,
+        timeout: float = 5.0,
+        maxLine: int = 16384,
+        closeAfterReply: bool = False,
+        maxConnections: int = 10000,
+    ) -> None:
+        self.reactor = reactor
+        self.pipeline = pipeline
+        self.timeout = timeout
+        self.maxLine = maxLine
+        self.closeAfterReply = closeAfterReply
+        self.maxConnections = maxConnections
+        self.connections = 0
+        self._busy = False
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        if self.connections >= self.maxConnections:
+            if not self._busy:
+                self._busy = True
+                self._log.warn(
+                    "{limit} connections open; refusing new ones with "
+                    "ERR server busy",
+                    limit=self.maxConnections,
+                )
+            busy = BusyProtocol()
+            busy.factory = self
+            return busy
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+    def connectionClosed(self, protocol: CountProtocol) -> None:
+        """
+        A L{CountProtocol} closed: free its place.
+        """
+        self.connections -= 1
+        if self._busy and self.connections < self.maxConnections:
+            self._busy = False
+            self._log.info("accepting connections again")

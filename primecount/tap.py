@@ -1,0 +1,282 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's options and service: C{twistd primecount --port 5050}.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from primecount import __version__
+from primecount.journal import (
+    JournalURL,
+    JournalURLError,
+    SQLiteJournal,
+    check_writable,
+    parse_url,
+)
+from primecount.pipeline import Pipeline
+from primecount.protocol import CountFactory
+
+_log = Logger(namespace="primecount")
+
+
+def _bounded(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str], Any]:
+    def coerce(value: str) -> Any:
+        number = kind(value)
+        if number < low:
+            raise ValueError(f"{value} is too small: {what}")
+        return number
+
+    coerce.coerceDoc = f"({what})"  # type: ignore[attr-defined]
+    return coerce
+
+
+_positive = _bounded(int, 1, "at least 1")
+_seconds = _bounded(float, 0, "seconds, 0 disables")
+
+
+def _journal(value: str) -> JournalURL:
+    try:
+        return parse_url(value)
+    except JournalURLError as e:
+        raise ValueError(str(e)) from None
+
+
+_journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
+
+
+class PrimecountOptions(usage.Options):
+    """
+    The options of C{twistd primecount}; bad values raise L{usage.UsageError}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Answer prime questions over TCP. Each line sent to the count port is "
+        "answered with how often its last character occurs and whether that "
+        "count is prime ('2 sí', '4 no'); every request is journalled before "
+        "it is answered."
+    )
+
+    optFlags = [
+        ["close-after-reply", None, "Close each connection after its first reply (seed behaviour)."],
+        ["journal-fsync", None, "fsync every journal commit: survives power loss, not only a crash."],
+    ]
+
+    optParameters = [
+        ["port", "p", 5050, "TCP port of the count protocol.", usage.portCoerce],
+        ["interface", None, "0.0.0.0", "Address to bind: 127.0.0.1 for this machine only, :: for IPv6."],
+        ["threads", None, 10, "Size of the thread pool doing the primality work.", _positive],
+        ["timeout", None, 5.0, "Idle seconds before a connection is closed.", _seconds],
+        ["max-line", None, 16384, "Longest accepted request line, in bytes.", _positive],
+        ["max-connections", None, 10000, "Open connections beyond this get ERR server busy.", _positive],
+        ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
+        ["range-port", None, None, "TCP port of the range protocol (off by default).", usage.portCoerce],
+    ]
+
+    compData = usage.Completions(
+        optActions={"interface": usage.CompleteHostnames()},
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        A Twisted endpoint description for the count protocol (tcp:5050,
+        tcp6:5050:interface=\\:\\:, unix:/path, ssl:..., systemd:...);
+        repeatable; replaces --port and --interface.
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if isinstance(self["journal"], str):  # the default, not yet coerced
+            self["journal"] = _journal(self["journal"])
+        if not self["listen"]:
+            interface = self["interface"].replace(":", "\\:")
+            self["listen"] = [f"tcp:{self['port']}:interface={interface}"]
+        from twisted.internet import reactor
+
+        for description in self["listen"]:
+            try:
+                endpoints.serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+        try:
+            check_writable(self["journal"])
+        except JournalURLError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class Options(PrimecountOptions):
+    """
+    The options as twistd parses them: a bad value stops the start with one
+    line on stderr and exit status 1 (twistd itself would print the whole
+    help text first).
+    """
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"twistd primecount: error: {e}\n")
+            raise SystemExit(1) from None
+
+
+class _Listener(StreamServerEndpointService):
+    """
+    A listening endpoint that fails the start when it cannot bind and can
+    say where it listens once it does.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, label: str, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.label = label
+        self.description = description
+
+    def address(self) -> defer.Deferred[str]:
+        """
+        Fires with the address it listens on, as text.
+        """
+        waiting: defer.Deferred[Any] = self._waitingForPort  # type: ignore[assignment]
+        d: defer.Deferred[str] = defer.Deferred()
+
+        def describe(port: Any) -> Any:
+            address = port.getHost()
+            host = getattr(address, "host", None)
+            if host is None:
+                d.callback(f"{self.label} {self.description}")
+            else:
+                d.callback(f"{self.label} {host}:{address.port}")
+            return port
+
+        waiting.addCallback(describe)
+        return d
+
+
+class PrimecountService(service.MultiService):
+    """
+    The whole server: the journal, the listeners, and an orderly stop
+    (listeners first, then the requests in flight, then the journal).
+    """
+
+    def __init__(self, pipeline: Pipeline, journal: SQLiteJournal | None, settings: str) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        self.journal = journal
+        self.settings = settings
+        self.listeners: list[_Listener] = []
+
+    def addListener(self, listener: _Listener) -> None:
+        """
+        Add a listening endpoint service.
+        """
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        if self.journal is not None and not self.journal.running:
+            self.journal.startService()
+        super().startService()
+        addresses = defer.gatherResults([lsn.address() for lsn in self.listeners])
+        addresses.addCallback(
+            lambda found: _log.info(
+                "primecount {version} listening on {addresses}; {settings}",
+                version=__version__,
+                addresses=", ".join(found),
+                settings=self.settings,
+            )
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self])
+        yield self.pipeline.whenIdle()
+        if self.journal is not None:
+            yield self.journal.stopService()
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """
+    Raise the soft limit of open files toward C{wanted} (up to the hard
+    limit); warn once when it cannot cover C{wanted}.
+
+    @return: the effective soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        _log.warn(
+            "open files limit is {limit}; --max-connections {wanted} needs "
+            "more: raise it with 'ulimit -n' (effective limit ~{limit})",
+            limit=soft,
+            wanted=wanted,
+        )
+    return soft
+
+
+def makeService(config: PrimecountOptions) -> service.IService:
+    """
+    Build the server from parsed options.
+    """
+    from twisted.internet import reactor
+
+    raise_open_files_limit(config["max-connections"] + 64)
+    reactor.suggestThreadPoolSize(config["threads"])
+    threadpool = reactor.getThreadPool()
+
+    url: JournalURL = config["journal"]
+    journal = None
+    if url.scheme == "sqlite":
+        journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"])
+    pipeline = Pipeline(reactor, threadpool, journal)
+    factory = CountFactory(
+        reactor,
+        pipeline,
+        timeout=config["timeout"],
+        maxLine=config["max-line"],
+        closeAfterReply=config["close-after-reply"],
+        maxConnections=config["max-connections"],
+    )
+    settings = (
+        f"threads={config['threads']} timeout={config['timeout']:g} "
+        f"max-line={config['max-line']} max-connections={config['max-connections']} "
+        f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
+        f"journal={url}{' (fsync)' if config['journal-fsync'] and journal else ''}"
+    )
+    top = PrimecountService(pipeline, journal, settings)
+    for description in config["listen"]:
+        endpoint = endpoints.serverFromString(reactor, description)
+        top.addListener(_Listener("count", description, endpoint, factory))
+    if config["range-port"] is not None:
+        from primecount.journal import NullJournal
+        from primecount.rangeserver import RangeFactory
+
+        interface = config["interface"].replace(":", "\\:")
+        description = f"tcp:{config['range-port']}:interface={interface}"
+        rangeFactory = RangeFactory(
+            reactor, threadpool, journal or NullJournal(), timeout=config["timeout"]
+        )
+        endpoint = endpoints.serverFromString(reactor, description)
+        top.addListener(_Listener("range", description, endpoint, rangeFactory))
+    return top
