@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{primecount} command: C{ask}, C{primes}, C{bench} and C{journal}.
+
+Every subcommand lives in its own module exposing C{add_arguments(parser)}
+and C{run(args) -> int}; this module only dispatches. Any failure the user
+can cause (server down, bad numbers, a missing journal) ends in one line on
+stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from primecount import __version__
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "ask": ("primecount.ask", "send messages to the count protocol and print the replies"),
+    "primes": ("primecount.multiclient", "the seed's multi-client for the range protocol"),
+    "bench": ("primecount.bench", "load generator for both protocols"),
+    "journal": ("primecount.journalcli", "read, follow or prune the request journal"),
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """
+    An argument parser whose errors are one line: C{primecount ask: error: …}.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
+    """
+    The parser of the whole command.
+
+    Only the subcommand named in C{argv} has its module imported (the load
+    generator pulls in numpy and rich; C{ask} should start instantly).
+    """
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = ArgumentParser(
+        prog="primecount",
+        description="Client tools for the primecount server.",
+    )
+    parser.add_argument("--version", action="version", version=f"primecount {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+    for name, (module, summary) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        command.set_defaults(_module=module)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the C{primecount} command; returns the exit status.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `primecount journal | head`: the reader went away; not an error.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
