@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
-from primecount import schema
+from primecount import journal, schema
 from primecount.count import NO, YES
 from primecount.records import RANGE, Record
 
@@ -392,18 +392,18 @@ def parse_peer(text: str) -> tuple[str, ...]:
 
 def journal_path(url: str) -> str:
     """
-    The file named by a journal URL C{sqlite:PATH}.
+    The file named by a journal URL, as the server reads C{--journal}
+    (L{primecount.journal.parse_url}).
 
-    @raise JournalError: for C{none}, another scheme, or an empty path.
+    @raise JournalError: for C{none} or a URL that names no journal.
     """
-    if url == "none":
+    try:
+        parsed = journal.parse_url(url)
+    except journal.JournalURLError as e:
+        raise JournalError(str(e)) from None
+    if parsed.scheme == "none":
         raise JournalError("the journal is off (--journal none): nothing to read")
-    scheme, colon, path = url.partition(":")
-    if not colon or scheme != "sqlite":
-        raise JournalError(f"unsupported journal URL {url!r} (expected sqlite:PATH)")
-    if not path:
-        raise JournalError(f"no file in journal URL {url!r} (expected sqlite:PATH)")
-    return path
+    return parsed.path
 
 
 def _decode(data: bytes) -> str:
