@@ -1,0 +1,337 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+C{primecount bench}: a load generator for the count protocol that verifies
+every reply and reports honest latency percentiles.
+
+    primecount bench --clients 100 --duration 10
+    primecount bench --connection-per-request --clients 10 --requests 50000
+    primecount bench --rate 5000 --clients 50 --json run.json --plot run.png
+    primecount bench --idle 1000 --clients 10 --processes 2
+
+Throughput counts correct replies only: a server that answers wrongly
+shows up under I{wrong}, one that drops connections under I{errors}, never
+as speed. Latency percentiles come from an HDR histogram (three significant
+digits). With C{--rate} the load is open-loop and latency runs from the
+moment each request was due (see L{primecount.bench.load}).
+
+Exit status: 0 when every request got the right reply, 3 when some replies
+were wrong or some requests failed, 2 for bad arguments or an unreachable
+server (one line on stderr).
+
+The generator's own ceiling (this 2-core machine, uvloop, against the
+trivial C{benchmarks/baselines/uvloop_server.py} pinned to its own core,
+message mix, 10 s): see the table in the module L{primecount.bench.load}
+docstring's sibling, C{benchmarks/RESULTS.md}, section "Generator ceiling".
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from typing import Any
+
+from primecount.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, measure
+from primecount.bench.report import PlotUnavailable, plot, summary_lines, write_json
+from primecount.bench.stats import Result
+
+__all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
+
+
+class BenchError(Exception):
+    """
+    A problem the user can fix: reported as one line, never a traceback.
+    """
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Declare C{primecount bench}'s options on C{parser}.
+    """
+    parser.add_argument("--host", default="127.0.0.1", help="server address")
+    parser.add_argument("--port", type=_port, default=5050, help="server port")
+    parser.add_argument(
+        "--clients", type=_positive_int, default=10, help="concurrent clients"
+    )
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="seconds to run (default 10)",
+    )
+    amount.add_argument(
+        "--requests", type=_positive_int, metavar="N", help="requests to send"
+    )
+    parser.add_argument(
+        "--connection-per-request",
+        action="store_true",
+        help="connect, send one line, read the reply, close (the original's mode)",
+    )
+    parser.add_argument(
+        "--pipeline",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="requests in flight per persistent connection",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="R",
+        help="open loop: R requests per second in all, latency from the due time",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="P",
+        help="generator processes sharing the clients",
+    )
+    parser.add_argument(
+        "--idle",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="extra connections held open, silent, during the run",
+    )
+    parser.add_argument(
+        "--message",
+        metavar="TEXT",
+        help="send this message every time (default: a varied built-in mix)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds a request may wait for its reply (default 5)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop of the generator (auto: uvloop when installed)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the whole result here")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw throughput and latency over time"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no summary"
+    )
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    """
+    The L{Plan} the parsed options describe.
+
+    @raise BenchError: when the options contradict each other.
+    """
+    if args.connection_per_request and args.pipeline != 1:
+        raise BenchError("--pipeline needs persistent connections")
+    if args.message is not None:
+        if "\n" in args.message:
+            raise BenchError("--message must not contain a newline")
+        messages: tuple[str, ...] = (args.message,)
+    else:
+        messages = DEFAULT_MESSAGES
+    duration = args.duration
+    if duration is None and args.requests is None:
+        duration = 10.0
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        raise BenchError(f"--plot wants a .png file name: {args.plot}")
+    return Plan(
+        host=_resolve(args.host, args.port, args.timeout),
+        port=args.port,
+        clients=args.clients,
+        duration=duration,
+        requests=args.requests,
+        per_request=args.connection_per_request,
+        pipeline=args.pipeline,
+        rate=args.rate,
+        idle=args.idle,
+        messages=messages,
+        timeout=args.timeout,
+        loop=args.loop,
+    )
+
+
+def _resolve(host: str, port: int, timeout: float) -> str:
+    """
+    The address of C{host}, checked to accept a connection on C{port}.
+
+    @raise BenchError: when it cannot be resolved or reached.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise BenchError(f"cannot resolve {host}: {e}") from None
+    last: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.settimeout(min(timeout, 5.0))
+                probe.connect(address)
+        except OSError as e:
+            last = e
+            continue
+        return str(address[0])
+    reason = last.strerror or str(last) if last is not None else "no address"
+    raise BenchError(f"cannot connect to {host} port {port}: {reason}")
+
+
+def describe(plan: Plan, processes: int) -> str:
+    """
+    A one-line description of a run, for the summary and the plot.
+    """
+    mode = (
+        "connection per request"
+        if plan.per_request
+        else f"persistent, pipeline {plan.pipeline}"
+    )
+    amount = (
+        f"{plan.requests} requests"
+        if plan.requests is not None
+        else f"{plan.duration:g} s"
+    )
+    load = f"open loop {plan.rate:g} req/s" if plan.rate else "closed loop"
+    idle = f", {plan.idle} idle" if plan.idle else ""
+    return (
+        f"primecount bench {plan.host}:{plan.port}: {plan.clients} clients{idle}, "
+        f"{mode}, {load}, {amount}, {processes} process(es)"
+    )
+
+
+def settings(plan: Plan, processes: int) -> dict[str, Any]:
+    """
+    The run's settings, for the JSON document.
+    """
+    from primecount.bench.load import loop_factory
+
+    return {
+        "host": plan.host,
+        "port": plan.port,
+        "clients": plan.clients,
+        "duration": plan.duration,
+        "requests": plan.requests,
+        "connection_per_request": plan.per_request,
+        "pipeline": plan.pipeline,
+        "rate": plan.rate,
+        "idle": plan.idle,
+        "processes": processes,
+        "timeout": plan.timeout,
+        "loop": loop_factory(plan.loop)[1],
+        "messages": list(plan.messages),
+    }
+
+
+def _run_with_progress(plan: Plan, processes: int) -> Result:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    total = plan.requests if plan.requests is not None else plan.duration
+    unit = "requests" if plan.requests is not None else "seconds"
+    columns = (
+        TextColumn("[bold]bench[/]"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
+        TextColumn("{task.fields[rate]:>10,.0f} req/s"),
+        TextColumn("errors {task.fields[errors]:,}"),
+        TimeElapsedColumn(),
+    )
+    import time
+
+    from rich.console import Console
+
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("bench", total=total, rate=0.0, errors=0)
+        begun = time.monotonic()
+        history: list[tuple[float, int]] = []
+
+        def progress(resolved: int, errors: int) -> None:
+            now = time.monotonic()
+            history.append((now, resolved))
+            while len(history) > 2 and now - history[0][0] > 1.0:
+                history.pop(0)
+            then, before = history[0]
+            rate = (resolved - before) / (now - then) if now > then else 0.0
+            done = resolved if plan.requests is not None else now - begun
+            bar.update(task, completed=min(done, total or 0), rate=rate, errors=errors)
+
+        return measure(plan, processes, progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    """
+    Run C{primecount bench} with parsed options; return the exit status.
+    """
+    try:
+        plan = plan_from(args)
+        if args.quiet:
+            result = measure(plan, args.processes)
+        else:
+            result = _run_with_progress(plan, args.processes)
+        processes = max(1, min(args.processes, plan.clients))
+        title = describe(plan, processes)
+        if args.json is not None:
+            write_json(args.json, result, settings(plan, processes))
+        if args.plot is not None:
+            plot(args.plot, result, title)
+    except (BenchError, GeneratorFailed, PlotUnavailable, ValueError) as e:
+        print(f"primecount bench: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"primecount bench: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("primecount bench: interrupted", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        for line in summary_lines(result, title):
+            print(line)
+    return 0 if result.wrong == 0 and result.error_count == 0 else 3

@@ -1,0 +1,835 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+The load generator's engine: one event loop driving many count-protocol
+clients, and the orchestration of several such loops in separate processes.
+
+Each generator process runs one asyncio event loop (uvloop when it is
+installed) with plain C{asyncio.Protocol} objects: no streams, no task per
+request, so a reply costs a buffer split, a dictionary-free comparison with
+the precomputed expected line and one list append. Requests go out in
+batches per C{write} when the pipeline allows it.
+
+A I{client} is one logical user: with persistent connections it keeps one
+connection open and up to C{pipeline} requests in flight on it; with
+C{per_request} it opens a connection for each request, sends one line,
+reads the reply and closes (the original server's mode; the latency then
+includes the connect).
+
+I{Closed loop} (the default): a client sends its next request as soon as a
+reply frees a pipeline slot. I{Open loop} (C{rate}): requests are due at
+fixed intervals whatever the server does; a request that finds every client
+busy waits in a backlog, and its latency is measured from the moment it was
+due, not from when it could be sent, so a stalled server shows up as
+latency instead of silently lowering the offered load (coordinated
+omission).
+
+Every reply is compared with L{primecount.count.expected_reply} for its
+message. A failed request is an error of one kind: C{connect} (refused or
+unreachable), C{reset} (the connection broke or was closed before the
+reply) or C{timeout} (no reply within C{timeout} seconds of sending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import resource
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from primecount.bench.stats import Recorder, Result
+from primecount.count import expected_reply
+
+#: The built-in message mix: ASCII and non-ASCII, prime and composite counts,
+#: short and long lines.
+DEFAULT_MESSAGES: tuple[str, ...] = (
+    "abc2a",
+    "abacada",
+    "abacadabb",
+    "a",
+    "hello world",
+    "mississippi",
+    "ñandú ñu ñ",
+    "日本語の日本",
+    "🙂🙃🙂🙃🙂",
+    "la niña pidió una piña",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "the quick brown fox jumps over the lazy dog",
+    *("-".join("x" * k) for k in (2, 3, 4, 6, 7, 11, 12, 13, 30, 31)),
+    "0123456789" * 20,
+)
+
+#: Progress reports and timeout checks happen this often, in seconds.
+SWEEP_INTERVAL = 0.25
+
+#: Pause before a failed connection is retried, in seconds.
+RETRY_DELAY = 0.05
+
+#: Idle connections are opened this many at a time.
+IDLE_BATCH = 100
+
+#: A reply line longer than this is wrong, whatever it says.
+MAX_REPLY = 1 << 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """
+    What one generator process (or the whole run) does.
+
+    @ivar host: the server's address.
+    @ivar port: the server's TCP port.
+    @ivar clients: concurrent clients.
+    @ivar duration: seconds to run, or L{None} when C{requests} bounds it.
+    @ivar requests: requests to resolve, or L{None} when C{duration} does.
+    @ivar per_request: one connection per request instead of persistent ones.
+    @ivar pipeline: requests in flight per persistent connection.
+    @ivar rate: requests per second (open loop), or L{None} (closed loop).
+    @ivar idle: extra connections held open and silent during the run.
+    @ivar messages: the messages sent, in turn.
+    @ivar timeout: seconds a request may wait for its reply.
+    @ivar loop: C{"auto"}, C{"uvloop"} or C{"asyncio"}.
+    """
+
+    host: str
+    port: int
+    clients: int = 10
+    duration: float | None = 10.0
+    requests: int | None = None
+    per_request: bool = False
+    pipeline: int = 1
+    rate: float | None = None
+    idle: int = 0
+    messages: tuple[str, ...] = DEFAULT_MESSAGES
+    timeout: float = 5.0
+    loop: str = "auto"
+
+    def share(self, index: int, processes: int) -> Plan:
+        """
+        The part of this plan that generator process C{index} of
+        C{processes} runs: clients, requests, rate and idle connections
+        split as evenly as possible.
+        """
+
+        def part(total: int) -> int:
+            return total // processes + (1 if index < total % processes else 0)
+
+        return replace(
+            self,
+            clients=part(self.clients),
+            requests=None if self.requests is None else part(self.requests),
+            rate=None if self.rate is None else self.rate / processes,
+            idle=part(self.idle),
+        )
+
+
+def loop_factory(name: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+    """
+    The event loop factory for C{name} and the name of what it makes.
+
+    @raise ValueError: when uvloop is asked for and not installed.
+    """
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ValueError("uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop, "uvloop"
+    return asyncio.new_event_loop, "asyncio"
+
+
+def raise_file_limit(needed: int) -> None:
+    """
+    Raise the soft limit on open files toward C{needed} (bounded by the
+    hard limit), so thousands of connections can be opened.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class _Connection(asyncio.Protocol):
+    """
+    One client connection: splits the byte stream into reply lines.
+    """
+
+    __slots__ = ("buffer", "client", "transport")
+
+    def __init__(self, client: _Client) -> None:
+        self.client: _Client | None = client
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.buffer:
+            data = self.buffer + data
+        if b"\n" not in data:
+            self.buffer = data
+            if len(data) > MAX_REPLY and self.client is not None:
+                self.client.worker.overlong(self.client)
+            return
+        lines = data.split(b"\n")
+        self.buffer = lines.pop()
+        if self.client is not None:
+            self.client.worker.replies(self.client, lines)
+
+    def eof_received(self) -> None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.client
+        if client is not None:
+            client.worker.lost(client, self)
+
+
+class _Idle(asyncio.Protocol):
+    """
+    An extra connection that only stays open.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.transport: asyncio.BaseTransport | None = None
+        self.open = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.open = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.worker.idle_lost(self)
+
+
+class _Client:
+    """
+    One logical client: its connection and its requests in flight, each as
+    C{(message index, due time, send time)}.
+    """
+
+    __slots__ = ("conn", "connecting", "inflight", "task", "worker")
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.conn: _Connection | None = None
+        self.connecting = False
+        self.task: asyncio.Task[None] | None = None
+        self.inflight: deque[tuple[int, float, float]] = deque()
+
+
+class Worker:
+    """
+    Runs one L{Plan} on the current event loop and records what happens.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        gate: Callable[[], float | None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """
+        @param plan: what to do.
+        @param gate: called once every connection is ready; blocks until the
+            run may start and returns the start time on the
+            C{time.monotonic} clock (L{None}: now).
+        @param progress: called about four times a second with the requests
+            resolved so far and how many of them failed.
+        """
+        self.plan = plan
+        self.gate = gate
+        self.progress = progress
+        self.lines = [m.encode("utf-8") + b"\n" for m in plan.messages]
+        self.expected = [expected_reply(m).rstrip(b"\n") for m in plan.messages]
+        self.capacity = 1 if plan.per_request else plan.pipeline
+        self.clients = [_Client(self) for _ in range(plan.clients)]
+        self.recorder = Recorder(time.monotonic())
+        self.outstanding = 0
+        self.tickets = plan.requests
+        self.stopping = False
+        self.backlog: deque[float] = deque()
+        self.idlers: list[_Idle] = []
+        self._counter = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._next_due = 0.0
+        self._cursor = 0
+
+    # -- the run ---------------------------------------------------------
+
+    async def run(self) -> Result:
+        """
+        Open the connections, wait for the gate, run the plan, and return
+        this process's result.
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        raise_file_limit(self.plan.clients + self.plan.idle + 64)
+        await self._open_idle()
+        if not self.plan.per_request:
+            await self._connect_all()
+        start = self.gate() if self.gate is not None else None
+        now = time.monotonic()
+        if start is None:
+            start = now
+        elif start > now:
+            await asyncio.sleep(start - now)
+        self.recorder = Recorder(start)
+        self._every(1.0, self._tick, start)
+        self._every(SWEEP_INTERVAL, self._sweep, start)
+        if self.plan.duration is not None:
+            self._at(start + self.plan.duration, self._stop)
+        if self.plan.rate is not None:
+            self._next_due = start
+            self._pump()
+        else:
+            for client in self.clients:
+                self._feed(client)
+        self._check_done()
+        await self._done
+        finished = max(time.monotonic(), start)
+        for timer in self._timers:
+            timer.cancel()
+        self._close_all()
+        self.recorder.flush()
+        result = self.recorder.result
+        result.elapsed = finished - start
+        result.idle["open"] = sum(1 for idler in self.idlers if idler.open)
+        self._report()
+        await asyncio.sleep(0)
+        return result
+
+    def _at(self, when: float, f: Callable[[], None]) -> None:
+        assert self._loop is not None
+        delay = max(0.0, when - time.monotonic())
+        self._timers.append(self._loop.call_later(delay, f))
+
+    def _every(self, interval: float, f: Callable[[], None], start: float) -> None:
+        def again(n: int) -> None:
+            f()
+            if self._done is not None and not self._done.done():
+                self._at(start + (n + 1) * interval, lambda: again(n + 1))
+
+        self._at(start + interval, lambda: again(1))
+
+    def _tick(self) -> None:
+        self.recorder.flush()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.recorder.resolved, self.recorder.result.error_count)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        limit = self.plan.timeout
+        for client in self.clients:
+            if client.inflight and now - client.inflight[0][2] > limit:
+                self._fail(client, "timeout")
+        duration = self.plan.duration
+        # Past the end and past every reply's time limit: give up on
+        # whatever is left rather than wait for a stalled server.
+        if (
+            self.stopping
+            and duration is not None
+            and now > self.recorder.start + duration + limit + 1.0
+        ):
+            self.recorder.error("timeout", len(self.backlog))
+            self.backlog.clear()
+            for client in self.clients:
+                if client.inflight or client.connecting:
+                    self._fail(client, "timeout")
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+        self._report()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        self._check_done()
+
+    def _has_work(self) -> bool:
+        if self.backlog:
+            return True
+        if self.stopping:
+            return False
+        return self.tickets is None or self.tickets > 0
+
+    def _check_done(self) -> None:
+        done = self._done
+        if done is None or done.done() or self.outstanding or self._has_work():
+            return
+        done.set_result(None)
+
+    def _close_all(self) -> None:
+        for client in self.clients:
+            if client.task is not None:
+                client.task.cancel()
+            self._release(client)
+        for idler in self.idlers:
+            idler.worker = _NO_WORKER
+            if idler.transport is not None:
+                idler.transport.close()
+
+    # -- requests ------------------------------------------------------
+
+    def _take(self, now: float) -> float | None:
+        """
+        The due time of the next request to send, or L{None} if none is due.
+        """
+        if self.plan.rate is not None:
+            return self.backlog.popleft() if self.backlog else None
+        if self.stopping:
+            return None
+        if self.tickets is not None:
+            if self.tickets <= 0:
+                return None
+            self.tickets -= 1
+        return now
+
+    def _pump(self) -> None:
+        """
+        Open loop: queue every request due by now and hand them out.
+        """
+        assert self.plan.rate is not None
+        now = time.monotonic()
+        interval = 1.0 / self.plan.rate
+        backlog = self.backlog
+        while self._next_due <= now and not self.stopping:
+            if self.tickets is not None:
+                if self.tickets <= 0:
+                    break
+                self.tickets -= 1
+            backlog.append(self._next_due)
+            self._next_due += interval
+        clients = self.clients
+        misses = 0
+        while backlog and misses < len(clients):
+            client = clients[self._cursor]
+            self._cursor = (self._cursor + 1) % len(clients)
+            before = len(backlog)
+            self._feed(client)
+            misses = 0 if len(backlog) < before else misses + 1
+        if not self.stopping and (self.tickets is None or self.tickets > 0):
+            self._at(max(self._next_due, now + 0.001), self._pump)
+        self._check_done()
+
+    def _feed(self, client: _Client) -> None:
+        """
+        Give C{client} as many requests as it has room for.
+        """
+        now = time.monotonic()
+        if self.plan.per_request:
+            if client.conn is None and not client.connecting and not client.inflight:
+                due = self._take(now)
+                if due is not None:
+                    index = self._counter % len(self.lines)
+                    self._counter += 1
+                    client.inflight.append((index, due, now))
+                    self.outstanding += 1
+                    self._connect(client)
+            return
+        conn = client.conn
+        if conn is None or conn.transport is None:
+            return
+        room = self.capacity - len(client.inflight)
+        if room <= 0:
+            return
+        lines = self.lines
+        parts = []
+        while room:
+            due = self._take(now)
+            if due is None:
+                break
+            index = self._counter % len(lines)
+            self._counter += 1
+            client.inflight.append((index, due, now))
+            parts.append(lines[index])
+            room -= 1
+        if parts:
+            self.outstanding += len(parts)
+            conn.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def replies(self, client: _Client, lines: list[bytes]) -> None:
+        """
+        Check and record reply lines that arrived for C{client}.
+        """
+        now = time.monotonic()
+        inflight = client.inflight
+        expected = self.expected
+        record = self.recorder.reply
+        for line in lines:
+            if not inflight:
+                # A line nobody asked for: the server is wrong.
+                record(0.0, False)
+                continue
+            index, due, _sent = inflight.popleft()
+            self.outstanding -= 1
+            record(now - due, line == expected[index])
+        if self.plan.per_request and not inflight:
+            self._release(client)
+        self._feed(client)
+        self._check_done()
+
+    def overlong(self, client: _Client) -> None:
+        """
+        The server sent an endless line: count it wrong and hang up.
+        """
+        if client.inflight:
+            _index, due, _sent = client.inflight.popleft()
+            self.outstanding -= 1
+            self.recorder.reply(time.monotonic() - due, False)
+        self._fail(client, "reset")
+
+    def lost(self, client: _Client, conn: _Connection) -> None:
+        """
+        C{client}'s connection closed without us asking.
+        """
+        if client.conn is not conn:
+            return
+        client.conn = None
+        conn.client = None
+        if conn.buffer and client.inflight:
+            # A reply without its LF: the line is malformed.
+            _index, due, _sent = client.inflight.popleft()
+            self.outstanding -= 1
+            self.recorder.reply(time.monotonic() - due, False)
+        self._drop_inflight(client, "reset")
+        self._resume(client)
+
+    def _fail(self, client: _Client, kind: str) -> None:
+        """
+        Give up on C{client}'s connection: its requests fail as C{kind}.
+        """
+        if client.task is not None:
+            client.task.cancel()
+            client.task = None
+        client.connecting = False
+        conn = client.conn
+        if conn is not None:
+            client.conn = None
+            conn.client = None
+            if conn.transport is not None:
+                conn.transport.abort()
+        self._drop_inflight(client, kind)
+        self._resume(client)
+
+    def _drop_inflight(self, client: _Client, kind: str) -> None:
+        n = len(client.inflight)
+        if n:
+            client.inflight.clear()
+            self.outstanding -= n
+            self.recorder.error(kind, n)
+        self._check_done()
+
+    def _resume(self, client: _Client) -> None:
+        """
+        Get C{client} going again after its connection ended.
+        """
+        if self._done is None or self._done.done() or not self._has_work():
+            return
+        assert self._loop is not None
+        if self.plan.per_request:
+            self._feed(client)
+        else:
+            self._timers.append(
+                self._loop.call_later(RETRY_DELAY, self._connect, client)
+            )
+
+    def _release(self, client: _Client) -> None:
+        """
+        Close C{client}'s connection ourselves.
+        """
+        conn = client.conn
+        if conn is not None:
+            client.conn = None
+            conn.client = None
+            if conn.transport is not None:
+                conn.transport.close()
+
+    # -- connections ---------------------------------------------------
+
+    def _connect(self, client: _Client) -> None:
+        if client.conn is not None or client.connecting:
+            return
+        if self._done is not None and self._done.done():
+            return
+        assert self._loop is not None
+        client.connecting = True
+        client.task = self._loop.create_task(self._open(client))
+
+    async def _open(self, client: _Client) -> None:
+        assert self._loop is not None
+        try:
+            transport, conn = await self._loop.create_connection(
+                lambda: _Connection(client), self.plan.host, self.plan.port
+            )
+        except OSError:
+            client.task = None
+            client.connecting = False
+            self._connect_failed(client)
+            return
+        client.task = None
+        client.connecting = False
+        if self._done is not None and self._done.done():
+            transport.close()
+            return
+        client.conn = conn
+        if self.plan.per_request:
+            if client.inflight:
+                transport.write(self.lines[client.inflight[0][0]])  # type: ignore[attr-defined]
+            else:
+                self._release(client)
+        else:
+            self._feed(client)
+
+    def _connect_failed(self, client: _Client) -> None:
+        if self.plan.per_request:
+            self._drop_inflight(client, "connect")
+        else:
+            # The request this connection would have carried is lost.
+            if self._take(time.monotonic()) is not None:
+                self.recorder.error("connect")
+            self._check_done()
+        if self._done is None or self._done.done() or not self._has_work():
+            return
+        assert self._loop is not None
+        if self.plan.per_request:
+            self._timers.append(self._loop.call_later(RETRY_DELAY, self._feed, client))
+        else:
+            self._timers.append(
+                self._loop.call_later(RETRY_DELAY, self._connect, client)
+            )
+
+    async def _connect_all(self) -> None:
+        """
+        Open every persistent connection before the start; a failure is
+        retried during the run.
+        """
+        assert self._loop is not None
+        loop = self._loop
+        for first in range(0, len(self.clients), IDLE_BATCH):
+            batch = self.clients[first : first + IDLE_BATCH]
+            results = await asyncio.gather(
+                *(
+                    asyncio.wait_for(
+                        loop.create_connection(
+                            lambda c=c: _Connection(c),  # type: ignore[misc]
+                            self.plan.host,
+                            self.plan.port,
+                        ),
+                        self.plan.timeout,
+                    )
+                    for c in batch
+                ),
+                return_exceptions=True,
+            )
+            for client, outcome in zip(batch, results, strict=True):
+                if isinstance(outcome, BaseException):
+                    continue
+                client.conn = outcome[1]
+
+    async def _open_idle(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        for first in range(0, self.plan.idle, IDLE_BATCH):
+            count = min(IDLE_BATCH, self.plan.idle - first)
+            results = await asyncio.gather(
+                *(
+                    asyncio.wait_for(
+                        loop.create_connection(
+                            lambda: _Idle(self), self.plan.host, self.plan.port
+                        ),
+                        self.plan.timeout,
+                    )
+                    for _ in range(count)
+                ),
+                return_exceptions=True,
+            )
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    self.recorder.result.idle["failed"] += 1
+                else:
+                    self.idlers.append(outcome[1])
+
+    def idle_lost(self, idler: _Idle) -> None:
+        """
+        The server closed an idle connection: open another in its place.
+        """
+        if self._loop is None or self._done is None or self._done.done():
+            return
+        self.idlers.remove(idler)
+        self.recorder.result.idle["reopened"] += 1
+
+        async def reopen() -> None:
+            assert self._loop is not None
+            try:
+                _transport, new = await asyncio.wait_for(
+                    self._loop.create_connection(
+                        lambda: _Idle(self), self.plan.host, self.plan.port
+                    ),
+                    self.plan.timeout,
+                )
+            except (TimeoutError, OSError):
+                self.recorder.result.idle["failed"] += 1
+                return
+            self.idlers.append(new)
+
+        self._loop.create_task(reopen())
+
+
+class _NoWorker:
+    """
+    Stands in for the worker once the run is over, so late callbacks from
+    closing idle connections do nothing.
+    """
+
+    def idle_lost(self, idler: _Idle) -> None:
+        pass
+
+
+_NO_WORKER: Any = _NoWorker()
+
+
+def run_worker(
+    plan: Plan,
+    gate: Callable[[], float | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
+    """
+    Run C{plan} on a fresh event loop in the calling thread.
+    """
+    factory, _name = loop_factory(plan.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(Worker(plan, gate, progress).run())
+
+
+def _process_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> None:
+    """
+    A generator process: run its share and send the result to the parent.
+    """
+
+    def gate() -> float | None:
+        pipe.send(("ready",))
+        if not pipe.poll(120):
+            raise TimeoutError("no start signal from the parent")
+        message = pipe.recv()
+        return float(message[1])
+
+    def progress(resolved: int, errors: int) -> None:
+        pipe.send(("progress", resolved, errors))
+
+    try:
+        result = run_worker(plan, gate, progress)
+    except BaseException as e:  # the parent reports it as one line
+        pipe.send(("failed", f"{type(e).__name__}: {e}"))
+    else:
+        pipe.send(("done", result.to_wire()))
+    finally:
+        pipe.close()
+
+
+class GeneratorFailed(Exception):
+    """
+    A generator process failed or stopped answering.
+    """
+
+
+def measure(
+    plan: Plan,
+    processes: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
+    """
+    Run C{plan} split over C{processes} generator processes (in this
+    process when it is 1) and return the merged result.
+
+    @raise GeneratorFailed: when a generator process fails.
+    """
+    processes = max(1, min(processes, plan.clients))
+    if processes == 1:
+        return run_worker(plan, progress=progress)
+    context = multiprocessing.get_context("spawn")
+    pipes = []
+    children = []
+    for index in range(processes):
+        parent_end, child_end = context.Pipe()
+        child = context.Process(
+            target=_process_main,
+            args=(plan.share(index, processes), child_end),
+            daemon=True,
+        )
+        child.start()
+        child_end.close()
+        pipes.append(parent_end)
+        children.append(child)
+    try:
+        return _orchestrate(plan, pipes, progress)
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
+
+
+def _orchestrate(
+    plan: Plan,
+    pipes: list[multiprocessing.connection.Connection],
+    progress: Callable[[int, int], None] | None,
+) -> Result:
+    """
+    Start the generator processes together and collect their results.
+    """
+    silence_limit = plan.timeout + 60.0
+    ready = 0
+    while ready < len(pipes):
+        waiting = multiprocessing.connection.wait(pipes, timeout=silence_limit)
+        if not waiting:
+            raise GeneratorFailed("generator processes did not get ready in time")
+        for pipe in waiting:
+            message = _receive(pipe)
+            if message[0] == "ready":
+                ready += 1
+    start = time.monotonic() + 0.05
+    for pipe in pipes:
+        pipe.send(("go", start))
+    counts = [(0, 0)] * len(pipes)
+    results: dict[int, Result] = {}
+    while len(results) < len(pipes):
+        live = [pipe for i, pipe in enumerate(pipes) if i not in results]
+        waiting = multiprocessing.connection.wait(live, timeout=silence_limit)
+        if not waiting:
+            raise GeneratorFailed("a generator process stopped answering")
+        for pipe in waiting:
+            index = pipes.index(pipe)  # type: ignore[arg-type]
+            message = _receive(pipe)
+            if message[0] == "progress":
+                counts[index] = (message[1], message[2])
+                if progress is not None:
+                    progress(sum(c[0] for c in counts), sum(c[1] for c in counts))
+            elif message[0] == "done":
+                results[index] = Result.from_wire(message[1])
+    merged = Result()
+    for index in sorted(results):
+        merged.merge(results[index])
+    return merged
+
+
+def _receive(pipe: Any) -> tuple[Any, ...]:
+    try:
+        message: tuple[Any, ...] = pipe.recv()
+    except EOFError:
+        raise GeneratorFailed("a generator process exited unexpectedly") from None
+    if message[0] == "failed":
+        raise GeneratorFailed(f"a generator process failed: {message[1]}")
+    return message
