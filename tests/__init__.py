@@ -1,0 +1,3 @@
+"""
+primecount's tests: trial test cases, also collected by pytest.
+"""

@@ -1,0 +1,262 @@
+"""
+Test doubles and a real-server fixture shared by the test modules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from primecount.pipeline import Pipeline
+from primecount.protocol import CountFactory, CountProtocol
+from primecount.records import Record
+
+
+#: How tests start twistd: the interpreter running the tests, so the
+#: installed package under test is the one served.
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class SyncPool:
+    """
+    A thread pool that runs each job at once, in the calling thread.
+    """
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any, **kw: Any) -> None:
+        self.jobs += 1
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            from twisted.python.failure import Failure
+
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class FakeReactor(Clock):
+    """
+    A L{Clock} that also runs C{callFromThread} calls at once.
+    """
+
+    def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+
+class FakeJournal:
+    """
+    A journal that keeps what it is given; commits at once unless C{hold}
+    is set, and fails when C{failing} is set.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.hold = False
+        self.failing = False
+        self.held: list[tuple[Sequence[Record], Deferred[None]]] = []
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        if self.failing:
+            from twisted.internet.defer import fail
+
+            from primecount.journal import JournalUnavailable
+
+            return fail(JournalUnavailable("test says no"))
+        if self.hold:
+            d: Deferred[None] = Deferred()
+            self.held.append((records, d))
+            return d
+        self.records.extend(records)
+        return succeed(None)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for records, d in held:
+            self.records.extend(records)
+            d.callback(None)
+
+
+class Harness:
+    """
+    One L{CountProtocol} on a L{StringTransport}, with a fake reactor, a
+    synchronous pool and a fake journal.
+    """
+
+    def __init__(self, **factoryArgs: Any) -> None:
+        self.reactor = FakeReactor()
+        self.pool = SyncPool()
+        self.journal = FakeJournal()
+        self.pipeline = Pipeline(self.reactor, self.pool, self.journal)
+        self.factory = CountFactory(self.reactor, self.pipeline, **factoryArgs)
+        self.transport, self.protocol = self.connect()
+
+    def connect(self) -> tuple[StringTransport, CountProtocol]:
+        """
+        Open one more connection.
+        """
+        from twisted.internet.address import IPv4Address
+
+        peer = IPv4Address("TCP", "192.0.2.7", 40000 + self.factory.connections)
+        protocol = self.factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return transport, protocol  # type: ignore[return-value]
+
+    def send(self, data: bytes, protocol: Any = None) -> None:
+        """
+        Deliver C{data} and let the turn end (the pipeline flushes).
+        """
+        (protocol or self.protocol).dataReceived(data)
+        self.reactor.advance(0)
+
+    def replies(self, transport: StringTransport | None = None) -> list[bytes]:
+        """
+        The reply lines written so far, LF included.
+        """
+        value = (transport or self.transport).value()
+        return [line + b"\n" for line in value.split(b"\n")[:-1]]
+
+
+_LISTENING = re.compile(rb"listening on (.*?);")
+_ADDRESS = re.compile(r"(count|range) ([0-9.:a-f\[\]]+):(\d+)")
+
+
+class ServerProcess:
+    """
+    A real C{twistd -n primecount} in a subprocess, on free ports of
+    127.0.0.1, its log collected.
+
+    @ivar ports: protocol label (C{"count"}, C{"range"}) -> port.
+    """
+
+    def __init__(self, *args: str, cwd: str, startTimeout: float = 20.0) -> None:
+        argv = [*TWISTD, "-n", "--pidfile=", "primecount"]
+        argv += ["--port", "0", "--interface", "127.0.0.1", *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.log = b""
+        self.ports: dict[str, int] = {}
+        deadline = time.monotonic() + startTimeout
+        while time.monotonic() < deadline:
+            found = _LISTENING.search(self.log)
+            if found:
+                for label, _, port in _ADDRESS.findall(found.group(1).decode()):
+                    self.ports[label] = int(port)
+                return
+            if not self.readLog(deadline - time.monotonic()):
+                break
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self.log.decode(errors='replace')}")
+
+    @property
+    def port(self) -> int:
+        """
+        The count protocol's port.
+        """
+        return self.ports["count"]
+
+    def readLog(self, timeout: float = 0.0) -> bool:
+        """
+        Collect log output available within C{timeout}; False at its end.
+        """
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], max(timeout, 0))
+        if not ready:
+            return True
+        chunk = os.read(self.process.stdout.fileno(), 65536)
+        self.log += chunk
+        return bool(chunk)
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """
+        A client socket connected to the count port.
+        """
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def signal(self, signum: int) -> None:
+        """
+        Send C{signum} to the server.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """
+        Wait for the server to exit, collecting its log; its exit status.
+        """
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self.readLog(0.05)
+        while self.readLog(0):
+            if self.process.poll() is not None and not select.select(
+                [self.process.stdout], [], [], 0
+            )[0]:
+                break
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait()
+
+    def stop(self) -> int:
+        """
+        Stop the server with SIGTERM (SIGKILL if it lingers).
+        """
+        if self.process.stdout is None or self.process.stdout.closed:
+            return self.process.wait()
+        self.signal(signal.SIGTERM)
+        status = self.wait()
+        self.process.stdout.close()
+        return status
+
+
+def recv_lines(sock: socket.socket, n: int, timeout: float = 10.0) -> list[bytes]:
+    """
+    Read until C{n} lines (LF included) arrived, the peer closed, or
+    C{timeout} passed.
+    """
+    sock.settimeout(timeout)
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < n and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return [line + b"\n" for line in bytes(data).split(b"\n")[:-1]]
+
+
+def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """
+    Read until the peer closes (or C{timeout} passes).
+    """
+    sock.settimeout(timeout)
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)

@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.test_journal -*-
+"""
+The journal writer: group commit, order, failure and recovery, flush on stop.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from primecount import schema
+from primecount.journal import (
+    JournalUnavailable,
+    JournalURLError,
+    SQLiteJournal,
+    check_writable,
+    parse_url,
+)
+from primecount.records import COUNT, Record
+
+
+def record(i: int) -> Record:
+    return Record(1_700_000_000.0 + i, "127.0.0.1", 1000 + i, COUNT, f"m{i}", 1, False)
+
+
+class FlakyConnection:
+    """
+    A real connection whose inserts fail while C{broken} is set, and whose
+    first commit can be held back until C{gate} is set.
+    """
+
+    def __init__(self, path: str, control: Any) -> None:
+        self._conn = schema.connect(path)
+        self._control = control
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            self._control.gate.wait(10)
+        return self._conn.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        if self._control.broken:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        self._control.batchSizes.append(len(rows))
+        return self._conn.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Control:
+    def __init__(self) -> None:
+        self.broken = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batchSizes: list[int] = []
+        self.opened = 0
+
+
+class WriterTests(TestCase):
+    """
+    L{SQLiteJournal} with a real writer thread and a real SQLite file.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.control = Control()
+
+        def connect(path: str) -> Any:
+            self.control.opened += 1
+            return FlakyConnection(path, self.control)
+
+        self.journal = SQLiteJournal(self.path, reactor, connect=connect)
+        self.journal.startService()
+        self.addCleanup(self.stop)
+
+    def stop(self) -> defer.Deferred[None]:
+        self.control.gate.set()
+        if self.journal.running:
+            return self.journal.stopService()
+        return defer.succeed(None)
+
+    def stored(self) -> list[Record]:
+        conn = schema.connect(self.path, readonly=True)
+        try:
+            return [schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")]
+        finally:
+            conn.close()
+
+    @defer.inlineCallbacks
+    def test_recordsCommittedInOrderBeforeFiring(self) -> Any:
+        yield self.journal.append([record(0), record(1)])
+        self.assertEqual(self.stored(), [record(0), record(1)])
+        yield self.journal.append([record(2)])
+        self.assertEqual(self.stored(), [record(0), record(1), record(2)])
+
+    @defer.inlineCallbacks
+    def test_whatArrivesDuringACommitIsOneGroup(self) -> Any:
+        self.control.gate.clear()
+        first = self.journal.append([record(0)])
+        # Wait until the writer is inside the first transaction.
+        for _ in range(200):
+            if self.control.batchSizes:
+                break
+            yield deferLater(0.01)
+        later = [self.journal.append([record(i)]) for i in range(1, 51)]
+        self.control.gate.set()
+        yield defer.gatherResults([first, *later])
+        self.assertEqual(self.control.batchSizes, [1, 50])
+        self.assertEqual(self.journal.batches, 2)
+        self.assertEqual([r.port for r in self.stored()], [1000 + i for i in range(51)])
+
+    @defer.inlineCallbacks
+    def test_failureFailsEachRequestThenRecovers(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.control.broken = True
+        failures = []
+        for i in range(3):
+            try:
+                yield self.journal.append([record(i)])
+            except JournalUnavailable as e:
+                failures.append(str(e))
+        self.assertEqual(len(failures), 3)
+        self.assertIn("readonly", failures[0])
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(self.journal.failed, 3)
+        self.control.broken = False
+        yield self.journal.append([record(9)])
+        self.assertEqual(self.stored(), [record(9)])
+        # A failed commit drops the connection; the next one reopens it.
+        self.assertGreater(self.control.opened, 1)
+        # One event for the episode, one for the recovery; not one a request.
+        said = [e["log_format"] for e in events if e.get("log_namespace", "").startswith("primecount.journal")]
+        self.assertEqual(len(said), 2)
+        self.assertIn("cannot commit", said[0])
+        self.assertIn("writable again", said[1])
+
+    @defer.inlineCallbacks
+    def test_stopFlushesQueue(self) -> Any:
+        self.control.gate.clear()
+        waiting = [self.journal.append([record(i)]) for i in range(20)]
+        stopped = self.journal.stopService()
+        self.control.gate.set()
+        yield stopped
+        yield defer.gatherResults(waiting)
+        self.assertEqual(len(self.stored()), 20)
+
+    @defer.inlineCallbacks
+    def test_appendAfterStopFails(self) -> Any:
+        yield self.journal.stopService()
+        d = self.journal.append([record(0)])
+        self.failureResultOf(d, JournalUnavailable)
+
+    @defer.inlineCallbacks
+    def test_commitReportedToObserver(self) -> Any:
+        seen: list[tuple[int, float]] = []
+        self.journal._onCommit = lambda n, seconds: seen.append((n, seconds))
+        yield self.journal.append([record(0), record(1)])
+        self.assertEqual([n for n, _ in seen], [2])
+        self.assertGreaterEqual(seen[0][1], 0)
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
+
+
+class URLTests(SynchronousTestCase):
+    """
+    C{--journal} values.
+    """
+
+    def test_sqliteRelativeToBase(self) -> None:
+        url = parse_url("sqlite:j.sqlite3", base="/srv/pc")
+        self.assertEqual((url.scheme, url.path), ("sqlite", "/srv/pc/j.sqlite3"))
+        self.assertEqual(str(url), "sqlite:/srv/pc/j.sqlite3")
+
+    def test_none(self) -> None:
+        self.assertEqual(parse_url("none").scheme, "none")
+
+    def test_unknownScheme(self) -> None:
+        self.assertRaises(JournalURLError, parse_url, "postgresql://db/primecount")
+        self.assertRaises(JournalURLError, parse_url, "primecount.sqlite3")
+        self.assertRaises(JournalURLError, parse_url, "sqlite:")
+
+    def test_unwritablePathFailsClearly(self) -> None:
+        url = parse_url("sqlite:/nonexistent-dir/x/j.sqlite3")
+        e = self.assertRaises(JournalURLError, check_writable, url)
+        self.assertIn("/nonexistent-dir/x/j.sqlite3", str(e))

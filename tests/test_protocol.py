@@ -1,0 +1,307 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The count protocol, driven through L{StringTransport} with a fake clock, a
+synchronous pool and a fake journal.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount import protocol as protocolModule
+from primecount.pipeline import evaluate_batch
+from primecount.records import COUNT
+
+from .helpers import Harness
+
+
+class FramingTests(SynchronousTestCase):
+    """
+    Lines, replies, and the error replies that keep the connection open.
+    """
+
+    def test_seedExamples(self) -> None:
+        h = Harness()
+        h.send(b"abc2a\nabacada\nabacadabb\na\n")
+        self.assertEqual(
+            h.replies(), ["2 sí\n".encode(), b"4 no\n", "3 sí\n".encode(), b"1 no\n"]
+        )
+
+    def test_noGreeting(self) -> None:
+        h = Harness()
+        self.assertEqual(h.transport.value(), b"")
+
+    def test_crBeforeLfIsDropped(self) -> None:
+        h = Harness()
+        h.send(b"abc2a\r\nab\r\r\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"1 no\n"])
+
+    def test_surroundingWhitespaceIsStripped(self) -> None:
+        h = Harness()
+        h.send(b"  abca \t\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+
+    def test_lastCodePointNotLastByte(self) -> None:
+        h = Harness()
+        h.send("ñaña ñ\n".encode())
+        self.assertEqual(h.replies(), ["3 sí\n".encode()])
+
+    def test_nulAndTabAreOrdinaryCharacters(self) -> None:
+        h = Harness()
+        h.send(b"a\x00b\x00\na\tb\ta\tt\t\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"1 no\n"])
+
+    def test_emptyAndBlankMessages(self) -> None:
+        h = Harness()
+        h.send(b"\n \t \nabc2a\n")
+        self.assertEqual(
+            h.replies(), [b"ERR empty message\n", b"ERR empty message\n", "2 sí\n".encode()]
+        )
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_invalidUtf8KeepsConnection(self) -> None:
+        h = Harness()
+        h.send(b"\xff\xfe\nabc2a\n")
+        self.assertEqual(h.replies(), [b"ERR invalid UTF-8\n", "2 sí\n".encode()])
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_lineSplitAcrossReads(self) -> None:
+        h = Harness()
+        h.send(b"abc")
+        self.assertEqual(h.replies(), [])
+        h.send(b"2a\nab")
+        h.send(b"acada\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n"])
+
+    def test_lineAtLimitAccepted(self) -> None:
+        h = Harness(maxLine=8)
+        h.send(b"aaaaaaa\r\n")
+        self.assertEqual(h.replies(), ["7 sí\n".encode()])
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_lineTooLongAnsweredAfterEarlierRepliesThenClosed(self) -> None:
+        h = Harness(maxLine=8)
+        h.send(b"abc2a\n" + b"x" * 9 + b"\nabc2a\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"ERR line too long\n"])
+        self.assertTrue(h.transport.disconnecting)
+        h.send(b"abc2a\n")
+        self.assertEqual(len(h.replies()), 2)
+
+    def test_unterminatedLineTooLong(self) -> None:
+        h = Harness(maxLine=8)
+        h.send(b"x" * 5)
+        self.assertEqual(h.replies(), [])
+        h.send(b"x" * 5)
+        self.assertEqual(h.replies(), [b"ERR line too long\n"])
+        self.assertTrue(h.transport.disconnecting)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """
+    A client that half-closes gets its last, unterminated request answered.
+    """
+
+    def test_finalUnterminatedRequestAnswered(self) -> None:
+        h = Harness()
+        h.send(b"abc2a\nabacada")
+        h.protocol.readConnectionLost()
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n"])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_halfCloseWithNothingPendingCloses(self) -> None:
+        h = Harness()
+        h.send(b"abc2a\n")
+        h.protocol.readConnectionLost()
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_halfCloseWaitsForJournal(self) -> None:
+        h = Harness()
+        h.journal.hold = True
+        h.send(b"abc2a\n")
+        h.protocol.readConnectionLost()
+        self.assertFalse(h.transport.disconnecting)
+        h.journal.release()
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+
+
+class OrderAndBatchingTests(SynchronousTestCase):
+    """
+    Pipelined requests: one pool job per turn, replies in request order.
+    """
+
+    def test_pipelinedRepliesKeepOrderAcrossBatches(self) -> None:
+        h = Harness()
+        h.journal.hold = True
+        h.send(b"a\n")
+        h.send(b"abca\n")
+        self.assertEqual(len(h.journal.held), 2)
+        # Commit the second batch first: its reply must wait for the first.
+        records, d = h.journal.held.pop()
+        d.callback(None)
+        self.assertEqual(h.replies(), [])
+        h.journal.release()
+        self.assertEqual(h.replies(), [b"1 no\n", "2 sí\n".encode()])
+
+    def test_oneJobPerTurnForAllConnections(self) -> None:
+        h = Harness()
+        transport2, protocol2 = h.connect()
+        h.protocol.dataReceived(b"abc2a\nab\n")
+        protocol2.dataReceived(b"abacada\n")
+        h.reactor.advance(0)
+        self.assertEqual(h.pool.jobs, 1)
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"1 no\n"])
+        self.assertEqual(h.replies(transport2), [b"4 no\n"])
+
+    def test_manyPipelinedRequestsInOneWrite(self) -> None:
+        h = Harness()
+        messages = [f"m{i}{'x' * (i % 7)}" for i in range(2000)]
+        h.send("".join(m + "\n" for m in messages).encode())
+        expected = [evaluate_batch([(m.encode(), "", 0)], False)[0][0] for m in messages]
+        self.assertEqual(h.replies(), expected)
+
+    def test_replyAfterConnectionLostIsDropped(self) -> None:
+        h = Harness()
+        h.journal.hold = True
+        h.send(b"abc2a\n")
+        h.protocol.connectionLost(None)
+        h.journal.release()
+        self.assertEqual(h.transport.value(), b"")
+        self.assertEqual(h.factory.connections, 0)
+
+
+class JournalTests(SynchronousTestCase):
+    """
+    The reply waits for the journal; a failing journal gives ERR.
+    """
+
+    def test_replyOnlyAfterCommit(self) -> None:
+        h = Harness()
+        h.journal.hold = True
+        h.send(b"abc2a\n")
+        self.assertEqual(h.transport.value(), b"")
+        h.journal.release()
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+
+    def test_everyRequestRecorded(self) -> None:
+        h = Harness(maxLine=10)
+        h.send(b"abc2a\n\n\xff\n" + b"y" * 11 + b"\n")
+        records = h.journal.records
+        self.assertEqual(
+            [(r.protocol, r.host, r.port) for r in records],
+            [(COUNT, "192.0.2.7", 40000)] * 4,
+        )
+        self.assertEqual(
+            [(r.message, r.count, r.prime, r.error) for r in records],
+            [
+                ("abc2a", 2, True, None),
+                ("", None, None, "empty message"),
+                ("\\xff", None, None, "invalid UTF-8"),
+                ("y" * 11, None, None, "line too long"),
+            ],
+        )
+
+    def test_journalUnavailableThenRecovers(self) -> None:
+        h = Harness()
+        h.journal.failing = True
+        h.send(b"abc2a\n")
+        self.assertEqual(h.replies(), [b"ERR journal unavailable\n"])
+        self.assertFalse(h.transport.disconnecting)
+        h.journal.failing = False
+        h.send(b"abc2a\n")
+        self.assertEqual(h.replies()[1:], ["2 sí\n".encode()])
+
+
+class TimeoutTests(SynchronousTestCase):
+    """
+    Idle connections are closed; requests, not stray bytes, keep them open.
+    """
+
+    def test_idleConnectionClosed(self) -> None:
+        h = Harness(timeout=5)
+        h.reactor.advance(4.9)
+        self.assertFalse(h.transport.disconnecting)
+        h.reactor.advance(0.2)
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_completeRequestResetsTimer(self) -> None:
+        h = Harness(timeout=5)
+        h.reactor.advance(4)
+        h.send(b"a\n")
+        h.reactor.advance(4)
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_partialLineDoesNotResetTimer(self) -> None:
+        h = Harness(timeout=5)
+        for _ in range(6):
+            h.send(b"a")
+            h.reactor.advance(1)
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_pendingReplyIsNotIdle(self) -> None:
+        h = Harness(timeout=5)
+        h.journal.hold = True
+        h.send(b"a\n")
+        h.reactor.advance(6)
+        self.assertFalse(h.transport.disconnecting)
+        h.journal.release()
+        self.assertEqual(h.replies(), [b"1 no\n"])
+
+    def test_zeroDisablesTimeout(self) -> None:
+        h = Harness(timeout=0)
+        h.reactor.advance(3600)
+        self.assertFalse(h.transport.disconnecting)
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_connectionLostCancelsTimer(self) -> None:
+        h = Harness(timeout=5)
+        h.protocol.connectionLost(None)
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+
+class SeedModeAndLimitsTests(SynchronousTestCase):
+    """
+    --close-after-reply and --max-connections.
+    """
+
+    def test_closeAfterFirstReply(self) -> None:
+        h = Harness(closeAfterReply=True)
+        h.send(b"abc2a\nabacada\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_serverBusyPastMaxConnections(self) -> None:
+        h = Harness(maxConnections=2)
+        h.connect()
+        transport3, _ = h.connect()
+        self.assertEqual(transport3.value(), b"ERR server busy\n")
+        self.assertTrue(transport3.disconnecting)
+        self.assertEqual(h.factory.connections, 2)
+        h.protocol.connectionLost(None)
+        transport4, _ = h.connect()
+        self.assertEqual(transport4.value(), b"")
+        self.assertEqual(h.factory.connections, 2)
+
+
+class FlowControlTests(SynchronousTestCase):
+    """
+    A client that does not read its replies stops being read.
+    """
+
+    def test_tooManyUnansweredRequestsPausesReading(self) -> None:
+        h = Harness()
+        h.journal.hold = True
+        h.send(b"a\n" * protocolModule.MAX_PENDING)
+        self.assertEqual(h.transport.producerState, "paused")
+        h.journal.release()
+        self.assertEqual(h.transport.producerState, "producing")
+        self.assertEqual(len(h.replies()), protocolModule.MAX_PENDING)
+
+    def test_fullWriteBufferPausesReading(self) -> None:
+        h = Harness()
+        self.assertIs(h.transport.producer, h.protocol)
+        h.protocol.pauseProducing()
+        self.assertEqual(h.transport.producerState, "paused")
+        h.protocol.resumeProducing()
+        self.assertEqual(h.transport.producerState, "producing")

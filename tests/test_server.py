@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+A real C{twistd -n primecount} over real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount.count import expected_reply
+
+from .helpers import ServerProcess, recv_all, recv_lines
+
+YES = "sí".encode()
+
+
+class ServerTestCase(SynchronousTestCase):
+    """
+    Starts a server per test in a fresh directory; stops it afterwards.
+    """
+
+    args: tuple[str, ...] = ("--journal", "sqlite:journal.sqlite3")
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.server = self.start(*self.args)
+
+    def start(self, *args: str) -> ServerProcess:
+        server = ServerProcess(*args, cwd=self.dir)
+        self.addCleanup(server.stop)
+        return server
+
+    def assertStillAnswers(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"abc2a\n")
+            self.assertEqual(recv_lines(sock, 1), [b"2 " + YES + b"\n"])
+
+
+class CountProtocolTests(ServerTestCase):
+    """
+    Every rule of the count protocol, observed over a socket.
+    """
+
+    def test_startLineNamesAddressAndSettings(self) -> None:
+        log = self.server.log.decode()
+        self.assertIn(f"listening on count 127.0.0.1:{self.server.port}", log)
+        self.assertIn("threads=10", log)
+        self.assertIn("journal=sqlite:", log)
+
+    def test_seedExamplesAndNoGreeting(self) -> None:
+        with self.server.connect() as sock:
+            sock.settimeout(0.3)
+            self.assertRaises(TimeoutError, sock.recv, 1)
+            sock.sendall(b"abc2a\nabacada\nabacadabb\na\n")
+            self.assertEqual(
+                recv_lines(sock, 4),
+                [b"2 " + YES + b"\n", b"4 no\n", b"3 " + YES + b"\n", b"1 no\n"],
+            )
+
+    def test_pipelined2000RequestsInOneWriteComeBackInOrder(self) -> None:
+        messages = [f"req{i}-{'ab' * (i % 13)}{chr(0x4E00 + i % 50) * (i % 5)}" for i in range(2000)]
+        with self.server.connect() as sock:
+            sock.sendall("".join(m + "\n" for m in messages).encode())
+            replies = recv_lines(sock, 2000)
+        self.assertEqual(replies, [expected_reply(m) for m in messages])
+
+    def test_halfCloseAnswersFinalUnterminatedRequest(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"abc2a\nabacada")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_all(sock), b"2 " + YES + b"\n4 no\n")
+
+    def test_crlfAndNonAscii(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall("abc2a\r\nñandú ñañ\r\n😀a😀\n\tmañana ñ ñ ñ\t\n".encode())
+            self.assertEqual(
+                recv_lines(sock, 4),
+                [b"2 " + YES + b"\n", b"3 " + YES + b"\n", b"2 " + YES + b"\n", b"4 no\n"],
+            )
+
+    def test_errorRepliesKeepConnectionUsable(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"\n   \n\xff\xfe\xfd\nabc\x00c\n")
+            self.assertEqual(
+                recv_lines(sock, 4),
+                [b"ERR empty message\n", b"ERR empty message\n", b"ERR invalid UTF-8\n",
+                 b"2 " + YES + b"\n"],
+            )
+
+    def test_lineTooLongThenClosed(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"abc2a\n" + b"x" * 20000 + b"\nabc2a\n")
+            self.assertEqual(recv_all(sock), b"2 " + YES + b"\nERR line too long\n")
+        self.assertStillAnswers()
+
+    def test_everyRequestJournalled(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"abc2a\n\n\xff\n")
+            recv_lines(sock, 3)
+        conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
+        rows = conn.execute(
+            "SELECT host, protocol, message, count, prime, error FROM requests ORDER BY id"
+        ).fetchall()
+        conn.close()
+        self.assertEqual(
+            rows,
+            [("127.0.0.1", "count", "abc2a", 2, 1, None),
+             ("127.0.0.1", "count", "", None, None, "empty message"),
+             ("127.0.0.1", "count", "\\xff", None, None, "invalid UTF-8")],
+        )
+
+    def test_sigtermExitsCleanly(self) -> None:
+        self.assertStillAnswers()
+        # twistd re-raises the signal that stopped it, as daemons should.
+        self.assertIn(self.server.stop(), (0, -signal.SIGTERM))
+        self.assertIn(b"Server Shut Down.", self.server.log)
+        self.assertNotIn(b"Traceback", self.server.log)
+
+
+class SettingsTests(ServerTestCase):
+    """
+    --timeout, --close-after-reply, --max-connections, --max-line.
+    """
+
+    args = ("--journal", "none", "--timeout", "0.5", "--max-connections", "2", "--max-line", "10")
+
+    def test_idleConnectionClosedAfterTimeout(self) -> None:
+        with self.server.connect() as sock:
+            started = time.monotonic()
+            self.assertEqual(recv_all(sock, timeout=5), b"")
+            self.assertLess(time.monotonic() - started, 4)
+
+    def test_serverBusyPastMaxConnections(self) -> None:
+        with self.server.connect() as one, self.server.connect() as two:
+            one.sendall(b"a\n")
+            two.sendall(b"a\n")
+            recv_lines(one, 1)
+            recv_lines(two, 1)
+            with self.server.connect() as three:
+                self.assertEqual(recv_all(three), b"ERR server busy\n")
+        time.sleep(0.2)
+        self.assertStillAnswers()
+
+    def test_maxLine(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"0123456789\n01234567890\n")
+            self.assertEqual(recv_all(sock), b"1 no\nERR line too long\n")
+
+
+class CloseAfterReplyTests(ServerTestCase):
+    """
+    The seed's one-request-per-connection mode.
+    """
+
+    args = ("--journal", "none", "--close-after-reply")
+
+    def test_closesAfterFirstReply(self) -> None:
+        with self.server.connect() as sock:
+            sock.sendall(b"abc2a\nabacada\n")
+            self.assertEqual(recv_all(sock), b"2 " + YES + b"\n")

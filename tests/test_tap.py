@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin: discovery, option parsing, and the service it builds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.application.service import IService
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount import tap
+from primecount.journal import JournalURL
+
+from .helpers import TWISTD
+
+
+def twistd(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TWISTD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the plugin.
+    """
+
+    def test_twistdHelpListsPrimecount(self) -> None:
+        result = twistd("--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("primecount", result.stdout)
+
+    def test_primecountHelpListsOptions(self) -> None:
+        result = twistd("primecount", "--help")
+        for option in ("--port", "--interface", "--listen", "--threads", "--timeout",
+                       "--max-line", "--close-after-reply", "--max-connections", "--journal"):
+            self.assertIn(option, result.stdout)
+
+    def test_badValueIsOneLineAndNonZeroExit(self) -> None:
+        for args in (["--threads", "0"], ["--port", "70000"], ["--timeout", "soon"],
+                     ["--journal", "mysql://x"], ["--listen", "bogus:1"], ["--nope"]):
+            result = twistd("-n", "--pidfile=", "primecount", *args, cwd=self.mktemp_dir())
+            self.assertEqual(result.returncode, 1, args)
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            self.assertEqual(len(lines), 1, (args, lines))
+            self.assertTrue(lines[0].startswith("twistd primecount: error: "), lines)
+            self.assertNotIn("Traceback", result.stderr)
+
+    def mktemp_dir(self) -> str:
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    L{tap.PrimecountOptions}: defaults, coercion, cross-checks.
+    """
+
+    def parse(self, *args: str) -> tap.PrimecountOptions:
+        options = tap.PrimecountOptions()
+        options.parseOptions(["--journal", "none", *args])
+        return options
+
+    def test_defaults(self) -> None:
+        options = tap.PrimecountOptions()
+        os.makedirs(self.mktemp())
+        self.assertEqual(options["journal"], "sqlite:primecount.sqlite3")
+        options = self.parse()
+        self.assertEqual(
+            {k: options[k] for k in ("port", "interface", "threads", "timeout", "max-line",
+                                     "close-after-reply", "max-connections", "range-port")},
+            {"port": 5050, "interface": "0.0.0.0", "threads": 10, "timeout": 5.0,
+             "max-line": 16384, "close-after-reply": 0, "max-connections": 10000,
+             "range-port": None},
+        )
+        self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0"])
+        self.assertEqual(options["journal"], JournalURL("none"))
+
+    def test_portAndInterfaceMakeTheListenDescription(self) -> None:
+        self.assertEqual(self.parse("-p", "6000", "--interface", "::")["listen"],
+                         ["tcp:6000:interface=\\:\\:"])
+
+    def test_listenRepeatableAndReplacesPort(self) -> None:
+        options = self.parse("--port", "6000", "--listen", "tcp:7000", "--listen", "unix:/tmp/pc.sock")
+        self.assertEqual(options["listen"], ["tcp:7000", "unix:/tmp/pc.sock"])
+
+    def test_badValues(self) -> None:
+        for args in (["--threads", "0"], ["--threads", "x"], ["--timeout", "-1"],
+                     ["--max-line", "0"], ["--max-connections", "-5"], ["--port", "65536"],
+                     ["--journal", "postgres:x"], ["--listen", "nonsense:1"]):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_timeoutZeroAllowed(self) -> None:
+        self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
+
+    def test_unwritableJournalFailsAtParse(self) -> None:
+        options = tap.PrimecountOptions()
+        e = self.assertRaises(usage.UsageError, options.parseOptions,
+                              ["--journal", "sqlite:/nonexistent/dir/j.sqlite3"])
+        self.assertIn("cannot write journal", str(e))
+
+    def test_sqliteJournalPathIsAbsolute(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        options = tap.PrimecountOptions()
+        options.parseOptions(["--journal", f"sqlite:{base}/j.sqlite3"])
+        self.assertEqual(options["journal"].path, f"{base}/j.sqlite3")
+        self.assertTrue(os.path.exists(f"{base}/j.sqlite3"))
+
+    def test_makeServiceComposesListeners(self) -> None:
+        service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
+        self.assertTrue(IService.providedBy(service))
+        self.assertEqual([lsn.label for lsn in service.listeners], ["count", "count"])
+        self.assertIsNone(service.journal)
+
+
+class OpenFilesTests(SynchronousTestCase):
+    """
+    The open-files limit is raised toward what --max-connections needs.
+    """
+
+    def test_raisesSoftLimitUpToHard(self) -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
+        self.assertEqual(tap.raise_open_files_limit(wanted), wanted)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
