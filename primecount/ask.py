@@ -22,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="server address (default %(default)s)")
     parser.add_argument("--port", type=int, default=5050, help="count port (default %(default)s)")
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for the replies (default %(default)s)"
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the replies (default %(default)s)",
     )
 
 

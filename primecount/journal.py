@@ -18,6 +18,7 @@ survives a power loss, at the cost of one fsync per group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sqlite3
@@ -75,9 +76,7 @@ def parse_url(value: str, *, base: str | None = None) -> JournalURL:
         return JournalURL("none")
     scheme, sep, rest = value.partition(":")
     if not sep or scheme != "sqlite":
-        raise JournalURLError(
-            f"unknown journal {value!r}: expected sqlite:PATH or none"
-        )
+        raise JournalURLError(f"unknown journal {value!r}: expected sqlite:PATH or none")
     if not rest:
         raise JournalURLError("sqlite: needs a file path, e.g. sqlite:primecount.sqlite3")
     return JournalURL("sqlite", os.path.abspath(os.path.join(base or os.getcwd(), rest)))
@@ -153,9 +152,7 @@ class SQLiteJournal(Service):
     def startService(self) -> None:
         super().startService()
         self._accepting = True
-        self._thread = threading.Thread(
-            target=self._run, name="primecount-journal", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="primecount-journal", daemon=True)
         self._thread.start()
 
     def stopService(self) -> Deferred[None]:
@@ -266,9 +263,7 @@ class SQLiteJournal(Service):
                     self._notCommitted, waiting, n, str(e) or type(e).__name__
                 )
             else:
-                self._reactor.callFromThread(
-                    self._committed, waiting, n, clock() - started
-                )
+                self._reactor.callFromThread(self._committed, waiting, n, clock() - started)
         if conn is not None:
             _close_quietly(conn)
         self._reactor.callFromThread(self._finished)
@@ -281,10 +276,8 @@ class SQLiteJournal(Service):
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):
         conn.close()
-    except sqlite3.Error:
-        pass
 
 
 class NullJournal:

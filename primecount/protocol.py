@@ -54,6 +54,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\n"
     factory: CountFactory
+    transport: Any
     _log = Logger()
 
     def __init__(self) -> None:
@@ -184,13 +185,14 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         """
         if self._lost:
             return
-        ready = []
+        ready: list[bytes] = []
         slots = self._slots
-        while slots and slots[0].reply is not None:
-            ready.append(slots.popleft().reply)
+        while slots and (reply := slots[0].reply) is not None:
+            slots.popleft()
+            ready.append(reply)
         if not ready:
             return
-        self.transport.write(b"".join(ready))  # type: ignore[arg-type]
+        self.transport.write(b"".join(ready))
         self._answered += len(ready)
         if self._closing:
             if not slots:
@@ -228,6 +230,8 @@ class BusyProtocol(Protocol):
     Tells a client over the connection limit so, then closes.
     """
 
+    transport: Any
+
     def connectionMade(self) -> None:
         self.transport.write(error_reply(count.SERVER_BUSY))
         self.transport.loseConnection()
@@ -242,7 +246,7 @@ class CountFactory(Factory):
     @ivar connections: the number of open count connections.
     """
 
-    protocol = CountProtocol
+    protocol = CountProtocol  # type: ignore[assignment]
     noisy = False
     _log = Logger()
 
@@ -265,13 +269,12 @@ class CountFactory(Factory):
         self.connections = 0
         self._busy = False
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:
+    def buildProtocol(self, addr: Any) -> Any:
         if self.connections >= self.maxConnections:
             if not self._busy:
                 self._busy = True
                 self._log.warn(
-                    "{limit} connections open; refusing new ones with "
-                    "ERR server busy",
+                    "{limit} connections open; refusing new ones with ERR server busy",
                     limit=self.maxConnections,
                 )
             busy = BusyProtocol()

@@ -45,10 +45,7 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 """
 
-INSERT = (
-    f"INSERT INTO requests ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -68,20 +68,45 @@ class PrimecountOptions(usage.Options):
         "it is answered."
     )
 
-    optFlags = [
-        ["close-after-reply", None, "Close each connection after its first reply (seed behaviour)."],
-        ["journal-fsync", None, "fsync every journal commit: survives power loss, not only a crash."],
+    optFlags: ClassVar[list[list[Any]]] = [
+        [
+            "close-after-reply",
+            None,
+            "Close each connection after its first reply (seed behaviour).",
+        ],
+        [
+            "journal-fsync",
+            None,
+            "fsync every journal commit: survives power loss, not only a crash.",
+        ],
     ]
 
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["port", "p", 5050, "TCP port of the count protocol.", usage.portCoerce],
-        ["interface", None, "0.0.0.0", "Address to bind: 127.0.0.1 for this machine only, :: for IPv6."],
+        [
+            "interface",
+            None,
+            "0.0.0.0",
+            "Address to bind: 127.0.0.1 for this machine only, :: for IPv6.",
+        ],
         ["threads", None, 10, "Size of the thread pool doing the primality work.", _positive],
         ["timeout", None, 5.0, "Idle seconds before a connection is closed.", _seconds],
         ["max-line", None, 16384, "Longest accepted request line, in bytes.", _positive],
-        ["max-connections", None, 10000, "Open connections beyond this get ERR server busy.", _positive],
+        [
+            "max-connections",
+            None,
+            10000,
+            "Open connections beyond this get ERR server busy.",
+            _positive,
+        ],
         ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
-        ["range-port", None, None, "TCP port of the range protocol (off by default).", usage.portCoerce],
+        [
+            "range-port",
+            None,
+            None,
+            "TCP port of the range protocol (off by default).",
+            usage.portCoerce,
+        ],
     ]
 
     compData = usage.Completions(
@@ -235,7 +260,7 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft
 
 
-def makeService(config: PrimecountOptions) -> service.IService:
+def makeService(config: PrimecountOptions) -> PrimecountService:
     """
     Build the server from parsed options.
     """

@@ -23,7 +23,6 @@ from primecount.pipeline import Pipeline
 from primecount.protocol import CountFactory, CountProtocol
 from primecount.records import Record
 
-
 #: How tests start twistd: the interpreter running the tests, so the
 #: installed package under test is the one served.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -205,9 +204,10 @@ class ServerProcess:
         while self.process.poll() is None and time.monotonic() < deadline:
             self.readLog(0.05)
         while self.readLog(0):
-            if self.process.poll() is not None and not select.select(
-                [self.process.stdout], [], [], 0
-            )[0]:
+            if (
+                self.process.poll() is not None
+                and not select.select([self.process.stdout], [], [], 0)[0]
+            ):
                 break
         if self.process.poll() is None:
             self.process.kill()

@@ -142,7 +142,11 @@ class WriterTests(TestCase):
         # A failed commit drops the connection; the next one reopens it.
         self.assertGreater(self.control.opened, 1)
         # One event for the episode, one for the recovery; not one a request.
-        said = [e["log_format"] for e in events if e.get("log_namespace", "").startswith("primecount.journal")]
+        said = [
+            e["log_format"]
+            for e in events
+            if e.get("log_namespace", "").startswith("primecount.journal")
+        ]
         self.assertEqual(len(said), 2)
         self.assertIn("cannot commit", said[0])
         self.assertIn("writable again", said[1])

@@ -23,9 +23,7 @@ class FramingTests(SynchronousTestCase):
     def test_seedExamples(self) -> None:
         h = Harness()
         h.send(b"abc2a\nabacada\nabacadabb\na\n")
-        self.assertEqual(
-            h.replies(), ["2 sí\n".encode(), b"4 no\n", "3 sí\n".encode(), b"1 no\n"]
-        )
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n", "3 sí\n".encode(), b"1 no\n"])
 
     def test_noGreeting(self) -> None:
         h = Harness()
@@ -138,7 +136,7 @@ class OrderAndBatchingTests(SynchronousTestCase):
         h.send(b"abca\n")
         self.assertEqual(len(h.journal.held), 2)
         # Commit the second batch first: its reply must wait for the first.
-        records, d = h.journal.held.pop()
+        _, d = h.journal.held.pop()
         d.callback(None)
         self.assertEqual(h.replies(), [])
         h.journal.release()

@@ -65,7 +65,9 @@ class CountProtocolTests(ServerTestCase):
             )
 
     def test_pipelined2000RequestsInOneWriteComeBackInOrder(self) -> None:
-        messages = [f"req{i}-{'ab' * (i % 13)}{chr(0x4E00 + i % 50) * (i % 5)}" for i in range(2000)]
+        messages = [
+            f"req{i}-{'ab' * (i % 13)}{chr(0x4E00 + i % 50) * (i % 5)}" for i in range(2000)
+        ]
         with self.server.connect() as sock:
             sock.sendall("".join(m + "\n" for m in messages).encode())
             replies = recv_lines(sock, 2000)
@@ -90,8 +92,12 @@ class CountProtocolTests(ServerTestCase):
             sock.sendall(b"\n   \n\xff\xfe\xfd\nabc\x00c\n")
             self.assertEqual(
                 recv_lines(sock, 4),
-                [b"ERR empty message\n", b"ERR empty message\n", b"ERR invalid UTF-8\n",
-                 b"2 " + YES + b"\n"],
+                [
+                    b"ERR empty message\n",
+                    b"ERR empty message\n",
+                    b"ERR invalid UTF-8\n",
+                    b"2 " + YES + b"\n",
+                ],
             )
 
     def test_lineTooLongThenClosed(self) -> None:
@@ -111,9 +117,11 @@ class CountProtocolTests(ServerTestCase):
         conn.close()
         self.assertEqual(
             rows,
-            [("127.0.0.1", "count", "abc2a", 2, 1, None),
-             ("127.0.0.1", "count", "", None, None, "empty message"),
-             ("127.0.0.1", "count", "\\xff", None, None, "invalid UTF-8")],
+            [
+                ("127.0.0.1", "count", "abc2a", 2, 1, None),
+                ("127.0.0.1", "count", "", None, None, "empty message"),
+                ("127.0.0.1", "count", "\\xff", None, None, "invalid UTF-8"),
+            ],
         )
 
     def test_sigtermExitsCleanly(self) -> None:

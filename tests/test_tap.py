@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -41,13 +40,28 @@ class PluginTests(SynchronousTestCase):
 
     def test_primecountHelpListsOptions(self) -> None:
         result = twistd("primecount", "--help")
-        for option in ("--port", "--interface", "--listen", "--threads", "--timeout",
-                       "--max-line", "--close-after-reply", "--max-connections", "--journal"):
+        for option in (
+            "--port",
+            "--interface",
+            "--listen",
+            "--threads",
+            "--timeout",
+            "--max-line",
+            "--close-after-reply",
+            "--max-connections",
+            "--journal",
+        ):
             self.assertIn(option, result.stdout)
 
     def test_badValueIsOneLineAndNonZeroExit(self) -> None:
-        for args in (["--threads", "0"], ["--port", "70000"], ["--timeout", "soon"],
-                     ["--journal", "mysql://x"], ["--listen", "bogus:1"], ["--nope"]):
+        for args in (
+            ["--threads", "0"],
+            ["--port", "70000"],
+            ["--timeout", "soon"],
+            ["--journal", "mysql://x"],
+            ["--listen", "bogus:1"],
+            ["--nope"],
+        ):
             result = twistd("-n", "--pidfile=", "primecount", *args, cwd=self.mktemp_dir())
             self.assertEqual(result.returncode, 1, args)
             lines = (result.stdout + result.stderr).strip().splitlines()
@@ -77,27 +91,55 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["journal"], "sqlite:primecount.sqlite3")
         options = self.parse()
         self.assertEqual(
-            {k: options[k] for k in ("port", "interface", "threads", "timeout", "max-line",
-                                     "close-after-reply", "max-connections", "range-port")},
-            {"port": 5050, "interface": "0.0.0.0", "threads": 10, "timeout": 5.0,
-             "max-line": 16384, "close-after-reply": 0, "max-connections": 10000,
-             "range-port": None},
+            {
+                k: options[k]
+                for k in (
+                    "port",
+                    "interface",
+                    "threads",
+                    "timeout",
+                    "max-line",
+                    "close-after-reply",
+                    "max-connections",
+                    "range-port",
+                )
+            },
+            {
+                "port": 5050,
+                "interface": "0.0.0.0",
+                "threads": 10,
+                "timeout": 5.0,
+                "max-line": 16384,
+                "close-after-reply": 0,
+                "max-connections": 10000,
+                "range-port": None,
+            },
         )
         self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0"])
         self.assertEqual(options["journal"], JournalURL("none"))
 
     def test_portAndInterfaceMakeTheListenDescription(self) -> None:
-        self.assertEqual(self.parse("-p", "6000", "--interface", "::")["listen"],
-                         ["tcp:6000:interface=\\:\\:"])
+        self.assertEqual(
+            self.parse("-p", "6000", "--interface", "::")["listen"], ["tcp:6000:interface=\\:\\:"]
+        )
 
     def test_listenRepeatableAndReplacesPort(self) -> None:
-        options = self.parse("--port", "6000", "--listen", "tcp:7000", "--listen", "unix:/tmp/pc.sock")
+        options = self.parse(
+            "--port", "6000", "--listen", "tcp:7000", "--listen", "unix:/tmp/pc.sock"
+        )
         self.assertEqual(options["listen"], ["tcp:7000", "unix:/tmp/pc.sock"])
 
     def test_badValues(self) -> None:
-        for args in (["--threads", "0"], ["--threads", "x"], ["--timeout", "-1"],
-                     ["--max-line", "0"], ["--max-connections", "-5"], ["--port", "65536"],
-                     ["--journal", "postgres:x"], ["--listen", "nonsense:1"]):
+        for args in (
+            ["--threads", "0"],
+            ["--threads", "x"],
+            ["--timeout", "-1"],
+            ["--max-line", "0"],
+            ["--max-connections", "-5"],
+            ["--port", "65536"],
+            ["--journal", "postgres:x"],
+            ["--listen", "nonsense:1"],
+        ):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_timeoutZeroAllowed(self) -> None:
@@ -105,8 +147,11 @@ class OptionsTests(SynchronousTestCase):
 
     def test_unwritableJournalFailsAtParse(self) -> None:
         options = tap.PrimecountOptions()
-        e = self.assertRaises(usage.UsageError, options.parseOptions,
-                              ["--journal", "sqlite:/nonexistent/dir/j.sqlite3"])
+        e = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--journal", "sqlite:/nonexistent/dir/j.sqlite3"],
+        )
         self.assertIn("cannot write journal", str(e))
 
     def test_sqliteJournalPathIsAbsolute(self) -> None:
