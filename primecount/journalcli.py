@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import ipaddress
 import json
+import math
 import os
 import re
 import sqlite3
@@ -144,19 +146,35 @@ def unescape(text: str) -> str:
     return _UNESCAPE.sub(replace, text)
 
 
+def _split_time(when: float) -> tuple[int, int]:
+    # Whole seconds and microseconds, rounded to the microsecond first, as
+    # datetime.fromtimestamp does: 12.3449999 is 12.345000, not 12.344999.
+    second = math.floor(when)
+    micro = round((when - second) * 1_000_000)
+    if micro == 1_000_000:
+        return second + 1, 0
+    return second, micro
+
+
+@functools.lru_cache(maxsize=256)
+def _utc_second(second: int) -> datetime:
+    # Records come in bursts within one second: format each second once.
+    return datetime.fromtimestamp(second, UTC)
+
+
 def format_seed_time(when: float) -> str:
     """
     C{2026-02-16 10:37:12}: UTC, to the second (truncated), as the seed logged.
     """
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{_utc_second(_split_time(when)[0]):%Y-%m-%d %H:%M:%S}"
 
 
 def format_iso_time(when: float) -> str:
     """
     C{2026-02-16T10:37:12.345Z}: ISO 8601, UTC, to the millisecond (truncated).
     """
-    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
-    return stamp.removesuffix("+00:00") + "Z"
+    second, micro = _split_time(when)
+    return f"{_utc_second(second):%Y-%m-%dT%H:%M:%S}.{micro // 1000:03d}Z"
 
 
 def _verdict(prime: bool | None) -> str:
@@ -454,9 +472,7 @@ def _top_id(conn: sqlite3.Connection) -> int:
     return int(top or 0)
 
 
-def show(
-    conn: sqlite3.Connection, query: Query, fmt: str, out: TextIO, *, follow: bool
-) -> None:
+def show(conn: sqlite3.Connection, query: Query, fmt: str, out: TextIO, *, follow: bool) -> None:
     """
     Print the matching records; with C{follow}, keep printing new ones as
     they are committed until interrupted (C{KeyboardInterrupt}).
@@ -567,8 +583,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vacuum",
         action="store_true",
-        help="with --prune-before: also shrink the file (blocks the "
-        "server's writes while it runs)",
+        help="with --prune-before: also shrink the file (blocks the server's writes while it runs)",
     )
 
 

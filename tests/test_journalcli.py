@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import IO
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -69,9 +70,7 @@ def stored(path: str) -> list[Record]:
     """
     conn = schema.connect(path, readonly=True)
     try:
-        return [
-            schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")
-        ]
+        return [schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")]
     finally:
         conn.close()
 
@@ -217,9 +216,7 @@ class FormatTests(RunMixin, TestCase):
         append(os.path.join(here, "primecount.sqlite3"), [GOOD])
         self.addCleanup(os.chdir, os.getcwd())
         os.chdir(here)
-        self.assertEqual(
-            self.lines(), ["2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí"]
-        )
+        self.assertEqual(self.lines(), ["2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí"])
 
 
 class EscapeTests(RunMixin, TestCase):
@@ -267,9 +264,7 @@ class EscapeTests(RunMixin, TestCase):
         self.assertEqual(len(out.splitlines()), 1)
         self.assertEqual(
             out,
-            "2026-02-16 10:37:12 | 127.0.0.1 | "
-            + journalcli.escape(NASTY)
-            + " | 1 | no\n",
+            "2026-02-16 10:37:12 | 127.0.0.1 | " + journalcli.escape(NASTY) + " | 1 | no\n",
         )
         message = out.split(" | ", 2)[2].rsplit(" | ", 2)[0]
         self.assertEqual(journalcli.unescape(message), NASTY)
@@ -336,9 +331,7 @@ class FilterTests(RunMixin, TestCase):
         """
         C{--until} keeps records before the time; a date means its midnight.
         """
-        self.assertEqual(
-            self.messages("--until", "2026-02-16T12:37:12.345"), ["m0", "m1"]
-        )
+        self.assertEqual(self.messages("--until", "2026-02-16T12:37:12.345"), ["m0", "m1"])
         self.assertEqual(self.messages("--until", "2026-02-16"), [])
         self.assertEqual(
             self.messages("--since", "2026-02-16T11:00", "--until", "2026-02-16T13:00"),
@@ -399,9 +392,7 @@ class FilterTests(RunMixin, TestCase):
         )
         for peer in ("192.0.2.1", "::ffff:192.0.2.1"):
             lines = self.lines("--journal", url, "--peer", peer)
-            self.assertEqual(
-                [line.split(" | ")[2] for line in lines], ["mapped", "plain"]
-            )
+            self.assertEqual([line.split(" | ")[2] for line in lines], ["mapped", "plain"])
         lines = self.lines("--journal", url, "--peer", "2001:DB8:0::1")
         self.assertEqual([line.split(" | ")[2] for line in lines], ["six"])
 
@@ -410,9 +401,7 @@ class FilterTests(RunMixin, TestCase):
         C{--limit N} shows the last N matching records, oldest first.
         """
         self.assertEqual(self.messages("--limit", "2"), ["m4", "m5"])
-        self.assertEqual(
-            self.messages("--limit", "2", "--peer", "192.0.2.0"), ["m2", "m4"]
-        )
+        self.assertEqual(self.messages("--limit", "2", "--peer", "192.0.2.0"), ["m2", "m4"])
         self.assertEqual(self.messages("--limit", "99"), [f"m{i}" for i in range(6)])
         self.assertEqual(self.messages("--limit", "0"), [])
 
@@ -441,9 +430,7 @@ class FollowTests(RunMixin, TestCase):
                 raise KeyboardInterrupt()
 
         self.patch(journalcli, "_sleep", sleep)
-        status, out, err = self.journal(
-            "--journal", "sqlite:" + path, "--follow", "--peer", "::1"
-        )
+        status, out, err = self.journal("--journal", "sqlite:" + path, "--follow", "--peer", "::1")
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(
             [line.split(" | ")[2] for line in out.splitlines()],
@@ -473,9 +460,7 @@ class FollowTests(RunMixin, TestCase):
                 raise KeyboardInterrupt()
 
         self.patch(journalcli, "_sleep", sleep)
-        status, out, err = self.journal(
-            "--journal", "sqlite:" + path, "--follow", "--limit", "0"
-        )
+        status, out, err = self.journal("--journal", "sqlite:" + path, "--follow", "--limit", "0")
         self.assertEqual((status, out.split(" | ")[2:3], err), (0, ["fresh"], ""))
 
 
@@ -486,8 +471,7 @@ class PruneTests(RunMixin, TestCase):
 
     def setUp(self) -> None:
         self.records = [
-            Record(T + 86400 * i, "::1", 1, "count", f"day{i}", 1, False)
-            for i in range(5)
+            Record(T + 86400 * i, "::1", 1, "count", f"day{i}", 1, False) for i in range(5)
         ]
         self.path = make_journal(self, self.records)
         self.url = "sqlite:" + self.path
@@ -643,7 +627,7 @@ def _command(*argv: str) -> list[str]:
     return [sys.executable, "-m", "primecount", "journal", *argv]
 
 
-def _read_line(pipe: io.BufferedReader, timeout: float) -> bytes:
+def _read_line(pipe: IO[bytes], timeout: float) -> bytes:
     """
     One line from C{pipe}, or C{b""} when none arrives within C{timeout}.
     """
@@ -669,9 +653,7 @@ class ProcessTests(TestCase):
         """
         Start C{primecount journal argv…}, killed at the end of the test.
         """
-        process = subprocess.Popen(
-            _command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        process = subprocess.Popen(_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
         def stop() -> None:
             if process.poll() is None:
@@ -689,9 +671,7 @@ class ProcessTests(TestCase):
         The records go to stdout; status 0.
         """
         url = "sqlite:" + make_journal(self, [GOOD])
-        done = subprocess.run(
-            _command("--journal", url), capture_output=True, timeout=30
-        )
+        done = subprocess.run(_command("--journal", url), capture_output=True, timeout=30)
         self.assertEqual(
             (done.returncode, done.stdout, done.stderr),
             (0, "2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí\n".encode(), b""),
@@ -736,9 +716,7 @@ class ProcessTests(TestCase):
         """
         When the reader goes away (C{| head -1}), the process ends quietly.
         """
-        many = [
-            Record(T + i, "::1", 1, "count", "m" * 50, 1, False) for i in range(20000)
-        ]
+        many = [Record(T + i, "::1", 1, "count", "m" * 50, 1, False) for i in range(20000)]
         path = make_journal(self, many)
         process = self.start("--journal", "sqlite:" + path)
         assert process.stdout is not None and process.stderr is not None
