@@ -1,0 +1,400 @@
+"""
+Tests for L{primecount.bench}: every reply is verified, failures are
+counted as errors and never as speed, the statistics are right.
+
+Each test runs a small threaded server on 127.0.0.1 port 0 (correct, wrong,
+dropping, silent or slow) and the generator in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import socketserver
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+from twisted.trial.unittest import TestCase
+
+from primecount import bench
+from primecount.bench.load import Plan, measure
+from primecount.bench.stats import (
+    BIN_EDGES,
+    Recorder,
+    Result,
+    bin_percentile_ms,
+    percentiles_ms,
+)
+from primecount.count import expected_reply
+
+Answer = Callable[[bytes], bytes | None]
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    """
+    Reads lines and answers each with the server's C{answer} function; a
+    C{None} answer closes the connection without a reply.
+    """
+
+    def handle(self) -> None:
+        answer: Answer = self.server.answer  # type: ignore[attr-defined]
+        self.connection.settimeout(5)
+        try:
+            for line in self.rfile:
+                reply = answer(line.rstrip(b"\n"))
+                if reply is None:
+                    return
+                self.wfile.write(reply)
+                self.wfile.flush()
+        except OSError:
+            return
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    allow_reuse_address = True
+
+
+def correct(line: bytes) -> bytes:
+    """
+    The right answer.
+    """
+    return expected_reply(line)
+
+
+def wrong(line: bytes) -> bytes:
+    """
+    A well-formed answer that is never right: no message has count 0.
+    """
+    return b"0 no\n"
+
+
+def drop(line: bytes) -> None:
+    """
+    Hang up instead of answering.
+    """
+    return None
+
+
+def silent(line: bytes) -> bytes:
+    """
+    Never answer (until the generator gives up).
+    """
+    time.sleep(2)
+    return b""
+
+
+def slow(line: bytes) -> bytes:
+    """
+    Answer right, 20 ms late.
+    """
+    time.sleep(0.02)
+    return expected_reply(line)
+
+
+class BenchTestCase(TestCase):
+    """
+    Helpers: a server on a free port that is shut down after the test.
+    """
+
+    def serve(self, answer: Answer) -> int:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.answer = answer  # type: ignore[attr-defined]
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+        thread.start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        self.addCleanup(stop)
+        return int(server.server_address[1])
+
+    def plan(self, port: int, **kwargs: object) -> Plan:
+        settings: dict[str, object] = {
+            "clients": 4,
+            "duration": None,
+            "requests": 200,
+            "timeout": 2.0,
+        }
+        settings.update(kwargs)
+        return Plan("127.0.0.1", port, **settings)  # type: ignore[arg-type]
+
+
+class VerificationTests(BenchTestCase):
+    """
+    Every reply is checked; failures never count as throughput.
+    """
+
+    def test_correctServerAllOk(self) -> None:
+        """
+        Against a correct server every request is a correct reply.
+        """
+        result = measure(self.plan(self.serve(correct)))
+        self.assertEqual((result.ok, result.wrong, result.error_count), (200, 0, 0))
+        self.assertGreater(result.throughput, 0)
+        self.assertEqual(result.histogram.get_total_count(), 200)
+
+    def test_requestsCountHonouredPipelined(self) -> None:
+        """
+        C{requests} bounds the run exactly, also with pipelining and more
+        clients than the count divides evenly.
+        """
+        result = measure(self.plan(self.serve(correct), clients=7, pipeline=5))
+        self.assertEqual(result.requests, 200)
+        self.assertEqual(result.ok, 200)
+
+    def test_requestsCountHonouredPerConnection(self) -> None:
+        """
+        One connection per request resolves exactly C{requests} requests.
+        """
+        result = measure(self.plan(self.serve(correct), per_request=True, requests=57))
+        self.assertEqual((result.requests, result.ok), (57, 57))
+
+    def test_wrongServerShowsAsWrongReplies(self) -> None:
+        """
+        Replies that differ from L{expected_reply} are wrong, and wrong
+        replies are no throughput.
+        """
+        result = measure(self.plan(self.serve(wrong)))
+        self.assertEqual((result.ok, result.wrong, result.error_count), (0, 200, 0))
+        self.assertEqual(result.throughput, 0)
+
+    def test_droppingServerShowsAsErrors(self) -> None:
+        """
+        A server that closes instead of answering causes reset errors, on
+        persistent connections and one-per-request alike.
+        """
+        port = self.serve(drop)
+        for per_request in (False, True):
+            result = measure(self.plan(port, requests=40, per_request=per_request))
+            self.assertEqual(result.ok + result.wrong, 0)
+            self.assertEqual(result.errors["reset"], 40)
+            self.assertEqual(result.throughput, 0)
+
+    def test_refusedConnectionsAreErrors(self) -> None:
+        """
+        When nothing listens, every request fails as a connect error.
+        """
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        result = measure(self.plan(port, requests=20, per_request=True))
+        self.assertEqual(result.errors["connect"], 20)
+        self.assertEqual(result.ok, 0)
+
+    def test_silentServerTimesOut(self) -> None:
+        """
+        A request without a reply within the timeout is a timeout error.
+        """
+        started = time.monotonic()
+        result = measure(self.plan(self.serve(silent), requests=4, clients=2, timeout=0.3))
+        self.assertEqual(result.errors["timeout"], 4)
+        self.assertLess(time.monotonic() - started, 3.0)
+
+    def test_openLoopCountsQueueingDelay(self) -> None:
+        """
+        With a fixed rate above what the server sustains, latency is measured
+        from each request's due time, so it grows with the backlog instead of
+        staying at the service time.
+        """
+        result = measure(self.plan(self.serve(slow), clients=1, requests=20, rate=200.0))
+        self.assertEqual(result.ok, 20)
+        latency = percentiles_ms(result.histogram)
+        # Service time is 20 ms; the 20th request was due at 95 ms and is
+        # served around 400 ms.
+        self.assertGreater(latency["max"], 200.0)
+
+    def test_durationBounded(self) -> None:
+        """
+        A timed run stops close to its duration.
+        """
+        plan = self.plan(self.serve(correct), requests=None, duration=0.5)
+        result = measure(plan)
+        self.assertGreater(result.ok, 0)
+        self.assertLess(result.elapsed, 1.5)
+
+    def test_idleConnectionsHeld(self) -> None:
+        """
+        Idle connections stay open during the run.
+        """
+        result = measure(self.plan(self.serve(correct), requests=50, idle=20))
+        self.assertEqual(result.ok, 50)
+        self.assertEqual(result.idle["open"], 20)
+        self.assertEqual(result.idle["failed"], 0)
+
+
+class StatisticsTests(TestCase):
+    """
+    Percentiles, bins and merging on known inputs.
+    """
+
+    def assertClose(self, got: float, want: float, tolerance: float, what: str) -> None:
+        """
+        C{got} is within C{tolerance} of C{want}.
+        """
+        self.assertTrue(
+            abs(got - want) <= tolerance, f"{what}: {got} not within {tolerance} of {want}"
+        )
+
+    def test_percentilesOfKnownLatencies(self) -> None:
+        """
+        Latencies of 1, 2, ..., 1000 ms give p50 = 500 ms, p90 = 900 ms,
+        p99 = 990 ms, p99.9 = 999 ms and max = 1000 ms, within the
+        histogram's three significant digits.
+        """
+        recorder = Recorder(0.0)
+        for ms in range(1, 1001):
+            recorder.reply(ms / 1000.0, True)
+        recorder.flush()
+        got = percentiles_ms(recorder.result.histogram)
+        for key, want in (
+            ("p50", 500),
+            ("p90", 900),
+            ("p99", 990),
+            ("p99.9", 999),
+            ("max", 1000),
+        ):
+            self.assertClose(got[key], want, want * 0.001, key)
+        self.assertClose(got["mean"], 500.5, 0.5, "mean")
+
+    def test_emptyHistogram(self) -> None:
+        """
+        No replies: every percentile is zero, not an exception.
+        """
+        self.assertEqual(set(percentiles_ms(Result().histogram).values()), {0.0})
+
+    def test_binPercentileWithinBinWidth(self) -> None:
+        """
+        The timeline's bin percentiles are within one bin (about 10 %) above
+        the true value.
+        """
+        recorder = Recorder(0.0)
+        for ms in range(1, 101):
+            recorder.reply(ms / 1000.0, True)
+        recorder.flush()
+        bins = recorder.result.timeline[0].bins
+        p50 = bin_percentile_ms(bins, 50.0)
+        self.assertGreaterEqual(p50, 50.0)
+        self.assertLessEqual(p50, 50.0 * (BIN_EDGES[1] / BIN_EDGES[0]))
+
+    def test_countsAndTimeline(self) -> None:
+        """
+        Correct, wrong and failed requests are counted apart, per second.
+        """
+        recorder = Recorder(0.0)
+        recorder.reply(0.001, True)
+        recorder.reply(0.001, False)
+        recorder.error("reset", 3)
+        recorder.flush()
+        recorder.reply(0.002, True)
+        recorder.flush()
+        result = recorder.result
+        self.assertEqual((result.ok, result.wrong, result.error_count), (2, 1, 3))
+        self.assertEqual(result.requests, 6)
+        self.assertEqual([s.ok for s in result.timeline], [1, 1])
+        self.assertEqual([s.errors for s in result.timeline], [3, 0])
+
+    def test_mergeAddsProcesses(self) -> None:
+        """
+        Merged results add counts, histograms and timelines and keep the
+        longest elapsed time; the wire form survives the trip.
+        """
+        parts = []
+        for base in (1, 1001):
+            recorder = Recorder(0.0)
+            for ms in range(base, base + 1000):
+                recorder.reply(ms / 1000.0, True)
+            recorder.flush()
+            recorder.result.elapsed = base / 1000.0
+            parts.append(Result.from_wire(recorder.result.to_wire()))
+        merged = Result()
+        for part in parts:
+            merged.merge(part)
+        self.assertEqual(merged.ok, 2000)
+        self.assertEqual(merged.elapsed, 1.001)
+        self.assertEqual(merged.timeline[0].ok, 2000)
+        got = percentiles_ms(merged.histogram)
+        self.assertClose(got["p50"], 1000, 1.0, "p50")
+        self.assertClose(got["max"], 2000, 2.0, "max")
+
+
+class CommandLineTests(BenchTestCase):
+    """
+    C{primecount bench} as a user runs it.
+    """
+
+    def run_bench(self, *argv: str) -> tuple[int, str, str]:
+        parser = argparse.ArgumentParser(prog="primecount bench")
+        bench.add_arguments(parser)
+        args = parser.parse_args(list(argv))
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        status = bench.run(args)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_unreachableServerOneLine(self) -> None:
+        """
+        An unreachable server is one line on stderr and exit status 2.
+        """
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        status, out, err = self.run_bench("--port", str(port), "--requests", "5")
+        self.assertEqual(status, 2)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn("cannot connect", err)
+
+    def test_summaryAndJson(self) -> None:
+        """
+        A run prints a summary and writes the whole result with its
+        timeline as JSON; a clean run exits 0.
+        """
+        port = self.serve(correct)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "run.json")
+        status, out, _err = self.run_bench("--port", str(port), "--requests", "100", "--json", path)
+        self.assertEqual(status, 0)
+        self.assertIn("throughput", out)
+        self.assertIn("p99.9", out)
+        with open(path) as f:
+            document = json.load(f)
+        self.assertEqual(document["requests"], 100)
+        self.assertEqual(document["ok"], 100)
+        self.assertEqual(document["settings"]["requests"], 100)
+        self.assertIsInstance(document["timeline"], list)
+        self.assertIn("p99.9", document["latency_ms"])
+
+    def test_wrongRepliesExitNonZero(self) -> None:
+        """
+        Wrong replies are reported and make the exit status 3.
+        """
+        port = self.serve(wrong)
+        status, out, _err = self.run_bench(
+            "--port", str(port), "--requests", "20", "--message", "abc2a"
+        )
+        self.assertEqual(status, 3)
+        self.assertIn("WRONG REPLIES: 20", out)
+
+    def test_contradictoryOptions(self) -> None:
+        """
+        Options that contradict each other are one line and status 2.
+        """
+        port = self.serve(correct)
+        status, _out, err = self.run_bench(
+            "--port", str(port), "--connection-per-request", "--pipeline", "4"
+        )
+        self.assertEqual(status, 2)
+        self.assertEqual(len(err.splitlines()), 1)
