@@ -1,7 +1,7 @@
 """
 Tests for L{primecount.journalcli}: C{primecount journal}.
 
-Journals are built with L{schema.connect} and L{schema.INSERT}, as the server's
+Journals are built, in temporary directories, with L{schema.connect} and L{schema.INSERT}, as the server's
 writer builds them. Most tests call L{journalcli.run} with stdout and stderr
 captured; a few run C{python -m primecount journal} in a subprocess to check
 what only a real process shows (exit status, Ctrl-C, a closed pipe).
@@ -15,9 +15,11 @@ import io
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from typing import IO
@@ -42,11 +44,22 @@ RANGE = Record(T + 3, "10.0.0.7", 40001, "range", None, 4, a=10, b=20, sum_ok=Tr
 NASTY = "a\nb\\nc\r\td\x00\x1b\x7f\x85\u2028\u2029é|,\"'"
 
 
+def temp_path(case: TestCase) -> str:
+    """
+    A path where nothing is yet, in a temporary directory removed after
+    C{case}; unlike C{case.mktemp()} it never lands in the working tree
+    when pytest runs the tests.
+    """
+    directory = tempfile.mkdtemp(prefix="primecount-journalcli-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "journal")
+
+
 def make_journal(case: TestCase, records: list[Record]) -> str:
     """
     A new journal file in C{case}'s temporary directory holding C{records}.
     """
-    path = os.path.abspath(case.mktemp() + ".sqlite3")
+    path = os.path.abspath(temp_path(case) + ".sqlite3")
     append(path, records)
     return path
 
@@ -211,7 +224,7 @@ class FormatTests(RunMixin, TestCase):
         Without C{--journal}, C{primecount.sqlite3} in the current directory
         is read.
         """
-        here = os.path.abspath(self.mktemp())
+        here = os.path.abspath(temp_path(self))
         os.makedirs(here)
         append(os.path.join(here, "primecount.sqlite3"), [GOOD])
         self.addCleanup(os.chdir, os.getcwd())
@@ -557,7 +570,7 @@ class ErrorTests(RunMixin, TestCase):
         """
         A journal file that does not exist (and is not created).
         """
-        path = os.path.abspath(self.mktemp())
+        path = os.path.abspath(temp_path(self))
         self.assertOneLineError("--journal", "sqlite:" + path, says="no journal at")
         self.assertOneLineError(
             "--journal", "sqlite:" + path, "--prune-before", "1d", says="no journal"
@@ -581,11 +594,11 @@ class ErrorTests(RunMixin, TestCase):
         """
         A file that is not SQLite, or SQLite without the journal's table.
         """
-        path = self.mktemp()
+        path = temp_path(self)
         with open(path, "w") as f:
             f.write("hello\n" * 1000)
         self.assertOneLineError("--journal", "sqlite:" + path, says="cannot read")
-        other = self.mktemp()
+        other = temp_path(self)
         sqlite = schema.sqlite3.connect(other)
         sqlite.execute("CREATE TABLE t (x)")
         sqlite.close()
@@ -681,7 +694,7 @@ class ProcessTests(TestCase):
         """
         A missing journal: one line on stderr, non-zero status, no traceback.
         """
-        path = os.path.abspath(self.mktemp())
+        path = os.path.abspath(temp_path(self))
         done = subprocess.run(
             _command("--journal", "sqlite:" + path), capture_output=True, timeout=30
         )
