@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_count -*-
+"""
+The count protocol's codec, against the spec's examples and a slow,
+obvious reference.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount.count import Reply, evaluate, expected_reply, parse_reply
+from primecount.primes import is_prime
+
+
+def slow_reply(line: bytes) -> bytes:
+    """
+    The reply by the letter of DESIGN.md, written as plainly as possible.
+    """
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    try:
+        message = line.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return b"ERR invalid UTF-8\n"
+    if message == "":
+        return b"ERR empty message\n"
+    k = sum(1 for c in message if c == message[-1])
+    prime = k > 1 and all(k % d for d in range(2, k))
+    return (str(k) + (" sí" if prime else " no") + "\n").encode("utf-8")
+
+
+class EvaluateTests(SynchronousTestCase):
+    """
+    L{evaluate} and the reply it gives.
+    """
+
+    def test_designExamples(self) -> None:
+        self.assertEqual(evaluate(b"abc2a").reply(), "2 sí\n".encode())
+        self.assertEqual(evaluate(b"abacada").reply(), b"4 no\n")
+        self.assertEqual(evaluate(b"abacadabb").reply(), "3 sí\n".encode())
+        self.assertEqual(evaluate(b"a").reply(), b"1 no\n")
+
+    def test_errors(self) -> None:
+        self.assertEqual(evaluate(b"").error, "empty message")
+        self.assertEqual(evaluate(b" \t\r").error, "empty message")
+        self.assertEqual(evaluate(b"ab\xc3").error, "invalid UTF-8")
+        self.assertEqual(evaluate(b"ab\xc3").message, "ab\\xc3")
+
+    @given(st.text(max_size=60))
+    def test_matchesReferenceOnText(self, text: str) -> None:
+        line = text.encode("utf-8", "surrogatepass")
+        self.assertEqual(evaluate(line).reply(), slow_reply(line))
+
+    @given(st.binary(max_size=40))
+    def test_matchesReferenceOnBytes(self, line: bytes) -> None:
+        self.assertEqual(evaluate(line).reply(), slow_reply(line))
+
+    @given(st.text(alphabet="ab\x00\t ñ😀", min_size=1, max_size=400))
+    def test_matchesReferenceOnRepeats(self, text: str) -> None:
+        line = text.encode()
+        self.assertEqual(evaluate(line).reply(), slow_reply(line))
+
+
+class ReplyParsingTests(SynchronousTestCase):
+    """
+    L{parse_reply} reads what servers send.
+    """
+
+    def test_parse(self) -> None:
+        self.assertEqual(parse_reply("2 sí\n".encode()), Reply(2, True))
+        self.assertEqual(parse_reply(b"4 no"), Reply(4, False))
+        self.assertEqual(parse_reply(b"ERR line too long\n"), Reply(None, None, "line too long"))
+
+    def test_malformed(self) -> None:
+        for line in (b"", b"2", b"2 yes\n", b"x no\n", b"-1 no\n"):
+            self.assertRaises(ValueError, parse_reply, line)
+
+    def test_expectedReplyAcceptsText(self) -> None:
+        self.assertEqual(expected_reply("abc2a"), expected_reply(b"abc2a"))
+
+
+class IsPrimeTests(SynchronousTestCase):
+    """
+    L{is_prime} over the table and beyond it.
+    """
+
+    def test_againstTrialDivision(self) -> None:
+        def slow(n: int) -> bool:
+            return n > 1 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+        for n in [*range(-3, 2000), *range(65_000, 66_500), 2**31 - 1, 2**31 + 11]:
+            self.assertEqual(is_prime(n), slow(n), n)
+
+    def test_largeKnownValues(self) -> None:
+        self.assertTrue(is_prime(2**61 - 1))
+        self.assertFalse(is_prime(3_215_031_751))  # strong pseudoprime to 2, 3, 5, 7
