@@ -95,6 +95,7 @@ class PrimeStream:
         a: int,
         b: int,
         segment_size: int = SEGMENT_SIZE,
+        producer: IPushProducer | None = None,
     ) -> None:
         """
         @param reactor: delivers pool results on the reactor thread.
@@ -104,7 +105,11 @@ class PrimeStream:
         @param a: the lower bound of the range.
         @param b: the upper bound of the range.
         @param segment_size: numbers sieved per job.
+        @param producer: what to register with the consumer: by default the
+            stream itself; a protocol that wants to hear of pauses registers
+            itself and passes them on.
         """
+        self._producer = self if producer is None else producer
         self._reactor = reactor
         self._threadpool = threadpool
         self._slots = slots
@@ -122,7 +127,7 @@ class PrimeStream:
         """
         Register with the consumer and request the first segment.
         """
-        self._consumer.registerProducer(self, True)
+        self._consumer.registerProducer(self._producer, True)
         self._next()
         self._finishIfDone()
 
@@ -175,9 +180,7 @@ class PrimeStream:
         """
         if self._stopped:
             return succeed(None)
-        return deferToThreadPool(
-            self._reactor, self._threadpool, encoded_segment, lo, hi
-        )
+        return deferToThreadPool(self._reactor, self._threadpool, encoded_segment, lo, hi)
 
     def _written(self, result: tuple[bytes, int, int] | None) -> None:
         """
@@ -227,6 +230,7 @@ _AWAITING_SUM = "awaiting sum"  # all sent, waiting for the client's sum
 _JOURNALLING = "journalling"  # waiting for the record to be committed
 
 
+@implementer(IPushProducer)
 class RangeProtocol(Protocol, TimeoutMixin):
     """
     One range protocol connection: request, N, primes, sum, record; repeat.
@@ -325,10 +329,33 @@ class RangeProtocol(Protocol, TimeoutMixin):
             self._streamed((0, 0))
             return
         assert self._a is not None and self._b is not None
-        stream = self.factory.stream(self.transport, self._a, self._b)  # type: ignore[arg-type]
+        stream = self.factory.stream(self.transport, self._a, self._b, self)  # type: ignore[arg-type]
         self._stream = stream
         stream.done.addCallbacks(self._streamed, self._failed)
         stream.start()
+
+    def pauseProducing(self) -> None:
+        """
+        The client stopped reading: pause the stream, and start the timeout.
+        """
+        if self._stream is not None:
+            self._stream.pauseProducing()
+            self._waitForClient()
+
+    def resumeProducing(self) -> None:
+        """
+        The client reads again: resume the stream, stop the timeout.
+        """
+        if self._stream is not None:
+            self.setTimeout(None)
+            self._stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going away: stop the stream.
+        """
+        if self._stream is not None:
+            self._stream.stopProducing()
 
     def _streamed(self, result: tuple[int, int]) -> None:
         """
@@ -379,9 +406,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         Computing N or sieving failed: log, journal and drop the connection
         (the client cannot tell a missing prime from a late one).
         """
-        self._log.failure(
-            "Range request [{a}, {b}] failed", failure, a=self._a, b=self._b
-        )
+        self._log.failure("Range request [{a}, {b}] failed", failure, a=self._a, b=self._b)
         if self._lost:
             return
         self._stream = None
@@ -522,13 +547,18 @@ class RangeFactory(Factory):
         """
         Run C{f(*args)} in the pool once a range job slot is free.
         """
-        return self._slots.run(
-            deferToThreadPool, self.reactor, self.threadpool, f, *args
-        )
+        return self._slots.run(deferToThreadPool, self.reactor, self.threadpool, f, *args)
 
-    def stream(self, consumer: IConsumer, a: int, b: int) -> PrimeStream:
+    def stream(
+        self,
+        consumer: IConsumer,
+        a: int,
+        b: int,
+        producer: IPushProducer | None = None,
+    ) -> PrimeStream:
         """
-        A L{PrimeStream} of the primes in [a, b] to C{consumer}.
+        A L{PrimeStream} of the primes in [a, b] to C{consumer}, registered
+        as C{producer} (by default itself).
         """
         return PrimeStream(
             self.reactor,
@@ -538,6 +568,7 @@ class RangeFactory(Factory):
             a,
             b,
             self.segmentSize,
+            producer,
         )
 
     def journalRecord(self, record: Record) -> Deferred[None]:

@@ -1,0 +1,690 @@
+# -*- test-case-name: tests.test_rangeserver -*-
+"""
+Tests for L{primecount.rangeserver}: the wire bytes, the sum check, the
+journal, the producer's flow control, and real sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor as globalReactor
+from twisted.internet import threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+
+from primecount import rangecodec, rangeserver
+from primecount.multiclient import fetch, send_sum
+from primecount.primes import primes_between
+from primecount.rangeserver import (
+    BAD_SUM,
+    DISCONNECTED_BEFORE_REPLY,
+    DISCONNECTED_BEFORE_SUM,
+    DISCONNECTED_MID_STREAM,
+    INCOMPLETE_REQUEST,
+    NO_SUM,
+    STOPPED_READING,
+    PrimeStream,
+    RangeFactory,
+    RangeProtocol,
+)
+from primecount.records import RANGE, Record
+
+PEER = IPv4Address("TCP", "10.1.2.3", 4321)
+
+
+class FakeReactor(Clock):
+    """
+    A clock whose C{callFromThread} runs the call on the next
+    C{advance(0)}, as a real reactor runs it on its next turn.
+    """
+
+    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        """
+        Schedule C{f} for the reactor's next turn.
+        """
+        self.callLater(0, f, *a, **kw)
+
+
+class SyncPool:
+    """
+    A thread pool that runs each job at once, in the calling thread.
+
+    @ivar jobs: the names of the functions run, in order.
+    """
+
+    max = 4
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], None], f: Any, *a: Any, **kw: Any
+    ) -> None:
+        """
+        Run C{f} now and hand its outcome to C{onResult}, as the pool would.
+        """
+        self.jobs.append(f.__name__)
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+    def segmentJobs(self) -> int:
+        """
+        How many segments were sieved.
+        """
+        return self.jobs.count("encoded_segment")
+
+
+class ManualPool(SyncPool):
+    """
+    A thread pool whose jobs wait until the test runs them, one at a time.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[Callable[[], None]] = []
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], None], f: Any, *a: Any, **kw: Any
+    ) -> None:
+        """
+        Queue the job.
+        """
+        self.queued.append(lambda: SyncPool.callInThreadWithCallback(self, onResult, f, *a, **kw))
+
+    def runOne(self) -> None:
+        """
+        Run the oldest queued job.
+        """
+        self.queued.pop(0)()
+
+
+class FakeJournal:
+    """
+    A journal that keeps what it is given.
+
+    @ivar records: every record appended, in order.
+    @ivar result: makes the result of each append; succeeds by default.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.result: Callable[[], Deferred[None]] = lambda: succeed(None)
+        self.waiting: list[tuple[Callable[[Record], bool], Deferred[Record]]] = []
+
+    def append(self, records: list[Record]) -> Deferred[None]:
+        """
+        Keep C{records}.
+        """
+        self.records.extend(records)
+        for record in records:
+            for entry in list(self.waiting):
+                if entry[0](record):
+                    self.waiting.remove(entry)
+                    entry[1].callback(record)
+        return self.result()
+
+    def whenRecorded(self, match: Callable[[Record], bool]) -> Deferred[Record]:
+        """
+        Fire with the first record, kept or to come, that C{match}es.
+        """
+        for record in self.records:
+            if match(record):
+                return succeed(record)
+        d: Deferred[Record] = Deferred()
+        self.waiting.append((match, d))
+        return d
+
+
+class PausingTransport(StringTransport):
+    """
+    A transport whose every write fills its buffer, as a client that reads
+    nothing makes a real transport do: it pauses its producer on each write.
+    """
+
+    def write(self, data: bytes) -> None:
+        """
+        Keep C{data}, then pause the streaming producer.
+        """
+        super().write(data)
+        if self.producer is not None and self.streaming:
+            self.producer.pauseProducing()
+
+
+def wire(a: int, b: int) -> bytes:
+    """
+    The complete reply to [a, b]: N, then the primes.
+    """
+    primes = primes_between(a, b)
+    return rangecodec.encode_count(len(primes)) + rangecodec.encode_primes(primes)
+
+
+def wireSum(a: int, b: int, delta: int = 0) -> bytes:
+    """
+    The sum a client sends for [a, b], off by C{delta}.
+    """
+    return rangecodec.encode_sum(rangecodec.prime_sum(primes_between(a, b)) + delta)
+
+
+class ProtocolTests(TestCase):
+    """
+    L{RangeProtocol} over a L{StringTransport}, with a clock and a pool
+    that runs jobs in the test's thread.
+    """
+
+    def connect(
+        self,
+        transport: StringTransport | None = None,
+        segmentSize: int = 1000,
+        timeout: float = 5.0,
+    ) -> tuple[RangeProtocol, StringTransport]:
+        """
+        A connected protocol and its transport.
+        """
+        self.reactor = FakeReactor()
+        self.pool = SyncPool()
+        self.journal = FakeJournal()
+        self.factory = RangeFactory(
+            self.reactor,
+            self.pool,  # type: ignore[arg-type]
+            self.journal,
+            timeout=timeout,
+            segmentSize=segmentSize,
+        )
+        proto = self.factory.buildProtocol(PEER)
+        transport = transport or StringTransport(peerAddress=PEER)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_replyWireBytes(self) -> None:
+        """
+        [10, 30] is answered with N = 6 and the six primes, each unsigned
+        32-bit big-endian.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"\x00\x00\x00\x0a\x00\x00\x00\x1e")
+        self.reactor.advance(0)
+        self.assertEqual(
+            transport.value(),
+            b"\x00\x00\x00\x06"
+            b"\x00\x00\x00\x0b\x00\x00\x00\x0d\x00\x00\x00\x11"
+            b"\x00\x00\x00\x13\x00\x00\x00\x17\x00\x00\x00\x1d",
+        )
+
+    def test_wideRangeStreamedInSegments(self) -> None:
+        """
+        A range wider than a segment arrives whole and in order, sieved one
+        segment per pool job.
+        """
+        proto, transport = self.connect(segmentSize=1000)
+        proto.dataReceived(rangecodec.encode_request(-5, 10500))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(-5, 10500))
+        self.assertEqual(self.pool.segmentJobs(), 11)
+        self.assertIsNone(transport.producer)
+
+    def test_emptyRangeRepliesZeroWithoutSieving(self) -> None:
+        """
+        a > b gets N = 0 and no prime, and no segment is sieved.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(7, -7))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), b"\x00\x00\x00\x00")
+        self.assertEqual(self.pool.segmentJobs(), 0)
+        proto.dataReceived(rangecodec.encode_sum(0))
+        self.assertEqual(self.journal.records[0].sum_ok, True)
+
+    def test_extremeBounds(self) -> None:
+        """
+        The extreme int32 bounds are valid: [2**31 - 20, 2**31 - 1].
+        """
+        proto, transport = self.connect()
+        top = rangecodec.INT32_MAX
+        proto.dataReceived(rangecodec.encode_request(top - 20, top))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(top - 20, top))
+
+    def test_goodSumJournalled(self) -> None:
+        """
+        A matching sum is journalled with sum_ok, the bounds, N and the peer.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(100, 200))
+        self.reactor.advance(0)
+        self.assertEqual(self.journal.records, [])
+        proto.dataReceived(wireSum(100, 200))
+        [record] = self.journal.records
+        self.assertEqual(
+            (record.protocol, record.a, record.b, record.count, record.sum_ok),
+            (RANGE, 100, 200, 21, True),
+        )
+        self.assertEqual((record.host, record.port, record.error), ("10.1.2.3", 4321, None))
+        self.assertFalse(transport.disconnecting)
+
+    def test_badSumJournalled(self) -> None:
+        """
+        A wrong sum is journalled as such; the connection stays usable.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(100, 200))
+        self.reactor.advance(0)
+        proto.dataReceived(wireSum(100, 200, delta=1))
+        [record] = self.journal.records
+        self.assertEqual((record.sum_ok, record.error), (False, BAD_SUM))
+        transport.clear()
+        proto.dataReceived(rangecodec.encode_request(2, 5))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(2, 5))
+
+    def test_severalRequestsPerConnection(self) -> None:
+        """
+        Requests follow one another on one connection, each answered and
+        journalled; a sum and the next request may arrive together.
+        """
+        proto, transport = self.connect(segmentSize=100)
+        proto.dataReceived(rangecodec.encode_request(0, 500))
+        self.reactor.advance(0)
+        proto.dataReceived(wireSum(0, 500) + rangecodec.encode_request(600, 700))
+        self.reactor.advance(0)
+        proto.dataReceived(wireSum(600, 700))
+        self.assertEqual(transport.value(), wire(0, 500) + wire(600, 700))
+        self.assertEqual(
+            [(r.a, r.b, r.sum_ok) for r in self.journal.records],
+            [(0, 500, True), (600, 700, True)],
+        )
+
+    def test_requestSplitAcrossPackets(self) -> None:
+        """
+        A request and a sum arriving one byte at a time are understood.
+        """
+        proto, transport = self.connect()
+        for byte in rangecodec.encode_request(20, 40):
+            proto.dataReceived(bytes([byte]))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(20, 40))
+        for byte in wireSum(20, 40):
+            proto.dataReceived(bytes([byte]))
+        self.assertEqual(self.journal.records[0].sum_ok, True)
+
+    def test_nextRequestWaitsForTheRecord(self) -> None:
+        """
+        The next request is answered only once the previous record is
+        committed.
+        """
+        proto, transport = self.connect()
+        commit: Deferred[None] = Deferred()
+        self.journal.result = lambda: commit
+        proto.dataReceived(rangecodec.encode_request(2, 3))
+        self.reactor.advance(0)
+        proto.dataReceived(wireSum(2, 3) + rangecodec.encode_request(5, 7))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(2, 3))
+        commit.callback(None)
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(2, 3) + wire(5, 7))
+
+    def test_journalFailureLoggedOnceConnectionGoesOn(self) -> None:
+        """
+        An unavailable journal is logged once however many records fail,
+        and requests are still answered.
+        """
+        proto, transport = self.connect()
+        self.journal.result = lambda: fail(OSError("disk full"))
+        for a, b in [(2, 3), (5, 7), (11, 13)]:
+            transport.clear()
+            proto.dataReceived(rangecodec.encode_request(a, b))
+            self.reactor.advance(0)
+            self.assertEqual(transport.value(), wire(a, b))
+            proto.dataReceived(wireSum(a, b))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(self.journal.records), 3)
+
+    def test_pausedStreamSievesNothingMore(self) -> None:
+        """
+        While the transport has its producer paused, no segment is sieved;
+        resuming carries on, and the stream completes intact.
+        """
+        proto, transport = self.connect(PausingTransport(peerAddress=PEER), 100)
+        proto.dataReceived(rangecodec.encode_request(0, 2000))
+        self.reactor.advance(0)
+        # The segment that paused it, plus the one requested before it was
+        # written (sieving overlaps sending); then nothing.
+        self.assertEqual(self.pool.segmentJobs(), 2)
+        self.reactor.advance(1)
+        self.assertEqual(self.pool.segmentJobs(), 2)
+        producer = transport.producer
+        assert producer is not None
+        while transport.producer is not None:
+            before = self.pool.segmentJobs()
+            producer.resumeProducing()
+            self.reactor.advance(0)
+            self.assertGreater(self.pool.segmentJobs(), before)
+        self.assertEqual(self.pool.segmentJobs(), 20)
+        self.assertEqual(transport.value(), wire(0, 2000))
+
+    def test_disconnectMidStreamStopsSievingAndIsJournalled(self) -> None:
+        """
+        A client that goes away mid-stream stops the sieving for it, and
+        its request is journalled with the error.
+        """
+        proto, transport = self.connect(PausingTransport(peerAddress=PEER), 100)
+        proto.dataReceived(rangecodec.encode_request(0, 100000))
+        self.reactor.advance(0)
+        producer = transport.producer
+        assert producer is not None
+        producer.stopProducing()
+        proto.connectionLost(Failure(ConnectionDone()))
+        sieved = self.pool.segmentJobs()
+        producer.resumeProducing()
+        self.reactor.advance(1)
+        self.assertEqual(self.pool.segmentJobs(), sieved)
+        [record] = self.journal.records
+        self.assertEqual(
+            (record.a, record.b, record.count, record.sum_ok, record.error),
+            (0, 100000, 9592, None, DISCONNECTED_MID_STREAM),
+        )
+
+    def test_disconnectBeforeReply(self) -> None:
+        """
+        A client that leaves while N is computed is journalled, and nothing
+        is written afterwards.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(0, 100))
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.journal.records[0].error, DISCONNECTED_BEFORE_REPLY)
+
+    def test_disconnectBeforeSum(self) -> None:
+        """
+        A client that reads every prime but sends no sum is journalled.
+        """
+        proto, _ = self.connect()
+        proto.dataReceived(rangecodec.encode_request(0, 100))
+        self.reactor.advance(0)
+        proto.connectionLost(Failure(ConnectionDone()))
+        [record] = self.journal.records
+        self.assertEqual((record.count, record.error), (25, DISCONNECTED_BEFORE_SUM))
+
+    def test_incompleteRequestJournalled(self) -> None:
+        """
+        A client that leaves after part of a request is journalled.
+        """
+        proto, _ = self.connect()
+        proto.dataReceived(b"\x00\x00\x00")
+        proto.connectionLost(Failure(ConnectionDone()))
+        [record] = self.journal.records
+        self.assertEqual((record.a, record.error), (None, INCOMPLETE_REQUEST))
+
+    def test_idleTimeoutClosesConnection(self) -> None:
+        """
+        A connection without a request for the timeout is closed, and
+        nothing is journalled.
+        """
+        proto, transport = self.connect(timeout=5.0)
+        self.reactor.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.journal.records, [])
+
+    def test_timeoutRestartsAfterEachRequest(self) -> None:
+        """
+        The idle timeout counts from the end of the last request.
+        """
+        proto, transport = self.connect(timeout=5.0)
+        self.reactor.advance(4)
+        proto.dataReceived(rangecodec.encode_request(2, 3))
+        self.reactor.advance(0)
+        proto.dataReceived(wireSum(2, 3))
+        self.reactor.advance(4)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_zeroTimeoutDisables(self) -> None:
+        """
+        A timeout of 0 never closes an idle connection.
+        """
+        proto, transport = self.connect(timeout=0)
+        self.reactor.advance(3600)
+        self.assertFalse(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+
+    def test_missingSumTimesOut(self) -> None:
+        """
+        A client that sends no sum within the timeout is closed and
+        journalled as such.
+        """
+        proto, transport = self.connect(timeout=5.0)
+        proto.dataReceived(rangecodec.encode_request(0, 100))
+        self.reactor.advance(0)
+        self.reactor.advance(5.1)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.journal.records[0].error, NO_SUM)
+
+    def test_stalledReaderIsAborted(self) -> None:
+        """
+        A client that stops reading mid-stream for the timeout is aborted
+        (its unsent data would never drain) and journalled.
+        """
+        proto, transport = self.connect(PausingTransport(peerAddress=PEER), 100, 5.0)
+        proto.dataReceived(rangecodec.encode_request(0, 100000))
+        self.reactor.advance(0)
+        self.reactor.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.disconnected)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.journal.records[0].error, STOPPED_READING)
+
+    def test_sieveFailureJournalledAndConnectionDropped(self) -> None:
+        """
+        A failing sieve job is logged and journalled, and the connection is
+        aborted (the client could not tell the stream was cut short).
+        """
+
+        def broken(lo: int, hi: int) -> tuple[bytes, int, int]:
+            raise MemoryError("no room")
+
+        self.patch(rangeserver, "encoded_segment", broken)
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(0, 100))
+        self.reactor.advance(0)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(len(self.flushLoggedErrors(MemoryError)), 1)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([r.error for r in self.journal.records], [rangeserver.INTERNAL_ERROR])
+
+
+class FairnessTests(TestCase):
+    """
+    Range jobs share a few slots in arrival order.
+    """
+
+    def test_streamsTakeTurnsSegmentBySegment(self) -> None:
+        """
+        With one slot, a wide stream and a narrow one alternate segment by
+        segment: the narrow one finishes after a handful of jobs.
+        """
+        clock = FakeReactor()
+        pool = ManualPool()
+        factory = RangeFactory(clock, pool, FakeJournal(), segmentSize=100, maxJobs=1)  # type: ignore[arg-type]
+        wide, narrow = StringTransport(), StringTransport()
+        factory.stream(wide, 0, 1000000).start()
+        factory.stream(narrow, 0, 300).start()
+        jobs = 0
+        while narrow.producer is not None:
+            self.assertEqual(len(pool.queued), 1)
+            pool.runOne()
+            clock.advance(0)
+            jobs += 1
+        self.assertEqual(narrow.value(), wire(0, 300)[4:])
+        self.assertLessEqual(jobs, 6)
+
+    def test_defaultSlotsLeaveAThreadFree(self) -> None:
+        """
+        By default range jobs never take every thread of the pool.
+        """
+        for size in (2, 3, 10, 64):
+            pool = ThreadPool(minthreads=0, maxthreads=size)
+            factory = RangeFactory(Clock(), pool, FakeJournal())
+            self.assertLess(factory.maxJobs, size)
+            self.assertGreaterEqual(factory.maxJobs, 1)
+
+    def test_stoppedStreamGivesUpItsTurn(self) -> None:
+        """
+        A stream stopped while its job waits for a slot runs no job.
+        """
+        clock = FakeReactor()
+        pool = ManualPool()
+        factory = RangeFactory(clock, pool, FakeJournal(), segmentSize=100, maxJobs=1)  # type: ignore[arg-type]
+        first, second = StringTransport(), StringTransport()
+        factory.stream(first, 0, 1000).start()
+        stream: PrimeStream = factory.stream(second, 0, 1000)
+        stream.start()
+        stream.stopProducing()
+        pool.runOne()
+        clock.advance(0)
+        pool.runOne()
+        clock.advance(0)
+        self.assertEqual(pool.segmentJobs(), 2)
+        self.assertEqual(second.value(), b"")
+
+
+class SocketTests(TestCase):
+    """
+    A L{RangeFactory} on a real port with a real thread pool, and blocking
+    clients in threads.
+    """
+
+    def setUp(self) -> None:
+        self.pool = ThreadPool(minthreads=0, maxthreads=4, name="range-test")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.journal = FakeJournal()
+        self.sieved = 0
+        lock = threading.Lock()
+        real = rangeserver.encoded_segment
+
+        def counting(lo: int, hi: int) -> tuple[bytes, int, int]:
+            result = real(lo, hi)
+            with lock:
+                self.sieved += len(result[0])
+            return result
+
+        self.patch(rangeserver, "encoded_segment", counting)
+        factory = RangeFactory(
+            globalReactor,
+            self.pool,
+            self.journal,
+            timeout=5.0,
+            segmentSize=1 << 16,
+        )
+        port = globalReactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    def client(self, rcvbuf: int | None = None) -> socket.socket:
+        """
+        A blocking socket connected to the server.
+        """
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", self.port))
+        return sock
+
+    def startHugeStream(self) -> socket.socket:
+        """
+        Ask for all of [0, 2**31 - 1] with a small receive buffer, and read
+        only the start of the reply (blocking: run it in a thread).
+        """
+        sock = self.client(rcvbuf=1 << 16)
+        sock.sendall(rangecodec.encode_request(0, rangecodec.INT32_MAX))
+        sock.recv(4096)
+        return sock
+
+    async def test_requestsOverOneConnection(self) -> None:
+        """
+        Two requests on one connection are answered and journalled.
+        """
+
+        def talk() -> list[int]:
+            with self.client() as sock:
+                counts = []
+                for a, b in [(0, 10**6), (-10, 10)]:
+                    primes = fetch(sock, a, b)
+                    send_sum(sock, primes)
+                    counts.append(len(primes))
+                return counts
+
+        counts = await threads.deferToThread(talk)
+        self.assertEqual(counts, [78498, 4])
+        await self.journal.whenRecorded(lambda r: r.a == -10)
+        self.assertEqual(
+            [(r.count, r.sum_ok, r.error) for r in self.journal.records],
+            [(78498, True, None), (4, True, None)],
+        )
+
+    async def test_slowReaderDoesNotHoldBackFastOne(self) -> None:
+        """
+        A client that stops reading a huge range pauses only its own
+        stream: a fast client is served meanwhile, and the server sieves
+        for the slow one only what the socket buffers can hold.
+        """
+        slow = await threads.deferToThread(self.startHugeStream)
+        self.addCleanup(slow.close)
+
+        def fast() -> int:
+            with self.client() as sock:
+                primes = fetch(sock, 0, 10**7)
+                send_sum(sock, primes)
+                return len(primes)
+
+        started = time.monotonic()
+        self.assertEqual(await threads.deferToThread(fast), 664579)
+        self.assertLess(time.monotonic() - started, 1.5)
+        await deferLater(globalReactor, 0.3, lambda: None)
+        held = self.sieved
+        await deferLater(globalReactor, 0.3, lambda: None)
+        # Everything sieved is the fast client's 2.7 MB plus, for the slow
+        # one, socket buffers and two segments: far below the 420 MB of the
+        # whole stream, and no longer growing.
+        self.assertLess(held, 16 << 20)
+        self.assertEqual(self.sieved, held)
+
+    async def test_disconnectMidStream(self) -> None:
+        """
+        A client that disconnects mid-stream stops the sieving for it and is
+        journalled with the error.
+        """
+        sock = await threads.deferToThread(self.startHugeStream)
+        sock.close()
+        record = await self.journal.whenRecorded(lambda r: r.error is not None)
+        self.assertEqual(
+            (record.a, record.count, record.error),
+            (0, 105097565, DISCONNECTED_MID_STREAM),
+        )
+        after = self.sieved
+        await deferLater(globalReactor, 0.2, lambda: None)
+        self.assertEqual(self.sieved, after)
