@@ -82,7 +82,7 @@ class PrimesBetweenTests(TestCase):
         """
         self.assertSieve(*bounds)
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=25, deadline=None)
     @given(high_ranges)
     def test_rangesNearInt32MaxMatchReference(self, bounds: tuple[int, int]) -> None:
         """
