@@ -446,7 +446,8 @@ def open_journal(path: str, *, readonly: bool = True) -> sqlite3.Connection:
         conn.text_factory = _decode
         conn.execute("SELECT id FROM requests LIMIT 0")
     except sqlite3.Error as e:
-        raise JournalError(f"cannot read journal {path}: {e}") from None
+        doing = "read" if readonly else "write"
+        raise JournalError(f"cannot {doing} journal {path}: {e}") from None
     return conn
 
 
