@@ -1,0 +1,675 @@
+"""
+Run primecount and the baseline servers side by side under the same load.
+
+    python benchmarks/compare.py                      # every workload, every server
+    python benchmarks/compare.py --workload seed --servers primecount,seed_threadpool
+    python benchmarks/compare.py --rounds 5 --duration 10 --primecount-args="--journal none"
+
+Every server runs as its own subprocess on a free port of 127.0.0.1; the
+load comes from C{python -m primecount.bench} subprocesses. Within a round
+every server gets each workload once, and the order of the servers is
+reversed from one round to the next, so slow drifts of the machine (other
+processes, thermal limits) hit every server alike. Figures are medians over
+the rounds; ratios are medians of the per-round ratios (each round's pair is
+measured minutes apart at most).
+
+Workloads:
+
+  seed        one message per connection (connect, send, read, close), 10 clients
+  persistent  persistent connections, 100 clients, one request in flight each
+  active10    persistent connections, 10 clients (the reference for C{idle})
+  idle        C{active10} plus 1000 idle connections held open
+
+CPU placement: on a machine with two or more CPUs the servers are pinned
+to CPU 0 and the generator to CPU 1 (C{os.sched_setaffinity}), so the
+generator never takes CPU time from the server under test; each Python
+server is bound by its GIL to about one core anyway. C{--no-pin} turns
+this off.
+
+primecount runs with its defaults (the SQLite journal on, in a temporary
+directory) plus C{--timeout 60}, so idle connections stay open for the whole
+run as they do on the baselines, which have no idle timeout; add options
+with C{--primecount-args}. seed_threadpool writes its text log (the
+original design includes it); the other baselines have no journal.
+seed_threadpool answers one message per connection, so it only takes part
+in the C{seed} workload.
+
+Output: a markdown table on stdout, and in C{benchmarks/results/} (not in
+git) a JSON file, the table and a PNG per run; C{--markdown FILE} also
+writes the table there (e.g. C{benchmarks/RESULTS.md}).
+
+Targets checked (PASS/FAIL): primecount >= 2.0x seed_threadpool on
+C{seed}; primecount >= asyncio_server on C{persistent}; primecount on
+C{idle} >= 0.9x primecount on C{active10}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BASELINES = HERE / "baselines"
+
+#: Every server the comparison knows, primecount first.
+SERVERS = (
+    "primecount",
+    "seed_threadpool",
+    "select_loop",
+    "asyncio_server",
+    "uvloop_server",
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """
+    One kind of load: the generator options and who can take it.
+    """
+
+    name: str
+    description: str
+    options: tuple[str, ...]
+    one_message_servers_too: bool = False
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload(
+            "seed",
+            "one message per connection, 10 clients",
+            ("--clients", "10", "--connection-per-request"),
+            one_message_servers_too=True,
+        ),
+        Workload("persistent", "persistent, 100 clients", ("--clients", "100")),
+        Workload("active10", "persistent, 10 clients", ("--clients", "10")),
+        Workload(
+            "idle",
+            "persistent, 10 clients + 1000 idle connections",
+            ("--clients", "10", "--idle", "1000"),
+        ),
+    )
+}
+
+#: Servers that close after one message and cannot hold connections.
+ONE_MESSAGE_SERVERS = frozenset({"seed_threadpool"})
+
+
+class CompareError(Exception):
+    """
+    The comparison cannot run; reported as one line.
+    """
+
+
+@dataclass
+class Measurement:
+    """
+    One generator run against one server.
+    """
+
+    throughput: float
+    p50: float
+    p99: float
+    errors: int
+    wrong: int
+
+
+@dataclass
+class Cell:
+    """
+    Every round's measurement of one server under one workload.
+    """
+
+    runs: list[Measurement] = field(default_factory=list)
+
+    def median(self, attribute: str) -> float:
+        """
+        The median of one measured quantity over the rounds.
+        """
+        values = [getattr(run, attribute) for run in self.runs]
+        return statistics.median(values) if values else 0.0
+
+
+def free_port() -> int:
+    """
+    A TCP port of 127.0.0.1 that nothing listens on right now.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """
+    A C{preexec_fn} that confines a child process to C{cpus}.
+    """
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+class Servers:
+    """
+    The servers under test, each a subprocess on its own port.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        workdir: Path,
+        primecount_args: list[str],
+        cpus: set[int] | None,
+    ) -> None:
+        self.names = names
+        self.workdir = workdir
+        self.primecount_args = primecount_args
+        self.cpus = cpus
+        self.ports: dict[str, int] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def command(self, name: str, port: int) -> list[str]:
+        """
+        The command line that starts server C{name} on C{port}.
+        """
+        if name == "primecount":
+            return [
+                sys.executable,
+                "-c",
+                "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                "-n",
+                "--pidfile=",
+                "primecount",
+                "--port",
+                str(port),
+                "--interface",
+                "127.0.0.1",
+                "--timeout",
+                "60",
+                *self.primecount_args,
+            ]
+        command = [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)]
+        if name == "seed_threadpool":
+            command += ["--log", str(self.workdir / "seed.log")]
+        return command
+
+    def start(self) -> None:
+        """
+        Start every server and wait until each accepts connections.
+        """
+        for name in self.names:
+            port = free_port()
+            log = open(self.workdir / f"{name}.out", "wb")  # noqa: SIM115
+            process = subprocess.Popen(
+                self.command(name, port),
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=pinned(self.cpus),
+            )
+            log.close()
+            self.ports[name] = port
+            self.processes[name] = process
+        for name in self.names:
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str) -> None:
+        """
+        Wait (at most 20 s) until server C{name} accepts a connection.
+        """
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                tail = (self.workdir / f"{name}.out").read_text(errors="replace")
+                last = tail.strip().splitlines()[-1:] or ["no output"]
+                raise CompareError(f"{name} exited at start: {last[0]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports[name]), 1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise CompareError(f"{name} did not accept connections within 20 s")
+
+    def stop(self) -> None:
+        """
+        Stop every server (SIGTERM, then SIGKILL after 5 s).
+        """
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def run_bench(
+    port: int,
+    workload: Workload,
+    duration: float,
+    processes: int,
+    cpus: set[int] | None,
+    output: Path,
+) -> Measurement:
+    """
+    Run the load generator once and read its JSON result.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "primecount.bench",
+        "--port",
+        str(port),
+        "--duration",
+        str(duration),
+        "--processes",
+        str(processes),
+        "--quiet",
+        "--json",
+        str(output),
+        *workload.options,
+    ]
+    try:
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=duration + 90,
+            preexec_fn=pinned(cpus),
+        )
+    except subprocess.TimeoutExpired:
+        raise CompareError(f"the generator did not finish: {shlex.join(command)}") from None
+    if completed.returncode not in (0, 3):
+        message = completed.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise CompareError(f"the generator failed: {message[0]}")
+    document = json.loads(output.read_text())
+    return Measurement(
+        throughput=document["throughput"],
+        p50=document["latency_ms"]["p50"],
+        p99=document["latency_ms"]["p99"],
+        errors=document["errors"]["total"],
+        wrong=document["wrong"],
+    )
+
+
+def takes_part(server: str, workload: Workload) -> bool:
+    """
+    Whether C{server} can serve C{workload} at all.
+    """
+    return workload.one_message_servers_too or server not in ONE_MESSAGE_SERVERS
+
+
+def machine() -> str:
+    """
+    A one-line description of this machine.
+    """
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def paired_ratio(cells: dict[str, Cell], numerator: str, denominator: str) -> float:
+    """
+    The median over rounds of C{numerator}'s throughput divided by
+    C{denominator}'s, measured in the same round.
+    """
+    ratios = [
+        a.throughput / b.throughput
+        for a, b in zip(cells[numerator].runs, cells[denominator].runs, strict=False)
+        if b.throughput > 0
+    ]
+    return statistics.median(ratios) if ratios else 0.0
+
+
+@dataclass
+class Target:
+    """
+    One goal: a ratio of two medians that must reach a bound.
+    """
+
+    text: str
+    workload: str
+    server: str
+    reference_workload: str
+    reference_server: str
+    bound: float
+
+
+TARGETS = (
+    Target(
+        "primecount >= 2.0x seed_threadpool, one message per connection",
+        "seed",
+        "primecount",
+        "seed",
+        "seed_threadpool",
+        2.0,
+    ),
+    Target(
+        "primecount >= asyncio_server, persistent 100 clients",
+        "persistent",
+        "primecount",
+        "persistent",
+        "asyncio_server",
+        1.0,
+    ),
+    Target(
+        "primecount with 1000 idle >= 0.9x without",
+        "idle",
+        "primecount",
+        "active10",
+        "primecount",
+        0.9,
+    ),
+)
+
+
+def target_ratio(results: dict[str, dict[str, Cell]], target: Target) -> float | None:
+    """
+    The measured ratio for C{target}, or L{None} when it was not measured.
+    """
+    try:
+        a = results[target.workload][target.server]
+        b = results[target.reference_workload][target.reference_server]
+    except KeyError:
+        return None
+    if not a.runs or not b.runs:
+        return None
+    cells = {"a": a, "b": b}
+    return paired_ratio(cells, "a", "b")
+
+
+def markdown(
+    results: dict[str, dict[str, Cell]], header: str
+) -> tuple[str, list[tuple[str, float, bool]]]:
+    """
+    The results as a markdown document, and the targets' outcomes.
+    """
+    lines = [header, ""]
+    lines.append(
+        "| workload | server | req/s (median) | min-max | vs primecount "
+        "| p50 ms | p99 ms | errors | wrong |"
+    )
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workload, cells in results.items():
+        for server, cell in cells.items():
+            if not cell.runs:
+                continue
+            values = [run.throughput for run in cell.runs]
+            if server == "primecount" or "primecount" not in cells:
+                versus = "1.00" if server == "primecount" else "-"
+            else:
+                ratio = paired_ratio(cells, "primecount", server)
+                versus = f"{ratio:.2f}x" if ratio else "-"
+            lines.append(
+                f"| {workload} | {server} | {cell.median('throughput'):,.0f} "
+                f"| {min(values):,.0f}-{max(values):,.0f} | {versus} "
+                f"| {cell.median('p50'):.2f} | {cell.median('p99'):.2f} "
+                f"| {sum(r.errors for r in cell.runs)} "
+                f"| {sum(r.wrong for r in cell.runs)} |"
+            )
+    lines.append("")
+    lines.append(
+        "\"vs primecount\": primecount's throughput divided by this server's, "
+        "median of the per-round ratios."
+    )
+    outcomes = []
+    target_lines = []
+    for target in TARGETS:
+        ratio = target_ratio(results, target)
+        if ratio is None:
+            continue
+        passed = ratio >= target.bound
+        outcomes.append((target.text, ratio, passed))
+        target_lines.append(f"- {'PASS' if passed else 'FAIL'}: {target.text}: {ratio:.2f}x")
+    if target_lines:
+        lines += ["", "Targets:", "", *target_lines]
+    return "\n".join(lines) + "\n", outcomes
+
+
+def draw(path: Path, results: dict[str, dict[str, Cell]], title: str) -> bool:
+    """
+    A bar chart of median throughputs (with the min-max range), one panel
+    per workload; False when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    measured = {w: c for w, c in results.items() if any(x.runs for x in c.values())}
+    figure, axes = plt.subplots(1, len(measured), figsize=(4.2 * len(measured), 4), squeeze=False)
+    for axis, (workload, cells) in zip(axes[0], measured.items(), strict=True):
+        names = [name for name, cell in cells.items() if cell.runs]
+        medians = [cells[name].median("throughput") for name in names]
+        lows = [
+            m - min(r.throughput for r in cells[n].runs)
+            for n, m in zip(names, medians, strict=True)
+        ]
+        highs = [
+            max(r.throughput for r in cells[n].runs) - m
+            for n, m in zip(names, medians, strict=True)
+        ]
+        colours = ["tab:green" if n == "primecount" else "tab:gray" for n in names]
+        axis.bar(names, medians, yerr=[lows, highs], color=colours, capsize=3)
+        axis.set_title(f"{workload}: {WORKLOADS[workload].description}", fontsize=8)
+        axis.set_ylabel("correct replies per second")
+        axis.tick_params(axis="x", labelrotation=30, labelsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """
+    The CPUs for the servers and for the generator, or L{None} for no pinning.
+    """
+    if not pin:
+        return None, None
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    return {available[0]}, set(available[1:])
+
+
+@contextlib.contextmanager
+def servers_running(servers: Servers) -> Iterator[Servers]:
+    """
+    Start the servers and stop them afterwards, whatever happens.
+    """
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+def parse_list(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
+    """
+    A comma-separated list of names, each one of C{known} (or C{all}).
+    """
+    if text == "all":
+        return list(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what}: {', '.join(unknown) or text!r} (known: {', '.join(known)})"
+        )
+    return names
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """
+    Parse the command line.
+    """
+    parser = argparse.ArgumentParser(
+        description="Run primecount and the baselines side by side.",
+    )
+    parser.add_argument(
+        "--workload",
+        "--workloads",
+        dest="workloads",
+        default="all",
+        type=lambda t: parse_list(t, list(WORKLOADS), "workload"),
+        help=f"comma-separated: {', '.join(WORKLOADS)} (default all)",
+    )
+    parser.add_argument(
+        "--servers",
+        default="all",
+        type=lambda t: parse_list(t, SERVERS, "server"),
+        help=f"comma-separated: {', '.join(SERVERS)} (default all)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    parser.add_argument(
+        "--generator-processes",
+        type=int,
+        default=1,
+        help="processes of each generator run (default 1)",
+    )
+    parser.add_argument(
+        "--primecount-args",
+        default="",
+        help='extra twistd primecount options, e.g. --primecount-args="--journal none"',
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and generator")
+    parser.add_argument(
+        "--results", default=str(HERE / "results"), help="directory for the outputs"
+    )
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0 or args.generator_processes < 1:
+        parser.error("--rounds, --duration and --generator-processes must be positive")
+    return args
+
+
+def compare(args: argparse.Namespace) -> int:
+    """
+    Run the comparison; return the exit status (1 when a target fails).
+    """
+    server_cpus, generator_cpus = cpu_plan(not args.no_pin)
+    workloads = [WORKLOADS[name] for name in args.workloads]
+    if "idle" in args.workloads and "active10" not in args.workloads:
+        workloads.insert(args.workloads.index("idle"), WORKLOADS["active10"])
+    names = [
+        name for name in args.servers if any(takes_part(name, workload) for workload in workloads)
+    ]
+    if not names:
+        raise CompareError("no selected server can take the selected workloads")
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results: dict[str, dict[str, Cell]] = {
+        w.name: {n: Cell() for n in names if takes_part(n, w)} for w in workloads
+    }
+    pinning = (
+        f"servers on CPU {sorted(server_cpus)}, generator on CPU {sorted(generator_cpus)}"
+        if server_cpus and generator_cpus
+        else "no CPU pinning"
+    )
+    print(f"compare: {', '.join(names)}; {pinning}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="primecount-compare-") as work:
+        servers = Servers(names, Path(work), shlex.split(args.primecount_args), server_cpus)
+        with servers_running(servers):
+            scratch = Path(work) / "bench.json"
+            for round_number in range(args.rounds):
+                for workload in workloads:
+                    order = list(results[workload.name])
+                    if round_number % 2:
+                        order.reverse()
+                    for name in order:
+                        measurement = run_bench(
+                            servers.ports[name],
+                            workload,
+                            args.duration,
+                            args.generator_processes,
+                            generator_cpus,
+                            scratch,
+                        )
+                        results[workload.name][name].runs.append(measurement)
+                        print(
+                            f"round {round_number + 1}/{args.rounds} "
+                            f"{workload.name:<10} {name:<16} "
+                            f"{measurement.throughput:>10,.0f} req/s  "
+                            f"p99 {measurement.p99:.2f} ms  "
+                            f"errors {measurement.errors}  wrong {measurement.wrong}",
+                            file=sys.stderr,
+                        )
+    extra = f", primecount args {args.primecount_args!r}" if args.primecount_args else ""
+    header = (
+        f"## Benchmark {stamp}\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"`python benchmarks/compare.py {shlex.join(sys.argv[1:])}`: "
+        f"{args.rounds} rounds of {args.duration:g} s, alternating order, "
+        f"{pinning}{extra}."
+    )
+    table, outcomes = markdown(results, header)
+    print(table)
+    (results_dir / f"{stamp}.md").write_text(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    document = {
+        "stamp": stamp,
+        "machine": machine(),
+        "argv": sys.argv[1:],
+        "pinning": pinning,
+        "results": {
+            w: {n: [vars(run) for run in cell.runs] for n, cell in cells.items()}
+            for w, cells in results.items()
+        },
+        "targets": [
+            {"target": text, "ratio": ratio, "pass": passed} for text, ratio, passed in outcomes
+        ],
+    }
+    (results_dir / f"{stamp}.json").write_text(json.dumps(document, indent=1) + "\n")
+    png = results_dir / f"{stamp}.png"
+    if draw(png, results, f"primecount compare {stamp}"):
+        print(f"wrote {png}", file=sys.stderr)
+    return 0 if all(passed for _text, _ratio, passed in outcomes) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Entry point: one clear line on failure, never a traceback.
+    """
+    args = arguments(argv)
+    try:
+        return compare(args)
+    except CompareError as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("compare: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
