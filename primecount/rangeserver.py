@@ -113,7 +113,8 @@ class PrimeStream:
         self._reactor = reactor
         self._threadpool = threadpool
         self._slots = slots
-        self._consumer = consumer
+        # Any: mypy without the zope plugin misreads interface methods.
+        self._consumer: Any = consumer
         self._bounds = segment_bounds(a, b, segment_size)
         self._upcoming: tuple[int, int] | None = next(self._bounds, None)
         self._job: Deferred[Any] | None = None
@@ -322,14 +323,14 @@ class RangeProtocol(Protocol, TimeoutMixin):
         if self._lost:
             return
         self._count = count
-        assert self.transport is not None
-        self.transport.write(rangecodec.encode_count(count))
+        transport: Any = self.transport
+        transport.write(rangecodec.encode_count(count))
         self._state = _STREAMING
         if count == 0:
             self._streamed((0, 0))
             return
         assert self._a is not None and self._b is not None
-        stream = self.factory.stream(self.transport, self._a, self._b, self)  # type: ignore[arg-type]
+        stream = self.factory.stream(transport, self._a, self._b, self)
         self._stream = stream
         stream.done.addCallbacks(self._streamed, self._failed)
         stream.start()
@@ -431,8 +432,8 @@ class RangeProtocol(Protocol, TimeoutMixin):
             self._abort()
         else:
             self._timeoutError = NO_SUM if self._state == _AWAITING_SUM else None
-            assert self.transport is not None
-            self.transport.loseConnection()
+            transport: Any = self.transport
+            transport.loseConnection()
 
     def _abort(self) -> None:
         """
@@ -470,8 +471,9 @@ class RangeProtocol(Protocol, TimeoutMixin):
         @return: fires when the record is committed, or the journal failed.
         """
         host, port = "", 0
-        if self.transport is not None:
-            peer = self.transport.getPeer()
+        transport: Any = self.transport
+        if transport is not None:
+            peer = transport.getPeer()
             host = str(getattr(peer, "host", peer))
             port = int(getattr(peer, "port", 0) or 0)
         record = Record(
