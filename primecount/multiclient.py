@@ -53,9 +53,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
     while got < size:
         n = sock.recv_into(view[got:], min(size - got, 1 << 20))
         if n == 0:
-            raise ProtocolError(
-                f"server closed the connection after {got} of {size} bytes"
-            )
+            raise ProtocolError(f"server closed the connection after {got} of {size} bytes")
         got += n
     return data
 
@@ -192,12 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="concurrent clients, client i asks [A+1000i, B+1000i] (default 1)",
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="server address (default %(default)s)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=5051, help="range port (default %(default)s)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=5051, help="range port (default %(default)s)")
     parser.add_argument(
         "--timeout",
         type=float,

@@ -183,9 +183,7 @@ def _count(a: int, b: int) -> int:
     return odd + (a == 2)
 
 
-def segment_bounds(
-    a: int, b: int, segment_size: int = SEGMENT_SIZE
-) -> Iterator[tuple[int, int]]:
+def segment_bounds(a: int, b: int, segment_size: int = SEGMENT_SIZE) -> Iterator[tuple[int, int]]:
     """
     Cut [a, b] into consecutive segments of at most C{segment_size} numbers,
     skipping the part below 2 where no prime lies.
@@ -207,9 +205,7 @@ def segment_bounds(
         lo = hi + 1
 
 
-def segments(
-    a: int, b: int, segment_size: int = SEGMENT_SIZE
-) -> Iterator[npt.NDArray[np.uint32]]:
+def segments(a: int, b: int, segment_size: int = SEGMENT_SIZE) -> Iterator[npt.NDArray[np.uint32]]:
     """
     The primes in [a, b], one array per segment of L{segment_bounds}.
 

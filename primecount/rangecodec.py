@@ -41,9 +41,7 @@ def check_int32(value: int) -> int:
     @raise ValueError: when it does not.
     """
     if not INT32_MIN <= value <= INT32_MAX:
-        raise ValueError(
-            f"{value} is outside the 32-bit range [{INT32_MIN}, {INT32_MAX}]"
-        )
+        raise ValueError(f"{value} is outside the 32-bit range [{INT32_MIN}, {INT32_MAX}]")
     return value
 
 

@@ -165,9 +165,7 @@ class SegmentTests(TestCase):
 
     @settings(max_examples=100, deadline=None)
     @given(small_ranges, st.integers(min_value=1, max_value=300))
-    def test_segmentsConcatenateToTheRange(
-        self, bounds: tuple[int, int], size: int
-    ) -> None:
+    def test_segmentsConcatenateToTheRange(self, bounds: tuple[int, int], size: int) -> None:
         """
         However a range is cut, its segments hold its primes in order.
         """
