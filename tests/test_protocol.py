@@ -6,6 +6,11 @@ synchronous pool and a fake journal.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import protocol as protocolModule
@@ -303,3 +308,75 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(h.transport.producerState, "paused")
         h.protocol.resumeProducing()
         self.assertEqual(h.transport.producerState, "producing")
+
+
+class FakeSocket:
+    """
+    A socket whose C{send} takes at most C{takes} bytes a call.
+    """
+
+    def __init__(self, takes: int) -> None:
+        self.takes = takes
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        n = min(self.takes, len(data))
+        self.sent.append(bytes(data[:n]))
+        return n
+
+    def fileno(self) -> int:
+        return -1
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+
+class WriteNowTests(SynchronousTestCase):
+    """
+    L{protocolModule.write_now} sends at once when it can, and otherwise
+    leaves the bytes to the transport's buffer, in order.
+    """
+
+    def connection(self, takes: int) -> tuple[Any, FakeSocket, MemoryReactor]:
+        reactor = MemoryReactor()
+        sock = FakeSocket(takes)
+        conn = tcp.Connection(sock, Protocol(), reactor=reactor)  # type: ignore[arg-type]
+        conn.connected = 1
+        return conn, sock, reactor
+
+    def test_sentAtOnceWithoutWatchingForWrites(self) -> None:
+        conn, sock, reactor = self.connection(100)
+        protocolModule.write_now(conn, b"2 s\xc3\xad\n")
+        self.assertEqual(sock.sent, [b"2 s\xc3\xad\n"])
+        self.assertEqual(reactor.getWriters(), [])
+
+    def test_restOfPartialSendIsBuffered(self) -> None:
+        conn, sock, reactor = self.connection(3)
+        protocolModule.write_now(conn, b"hello")
+        self.assertEqual(sock.sent, [b"hel"])
+        self.assertEqual(conn._tempDataBuffer, [b"lo"])
+        self.assertEqual(reactor.getWriters(), [conn])
+
+    def test_queuedBytesKeepTheirPlace(self) -> None:
+        conn, sock, _reactor = self.connection(100)
+        conn.write(b"first")
+        protocolModule.write_now(conn, b"second")
+        self.assertEqual(sock.sent, [])
+        conn.doWrite()
+        self.assertEqual(sock.sent, [b"firstsecond"])
+
+    def test_tlsAlwaysBuffers(self) -> None:
+        conn, sock, _reactor = self.connection(100)
+        # With TLS started, the transport's write goes through the TLS layer
+        # (its protocol); sending directly would put plaintext on the wire.
+        encrypted: list[bytes] = []
+        conn.TLS = True
+        conn.protocol = type("TLSLayer", (), {"write": lambda self, b: encrypted.append(b)})()
+        protocolModule.write_now(conn, b"x")
+        self.assertEqual(sock.sent, [])
+        self.assertEqual(encrypted, [b"x"])
+
+    def test_otherTransportsUseWrite(self) -> None:
+        transport = StringTransport()
+        protocolModule.write_now(transport, b"x")
+        self.assertEqual(transport.value(), b"x")
