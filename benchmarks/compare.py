@@ -51,6 +51,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import socket
 import statistics
@@ -120,6 +121,11 @@ class CompareError(Exception):
 class Measurement:
     """
     One generator run against one server.
+
+    C{server_cpu} and C{generator_cpu} are the CPU time each used during
+    the run as a fraction of the run's wall-clock time (1.0 = one core
+    busy all the time): a figure near the number of cores it was pinned to
+    says that side was the bottleneck.
     """
 
     throughput: float
@@ -127,6 +133,8 @@ class Measurement:
     p99: float
     errors: int
     wrong: int
+    server_cpu: float
+    generator_cpu: float
 
 
 @dataclass
@@ -260,8 +268,20 @@ class Servers:
                 process.wait(5)
 
 
+def cpu_seconds(pid: int) -> float:
+    """
+    The CPU time (user + system) process C{pid} has used, all its threads.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_bench(
     port: int,
+    server_pid: int,
     workload: Workload,
     duration: float,
     processes: int,
@@ -286,6 +306,9 @@ def run_bench(
         str(output),
         *workload.options,
     ]
+    server_before = cpu_seconds(server_pid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     try:
         completed = subprocess.run(
             command,
@@ -296,11 +319,20 @@ def run_bench(
         )
     except subprocess.TimeoutExpired:
         raise CompareError(f"the generator did not finish: {shlex.join(command)}") from None
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_used = cpu_seconds(server_pid) - server_before
+    generator_used = (children_after.ru_utime - children_before.ru_utime) + (
+        children_after.ru_stime - children_before.ru_stime
+    )
     if completed.returncode not in (0, 3):
         message = completed.stderr.strip().splitlines()[-1:] or ["no message"]
         raise CompareError(f"the generator failed: {message[0]}")
     document = json.loads(output.read_text())
+    wall = document["elapsed"] or (time.monotonic() - started)
     return Measurement(
+        server_cpu=server_used / wall,
+        # The generator also spends time starting up; charge it all.
+        generator_cpu=generator_used / max(wall, time.monotonic() - started),
         throughput=document["throughput"],
         p50=document["latency_ms"]["p50"],
         p99=document["latency_ms"]["p99"],
@@ -411,9 +443,9 @@ def markdown(
     lines = [header, ""]
     lines.append(
         "| workload | server | req/s (median) | min-max | vs primecount "
-        "| p50 ms | p99 ms | errors | wrong |"
+        "| p50 ms | p99 ms | errors | wrong | server CPU | generator CPU |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, cells in results.items():
         for server, cell in cells.items():
             if not cell.runs:
@@ -429,12 +461,17 @@ def markdown(
                 f"| {min(values):,.0f}-{max(values):,.0f} | {versus} "
                 f"| {cell.median('p50'):.2f} | {cell.median('p99'):.2f} "
                 f"| {sum(r.errors for r in cell.runs)} "
-                f"| {sum(r.wrong for r in cell.runs)} |"
+                f"| {sum(r.wrong for r in cell.runs)} "
+                f"| {cell.median('server_cpu'):.0%} "
+                f"| {cell.median('generator_cpu'):.0%} |"
             )
     lines.append("")
     lines.append(
         "\"vs primecount\": primecount's throughput divided by this server's, "
-        "median of the per-round ratios."
+        "median of the per-round ratios. CPU: median share of one core used "
+        "during a run; a side near 100 % (when pinned to one CPU) was the "
+        "bottleneck, so a server measured against a generator near 100 % is "
+        "at least that fast."
     )
     outcomes = []
     target_lines = []
@@ -608,6 +645,7 @@ def compare(args: argparse.Namespace) -> int:
                     for name in order:
                         measurement = run_bench(
                             servers.ports[name],
+                            servers.processes[name].pid,
                             workload,
                             args.duration,
                             args.generator_processes,
@@ -620,7 +658,9 @@ def compare(args: argparse.Namespace) -> int:
                             f"{workload.name:<10} {name:<16} "
                             f"{measurement.throughput:>10,.0f} req/s  "
                             f"p99 {measurement.p99:.2f} ms  "
-                            f"errors {measurement.errors}  wrong {measurement.wrong}",
+                            f"errors {measurement.errors}  wrong {measurement.wrong}  "
+                            f"cpu server {measurement.server_cpu:.0%} "
+                            f"generator {measurement.generator_cpu:.0%}",
                             file=sys.stderr,
                         )
     extra = f", primecount args {args.primecount_args!r}" if args.primecount_args else ""

@@ -18,10 +18,8 @@ Exit status: 0 when every request got the right reply, 3 when some replies
 were wrong or some requests failed, 2 for bad arguments or an unreachable
 server (one line on stderr).
 
-The generator's own ceiling (this 2-core machine, uvloop, against the
-trivial C{benchmarks/baselines/uvloop_server.py} pinned to its own core,
-message mix, 10 s): see the table in the module L{primecount.bench.load}
-docstring's sibling, C{benchmarks/RESULTS.md}, section "Generator ceiling".
+The generator's own ceiling (CPU cost per request, requests per second
+per core) is measured and documented in L{primecount.bench.load}.
 """
 
 from __future__ import annotations
