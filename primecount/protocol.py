@@ -15,7 +15,6 @@ from collections import deque
 from typing import Any
 
 from twisted.internet import interfaces, tcp
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -23,6 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from primecount import count
+from primecount.connections import Connections, peer_of
 from primecount.count import Verdict, error_reply
 from primecount.pipeline import Pipeline, Request, Slot
 
@@ -61,15 +61,6 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-def peer_of(address: object) -> tuple[str, int]:
-    """
-    The (host, port) to journal for a transport's peer address.
-    """
-    if isinstance(address, IPv4Address | IPv6Address):
-        return address.host, address.port
-    return type(address).__name__, 0
-
-
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
 class CountProtocol(LineReceiver, TimeoutMixin):
     """
@@ -106,12 +97,13 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self.host, self.port = peer_of(self.transport.getPeer())
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.timeout or None)
+        factory.connections.opened(self, self.host)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
         self.setTimeout(None)
         self._slots.clear()
-        self.factory.connectionClosed(self)
+        self.factory.connections.closed(self)
 
     def readConnectionLost(self) -> None:
         """
@@ -121,7 +113,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         if rest:
             self._request(rest)
             self._send()
-        self._closeWhenDone()
+        self.closeWhenDone()
 
     def writeConnectionLost(self) -> None:
         """
@@ -170,7 +162,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self.resetTimeout()
         self._request(line)
         if self.factory.closeAfterReply:
-            self._closeWhenDone()
+            self.closeWhenDone()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
@@ -185,7 +177,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         )
         self._buffer = b""
         self._request(Verdict(count.excerpt(line), error=count.LINE_TOO_LONG))
-        self._closeWhenDone()
+        self.closeWhenDone()
 
     def _request(self, item: bytes | Verdict) -> None:
         slot = Slot()
@@ -200,7 +192,12 @@ class CountProtocol(LineReceiver, TimeoutMixin):
             self._readPaused = True
             self._updateReading()
 
-    def _closeWhenDone(self) -> None:
+    def closeWhenDone(self) -> None:
+        """
+        Stop reading requests; close once every received one is answered.
+        """
+        if self._lost:
+            return
         self._closing = True
         self.transport.pauseProducing()
         if not self._slots:
@@ -268,16 +265,13 @@ class BusyProtocol(Protocol):
 
 class CountFactory(Factory):
     """
-    Builds L{CountProtocol}s that share one L{Pipeline}, and enforces the
-    connection limit (in C{buildProtocol}: Twisted's wrapping factories hide
-    half-close and mishandle IPv4 addresses).
-
-    @ivar connections: the number of open count connections.
+    Builds L{CountProtocol}s that share one L{Pipeline}, and admits
+    connections within the process's limits (in C{buildProtocol}: Twisted's
+    wrapping factories hide half-close and mishandle IPv4 addresses).
     """
 
     protocol = CountProtocol  # type: ignore[assignment]
     noisy = False
-    _log = Logger()
 
     def __init__(
         self,
@@ -287,36 +281,22 @@ class CountFactory(Factory):
         timeout: float = 5.0,
         maxLine: int = 16384,
         closeAfterReply: bool = False,
-        maxConnections: int = 10000,
+        connections: Connections | None = None,
     ) -> None:
+        """
+        @param connections: the process's open connections and their limits,
+            shared with the range protocol's factory.
+        """
         self.reactor = reactor
         self.pipeline = pipeline
         self.timeout = timeout
         self.maxLine = maxLine
         self.closeAfterReply = closeAfterReply
-        self.maxConnections = maxConnections
-        self.connections = 0
-        self._busy = False
+        self.connections = connections if connections is not None else Connections()
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.connections >= self.maxConnections:
-            if not self._busy:
-                self._busy = True
-                self._log.warn(
-                    "{limit} connections open; refusing new ones with ERR server busy",
-                    limit=self.maxConnections,
-                )
+        if not self.connections.admit(peer_of(addr)[0]):
             busy = BusyProtocol()
             busy.factory = self
             return busy
-        self.connections += 1
         return super().buildProtocol(addr)
-
-    def connectionClosed(self, protocol: CountProtocol) -> None:
-        """
-        A L{CountProtocol} closed: free its place.
-        """
-        self.connections -= 1
-        if self._busy and self.connections < self.maxConnections:
-            self._busy = False
-            self._log.info("accepting connections again")

@@ -35,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from primecount import rangecodec
+from primecount.connections import Connections, peer_of
 from primecount.primes import (
     SEGMENT_SIZE,
     count_between,
@@ -261,12 +262,28 @@ class RangeProtocol(Protocol, TimeoutMixin):
         self._readingPaused = False
         self._lost = False
         self._timeoutError: str | None = None
+        self._host, self._port = "", 0
+        self._closing = False
 
     def connectionMade(self) -> None:
         """
         Start the idle timeout.
         """
+        self._closing = False
+        transport: Any = self.transport
+        self._host, self._port = peer_of(transport.getPeer())
+        self.factory.connections.opened(self, self._host)
         self._waitForClient()
+
+    def closeWhenDone(self) -> None:
+        """
+        Graceful stop: finish the request in progress (stream, sum, record),
+        then close instead of reading the next one.
+        """
+        self._closing = True
+        if self._state == _IDLE and not self._lost:
+            transport: Any = self.transport
+            transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -399,6 +416,10 @@ class RangeProtocol(Protocol, TimeoutMixin):
         if self._lost:
             return
         self._state = _IDLE
+        if self._closing:
+            transport: Any = self.transport
+            transport.loseConnection()
+            return
         self._waitForClient()
         self._process()
 
@@ -448,6 +469,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         self.setTimeout(None)
         self._lost = True
+        self.factory.connections.closed(self)
         if self._stream is not None:
             self._stream.stopProducing()
             self._stream = None
@@ -470,16 +492,10 @@ class RangeProtocol(Protocol, TimeoutMixin):
         @param sum_ok: whether the client's sum matched, when it sent one.
         @return: fires when the record is committed, or the journal failed.
         """
-        host, port = "", 0
-        transport: Any = self.transport
-        if transport is not None:
-            peer = transport.getPeer()
-            host = str(getattr(peer, "host", peer))
-            port = int(getattr(peer, "port", 0) or 0)
         record = Record(
             time=now(),
-            host=host,
-            port=port,
+            host=self._host,
+            port=self._port,
             protocol=RANGE,
             count=self._count,
             error=error,
@@ -488,6 +504,16 @@ class RangeProtocol(Protocol, TimeoutMixin):
             sum_ok=sum_ok,
         )
         return self.factory.journalRecord(record)
+
+
+class _Refused(Protocol):
+    """
+    Closes a connection over the limits.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.loseConnection()
 
 
 class RangeFactory(Factory):
@@ -515,6 +541,7 @@ class RangeFactory(Factory):
         timeout: float | None = 5.0,
         segmentSize: int = SEGMENT_SIZE,
         maxJobs: int | None = None,
+        connections: Connections | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -526,6 +553,8 @@ class RangeFactory(Factory):
         @param maxJobs: range jobs allowed in the pool at once; by default
             the number of CPUs, but always fewer than the pool's threads
             when it has more than one, so other work finds a thread.
+        @param connections: the process's open connections and their limits,
+            shared with the count protocol's factory.
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -538,11 +567,16 @@ class RangeFactory(Factory):
         self.maxJobs = maxJobs
         self._slots = DeferredSemaphore(maxJobs)
         self._journalDown = False
+        self.connections = connections if connections is not None else Connections()
 
-    def buildProtocol(self, addr: object) -> RangeProtocol:
+    def buildProtocol(self, addr: object) -> Protocol:
         """
-        A new protocol for a new connection.
+        A new protocol for a new connection, or one that closes at once when
+        the process is at its connection limits (the binary protocol has no
+        way to say why).
         """
+        if not self.connections.admit(peer_of(addr)[0]):
+            return _Refused()
         return RangeProtocol(self)
 
     def run(self, f: Any, *args: Any) -> Deferred[Any]:

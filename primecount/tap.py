@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from primecount import __version__
+from primecount.connections import Connections
 from primecount.journal import (
     JournalURL,
     JournalURLError,
@@ -100,6 +101,20 @@ class PrimecountOptions(usage.Options):
             _positive,
         ],
         ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
+        [
+            "max-per-peer",
+            None,
+            None,
+            "Open connections one client address may hold (default: no limit of its own).",
+            _positive,
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            10.0,
+            "On SIGTERM, seconds to finish what was received before closing anyway.",
+            _seconds,
+        ],
         [
             "range-port",
             None,
@@ -194,16 +209,32 @@ class _Listener(StreamServerEndpointService):
 
 class PrimecountService(service.MultiService):
     """
-    The whole server: the journal, the listeners, and an orderly stop
-    (listeners first, then the requests in flight, then the journal).
+    The whole server: the journal, the listeners, and an orderly stop.
+
+    On stop (SIGTERM): stop accepting; let every connection answer what it
+    has received and close (within C{shutdownTimeout} seconds, after which
+    the rest are dropped); then flush the journal.
     """
 
-    def __init__(self, pipeline: Pipeline, journal: SQLiteJournal | None, settings: str) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        journal: SQLiteJournal | None,
+        connections: Connections,
+        settings: str,
+        shutdownTimeout: float = 10.0,
+        clock: Any = None,
+    ) -> None:
         super().__init__()
         self.pipeline = pipeline
         self.journal = journal
+        self.connections = connections
         self.settings = settings
+        self.shutdownTimeout = shutdownTimeout
         self.listeners: list[_Listener] = []
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
 
     def addListener(self, listener: _Listener) -> None:
         """
@@ -230,9 +261,33 @@ class PrimecountService(service.MultiService):
     def stopService(self) -> Any:
         service.Service.stopService(self)
         yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self])
+        busy = len(self.connections)
+        if busy:
+            _log.info(
+                "stopping: answering what {n} open connections sent, for up to {t:g} s",
+                n=busy,
+                t=self.shutdownTimeout,
+            )
+            drained = self.connections.closeAll()
+            if self.shutdownTimeout:
+                drained.addTimeout(self.shutdownTimeout, self._clock)
+            try:
+                yield drained
+            except defer.TimeoutError:
+                _log.warn(
+                    "stopping: {n} connections still busy after {t:g} s; dropping them",
+                    n=len(self.connections),
+                    t=self.shutdownTimeout,
+                )
+                self.connections.abortAll()
         yield self.pipeline.whenIdle()
         if self.journal is not None:
             yield self.journal.stopService()
+            _log.info(
+                "journal flushed: {n} records committed in {b} transactions",
+                n=self.journal.committed,
+                b=self.journal.batches,
+            )
 
 
 def raise_open_files_limit(wanted: int) -> int:
@@ -275,21 +330,25 @@ def makeService(config: PrimecountOptions) -> PrimecountService:
     if url.scheme == "sqlite":
         journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"])
     pipeline = Pipeline(reactor, threadpool, journal)
+    connections = Connections(config["max-connections"], config["max-per-peer"])
     factory = CountFactory(
         reactor,
         pipeline,
         timeout=config["timeout"],
         maxLine=config["max-line"],
         closeAfterReply=config["close-after-reply"],
-        maxConnections=config["max-connections"],
+        connections=connections,
     )
     settings = (
         f"threads={config['threads']} timeout={config['timeout']:g} "
         f"max-line={config['max-line']} max-connections={config['max-connections']} "
+        f"max-per-peer={config['max-per-peer'] or 'off'} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
         f"journal={url}{' (fsync)' if config['journal-fsync'] and journal else ''}"
     )
-    top = PrimecountService(pipeline, journal, settings)
+    top = PrimecountService(
+        pipeline, journal, connections, settings, config["shutdown-timeout"], reactor
+    )
     for description in config["listen"]:
         endpoint = endpoints.serverFromString(reactor, description)
         top.addListener(_Listener("count", description, endpoint, factory))
@@ -300,7 +359,11 @@ def makeService(config: PrimecountOptions) -> PrimecountService:
         interface = config["interface"].replace(":", "\\:")
         description = f"tcp:{config['range-port']}:interface={interface}"
         rangeFactory = RangeFactory(
-            reactor, threadpool, journal or NullJournal(), timeout=config["timeout"]
+            reactor,
+            threadpool,
+            journal or NullJournal(),
+            timeout=config["timeout"],
+            connections=connections,
         )
         endpoint = endpoints.serverFromString(reactor, description)
         top.addListener(_Listener("range", description, endpoint, rangeFactory))

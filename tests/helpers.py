@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from primecount.connections import Connections
 from primecount.pipeline import Pipeline
 from primecount.protocol import CountFactory, CountProtocol
 from primecount.records import Record
@@ -96,21 +97,26 @@ class Harness:
     synchronous pool and a fake journal.
     """
 
-    def __init__(self, **factoryArgs: Any) -> None:
+    def __init__(
+        self, maxConnections: int = 10000, maxPerPeer: int | None = None, **factoryArgs: Any
+    ) -> None:
         self.reactor = FakeReactor()
         self.pool = SyncPool()
         self.journal = FakeJournal()
         self.pipeline = Pipeline(self.reactor, self.pool, self.journal)
-        self.factory = CountFactory(self.reactor, self.pipeline, **factoryArgs)
+        self.connections = Connections(maxConnections, maxPerPeer)
+        self.factory = CountFactory(
+            self.reactor, self.pipeline, connections=self.connections, **factoryArgs
+        )
         self.transport, self.protocol = self.connect()
 
-    def connect(self) -> tuple[StringTransport, CountProtocol]:
+    def connect(self, host: str = "192.0.2.7") -> tuple[StringTransport, CountProtocol]:
         """
         Open one more connection.
         """
         from twisted.internet.address import IPv4Address
 
-        peer = IPv4Address("TCP", "192.0.2.7", 40000 + self.factory.connections)
+        peer = IPv4Address("TCP", host, 40000 + len(self.connections))
         protocol = self.factory.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
         protocol.makeConnection(transport)

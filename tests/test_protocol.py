@@ -171,7 +171,7 @@ class OrderAndBatchingTests(SynchronousTestCase):
         h.protocol.connectionLost(None)
         h.journal.release()
         self.assertEqual(h.transport.value(), b"")
-        self.assertEqual(h.factory.connections, 0)
+        self.assertEqual(len(h.connections), 0)
 
 
 class JournalTests(SynchronousTestCase):
@@ -280,11 +280,34 @@ class SeedModeAndLimitsTests(SynchronousTestCase):
         transport3, _ = h.connect()
         self.assertEqual(transport3.value(), b"ERR server busy\n")
         self.assertTrue(transport3.disconnecting)
-        self.assertEqual(h.factory.connections, 2)
+        self.assertEqual(len(h.connections), 2)
         h.protocol.connectionLost(None)
         transport4, _ = h.connect()
         self.assertEqual(transport4.value(), b"")
-        self.assertEqual(h.factory.connections, 2)
+        self.assertEqual(len(h.connections), 2)
+
+    def test_serverBusyPastMaxPerPeer(self) -> None:
+        h = Harness(maxPerPeer=2)
+        h.connect()
+        transport3, _ = h.connect()
+        self.assertEqual(transport3.value(), b"ERR server busy\n")
+        other, _ = h.connect(host="198.51.100.1")
+        self.assertEqual(other.value(), b"")
+        self.assertEqual(len(h.connections), 3)
+
+    def test_closeWhenDoneAnswersThenCloses(self) -> None:
+        h = Harness()
+        h.journal.hold = True
+        h.send(b"abc2a\n")
+        closed = h.connections.closeAll()
+        self.assertNoResult(closed)
+        self.assertEqual(h.transport.producerState, "paused")
+        h.send(b"ignored\n")
+        h.journal.release()
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+        h.protocol.connectionLost(None)
+        self.successResultOf(closed)
 
 
 class FlowControlTests(SynchronousTestCase):

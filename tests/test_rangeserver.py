@@ -210,6 +210,45 @@ class ProtocolTests(TestCase):
         proto.makeConnection(transport)
         return proto, transport
 
+    def test_refusedOverTheConnectionLimit(self) -> None:
+        """
+        Past the process's connection limit a range connection is closed at
+        once, with nothing written (the protocol has no error message).
+        """
+        self.connect()
+        self.factory.connections.maxConnections = 1
+        refused = self.factory.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        refused.makeConnection(transport)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.factory.connections), 1)
+
+    def test_closeWhenDoneFinishesTheRequestFirst(self) -> None:
+        """
+        A graceful stop lets the request in progress finish (primes, sum,
+        record) and then closes instead of reading the next request.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(10, 30))
+        self.reactor.advance(0)
+        closed = self.factory.connections.closeAll()
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(rangecodec.encode_sum(11 + 13 + 17 + 19 + 23 + 29))
+        self.reactor.advance(0)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([r.sum_ok for r in self.journal.records], [True])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closed)
+
+    def test_closeWhenDoneClosesAnIdleConnection(self) -> None:
+        """
+        A graceful stop closes a connection waiting for its next request.
+        """
+        _, transport = self.connect()
+        self.factory.connections.closeAll()
+        self.assertTrue(transport.disconnecting)
+
     def test_replyWireBytes(self) -> None:
         """
         [10, 30] is answered with N = 6 and the six primes, each unsigned

@@ -101,6 +101,8 @@ class OptionsTests(SynchronousTestCase):
                     "max-line",
                     "close-after-reply",
                     "max-connections",
+                    "max-per-peer",
+                    "shutdown-timeout",
                     "range-port",
                 )
             },
@@ -112,6 +114,8 @@ class OptionsTests(SynchronousTestCase):
                 "max-line": 16384,
                 "close-after-reply": 0,
                 "max-connections": 10000,
+                "max-per-peer": None,
+                "shutdown-timeout": 10.0,
                 "range-port": None,
             },
         )

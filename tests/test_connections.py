@@ -1,0 +1,197 @@
+# -*- test-case-name: tests.test_connections -*-
+"""
+Connection limits and the orderly stop, in units and against a real server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount.connections import Connections, LocalCounts, peer_of
+from primecount.count import expected_reply
+from primecount.tap import PrimecountService
+
+from .helpers import Harness, ServerProcess, recv_all
+
+
+class LocalCountsTests(SynchronousTestCase):
+    """
+    L{LocalCounts}: total and per-address limits.
+    """
+
+    def test_totalAndPerPeer(self) -> None:
+        counts = LocalCounts()
+        self.assertTrue(counts.acquire("a", 3, 2))
+        self.assertTrue(counts.acquire("a", 3, 2))
+        self.assertFalse(counts.acquire("a", 3, 2))
+        self.assertTrue(counts.acquire("b", 3, 2))
+        self.assertFalse(counts.acquire("c", 3, 2))
+        counts.release("a")
+        self.assertTrue(counts.acquire("c", 3, 2))
+        self.assertEqual((counts.total, dict(counts.perPeer)), (3, {"a": 1, "b": 1, "c": 1}))
+
+    def test_releaseForgetsIdleAddresses(self) -> None:
+        counts = LocalCounts()
+        counts.acquire("a", 10, None)
+        counts.release("a")
+        self.assertEqual(dict(counts.perPeer), {})
+
+
+class PeerTests(SynchronousTestCase):
+    """
+    L{peer_of} names every kind of address.
+    """
+
+    def test_addresses(self) -> None:
+        self.assertEqual(peer_of(IPv4Address("TCP", "127.0.0.1", 5)), ("127.0.0.1", 5))
+        self.assertEqual(peer_of(IPv6Address("TCP", "::1", 6)), ("::1", 6))
+        self.assertEqual(peer_of(UNIXAddress(None)), ("UNIXAddress", 0))
+
+
+class Closable:
+    def __init__(self) -> None:
+        self.closing = 0
+        self.transport: Any = None
+
+    def closeWhenDone(self) -> None:
+        self.closing += 1
+
+
+class ConnectionsTests(SynchronousTestCase):
+    """
+    L{Connections}: admission, and closing everything.
+    """
+
+    def test_refusalLoggedOncePerEpisode(self) -> None:
+        connections = Connections(1)
+        events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        first = Closable()
+        self.assertTrue(connections.admit("a"))
+        connections.opened(first, "a")
+        for _ in range(5):
+            self.assertFalse(connections.admit("b"))
+        connections.closed(first)
+        self.assertTrue(connections.admit("b"))
+        said = [
+            e["log_format"] for e in events if e.get("log_namespace", "").endswith("Connections")
+        ]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("refusing", said[0])
+        self.assertIn("refused meanwhile", said[1])
+
+    def test_closeAllWaitsForEveryConnection(self) -> None:
+        connections = Connections()
+        one, two = Closable(), Closable()
+        for p in (one, two):
+            connections.admit("h")
+            connections.opened(p, "h")
+        closed = connections.closeAll()
+        self.assertEqual((one.closing, two.closing), (1, 1))
+        connections.closed(one)
+        self.assertNoResult(closed)
+        connections.closed(two)
+        self.successResultOf(closed)
+
+    def test_noNewConnectionsWhileClosing(self) -> None:
+        connections = Connections()
+        self.successResultOf(connections.closeAll())
+        self.assertFalse(connections.admit("h"))
+
+
+class GracefulStopTests(SynchronousTestCase):
+    """
+    L{PrimecountService.stopService}: answer, then close, within a bound.
+    """
+
+    def service(self, h: Harness, timeout: float = 10.0) -> PrimecountService:
+        service = PrimecountService(h.pipeline, None, h.connections, "", timeout, h.reactor)
+        service.startService()
+        return service
+
+    def test_receivedRequestsAnsweredBeforeStop(self) -> None:
+        h = Harness()
+        service = self.service(h)
+        h.journal.hold = True
+        h.send(b"abc2a\nabacada\n")
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        h.journal.release()
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n"])
+        self.assertTrue(h.transport.disconnecting)
+        h.protocol.connectionLost(None)
+        self.successResultOf(stopped)
+
+    def test_stuckConnectionsDroppedAfterTimeout(self) -> None:
+        h = Harness()
+        service = self.service(h, timeout=3)
+        h.journal.hold = True
+        h.send(b"abc2a\n")
+        aborted: list[bool] = []
+        h.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        stopped = service.stopService()
+        h.reactor.advance(2.9)
+        self.assertEqual(aborted, [])
+        h.reactor.advance(0.2)
+        self.assertEqual(aborted, [True])
+        h.protocol.connectionLost(None)
+        # The request still in the journal's hands is waited for.
+        self.assertNoResult(stopped)
+        h.journal.release()
+        self.successResultOf(stopped)
+
+
+class SigtermTests(SynchronousTestCase):
+    """
+    SIGTERM with clients in flight: answered, journalled, clean exit.
+    """
+
+    def test_sigtermAnswersInFlightAndLosesNoRecord(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess("--journal", "sqlite:j.sqlite3", "--journal-fsync", cwd=directory)
+        self.addCleanup(server.stop)
+        sockets = [server.connect() for _ in range(8)]
+        sent: list[list[str]] = []
+        for n, sock in enumerate(sockets):
+            messages = [f"c{n}r{i}{'q' * (i % 4)}" for i in range(500)]
+            sock.sendall("".join(m + "\n" for m in messages).encode())
+            sent.append(messages)
+        server.signal(signal.SIGTERM)
+        received: list[bytes] = [b""] * len(sockets)
+
+        def read(n: int) -> None:
+            received[n] = recv_all(sockets[n], timeout=15)
+
+        readers = [threading.Thread(target=read, args=(n,)) for n in range(len(sockets))]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(20)
+        for sock in sockets:
+            sock.close()
+        status = server.wait()
+        self.assertIn(status, (0, -signal.SIGTERM))
+        answered: list[str] = []
+        for messages, data in zip(sent, received, strict=True):
+            replies = [line + b"\n" for line in data.split(b"\n")[:-1]]
+            # Whatever was answered is a correct, in-order prefix.
+            self.assertEqual(replies, [expected_reply(m) for m in messages[: len(replies)]])
+            answered += messages[: len(replies)]
+        self.assertGreater(len(answered), 0)
+        conn = sqlite3.connect(os.path.join(directory, "j.sqlite3"))
+        stored = {m for (m,) in conn.execute("SELECT message FROM requests")}
+        conn.close()
+        self.assertEqual([m for m in answered if m not in stored], [])
+        self.assertIn(b"journal flushed", server.log)
+        self.assertNotIn(b"Traceback", server.log)
