@@ -1,0 +1,557 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Tests for L{primecount.metrics}: every family moves, labels stay bounded,
+batches count right, workers' values add up, and C{/metrics} is served.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Histogram, generate_latest, values
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from primecount import count, rangeserver
+from primecount.metrics import (
+    LATENCY_BUCKETS,
+    MULTIPROCESS_DIRECTORY,
+    OTHER_ERROR,
+    OUTCOMES,
+    Metrics,
+    MetricsRecorder,
+    MetricsResource,
+    NullMetrics,
+    _observe,
+    metricsService,
+    outcomeLabel,
+)
+from primecount.records import COUNT, RANGE
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(metrics: Metrics) -> Samples:
+    """
+    Every sample C{/metrics} would show, parsed back from the text format.
+    """
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """
+    One sample's value, or L{None} when it is absent.
+    """
+    return samples.get((name, frozenset(labels.items())))
+
+
+def tempDirectory(case: SynchronousTestCase) -> str:
+    """
+    A fresh directory outside the checkout, removed after the test (trial's
+    C{mktemp} is relative to the working directory, the checkout under pytest).
+    """
+    path = tempfile.mkdtemp(prefix="primecount-metrics-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+class FakeTeam:
+    """
+    Stands in for a thread pool's C{_team}, with fixed statistics.
+    """
+
+    def __init__(self, idle: int, busy: int, backlog: int) -> None:
+        from twisted._threads._team import Statistics
+
+        self.stats = Statistics(idle, busy, backlog)
+
+    def statistics(self) -> Any:
+        return self.stats
+
+
+class SingleProcessTests(SynchronousTestCase):
+    """
+    Without C{PROMETHEUS_MULTIPROC_DIR}: one process, its own registry.
+    """
+
+    def setUp(self) -> None:
+        self.assertNotIn(MULTIPROCESS_DIRECTORY, os.environ)
+        self.metrics = Metrics()
+
+    def test_requestsCountByProtocolAndOutcome(self) -> None:
+        self.metrics.requests(COUNT, "ok")
+        self.metrics.requests(COUNT, "ok", 4)
+        self.metrics.requests(COUNT, None, 2)
+        self.metrics.requests(COUNT, count.EMPTY)
+        self.metrics.requests(RANGE, "bad sum", 3)
+        samples = scrape(self.metrics)
+        total = "primecount_requests_total"
+        self.assertEqual(value(samples, total, protocol="count", outcome="ok"), 7)
+        self.assertEqual(value(samples, total, protocol="count", outcome="empty_message"), 1)
+        self.assertEqual(value(samples, total, protocol="range", outcome="bad_sum"), 3)
+
+    def test_unknownReasonsShareOneLabel(self) -> None:
+        for i in range(100):
+            self.metrics.requests(COUNT, f"something odd {i} <{'x' * i}>")
+        samples = scrape(self.metrics)
+        requests = {key for key in samples if key[0] == "primecount_requests_total"}
+        self.assertEqual(
+            requests,
+            {
+                (
+                    "primecount_requests_total",
+                    frozenset({("protocol", "count"), ("outcome", "error")}),
+                )
+            },
+        )
+        self.assertEqual(
+            value(samples, "primecount_requests_total", protocol="count", outcome="error"), 100
+        )
+
+    def test_nonPositiveCountsChangeNothing(self) -> None:
+        self.metrics.requests(COUNT, "ok", 0)
+        self.metrics.requests(COUNT, "ok", -3)
+        self.metrics.latency(COUNT, 0.1, 0)
+        self.metrics.journalFailed(0)
+        samples = scrape(self.metrics)
+        self.assertIsNone(
+            value(samples, "primecount_requests_total", protocol="count", outcome="ok")
+        )
+        self.assertIsNone(
+            value(samples, "primecount_request_duration_seconds_count", protocol="count")
+        )
+        self.assertEqual(value(samples, "primecount_journal_failed_records_total"), 0)
+
+    def test_latencyBatchCountsEveryRequest(self) -> None:
+        self.metrics.latency(COUNT, 0.0003, 1000)
+        self.metrics.latency(COUNT, 0.02)
+        samples = scrape(self.metrics)
+        name = "primecount_request_duration_seconds"
+        self.assertEqual(value(samples, name + "_count", protocol="count"), 1001)
+        self.assertAlmostEqual(value(samples, name + "_sum", protocol="count"), 0.32)
+        bucket = name + "_bucket"
+        self.assertEqual(value(samples, bucket, protocol="count", le="0.00025"), 0)
+        self.assertEqual(value(samples, bucket, protocol="count", le="0.0005"), 1000)
+        self.assertEqual(value(samples, bucket, protocol="count", le="0.01"), 1000)
+        self.assertEqual(value(samples, bucket, protocol="count", le="0.025"), 1001)
+        self.assertEqual(value(samples, bucket, protocol="count", le="+Inf"), 1001)
+
+    def test_latencyBatchEqualsRepeatedObserve(self) -> None:
+        """
+        C{n} observations at once give exactly the samples of C{n} calls to
+        prometheus_client's own C{observe}, bounds and extremes included.
+        """
+        amounts = [0.0, 0.00005, 0.00007, 0.0005, 0.3, 5.0, 7.5, float("inf")]
+        batched = Histogram("batched", "", buckets=LATENCY_BUCKETS, registry=None)
+        looped = Histogram("batched", "", buckets=LATENCY_BUCKETS, registry=None)
+        for n, amount in enumerate(amounts, 1):
+            _observe(batched, amount, n)
+            for _ in range(n):
+                looped.observe(amount)
+        self.assertEqual(
+            [
+                (s.name, s.labels, s.value)
+                for s in batched.collect()[0].samples
+                if "created" not in s.name
+            ],
+            [
+                (s.name, s.labels, s.value)
+                for s in looped.collect()[0].samples
+                if "created" not in s.name
+            ],
+        )
+
+    def test_latencyBackwardsClockCountsAsZero(self) -> None:
+        self.metrics.latency(RANGE, -0.5, 2)
+        self.metrics.latency(RANGE, float("nan"))
+        samples = scrape(self.metrics)
+        name = "primecount_request_duration_seconds"
+        self.assertEqual(value(samples, name + "_bucket", protocol="range", le="5e-05"), 3)
+        self.assertEqual(value(samples, name + "_sum", protocol="range"), 0)
+
+    def test_openConnections(self) -> None:
+        for _ in range(3):
+            self.metrics.connectionOpened(COUNT)
+        self.metrics.connectionOpened(RANGE)
+        self.metrics.connectionClosed(COUNT)
+        samples = scrape(self.metrics)
+        self.assertEqual(value(samples, "primecount_open_connections", protocol="count"), 2)
+        self.assertEqual(value(samples, "primecount_open_connections", protocol="range"), 1)
+
+    def test_journal(self) -> None:
+        self.metrics.journalCommit(12, 0.002)
+        self.metrics.journalCommit(1, 0.0001)
+        self.metrics.journalFailed(5)
+        samples = scrape(self.metrics)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_count"), 2)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_sum"), 13)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_bucket", le="1.0"), 1)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_bucket", le="10.0"), 1)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_bucket", le="20.0"), 2)
+        self.assertEqual(value(samples, "primecount_journal_commit_seconds_count"), 2)
+        self.assertEqual(value(samples, "primecount_journal_commit_seconds_bucket", le="0.0001"), 1)
+        self.assertEqual(value(samples, "primecount_journal_commit_seconds_bucket", le="0.0025"), 2)
+        self.assertEqual(value(samples, "primecount_journal_failed_records_total"), 5)
+
+    def test_workerRestarts(self) -> None:
+        self.metrics.workerRestarted()
+        self.metrics.workerRestarted()
+        self.assertEqual(value(scrape(self.metrics), "primecount_worker_restarts_total"), 2)
+
+    def test_threadPoolReadAtScrapeTime(self) -> None:
+        pool = ThreadPool(minthreads=0, maxthreads=1)
+        self.addCleanup(pool.stop)
+        unwatch = self.metrics.watchThreadPool(pool)
+        depth = "primecount_threadpool_queue_depth"
+        self.assertEqual(value(scrape(self.metrics), depth), 0)
+        for _ in range(3):
+            pool.callInThread(lambda: None)  # not started: the work waits
+        self.assertEqual(value(scrape(self.metrics), depth), 3)
+        other = ThreadPool()
+        other._team = FakeTeam(idle=1, busy=4, backlog=2)  # type: ignore[assignment]
+        self.metrics.watchThreadPool(other)
+        samples = scrape(self.metrics)
+        self.assertEqual(value(samples, depth), 5)
+        self.assertEqual(value(samples, "primecount_threadpool_busy_threads"), 4)
+        unwatch()
+        self.assertEqual(value(scrape(self.metrics), depth), 2)
+
+    def test_processMetrics(self) -> None:
+        samples = scrape(self.metrics)
+        names = {name for name, _ in samples}
+        self.assertIn("python_info", names)
+        if sys.platform.startswith("linux"):
+            self.assertIn("process_resident_memory_bytes", names)
+
+    def test_instancesAreIndependent(self) -> None:
+        other = Metrics()
+        other.requests(COUNT, "ok", 9)
+        self.metrics.requests(COUNT, "ok")
+        total = "primecount_requests_total"
+        self.assertEqual(value(scrape(self.metrics), total, protocol="count", outcome="ok"), 1)
+        self.assertEqual(value(scrape(other), total, protocol="count", outcome="ok"), 9)
+        self.assertFalse(self.metrics.multiprocess)
+
+    def test_markProcessDeadIsHarmless(self) -> None:
+        self.metrics.mark_process_dead(12345)
+
+    def test_atLeastFivePrimecountFamilies(self) -> None:
+        text = generate_latest(self.metrics.registry).decode()
+        families = {
+            f.name for f in text_string_to_metric_families(text) if f.name.startswith("primecount_")
+        }
+        self.assertGreaterEqual(len(families), 5)
+        self.assertIn("primecount_requests", families)
+
+    def test_directorySetTooLateFails(self) -> None:
+        """
+        prometheus_client picked its value store at import, before the
+        variable was set: refuse rather than silently not share.
+        """
+        os.environ[MULTIPROCESS_DIRECTORY] = tempDirectory(self)
+        self.addCleanup(os.environ.pop, MULTIPROCESS_DIRECTORY)
+        error = self.assertRaises(RuntimeError, Metrics)
+        self.assertIn(MULTIPROCESS_DIRECTORY, str(error))
+
+
+class OutcomeTests(SynchronousTestCase):
+    """
+    The C{outcome} label: known reasons by name, anything else one word.
+    """
+
+    def test_everyServerReasonHasItsOwnWord(self) -> None:
+        reasons = [
+            count.EMPTY,
+            count.INVALID_UTF8,
+            count.LINE_TOO_LONG,
+            count.JOURNAL_UNAVAILABLE,
+            count.SERVER_BUSY,
+            rangeserver.BAD_SUM,
+            rangeserver.DISCONNECTED_BEFORE_REPLY,
+            rangeserver.DISCONNECTED_MID_STREAM,
+            rangeserver.DISCONNECTED_BEFORE_SUM,
+            rangeserver.STOPPED_READING,
+            rangeserver.NO_SUM,
+            rangeserver.INCOMPLETE_REQUEST,
+            rangeserver.INTERNAL_ERROR,
+        ]
+        for reason in reasons:
+            self.assertNotEqual(outcomeLabel(reason), OTHER_ERROR, reason)
+        self.assertEqual(outcomeLabel(count.INVALID_UTF8), "invalid_utf8")
+        self.assertEqual(outcomeLabel("line too long"), "line_too_long")
+
+    def test_labelsAreFewAndSafe(self) -> None:
+        words = set(OUTCOMES.values()) | {OTHER_ERROR}
+        self.assertLessEqual(len(words), 20)
+        for word in words:
+            self.assertRegex(word, r"^[a-z][a-z0-9_]*$")
+            self.assertEqual(outcomeLabel(word), word)
+
+    def test_okAndUnknown(self) -> None:
+        self.assertEqual(outcomeLabel(None), "ok")
+        self.assertEqual(outcomeLabel("ok"), "ok")
+        self.assertEqual(outcomeLabel("héllo\n\x00"), OTHER_ERROR)
+        self.assertEqual(outcomeLabel(""), OTHER_ERROR)
+
+
+class NullMetricsTests(SynchronousTestCase):
+    """
+    L{NullMetrics} takes every call L{Metrics} takes, and does nothing.
+    """
+
+    def test_sameMethodsAsMetrics(self) -> None:
+        names = [
+            name
+            for name, _ in inspect.getmembers(MetricsRecorder, inspect.isfunction)
+            if not name.startswith("_")
+        ]
+        self.assertIn("requests", names)
+        self.assertIn("mark_process_dead", names)
+        for name in names:
+            expected = inspect.signature(getattr(MetricsRecorder, name))
+            self.assertEqual(inspect.signature(getattr(NullMetrics, name)), expected, name)
+            self.assertEqual(inspect.signature(getattr(Metrics, name)), expected, name)
+
+    def test_acceptsEveryCall(self) -> None:
+        null: MetricsRecorder = NullMetrics()
+        null.requests(COUNT, "ok")
+        null.requests(COUNT, None, 1000)
+        null.requests(RANGE, "anything at all", 3)
+        null.latency(COUNT, 0.001)
+        null.latency(COUNT, 0.001, 1000)
+        null.connectionOpened(COUNT)
+        null.connectionClosed(COUNT)
+        null.journalCommit(10, 0.001)
+        null.journalFailed(10)
+        null.workerRestarted()
+        unwatch = null.watchThreadPool(ThreadPool())
+        unwatch()
+        null.mark_process_dead(1)
+
+
+class MultiProcessTests(SynchronousTestCase):
+    """
+    With C{PROMETHEUS_MULTIPROC_DIR}: each process writes its own files and
+    the registry sums them.
+
+    The test process imported prometheus_client without the variable, so it
+    plays a worker by doing what that import would have done: install the
+    memory-mapped value store, here under a chosen pid.
+    """
+
+    def setUp(self) -> None:
+        self.directory = tempDirectory(self)
+        os.environ[MULTIPROCESS_DIRECTORY] = self.directory
+        self.addCleanup(os.environ.pop, MULTIPROCESS_DIRECTORY)
+        self.addCleanup(values.close_all_multiprocess_files)
+
+    def asProcess(self, pid: int, act: Callable[[], Any]) -> Any:
+        """
+        Run C{act} as if this were process C{pid}, with its own value files.
+        """
+        original = values.ValueClass
+        values.ValueClass = values.MultiProcessValue(lambda: pid)
+        try:
+            return act()
+        finally:
+            values.ValueClass = original
+
+    def worker(self, pid: int, connections: int, requests: int) -> Metrics:
+        """
+        A worker's metrics, used as process C{pid}.
+        """
+
+        def act() -> Metrics:
+            metrics = Metrics()
+            for _ in range(connections):
+                metrics.connectionOpened(COUNT)
+            metrics.requests(COUNT, "ok", requests)
+            metrics.requests(COUNT, "invalid UTF-8")
+            metrics.latency(COUNT, 0.0003, requests)
+            metrics.journalCommit(requests, 0.002)
+            return metrics
+
+        return self.asProcess(pid, act)
+
+    def test_workersAreSummed(self) -> None:
+        self.worker(1001, connections=2, requests=10)
+        self.worker(1002, connections=3, requests=500)
+        supervisor = self.asProcess(1000, Metrics)
+        self.assertTrue(supervisor.multiprocess)
+        self.asProcess(1000, supervisor.workerRestarted)
+        samples = scrape(supervisor)
+        total = "primecount_requests_total"
+        self.assertEqual(value(samples, total, protocol="count", outcome="ok"), 510)
+        self.assertEqual(value(samples, total, protocol="count", outcome="invalid_utf8"), 2)
+        self.assertEqual(value(samples, "primecount_open_connections", protocol="count"), 5)
+        latency = "primecount_request_duration_seconds"
+        self.assertEqual(value(samples, latency + "_count", protocol="count"), 510)
+        self.assertAlmostEqual(value(samples, latency + "_sum", protocol="count"), 0.153)
+        self.assertEqual(value(samples, latency + "_bucket", protocol="count", le="0.00025"), 0)
+        self.assertEqual(value(samples, latency + "_bucket", protocol="count", le="0.0005"), 510)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_count"), 2)
+        self.assertEqual(value(samples, "primecount_journal_batch_size_sum"), 510)
+        self.assertEqual(value(samples, "primecount_worker_restarts_total"), 1)
+
+    def test_deadWorkerLeavesGaugesKeepsCounts(self) -> None:
+        self.worker(1001, connections=2, requests=10)
+        self.worker(1002, connections=3, requests=5)
+        supervisor = self.asProcess(1000, Metrics)
+        supervisor.mark_process_dead(1002)
+        samples = scrape(supervisor)
+        self.assertEqual(value(samples, "primecount_open_connections", protocol="count"), 2)
+        self.assertEqual(
+            value(samples, "primecount_requests_total", protocol="count", outcome="ok"), 15
+        )
+
+    def test_threadPoolsSampled(self) -> None:
+        clock = Clock()
+
+        def act() -> tuple[Metrics, Callable[[], None]]:
+            metrics = Metrics(clock=clock, sampleInterval=1.0)
+            pool = ThreadPool()
+            pool._team = FakeTeam(idle=0, busy=2, backlog=7)  # type: ignore[assignment]
+            return metrics, metrics.watchThreadPool(pool)
+
+        metrics, unwatch = self.asProcess(1001, act)
+        samples = scrape(metrics)
+        self.assertEqual(value(samples, "primecount_threadpool_queue_depth"), 7)
+        self.assertEqual(value(samples, "primecount_threadpool_busy_threads"), 2)
+        self.assertEqual(clock.getDelayedCalls()[0].getTime(), 1.0)
+        unwatch()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(value(scrape(metrics), "primecount_threadpool_queue_depth"), 0)
+
+    def test_realWorkerProcess(self) -> None:
+        """
+        A real process with the variable set before its first import writes
+        values that this process's registry sums with its own.
+        """
+        script = (
+            "import os\n"
+            "from primecount.metrics import Metrics\n"
+            "m = Metrics()\n"
+            "m.requests('count', 'ok', 7)\n"
+            "m.connectionOpened('count')\n"
+            "m.latency('count', 0.002, 3)\n"
+            "print(os.getpid())\n"
+        )
+        env = dict(os.environ, **{MULTIPROCESS_DIRECTORY: self.directory})
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        pid = int(done.stdout)
+        self.worker(1001, connections=1, requests=10)
+        supervisor = self.asProcess(1000, Metrics)
+        samples = scrape(supervisor)
+        total = "primecount_requests_total"
+        self.assertEqual(value(samples, total, protocol="count", outcome="ok"), 17)
+        self.assertEqual(value(samples, "primecount_open_connections", protocol="count"), 2)
+        latency = "primecount_request_duration_seconds_count"
+        self.assertEqual(value(samples, latency, protocol="count"), 13)
+        supervisor.mark_process_dead(pid)
+        samples = scrape(supervisor)
+        self.assertEqual(value(samples, "primecount_open_connections", protocol="count"), 1)
+        self.assertEqual(value(samples, total, protocol="count", outcome="ok"), 17)
+
+
+class ResourceTests(SynchronousTestCase):
+    """
+    L{MetricsResource} renders the registry in the format asked for.
+    """
+
+    def test_prometheusText(self) -> None:
+        metrics = Metrics()
+        metrics.requests(COUNT, "ok")
+        request = DummyRequest([b""])
+        body = MetricsResource(metrics.registry).render_GET(request)  # type: ignore[arg-type]
+        self.assertIn(b"primecount_requests_total{", body)
+        contentType = request.responseHeaders.getRawHeaders(b"content-type")[0]
+        self.assertTrue(contentType.startswith(b"text/plain"), contentType)
+
+    def test_openMetricsWhenAsked(self) -> None:
+        metrics = Metrics()
+        request = DummyRequest([b""])
+        request.requestHeaders.addRawHeader(
+            b"accept", b"application/openmetrics-text; version=1.0.0"
+        )
+        body = MetricsResource(metrics.registry).render_GET(request)  # type: ignore[arg-type]
+        contentType = request.responseHeaders.getRawHeaders(b"content-type")[0]
+        self.assertTrue(contentType.startswith(b"application/openmetrics-text"), contentType)
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
+
+class Fetch(Protocol):
+    """
+    An HTTP/1.0 client of one request: the server closes when done.
+    """
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.received: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET " + self.path + b" HTTP/1.0\r\nHost: test\r\n\r\n")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+class HTTPTests(TestCase):
+    """
+    L{metricsService} over a real socket on 127.0.0.1.
+    """
+
+    @inlineCallbacks
+    def test_metricsServedElsewhere404(self) -> Any:
+        metrics = Metrics()
+        metrics.requests(COUNT, "ok", 3)
+        service = metricsService(reactor, "tcp:0:interface=127.0.0.1", metrics)
+        service.startService()
+        self.addCleanup(service.stopService)
+        ports: list[Any] = []
+        # Read the port without consuming the result stopService needs.
+        service._waitingForPort.addCallback(lambda port: ports.append(port) or port)
+        address = ports[0].getHost()
+
+        def get(path: bytes) -> Deferred[bytes]:
+            fetch = Fetch(path)
+            endpoint = TCP4ClientEndpoint(reactor, address.host, address.port)
+            connectProtocol(endpoint, fetch)
+            return fetch.done
+
+        response = yield get(b"/metrics")
+        head, _, body = response.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.0 200 "), head)
+        self.assertIn(b"content-type: text/plain", head.lower())
+        self.assertIn(b'primecount_requests_total{outcome="ok",protocol="count"} 3.0', body)
+        for path in (b"/", b"/other", b"/metrics/x"):
+            response = yield get(path)
+            self.assertTrue(response.startswith(b"HTTP/1.0 404 "), (path, response[:40]))
