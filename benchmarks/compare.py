@@ -125,7 +125,8 @@ class Measurement:
     C{server_cpu} and C{generator_cpu} are the CPU time each used during
     the run as a fraction of the run's wall-clock time (1.0 = one core
     busy all the time): a figure near the number of cores it was pinned to
-    says that side was the bottleneck.
+    says that side was the bottleneck. C{other_cpu} is what the rest of
+    the machine used meanwhile: a run with much of it was disturbed.
     """
 
     throughput: float
@@ -135,6 +136,7 @@ class Measurement:
     wrong: int
     server_cpu: float
     generator_cpu: float
+    other_cpu: float
 
 
 @dataclass
@@ -279,6 +281,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """
+    The CPU time all processors of the machine have spent busy so far.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    guest = sum(ticks[8:10]) if len(ticks) > 9 else 0
+    return (sum(ticks) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
 def run_bench(
     port: int,
     server_pid: int,
@@ -307,6 +323,7 @@ def run_bench(
         *workload.options,
     ]
     server_before = cpu_seconds(server_pid)
+    busy_before = machine_busy_seconds()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     try:
@@ -321,6 +338,7 @@ def run_bench(
         raise CompareError(f"the generator did not finish: {shlex.join(command)}") from None
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_used = cpu_seconds(server_pid) - server_before
+    busy = machine_busy_seconds() - busy_before
     generator_used = (children_after.ru_utime - children_before.ru_utime) + (
         children_after.ru_stime - children_before.ru_stime
     )
@@ -329,10 +347,12 @@ def run_bench(
         raise CompareError(f"the generator failed: {message[0]}")
     document = json.loads(output.read_text())
     wall = document["elapsed"] or (time.monotonic() - started)
+    total_wall = max(wall, time.monotonic() - started)
     return Measurement(
+        other_cpu=max(0.0, busy - server_used - generator_used) / total_wall,
         server_cpu=server_used / wall,
         # The generator also spends time starting up; charge it all.
-        generator_cpu=generator_used / max(wall, time.monotonic() - started),
+        generator_cpu=generator_used / total_wall,
         throughput=document["throughput"],
         p50=document["latency_ms"]["p50"],
         p99=document["latency_ms"]["p99"],
@@ -443,9 +463,10 @@ def markdown(
     lines = [header, ""]
     lines.append(
         "| workload | server | req/s (median) | min-max | vs primecount "
-        "| p50 ms | p99 ms | errors | wrong | server CPU | generator CPU |"
+        "| p50 ms | p99 ms | errors | wrong | server CPU | generator CPU "
+        "| other CPU |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, cells in results.items():
         for server, cell in cells.items():
             if not cell.runs:
@@ -463,7 +484,8 @@ def markdown(
                 f"| {sum(r.errors for r in cell.runs)} "
                 f"| {sum(r.wrong for r in cell.runs)} "
                 f"| {cell.median('server_cpu'):.0%} "
-                f"| {cell.median('generator_cpu'):.0%} |"
+                f"| {cell.median('generator_cpu'):.0%} "
+                f"| {cell.median('other_cpu'):.0%} |"
             )
     lines.append("")
     lines.append(
@@ -471,7 +493,8 @@ def markdown(
         "median of the per-round ratios. CPU: median share of one core used "
         "during a run; a side near 100 % (when pinned to one CPU) was the "
         "bottleneck, so a server measured against a generator near 100 % is "
-        "at least that fast."
+        "at least that fast. Other CPU: what the rest of the machine used "
+        "meanwhile (other processes disturb a run)."
     )
     outcomes = []
     target_lines = []
@@ -660,7 +683,8 @@ def compare(args: argparse.Namespace) -> int:
                             f"p99 {measurement.p99:.2f} ms  "
                             f"errors {measurement.errors}  wrong {measurement.wrong}  "
                             f"cpu server {measurement.server_cpu:.0%} "
-                            f"generator {measurement.generator_cpu:.0%}",
+                            f"generator {measurement.generator_cpu:.0%} "
+                            f"others {measurement.other_cpu:.0%}",
                             file=sys.stderr,
                         )
     extra = f", primecount args {args.primecount_args!r}" if args.primecount_args else ""
