@@ -532,6 +532,7 @@ class RangeFactory(Factory):
 
     _log: ClassVar[Logger] = Logger()
     protocol = RangeProtocol  # type: ignore[assignment]
+    noisy = False
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ The twistd plugin's options and service: C{twistd primecount --port 5050}.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -12,11 +13,11 @@ from typing import Any, ClassVar
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
-from twisted.python import usage
+from twisted.python import failure, usage
 
-from primecount import __version__
+from primecount import __version__, workers
 from primecount.connections import Connections
 from primecount.journal import (
     JournalURL,
@@ -115,6 +116,7 @@ class PrimecountOptions(usage.Options):
             "On SIGTERM, seconds to finish what was received before closing anyway.",
             _seconds,
         ],
+        ["workers", None, 1, "Serving processes sharing the listening sockets.", _positive],
         [
             "range-port",
             None,
@@ -131,6 +133,11 @@ class PrimecountOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept for --workers: each worker runs with the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -231,12 +238,12 @@ class PrimecountService(service.MultiService):
         self.connections = connections
         self.settings = settings
         self.shutdownTimeout = shutdownTimeout
-        self.listeners: list[_Listener] = []
+        self.listeners: list[Any] = []
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
 
-    def addListener(self, listener: _Listener) -> None:
+    def addListener(self, listener: Any) -> None:
         """
         Add a listening endpoint service.
         """
@@ -315,13 +322,53 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft
 
 
-def makeService(config: PrimecountOptions) -> PrimecountService:
+def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
     """
-    Build the server from parsed options.
+    (label, endpoint description) of every listener the options ask for.
+    """
+    found = [("count", description) for description in config["listen"]]
+    if config["range-port"] is not None:
+        interface = config["interface"].replace(":", "\\:")
+        found.append(("range", f"tcp:{config['range-port']}:interface={interface}"))
+    return found
+
+
+def _settings(config: PrimecountOptions) -> str:
+    url: JournalURL = config["journal"]
+    return (
+        f"threads={config['threads']} timeout={config['timeout']:g} "
+        f"max-line={config['max-line']} max-connections={config['max-connections']} "
+        f"max-per-peer={config['max-per-peer'] or 'off'} "
+        f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
+        f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
+    )
+
+
+def makeService(config: PrimecountOptions) -> service.MultiService:
+    """
+    Build the server from parsed options: one serving process, or (with
+    C{--workers N}) a supervisor of N, or one of those N workers.
     """
     from twisted.internet import reactor
 
+    if os.environ.get(workers.WORKER_ENV):
+        return _worker(config, reactor)
+    if config["workers"] > 1:
+        return _supervisor(config, reactor)
     raise_open_files_limit(config["max-connections"] + 64)
+    return _server(config, reactor, Connections(config["max-connections"], config["max-per-peer"]))
+
+
+def _server(
+    config: PrimecountOptions,
+    reactor: Any,
+    connections: Connections,
+    adopted: list[tuple[str, int, int]] | None = None,
+) -> PrimecountService:
+    """
+    A serving process: listening itself, or on C{adopted} sockets
+    (label, fd, family) handed down by a supervisor.
+    """
     reactor.suggestThreadPoolSize(config["threads"])
     threadpool = reactor.getThreadPool()
 
@@ -330,41 +377,121 @@ def makeService(config: PrimecountOptions) -> PrimecountService:
     if url.scheme == "sqlite":
         journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"])
     pipeline = Pipeline(reactor, threadpool, journal)
-    connections = Connections(config["max-connections"], config["max-per-peer"])
-    factory = CountFactory(
-        reactor,
-        pipeline,
-        timeout=config["timeout"],
-        maxLine=config["max-line"],
-        closeAfterReply=config["close-after-reply"],
-        connections=connections,
-    )
-    settings = (
-        f"threads={config['threads']} timeout={config['timeout']:g} "
-        f"max-line={config['max-line']} max-connections={config['max-connections']} "
-        f"max-per-peer={config['max-per-peer'] or 'off'} "
-        f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
-        f"journal={url}{' (fsync)' if config['journal-fsync'] and journal else ''}"
-    )
-    top = PrimecountService(
-        pipeline, journal, connections, settings, config["shutdown-timeout"], reactor
-    )
-    for description in config["listen"]:
-        endpoint = endpoints.serverFromString(reactor, description)
-        top.addListener(_Listener("count", description, endpoint, factory))
+    factories: dict[str, Any] = {
+        "count": CountFactory(
+            reactor,
+            pipeline,
+            timeout=config["timeout"],
+            maxLine=config["max-line"],
+            closeAfterReply=config["close-after-reply"],
+            connections=connections,
+        )
+    }
     if config["range-port"] is not None:
         from primecount.journal import NullJournal
         from primecount.rangeserver import RangeFactory
 
-        interface = config["interface"].replace(":", "\\:")
-        description = f"tcp:{config['range-port']}:interface={interface}"
-        rangeFactory = RangeFactory(
+        factories["range"] = RangeFactory(
             reactor,
             threadpool,
             journal or NullJournal(),
             timeout=config["timeout"],
             connections=connections,
         )
-        endpoint = endpoints.serverFromString(reactor, description)
-        top.addListener(_Listener("range", description, endpoint, rangeFactory))
+    top = PrimecountService(
+        pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
+    )
+    if adopted is None:
+        for label, description in _descriptions(config):
+            endpoint = endpoints.serverFromString(reactor, description)
+            top.addListener(_Listener(label, description, endpoint, factories[label]))
+    else:
+        for label, fd, family in adopted:
+            top.addListener(workers.AdoptedPort(reactor, label, fd, family, factories[label]))
     return top
+
+
+def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
+    """
+    One of C{--workers N}: serve on the sockets the supervisor hands down,
+    counting connections in the shared table.
+    """
+    workers.die_with_parent()
+    path, _, total = os.environ[workers.COUNTS_ENV].rpartition(":")
+    index = int(os.environ.get("PRIMECOUNT_WORKER_INDEX", "0"))
+    counts = workers.SharedCounts(path, int(total), index)
+    connections = Connections(config["max-connections"], config["max-per-peer"], counts)
+    adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
+    return _server(config, reactor, connections, adopted)
+
+
+class _Bound(service.Service):
+    """
+    The supervisor's listening sockets: bound at start-up, closed at stop.
+    """
+
+    def __init__(self, ports: list[Any]) -> None:
+        self.ports = ports
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+
+def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService:
+    """
+    C{--workers N}: bind the sockets here, serve in N worker processes.
+    """
+    import tempfile
+
+    raise_open_files_limit(config["max-connections"] + 64)
+    sockets: dict[str, tuple[int, int]] = {}
+    ports = []
+    addresses = []
+    for n, (label, description) in enumerate(_descriptions(config)):
+        endpoint = endpoints.serverFromString(reactor, description)
+        bound: list[Any] = []
+        placeholder = protocol.Factory()
+        placeholder.noisy = False  # never accepts: the workers do
+        endpoint.listen(placeholder).addCallbacks(bound.append, bound.append)
+        if not bound or isinstance(bound[0], failure.Failure):
+            why = bound[0].getErrorMessage() if bound else "not bound at once"
+            sys.stderr.write(f"twistd primecount: error: cannot listen on {description}: {why}\n")
+            raise SystemExit(1)
+        port = bound[0]
+        ports.append(port)
+        sockets[f"{label}{n}"] = workers.listening_socket(port)
+        host = port.getHost()
+        addresses.append(
+            f"{label} {getattr(host, 'host', description)}:{getattr(host, 'port', '')}"
+        )
+    scratch = tempfile.mkdtemp(prefix="primecount-")
+    counts = workers.SharedCounts(os.path.join(scratch, "connections"), config["workers"])
+    top = service.MultiService()
+    _Bound(ports).setServiceParent(top)
+    supervisor = workers.Supervisor(
+        reactor,
+        config["workers"],
+        config.argv,
+        sockets,
+        counts,
+        stopTimeout=config["shutdown-timeout"] + 5,
+    )
+    supervisor.setServiceParent(top)
+    reactor.callWhenRunning(
+        _log.info,
+        "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
+        version=__version__,
+        addresses=", ".join(addresses),
+        n=config["workers"],
+        settings=_settings(config),
+    )
+    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
+    return top
+
+
+def _cleanup(scratch: str, counts: Any) -> None:
+    import shutil
+
+    counts.close()
+    shutil.rmtree(scratch, ignore_errors=True)

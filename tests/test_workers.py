@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+C{--workers N}: shared sockets, restarts, clean stop, shared limits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import tempfile
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount.count import expected_reply
+from primecount.workers import SharedCounts, decode_sockets, encode_sockets
+
+from .helpers import ServerProcess, recv_all, recv_lines
+
+YES = "sí".encode()
+
+
+def children(pid: int) -> set[int]:
+    """
+    The live child processes of C{pid}, read from /proc.
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def wait_for(predicate: object, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class SharedCountsTests(SynchronousTestCase):
+    """
+    L{SharedCounts}: one limit over several processes' sections.
+    """
+
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(
+            lambda: [os.remove(os.path.join(directory, f)) for f in os.listdir(directory)]
+        )
+        self.path = os.path.join(directory, "counts")
+        self.first = SharedCounts(self.path, 2, 0)
+        self.second = SharedCounts(self.path, 2, 1)
+        self.addCleanup(self.first.close)
+        self.addCleanup(self.second.close)
+
+    def test_totalLimitSpansSections(self) -> None:
+        self.assertTrue(self.first.acquire("a", 3, None))
+        self.assertTrue(self.second.acquire("b", 3, None))
+        self.assertTrue(self.second.acquire("c", 3, None))
+        self.assertFalse(self.first.acquire("d", 3, None))
+        self.assertEqual(self.first.total, 3)
+        self.second.release("b")
+        self.assertTrue(self.first.acquire("d", 3, None))
+
+    def test_perPeerLimitSpansSections(self) -> None:
+        self.assertTrue(self.first.acquire("10.0.0.1", 100, 2))
+        self.assertTrue(self.second.acquire("10.0.0.1", 100, 2))
+        self.assertFalse(self.first.acquire("10.0.0.1", 100, 2))
+        self.assertTrue(self.first.acquire("10.0.0.2", 100, 2))
+
+    def test_resetForgetsADeadWorker(self) -> None:
+        for host in ("a", "b", "c"):
+            self.assertTrue(self.second.acquire(host, 3, 1))
+        self.assertFalse(self.first.acquire("a", 3, 1))
+        self.first.reset(1)
+        self.assertEqual(self.first.total, 0)
+        self.assertTrue(self.first.acquire("a", 3, 1))
+
+
+class SocketsEnvTests(SynchronousTestCase):
+    """
+    The worker's socket list survives the environment.
+    """
+
+    def test_roundTrip(self) -> None:
+        value = encode_sockets({"count0": (3, 2), "count1": (4, 10), "range2": (5, 2)})
+        self.assertEqual(
+            decode_sockets(value), [("count", 3, 2), ("count", 4, 10), ("range", 5, 2)]
+        )
+
+
+class WorkersTests(SynchronousTestCase):
+    """
+    A real C{twistd primecount --workers 2}.
+    """
+
+    def start(self, *args: str) -> ServerProcess:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        server = ServerProcess(
+            "--workers", "2", "--journal", "sqlite:j.sqlite3", *args, cwd=self.dir
+        )
+        self.addCleanup(server.stop)
+        self.assertTrue(wait_for(lambda: len(children(server.process.pid)) == 2))
+        # Both workers have adopted the sockets once each logged its start.
+        self.assertTrue(
+            wait_for(
+                lambda: (
+                    server.readLog(0.05) and server.log.count(b"] primecount 0.1.0 listening") >= 2
+                )
+            )
+        )
+        return server
+
+    def ask(self, server: ServerProcess, message: bytes) -> list[bytes]:
+        with server.connect() as sock:
+            sock.sendall(message + b"\n")
+            return recv_lines(sock, 1)
+
+    def test_killedWorkerIsReplacedAndServiceContinues(self) -> None:
+        server = self.start()
+        before = children(server.process.pid)
+        victim = sorted(before)[0]
+        os.kill(victim, signal.SIGKILL)
+        self.assertTrue(
+            wait_for(lambda: len(children(server.process.pid) - {victim}) == 2),
+            "no replacement worker",
+        )
+        for _ in range(20):
+            self.assertEqual(self.ask(server, b"abc2a"), [b"2 " + YES + b"\n"])
+        server.readLog(0.2)
+        self.assertIn(b"restarting it", server.log)
+
+    def test_sigtermStopsEveryWorkerAndLosesNothing(self) -> None:
+        server = self.start()
+        workers = children(server.process.pid)
+        sockets = [server.connect() for _ in range(6)]
+        sent = []
+        for n, sock in enumerate(sockets):
+            messages = [f"w{n}-{i}{'z' * (i % 3)}" for i in range(300)]
+            sock.sendall("".join(m + "\n" for m in messages).encode())
+            sent.append(messages)
+        server.signal(signal.SIGTERM)
+        received = [b""] * len(sockets)
+
+        def read(n: int) -> None:
+            received[n] = recv_all(sockets[n], timeout=15)
+
+        readers = [threading.Thread(target=read, args=(n,)) for n in range(len(sockets))]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(20)
+        for sock in sockets:
+            sock.close()
+        self.assertIn(server.wait(), (0, -signal.SIGTERM))
+        alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+        self.assertEqual(alive, [], "orphaned workers")
+        answered = []
+        for messages, data in zip(sent, received, strict=True):
+            replies = [line + b"\n" for line in data.split(b"\n")[:-1]]
+            self.assertEqual(replies, [expected_reply(m) for m in messages[: len(replies)]])
+            answered += messages[: len(replies)]
+        self.assertGreater(len(answered), 0)
+        conn = sqlite3.connect(os.path.join(self.dir, "j.sqlite3"))
+        stored = {m for (m,) in conn.execute("SELECT message FROM requests")}
+        conn.close()
+        self.assertEqual([m for m in answered if m not in stored], [])
+
+    def test_maxConnectionsHoldsAcrossWorkers(self) -> None:
+        server = self.start("--max-connections", "3", "--timeout", "0")
+        held = []
+        for _ in range(3):
+            sock = server.connect()
+            sock.sendall(b"a\n")
+            self.assertEqual(recv_lines(sock, 1), [b"1 no\n"])
+            held.append(sock)
+        with server.connect() as extra:
+            self.assertEqual(recv_all(extra), b"ERR server busy\n")
+        held.pop().close()
+        time.sleep(0.3)
+        self.assertEqual(self.ask(server, b"a"), [b"1 no\n"])
+        for sock in held:
+            sock.close()
+
+    def test_maxPerPeerHoldsAcrossWorkers(self) -> None:
+        server = self.start("--max-per-peer", "2", "--timeout", "0")
+        held = []
+        for _ in range(2):
+            sock = server.connect()
+            sock.sendall(b"a\n")
+            recv_lines(sock, 1)
+            held.append(sock)
+        with server.connect() as extra:
+            self.assertEqual(recv_all(extra), b"ERR server busy\n")
+        for sock in held:
+            sock.close()
