@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import TestCase
 
-from primecount import bench
+from primecount import bench, rangecodec
 from primecount.bench.load import Plan, measure
 from primecount.bench.stats import (
     BIN_EDGES,
@@ -33,6 +33,7 @@ from primecount.bench.stats import (
     percentiles_ms,
 )
 from primecount.count import expected_reply
+from primecount.primes import primes_between
 
 Answer = Callable[[bytes], bytes | None]
 
@@ -231,6 +232,90 @@ class VerificationTests(BenchTestCase):
         self.assertEqual(result.ok, 50)
         self.assertEqual(result.idle["open"], 20)
         self.assertEqual(result.idle["failed"], 0)
+
+
+class _RangeHandler(socketserver.BaseRequestHandler):
+    """
+    A range-protocol server: answers each C{!ii} request with N and the
+    primes (without the last one when the server's C{short} is set), then
+    reads the client's sum and keeps it in the server's C{sums}.
+    """
+
+    def handle(self) -> None:
+        server = self.server
+        self.request.settimeout(5)
+        try:
+            while True:
+                request = self._read(rangecodec.REQUEST.size)
+                if request is None:
+                    return
+                a, b = rangecodec.decode_request(request)
+                primes = primes_between(a, b)
+                if server.short:  # type: ignore[attr-defined]
+                    primes = primes[:-1]
+                self.request.sendall(
+                    rangecodec.encode_count(len(primes)) + rangecodec.encode_primes(primes)
+                )
+                total = self._read(rangecodec.SUM.size)
+                if total is None:
+                    return
+                server.sums.append(  # type: ignore[attr-defined]
+                    (rangecodec.decode_sum(total), rangecodec.prime_sum(primes))
+                )
+        except OSError:
+            return
+
+    def _read(self, size: int) -> bytes | None:
+        data = b""
+        while len(data) < size:
+            chunk = self.request.recv(size - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+
+class RangeProtocolTests(BenchTestCase):
+    """
+    The range protocol: replies checked byte for byte, sums sent back.
+    """
+
+    def serve_range(self, short: bool) -> tuple[int, list[tuple[int, int]]]:
+        server = _Server(("127.0.0.1", 0), _RangeHandler)
+        server.short = short  # type: ignore[attr-defined]
+        server.sums = []  # type: ignore[attr-defined]
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+        thread.start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        self.addCleanup(stop)
+        return int(server.server_address[1]), server.sums  # type: ignore[attr-defined]
+
+    def test_correctRangeServer(self) -> None:
+        """
+        Correct replies count as correct, and the client sends back the sum
+        of the primes it received.
+        """
+        port, sums = self.serve_range(short=False)
+        ranges = ((1, 1000), (-5, 2), (10, 1), (2_000_000, 2_001_000))
+        result = measure(self.plan(port, protocol="range", ranges=ranges, requests=40))
+        self.assertEqual((result.ok, result.wrong, result.error_count), (40, 0, 0))
+        self.assertTrue(sums)
+        self.assertEqual([got for got, _ in sums], [want for _, want in sums])
+
+    def test_wrongRangeServer(self) -> None:
+        """
+        A reply missing a prime is wrong; the client still sends the sum of
+        what it received, so the server can tell.
+        """
+        port, sums = self.serve_range(short=True)
+        result = measure(self.plan(port, protocol="range", ranges=((1, 100),), requests=10))
+        self.assertEqual((result.ok, result.wrong), (0, 10))
+        self.assertEqual(sums[0], (1060 - 97, 1060 - 97))
 
 
 class StatisticsTests(TestCase):

@@ -82,15 +82,38 @@ def _port(text: str) -> int:
     return value
 
 
+def _bounds(text: str) -> tuple[int, int]:
+    from primecount.rangecodec import check_int32
+
+    a, sep, b = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError("expected A:B")
+        low, high = check_int32(int(a)), check_int32(int(b))
+        check_int32(low + 1000 * (RANGE_WINDOWS - 1))
+        check_int32(high + 1000 * (RANGE_WINDOWS - 1))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad range {text!r}: {e}") from None
+    return low, high
+
+
+#: How many shifted copies of C{--range} the range protocol mix holds.
+RANGE_WINDOWS = 16
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     Declare C{primecount bench}'s options on C{parser}.
     """
+    parser.add_argument(
+        "--protocol",
+        choices=("count", "range"),
+        default="count",
+        help="count (default) or range (then --port is the server's --range-port)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="server address")
     parser.add_argument("--port", type=_port, default=5050, help="server port")
-    parser.add_argument(
-        "--clients", type=_positive_int, default=10, help="concurrent clients"
-    )
+    parser.add_argument("--clients", type=_positive_int, default=10, help="concurrent clients")
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
         "--duration",
@@ -98,9 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds to run (default 10)",
     )
-    amount.add_argument(
-        "--requests", type=_positive_int, metavar="N", help="requests to send"
-    )
+    amount.add_argument("--requests", type=_positive_int, metavar="N", help="requests to send")
     parser.add_argument(
         "--connection-per-request",
         action="store_true",
@@ -139,6 +160,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send this message every time (default: a varied built-in mix)",
     )
     parser.add_argument(
+        "--range",
+        dest="bounds",
+        type=_bounds,
+        default=(1, 10_000),
+        metavar="A:B",
+        help="range protocol: ask for [A+1000i, B+1000i], i = 0..15 (default 1:10000)",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=5.0,
@@ -152,12 +181,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="event loop of the generator (auto: uvloop when installed)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the whole result here")
-    parser.add_argument(
-        "--plot", metavar="FILE.png", help="draw throughput and latency over time"
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bar and no summary"
-    )
+    parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
@@ -168,6 +193,10 @@ def plan_from(args: argparse.Namespace) -> Plan:
     """
     if args.connection_per_request and args.pipeline != 1:
         raise BenchError("--pipeline needs persistent connections")
+    if args.protocol == "range" and args.pipeline != 1:
+        raise BenchError("the range protocol cannot pipeline (the sum comes first)")
+    if args.protocol == "range" and args.message is not None:
+        raise BenchError("--message is for the count protocol")
     if args.message is not None:
         if "\n" in args.message:
             raise BenchError("--message must not contain a newline")
@@ -192,6 +221,10 @@ def plan_from(args: argparse.Namespace) -> Plan:
         messages=messages,
         timeout=args.timeout,
         loop=args.loop,
+        protocol=args.protocol,
+        ranges=tuple(
+            (args.bounds[0] + 1000 * i, args.bounds[1] + 1000 * i) for i in range(RANGE_WINDOWS)
+        ),
     )
 
 
@@ -223,17 +256,12 @@ def describe(plan: Plan, processes: int) -> str:
     """
     A one-line description of a run, for the summary and the plot.
     """
-    mode = (
-        "connection per request"
-        if plan.per_request
-        else f"persistent, pipeline {plan.pipeline}"
-    )
-    amount = (
-        f"{plan.requests} requests"
-        if plan.requests is not None
-        else f"{plan.duration:g} s"
-    )
+    mode = "connection per request" if plan.per_request else f"persistent, pipeline {plan.pipeline}"
+    amount = f"{plan.requests} requests" if plan.requests is not None else f"{plan.duration:g} s"
     load = f"open loop {plan.rate:g} req/s" if plan.rate else "closed loop"
+    if plan.protocol == "range":
+        a, b = plan.ranges[0]
+        mode = f"range protocol [{a}, {b}]+1000i, {mode}"
     idle = f", {plan.idle} idle" if plan.idle else ""
     return (
         f"primecount bench {plan.host}:{plan.port}: {plan.clients} clients{idle}, "
@@ -260,7 +288,9 @@ def settings(plan: Plan, processes: int) -> dict[str, Any]:
         "processes": processes,
         "timeout": plan.timeout,
         "loop": loop_factory(plan.loop)[1],
-        "messages": list(plan.messages),
+        "protocol": plan.protocol,
+        "messages": list(plan.messages) if plan.protocol == "count" else None,
+        "ranges": [list(r) for r in plan.ranges] if plan.protocol == "range" else None,
     }
 
 

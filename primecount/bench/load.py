@@ -114,6 +114,8 @@ class Plan:
     @ivar messages: the messages sent, in turn.
     @ivar timeout: seconds a request may wait for its reply.
     @ivar loop: C{"auto"}, C{"uvloop"} or C{"asyncio"}.
+    @ivar protocol: C{"count"} or C{"range"}.
+    @ivar ranges: the (a, b) requests sent, in turn, with the range protocol.
     """
 
     host: str
@@ -128,6 +130,8 @@ class Plan:
     messages: tuple[str, ...] = DEFAULT_MESSAGES
     timeout: float = 5.0
     loop: str = "auto"
+    protocol: str = "count"
+    ranges: tuple[tuple[int, int], ...] = ((1, 10_000),)
 
     def share(self, index: int, processes: int) -> Plan:
         """
@@ -186,14 +190,14 @@ class _Connection(asyncio.Protocol):
     def __init__(self, client: _Client) -> None:
         self.client: _Client | None = client
         self.transport: asyncio.Transport | None = None
-        self.buffer = b""
+        self.buffer: bytes | bytearray = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.buffer:
-            data = self.buffer + data
+            data = bytes(self.buffer) + data
         if b"\n" not in data:
             self.buffer = data
             if len(data) > MAX_REPLY and self.client is not None:
@@ -211,6 +215,38 @@ class _Connection(asyncio.Protocol):
         client = self.client
         if client is not None:
             client.worker.lost(client, self)
+
+
+class _RangeConnection(_Connection):
+    """
+    One range-protocol connection: splits the byte stream into replies,
+    each N (C{!I}) followed by N primes.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            return
+        buffer = self.buffer
+        if not isinstance(buffer, bytearray):
+            buffer = self.buffer = bytearray(buffer)
+        buffer.extend(data)
+        replies = []
+        worker = client.worker
+        while len(buffer) >= 4:
+            count = int.from_bytes(buffer[:4], "big")
+            if count > worker.max_primes:
+                worker.overlong(client)
+                return
+            size = 4 + 4 * count
+            if len(buffer) < size:
+                break
+            replies.append(bytes(buffer[:size]))
+            del buffer[:size]
+        if replies:
+            worker.replies(client, replies)
 
 
 class _Idle(asyncio.Protocol):
@@ -270,9 +306,16 @@ class Worker:
         self.plan = plan
         self.gate = gate
         self.progress = progress
-        self.lines = [m.encode("utf-8") + b"\n" for m in plan.messages]
-        self.expected = [expected_reply(m).rstrip(b"\n") for m in plan.messages]
-        self.capacity = 1 if plan.per_request else plan.pipeline
+        self.range = plan.protocol == "range"
+        self.sums: list[bytes] = []
+        self.max_primes = 0
+        if self.range:
+            self._expect_ranges(plan.ranges)
+        else:
+            self.lines = [m.encode("utf-8") + b"\n" for m in plan.messages]
+            self.expected = [expected_reply(m).rstrip(b"\n") for m in plan.messages]
+        self.connection = _RangeConnection if self.range else _Connection
+        self.capacity = 1 if plan.per_request or self.range else plan.pipeline
         self.clients = [_Client(self) for _ in range(plan.clients)]
         self.recorder = Recorder(time.monotonic())
         self.outstanding = 0
@@ -286,6 +329,38 @@ class Worker:
         self._done: asyncio.Future[None] | None = None
         self._next_due = 0.0
         self._cursor = 0
+        self._prefix = b""
+
+    def _expect_ranges(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        """
+        Precompute the requests, the exact replies and the sums of the
+        range protocol, from the same sieve the server uses.
+        """
+        from primecount import rangecodec
+        from primecount.primes import primes_between
+
+        self.lines = []
+        self.expected = []
+        for a, b in ranges:
+            primes = primes_between(a, b) if a <= b else primes_between(1, 0)
+            self.lines.append(rangecodec.encode_request(a, b))
+            self.expected.append(
+                rangecodec.encode_count(len(primes)) + rangecodec.encode_primes(primes)
+            )
+            self.sums.append(rangecodec.encode_sum(rangecodec.prime_sum(primes)))
+            self.max_primes = max(self.max_primes, len(primes))
+        self.max_primes = 2 * self.max_primes + 1024
+
+    def _range_sum(self, index: int, reply: bytes, correct: bool) -> bytes:
+        """
+        The sum a range client sends back: of the primes it received.
+        """
+        if correct:
+            return self.sums[index]
+        from primecount import rangecodec
+
+        total = rangecodec.prime_sum(rangecodec.decode_primes(reply[4:]))
+        return rangecodec.encode_sum(total)
 
     # -- the run ---------------------------------------------------------
 
@@ -478,6 +553,9 @@ class Worker:
             room -= 1
         if parts:
             self.outstanding += len(parts)
+            if self._prefix:
+                parts.insert(0, self._prefix)
+                self._prefix = b""
             conn.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def replies(self, client: _Client, lines: list[bytes]) -> None:
@@ -488,6 +566,7 @@ class Worker:
         inflight = client.inflight
         expected = self.expected
         record = self.recorder.reply
+        sums = []
         for line in lines:
             if not inflight:
                 # A line nobody asked for: the server is wrong.
@@ -495,11 +574,27 @@ class Worker:
                 continue
             index, due, _sent = inflight.popleft()
             self.outstanding -= 1
-            record(now - due, line == expected[index])
+            correct = line == expected[index]
+            record(now - due, correct)
+            if self.range:
+                sums.append(self._range_sum(index, line, correct))
+        if sums:
+            # The sums and the next request leave in one segment: two small
+            # writes would meet Nagle's algorithm and delayed ACKs.
+            self._prefix = b"".join(sums)
         if self.plan.per_request and not inflight:
+            self._flush_prefix(client)
             self._release(client)
         self._feed(client)
+        if self._prefix:
+            self._flush_prefix(client)
         self._check_done()
+
+    def _flush_prefix(self, client: _Client) -> None:
+        prefix, self._prefix = self._prefix, b""
+        conn = client.conn
+        if prefix and conn is not None and conn.transport is not None:
+            conn.transport.write(prefix)
 
     def overlong(self, client: _Client) -> None:
         """
@@ -562,9 +657,7 @@ class Worker:
         if self.plan.per_request:
             self._feed(client)
         else:
-            self._timers.append(
-                self._loop.call_later(RETRY_DELAY, self._connect, client)
-            )
+            self._timers.append(self._loop.call_later(RETRY_DELAY, self._connect, client))
 
     def _release(self, client: _Client) -> None:
         """
@@ -592,7 +685,7 @@ class Worker:
         assert self._loop is not None
         try:
             transport, conn = await self._loop.create_connection(
-                lambda: _Connection(client), self.plan.host, self.plan.port
+                lambda: self.connection(client), self.plan.host, self.plan.port
             )
         except OSError:
             client.task = None
@@ -627,9 +720,7 @@ class Worker:
         if self.plan.per_request:
             self._timers.append(self._loop.call_later(RETRY_DELAY, self._feed, client))
         else:
-            self._timers.append(
-                self._loop.call_later(RETRY_DELAY, self._connect, client)
-            )
+            self._timers.append(self._loop.call_later(RETRY_DELAY, self._connect, client))
 
     async def _connect_all(self) -> None:
         """
@@ -644,7 +735,7 @@ class Worker:
                 *(
                     asyncio.wait_for(
                         loop.create_connection(
-                            lambda c=c: _Connection(c),  # type: ignore[misc]
+                            lambda c=c: self.connection(c),  # type: ignore[misc]
                             self.plan.host,
                             self.plan.port,
                         ),
@@ -667,9 +758,7 @@ class Worker:
             results = await asyncio.gather(
                 *(
                     asyncio.wait_for(
-                        loop.create_connection(
-                            lambda: _Idle(self), self.plan.host, self.plan.port
-                        ),
+                        loop.create_connection(lambda: _Idle(self), self.plan.host, self.plan.port),
                         self.plan.timeout,
                     )
                     for _ in range(count)

@@ -32,9 +32,7 @@ def summary_lines(result: Result, title: str) -> list[str]:
         f"elapsed      {result.elapsed:.2f} s",
         f"throughput   {result.throughput:,.1f} req/s (correct replies only)",
         "latency ms   "
-        + "  ".join(
-            f"{key} {latency[key]:.3f}" for key in ("p50", "p90", "p99", "p99.9", "max")
-        ),
+        + "  ".join(f"{key} {latency[key]:.3f}" for key in ("p50", "p90", "p99", "p99.9", "max")),
     ]
     idle = result.idle
     if any(idle.values()):
@@ -43,9 +41,7 @@ def summary_lines(result: Result, title: str) -> list[str]:
             f"failed {idle['failed']}"
         )
     if result.wrong:
-        lines.append(
-            f"WRONG REPLIES: {result.wrong} replies differ from the expected ones"
-        )
+        lines.append(f"WRONG REPLIES: {result.wrong} replies differ from the expected ones")
     return lines
 
 
@@ -69,9 +65,7 @@ def plot(path: str, result: Result, title: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotUnavailable(
-            "--plot needs matplotlib: pip install 'primecount[plot]'"
-        ) from None
+        raise PlotUnavailable("--plot needs matplotlib: pip install 'primecount[plot]'") from None
     timeline = [s.summary(i) for i, s in enumerate(result.timeline)]
     seconds = [entry["second"] + 1 for entry in timeline]
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))

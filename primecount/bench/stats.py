@@ -94,9 +94,7 @@ class Second:
     wrong: int = 0
     errors: int = 0
     maximum_us: int = 0
-    bins: np.ndarray = field(
-        default_factory=lambda: np.zeros(len(BIN_EDGES), dtype=np.int64)
-    )
+    bins: np.ndarray = field(default_factory=lambda: np.zeros(len(BIN_EDGES), dtype=np.int64))
 
     def add(self, other: Second) -> None:
         """
@@ -143,14 +141,10 @@ class Result:
     elapsed: float = 0.0
     ok: int = 0
     wrong: int = 0
-    errors: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0)
-    )
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     histogram: HdrHistogram = field(default_factory=new_histogram)
     timeline: list[Second] = field(default_factory=list)
-    idle: dict[str, int] = field(
-        default_factory=lambda: {"open": 0, "reopened": 0, "failed": 0}
-    )
+    idle: dict[str, int] = field(default_factory=lambda: {"open": 0, "reopened": 0, "failed": 0})
 
     @property
     def error_count(self) -> int:
@@ -201,9 +195,7 @@ class Result:
             "wrong": self.wrong,
             "errors": dict(self.errors),
             "histogram": self.histogram.encode(),
-            "timeline": [
-                (s.ok, s.wrong, s.errors, s.maximum_us, s.bins) for s in self.timeline
-            ],
+            "timeline": [(s.ok, s.wrong, s.errors, s.maximum_us, s.bins) for s in self.timeline],
             "idle": dict(self.idle),
         }
 
