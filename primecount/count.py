@@ -22,6 +22,7 @@ INVALID_UTF8 = "invalid UTF-8"
 LINE_TOO_LONG = "line too long"
 JOURNAL_UNAVAILABLE = "journal unavailable"
 SERVER_BUSY = "server busy"
+INTERNAL_ERROR = "internal error"
 
 YES = "sí"
 NO = "no"

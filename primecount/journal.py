@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount import schema
+from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.records import Record
 
 
@@ -122,21 +123,21 @@ class SQLiteJournal(Service):
         *,
         fsync: bool = False,
         connect: Callable[[str], sqlite3.Connection] = schema.connect,
-        onCommit: Callable[[int, float], None] | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param path: the database file.
         @param reactor: used to hand results back to the reactor thread.
         @param fsync: flush every group commit to disk (power-loss safe).
         @param connect: opens the database (tests hand in failing ones).
-        @param onCommit: called in the reactor thread after each successful
-            group commit with the number of records and the seconds it took.
+        @param metrics: told each group commit's size and duration, and how
+            many records could not be committed.
         """
         self.path = path
         self._reactor = reactor
         self._fsync = fsync
         self._connect = connect
-        self._onCommit = onCommit
+        self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
@@ -194,14 +195,14 @@ class SQLiteJournal(Service):
                 failed=self._failedInEpisode,
             )
             self._failedInEpisode = 0
-        if self._onCommit is not None:
-            self._onCommit(n, seconds)
+        self._metrics.journalCommit(n, seconds)
         for d in waiting:
             d.callback(None)
 
     def _notCommitted(self, waiting: list[Deferred[None]], n: int, why: str) -> None:
         self.failed += n
         self._failedInEpisode += n
+        self._metrics.journalFailed(n)
         if not self._failing:
             self._failing = True
             self._log.error(

@@ -16,6 +16,7 @@ write them in request order.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -25,7 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount import count
-from primecount.count import Verdict, error_reply
+from primecount.count import INTERNAL_ERROR, Verdict, error_reply
+from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.records import COUNT, Record, now
 
 
@@ -124,6 +126,7 @@ class Pipeline:
         reactor: Any,
         threadpool: object,
         journal: Journal | None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -131,11 +134,14 @@ class Pipeline:
             L{twisted.python.threadpool.ThreadPool} or a stand-in with
             C{callInThreadWithCallback}).
         @param journal: where records go, or L{None} for no journal.
+        @param metrics: counts requests by outcome and times them.
         """
         self._reactor = reactor
         self._threadpool = threadpool
         self._journal = journal
+        self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self._pending: list[Request] = []
+        self._since = 0.0
         self._scheduled = False
         self.inFlight = 0
         self._idle: list[Deferred[None]] = []
@@ -148,6 +154,7 @@ class Pipeline:
         self.inFlight += len(requests)
         if not self._scheduled:
             self._scheduled = True
+            self._since = self._reactor.seconds()
             self._reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
@@ -155,6 +162,7 @@ class Pipeline:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        since = self._since
         items = [(item, sink.host, sink.port) for item, sink, _ in batch]
         d = deferToThreadPool(
             self._reactor,  # type: ignore[arg-type]
@@ -166,36 +174,46 @@ class Pipeline:
         d.addCallbacks(
             self._evaluated,
             self._failed,
-            callbackArgs=(batch,),
-            errbackArgs=(batch, "evaluation failed"),
+            callbackArgs=(batch, since),
+            errbackArgs=(batch, since, "evaluation failed"),
         )
         d.addErrback(lambda f: self._log.failure("answering failed", f))
 
     def _evaluated(
-        self, result: tuple[list[bytes], list[Record]], batch: list[Request]
+        self, result: tuple[list[bytes], list[Record]], batch: list[Request], since: float
     ) -> Deferred[None] | None:
         replies, records = result
         if self._journal is None:
-            self._answer(batch, replies)
+            self._answer(batch, replies, since)
             return None
         d = self._journal.append(records)
         d.addCallbacks(
-            lambda _: self._answer(batch, replies),
+            lambda _: self._answer(batch, replies, since),
             self._unjournalled,
-            errbackArgs=(batch,),
+            errbackArgs=(batch, since),
         )
         return d
 
-    def _unjournalled(self, failure: Failure, batch: list[Request]) -> None:
+    def _unjournalled(self, failure: Failure, batch: list[Request], since: float) -> None:
         # The journal logs the episode itself, once; here each request just
         # gets its answer that it was not recorded.
-        self._answer(batch, [error_reply(count.JOURNAL_UNAVAILABLE)] * len(batch))
+        self._answer(batch, [error_reply(count.JOURNAL_UNAVAILABLE)] * len(batch), since)
 
-    def _failed(self, failure: Failure, batch: list[Request], why: str) -> None:
+    def _failed(self, failure: Failure, batch: list[Request], since: float, why: str) -> None:
         self._log.failure("{why}", failure, why=why)
-        self._answer(batch, [error_reply("internal error")] * len(batch))
+        self._answer(batch, [error_reply(INTERNAL_ERROR)] * len(batch), since)
 
-    def _answer(self, batch: list[Request], replies: list[bytes]) -> None:
+    def _measure(self, replies: list[bytes], since: float) -> None:
+        errors = Counter(r[4:-1] for r in replies if r.startswith(b"ERR "))
+        ok = len(replies) - sum(errors.values())
+        metrics = self._metrics
+        if ok:
+            metrics.requests(COUNT, "ok", ok)
+        for reason, n in errors.items():
+            metrics.requests(COUNT, reason.decode(), n)
+        metrics.latency(COUNT, self._reactor.seconds() - since, len(replies))
+
+    def _answer(self, batch: list[Request], replies: list[bytes], since: float) -> None:
         touched: dict[int, Sink] = {}
         for (_, sink, slot), reply in zip(batch, replies, strict=True):
             slot.reply = reply
@@ -203,6 +221,7 @@ class Pipeline:
         self.inFlight -= len(batch)
         for sink in touched.values():
             sink.replyReady()
+        self._measure(replies, since)
         if not self.inFlight:
             idle, self._idle = self._idle, []
             for d in idle:

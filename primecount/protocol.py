@@ -24,7 +24,9 @@ from zope.interface import implementer
 from primecount import count
 from primecount.connections import Connections, peer_of
 from primecount.count import Verdict, error_reply
+from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.pipeline import Pipeline, Request, Slot
+from primecount.records import COUNT
 
 #: Stop reading from a client with this many unanswered requests; read again
 #: when fewer than half remain. Bounds the memory a pipelining client can
@@ -98,12 +100,14 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self.transport.registerProducer(self, True)
         self.setTimeout(factory.timeout or None)
         factory.connections.opened(self, self.host)
+        factory.metrics.connectionOpened(COUNT)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
         self.setTimeout(None)
         self._slots.clear()
         self.factory.connections.closed(self)
+        self.factory.metrics.connectionClosed(COUNT)
 
     def readConnectionLost(self) -> None:
         """
@@ -257,8 +261,10 @@ class BusyProtocol(Protocol):
     """
 
     transport: Any
+    factory: CountFactory
 
     def connectionMade(self) -> None:
+        self.factory.metrics.requests(COUNT, count.SERVER_BUSY)
         self.transport.write(error_reply(count.SERVER_BUSY))
         self.transport.loseConnection()
 
@@ -282,10 +288,12 @@ class CountFactory(Factory):
         maxLine: int = 16384,
         closeAfterReply: bool = False,
         connections: Connections | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param connections: the process's open connections and their limits,
             shared with the range protocol's factory.
+        @param metrics: counts open connections and refusals.
         """
         self.reactor = reactor
         self.pipeline = pipeline
@@ -293,6 +301,7 @@ class CountFactory(Factory):
         self.maxLine = maxLine
         self.closeAfterReply = closeAfterReply
         self.connections = connections if connections is not None else Connections()
+        self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.connections.admit(peer_of(addr)[0]):

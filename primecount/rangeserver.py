@@ -36,6 +36,8 @@ from zope.interface import implementer
 
 from primecount import rangecodec
 from primecount.connections import Connections, peer_of
+from primecount.count import SERVER_BUSY
+from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.primes import (
     SEGMENT_SIZE,
     count_between,
@@ -273,6 +275,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         transport: Any = self.transport
         self._host, self._port = peer_of(transport.getPeer())
         self.factory.connections.opened(self, self._host)
+        self.factory.metrics.connectionOpened(RANGE)
         self._waitForClient()
 
     def closeWhenDone(self) -> None:
@@ -470,6 +473,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._lost = True
         self.factory.connections.closed(self)
+        self.factory.metrics.connectionClosed(RANGE)
         if self._stream is not None:
             self._stream.stopProducing()
             self._stream = None
@@ -492,6 +496,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         @param sum_ok: whether the client's sum matched, when it sent one.
         @return: fires when the record is committed, or the journal failed.
         """
+        self.factory.metrics.requests(RANGE, error or "ok")
         record = Record(
             time=now(),
             host=self._host,
@@ -543,6 +548,7 @@ class RangeFactory(Factory):
         segmentSize: int = SEGMENT_SIZE,
         maxJobs: int | None = None,
         connections: Connections | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -556,6 +562,7 @@ class RangeFactory(Factory):
             when it has more than one, so other work finds a thread.
         @param connections: the process's open connections and their limits,
             shared with the count protocol's factory.
+        @param metrics: counts requests by outcome and open connections.
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -569,6 +576,7 @@ class RangeFactory(Factory):
         self._slots = DeferredSemaphore(maxJobs)
         self._journalDown = False
         self.connections = connections if connections is not None else Connections()
+        self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
 
     def buildProtocol(self, addr: object) -> Protocol:
         """
@@ -577,6 +585,7 @@ class RangeFactory(Factory):
         way to say why).
         """
         if not self.connections.admit(peer_of(addr)[0]):
+            self.metrics.requests(RANGE, SERVER_BUSY)
             return _Refused()
         return RangeProtocol(self)
 

@@ -118,6 +118,13 @@ class PrimecountOptions(usage.Options):
         ],
         ["workers", None, 1, "Serving processes sharing the listening sockets.", _positive],
         [
+            "metrics-port",
+            None,
+            None,
+            "HTTP port serving Prometheus metrics at /metrics (bound on --interface).",
+            usage.portCoerce,
+        ],
+        [
             "range-port",
             None,
             None,
@@ -356,7 +363,22 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
     if config["workers"] > 1:
         return _supervisor(config, reactor)
     raise_open_files_limit(config["max-connections"] + 64)
-    return _server(config, reactor, Connections(config["max-connections"], config["max-per-peer"]))
+    connections = Connections(config["max-connections"], config["max-per-peer"])
+    if config["metrics-port"] is None:
+        return _server(config, reactor, connections)
+    from primecount.metrics import Metrics
+
+    metrics = Metrics(clock=reactor)
+    top = _server(config, reactor, connections, metrics=metrics)
+    _metricsListener(config, reactor, metrics).setServiceParent(top)
+    return top
+
+
+def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
+    from primecount.metrics import metricsService
+
+    interface = config["interface"].replace(":", "\\:")
+    return metricsService(reactor, f"tcp:{config['metrics-port']}:interface={interface}", metrics)
 
 
 def _server(
@@ -364,19 +386,25 @@ def _server(
     reactor: Any,
     connections: Connections,
     adopted: list[tuple[str, int, int]] | None = None,
+    metrics: Any = None,
 ) -> PrimecountService:
     """
     A serving process: listening itself, or on C{adopted} sockets
     (label, fd, family) handed down by a supervisor.
     """
+    from primecount.metrics import NullMetrics
+
     reactor.suggestThreadPoolSize(config["threads"])
     threadpool = reactor.getThreadPool()
+    if metrics is None:
+        metrics = NullMetrics()
+    metrics.watchThreadPool(threadpool)
 
     url: JournalURL = config["journal"]
     journal = None
     if url.scheme == "sqlite":
-        journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"])
-    pipeline = Pipeline(reactor, threadpool, journal)
+        journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
+    pipeline = Pipeline(reactor, threadpool, journal, metrics)
     factories: dict[str, Any] = {
         "count": CountFactory(
             reactor,
@@ -385,6 +413,7 @@ def _server(
             maxLine=config["max-line"],
             closeAfterReply=config["close-after-reply"],
             connections=connections,
+            metrics=metrics,
         )
     }
     if config["range-port"] is not None:
@@ -397,6 +426,7 @@ def _server(
             journal or NullJournal(),
             timeout=config["timeout"],
             connections=connections,
+            metrics=metrics,
         )
     top = PrimecountService(
         pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
@@ -422,7 +452,13 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
     counts = workers.SharedCounts(path, int(total), index)
     connections = Connections(config["max-connections"], config["max-per-peer"], counts)
     adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
-    return _server(config, reactor, connections, adopted)
+    metrics = None
+    if config["metrics-port"] is not None:
+        from primecount.metrics import Metrics
+
+        # Values go to the shared directory; the supervisor serves the sum.
+        metrics = Metrics(clock=reactor)
+    return _server(config, reactor, connections, adopted, metrics)
 
 
 class _Bound(service.Service):
@@ -469,13 +505,26 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
     counts = workers.SharedCounts(os.path.join(scratch, "connections"), config["workers"])
     top = service.MultiService()
     _Bound(ports).setServiceParent(top)
+    env: dict[str, str] = {}
+    metrics = None
+    if config["metrics-port"] is not None:
+        from primecount.metrics import MULTIPROCESS_DIRECTORY, Metrics
+
+        shared = os.path.join(scratch, "metrics")
+        os.makedirs(shared)
+        # Before the first Metrics in this process; the workers inherit it.
+        os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
+        metrics = Metrics(clock=reactor)
+        _metricsListener(config, reactor, metrics).setServiceParent(top)
     supervisor = workers.Supervisor(
         reactor,
         config["workers"],
         config.argv,
         sockets,
         counts,
+        env=env,
         stopTimeout=config["shutdown-timeout"] + 5,
+        metrics=metrics,
     )
     supervisor.setServiceParent(top)
     reactor.callWhenRunning(

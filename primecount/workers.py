@@ -41,6 +41,8 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from primecount.metrics import MetricsRecorder, NullMetrics
+
 #: Environment of a worker: "label=fd/family,…", the sockets to adopt.
 WORKER_ENV = "PRIMECOUNT_WORKER_SOCKETS"
 #: Environment of a worker: the file holding the shared connection counts.
@@ -278,7 +280,7 @@ class Supervisor(service.Service):
         counts: SharedCounts,
         env: dict[str, str] | None = None,
         stopTimeout: float = 15.0,
-        onRestart: Any = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param count: how many workers.
@@ -287,7 +289,7 @@ class Supervisor(service.Service):
         @param counts: the connection counts shared with the workers.
         @param env: extra environment for the workers.
         @param stopTimeout: seconds a worker gets to stop before SIGKILL.
-        @param onRestart: called (no arguments) on each restart, for metrics.
+        @param metrics: told of restarts and of workers that are gone.
         """
         self._reactor = reactor
         self.count = count
@@ -296,7 +298,7 @@ class Supervisor(service.Service):
         self.counts = counts
         self.env = env or {}
         self.stopTimeout = stopTimeout
-        self.onRestart = onRestart
+        self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.workers: dict[int, _Worker] = {}
         self._failures: dict[int, int] = {}
         self._pending: dict[int, Any] = {}
@@ -347,6 +349,9 @@ class Supervisor(service.Service):
         if self.workers.get(index) is worker:
             del self.workers[index]
         self.counts.reset(index)
+        pid = getattr(worker, "pid", None)
+        if pid is not None:
+            self.metrics.mark_process_dead(pid)
         if not self.running:
             return
         lived = time.monotonic() - worker.started
@@ -363,8 +368,7 @@ class Supervisor(service.Service):
             why=reason.getErrorMessage(),
             delay=delay,
         )
-        if self.onRestart is not None:
-            self.onRestart()
+        self.metrics.workerRestarted()
         self._pending[index] = self._reactor.callLater(delay, self.spawn, index)
 
     @defer.inlineCallbacks
@@ -382,6 +386,7 @@ class Supervisor(service.Service):
         for worker in workers:
             _signal(worker, "TERM")
         done = defer.DeferredList([w.exited for w in workers])
+
         def kill() -> None:
             for worker in workers:
                 _signal(worker, "KILL")

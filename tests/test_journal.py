@@ -22,6 +22,7 @@ from primecount.journal import (
     check_writable,
     parse_url,
 )
+from primecount.metrics import NullMetrics
 from primecount.records import COUNT, Record
 
 
@@ -170,7 +171,12 @@ class WriterTests(TestCase):
     @defer.inlineCallbacks
     def test_commitReportedToObserver(self) -> Any:
         seen: list[tuple[int, float]] = []
-        self.journal._onCommit = lambda n, seconds: seen.append((n, seconds))
+
+        class Recorder(NullMetrics):
+            def journalCommit(self, records: int, seconds: float) -> None:
+                seen.append((records, seconds))
+
+        self.journal._metrics = Recorder()
         yield self.journal.append([record(0), record(1)])
         self.assertEqual([n for n, _ in seen], [2])
         self.assertGreaterEqual(seen[0][1], 0)
