@@ -36,7 +36,9 @@ in the C{seed} workload.
 
 Output: a markdown table on stdout, and in C{benchmarks/results/} (not in
 git) a JSON file, the table and a PNG per run; C{--markdown FILE} also
-writes the table there (e.g. C{benchmarks/RESULTS.md}).
+writes the table there (e.g. C{benchmarks/RESULTS.md}; in a file that holds
+the markers C{<!-- compare:begin -->} and C{<!-- compare:end -->} only the
+text between them is replaced) and the PNG beside it (C{RESULTS.png}).
 
 Targets checked (PASS/FAIL): primecount >= 2.0x seed_threadpool on
 C{seed}; primecount >= asyncio_server on C{persistent}; primecount on
@@ -53,6 +55,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -510,6 +513,25 @@ def markdown(
     return "\n".join(lines) + "\n", outcomes
 
 
+#: In a C{--markdown} file holding both markers, only the text between
+#: them is replaced.
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """
+    Put C{table} into C{path}: between the L{BEGIN} and L{END} markers when
+    the file has them, else as the whole file.
+    """
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        path.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+    else:
+        path.write_text(table)
+
+
 def draw(path: Path, results: dict[str, dict[str, Cell]], title: str) -> bool:
     """
     A bar chart of median throughputs (with the min-max range), one panel
@@ -699,7 +721,7 @@ def compare(args: argparse.Namespace) -> int:
     print(table)
     (results_dir / f"{stamp}.md").write_text(table)
     if args.markdown:
-        Path(args.markdown).write_text(table)
+        write_markdown(Path(args.markdown), table)
     document = {
         "stamp": stamp,
         "machine": machine(),
@@ -717,6 +739,8 @@ def compare(args: argparse.Namespace) -> int:
     png = results_dir / f"{stamp}.png"
     if draw(png, results, f"primecount compare {stamp}"):
         print(f"wrote {png}", file=sys.stderr)
+        if args.markdown:
+            shutil.copyfile(png, Path(args.markdown).with_suffix(".png"))
     return 0 if all(passed for _text, _ratio, passed in outcomes) else 1
 
 
