@@ -12,7 +12,7 @@ code point occurs in it; the I{verdict} is whether that count is prime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from primecount.primes import is_prime
 
@@ -31,8 +31,7 @@ NO = "no"
 EXCERPT_BYTES = 128
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """
     The evaluation of one request line.
 
@@ -45,7 +44,7 @@ class Verdict:
     """
 
     message: str
-    count: int | None = None
+    count: int | None = None  # type: ignore[assignment]  # shadows tuple.count
     prime: bool | None = None
     error: str | None = None
 
@@ -114,8 +113,7 @@ def expected_reply(message: str | bytes) -> bytes:
     return evaluate(message).reply()
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """
     A reply line as a client reads it.
 
@@ -124,7 +122,7 @@ class Reply:
     @ivar error: the C{ERR} reason, or L{None}.
     """
 
-    count: int | None
+    count: int | None  # type: ignore[assignment]  # shadows tuple.count
     prime: bool | None
     error: str | None = None
 

@@ -243,7 +243,7 @@ class SQLiteJournal(Service):
             n = sum(len(records) for records, _ in batch)
             started = clock()
             try:
-                rows = [schema.to_row(r) for records, _ in batch for r in records]
+                rows = [r for records, _ in batch for r in records]
                 if conn is None:
                     conn = self._open()
                 conn.execute("BEGIN IMMEDIATE")

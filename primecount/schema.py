@@ -50,27 +50,15 @@ INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' fo
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
 
 
-def _flag(value: bool | None) -> int | None:
-    return None if value is None else int(value)
+assert Record._fields == COLUMNS, "Record's fields must be the columns, in order"
 
 
 def to_row(record: Record) -> tuple[object, ...]:
     """
-    The parameters of L{INSERT} for one record.
+    The parameters of L{INSERT} for one record: the record itself (its
+    fields are the columns in order; SQLite stores C{True}/C{False} as 1/0).
     """
-    return (
-        record.time,
-        record.host,
-        record.port,
-        record.protocol,
-        record.message,
-        record.count,
-        _flag(record.prime),
-        record.error,
-        record.a,
-        record.b,
-        _flag(record.sum_ok),
-    )
+    return record
 
 
 def from_row(row: Iterable[object]) -> Record:
