@@ -18,7 +18,7 @@ from primecount.connections import Connections, LocalCounts, peer_of
 from primecount.count import expected_reply
 from primecount.tap import PrimecountService
 
-from .helpers import Harness, ServerProcess, recv_all
+from .helpers import Harness, ServerProcess, recv_all, recv_lines
 
 
 class LocalCountsTests(SynchronousTestCase):
@@ -167,6 +167,9 @@ class SigtermTests(SynchronousTestCase):
             messages = [f"c{n}r{i}{'q' * (i % 4)}" for i in range(500)]
             sock.sendall("".join(m + "\n" for m in messages).encode())
             sent.append(messages)
+        # Each connection has been read from (its first reply is back), so
+        # requests are in flight when the signal lands.
+        firsts = [recv_lines(sock, 1) for sock in sockets]
         server.signal(signal.SIGTERM)
         received: list[bytes] = [b""] * len(sockets)
 
@@ -183,8 +186,8 @@ class SigtermTests(SynchronousTestCase):
         status = server.wait()
         self.assertIn(status, (0, -signal.SIGTERM))
         answered: list[str] = []
-        for messages, data in zip(sent, received, strict=True):
-            replies = [line + b"\n" for line in data.split(b"\n")[:-1]]
+        for messages, first, data in zip(sent, firsts, received, strict=True):
+            replies = first + [line + b"\n" for line in data.split(b"\n")[:-1]]
             # Whatever was answered is a correct, in-order prefix.
             self.assertEqual(replies, [expected_reply(m) for m in messages[: len(replies)]])
             answered += messages[: len(replies)]

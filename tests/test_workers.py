@@ -152,6 +152,9 @@ class WorkersTests(SynchronousTestCase):
             messages = [f"w{n}-{i}{'z' * (i % 3)}" for i in range(300)]
             sock.sendall("".join(m + "\n" for m in messages).encode())
             sent.append(messages)
+        # Each connection has been read from (its first reply is back), so
+        # requests are in flight when the signal lands.
+        firsts = [recv_lines(sock, 1) for sock in sockets]
         server.signal(signal.SIGTERM)
         received = [b""] * len(sockets)
 
@@ -169,8 +172,8 @@ class WorkersTests(SynchronousTestCase):
         alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
         self.assertEqual(alive, [], "orphaned workers")
         answered = []
-        for messages, data in zip(sent, received, strict=True):
-            replies = [line + b"\n" for line in data.split(b"\n")[:-1]]
+        for messages, first, data in zip(sent, firsts, received, strict=True):
+            replies = first + [line + b"\n" for line in data.split(b"\n")[:-1]]
             self.assertEqual(replies, [expected_reply(m) for m in messages[: len(replies)]])
             answered += messages[: len(replies)]
         self.assertGreater(len(answered), 0)
