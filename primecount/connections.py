@@ -33,6 +33,21 @@ def peer_of(address: object) -> tuple[str, int]:
     return type(address).__name__, 0
 
 
+def address_text(address: object) -> str:
+    """
+    A listening address as people write it: C{127.0.0.1:5050}, C{[::]:5050},
+    C{/run/primecount.sock}.
+    """
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    return str(name if name is not None else address)
+
+
 class Counts(Protocol):
     """
     Where open connections are counted, in total and per client address.

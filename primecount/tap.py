@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from primecount import __version__, workers
-from primecount.connections import Connections
+from primecount.connections import Connections, address_text
 from primecount.journal import (
     JournalURL,
     JournalURLError,
@@ -209,12 +209,7 @@ class _Listener(StreamServerEndpointService):
         d: defer.Deferred[str] = defer.Deferred()
 
         def describe(port: Any) -> Any:
-            address = port.getHost()
-            host = getattr(address, "host", None)
-            if host is None:
-                d.callback(f"{self.label} {self.description}")
-            else:
-                d.callback(f"{self.label} {host}:{address.port}")
+            d.callback(f"{self.label} {address_text(port.getHost())}")
             return port
 
         waiting.addCallback(describe)
@@ -497,10 +492,7 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
         port = bound[0]
         ports.append(port)
         sockets[f"{label}{n}"] = workers.listening_socket(port)
-        host = port.getHost()
-        addresses.append(
-            f"{label} {getattr(host, 'host', description)}:{getattr(host, 'port', '')}"
-        )
+        addresses.append(f"{label} {address_text(port.getHost())}")
     scratch = tempfile.mkdtemp(prefix="primecount-")
     counts = workers.SharedCounts(os.path.join(scratch, "connections"), config["workers"])
     top = service.MultiService()

@@ -41,6 +41,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from primecount.connections import address_text
 from primecount.metrics import MetricsRecorder, NullMetrics
 
 #: Environment of a worker: "label=fd/family,…", the sockets to adopt.
@@ -226,9 +227,7 @@ class AdoptedPort(service.Service):
         """
         Fires with where it accepts, as text.
         """
-        host = self.port.getHost()
-        where = f"{host.host}:{host.port}" if hasattr(host, "port") else str(host.name)
-        return defer.succeed(f"{self.label} {where}")
+        return defer.succeed(f"{self.label} {address_text(self.port.getHost())}")
 
 
 class _Worker(protocol.ProcessProtocol):

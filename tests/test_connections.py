@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.connections import Connections, LocalCounts, peer_of
+from primecount.connections import Connections, LocalCounts, address_text, peer_of
 from primecount.count import expected_reply
 from primecount.tap import PrimecountService
 
@@ -48,6 +48,11 @@ class PeerTests(SynchronousTestCase):
     """
     L{peer_of} names every kind of address.
     """
+
+    def test_listeningAddressText(self) -> None:
+        self.assertEqual(address_text(IPv4Address("TCP", "127.0.0.1", 5050)), "127.0.0.1:5050")
+        self.assertEqual(address_text(IPv6Address("TCP", "::", 5050)), "[::]:5050")
+        self.assertEqual(address_text(UNIXAddress(b"/run/pc.sock")), "/run/pc.sock")
 
     def test_addresses(self) -> None:
         self.assertEqual(peer_of(IPv4Address("TCP", "127.0.0.1", 5)), ("127.0.0.1", 5))
