@@ -5,8 +5,8 @@ clients, and the orchestration of several such loops in separate processes.
 
 Each generator process runs one asyncio event loop (uvloop when it is
 installed) with plain C{asyncio.Protocol} objects: no streams, no task per
-request, so a reply costs a buffer split, a dictionary-free comparison with
-the precomputed expected line and one list append. Requests go out in
+request, so a reply costs a buffer split, one comparison with the
+precomputed expected reply and one list append. Requests go out in
 batches per C{write} when the pipeline allows it.
 
 A I{client} is one logical user: with persistent connections it keeps one

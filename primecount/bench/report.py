@@ -66,14 +66,15 @@ def plot(path: str, result: Result, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotUnavailable("--plot needs matplotlib: pip install 'primecount[plot]'") from None
-    timeline = [s.summary(i) for i, s in enumerate(result.timeline)]
-    seconds = [entry["second"] + 1 for entry in timeline]
+    # A last second shorter than 0.2 s (the drain at the end) says little.
+    timeline = [e for e in result.timeline_summary() if e["length"] >= 0.2]
+    seconds = [entry["second"] + entry["length"] for entry in timeline]
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    top.plot(seconds, [e["ok"] for e in timeline], label="correct replies/s")
+    top.plot(seconds, [e["throughput"] for e in timeline], label="correct replies/s")
     if any(e["errors"] or e["wrong"] for e in timeline):
         top.plot(
             seconds,
-            [e["errors"] + e["wrong"] for e in timeline],
+            [(e["errors"] + e["wrong"]) / e["length"] for e in timeline],
             label="errors + wrong/s",
             color="tab:red",
         )

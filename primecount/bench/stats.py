@@ -106,18 +106,22 @@ class Second:
         self.maximum_us = max(self.maximum_us, other.maximum_us)
         self.bins += other.bins
 
-    def summary(self, index: int) -> dict[str, Any]:
+    def summary(self, index: int, length: float = 1.0) -> dict[str, Any]:
         """
         This second as a JSON-ready timeline entry (latencies in ms).
+
+        @param length: how long this second really lasted: the last one of
+            a run is usually cut short, and its throughput is scaled to it.
         """
         return {
             "second": index,
+            "length": round(length, 3),
             "ok": self.ok,
             "wrong": self.wrong,
             "errors": self.errors,
-            "throughput": self.ok,
-            "p50": bin_percentile_ms(self.bins, 50.0),
-            "p99": bin_percentile_ms(self.bins, 99.0),
+            "throughput": round(self.ok / length, 1) if length > 0 else 0.0,
+            "p50": round(bin_percentile_ms(self.bins, 50.0), 3),
+            "p99": round(bin_percentile_ms(self.bins, 99.0), 3),
             "max": self.maximum_us / 1000.0,
         }
 
@@ -216,6 +220,17 @@ class Result:
             idle=dict(wire["idle"]),
         )
 
+    def timeline_summary(self) -> list[dict[str, Any]]:
+        """
+        The per-second timeline as JSON-ready entries; the last second is
+        as long as what remained of the run.
+        """
+        entries = []
+        for index, second in enumerate(self.timeline):
+            length = min(1.0, self.elapsed - index) if self.elapsed else 1.0
+            entries.append(second.summary(index, max(length, 0.0)))
+        return entries
+
     def summary(self) -> dict[str, Any]:
         """
         The result as a JSON-ready dictionary (latencies in ms).
@@ -229,7 +244,7 @@ class Result:
             "throughput": round(self.throughput, 3),
             "latency_ms": percentiles_ms(self.histogram),
             "idle": dict(self.idle),
-            "timeline": [s.summary(i) for i, s in enumerate(self.timeline)],
+            "timeline": self.timeline_summary(),
             "histogram": self.histogram.encode().decode("ascii"),
         }
 
