@@ -502,12 +502,12 @@ def markdown(
     outcomes = []
     target_lines = []
     for target in TARGETS:
-        ratio = target_ratio(results, target)
-        if ratio is None:
+        measured = target_ratio(results, target)
+        if measured is None:
             continue
-        passed = ratio >= target.bound
-        outcomes.append((target.text, ratio, passed))
-        target_lines.append(f"- {'PASS' if passed else 'FAIL'}: {target.text}: {ratio:.2f}x")
+        passed = measured >= target.bound
+        outcomes.append((target.text, measured, passed))
+        target_lines.append(f"- {'PASS' if passed else 'FAIL'}: {target.text}: {measured:.2f}x")
     if target_lines:
         lines += ["", "Targets:", "", *target_lines]
     return "\n".join(lines) + "\n", outcomes

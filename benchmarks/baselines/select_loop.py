@@ -121,9 +121,7 @@ class SelectServer:
             while True:
                 clients = list(self.inbox)
                 waiting = [s for s in clients if self.outbox[s]]
-                readable, writable, _ = select.select(
-                    [server, *clients], waiting, [], 1.0
-                )
+                readable, writable, _ = select.select([server, *clients], waiting, [], 1.0)
                 for sock in readable:
                     if sock is server:
                         self.accept(server)
