@@ -9,17 +9,21 @@ dropping, silent or slow) and the generator in this process.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
 import shutil
 import socket
 import socketserver
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
@@ -316,6 +320,72 @@ class RangeProtocolTests(BenchTestCase):
         result = measure(self.plan(port, protocol="range", ranges=((1, 100),), requests=10))
         self.assertEqual((result.ok, result.wrong), (0, 10))
         self.assertEqual(sums[0], (1060 - 97, 1060 - 97))
+
+
+BASELINES = Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"
+
+
+class BaselineTests(BenchTestCase):
+    """
+    The benchmark baselines speak the count protocol: the generator finds
+    every reply correct.
+    """
+
+    def start_baseline(self, name: str) -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        process = subprocess.Popen(
+            [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def stop() -> None:
+            process.terminate()
+            process.wait(5)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.5):
+                    return port
+            except OSError:
+                time.sleep(0.05)
+        self.fail(f"{name} did not start")
+
+    def check(self, name: str, per_request: bool) -> None:
+        port = self.start_baseline(name)
+        result = measure(self.plan(port, requests=100, per_request=per_request))
+        self.assertEqual((result.ok, result.wrong, result.error_count), (100, 0, 0))
+
+    def test_seedThreadpool(self) -> None:
+        """
+        The original thread-pool design answers one message per connection.
+        """
+        self.check("seed_threadpool", per_request=True)
+
+    def test_selectLoop(self) -> None:
+        """
+        The select() design answers on persistent connections.
+        """
+        self.check("select_loop", per_request=False)
+
+    def test_asyncioServer(self) -> None:
+        """
+        The asyncio baseline answers on persistent connections.
+        """
+        self.check("asyncio_server", per_request=False)
+
+    def test_uvloopServer(self) -> None:
+        """
+        The uvloop baseline answers on persistent connections.
+        """
+        if importlib.util.find_spec("uvloop") is None:
+            raise SkipTest("uvloop is not installed")
+        self.check("uvloop_server", per_request=False)
 
 
 class StatisticsTests(TestCase):
