@@ -82,6 +82,13 @@ def wrong(line: bytes) -> bytes:
     return b"0 no\n"
 
 
+def chatty(line: bytes) -> bytes:
+    """
+    The right answer followed by a line nobody asked for.
+    """
+    return expected_reply(line) + b"1 no\n"
+
+
 def drop(line: bytes) -> None:
     """
     Hang up instead of answering.
@@ -173,6 +180,14 @@ class VerificationTests(BenchTestCase):
         result = measure(self.plan(self.serve(wrong)))
         self.assertEqual((result.ok, result.wrong, result.error_count), (0, 200, 0))
         self.assertEqual(result.throughput, 0)
+
+    def test_extraLinesAreWrong(self) -> None:
+        """
+        Reply lines nobody asked for count as wrong replies.
+        """
+        result = measure(self.plan(self.serve(chatty), requests=50, clients=2))
+        self.assertGreater(result.wrong, 0)
+        self.assertLess(result.ok, result.ok + result.wrong)
 
     def test_droppingServerShowsAsErrors(self) -> None:
         """

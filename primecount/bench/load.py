@@ -386,6 +386,11 @@ class Worker:
         self._every(SWEEP_INTERVAL, self._sweep, start)
         if self.plan.duration is not None:
             self._at(start + self.plan.duration, self._stop)
+        if not self.plan.per_request:
+            # Connections that failed before the start get another chance.
+            for client in self.clients:
+                if client.conn is None:
+                    self._connect(client)
         if self.plan.rate is not None:
             self._next_due = start
             self._pump()
@@ -570,7 +575,7 @@ class Worker:
         for line in lines:
             if not inflight:
                 # A line nobody asked for: the server is wrong.
-                record(0.0, False)
+                self.recorder.unsolicited()
                 continue
             index, due, _sent = inflight.popleft()
             self.outstanding -= 1

@@ -275,6 +275,12 @@ class Recorder:
         else:
             self._current.wrong += 1
 
+    def unsolicited(self) -> None:
+        """
+        Record a reply nobody asked for: wrong, and without a latency.
+        """
+        self._current.wrong += 1
+
     def error(self, kind: str, n: int = 1) -> None:
         """
         Record C{n} failed requests of one of the L{ERROR_KINDS}.
