@@ -388,16 +388,16 @@ class WriteNowTests(SynchronousTestCase):
         conn.doWrite()
         self.assertEqual(sock.sent, [b"firstsecond"])
 
-    def test_tlsAlwaysBuffers(self) -> None:
-        conn, sock, _reactor = self.connection(100)
-        # With TLS started, the transport's write goes through the TLS layer
-        # (its protocol); sending directly would put plaintext on the wire.
-        encrypted: list[bytes] = []
+    def test_tlsAlwaysUsesWrite(self) -> None:
+        # With TLS started on the connection, bytes must go through write()
+        # (the TLS layer); sending directly would put plaintext on the wire.
+        conn, sock, _ = self.connection(100)
+        written: list[bytes] = []
         conn.TLS = True
-        conn.protocol = type("TLSLayer", (), {"write": lambda self, b: encrypted.append(b)})()
+        conn.write = written.append  # type: ignore[method-assign]
         protocolModule.write_now(conn, b"x")
         self.assertEqual(sock.sent, [])
-        self.assertEqual(encrypted, [b"x"])
+        self.assertEqual(written, [b"x"])
 
     def test_otherTransportsUseWrite(self) -> None:
         transport = StringTransport()
