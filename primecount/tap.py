@@ -57,6 +57,20 @@ def _journal(value: str) -> JournalURL:
 _journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
 
 
+#: Accept queue of the listening sockets: Twisted's default of 50 makes a
+#: burst of connections wait for SYN retransmissions (1 s and more); the
+#: kernel caps this at net.core.somaxconn.
+BACKLOG = 4096
+
+
+def tcp_description(port: int, interface: str) -> str:
+    """
+    The endpoint description for C{--port}/C{--interface}-style options.
+    """
+    interface = interface.replace(":", "\\:")
+    return f"tcp:{port}:interface={interface}:backlog={BACKLOG}"
+
+
 class PrimecountOptions(usage.Options):
     """
     The options of C{twistd primecount}; bad values raise L{usage.UsageError}.
@@ -158,8 +172,7 @@ class PrimecountOptions(usage.Options):
         if isinstance(self["journal"], str):  # the default, not yet coerced
             self["journal"] = _journal(self["journal"])
         if not self["listen"]:
-            interface = self["interface"].replace(":", "\\:")
-            self["listen"] = [f"tcp:{self['port']}:interface={interface}"]
+            self["listen"] = [tcp_description(self["port"], self["interface"])]
         from twisted.internet import reactor
 
         for description in self["listen"]:
@@ -330,8 +343,7 @@ def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
     """
     found = [("count", description) for description in config["listen"]]
     if config["range-port"] is not None:
-        interface = config["interface"].replace(":", "\\:")
-        found.append(("range", f"tcp:{config['range-port']}:interface={interface}"))
+        found.append(("range", tcp_description(config["range-port"], config["interface"])))
     return found
 
 
@@ -372,8 +384,9 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
 def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
     from primecount.metrics import metricsService
 
-    interface = config["interface"].replace(":", "\\:")
-    return metricsService(reactor, f"tcp:{config['metrics-port']}:interface={interface}", metrics)
+    return metricsService(
+        reactor, tcp_description(config["metrics-port"], config["interface"]), metrics
+    )
 
 
 def _server(

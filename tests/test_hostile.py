@@ -24,7 +24,6 @@ import sqlite3
 import struct
 import threading
 import time
-import unittest
 from typing import ClassVar
 
 from hypothesis import HealthCheck, given, settings
@@ -761,14 +760,6 @@ class ConnectionBurstTests(HostileTestCase):
     A burst of connection attempts faster than the server accepts them.
     """
 
-    @unittest.skipUnless(
-        os.environ.get("PRIMECOUNT_TEST_BACKLOG"),
-        "server bug (set PRIMECOUNT_TEST_BACKLOG=1 to run): the listening ports "
-        "use Twisted's default backlog of 50 (tap.py builds "
-        "'tcp:PORT:interface=ADDR' with no backlog=), so a burst of more than ~51 connects overflows the accept queue and each "
-        "overflowing client, well-behaved ones included, waits for a 1 s SYN "
-        "retransmission; with backlog=1024 the same 300 connects take ~40 ms",
-    )
     def test_burstOf300ConnectsIsAcceptedPromptly(self) -> None:
         idle: list[socket.socket] = []
         start = time.monotonic()

@@ -119,12 +119,13 @@ class OptionsTests(SynchronousTestCase):
                 "range-port": None,
             },
         )
-        self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0"])
+        self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0:backlog=4096"])
         self.assertEqual(options["journal"], JournalURL("none"))
 
     def test_portAndInterfaceMakeTheListenDescription(self) -> None:
         self.assertEqual(
-            self.parse("-p", "6000", "--interface", "::")["listen"], ["tcp:6000:interface=\\:\\:"]
+            self.parse("-p", "6000", "--interface", "::")["listen"],
+            ["tcp:6000:interface=\\:\\::backlog=4096"],
         )
 
     def test_listenRepeatableAndReplacesPort(self) -> None:
