@@ -711,7 +711,7 @@ def compare(args: argparse.Namespace) -> int:
                         )
     extra = f", primecount args {args.primecount_args!r}" if args.primecount_args else ""
     header = (
-        f"## Benchmark {stamp}\n\n"
+        f"### Benchmark {stamp}\n\n"
         f"Machine: {machine()}.\n\n"
         f"`python benchmarks/compare.py {shlex.join(sys.argv[1:])}`: "
         f"{args.rounds} rounds of {args.duration:g} s, alternating order, "
