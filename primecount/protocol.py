@@ -87,6 +87,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._readPaused = False  # too many unanswered requests
         self._writePaused = False  # the client is not reading replies
         self._answered = 0
+        self._producing = False  # registered as the transport's producer
         self.host = ""
         self.port = 0
 
@@ -98,6 +99,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
         self.host, self.port = peer_of(self.transport.getPeer())
         self.transport.registerProducer(self, True)
+        self._producing = True
         self.setTimeout(factory.timeout or None)
         factory.connections.opened(self, self.host)
         factory.metrics.connectionOpened(COUNT)
@@ -123,14 +125,41 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         """
         The client cannot receive replies any more: nothing left to do.
         """
-        self.transport.loseConnection()
+        self._close()
 
     def timeoutConnection(self) -> None:
-        if self._slots:
-            # The client is waiting for answers we owe it; that is not idle.
+        """
+        No request for C{--timeout} seconds: close an idle connection, drop
+        one whose client stopped reading its replies.
+        """
+        if self._slots and not self._writePaused:
+            # Waiting for answers we owe the client (the journal): not idle.
             self.resetTimeout()
             return
+        if self._writePaused or self._closing:
+            # Replies are stuck in the send buffer: the client stopped
+            # reading them, and a graceful close would wait for it forever.
+            self._log.info(
+                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it",
+                host=self.host,
+                port=self.port,
+                timeout=self.timeOut,
+            )
+            self.transport.abortConnection()
+            return
         self._log.debug("closing idle connection from {host}", host=self.host)
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close once everything written has been sent. The timeout keeps
+        running, so a client that never takes the rest is dropped.
+        """
+        # A registered producer that the transport has paused makes it wait
+        # for a resumeProducing that never comes instead of closing.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     # -- input --------------------------------------------------------------
@@ -205,7 +234,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._closing = True
         self.transport.pauseProducing()
         if not self._slots:
-            self.transport.loseConnection()
+            self._close()
 
     # -- output -------------------------------------------------------------
 
@@ -226,7 +255,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._answered += len(ready)
         if self._closing:
             if not slots:
-                self.transport.loseConnection()
+                self._close()
             return
         self.resetTimeout()
         if self._readPaused and len(slots) < MAX_PENDING // 2:

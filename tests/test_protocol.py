@@ -20,6 +20,15 @@ from primecount.records import COUNT
 from .helpers import Harness
 
 
+def recordAborts(h: Harness) -> list[bool]:
+    """
+    Record calls to the harness transport's C{abortConnection}.
+    """
+    aborted: list[bool] = []
+    h.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    return aborted
+
+
 class FramingTests(SynchronousTestCase):
     """
     Lines, replies, and the error replies that keep the connection open.
@@ -250,6 +259,36 @@ class TimeoutTests(SynchronousTestCase):
         self.assertFalse(h.transport.disconnecting)
         h.journal.release()
         self.assertEqual(h.replies(), [b"1 no\n"])
+
+    def test_clientNotReadingRepliesIsDroppedAfterTimeout(self) -> None:
+        h = Harness(timeout=5)
+        aborted = recordAborts(h)
+        h.send(b"a\n")
+        h.protocol.pauseProducing()  # the transport's send buffer is full
+        h.reactor.advance(4.9)
+        self.assertEqual(aborted, [])
+        h.reactor.advance(0.2)
+        self.assertEqual(aborted, [True])
+
+    def test_closeThatCannotDrainIsAbortedAfterTimeout(self) -> None:
+        h = Harness(timeout=5, maxLine=4)
+        aborted = recordAborts(h)
+        h.protocol.pauseProducing()
+        h.send(b"toolong\n")
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(aborted, [])
+        h.reactor.advance(5.1)
+        self.assertEqual(aborted, [True])
+
+    def test_closingUnregistersTheProducer(self) -> None:
+        # A paused producer left registered makes Twisted wait for it
+        # instead of closing the connection once the buffer drains.
+        h = Harness(closeAfterReply=True)
+        self.assertIs(h.transport.producer, h.protocol)
+        h.send(b"abc2a\n")
+        self.assertTrue(h.transport.disconnecting)
+        self.assertIsNone(h.transport.producer)
+        h.protocol.writeConnectionLost()
 
     def test_zeroDisablesTimeout(self) -> None:
         h = Harness(timeout=0)

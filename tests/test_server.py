@@ -156,6 +156,39 @@ class SettingsTests(ServerTestCase):
         time.sleep(0.2)
         self.assertStillAnswers()
 
+    def test_clientThatStopsReadingIsDroppedAndFreesItsSlot(self) -> None:
+        # It pipelines far more than the socket buffers hold and never reads:
+        # the server stops reading it, then drops it after --timeout, so
+        # its connection slot (of two) comes back.
+        hog = socket.socket()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(("127.0.0.1", self.server.port))
+        hog.settimeout(0.2)
+        chunk = b"a\n" * 32768
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                hog.sendall(chunk)
+            except (TimeoutError, OSError):
+                break
+        dropped = False
+        while time.monotonic() < deadline + 5 and not dropped:
+            try:
+                hog.sendall(chunk)
+            except TimeoutError:
+                time.sleep(0.1)
+            except OSError:
+                dropped = True
+        hog.close()
+        self.assertTrue(dropped, "the server kept a client that never reads")
+        time.sleep(0.2)
+        with self.server.connect() as one, self.server.connect() as two:
+            for sock in (one, two):
+                sock.sendall(b"a\n")
+                self.assertEqual(recv_lines(sock, 1), [b"1 no\n"])
+        self.server.readLog(0.2)
+        self.assertIn(b"stopped reading its replies", self.server.log)
+
     def test_maxLine(self) -> None:
         with self.server.connect() as sock:
             sock.sendall(b"0123456789\n01234567890\n")
