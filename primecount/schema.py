@@ -81,9 +81,12 @@ def from_row(row: Iterable[object]) -> Record:
     )
 
 
-def connect(path: str, *, readonly: bool = False, timeout: float = 1.0) -> sqlite3.Connection:
+def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
     """
     Open the journal database at C{path}.
+
+    C{timeout} is SQLite's busy timeout: how long a write waits for another
+    writer (another worker's group commit, a prune) before failing.
 
     A writable connection creates the schema and switches the file to WAL,
     so readers never block the writer. A read-only connection fails with

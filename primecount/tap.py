@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import failure, usage
 
@@ -213,6 +214,19 @@ class _Listener(StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.label = label
         self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # One line, not twistd's traceback: the port is taken, or the
+            # interface is not an address of this machine.
+            _log.critical(
+                "cannot listen on {description}: {why}",
+                description=self.description,
+                why=e.socketError,
+            )
+            raise SystemExit(1) from None
 
     def address(self) -> defer.Deferred[str]:
         """
@@ -528,7 +542,9 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
         sockets,
         counts,
         env=env,
-        stopTimeout=config["shutdown-timeout"] + 5,
+        # Workers get their own --shutdown-timeout, then 5 s more before
+        # SIGKILL; 0 ("no bound") never kills them.
+        stopTimeout=config["shutdown-timeout"] + 5 if config["shutdown-timeout"] else None,
         metrics=metrics,
     )
     supervisor.setServiceParent(top)

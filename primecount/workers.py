@@ -49,6 +49,9 @@ WORKER_ENV = "PRIMECOUNT_WORKER_SOCKETS"
 #: Environment of a worker: the file holding the shared connection counts.
 COUNTS_ENV = "PRIMECOUNT_SHARED_COUNTS"
 
+#: Environment of a worker: the supervisor's pid.
+SUPERVISOR_ENV = "PRIMECOUNT_SUPERVISOR_PID"
+
 #: Descriptors handed to workers start here (0-2 are the standard streams).
 FIRST_FD = 3
 
@@ -194,6 +197,10 @@ def die_with_parent() -> None:
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(name, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor and os.getppid() != int(supervisor):
+        # The supervisor died before the request took effect.
+        raise SystemExit(1)
 
 
 class AdoptedPort(service.Service):
@@ -278,7 +285,7 @@ class Supervisor(service.Service):
         sockets: dict[str, tuple[int, int]],
         counts: SharedCounts,
         env: dict[str, str] | None = None,
-        stopTimeout: float = 15.0,
+        stopTimeout: float | None = 15.0,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         """
@@ -287,7 +294,8 @@ class Supervisor(service.Service):
         @param sockets: label -> (fd, family) of the listening sockets.
         @param counts: the connection counts shared with the workers.
         @param env: extra environment for the workers.
-        @param stopTimeout: seconds a worker gets to stop before SIGKILL.
+        @param stopTimeout: seconds a worker gets to stop before SIGKILL;
+            L{None} waits for as long as it takes.
         @param metrics: told of restarts and of workers that are gone.
         """
         self._reactor = reactor
@@ -324,6 +332,7 @@ class Supervisor(service.Service):
         env[WORKER_ENV] = encode_sockets(inherited)
         env[COUNTS_ENV] = f"{self.counts.path}:{self.counts.workers}"
         env["PRIMECOUNT_WORKER_INDEX"] = str(index)
+        env[SUPERVISOR_ENV] = str(os.getpid())
         argv = [*twistd_argv(), "-n", "--pidfile=", "primecount", *self.args]
         process = self._reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=fds)
         worker.pid = process.pid  # type: ignore[attr-defined]
@@ -390,9 +399,11 @@ class Supervisor(service.Service):
             for worker in workers:
                 _signal(worker, "KILL")
 
-        timer = self._reactor.callLater(self.stopTimeout, kill)
+        timer = None
+        if self.stopTimeout is not None:
+            timer = self._reactor.callLater(self.stopTimeout, kill)
         yield done
-        if timer.active():
+        if timer is not None and timer.active():
             timer.cancel()
 
 

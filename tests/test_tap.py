@@ -6,6 +6,7 @@ The twistd plugin: discovery, option parsing, and the service it builds.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 
 from twisted.application.service import IService
@@ -68,6 +69,20 @@ class PluginTests(SynchronousTestCase):
             self.assertEqual(len(lines), 1, (args, lines))
             self.assertTrue(lines[0].startswith("twistd primecount: error: "), lines)
             self.assertNotIn("Traceback", result.stderr)
+
+    def test_portInUseIsOneLineAndNonZeroExit(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = str(taken.getsockname()[1])
+            result = twistd(
+                "-n", "--pidfile=", "primecount", "--port", port, "--interface", "127.0.0.1",
+                "--journal", "none", cwd=self.mktemp_dir(),
+            )  # fmt: skip
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", result.stdout)
+        self.assertIn("Address already in use", result.stdout)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
 
     def mktemp_dir(self) -> str:
         path = self.mktemp()
