@@ -105,11 +105,32 @@ def check_writable(url: JournalURL) -> None:
 _STOP = object()
 
 
+class _Waiting:
+    """
+    Records waiting for a group commit, and how it went for them.
+    """
+
+    __slots__ = ("done", "error", "records")
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.records = records
+        self.done = False
+        self.error: str | None = None
+
+
 class SQLiteJournal(Service):
     """
-    The SQLite journal: a single writer thread with group commit.
+    The SQLite journal, committing in groups, one transaction at a time.
 
-    @ivar batches: how many transactions were committed (for metrics).
+    Group commit is leader/follower: whoever calls L{commit} queues its
+    records and takes the commit lock; if a commit that ran meanwhile took
+    its records along, it is done, otherwise it commits everything queued.
+    The request path calls L{commit} from the pool thread that evaluated the
+    batch, so a batch needs one thread hop, not three (pool, reactor,
+    writer, reactor). Callers on the reactor thread use L{append}, served by
+    a writer thread that commits the same way.
+
+    @ivar batches: how many transactions were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """
@@ -142,6 +163,13 @@ class SQLiteJournal(Service):
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
         self._accepting = False
+        # _commitLock: one transaction at a time; guards the connection and
+        # the counters. _waitingLock: guards the queue of _Waiting.
+        self._commitLock = threading.Lock()
+        self._waitingLock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self._failing = False
         self._failedInEpisode = 0
         self.batches = 0
@@ -153,12 +181,13 @@ class SQLiteJournal(Service):
     def startService(self) -> None:
         super().startService()
         self._accepting = True
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="primecount-journal", daemon=True)
         self._thread.start()
 
     def stopService(self) -> Deferred[None]:
         """
-        Commit everything queued, then stop the writer thread.
+        Commit everything queued, then close the database.
         """
         super().stopService()
         self._accepting = False
@@ -168,11 +197,104 @@ class SQLiteJournal(Service):
         self._queue.put(_STOP)
         return self._stopped
 
+    # -- any thread but the reactor's ------------------------------------------
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """
+        Commit C{records}, in a group with whatever else is waiting; blocks
+        until they are committed. Call it from a thread-pool thread.
+
+        @raise JournalUnavailable: when they could not be committed.
+        """
+        waiting = _Waiting(records)
+        with self._waitingLock:
+            self._waiting.append(waiting)
+        with self._commitLock:
+            if not waiting.done:
+                self._commitWaiting()
+        if waiting.error is not None:
+            raise JournalUnavailable(waiting.error)
+
+    def _commitWaiting(self) -> None:
+        """
+        Commit everything queued, as one transaction. Holds C{_commitLock}.
+        """
+        with self._waitingLock:
+            group, self._waiting = self._waiting, []
+        if not group:
+            return
+        n = sum(len(w.records) for w in group)
+        started = time.monotonic()
+        error = None
+        if self._closed:
+            error = "journal is stopped"
+        else:
+            try:
+                if self._conn is None:
+                    self._conn = self._open()
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(schema.INSERT, [r for w in group for r in w.records])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except Exception as e:
+                error = str(e) or type(e).__name__
+                if self._conn is not None:
+                    # Start afresh next time: the file may have been
+                    # replaced, remounted or repaired meanwhile.
+                    _close_quietly(self._conn)
+                    self._conn = None
+        for w in group:
+            w.error = error
+            w.done = True
+        if error is None:
+            self._committed(n, time.monotonic() - started)
+        else:
+            self._notCommitted(n, error)
+
+    def _committed(self, n: int, seconds: float) -> None:
+        self.batches += 1
+        self.committed += n
+        self._metrics.journalCommit(n, seconds)
+        if self._failing:
+            self._failing = False
+            self._reactor.callFromThread(
+                self._log.info,
+                "journal {path} writable again; {failed} requests were "
+                "answered ERR journal unavailable meanwhile",
+                path=self.path,
+                failed=self._failedInEpisode,
+            )
+            self._failedInEpisode = 0
+
+    def _notCommitted(self, n: int, why: str) -> None:
+        self.failed += n
+        self._failedInEpisode += n
+        self._metrics.journalFailed(n)
+        if not self._failing:
+            self._failing = True
+            self._reactor.callFromThread(
+                self._log.error,
+                "journal {path} cannot commit ({why}); answering "
+                "ERR journal unavailable until it can",
+                path=self.path,
+                why=why,
+            )
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect(self.path)
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        return conn
+
     # -- reactor side -----------------------------------------------------------
 
     def append(self, records: Sequence[Record]) -> Deferred[None]:
         """
-        Queue C{records} for the next group commit.
+        Queue C{records} for the writer thread's next group commit.
 
         @return: fires once they are committed; fails with
             L{JournalUnavailable} if they could not be.
@@ -183,48 +305,18 @@ class SQLiteJournal(Service):
         self._queue.put((records, d))
         return d
 
-    def _committed(self, waiting: list[Deferred[None]], n: int, seconds: float) -> None:
-        self.batches += 1
-        self.committed += n
-        if self._failing:
-            self._failing = False
-            self._log.info(
-                "journal {path} writable again; {failed} requests were "
-                "answered ERR journal unavailable meanwhile",
-                path=self.path,
-                failed=self._failedInEpisode,
-            )
-            self._failedInEpisode = 0
-        self._metrics.journalCommit(n, seconds)
+    @staticmethod
+    def _fire(waiting: list[Deferred[None]], error: str | None) -> None:
         for d in waiting:
-            d.callback(None)
-
-    def _notCommitted(self, waiting: list[Deferred[None]], n: int, why: str) -> None:
-        self.failed += n
-        self._failedInEpisode += n
-        self._metrics.journalFailed(n)
-        if not self._failing:
-            self._failing = True
-            self._log.error(
-                "journal {path} cannot commit ({why}); answering "
-                "ERR journal unavailable until it can",
-                path=self.path,
-                why=why,
-            )
-        for d in waiting:
-            d.errback(Failure(JournalUnavailable(why)))
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(Failure(JournalUnavailable(error)))
 
     # -- writer thread ------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        conn = self._connect(self.path)
-        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
-        return conn
-
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
         stopping = False
-        clock = time.monotonic
         while not stopping:
             item = self._queue.get()
             batch = []
@@ -239,34 +331,17 @@ class SQLiteJournal(Service):
                     break
             if not batch:
                 continue
-            waiting = [d for _, d in batch]
-            n = sum(len(records) for records, _ in batch)
-            started = clock()
+            error = None
             try:
-                rows = [r for records, _ in batch for r in records]
-                if conn is None:
-                    conn = self._open()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(schema.INSERT, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except Exception as e:
-                if conn is not None:
-                    # Start afresh next time: the file may have been replaced,
-                    # remounted or repaired meanwhile.
-                    _close_quietly(conn)
-                    conn = None
-                self._reactor.callFromThread(
-                    self._notCommitted, waiting, n, str(e) or type(e).__name__
-                )
-            else:
-                self._reactor.callFromThread(self._committed, waiting, n, clock() - started)
-        if conn is not None:
-            _close_quietly(conn)
+                self.commit([r for records, _ in batch for r in records])
+            except JournalUnavailable as e:
+                error = str(e)
+            self._reactor.callFromThread(self._fire, [d for _, d in batch], error)
+        with self._commitLock:
+            self._closed = True
+            if self._conn is not None:
+                _close_quietly(self._conn)
+                self._conn = None
         self._reactor.callFromThread(self._finished)
 
     def _finished(self) -> None:
@@ -291,3 +366,8 @@ class NullJournal:
         Accept and forget C{records}.
         """
         return succeed(None)
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """
+        Accept and forget C{records}.
+        """

@@ -5,13 +5,13 @@ The request path between parsing and replying.
 Every count request parsed during one reactor turn, from every connection,
 travels to the thread pool as I{one} job: a thread hop costs tens of
 microseconds, far more than evaluating a line, so hopping per line would
-spend most of the server's time on hand-offs. The job returns the replies
-and the journal records; the records go to the journal, and only once they
-are committed are the replies handed back to their connections, which
-write them in request order.
+spend most of the server's time on hand-offs. The job evaluates the batch
+and commits its journal records (joining the journal's group commit) before
+it returns, so only committed requests come back with their replies; the
+connections then write them in request order.
 
-    reactor turn ──► one pool job (evaluate) ──► journal.append (group
-    commit) ──► each connection fills its reply slots, in order
+    reactor turn ──► one pool job (evaluate, journal.commit) ──► each
+    connection fills its reply slots, in order
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from primecount import count
 from primecount.count import INTERNAL_ERROR, Verdict, error_reply
+from primecount.journal import JournalUnavailable
 from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.records import COUNT, Record, now
 
@@ -36,10 +37,12 @@ class Journal(Protocol):
     What the request path needs of a journal.
     """
 
-    def append(self, records: Sequence[Record]) -> Deferred[None]:
+    def commit(self, records: Sequence[Record]) -> None:
         """
-        Record C{records}; the result fires once they are committed, or fails
-        with L{primecount.journal.JournalUnavailable}.
+        Record C{records}, blocking until they are committed (called in a
+        pool thread).
+
+        @raise primecount.journal.JournalUnavailable: if they could not be.
         """
 
 
@@ -73,6 +76,27 @@ class Sink(Protocol):
 #: One request on its way: the raw line (or a verdict made while parsing,
 #: such as a line that was too long), the connection, and its reply slot.
 Request = tuple[bytes | Verdict, Sink, Slot]
+
+
+def answer_batch(
+    items: Sequence[tuple[bytes | Verdict, str, int]], journal: Journal | None
+) -> list[bytes]:
+    """
+    The pool job: evaluate a batch, commit its records, return the replies.
+
+    Everything between parsing and replying happens here, in one thread
+    hop; a request whose record could not be committed is answered
+    C{ERR journal unavailable} instead.
+    """
+    replies, records = evaluate_batch(items, journal is not None)
+    if journal is not None:
+        try:
+            journal.commit(records)
+        except JournalUnavailable:
+            # The journal logs the episode once; each request just learns
+            # that it was not recorded.
+            return [error_reply(count.JOURNAL_UNAVAILABLE)] * len(replies)
+    return replies
 
 
 def evaluate_batch(
@@ -167,41 +191,21 @@ class Pipeline:
         d = deferToThreadPool(
             self._reactor,  # type: ignore[arg-type]
             self._threadpool,  # type: ignore[arg-type]
-            evaluate_batch,
+            answer_batch,
             items,
-            self._journal is not None,
+            self._journal,
         )
         d.addCallbacks(
-            self._evaluated,
+            self._answer,
             self._failed,
             callbackArgs=(batch, since),
             errbackArgs=(batch, since, "evaluation failed"),
         )
         d.addErrback(lambda f: self._log.failure("answering failed", f))
 
-    def _evaluated(
-        self, result: tuple[list[bytes], list[Record]], batch: list[Request], since: float
-    ) -> Deferred[None] | None:
-        replies, records = result
-        if self._journal is None:
-            self._answer(batch, replies, since)
-            return None
-        d = self._journal.append(records)
-        d.addCallbacks(
-            lambda _: self._answer(batch, replies, since),
-            self._unjournalled,
-            errbackArgs=(batch, since),
-        )
-        return d
-
-    def _unjournalled(self, failure: Failure, batch: list[Request], since: float) -> None:
-        # The journal logs the episode itself, once; here each request just
-        # gets its answer that it was not recorded.
-        self._answer(batch, [error_reply(count.JOURNAL_UNAVAILABLE)] * len(batch), since)
-
     def _failed(self, failure: Failure, batch: list[Request], since: float, why: str) -> None:
         self._log.failure("{why}", failure, why=why)
-        self._answer(batch, [error_reply(INTERNAL_ERROR)] * len(batch), since)
+        self._answer([error_reply(INTERNAL_ERROR)] * len(batch), batch, since)
 
     def _measure(self, replies: list[bytes], since: float) -> None:
         errors = Counter(r[4:-1] for r in replies if r.startswith(b"ERR "))
@@ -213,7 +217,7 @@ class Pipeline:
             metrics.requests(COUNT, reason.decode(), n)
         metrics.latency(COUNT, self._reactor.seconds() - since, len(replies))
 
-    def _answer(self, batch: list[Request], replies: list[bytes], since: float) -> None:
+    def _answer(self, replies: list[bytes], batch: list[Request], since: float) -> None:
         touched: dict[int, Sink] = {}
         for (_, sink, slot), reply in zip(batch, replies, strict=True):
             slot.reply = reply

@@ -12,10 +12,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -31,22 +30,42 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 class SyncPool:
     """
-    A thread pool that runs each job at once, in the calling thread.
+    A thread pool that runs each job at once, in the calling thread; or,
+    while C{hold} is set, keeps the jobs until C{release} (or until a test
+    runs C{held} ones itself, in any order).
     """
 
     def __init__(self) -> None:
         self.jobs = 0
+        self.hold = False
+        self.held: list[Callable[[], None]] = []
 
     def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any, **kw: Any) -> None:
         self.jobs += 1
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            from twisted.python.failure import Failure
 
-            onResult(False, Failure())
+        def run() -> None:
+            try:
+                result = f(*a, **kw)
+            except BaseException:
+                from twisted.python.failure import Failure
+
+                onResult(False, Failure())
+            else:
+                onResult(True, result)
+
+        if self.hold:
+            self.held.append(run)
         else:
-            onResult(True, result)
+            run()
+
+    def release(self) -> None:
+        """
+        Run the held jobs, in order, and stop holding.
+        """
+        self.hold = False
+        held, self.held = self.held, []
+        for run in held:
+            run()
 
 
 class FakeReactor(Clock):
@@ -60,35 +79,19 @@ class FakeReactor(Clock):
 
 class FakeJournal:
     """
-    A journal that keeps what it is given; commits at once unless C{hold}
-    is set, and fails when C{failing} is set.
+    A journal that keeps what it is given, and fails while C{failing} is set.
     """
 
     def __init__(self) -> None:
         self.records: list[Record] = []
-        self.hold = False
         self.failing = False
-        self.held: list[tuple[Sequence[Record], Deferred[None]]] = []
 
-    def append(self, records: Sequence[Record]) -> Deferred[None]:
+    def commit(self, records: Sequence[Record]) -> None:
         if self.failing:
-            from twisted.internet.defer import fail
-
             from primecount.journal import JournalUnavailable
 
-            return fail(JournalUnavailable("test says no"))
-        if self.hold:
-            d: Deferred[None] = Deferred()
-            self.held.append((records, d))
-            return d
+            raise JournalUnavailable("test says no")
         self.records.extend(records)
-        return succeed(None)
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for records, d in held:
-            self.records.extend(records)
-            d.callback(None)
 
 
 class Harness:

@@ -127,11 +127,11 @@ class GracefulStopTests(SynchronousTestCase):
     def test_receivedRequestsAnsweredBeforeStop(self) -> None:
         h = Harness()
         service = self.service(h)
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"abc2a\nabacada\n")
         stopped = service.stopService()
         self.assertNoResult(stopped)
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n"])
         self.assertTrue(h.transport.disconnecting)
         h.protocol.connectionLost(None)
@@ -140,7 +140,7 @@ class GracefulStopTests(SynchronousTestCase):
     def test_stuckConnectionsDroppedAfterTimeout(self) -> None:
         h = Harness()
         service = self.service(h, timeout=3)
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"abc2a\n")
         aborted: list[bool] = []
         h.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
@@ -152,7 +152,7 @@ class GracefulStopTests(SynchronousTestCase):
         h.protocol.connectionLost(None)
         # The request still in the journal's hands is waited for.
         self.assertNoResult(stopped)
-        h.journal.release()
+        h.pool.release()
         self.successResultOf(stopped)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -151,6 +152,48 @@ class WriterTests(TestCase):
         self.assertEqual(len(said), 2)
         self.assertIn("cannot commit", said[0])
         self.assertIn("writable again", said[1])
+
+    def test_commitFromThreadsGroupsWhatWaits(self) -> None:
+        # Eight pool threads commit while the first commit is held up: the
+        # other seven go in one transaction, led by whichever gets the lock.
+        self.control.gate.clear()
+        errors: list[BaseException] = []
+
+        def commit(i: int) -> None:
+            try:
+                self.journal.commit([record(i)])
+            except BaseException as e:
+                errors.append(e)
+
+        first = threading.Thread(target=commit, args=(0,))
+        first.start()
+        for _ in range(200):
+            if self.control.batchSizes:
+                break
+            time.sleep(0.01)
+        others = [threading.Thread(target=commit, args=(i,)) for i in range(1, 8)]
+        for t in others:
+            t.start()
+        time.sleep(0.1)
+        self.control.gate.set()
+        for t in [first, *others]:
+            t.join(10)
+        self.assertEqual(errors, [])
+        self.assertEqual(self.control.batchSizes, [1, 7])
+        self.assertEqual(sorted(r.port for r in self.stored()), [1000 + i for i in range(8)])
+
+    def test_commitRaisesWhenItCannotCommit(self) -> None:
+        self.control.broken = True
+        e = self.assertRaises(JournalUnavailable, self.journal.commit, [record(0)])
+        self.assertIn("readonly", str(e))
+        self.control.broken = False
+        self.journal.commit([record(1)])
+        self.assertEqual(self.stored(), [record(1)])
+
+    @defer.inlineCallbacks
+    def test_commitAfterStopRaises(self) -> Any:
+        yield self.journal.stopService()
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(0)])
 
     @defer.inlineCallbacks
     def test_stopFlushesQueue(self) -> Any:

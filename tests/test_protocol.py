@@ -129,11 +129,11 @@ class HalfCloseTests(SynchronousTestCase):
 
     def test_halfCloseWaitsForJournal(self) -> None:
         h = Harness()
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"abc2a\n")
         h.protocol.readConnectionLost()
         self.assertFalse(h.transport.disconnecting)
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.replies(), ["2 sí\n".encode()])
         self.assertTrue(h.transport.disconnecting)
 
@@ -145,15 +145,14 @@ class OrderAndBatchingTests(SynchronousTestCase):
 
     def test_pipelinedRepliesKeepOrderAcrossBatches(self) -> None:
         h = Harness()
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"a\n")
         h.send(b"abca\n")
-        self.assertEqual(len(h.journal.held), 2)
-        # Commit the second batch first: its reply must wait for the first.
-        _, d = h.journal.held.pop()
-        d.callback(None)
+        self.assertEqual(len(h.pool.held), 2)
+        # Finish the second batch first: its reply must wait for the first.
+        h.pool.held.pop()()
         self.assertEqual(h.replies(), [])
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.replies(), [b"1 no\n", "2 sí\n".encode()])
 
     def test_oneJobPerTurnForAllConnections(self) -> None:
@@ -175,10 +174,10 @@ class OrderAndBatchingTests(SynchronousTestCase):
 
     def test_replyAfterConnectionLostIsDropped(self) -> None:
         h = Harness()
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"abc2a\n")
         h.protocol.connectionLost(None)
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.transport.value(), b"")
         self.assertEqual(len(h.connections), 0)
 
@@ -190,10 +189,10 @@ class JournalTests(SynchronousTestCase):
 
     def test_replyOnlyAfterCommit(self) -> None:
         h = Harness()
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"abc2a\n")
         self.assertEqual(h.transport.value(), b"")
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.replies(), ["2 sí\n".encode()])
 
     def test_everyRequestRecorded(self) -> None:
@@ -253,11 +252,11 @@ class TimeoutTests(SynchronousTestCase):
 
     def test_pendingReplyIsNotIdle(self) -> None:
         h = Harness(timeout=5)
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"a\n")
         h.reactor.advance(6)
         self.assertFalse(h.transport.disconnecting)
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.replies(), [b"1 no\n"])
 
     def test_clientNotReadingRepliesIsDroppedAfterTimeout(self) -> None:
@@ -336,13 +335,13 @@ class SeedModeAndLimitsTests(SynchronousTestCase):
 
     def test_closeWhenDoneAnswersThenCloses(self) -> None:
         h = Harness()
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"abc2a\n")
         closed = h.connections.closeAll()
         self.assertNoResult(closed)
         self.assertEqual(h.transport.producerState, "paused")
         h.send(b"ignored\n")
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.replies(), ["2 sí\n".encode()])
         self.assertTrue(h.transport.disconnecting)
         h.protocol.connectionLost(None)
@@ -356,10 +355,10 @@ class FlowControlTests(SynchronousTestCase):
 
     def test_tooManyUnansweredRequestsPausesReading(self) -> None:
         h = Harness()
-        h.journal.hold = True
+        h.pool.hold = True
         h.send(b"a\n" * protocolModule.MAX_PENDING)
         self.assertEqual(h.transport.producerState, "paused")
-        h.journal.release()
+        h.pool.release()
         self.assertEqual(h.transport.producerState, "producing")
         self.assertEqual(len(h.replies()), protocolModule.MAX_PENDING)
 
