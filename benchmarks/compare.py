@@ -187,10 +187,12 @@ class Servers:
         workdir: Path,
         primecount_args: list[str],
         cpus: set[int] | None,
+        variants: dict[str, list[str]] | None = None,
     ) -> None:
         self.names = names
         self.workdir = workdir
         self.primecount_args = primecount_args
+        self.variants = variants or {}
         self.cpus = cpus
         self.ports: dict[str, int] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -199,7 +201,7 @@ class Servers:
         """
         The command line that starts server C{name} on C{port}.
         """
-        if name == "primecount":
+        if name == "primecount" or name in self.variants:
             return [
                 sys.executable,
                 "-c",
@@ -214,6 +216,7 @@ class Servers:
                 "--timeout",
                 "60",
                 *self.primecount_args,
+                *self.variants.get(name, []),
             ]
         command = [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)]
         if name == "seed_threadpool":
@@ -608,6 +611,16 @@ def parse_list(text: str, known: tuple[str, ...] | list[str], what: str) -> list
     return names
 
 
+def variant(text: str) -> tuple[str, list[str]]:
+    """
+    C{NAME=ARGS}: a primecount run under another name with extra options.
+    """
+    name, sep, options = text.partition("=")
+    if not sep or not name or name in SERVERS:
+        raise argparse.ArgumentTypeError(f"expected NAME=OPTIONS with a new name, not {text!r}")
+    return name, shlex.split(options)
+
+
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     """
     Parse the command line.
@@ -638,6 +651,17 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         help="processes of each generator run (default 1)",
     )
     parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        type=variant,
+        help="also run primecount with these extra options, under this name "
+        "(repeatable), e.g. --variant nojournal='--journal none' "
+        "--variant workers2='--workers 2'",
+    )
+    parser.add_argument(
         "--primecount-args",
         default="",
         help='extra twistd primecount options, e.g. --primecount-args="--journal none"',
@@ -661,9 +685,10 @@ def compare(args: argparse.Namespace) -> int:
     workloads = [WORKLOADS[name] for name in args.workloads]
     if "idle" in args.workloads and "active10" not in args.workloads:
         workloads.insert(args.workloads.index("idle"), WORKLOADS["active10"])
+    variants = dict(args.variants)
     names = [
         name for name in args.servers if any(takes_part(name, workload) for workload in workloads)
-    ]
+    ] + list(variants)
     if not names:
         raise CompareError("no selected server can take the selected workloads")
     results_dir = Path(args.results)
@@ -679,7 +704,9 @@ def compare(args: argparse.Namespace) -> int:
     )
     print(f"compare: {', '.join(names)}; {pinning}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="primecount-compare-") as work:
-        servers = Servers(names, Path(work), shlex.split(args.primecount_args), server_cpus)
+        servers = Servers(
+            names, Path(work), shlex.split(args.primecount_args), server_cpus, variants
+        )
         with servers_running(servers):
             scratch = Path(work) / "bench.json"
             for round_number in range(args.rounds):
