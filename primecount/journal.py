@@ -104,6 +104,9 @@ def check_writable(url: JournalURL) -> None:
 
 _STOP = object()
 
+#: Seconds between the writer thread's WAL checkpoints.
+CHECKPOINT_INTERVAL = 0.5
+
 
 class _Waiting:
     """
@@ -288,6 +291,27 @@ class SQLiteJournal(Service):
     def _open(self) -> sqlite3.Connection:
         conn = self._connect(self.path)
         conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        # No checkpoint inside a commit (its fsyncs would hold up every
+        # request waiting for the commit lock): the writer thread runs them.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        return conn
+
+    def _checkpoint(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """
+        Copy committed pages from the WAL into the database, beside the
+        commits (a passive checkpoint never blocks a writer), so the WAL
+        stays small. Returns the connection to use next time.
+        """
+        try:
+            if conn is None:
+                conn = self._connect(self.path)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:
+            # Busy (another worker checkpoints) or unwritable: try later;
+            # commit failures are what gets reported.
+            if conn is not None:
+                _close_quietly(conn)
+            return None
         return conn
 
     # -- reactor side -----------------------------------------------------------
@@ -317,8 +341,16 @@ class SQLiteJournal(Service):
 
     def _run(self) -> None:
         stopping = False
+        checkpointer: sqlite3.Connection | None = None
+        nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
         while not stopping:
-            item = self._queue.get()
+            if time.monotonic() >= nextCheckpoint:
+                checkpointer = self._checkpoint(checkpointer)
+                nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
+            try:
+                item = self._queue.get(timeout=CHECKPOINT_INTERVAL)
+            except queue.Empty:
+                continue
             batch = []
             while True:
                 if item is _STOP:
@@ -337,6 +369,8 @@ class SQLiteJournal(Service):
             except JournalUnavailable as e:
                 error = str(e)
             self._reactor.callFromThread(self._fire, [d for _, d in batch], error)
+        if checkpointer is not None:
+            _close_quietly(checkpointer)
         with self._commitLock:
             self._closed = True
             if self._conn is not None:

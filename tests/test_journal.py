@@ -182,6 +182,20 @@ class WriterTests(TestCase):
         self.assertEqual(self.control.batchSizes, [1, 7])
         self.assertEqual(sorted(r.port for r in self.stored()), [1000 + i for i in range(8)])
 
+    @defer.inlineCallbacks
+    def test_writerThreadCheckpointsTheWal(self) -> Any:
+        # Commits never checkpoint (autocheckpoint is off on the committing
+        # connection): the pages reach the database file only through the
+        # writer thread's passive checkpoints, every CHECKPOINT_INTERVAL.
+        for i in range(0, 3000, 100):
+            self.journal.commit([record(j) for j in range(i, i + 100)])
+        before = os.path.getsize(self.path)
+        deadline = time.monotonic() + 5
+        while os.path.getsize(self.path) <= before and time.monotonic() < deadline:
+            yield deferLater(0.05)
+        self.assertGreater(os.path.getsize(self.path), before)
+        self.assertEqual(len(self.stored()), 3000)
+
     def test_commitRaisesWhenItCannotCommit(self) -> None:
         self.control.broken = True
         e = self.assertRaises(JournalUnavailable, self.journal.commit, [record(0)])
