@@ -332,6 +332,15 @@ def select(
     With a limit, the last C{query.limit} of them (still oldest first).
     """
     where, params = query.where(after_id, upto_id)
+    # Narrow the scan to the ids that can hold the time window (there is no
+    # index on time); the time conditions in `where` stay exact.
+    bounds = []
+    if query.since is not None:
+        bounds.append(f"id >= {schema.first_id_since(conn, query.since)}")
+    if query.until is not None:
+        bounds.append(f"id < {schema.first_id_since(conn, query.until + 2 * schema.TIME_SLACK)}")
+    if bounds:
+        where = (where + " AND " if where else " WHERE ") + " AND ".join(bounds)
     if query.limit is None:
         rows = conn.execute(f"{_SELECT_ID}{where} ORDER BY id", params)
         for row in rows:
@@ -517,8 +526,8 @@ def prune(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
     while True:
         deleted = conn.execute(
             "DELETE FROM requests WHERE id IN "
-            "(SELECT id FROM requests WHERE time < ? ORDER BY id LIMIT ?)",
-            (before, PRUNE_BATCH),
+            "(SELECT id FROM requests WHERE time < ? AND id < ? ORDER BY id LIMIT ?)",
+            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_BATCH),
         ).rowcount
         total += deleted
         if deleted < PRUNE_BATCH:

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -267,3 +269,41 @@ class URLTests(SynchronousTestCase):
         url = parse_url("sqlite:/nonexistent-dir/x/j.sqlite3")
         e = self.assertRaises(JournalURLError, check_writable, url)
         self.assertIn("/nonexistent-dir/x/j.sqlite3", str(e))
+
+
+class FirstIdSinceTests(SynchronousTestCase):
+    """
+    L{schema.first_id_since}: the time index's replacement.
+    """
+
+    @given(
+        st.lists(st.floats(min_value=0, max_value=50), min_size=0, max_size=60),
+        st.lists(st.floats(min_value=-20, max_value=20), min_size=60, max_size=60),
+        st.sets(st.integers(min_value=0, max_value=59), max_size=20),
+        st.floats(min_value=-100, max_value=3000),
+    )
+    @settings(max_examples=60, deadline=None)
+    def test_neverSkipsAMatchingRecord(
+        self, steps: list[float], jitter: list[float], pruned: set[int], when: float
+    ) -> None:
+        # Times grow with ids, each off by less than TIME_SLACK; some rows
+        # were pruned. Every record at or after `when` must be at or above
+        # the id returned, and every record well before it below.
+        conn = sqlite3.connect(":memory:")
+        conn.executescript(schema.CREATE)
+        clock = 1000.0
+        for i, step in enumerate(steps):
+            clock += step
+            conn.execute(schema.INSERT, record(i)._replace(time=clock + jitter[i]))
+        for i in pruned:
+            conn.execute("DELETE FROM requests WHERE id = ?", (i + 1,))
+        found = schema.first_id_since(conn, when)
+        for id_, time_ in conn.execute("SELECT id, time FROM requests"):
+            if time_ >= when:
+                self.assertGreaterEqual(id_, found)
+        earlier = conn.execute(
+            "SELECT max(id) FROM requests WHERE time < ?", (when - 2 * schema.TIME_SLACK,)
+        ).fetchone()[0]
+        if earlier is not None:
+            self.assertGreater(found, earlier)
+        conn.close()
