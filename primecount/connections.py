@@ -15,6 +15,7 @@ processes enforce one limit together.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -31,6 +32,18 @@ def peer_of(address: object) -> tuple[str, int]:
     if isinstance(address, IPv4Address | IPv6Address):
         return address.host, address.port
     return type(address).__name__, 0
+
+
+def no_delay(transport: object) -> None:
+    """
+    Send small replies at once (C{TCP_NODELAY}): with Nagle's algorithm a
+    reply written while the previous one is unacknowledged waits for the
+    client's delayed ACK, up to 40 ms, on request/response traffic.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        with contextlib.suppress(OSError):
+            set_no_delay(True)
 
 
 def address_text(address: object) -> str:

@@ -22,7 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from primecount import count
-from primecount.connections import Connections, peer_of
+from primecount.connections import Connections, no_delay, peer_of
 from primecount.count import Verdict, error_reply
 from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.pipeline import Pipeline, Request, Slot
@@ -98,6 +98,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self.MAX_LENGTH = factory.maxLine
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
         self.host, self.port = peer_of(self.transport.getPeer())
+        no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
         self.setTimeout(factory.timeout or None)

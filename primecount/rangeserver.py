@@ -35,7 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from primecount import rangecodec
-from primecount.connections import Connections, peer_of
+from primecount.connections import Connections, no_delay, peer_of
 from primecount.count import SERVER_BUSY
 from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.primes import (
@@ -274,6 +274,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         self._closing = False
         transport: Any = self.transport
         self._host, self._port = peer_of(transport.getPeer())
+        no_delay(transport)
         self.factory.connections.opened(self, self._host)
         self.factory.metrics.connectionOpened(RANGE)
         self._waitForClient()

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.connections import Connections, LocalCounts, address_text, peer_of
+from primecount.connections import Connections, LocalCounts, address_text, no_delay, peer_of
 from primecount.count import expected_reply
 from primecount.tap import PrimecountService
 
@@ -58,6 +58,38 @@ class PeerTests(SynchronousTestCase):
         self.assertEqual(peer_of(IPv4Address("TCP", "127.0.0.1", 5)), ("127.0.0.1", 5))
         self.assertEqual(peer_of(IPv6Address("TCP", "::1", 6)), ("::1", 6))
         self.assertEqual(peer_of(UNIXAddress(None)), ("UNIXAddress", 0))
+
+
+class NoDelayTests(SynchronousTestCase):
+    """
+    L{no_delay} turns Nagle's algorithm off where the transport can.
+    """
+
+    def test_setsNoDelay(self) -> None:
+        calls: list[bool] = []
+        transport = type("T", (), {"setTcpNoDelay": lambda self, on: calls.append(on)})()
+        no_delay(transport)
+        self.assertEqual(calls, [True])
+
+    def test_transportsWithoutItAreLeftAlone(self) -> None:
+        no_delay(object())
+
+    def test_countConnectionsSetIt(self) -> None:
+        from twisted.internet import tcp
+        from twisted.internet.testing import StringTransport
+
+        from primecount.protocol import CountProtocol
+
+        set_: list[bool] = []
+        h = Harness()
+        transport = StringTransport()
+        transport.setTcpNoDelay = set_.append  # type: ignore[attr-defined]
+        protocol = CountProtocol()
+        protocol.factory = h.factory
+        protocol.makeConnection(transport)
+        self.assertEqual(set_, [True])
+        # The real transports have it.
+        self.assertTrue(hasattr(tcp.Connection, "setTcpNoDelay"))
 
 
 class Closable:
