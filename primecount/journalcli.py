@@ -64,19 +64,7 @@ PRUNE_BATCH = 5000
 PRUNE_BUSY_TIMEOUT = 30.0
 
 #: The columns of C{--format csv} and the keys of C{--format jsonl}.
-CSV_COLUMNS = (
-    "time",
-    "peer",
-    "port",
-    "protocol",
-    "message",
-    "count",
-    "prime",
-    "error",
-    "a",
-    "b",
-    "sum_ok",
-)
+CSV_COLUMNS = tuple("peer" if column == "host" else column for column in schema.COLUMNS)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

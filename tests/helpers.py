@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -269,3 +270,59 @@ def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
             break
         data += chunk
     return bytes(data)
+
+
+def sigterm_in_flight(
+    server: ServerProcess, clients: int = 6, requests: int = 300, tag: str = "c"
+) -> tuple[int, list[str]]:
+    """
+    Pipeline C{requests} lines on each of C{clients} connections, send
+    SIGTERM once the server has read from every one (its first reply is
+    back), then read every connection to its end.
+
+    Checks that what each connection got is a correct, in-order prefix of
+    its replies; returns the server's exit status and the messages answered.
+    """
+    from primecount.count import expected_reply
+
+    sockets = [server.connect() for _ in range(clients)]
+    sent = []
+    for n, sock in enumerate(sockets):
+        messages = [f"{tag}{n}-{i}{'z' * (i % 3)}" for i in range(requests)]
+        sock.sendall("".join(m + "\n" for m in messages).encode())
+        sent.append(messages)
+    firsts = [recv_lines(sock, 1) for sock in sockets]
+    server.signal(signal.SIGTERM)
+    received = [b""] * clients
+
+    def read(n: int) -> None:
+        received[n] = recv_all(sockets[n], timeout=15)
+
+    readers = [threading.Thread(target=read, args=(n,)) for n in range(clients)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(20)
+    for sock in sockets:
+        sock.close()
+    status = server.wait()
+    answered: list[str] = []
+    for messages, first, data in zip(sent, firsts, received, strict=True):
+        replies = first + [line + b"\n" for line in data.split(b"\n")[:-1]]
+        if replies != [expected_reply(m) for m in messages[: len(replies)]]:
+            raise AssertionError(f"replies are not a correct in-order prefix: {replies[:3]!r}…")
+        answered += messages[: len(replies)]
+    return status, answered
+
+
+def journal_messages(path: str) -> set[str]:
+    """
+    The messages recorded in the journal at C{path}.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        return {m for (m,) in conn.execute("SELECT message FROM requests")}
+    finally:
+        conn.close()

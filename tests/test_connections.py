@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import threading
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.connections import Connections, LocalCounts, address_text, no_delay, peer_of
-from primecount.count import expected_reply
 from primecount.tap import PrimecountService
 
-from .helpers import Harness, ServerProcess, recv_all, recv_lines
+from .helpers import Harness, ServerProcess, journal_messages, sigterm_in_flight
 
 
 class LocalCountsTests(SynchronousTestCase):
@@ -198,40 +195,10 @@ class SigtermTests(SynchronousTestCase):
         os.makedirs(directory)
         server = ServerProcess("--journal", "sqlite:j.sqlite3", "--journal-fsync", cwd=directory)
         self.addCleanup(server.stop)
-        sockets = [server.connect() for _ in range(8)]
-        sent: list[list[str]] = []
-        for n, sock in enumerate(sockets):
-            messages = [f"c{n}r{i}{'q' * (i % 4)}" for i in range(500)]
-            sock.sendall("".join(m + "\n" for m in messages).encode())
-            sent.append(messages)
-        # Each connection has been read from (its first reply is back), so
-        # requests are in flight when the signal lands.
-        firsts = [recv_lines(sock, 1) for sock in sockets]
-        server.signal(signal.SIGTERM)
-        received: list[bytes] = [b""] * len(sockets)
-
-        def read(n: int) -> None:
-            received[n] = recv_all(sockets[n], timeout=15)
-
-        readers = [threading.Thread(target=read, args=(n,)) for n in range(len(sockets))]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(20)
-        for sock in sockets:
-            sock.close()
-        status = server.wait()
+        status, answered = sigterm_in_flight(server, clients=8, requests=500)
         self.assertIn(status, (0, -signal.SIGTERM))
-        answered: list[str] = []
-        for messages, first, data in zip(sent, firsts, received, strict=True):
-            replies = first + [line + b"\n" for line in data.split(b"\n")[:-1]]
-            # Whatever was answered is a correct, in-order prefix.
-            self.assertEqual(replies, [expected_reply(m) for m in messages[: len(replies)]])
-            answered += messages[: len(replies)]
         self.assertGreater(len(answered), 0)
-        conn = sqlite3.connect(os.path.join(directory, "j.sqlite3"))
-        stored = {m for (m,) in conn.execute("SELECT message FROM requests")}
-        conn.close()
+        stored = journal_messages(os.path.join(directory, "j.sqlite3"))
         self.assertEqual([m for m in answered if m not in stored], [])
         self.assertIn(b"journal flushed", server.log)
         self.assertNotIn(b"Traceback", server.log)

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import tempfile
-import threading
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.count import expected_reply
 from primecount.workers import SharedCounts, decode_sockets, encode_sockets
 
-from .helpers import ServerProcess, recv_all, recv_lines
+from .helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
 YES = "sí".encode()
 
@@ -146,40 +143,12 @@ class WorkersTests(SynchronousTestCase):
     def test_sigtermStopsEveryWorkerAndLosesNothing(self) -> None:
         server = self.start()
         workers = children(server.process.pid)
-        sockets = [server.connect() for _ in range(6)]
-        sent = []
-        for n, sock in enumerate(sockets):
-            messages = [f"w{n}-{i}{'z' * (i % 3)}" for i in range(300)]
-            sock.sendall("".join(m + "\n" for m in messages).encode())
-            sent.append(messages)
-        # Each connection has been read from (its first reply is back), so
-        # requests are in flight when the signal lands.
-        firsts = [recv_lines(sock, 1) for sock in sockets]
-        server.signal(signal.SIGTERM)
-        received = [b""] * len(sockets)
-
-        def read(n: int) -> None:
-            received[n] = recv_all(sockets[n], timeout=15)
-
-        readers = [threading.Thread(target=read, args=(n,)) for n in range(len(sockets))]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(20)
-        for sock in sockets:
-            sock.close()
-        self.assertIn(server.wait(), (0, -signal.SIGTERM))
+        status, answered = sigterm_in_flight(server, tag="w")
+        self.assertIn(status, (0, -signal.SIGTERM))
         alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
         self.assertEqual(alive, [], "orphaned workers")
-        answered = []
-        for messages, first, data in zip(sent, firsts, received, strict=True):
-            replies = first + [line + b"\n" for line in data.split(b"\n")[:-1]]
-            self.assertEqual(replies, [expected_reply(m) for m in messages[: len(replies)]])
-            answered += messages[: len(replies)]
         self.assertGreater(len(answered), 0)
-        conn = sqlite3.connect(os.path.join(self.dir, "j.sqlite3"))
-        stored = {m for (m,) in conn.execute("SELECT message FROM requests")}
-        conn.close()
+        stored = journal_messages(os.path.join(self.dir, "j.sqlite3"))
         self.assertEqual([m for m in answered if m not in stored], [])
 
     def test_maxConnectionsHoldsAcrossWorkers(self) -> None:
