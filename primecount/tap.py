@@ -46,6 +46,7 @@ def _bounded(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str
 
 _positive = _bounded(int, 1, "at least 1")
 _seconds = _bounded(float, 0, "seconds, 0 disables")
+_stopSeconds = _bounded(float, 0, "seconds, 0 waits as long as it takes")
 
 
 def _journal(value: str) -> JournalURL:
@@ -121,7 +122,7 @@ class PrimecountOptions(usage.Options):
             "max-per-peer",
             None,
             None,
-            "Open connections one client address may hold (default: no limit of its own).",
+            "Open connections one client address may hold (default: no limit of its own)",
             _positive,
         ],
         [
@@ -129,21 +130,21 @@ class PrimecountOptions(usage.Options):
             None,
             10.0,
             "On SIGTERM, seconds to finish what was received before closing anyway.",
-            _seconds,
+            _stopSeconds,
         ],
         ["workers", None, 1, "Serving processes sharing the listening sockets.", _positive],
         [
             "metrics-port",
             None,
             None,
-            "HTTP port serving Prometheus metrics at /metrics (bound on --interface).",
+            "HTTP port serving Prometheus metrics at /metrics, bound on --interface (default: off)",
             usage.portCoerce,
         ],
         [
             "range-port",
             None,
             None,
-            "TCP port of the range protocol (off by default).",
+            "TCP port of the range protocol, bound on --interface (default: off)",
             usage.portCoerce,
         ],
     ]
