@@ -326,8 +326,50 @@ class SQLiteJournal(Service):
         if not self._accepting:
             return fail(JournalUnavailable("journal is stopped"))
         d: Deferred[None] = Deferred()
-        self._queue.put((records, d))
+        self._queue.put((records, d, False))
         return d
+
+    def settle(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Complete pending range records: each goes onto the latest row of the
+        same connection and range (host, port, a, b) that has neither a sum
+        verdict nor an error yet, setting its count, error and C{sum_ok}.
+        Served by the writer thread after everything appended before it.
+
+        @return: fires once done; fails with L{JournalUnavailable}.
+        """
+        if not self._accepting:
+            return fail(JournalUnavailable("journal is stopped"))
+        d: Deferred[None] = Deferred()
+        self._queue.put((records, d, True))
+        return d
+
+    def _settle(self, records: Sequence[Record]) -> None:
+        """
+        Apply L{settle}s in one transaction (writer thread).
+
+        @raise JournalUnavailable: when they could not be applied.
+        """
+        with self._commitLock:
+            try:
+                if self._closed:
+                    raise sqlite3.OperationalError("journal is stopped")
+                if self._conn is None:
+                    self._conn = self._open()
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(schema.SETTLE, [schema.settle_row(r) for r in records])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except Exception as e:
+                if self._conn is not None:
+                    _close_quietly(self._conn)
+                    self._conn = None
+                raise JournalUnavailable(str(e) or type(e).__name__) from None
 
     @staticmethod
     def _fire(waiting: list[Deferred[None]], error: str | None) -> None:
@@ -363,12 +405,18 @@ class SQLiteJournal(Service):
                     break
             if not batch:
                 continue
-            error = None
-            try:
-                self.commit([r for records, _ in batch for r in records])
-            except JournalUnavailable as e:
-                error = str(e)
-            self._reactor.callFromThread(self._fire, [d for _, d in batch], error)
+            # Inserts first: a settle only ever follows its own insert.
+            inserts = [(records, d) for records, d, settles in batch if not settles]
+            settles = [(records, d) for records, d, settles in batch if settles]
+            for work, group in ((self.commit, inserts), (self._settle, settles)):
+                if not group:
+                    continue
+                error = None
+                try:
+                    work([r for records, _ in group for r in records])
+                except JournalUnavailable as e:
+                    error = str(e)
+                self._reactor.callFromThread(self._fire, [d for _, d in group], error)
         if checkpointer is not None:
             _close_quietly(checkpointer)
         with self._commitLock:
@@ -405,3 +453,9 @@ class NullJournal:
         """
         Accept and forget C{records}.
         """
+
+    def settle(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Accept and forget C{records}.
+        """
+        return succeed(None)

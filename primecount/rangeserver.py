@@ -266,6 +266,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         self._timeoutError: str | None = None
         self._host, self._port = "", 0
         self._closing = False
+        self._pending = False  # the current request has a pending record
 
     def connectionMade(self) -> None:
         """
@@ -339,15 +340,32 @@ class RangeProtocol(Protocol, TimeoutMixin):
 
     def _counted(self, count: int) -> None:
         """
-        N is known: send it, then stream the primes.
+        N is known: journal the request (its sum verdict still pending),
+        and reply once that record is committed.
         """
         if self._lost:
             return
         self._count = count
+        self._pending = True
+        d = self.factory.journalPending(self._recordOf(None))
+        d.addCallback(self._reply)
+
+    def _reply(self, committed: bool) -> None:
+        """
+        The pending record is committed (or could not be): send N, then
+        stream the primes. Nothing is answered without its record; the
+        binary protocol has no error message, so a request that could not
+        be journalled gets its connection closed.
+        """
+        if self._lost:
+            return
+        if not committed:
+            self._abort()
+            return
         transport: Any = self.transport
-        transport.write(rangecodec.encode_count(count))
+        transport.write(rangecodec.encode_count(self._count or 0))
         self._state = _STREAMING
-        if count == 0:
+        if not self._count:
             self._streamed((0, 0))
             return
         assert self._a is not None and self._b is not None
@@ -489,16 +507,11 @@ class RangeProtocol(Protocol, TimeoutMixin):
             self._record(INCOMPLETE_REQUEST)
         self._state = _JOURNALLING
 
-    def _record(self, error: str | None, sum_ok: bool | None = None) -> Deferred[None]:
+    def _recordOf(self, error: str | None, sum_ok: bool | None = None) -> Record:
         """
-        Journal the current request.
-
-        @param error: what went wrong, or L{None}.
-        @param sum_ok: whether the client's sum matched, when it sent one.
-        @return: fires when the record is committed, or the journal failed.
+        The record of the current request.
         """
-        self.factory.metrics.requests(RANGE, error or "ok")
-        record = Record(
+        return Record(
             time=now(),
             host=self._host,
             port=self._port,
@@ -509,6 +522,21 @@ class RangeProtocol(Protocol, TimeoutMixin):
             b=self._b,
             sum_ok=sum_ok,
         )
+
+    def _record(self, error: str | None, sum_ok: bool | None = None) -> Deferred[None]:
+        """
+        Journal how the current request ended: complete its pending record
+        when it has one (N was about to be, or was, sent), else add one.
+
+        @param error: what went wrong, or L{None}.
+        @param sum_ok: whether the client's sum matched, when it sent one.
+        @return: fires when the record is committed, or the journal failed.
+        """
+        self.factory.metrics.requests(RANGE, error or "ok")
+        record = self._recordOf(error, sum_ok)
+        if self._pending:
+            self._pending = False
+            return self.factory.journalSettle(record)
         return self.factory.journalRecord(record)
 
 
@@ -623,30 +651,55 @@ class RangeFactory(Factory):
         Append one record to the journal.
 
         A failing journal is logged once, when it starts failing, and once
-        more when it recovers; the request goes on either way.
+        more when it recovers.
 
         @return: fires with L{None} once the record is committed or the
             append failed; never errbacks.
         """
         d = maybeDeferred(self.journal.append, [record])
         d.addCallbacks(self._journalUp, self._journalFailed)
+        d.addCallback(lambda _: None)
         return d
 
-    def _journalUp(self, _: object) -> None:
+    def journalPending(self, record: Record) -> Deferred[bool]:
+        """
+        Commit the record of a request about to be answered, its sum verdict
+        still pending.
+
+        @return: fires with whether it was committed; never errbacks.
+        """
+        d = maybeDeferred(self.journal.append, [record])
+        d.addCallbacks(self._journalUp, self._journalFailed)
+        return d
+
+    def journalSettle(self, record: Record) -> Deferred[None]:
+        """
+        Complete a pending record with how its request ended.
+
+        @return: fires once done or failed; never errbacks.
+        """
+        d = maybeDeferred(self.journal.settle, [record])
+        d.addCallbacks(self._journalUp, self._journalFailed)
+        d.addCallback(lambda _: None)
+        return d
+
+    def _journalUp(self, _: object) -> bool:
         """
         A record was committed.
         """
         if self._journalDown:
             self._journalDown = False
             self._log.info("Journal available again; range requests are recorded")
+        return True
 
-    def _journalFailed(self, failure: Failure) -> None:
+    def _journalFailed(self, failure: Failure) -> bool:
         """
         A record could not be committed: log it if it is the first.
         """
         if not self._journalDown:
             self._journalDown = True
-            self._log.failure(
-                "Journal unavailable; range requests are not being recorded",
-                failure,
+            self._log.error(
+                "Journal unavailable ({why}); range requests are refused until it recovers",
+                why=failure.getErrorMessage(),
             )
+        return False

@@ -82,6 +82,34 @@ INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' fo
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
 
+#: Completes a pending range record: the latest row of that connection and
+#: range without a sum verdict or an error (scanned from the newest id: it
+#: was written moments ago). Parameters: L{settle_row}.
+SETTLE = """
+UPDATE requests SET count = ?, error = ?, sum_ok = ?
+WHERE id = (
+    SELECT id FROM requests
+    WHERE protocol = 'range' AND host = ? AND port = ? AND a = ? AND b = ?
+      AND sum_ok IS NULL AND error IS NULL
+    ORDER BY id DESC LIMIT 1
+)
+"""
+
+
+def settle_row(record: Record) -> tuple[object, ...]:
+    """
+    The parameters of L{SETTLE} for a completed range record.
+    """
+    return (
+        record.count,
+        record.error,
+        record.sum_ok,
+        record.host,
+        record.port,
+        record.a,
+        record.b,
+    )
+
 
 assert Record._fields == COLUMNS, "Record's fields must be the columns, in order"
 

@@ -8,6 +8,7 @@ C{ERR journal unavailable} until it can.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -15,6 +16,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.count import expected_reply
+from primecount.multiclient import fetch, send_sum
 
 from .helpers import ServerProcess, recv_lines
 
@@ -134,3 +136,51 @@ class FsyncOptionTests(SynchronousTestCase):
             self.assertEqual(recv_lines(sock, 1), [b"2 " + YES + b"\n"])
         self.assertIn(b"(fsync)", server.log)
         self.assertEqual(journalled(os.path.join(directory, "j.sqlite3")), ["abc2a"])
+
+
+class RangeJournalTests(SynchronousTestCase):
+    """
+    Range requests are journalled before their reply, and completed after
+    the client's sum.
+    """
+
+    def start(self) -> tuple[ServerProcess, str]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess("--journal", "sqlite:j.sqlite3", "--range-port", "0", cwd=directory)
+        self.addCleanup(server.stop)
+        return server, os.path.join(directory, "j.sqlite3")
+
+    def rows(self, path: str) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(path, timeout=5)
+        try:
+            return conn.execute(
+                "SELECT a, b, count, sum_ok, error FROM requests WHERE protocol = 'range'"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def test_answeredRangeSurvivesKill9BeforeItsSum(self) -> None:
+        server, path = self.start()
+        with socket.create_connection(("127.0.0.1", server.ports["range"]), timeout=10) as sock:
+            primes = fetch(sock, 100, 200)
+            self.assertEqual(len(primes), 21)
+            server.process.kill()
+            server.process.wait()
+        self.assertEqual(self.rows(path), [(100, 200, 21, None, None)])
+
+    def test_recordCompletedWithTheSum(self) -> None:
+        server, path = self.start()
+        with socket.create_connection(("127.0.0.1", server.ports["range"]), timeout=10) as sock:
+            send_sum(sock, fetch(sock, 100, 200))
+            send_sum(sock, fetch(sock, 10, 20))
+            self.assertEqual(len(fetch(sock, 2, 2)), 1)
+        server.stop()
+        self.assertEqual(
+            self.rows(path),
+            [
+                (100, 200, 21, 1, None),
+                (10, 20, 4, 1, None),
+                (2, 2, 1, None, "client disconnected before sending the sum"),
+            ],
+        )

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
@@ -137,6 +138,34 @@ class FakeJournal:
                     self.waiting.remove(entry)
                     entry[1].callback(record)
         return self.result()
+
+    def settle(self, records: list[Record]) -> Deferred[None]:
+        """
+        Complete pending records as the SQLite journal does: the latest
+        record of the same connection and range with neither a sum verdict
+        nor an error takes the new count, error and verdict.
+        """
+        for record in records:
+            for i in range(len(self.records) - 1, -1, -1):
+                old = self.records[i]
+                if (old.host, old.port, old.a, old.b) == (
+                    record.host,
+                    record.port,
+                    record.a,
+                    record.b,
+                ) and (old.sum_ok, old.error) == (None, None):
+                    self.records[i] = old._replace(
+                        count=record.count, error=record.error, sum_ok=record.sum_ok
+                    )
+                    self._notify(self.records[i])
+                    break
+        return self.result()
+
+    def _notify(self, record: Record) -> None:
+        for entry in list(self.waiting):
+            if entry[0](record):
+                self.waiting.remove(entry)
+                entry[1].callback(record)
 
     def whenRecorded(self, match: Callable[[Record], bool]) -> Deferred[Record]:
         """
@@ -305,8 +334,13 @@ class ProtocolTests(TestCase):
         proto, transport = self.connect()
         proto.dataReceived(rangecodec.encode_request(100, 200))
         self.reactor.advance(0)
-        self.assertEqual(self.journal.records, [])
+        # Recorded before the reply, its sum verdict pending...
+        self.assertEqual(
+            [(r.a, r.b, r.count, r.sum_ok, r.error) for r in self.journal.records],
+            [(100, 200, 21, None, None)],
+        )
         proto.dataReceived(wireSum(100, 200))
+        # ...then completed in place.
         [record] = self.journal.records
         self.assertEqual(
             (record.protocol, record.a, record.b, record.count, record.sum_ok),
@@ -360,38 +394,71 @@ class ProtocolTests(TestCase):
             proto.dataReceived(bytes([byte]))
         self.assertEqual(self.journal.records[0].sum_ok, True)
 
-    def test_nextRequestWaitsForTheRecord(self) -> None:
+    def test_replyWaitsForTheRecord(self) -> None:
         """
-        The next request is answered only once the previous record is
-        committed.
+        N and the primes are sent only once the request's (pending) record
+        is committed, as on the count protocol.
         """
         proto, transport = self.connect()
         commit: Deferred[None] = Deferred()
         self.journal.result = lambda: commit
         proto.dataReceived(rangecodec.encode_request(2, 3))
         self.reactor.advance(0)
+        self.assertEqual(transport.value(), b"")
+        commit.callback(None)
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(2, 3))
+
+    def test_nextRequestWaitsForTheRecord(self) -> None:
+        """
+        The next request is answered only once the previous record is
+        completed.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(rangecodec.encode_request(2, 3))
+        self.reactor.advance(0)
+        commit: Deferred[None] = Deferred()
+        self.journal.result = lambda: commit
         proto.dataReceived(wireSum(2, 3) + rangecodec.encode_request(5, 7))
         self.reactor.advance(0)
         self.assertEqual(transport.value(), wire(2, 3))
+        self.journal.result = lambda: succeed(None)
         commit.callback(None)
         self.reactor.advance(0)
         self.assertEqual(transport.value(), wire(2, 3) + wire(5, 7))
 
-    def test_journalFailureLoggedOnceConnectionGoesOn(self) -> None:
+    def test_unavailableJournalRefusesRequestsAndIsLoggedOnce(self) -> None:
         """
-        An unavailable journal is logged once however many records fail,
-        and requests are still answered.
+        A request that cannot be journalled is not answered: the binary
+        protocol has no error message, so its connection is dropped. The
+        episode is logged once however many requests fail, and requests are
+        answered again once the journal recovers.
         """
-        proto, transport = self.connect()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.connect()
         self.journal.result = lambda: fail(OSError("disk full"))
+
+        def another() -> tuple[Any, StringTransport]:
+            proto = self.factory.buildProtocol(PEER)
+            transport = StringTransport(peerAddress=PEER)
+            proto.makeConnection(transport)
+            return proto, transport
+
         for a, b in [(2, 3), (5, 7), (11, 13)]:
-            transport.clear()
+            proto, transport = another()
             proto.dataReceived(rangecodec.encode_request(a, b))
             self.reactor.advance(0)
-            self.assertEqual(transport.value(), wire(a, b))
-            proto.dataReceived(wireSum(a, b))
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
-        self.assertEqual(len(self.journal.records), 3)
+            self.assertEqual(transport.value(), b"")
+            self.assertTrue(transport.disconnecting)
+        said = [e["log_format"] for e in events if "Journal" in e.get("log_format", "")]
+        self.assertEqual(len(said), 1, said)
+        self.journal.result = lambda: succeed(None)
+        proto, transport = another()
+        proto.dataReceived(rangecodec.encode_request(2, 3))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), wire(2, 3))
 
     def test_pausedStreamSievesNothingMore(self) -> None:
         """
@@ -679,7 +746,7 @@ class SocketTests(TestCase):
 
         counts = await threads.deferToThread(talk)
         self.assertEqual(counts, [78498, 4])
-        await self.journal.whenRecorded(lambda r: r.a == -10)
+        await self.journal.whenRecorded(lambda r: r.a == -10 and r.sum_ok is not None)
         self.assertEqual(
             [(r.count, r.sum_ok, r.error) for r in self.journal.records],
             [(78498, True, None), (4, True, None)],
