@@ -11,6 +11,7 @@ the input beyond splitting what one read delivered.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from typing import Any
 
@@ -32,6 +33,36 @@ from primecount.records import COUNT
 #: when fewer than half remain. Bounds the memory a pipelining client can
 #: claim whatever it sends.
 MAX_PENDING = 1024
+
+#: The longest PROXY protocol v1 line, CRLF included (HAProxy's spec).
+PROXY_HEADER_MAX = 107
+BAD_PROXY_HEADER = "bad PROXY header"
+
+
+def parse_proxy_v1(line: bytes) -> tuple[str, int] | None:
+    """
+    The client's (address, port) from a PROXY protocol v1 line without its
+    CRLF (C{PROXY TCP4 198.51.100.7 203.0.113.1 40000 5050}); C{("", 0)}
+    for C{PROXY UNKNOWN} (keep the connection's own peer); L{None} when the
+    line is not a valid header.
+    """
+    parts = line.split(b" ")
+    if parts[:1] != [b"PROXY"] or len(parts) < 2:
+        return None
+    if parts[1] == b"UNKNOWN":
+        return ("", 0)
+    if parts[1] not in (b"TCP4", b"TCP6") or len(parts) != 6:
+        return None
+    try:
+        source = ipaddress.ip_address(parts[2].decode("ascii"))
+        ipaddress.ip_address(parts[3].decode("ascii"))
+        port = int(parts[4])
+        int(parts[5])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if (source.version == 4) != (parts[1] == b"TCP4") or not 0 <= port <= 65535:
+        return None
+    return str(source), port
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -88,6 +119,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._writePaused = False  # the client is not reading replies
         self._answered = 0
         self._producing = False  # registered as the transport's producer
+        self._awaitingProxy = False  # behind HAProxy, before its PROXY line
         self.host = ""
         self.port = 0
 
@@ -102,15 +134,23 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self.transport.registerProducer(self, True)
         self._producing = True
         self.setTimeout(factory.timeout or None)
-        factory.connections.opened(self, self.host)
-        factory.metrics.connectionOpened(COUNT)
+        if factory.proxyHeader:
+            # Admitted once the PROXY line names the real client.
+            self._awaitingProxy = True
+            return
+        self._admitted()
+
+    def _admitted(self) -> None:
+        self.factory.connections.opened(self, self.host)
+        self.factory.metrics.connectionOpened(COUNT)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
         self.setTimeout(None)
         self._slots.clear()
-        self.factory.connections.closed(self)
-        self.factory.metrics.connectionClosed(COUNT)
+        if not self._awaitingProxy:
+            self.factory.connections.closed(self)
+            self.factory.metrics.connectionClosed(COUNT)
 
     def readConnectionLost(self) -> None:
         """
@@ -178,6 +218,10 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         """
         if self._closing:
             return
+        if self._awaitingProxy:
+            data = self._proxyHeader(data)
+            if not data:
+                return
         lines = (self._buffer + data).split(self.delimiter)
         self._buffer = lines.pop()
         for line in lines:
@@ -191,6 +235,45 @@ class CountProtocol(LineReceiver, TimeoutMixin):
             if len(self._buffer) > self.MAX_LENGTH:
                 self.lineLengthExceeded(self._buffer)
         self._send()
+
+    def _proxyHeader(self, data: bytes) -> bytes:
+        """
+        Behind HAProxy (C{--listen haproxy:…}): read the PROXY protocol v1
+        line, take the client's address from it, then admit the connection.
+
+        @return: the bytes after the header (empty while it is incomplete
+            or when the connection was refused).
+        """
+        buffered = self._buffer + data
+        header, found, rest = buffered.partition(b"\n")
+        if not found:
+            self._buffer = buffered
+            if len(buffered) > PROXY_HEADER_MAX:
+                self._refuse(BAD_PROXY_HEADER)
+            return b""
+        self._buffer = b""
+        address = parse_proxy_v1(header.rstrip(b"\r"))
+        if address is None:
+            self._refuse(BAD_PROXY_HEADER)
+            return b""
+        if address[0]:
+            self.host, self.port = address
+        self._awaitingProxy = False
+        if not self.factory.connections.admit(self.host):
+            self.factory.metrics.requests(COUNT, count.SERVER_BUSY)
+            self._awaitingProxy = True  # never counted: nothing to release
+            self._refuse(count.SERVER_BUSY)
+            return b""
+        self._admitted()
+        return rest
+
+    def _refuse(self, reason: str) -> None:
+        self._log.info(
+            "{host}:{port}: {reason}; closing", host=self.host, port=self.port, reason=reason
+        )
+        self._closing = True
+        self.transport.write(error_reply(reason))
+        self._close()
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -319,11 +402,15 @@ class CountFactory(Factory):
         closeAfterReply: bool = False,
         connections: Connections | None = None,
         metrics: MetricsRecorder | None = None,
+        proxyHeader: bool = False,
     ) -> None:
         """
         @param connections: the process's open connections and their limits,
             shared with the range protocol's factory.
         @param metrics: counts open connections and refusals.
+        @param proxyHeader: connections start with a PROXY protocol v1 line
+            (behind HAProxy's C{send-proxy}); limits and the journal use the
+            client address it names.
         """
         self.reactor = reactor
         self.pipeline = pipeline
@@ -332,8 +419,12 @@ class CountFactory(Factory):
         self.closeAfterReply = closeAfterReply
         self.connections = connections if connections is not None else Connections()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
+        self.proxyHeader = proxyHeader
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.proxyHeader:
+            # The address here is the proxy's: admission waits for the header.
+            return super().buildProtocol(addr)
         if not self.connections.admit(peer_of(addr)[0]):
             busy = BusyProtocol()
             busy.factory = self

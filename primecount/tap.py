@@ -65,6 +65,10 @@ _journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
 BACKLOG = 4096
 
 
+#: The endpoint prefix for listening behind HAProxy (PROXY protocol v1).
+HAPROXY = "haproxy:"
+
+
 def tcp_description(port: int, interface: str) -> str:
     """
     The endpoint description for C{--port}/C{--interface}-style options.
@@ -356,7 +360,14 @@ def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
     """
     (label, endpoint description) of every listener the options ask for.
     """
-    found = [("count", description) for description in config["listen"]]
+    found = []
+    for description in config["listen"]:
+        if description.startswith(HAPROXY):
+            # We read the PROXY line ourselves (see CountProtocol): Twisted's
+            # wrapper would hide half-close and the client's address.
+            found.append(("proxy", description[len(HAPROXY) :]))
+        else:
+            found.append(("count", description))
     if config["range-port"] is not None:
         found.append(("range", tcp_description(config["range-port"], config["interface"])))
     return found
@@ -429,7 +440,7 @@ def _server(
         journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
     factories: dict[str, Any] = {
-        "count": CountFactory(
+        label: CountFactory(
             reactor,
             pipeline,
             timeout=config["timeout"],
@@ -437,7 +448,9 @@ def _server(
             closeAfterReply=config["close-after-reply"],
             connections=connections,
             metrics=metrics,
+            proxyHeader=label == "proxy",
         )
+        for label in ("count", "proxy")
     }
     if config["range-port"] is not None:
         from primecount.journal import NullJournal

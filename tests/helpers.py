@@ -142,7 +142,7 @@ class Harness:
 
 
 _LISTENING = re.compile(rb"listening on (.*?);")
-_ADDRESS = re.compile(r"(count|range) ([0-9.:a-f\[\]]+):(\d+)")
+_ADDRESS = re.compile(r"(count|range|proxy) ([0-9.:a-f\[\]]+):(\d+)")
 
 
 class ServerProcess:

@@ -441,3 +441,69 @@ class WriteNowTests(SynchronousTestCase):
         transport = StringTransport()
         protocolModule.write_now(transport, b"x")
         self.assertEqual(transport.value(), b"x")
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    """
+    Behind HAProxy (C{--listen haproxy:…}): the PROXY v1 line names the
+    client for limits and the journal; half-close keeps working.
+    """
+
+    HEADER = b"PROXY TCP4 198.51.100.7 203.0.113.1 40123 5050\r\n"
+
+    def test_clientAddressFromTheHeader(self) -> None:
+        h = Harness(proxyHeader=True)
+        h.send(self.HEADER + b"abc2a\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        [record] = h.journal.records
+        self.assertEqual((record.host, record.port), ("198.51.100.7", 40123))
+
+    def test_headerSplitAcrossReads(self) -> None:
+        h = Harness(proxyHeader=True)
+        h.send(self.HEADER[:9])
+        h.send(self.HEADER[9:] + b"abc")
+        h.send(b"2a\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+
+    def test_unknownKeepsTheConnectionsPeer(self) -> None:
+        h = Harness(proxyHeader=True)
+        h.send(b"PROXY UNKNOWN\r\nabc2a\n")
+        self.assertEqual(h.journal.records[0].host, "192.0.2.7")
+
+    def test_badHeaderIsRefused(self) -> None:
+        for header in (b"GET / HTTP/1.0\r\n", b"PROXY TCP4 1.2.3.4\r\n", b"x" * 200):
+            h = Harness(proxyHeader=True)
+            h.send(header)
+            self.assertEqual(h.replies(), [b"ERR bad PROXY header\n"], header)
+            self.assertTrue(h.transport.disconnecting)
+            self.assertEqual(len(h.connections), 0)
+
+    def test_perPeerLimitUsesTheHeaderAddress(self) -> None:
+        h = Harness(proxyHeader=True, maxPerPeer=1)
+        h.send(self.HEADER)
+        second, protocol2 = h.connect()
+        h.send(self.HEADER, protocol2)
+        self.assertEqual(second.value(), b"ERR server busy\n")
+        third, protocol3 = h.connect()
+        h.send(b"PROXY TCP4 198.51.100.8 203.0.113.1 40124 5050\r\na\n", protocol3)
+        self.assertEqual(third.value(), b"1 no\n")
+        self.assertEqual(len(h.connections), 2)
+
+    def test_halfCloseStillAnswersTheLastRequest(self) -> None:
+        h = Harness(proxyHeader=True)
+        h.send(self.HEADER + b"abc2a\nabacada")
+        h.protocol.readConnectionLost()
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n"])
+
+    def test_parse(self) -> None:
+        parse = protocolModule.parse_proxy_v1
+        self.assertEqual(parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2"), ("2001:db8::1", 1))
+        for bad in (
+            b"PROXY TCP4 2001:db8::1 1.2.3.4 1 2",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 70000 2",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 x 2",
+            b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2",
+            b"proxy TCP4 1.2.3.4 5.6.7.8 1 2",
+        ):
+            self.assertIsNone(parse(bad), bad)

@@ -206,3 +206,31 @@ class CloseAfterReplyTests(ServerTestCase):
         with self.server.connect() as sock:
             sock.sendall(b"abc2a\nabacada\n")
             self.assertEqual(recv_all(sock), b"2 " + YES + b"\n")
+
+
+class HAProxyTests(ServerTestCase):
+    """
+    --listen haproxy:…: PROXY v1 line, real client address, half-close.
+    """
+
+    args = (
+        "--journal",
+        "sqlite:journal.sqlite3",
+        "--listen",
+        "haproxy:tcp:0:interface=127.0.0.1",
+        "--max-per-peer",
+        "1",
+    )
+
+    def test_behindHAProxy(self) -> None:
+        port = self.server.ports["proxy"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 40123 5050\r\nabc2a\nabacada")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_all(sock), b"2 " + YES + b"\n4 no\n")
+        conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
+        rows = conn.execute("SELECT host, port, message FROM requests ORDER BY id").fetchall()
+        conn.close()
+        self.assertEqual(
+            rows, [("198.51.100.7", 40123, "abc2a"), ("198.51.100.7", 40123, "abacada")]
+        )
