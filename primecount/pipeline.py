@@ -105,7 +105,7 @@ def evaluate_batch(
     clock: Callable[[], float] = now,
 ) -> tuple[list[bytes], list[Record]]:
     """
-    Evaluate a batch of request lines: the pool job.
+    Evaluate a batch of request lines (the first half of L{answer_batch}).
 
     @param items: (line or verdict, client host, client port) per request.
     @param journal: whether to build the journal records at all.
