@@ -238,7 +238,8 @@ class SQLiteJournal(Service):
                 conn = self._conn
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(schema.INSERT, [r for w in group for r in w.records])
+                    for sql, params in schema.inserts([r for w in group for r in w.records]):
+                        conn.execute(sql, params)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:

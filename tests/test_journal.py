@@ -42,16 +42,23 @@ class FlakyConnection:
     def __init__(self, path: str, control: Any) -> None:
         self._conn = schema.connect(path)
         self._control = control
+        self._rows = 0
 
-    def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT":
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if sql.startswith("INSERT"):
+            if self._control.broken:
+                raise sqlite3.OperationalError("attempt to write a readonly database")
+            self._rows += len(params) // len(schema.COLUMNS)
+        elif sql == "BEGIN IMMEDIATE":
+            self._rows = 0
+        elif sql == "COMMIT":
+            # Records the transaction's size first: tests watch it to know
+            # that the writer is inside a commit.
+            self._control.batchSizes.append(self._rows)
             self._control.gate.wait(10)
-        return self._conn.execute(sql, *args)
+        return self._conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: Any) -> Any:
-        if self._control.broken:
-            raise sqlite3.OperationalError("attempt to write a readonly database")
-        self._control.batchSizes.append(len(rows))
         return self._conn.executemany(sql, rows)
 
     @property
@@ -306,4 +313,24 @@ class FirstIdSinceTests(SynchronousTestCase):
         ).fetchone()[0]
         if earlier is not None:
             self.assertGreater(found, earlier)
+        conn.close()
+
+
+class InsertsTests(SynchronousTestCase):
+    """
+    L{schema.inserts}: every record once, in order, in a few statement sizes.
+    """
+
+    def test_everyRecordInOrder(self) -> None:
+        conn = sqlite3.connect(":memory:")
+        conn.executescript(schema.CREATE)
+        for n in (0, 1, 7, 64, 65, 200):
+            conn.execute("DELETE FROM requests")
+            records = [record(i) for i in range(n)]
+            statements = list(schema.inserts(records))
+            for sql, params in statements:
+                conn.execute(sql, params)
+            stored = [schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")]
+            self.assertEqual(stored, records)
+            self.assertLessEqual(len({sql for sql, _ in statements}), 7)
         conn.close()
