@@ -705,8 +705,9 @@ class ProcessTests(TestCase):
 
     def test_followAndCtrlC(self) -> None:
         """
-        C{--follow} prints a record committed after it started, within two
-        seconds, and Ctrl-C (SIGINT) ends it quietly with status 0.
+        C{--follow} prints a record committed after it started (it polls
+        every 0.2 s; the bound is generous for a loaded machine), and Ctrl-C
+        (SIGINT) ends it quietly with status 0.
         """
         path = make_journal(self, [GOOD])
         process = self.start("--journal", "sqlite:" + path, "--follow", "--limit", "1")
@@ -718,11 +719,11 @@ class ProcessTests(TestCase):
         )
         append(path, [COMPOSITE])
         self.assertEqual(
-            _read_line(process.stdout, 2),
+            _read_line(process.stdout, 10),
             b"2026-02-16 10:37:13 | 127.0.0.1 | abcd | 1 | no\n",
         )
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
+        out, err = process.communicate(timeout=30)
         self.assertEqual((process.returncode, out, err), (0, b"", b""))
 
     def test_closedPipe(self) -> None:
