@@ -666,7 +666,15 @@ class ProcessTests(TestCase):
         """
         Start C{primecount journal argv…}, killed at the end of the test.
         """
-        process = subprocess.Popen(_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            _command(*argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # As from a terminal: a runner started in the background has
+            # SIGINT ignored, and the child would inherit that (then Python
+            # installs no KeyboardInterrupt handler and Ctrl-C does nothing).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
         def stop() -> None:
             if process.poll() is None:
