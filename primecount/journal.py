@@ -228,30 +228,13 @@ class SQLiteJournal(Service):
             return
         n = sum(len(w.records) for w in group)
         started = time.monotonic()
-        error = None
-        if self._closed:
-            error = "journal is stopped"
-        else:
-            try:
-                if self._conn is None:
-                    self._conn = self._open()
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for sql, params in schema.inserts([r for w in group for r in w.records]):
-                        conn.execute(sql, params)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except Exception as e:
-                error = str(e) or type(e).__name__
-                if self._conn is not None:
-                    # Start afresh next time: the file may have been
-                    # replaced, remounted or repaired meanwhile.
-                    _close_quietly(self._conn)
-                    self._conn = None
+        records = [r for w in group for r in w.records]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            for sql, params in schema.inserts(records):
+                conn.execute(sql, params)
+
+        error = self._transaction(insert)
         for w in group:
             w.error = error
             w.done = True
@@ -259,6 +242,36 @@ class SQLiteJournal(Service):
             self._committed(n, time.monotonic() - started)
         else:
             self._notCommitted(n, error)
+
+    def _transaction(self, write: Callable[[sqlite3.Connection], object]) -> str | None:
+        """
+        Run C{write} in one transaction on the journal's connection (the
+        caller holds C{_commitLock}), opening it when needed.
+
+        @return: L{None} once committed, else why it failed (rolled back,
+            and the connection dropped so the next one starts afresh: the
+            file may have been replaced, remounted or repaired meanwhile).
+        """
+        if self._closed:
+            return "journal is stopped"
+        try:
+            if self._conn is None:
+                self._conn = self._open()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                write(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except Exception as e:
+            if self._conn is not None:
+                _close_quietly(self._conn)
+                self._conn = None
+            return str(e) or type(e).__name__
+        return None
 
     def _committed(self, n: int, seconds: float) -> None:
         self.batches += 1
@@ -351,26 +364,11 @@ class SQLiteJournal(Service):
 
         @raise JournalUnavailable: when they could not be applied.
         """
+        rows = [schema.settle_row(r) for r in records]
         with self._commitLock:
-            try:
-                if self._closed:
-                    raise sqlite3.OperationalError("journal is stopped")
-                if self._conn is None:
-                    self._conn = self._open()
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(schema.SETTLE, [schema.settle_row(r) for r in records])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except Exception as e:
-                if self._conn is not None:
-                    _close_quietly(self._conn)
-                    self._conn = None
-                raise JournalUnavailable(str(e) or type(e).__name__) from None
+            error = self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
+        if error is not None:
+            raise JournalUnavailable(error)
 
     @staticmethod
     def _fire(waiting: list[Deferred[None]], error: str | None) -> None:

@@ -523,14 +523,14 @@ class RangeProtocol(Protocol, TimeoutMixin):
             sum_ok=sum_ok,
         )
 
-    def _record(self, error: str | None, sum_ok: bool | None = None) -> Deferred[None]:
+    def _record(self, error: str | None, sum_ok: bool | None = None) -> Deferred[bool]:
         """
         Journal how the current request ended: complete its pending record
         when it has one (N was about to be, or was, sent), else add one.
 
         @param error: what went wrong, or L{None}.
         @param sum_ok: whether the client's sum matched, when it sent one.
-        @return: fires when the record is committed, or the journal failed.
+        @return: fires with whether the record was committed; never errbacks.
         """
         self.factory.metrics.requests(RANGE, error or "ok")
         record = self._recordOf(error, sum_ok)
@@ -646,42 +646,35 @@ class RangeFactory(Factory):
             producer,
         )
 
-    def journalRecord(self, record: Record) -> Deferred[None]:
+    def _journal(self, write: Any, record: Record) -> Deferred[bool]:
         """
-        Append one record to the journal.
+        C{write([record])} to the journal; a failing journal is logged once,
+        when it starts failing, and once more when it recovers.
 
-        A failing journal is logged once, when it starts failing, and once
-        more when it recovers.
-
-        @return: fires with L{None} once the record is committed or the
-            append failed; never errbacks.
+        @return: fires with whether it worked; never errbacks.
         """
-        d = maybeDeferred(self.journal.append, [record])
+        d = maybeDeferred(write, [record])
         d.addCallbacks(self._journalUp, self._journalFailed)
-        d.addCallback(lambda _: None)
         return d
+
+    def journalRecord(self, record: Record) -> Deferred[bool]:
+        """
+        Append the record of a request that ended before its reply.
+        """
+        return self._journal(self.journal.append, record)
 
     def journalPending(self, record: Record) -> Deferred[bool]:
         """
         Commit the record of a request about to be answered, its sum verdict
         still pending.
-
-        @return: fires with whether it was committed; never errbacks.
         """
-        d = maybeDeferred(self.journal.append, [record])
-        d.addCallbacks(self._journalUp, self._journalFailed)
-        return d
+        return self._journal(self.journal.append, record)
 
-    def journalSettle(self, record: Record) -> Deferred[None]:
+    def journalSettle(self, record: Record) -> Deferred[bool]:
         """
         Complete a pending record with how its request ended.
-
-        @return: fires once done or failed; never errbacks.
         """
-        d = maybeDeferred(self.journal.settle, [record])
-        d.addCallbacks(self._journalUp, self._journalFailed)
-        d.addCallback(lambda _: None)
-        return d
+        return self._journal(self.journal.settle, record)
 
     def _journalUp(self, _: object) -> bool:
         """
