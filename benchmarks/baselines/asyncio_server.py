@@ -18,6 +18,8 @@ import time
 from typing import IO
 
 from primecount.count import LINE_TOO_LONG, error_reply, evaluate
+from primecount.journalcli import format_seed
+from primecount.records import COUNT, Record
 
 MAX_LINE = 16384
 
@@ -64,12 +66,7 @@ class CountProtocol(asyncio.Protocol):
         """
         verdict = evaluate(line)
         if self.log is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            if verdict.error is None:
-                fields = f"{verdict.count} | {'sí' if verdict.prime else 'no'}"
-            else:
-                fields = f"- | ERR {verdict.error}"
-            self.log.write(f"{stamp} | {self.ip} | {verdict.message} | {fields}\n")
+            self.log.write(format_seed(Record(time.time(), self.ip, 0, COUNT, *verdict[:4])) + "\n")
         return verdict.reply()
 
     def eof_received(self) -> bool:

@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from primecount.count import evaluate
+from primecount.journalcli import format_seed
+from primecount.records import COUNT, Record
 
 POOL_SIZE = 10
 RECEIVE_TIMEOUT = 5.0
@@ -53,14 +55,9 @@ class SeedServer:
                 return
             verdict = evaluate(data)
             if self.log is not None:
-                if verdict.error is None:
-                    fields = f"{verdict.count} | {'sí' if verdict.prime else 'no'}"
-                else:
-                    fields = f"- | ERR {verdict.error}"
-                message = verdict.message.replace("\n", "\\n")
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                entry = format_seed(Record(time.time(), ip, 0, COUNT, *verdict[:4])) + "\n"
                 with self.lock, open(self.log, "a", encoding="utf-8") as f:
-                    f.write(f"{stamp} | {ip} | {message} | {fields}\n")
+                    f.write(entry)
             try:
                 conn.sendall(verdict.reply())
             except OSError:

@@ -20,6 +20,8 @@ import time
 from typing import IO
 
 from primecount.count import LINE_TOO_LONG, error_reply, evaluate
+from primecount.journalcli import format_seed
+from primecount.records import COUNT, Record
 
 MAX_LINE = 16384
 
@@ -44,12 +46,7 @@ class SelectServer:
         """
         verdict = evaluate(line)
         if self.log is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            if verdict.error is None:
-                fields = f"{verdict.count} | {'sí' if verdict.prime else 'no'}"
-            else:
-                fields = f"- | ERR {verdict.error}"
-            self.log.write(f"{stamp} | {ip} | {verdict.message} | {fields}\n")
+            self.log.write(format_seed(Record(time.time(), ip, 0, COUNT, *verdict[:4])) + "\n")
         return verdict.reply()
 
     def drop(self, sock: socket.socket) -> None:
