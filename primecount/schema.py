@@ -82,27 +82,55 @@ INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' fo
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
 
-_ROW = f"({', '.join('?' for _ in COLUMNS)})"
+#: The columns a count-protocol record fills: the rest (a, b, sum_ok) are
+#: range-protocol columns, NULL for it. Inserting only these costs about a
+#: third less SQLite time per row than binding the three NULLs too.
+COUNT_COLUMNS = COLUMNS[:8]
 
-#: Multi-row INSERTs by size: one statement step for many rows costs ~40%
-#: less per row than executemany's step per row. Powers of two keep the
-#: distinct statements (and so SQLite's statement cache) to a handful.
-_CHUNKS = tuple(
-    (size, f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * size)}")
-    for size in (64, 32, 16, 8, 4, 2, 1)
-)
+
+def _chunks(columns: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """
+    Multi-row INSERTs of C{columns} by size: one statement step for many
+    rows costs ~40% less per row than executemany's step per row. Powers of
+    two keep the distinct statements (and so SQLite's statement cache) to a
+    handful.
+    """
+    row = f"({', '.join('?' for _ in columns)})"
+    return tuple(
+        (size, f"INSERT INTO requests ({', '.join(columns)}) VALUES {', '.join([row] * size)}")
+        for size in (64, 32, 16, 8, 4, 2, 1)
+    )
+
+
+_FULL_CHUNKS = _chunks(COLUMNS)
+_COUNT_CHUNKS = _chunks(COUNT_COLUMNS)
+_COUNT_WIDTH = len(COUNT_COLUMNS)
+
+
+def _short(record: Record) -> bool:
+    """
+    Whether C{record} leaves every range-protocol column NULL.
+    """
+    return record.a is None and record.b is None and record.sum_ok is None
 
 
 def inserts(records: Sequence[Record]) -> Iterator[tuple[str, list[object]]]:
     """
-    The statements that insert C{records}, in order, as (SQL, parameters).
+    The statements that insert C{records}, in order, as (SQL, parameters):
+    runs of count-protocol records bind only L{COUNT_COLUMNS}.
     """
     start = 0
-    for size, sql in _CHUNKS:
-        while len(records) - start >= size:
-            chunk = records[start : start + size]
-            yield sql, [value for record in chunk for value in record]
-            start += size
+    while start < len(records):
+        short = _short(records[start])
+        end = start + 1
+        while end < len(records) and _short(records[end]) == short:
+            end += 1
+        chunks, width = (_COUNT_CHUNKS, _COUNT_WIDTH) if short else (_FULL_CHUNKS, None)
+        for size, sql in chunks:
+            while end - start >= size:
+                chunk = records[start : start + size]
+                yield sql, [value for record in chunk for value in record[:width]]
+                start += size
 
 
 #: Completes a pending range record: the latest row of that connection and

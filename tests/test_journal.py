@@ -26,7 +26,7 @@ from primecount.journal import (
     parse_url,
 )
 from primecount.metrics import NullMetrics
-from primecount.records import COUNT, Record
+from primecount.records import COUNT, RANGE, Record
 
 
 def record(i: int) -> Record:
@@ -48,7 +48,8 @@ class FlakyConnection:
         if sql.startswith("INSERT"):
             if self._control.broken:
                 raise sqlite3.OperationalError("attempt to write a readonly database")
-            self._rows += len(params) // len(schema.COLUMNS)
+            # One "(?, ?, ...)" group per row, whichever columns it binds.
+            self._rows += sql.count("(?")
         elif sql == "BEGIN IMMEDIATE":
             self._rows = 0
         elif sql == "COMMIT":
@@ -333,4 +334,30 @@ class InsertsTests(SynchronousTestCase):
             stored = [schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")]
             self.assertEqual(stored, records)
             self.assertLessEqual(len({sql for sql, _ in statements}), 7)
+        conn.close()
+
+    def test_countAndRangeRecordsMixed(self) -> None:
+        """
+        Runs of count records bind only the count columns, range records
+        all of them; mixed, every record is stored as it was, in order.
+        """
+        conn = sqlite3.connect(":memory:")
+        conn.executescript(schema.CREATE)
+        ranged = Record(1_700_000_000.0, "::1", 9, RANGE, None, 4, None, None, 2, 9, True)
+        records = [record(0), ranged, ranged._replace(sum_ok=None), record(1), record(2), ranged]
+        statements = list(schema.inserts(records))
+        for sql, params in statements:
+            conn.execute(sql, params)
+        stored = [schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")]
+        self.assertEqual(stored, records)
+        widths = [sql.split(")", 1)[0].count(",") + 1 for sql, _ in statements]
+        self.assertEqual(
+            widths,
+            [
+                len(schema.COUNT_COLUMNS),
+                len(schema.COLUMNS),
+                len(schema.COUNT_COLUMNS),
+                len(schema.COLUMNS),
+            ],
+        )
         conn.close()
