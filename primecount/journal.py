@@ -230,11 +230,14 @@ class SQLiteJournal(Service):
         started = time.monotonic()
         records = [r for w in group for r in w.records]
 
+        statements = list(schema.inserts(records))
+
         def insert(conn: sqlite3.Connection) -> None:
-            for sql, params in schema.inserts(records):
+            for sql, params in statements:
                 conn.execute(sql, params)
 
-        error = self._transaction(insert)
+        # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
+        error = self._transaction(insert, single=len(statements) == 1)
         for w in group:
             w.error = error
             w.done = True
@@ -243,10 +246,14 @@ class SQLiteJournal(Service):
         else:
             self._notCommitted(n, error)
 
-    def _transaction(self, write: Callable[[sqlite3.Connection], object]) -> str | None:
+    def _transaction(
+        self, write: Callable[[sqlite3.Connection], object], single: bool = False
+    ) -> str | None:
         """
         Run C{write} in one transaction on the journal's connection (the
-        caller holds C{_commitLock}), opening it when needed.
+        caller holds C{_commitLock}), opening it when needed. With C{single},
+        C{write} runs one statement, which SQLite makes a transaction by
+        itself (the connection is in autocommit mode).
 
         @return: L{None} once committed, else why it failed (rolled back,
             and the connection dropped so the next one starts afresh: the
@@ -258,6 +265,9 @@ class SQLiteJournal(Service):
             if self._conn is None:
                 self._conn = self._open()
             conn = self._conn
+            if single:
+                write(conn)
+                return None
             conn.execute("BEGIN IMMEDIATE")
             try:
                 write(conn)
