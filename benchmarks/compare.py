@@ -5,6 +5,13 @@ Run primecount and the baseline servers side by side under the same load.
     python benchmarks/compare.py --workload seed --servers primecount,seed_threadpool
     python benchmarks/compare.py --rounds 5 --duration 10 --primecount-args="--journal none"
 
+    # this checkout against an earlier revision, both with the journal on and off
+    git worktree add /tmp/before HEAD~3
+    python benchmarks/compare.py --workload persistent --servers primecount \
+        --variant nojournal='--journal none' --variant before= \
+        --variant before_nojournal='--journal none' \
+        --variant-code before=/tmp/before --variant-code before_nojournal=/tmp/before
+
 Every server runs as its own subprocess on a free port of 127.0.0.1; the
 load comes from C{python -m primecount.bench} subprocesses. Within a round
 every server gets each workload once, and the order of the servers is
@@ -42,7 +49,9 @@ text between them is replaced) and the PNG beside it (C{RESULTS.png}).
 
 Targets checked (PASS/FAIL): primecount >= 2.0x seed_threadpool on
 C{seed}; primecount >= asyncio_server on C{persistent}; primecount on
-C{idle} >= 0.9x primecount on C{active10}.
+C{idle} >= 0.9x primecount on C{active10}; and, when the run has the
+variant C{--variant nojournal='--journal none'}, primecount >= 0.75x
+nojournal on C{persistent} (the journal's cost).
 """
 
 from __future__ import annotations
@@ -141,6 +150,14 @@ class Measurement:
     generator_cpu: float
     other_cpu: float
 
+    @property
+    def server_us(self) -> float:
+        """
+        The server's CPU time per answered request, in microseconds: what
+        one request costs it, whatever the run's throughput.
+        """
+        return self.server_cpu / self.throughput * 1e6 if self.throughput else 0.0
+
 
 @dataclass
 class Cell:
@@ -188,8 +205,10 @@ class Servers:
         primecount_args: list[str],
         cpus: set[int] | None,
         variants: dict[str, list[str]] | None = None,
+        code: dict[str, str] | None = None,
     ) -> None:
         self.names = names
+        self.code = code or {}
         self.workdir = workdir
         self.primecount_args = primecount_args
         self.variants = variants or {}
@@ -230,9 +249,14 @@ class Servers:
         for name in self.names:
             port = free_port()
             log = open(self.workdir / f"{name}.out", "wb")  # noqa: SIM115
+            env = None
+            if name in self.code:
+                # The variant's own primecount comes first on the path.
+                env = {**os.environ, "PYTHONPATH": self.code[name]}
             process = subprocess.Popen(
                 self.command(name, port),
                 cwd=self.workdir,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -435,6 +459,14 @@ TARGETS = (
         1.0,
     ),
     Target(
+        "primecount (journal on) >= 0.75x nojournal (--journal none), persistent 100 clients",
+        "persistent",
+        "primecount",
+        "persistent",
+        "nojournal",
+        0.75,
+    ),
+    Target(
         "primecount with 1000 idle >= 0.9x without",
         "idle",
         "primecount",
@@ -469,10 +501,10 @@ def markdown(
     lines = [header, ""]
     lines.append(
         "| workload | server | req/s (median) | min-max | vs primecount "
-        "| p50 ms | p99 ms | errors | wrong | server CPU | generator CPU "
-        "| other CPU |"
+        "| p50 ms | p99 ms | errors | wrong | server CPU | server µs/request "
+        "| generator CPU | other CPU |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, cells in results.items():
         for server, cell in cells.items():
             if not cell.runs:
@@ -490,6 +522,7 @@ def markdown(
                 f"| {sum(r.errors for r in cell.runs)} "
                 f"| {sum(r.wrong for r in cell.runs)} "
                 f"| {cell.median('server_cpu'):.0%} "
+                f"| {cell.median('server_us'):.1f} "
                 f"| {cell.median('generator_cpu'):.0%} "
                 f"| {cell.median('other_cpu'):.0%} |"
             )
@@ -499,7 +532,9 @@ def markdown(
         "median of the per-round ratios. CPU: median share of one core used "
         "during a run; a side near 100 % (when pinned to one CPU) was the "
         "bottleneck, so a server measured against a generator near 100 % is "
-        "at least that fast. Other CPU: what the rest of the machine used "
+        "at least that fast. Server µs/request: the server's CPU time per "
+        "answered request (for `--workers` variants only the supervisor's "
+        "share is counted). Other CPU: what the rest of the machine used "
         "meanwhile (other processes disturb a run)."
     )
     outcomes = []
@@ -621,6 +656,19 @@ def variant(text: str) -> tuple[str, list[str]]:
     return name, shlex.split(options)
 
 
+def variant_code(text: str) -> tuple[str, str]:
+    """
+    C{NAME=DIR}: the source tree (holding C{primecount/}) a variant runs.
+    """
+    name, sep, directory = text.partition("=")
+    path = Path(directory).resolve()
+    if not sep or not name or not (path / "primecount" / "tap.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=DIR where DIR holds a primecount source tree, not {text!r}"
+        )
+    return name, str(path)
+
+
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     """
     Parse the command line.
@@ -662,6 +710,17 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "--variant workers2='--workers 2'",
     )
     parser.add_argument(
+        "--variant-code",
+        dest="variant_code",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        type=variant_code,
+        help="run variant NAME with the primecount package found in DIR (a "
+        "checkout of another revision, e.g. from git worktree add), to "
+        "compare code versions side by side",
+    )
+    parser.add_argument(
         "--primecount-args",
         default="",
         help='extra twistd primecount options, e.g. --primecount-args="--journal none"',
@@ -672,6 +731,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
+    unknown = {name for name, _ in args.variant_code} - {name for name, _ in args.variants}
+    if unknown:
+        parser.error(f"--variant-code names no --variant: {', '.join(sorted(unknown))}")
     if args.rounds < 1 or args.duration <= 0 or args.generator_processes < 1:
         parser.error("--rounds, --duration and --generator-processes must be positive")
     return args
@@ -705,7 +767,12 @@ def compare(args: argparse.Namespace) -> int:
     print(f"compare: {', '.join(names)}; {pinning}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="primecount-compare-") as work:
         servers = Servers(
-            names, Path(work), shlex.split(args.primecount_args), server_cpus, variants
+            names,
+            Path(work),
+            shlex.split(args.primecount_args),
+            server_cpus,
+            variants,
+            dict(args.variant_code),
         )
         with servers_running(servers):
             scratch = Path(work) / "bench.json"
