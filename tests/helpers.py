@@ -240,28 +240,26 @@ def recv_lines(sock: socket.socket, n: int, timeout: float = 10.0) -> list[bytes
     Read until C{n} lines (LF included) arrived, the peer closed, or
     C{timeout} passed.
     """
-    sock.settimeout(timeout)
-    data = bytearray()
-    deadline = time.monotonic() + timeout
-    while data.count(b"\n") < n and time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return [line + b"\n" for line in bytes(data).split(b"\n")[:-1]]
+    data = _recv_until(sock, timeout, lambda data: data.count(b"\n") >= n)
+    return [line + b"\n" for line in data.split(b"\n")[:-1]]
 
 
 def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """
     Read until the peer closes (or C{timeout} passes).
     """
+    return _recv_until(sock, timeout, lambda data: False)
+
+
+def _recv_until(sock: socket.socket, timeout: float, enough: Callable[[bytearray], bool]) -> bytes:
+    """
+    Read until C{enough(data)}, the peer closed or reset, or C{timeout}
+    passed; return what arrived.
+    """
     sock.settimeout(timeout)
     data = bytearray()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not enough(data) and time.monotonic() < deadline:
         try:
             chunk = sock.recv(65536)
         except (TimeoutError, ConnectionResetError):

@@ -120,6 +120,12 @@ class BenchTestCase(TestCase):
     def serve(self, answer: Answer) -> int:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.answer = answer  # type: ignore[attr-defined]
+        return self.start(server)
+
+    def start(self, server: socketserver.TCPServer) -> int:
+        """
+        Serve C{server} in a thread until the test ends; return its port.
+        """
         thread = threading.Thread(target=server.serve_forever, args=(0.05,))
         thread.start()
 
@@ -303,16 +309,7 @@ class RangeProtocolTests(BenchTestCase):
         server = _Server(("127.0.0.1", 0), _RangeHandler)
         server.short = short  # type: ignore[attr-defined]
         server.sums = []  # type: ignore[attr-defined]
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-        thread.start()
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        self.addCleanup(stop)
-        return int(server.server_address[1]), server.sums  # type: ignore[attr-defined]
+        return self.start(server), server.sums  # type: ignore[attr-defined]
 
     def test_correctRangeServer(self) -> None:
         """
