@@ -147,11 +147,11 @@ _new_tuple = tuple.__new__
 #: The most requests in one pool job. Large enough that a batch's fixed
 #: cost (the hop, the transaction) is shared by many, small enough that one
 #: job takes a few milliseconds at most.
-MAX_BATCH = 512
+MAX_BATCH = 256
 
 #: The most requests one connection gets per round of a batch: with ten
 #: clients pipelining deeply, a batch still has room for everybody else.
-SHARE = 32
+SHARE = 16
 
 
 class Pipeline:
