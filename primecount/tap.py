@@ -18,7 +18,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import failure, usage
 
-from primecount import __version__, workers
+from primecount import __version__, placement, workers
 from primecount.connections import Connections, address_text
 from primecount.journal import (
     JournalURL,
@@ -57,6 +57,16 @@ def _journal(value: str) -> JournalURL:
 
 
 _journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
+
+
+def _cpus(value: str) -> placement.Placement:
+    return placement.parse(value)
+
+
+_cpus.coerceDoc = (  # type: ignore[attr-defined]
+    "auto: each serving process on its own CPU; none: leave it to the scheduler; "
+    "or CPU numbers such as 0,1 or 0-3."
+)
 
 
 #: Accept queue of the listening sockets: Twisted's default of 50 makes a
@@ -138,6 +148,14 @@ class PrimecountOptions(usage.Options):
         ],
         ["workers", None, 1, "Serving processes sharing the listening sockets.", _positive],
         [
+            "cpu-affinity",
+            None,
+            placement.AUTO,
+            "Which CPU each serving process runs on (its threads share one GIL: kept "
+            "on one core, their hand-offs are cheapest).",
+            _cpus,
+        ],
+        [
             "metrics-port",
             None,
             None,
@@ -177,6 +195,13 @@ class PrimecountOptions(usage.Options):
     def postOptions(self) -> None:
         if isinstance(self["journal"], str):  # the default, not yet coerced
             self["journal"] = _journal(self["journal"])
+        if isinstance(self["cpu-affinity"], str):
+            self["cpu-affinity"] = _cpus(self["cpu-affinity"])
+        try:
+            for index in range(self["workers"]):
+                placement.choose(self["cpu-affinity"], index, placement.allowed_cpus())
+        except ValueError as e:
+            raise usage.UsageError(f"--cpu-affinity: {e}") from None
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         from twisted.internet import reactor
@@ -379,6 +404,7 @@ def _settings(config: PrimecountOptions) -> str:
         f"threads={config['threads']} timeout={config['timeout']:g} "
         f"max-line={config['max-line']} max-connections={config['max-connections']} "
         f"max-per-peer={config['max-per-peer'] or 'off'} "
+        f"cpu-affinity={config['cpu-affinity']} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
         f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
     )
@@ -407,6 +433,25 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
     return top
 
 
+class _Placement(service.Service):
+    """
+    Pins serving process C{index} (and every thread it will start) to the
+    CPU C{--cpu-affinity} chooses for it, when the service starts (before
+    the pool and the journal start their threads).
+    """
+
+    def __init__(self, choice: placement.Placement, index: int) -> None:
+        self.choice = choice
+        self.index = index
+
+    def startService(self) -> None:
+        super().startService()
+        cpu = placement.choose(self.choice, self.index, placement.allowed_cpus())
+        if cpu is not None:
+            placement.pin_process(cpu)
+            _log.info("serving process {index} runs on CPU {cpu}", index=self.index, cpu=cpu)
+
+
 def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
     from primecount.metrics import metricsService
 
@@ -421,6 +466,7 @@ def _server(
     connections: Connections,
     adopted: list[tuple[str, int, int]] | None = None,
     metrics: Any = None,
+    index: int = 0,
 ) -> PrimecountService:
     """
     A serving process: listening itself, or on C{adopted} sockets
@@ -467,6 +513,7 @@ def _server(
     top = PrimecountService(
         pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
     )
+    _Placement(config["cpu-affinity"], index).setServiceParent(top)
     if adopted is None:
         for label, description in _descriptions(config):
             endpoint = endpoints.serverFromString(reactor, description)
@@ -494,7 +541,7 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
 
         # Values go to the shared directory; the supervisor serves the sum.
         metrics = Metrics(clock=reactor)
-    return _server(config, reactor, connections, adopted, metrics)
+    return _server(config, reactor, connections, adopted, metrics, index)
 
 
 class _Bound(service.Service):

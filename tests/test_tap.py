@@ -13,7 +13,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import tap
+from primecount import placement, tap
 from primecount.journal import JournalURL
 
 from .helpers import TWISTD
@@ -119,6 +119,7 @@ class OptionsTests(SynchronousTestCase):
                     "max-per-peer",
                     "shutdown-timeout",
                     "range-port",
+                    "cpu-affinity",
                 )
             },
             {
@@ -132,6 +133,7 @@ class OptionsTests(SynchronousTestCase):
                 "max-per-peer": None,
                 "shutdown-timeout": 10.0,
                 "range-port": None,
+                "cpu-affinity": placement.Placement("auto"),
             },
         )
         self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0:backlog=4096"])
@@ -159,8 +161,23 @@ class OptionsTests(SynchronousTestCase):
             ["--port", "65536"],
             ["--journal", "postgres:x"],
             ["--listen", "nonsense:1"],
+            ["--cpu-affinity", "first"],
+            ["--cpu-affinity", "100000"],
         ):
             self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_cpuAffinityValues(self) -> None:
+        self.assertEqual(
+            self.parse("--cpu-affinity", "none")["cpu-affinity"], placement.Placement("none")
+        )
+        self.assertEqual(
+            self.parse("--cpu-affinity", "0")["cpu-affinity"], placement.Placement("list", (0,))
+        )
+
+    def test_makeServiceDoesNotPinTheCaller(self) -> None:
+        before = os.sched_getaffinity(0)
+        tap.makeService(self.parse("--listen", "tcp:0", "--cpu-affinity", "0"))
+        self.assertEqual(os.sched_getaffinity(0), before)
 
     def test_timeoutZeroAllowed(self) -> None:
         self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
@@ -203,3 +220,33 @@ class OpenFilesTests(SynchronousTestCase):
         wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
         self.assertEqual(tap.raise_open_files_limit(wanted), wanted)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
+
+
+class CPUAffinityTests(SynchronousTestCase):
+    """
+    C{--cpu-affinity} pins every thread of the serving process.
+    """
+
+    def test_everyThreadOnTheChosenCPU(self) -> None:
+        from .helpers import ServerProcess, recv_lines
+
+        usable = sorted(os.sched_getaffinity(0))
+        if len(usable) < 2:
+            raise self.skipTest("needs two usable CPUs")
+        cpu = usable[-1]
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        server = ServerProcess("--cpu-affinity", str(cpu), cwd=cwd)
+        try:
+            # A request makes the pool start its thread.
+            with server.connect() as sock:
+                sock.sendall(b"abc2a\n")
+                self.assertEqual(recv_lines(sock, 1), ["2 sí\n".encode()])
+            pid = server.process.pid
+            tids = os.listdir(f"/proc/{pid}/task")
+            self.assertGreaterEqual(len(tids), 3)  # reactor, pool, journal
+            for tid in tids:
+                self.assertEqual(os.sched_getaffinity(int(tid)), {cpu}, tid)
+        finally:
+            server.stop()
+        self.assertIn(f"runs on CPU {cpu}".encode(), server.log)
