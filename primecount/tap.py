@@ -28,7 +28,7 @@ from primecount.journal import (
     parse_url,
 )
 from primecount.pipeline import Pipeline
-from primecount.protocol import CountFactory
+from primecount.protocol import FRAMINGS, READ_WINDOW, CountFactory
 
 _log = Logger(namespace="primecount")
 
@@ -57,6 +57,21 @@ def _journal(value: str) -> JournalURL:
 
 
 _journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
+
+
+def _framing(value: str) -> str:
+    if value not in FRAMINGS:
+        raise ValueError(f"{value!r} is not a framing: line or read")
+    return value
+
+
+_framing.coerceDoc = (  # type: ignore[attr-defined]
+    "line: one request per LF-terminated line, many per connection; "
+    "read: one request per connection, no newline needed, as the original "
+    "server's recv(1024): what arrives within "
+    f"{READ_WINDOW * 1000:g} ms of the first byte (up to a LF or the client's "
+    "half-close), answered, then the connection is closed."
+)
 
 
 #: Accept queue of the listening sockets: Twisted's default of 50 makes a
@@ -114,6 +129,7 @@ class PrimecountOptions(usage.Options):
         ["threads", None, 10, "Size of the thread pool doing the primality work.", _positive],
         ["timeout", None, 5.0, "Idle seconds before a connection is closed.", _seconds],
         ["max-line", None, 16384, "Longest accepted request line, in bytes.", _positive],
+        ["framing", None, "line", "How requests are delimited on the count port.", _framing],
         [
             "max-connections",
             None,
@@ -449,6 +465,7 @@ def _server(
             connections=connections,
             metrics=metrics,
             proxyHeader=label == "proxy",
+            framing=config["framing"],
         )
         for label in ("count", "proxy")
     }

@@ -11,11 +11,15 @@ import socket
 import sqlite3
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor as globalReactor
+from twisted.internet import threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.count import expected_reply
+from primecount.pipeline import Pipeline
+from primecount.protocol import READ, CountFactory
 
-from .helpers import ServerProcess, recv_all, recv_lines
+from .helpers import FakeJournal, ServerProcess, recv_all, recv_lines
 
 YES = "sí".encode()
 
@@ -234,3 +238,94 @@ class HAProxyTests(ServerTestCase):
         self.assertEqual(
             rows, [("198.51.100.7", 40123, "abc2a"), ("198.51.100.7", 40123, "abacada")]
         )
+
+
+class ReadFramingTests(ServerTestCase):
+    """
+    C{--framing read}: the original server's clients, which send a message
+    without a newline and read until the server closes.
+    """
+
+    args = (
+        "--journal",
+        "sqlite:journal.sqlite3",
+        "--framing",
+        "read",
+        "--max-line",
+        "100",
+        "--timeout",
+        "60",
+    )
+
+    def ask(self, data: bytes, halfClose: bool = False) -> bytes:
+        with self.server.connect(timeout=30) as sock:
+            sock.sendall(data)
+            if halfClose:
+                sock.shutdown(socket.SHUT_WR)
+            return recv_all(sock, timeout=30)
+
+    def rows(self) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
+        try:
+            return conn.execute(
+                "SELECT host, message, count, prime, error FROM requests ORDER BY id"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def test_sendThenReadToEndOfFile(self) -> None:
+        # Answered at once, not when --timeout (60 s) closes the connection.
+        started = time.monotonic()
+        self.assertEqual(self.ask(b"abc2a"), b"2 " + YES + b"\n")
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)])
+
+    def test_newlineAndHalfCloseGetTheSameAnswer(self) -> None:
+        for data, halfClose in ((b"abc2a\n", False), (b"abc2a", True), (b"abc2a\r\n", True)):
+            self.assertEqual(self.ask(data, halfClose), b"2 " + YES + b"\n", data)
+        self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)] * 3)
+
+    def test_errors(self) -> None:
+        self.assertEqual(self.ask(b"\xff\xfe"), b"ERR invalid UTF-8\n")
+        self.assertEqual(self.ask(b"  "), b"ERR empty message\n")
+        self.assertEqual(self.ask(b"\n"), b"ERR empty message\n")
+        self.assertEqual(self.ask(b"x" * 101), b"ERR line too long\n")
+        self.assertEqual(
+            [row[4] for row in self.rows()],
+            ["invalid UTF-8", "empty message", "empty message", "line too long"],
+        )
+
+    def test_halfCloseWithoutAMessageClosesWithoutReply(self) -> None:
+        with self.server.connect(timeout=30) as sock:
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_all(sock, timeout=30), b"")
+        self.assertEqual(self.rows(), [])
+
+
+class ReadWindowSocketTests(TestCase):
+    """
+    C{--framing read} over a real socket: a message sent in two TCP
+    segments within the read window is one message.
+    """
+
+    WINDOW = 1.0
+
+    def setUp(self) -> None:
+        self.journal = FakeJournal()
+        pipeline = Pipeline(globalReactor, globalReactor.getThreadPool(), self.journal)
+        factory = CountFactory(globalReactor, pipeline, framing=READ, readWindow=self.WINDOW)
+        port = globalReactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    async def test_twoSegmentsWithinTheWindowAreOneMessage(self) -> None:
+        def talk() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.sendall(b"abc")
+                time.sleep(self.WINDOW / 20)
+                sock.sendall(b"2a")
+                return recv_all(sock, timeout=30)
+
+        self.assertEqual(await threads.deferToThread(talk), b"2 " + YES + b"\n")
+        self.assertEqual([r.message for r in self.journal.records], ["abc2a"])
