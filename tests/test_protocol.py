@@ -208,7 +208,7 @@ class JournalTests(SynchronousTestCase):
             [
                 ("abc2a", 2, True, None),
                 ("", None, None, "empty message"),
-                ("\\xff", None, None, "invalid UTF-8"),
+                (b"\xff", None, None, "invalid UTF-8"),
                 ("y" * 11, None, None, "line too long"),
             ],
         )

@@ -15,6 +15,7 @@ from twisted.internet import reactor as globalReactor
 from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from primecount import journalcli
 from primecount.count import expected_reply
 from primecount.pipeline import Pipeline
 from primecount.protocol import READ, CountFactory
@@ -112,8 +113,8 @@ class CountProtocolTests(ServerTestCase):
 
     def test_everyRequestJournalled(self) -> None:
         with self.server.connect() as sock:
-            sock.sendall(b"abc2a\n\n\xff\n")
-            recv_lines(sock, 3)
+            sock.sendall(b"abc2a\n\n\xff\n\\xff\n")
+            recv_lines(sock, 4)
         conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
         rows = conn.execute(
             "SELECT host, protocol, message, count, prime, error FROM requests ORDER BY id"
@@ -124,9 +125,18 @@ class CountProtocolTests(ServerTestCase):
             [
                 ("127.0.0.1", "count", "abc2a", 2, 1, None),
                 ("127.0.0.1", "count", "", None, None, "empty message"),
-                ("127.0.0.1", "count", "\\xff", None, None, "invalid UTF-8"),
+                ("127.0.0.1", "count", b"\xff", None, None, "invalid UTF-8"),
+                ("127.0.0.1", "count", "\\xff", 2, 1, None),
             ],
         )
+        # primecount journal tells the raw byte from the four characters.
+        conn = journalcli.open_journal(os.path.join(self.dir, "journal.sqlite3"))
+        try:
+            records = [r for _, r in journalcli.select(conn, journalcli.Query())]
+        finally:
+            conn.close()
+        shown = [journalcli.format_seed(r).split(" | ")[2] for r in records[2:]]
+        self.assertEqual(shown, ["\\udcff", "\\\\xff"])
 
     def test_sigtermExitsCleanly(self) -> None:
         self.assertStillAnswers()
