@@ -10,12 +10,14 @@ the input beyond splitting what one read delivered.
 
 With C{--framing read} (L{READ}) a connection carries one request and no
 newline is needed, as with the original server, which took what one
-C{recv(1024)} returned: the message is what arrives in the connection's
-first read window (L{READ_WINDOW} from its first byte), cut at the first
-LF if one comes, ended early by a LF or the client half-closing; longer
-than C{--max-line} is C{ERR line too long}. It is then decoded, counted
-and journalled as a line is; the one reply is written and the connection
-closed.
+C{recv(1024)} returned: the message is what the connection's first read
+delivers (everything the client's segments brought by then), cut at its
+first LF if it holds one; longer than C{--max-line} is C{ERR line too
+long}. With C{--framing read:MS} the server also waits up to MS
+milliseconds from the first byte for more segments, unless a LF or the
+client's half-close ends the message sooner. The message is then decoded,
+counted and journalled as a line is; the one reply is written and the
+connection closed.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ FRAMINGS = (LINE, READ)
 
 #: With L{READ} framing, how long after a connection's first bytes the rest
 #: of its message may still arrive (a message sent in two TCP segments),
-#: unless a LF or the client's half-close ends it sooner. A few
-#: milliseconds: what a busy thread-per-connection server would have
-#: coalesced into its one C{recv}, at the cost of that delay for clients
-#: that neither end the message with a LF nor half-close.
-READ_WINDOW = 0.005
+#: unless a LF or the client's half-close ends it sooner. By default none:
+#: the first read is the message, as the original's C{recv(1024)}; a
+#: window delays every reply to a client that neither ends its message
+#: with a LF nor half-closes by that much (C{--framing read:MS}).
+READ_WINDOW = 0.0
 
 
 def parse_proxy_v1(line: bytes) -> tuple[str, int] | None:
@@ -280,6 +282,8 @@ class CountProtocol(LineReceiver, TimeoutMixin):
             self._endWindow()
             self.lineLengthExceeded(line)
             self._send()
+        elif not self.factory.readWindow:
+            self._takeMessage(buffered)
         else:
             self._buffer = buffered
             if self._window is None:
@@ -488,7 +492,8 @@ class CountFactory(Factory):
         @param framing: L{LINE} (a request per line) or L{READ} (one
             request per connection: its first read, see L{READ_WINDOW}).
         @param readWindow: with L{READ} framing, the seconds after the
-            first bytes that later segments still join the message.
+            first bytes that later segments still join the message (0: the
+            first read is the message).
         """
         if framing not in FRAMINGS:
             raise ValueError(f"unknown framing {framing!r}: expected line or read")

@@ -28,7 +28,7 @@ from primecount.journal import (
     parse_url,
 )
 from primecount.pipeline import Pipeline
-from primecount.protocol import FRAMINGS, READ_WINDOW, CountFactory
+from primecount.protocol import FRAMINGS, READ, READ_WINDOW, CountFactory
 
 _log = Logger(namespace="primecount")
 
@@ -59,18 +59,32 @@ def _journal(value: str) -> JournalURL:
 _journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
 
 
-def _framing(value: str) -> str:
-    if value not in FRAMINGS:
-        raise ValueError(f"{value!r} is not a framing: line or read")
-    return value
+def _framing(value: str) -> tuple[str, float]:
+    kind, sep, window = value.partition(":")
+    if kind not in FRAMINGS or (sep and kind != READ):
+        raise ValueError(f"{value!r} is not a framing: line, read or read:MS")
+    if not sep:
+        return kind, READ_WINDOW
+    try:
+        ms = float(window)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms <= MAX_READ_WINDOW_MS:
+        raise ValueError(f"{value!r}: MS must be 0 to {MAX_READ_WINDOW_MS} milliseconds")
+    return kind, ms / 1000
 
+
+#: The longest read window C{--framing read:MS} accepts.
+MAX_READ_WINDOW_MS = 1000
 
 _framing.coerceDoc = (  # type: ignore[attr-defined]
-    "line: one request per LF-terminated line, many per connection; "
-    "read: one request per connection, no newline needed, as the original "
-    "server's recv(1024): what arrives within "
-    f"{READ_WINDOW * 1000:g} ms of the first byte (up to a LF or the client's "
-    "half-close), answered, then the connection is closed."
+    "line: one request per LF-terminated line, many per connection. "
+    "read: as the original server's clients, one request per connection, no "
+    "newline needed: the connection's first read is the message (up to its "
+    "first LF; over --max-line is ERR line too long), answered, then the "
+    "connection is closed. read:MS: also wait up to MS milliseconds after "
+    "the first byte for more segments of the message, unless a LF or the "
+    "client's half-close ends it."
 )
 
 
@@ -193,6 +207,8 @@ class PrimecountOptions(usage.Options):
     def postOptions(self) -> None:
         if isinstance(self["journal"], str):  # the default, not yet coerced
             self["journal"] = _journal(self["journal"])
+        if isinstance(self["framing"], str):
+            self["framing"] = _framing(self["framing"])
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         from twisted.internet import reactor
@@ -465,7 +481,8 @@ def _server(
             connections=connections,
             metrics=metrics,
             proxyHeader=label == "proxy",
-            framing=config["framing"],
+            framing=config["framing"][0],
+            readWindow=config["framing"][1],
         )
         for label in ("count", "proxy")
     }

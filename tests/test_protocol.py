@@ -516,10 +516,29 @@ class ReadFramingTests(SynchronousTestCase):
     the connection closes.
     """
 
-    WINDOW = protocolModule.READ_WINDOW
+    WINDOW = 0.005  # --framing read:5
 
     def harness(self, **factoryArgs: Any) -> Harness:
+        factoryArgs.setdefault("readWindow", self.WINDOW)
         return Harness(framing=protocolModule.READ, **factoryArgs)
+
+    def test_byDefaultTheFirstReadIsTheMessage(self) -> None:
+        h = self.harness(readWindow=protocolModule.READ_WINDOW)
+        h.send(b"abc2a")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_byDefaultALaterSegmentIsNotPartOfIt(self) -> None:
+        h = self.harness(readWindow=protocolModule.READ_WINDOW)
+        h.send(b"abc")
+        h.send(b"2a")
+        self.assertEqual(h.replies(), [b"1 no\n"])
+        self.assertEqual([r.message for r in h.journal.records], ["abc"])
+
+    def test_byDefaultOverMaxLineInTheFirstRead(self) -> None:
+        h = self.harness(readWindow=protocolModule.READ_WINDOW, maxLine=8)
+        h.send(b"x" * 9)
+        self.assertEqual(h.replies(), [b"ERR line too long\n"])
 
     def test_messageWithoutNewlineAnsweredAfterTheReadWindow(self) -> None:
         h = self.harness()

@@ -5,22 +5,19 @@ A real C{twistd -n primecount} over real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import sqlite3
 import time
 
-from twisted.internet import reactor as globalReactor
-from twisted.internet import threads
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import journalcli
 from primecount.count import expected_reply
-from primecount.pipeline import Pipeline
-from primecount.protocol import READ, CountFactory
 
-from .helpers import FakeJournal, ServerProcess, recv_all, recv_lines
+from .helpers import ServerProcess, recv_all, recv_lines
 
 YES = "sí".encode()
 
@@ -252,15 +249,16 @@ class HAProxyTests(ServerTestCase):
 
 class ReadFramingTests(ServerTestCase):
     """
-    C{--framing read}: the original server's clients, which send a message
-    without a newline and read until the server closes.
+    C{--framing read:1000}: the original server's clients, which send a
+    message without a newline and read until the server closes; the read
+    window is long enough that a split message is one on a loaded machine.
     """
 
     args = (
         "--journal",
         "sqlite:journal.sqlite3",
         "--framing",
-        "read",
+        "read:1000",
         "--max-line",
         "100",
         "--timeout",
@@ -284,10 +282,19 @@ class ReadFramingTests(ServerTestCase):
             conn.close()
 
     def test_sendThenReadToEndOfFile(self) -> None:
-        # Answered at once, not when --timeout (60 s) closes the connection.
+        # Answered after the window, not when --timeout (60 s) closes.
         started = time.monotonic()
         self.assertEqual(self.ask(b"abc2a"), b"2 " + YES + b"\n")
         self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)])
+
+    def test_twoSegmentsWithinTheWindowAreOneMessage(self) -> None:
+        with self.server.connect(timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b"abc")
+            time.sleep(0.05)
+            sock.sendall(b"2a")
+            self.assertEqual(recv_all(sock, timeout=30), b"2 " + YES + b"\n")
         self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)])
 
     def test_newlineAndHalfCloseGetTheSameAnswer(self) -> None:
@@ -312,30 +319,30 @@ class ReadFramingTests(ServerTestCase):
         self.assertEqual(self.rows(), [])
 
 
-class ReadWindowSocketTests(TestCase):
+class ReadFramingDefaultTests(ServerTestCase):
     """
-    C{--framing read} over a real socket: a message sent in two TCP
-    segments within the read window is one message.
+    C{--framing read}: the first read is the message, answered at once.
     """
 
-    WINDOW = 1.0
+    args = ("--journal", "sqlite:journal.sqlite3", "--framing", "read", "--timeout", "60")
 
-    def setUp(self) -> None:
-        self.journal = FakeJournal()
-        pipeline = Pipeline(globalReactor, globalReactor.getThreadPool(), self.journal)
-        factory = CountFactory(globalReactor, pipeline, framing=READ, readWindow=self.WINDOW)
-        port = globalReactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
+    def test_sendThenReadToEndOfFile(self) -> None:
+        with self.server.connect(timeout=30) as sock:
+            sock.sendall(b"abc2a")
+            self.assertEqual(recv_all(sock, timeout=30), b"2 " + YES + b"\n")
+        conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
+        try:
+            rows = conn.execute("SELECT message, count, prime FROM requests").fetchall()
+        finally:
+            conn.close()
+        self.assertEqual(rows, [("abc2a", 2, 1)])
 
-    async def test_twoSegmentsWithinTheWindowAreOneMessage(self) -> None:
-        def talk() -> bytes:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.sendall(b"abc")
-                time.sleep(self.WINDOW / 20)
+    def test_aSegmentAfterTheFirstReadIsNotPartOfTheMessage(self) -> None:
+        # The client waits for the reply to its first segment, so the
+        # server has read it alone: the answer is for "abc".
+        with self.server.connect(timeout=30) as sock:
+            sock.sendall(b"abc")
+            self.assertEqual(recv_lines(sock, 1, timeout=30), [b"1 no\n"])
+            with contextlib.suppress(OSError):
                 sock.sendall(b"2a")
-                return recv_all(sock, timeout=30)
-
-        self.assertEqual(await threads.deferToThread(talk), b"2 " + YES + b"\n")
-        self.assertEqual([r.message for r in self.journal.records], ["abc2a"])
+            self.assertEqual(recv_all(sock, timeout=30), b"")
