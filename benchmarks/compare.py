@@ -3,6 +3,8 @@ Run primecount and the baseline servers side by side under the same load.
 
     python benchmarks/compare.py                      # every workload, every server
     python benchmarks/compare.py --workload seed --servers primecount,seed_threadpool
+    python benchmarks/compare.py --workload seed,seed_read \
+        --servers primecount,primecount_read,seed_threadpool   # both framings
     python benchmarks/compare.py --rounds 5 --duration 10 --primecount-args="--journal none"
 
     # this checkout against an earlier revision, both with the journal on and off
@@ -23,6 +25,10 @@ measured minutes apart at most).
 Workloads:
 
   seed        one message per connection (connect, send, read, close), 10 clients
+  seed_read   the same as the original's own clients did it: no newline, the
+              reply read until the server closes (C{primecount bench
+              --framing read}); primecount takes it as C{primecount_read},
+              the same server started with C{--framing read}
   persistent  persistent connections, 100 clients, one request in flight each
   active10    persistent connections, 10 clients (the reference for C{idle})
   idle        C{active10} plus 1000 idle connections held open
@@ -39,7 +45,9 @@ run as they do on the baselines, which have no idle timeout; add options
 with C{--primecount-args}. seed_threadpool writes its text log (the
 original design includes it); the other baselines have no journal.
 seed_threadpool answers one message per connection, so it only takes part
-in the C{seed} workload.
+in the C{seed} and C{seed_read} workloads; C{primecount_read} (primecount
+with C{--framing read}) only in C{seed_read}, the only workload whose
+clients send no newline.
 
 Output: a markdown table on stdout, and in C{benchmarks/results/} (not in
 git) a JSON file, the table and a PNG per run; C{--markdown FILE} also
@@ -81,6 +89,7 @@ BASELINES = HERE / "baselines"
 #: Every server the comparison knows, primecount first.
 SERVERS = (
     "primecount",
+    "primecount_read",
     "seed_threadpool",
     "select_loop",
     "asyncio_server",
@@ -98,6 +107,7 @@ class Workload:
     description: str
     options: tuple[str, ...]
     one_message_servers_too: bool = False
+    framing: str = "line"
 
 
 WORKLOADS = {
@@ -108,6 +118,13 @@ WORKLOADS = {
             "one message per connection, 10 clients",
             ("--clients", "10", "--connection-per-request"),
             one_message_servers_too=True,
+        ),
+        Workload(
+            "seed_read",
+            "the original's clients: no newline, read to close, 10 clients",
+            ("--clients", "10", "--framing", "read"),
+            one_message_servers_too=True,
+            framing="read",
         ),
         Workload("persistent", "persistent, 100 clients", ("--clients", "100")),
         Workload("active10", "persistent, 10 clients", ("--clients", "10")),
@@ -121,6 +138,10 @@ WORKLOADS = {
 
 #: Servers that close after one message and cannot hold connections.
 ONE_MESSAGE_SERVERS = frozenset({"seed_threadpool"})
+
+#: primecount servers started with C{--framing read}: their clients send no
+#: newline, so they only take the read-framing workloads.
+READ_SERVERS = {"primecount_read": ["--framing", "read"]}
 
 
 class CompareError(Exception):
@@ -220,7 +241,7 @@ class Servers:
         """
         The command line that starts server C{name} on C{port}.
         """
-        if name == "primecount" or name in self.variants:
+        if name == "primecount" or name in READ_SERVERS or name in self.variants:
             return [
                 sys.executable,
                 "-c",
@@ -235,6 +256,7 @@ class Servers:
                 "--timeout",
                 "60",
                 *self.primecount_args,
+                *READ_SERVERS.get(name, []),
                 *self.variants.get(name, []),
             ]
         command = [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)]
@@ -395,6 +417,10 @@ def takes_part(server: str, workload: Workload) -> bool:
     """
     Whether C{server} can serve C{workload} at all.
     """
+    if workload.framing == "read":
+        return server in ONE_MESSAGE_SERVERS or server in READ_SERVERS
+    if server in READ_SERVERS:
+        return False
     return workload.one_message_servers_too or server not in ONE_MESSAGE_SERVERS
 
 
@@ -447,6 +473,14 @@ TARGETS = (
         "seed",
         "primecount",
         "seed",
+        "seed_threadpool",
+        2.0,
+    ),
+    Target(
+        "primecount --framing read >= 2.0x seed_threadpool, the original's own clients",
+        "seed_read",
+        "primecount_read",
+        "seed_read",
         "seed_threadpool",
         2.0,
     ),
@@ -506,14 +540,16 @@ def markdown(
     )
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, cells in results.items():
+        # primecount, or on the read-framing workload primecount_read.
+        ours = next((s for s in ("primecount", *READ_SERVERS) if s in cells), None)
         for server, cell in cells.items():
             if not cell.runs:
                 continue
             values = [run.throughput for run in cell.runs]
-            if server == "primecount" or "primecount" not in cells:
-                versus = "1.00" if server == "primecount" else "-"
+            if server == ours or ours is None:
+                versus = "1.00" if server == ours else "-"
             else:
-                ratio = paired_ratio(cells, "primecount", server)
+                ratio = paired_ratio(cells, ours, server)
                 versus = f"{ratio:.2f}x" if ratio else "-"
             lines.append(
                 f"| {workload} | {server} | {cell.median('throughput'):,.0f} "

@@ -12,6 +12,7 @@ code point occurs in it; the I{verdict} is whether that count is prime.
 
 from __future__ import annotations
 
+import codecs
 from typing import NamedTuple
 
 from primecount.primes import is_prime
@@ -36,14 +37,14 @@ class Verdict(NamedTuple):
     The evaluation of one request line.
 
     @ivar message: the message as text; for a line that is not valid UTF-8,
-        its bytes with the bad ones escaped (C{\\xff}), so the journal shows
-        what arrived.
+        its bytes as they arrived (without the LF or CR LF), so the journal
+        tells them apart from text (see L{excerpt} for an over-long line).
     @ivar count: occurrences of the last code point, or L{None} on error.
     @ivar prime: whether C{count} is prime, or L{None} on error.
     @ivar error: the C{ERR} reason, or L{None} for a good request.
     """
 
-    message: str
+    message: str | bytes
     count: int | None = None  # type: ignore[assignment]  # shadows tuple.count
     prime: bool | None = None
     error: str | None = None
@@ -73,7 +74,7 @@ def evaluate(line: bytes) -> Verdict:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        return Verdict(excerpt(line), error=INVALID_UTF8)
+        return Verdict(line, error=INVALID_UTF8)
     message = text.strip()
     if not message:
         return Verdict(message, error=EMPTY)
@@ -81,12 +82,19 @@ def evaluate(line: bytes) -> Verdict:
     return Verdict(message, k, is_prime(k))
 
 
-def excerpt(data: bytes) -> str:
+def excerpt(data: bytes) -> str | bytes:
     """
-    A short, always-decodable rendering of raw request bytes for the journal.
+    What the journal keeps of an over-long line: its first L{EXCERPT_BYTES}
+    bytes. As text when they are UTF-8 (a character cut at the end is
+    dropped), followed by C{…} when the line is longer; otherwise as bytes.
     """
-    shown = data[:EXCERPT_BYTES].decode("utf-8", "backslashreplace")
-    return shown + "…" if len(data) > EXCERPT_BYTES else shown
+    head = data[:EXCERPT_BYTES]
+    try:
+        # Not final: an incomplete last character is left out, not an error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return head
+    return text + "…" if len(data) > len(text.encode("utf-8")) else text
 
 
 def format_reply(count: int, prime: bool) -> bytes:

@@ -19,6 +19,15 @@ Output formats (one record is always exactly one line):
 In C{seed} and C{csv}, control characters in messages and errors are
 escaped with L{escape}; JSON escapes them itself (and this module also
 escapes the few that JSON leaves raw but some readers split lines on).
+
+A message that was not valid UTF-8 is kept in the journal as the bytes that
+arrived (L{message_text}): C{seed} and C{csv} show each byte that is not
+part of UTF-8 text as C{\\udcXX} (XX its value in hex: C{ab\\udcff} for
+C{b"ab\\xff"}), which no client's text can produce (the server stores as
+text only what decoded as UTF-8, and a backslash sent as text is shown
+C{\\\\}); C{jsonl} gives C{"message": null} and the bytes in hex as
+C{"message_hex"}. Older journals kept such messages as text with
+C{\\xNN} escapes; they read as the text they hold.
 """
 
 from __future__ import annotations
@@ -169,6 +178,20 @@ def _verdict(prime: bool | None) -> str:
     return "?" if prime is None else (YES if prime else NO)
 
 
+def message_text(message: str | bytes | None) -> str:
+    """
+    A message as text for L{escape}: bytes that are not UTF-8 (a message
+    kept as bytes) become lone surrogates U+DC80..U+DCFF, which L{escape}
+    shows as C{\\udcXX}; C{unescape(...).encode("utf-8",
+    "surrogateescape")} gives the bytes back.
+    """
+    if message is None:
+        return ""
+    if isinstance(message, bytes):
+        return message.decode("utf-8", "surrogateescape")
+    return message
+
+
 def _error(error: str) -> str:
     return "ERR " + escape(error)
 
@@ -193,7 +216,7 @@ def format_seed(record: Record) -> str:
         summed = {True: "sum ok", False: "sum mismatch", None: "sum unknown"}
         count = "?" if record.count is None else str(record.count)
         return f"{head} | {asked} | {count} | {summed[record.sum_ok]}"
-    asked = escape(record.message or "")
+    asked = escape(message_text(record.message))
     if record.error is not None:
         return f"{head} | {asked} | {_error(record.error)}"
     count = "?" if record.count is None else str(record.count)
@@ -207,8 +230,9 @@ def _json_escape(match: re.Match[str]) -> str:
 def record_dict(record: Record) -> dict[str, object]:
     """
     One record as the object C{--format jsonl} prints: keys C{time, peer,
-    port, protocol, message, count, prime, error}, and for a range request
-    also C{a, b, sum_ok}.
+    port, protocol, message, count, prime, error}; for a range request
+    also C{a, b, sum_ok}; for a message kept as bytes (not UTF-8),
+    C{message} is L{None} and C{message_hex} holds the bytes in hex.
     """
     fields: dict[str, object] = {
         "time": format_iso_time(record.time),
@@ -216,10 +240,11 @@ def record_dict(record: Record) -> dict[str, object]:
         "port": record.port,
         "protocol": record.protocol,
         "message": record.message,
-        "count": record.count,
-        "prime": record.prime,
-        "error": record.error,
     }
+    if isinstance(record.message, bytes):
+        fields["message"] = None
+        fields["message_hex"] = record.message.hex()
+    fields.update(count=record.count, prime=record.prime, error=record.error)
     if record.protocol == RANGE:
         fields.update(a=record.a, b=record.b, sum_ok=record.sum_ok)
     return fields
@@ -252,9 +277,11 @@ def csv_row(record: Record) -> list[object]:
     One record as a row of C{--format csv}, in the order of L{CSV_COLUMNS}.
 
     Flags are C{true}/C{false}, a missing value is an empty cell, and text
-    is escaped with L{escape} so that a row is exactly one line.
+    is escaped with L{escape} so that a row is exactly one line (a message
+    kept as bytes as in C{seed}, see L{message_text}).
     """
     values = record_dict(record)
+    values["message"] = message_text(record.message) if record.message is not None else None
     return [_csv_cell(values.get(column)) for column in CSV_COLUMNS]
 
 

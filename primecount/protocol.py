@@ -7,6 +7,17 @@ lines, hands them to the shared L{Pipeline} and writes the replies as they
 become ready, in request order. Evaluation and journalling happen in the
 pipeline; the protocol never blocks and never does work that grows with
 the input beyond splitting what one read delivered.
+
+With C{--framing read} (L{READ}) a connection carries one request and no
+newline is needed, as with the original server, which took what one
+C{recv(1024)} returned: the message is what the connection's first read
+delivers (everything the client's segments brought by then), cut at its
+first LF if it holds one; longer than C{--max-line} is C{ERR line too
+long}. With C{--framing read:MS} the server also waits up to MS
+milliseconds from the first byte for more segments, unless a LF or the
+client's half-close ends the message sooner. The message is then decoded,
+counted and journalled as a line is; the one reply is written and the
+connection closed.
 """
 
 from __future__ import annotations
@@ -37,6 +48,20 @@ MAX_PENDING = 1024
 #: The longest PROXY protocol v1 line, CRLF included (HAProxy's spec).
 PROXY_HEADER_MAX = 107
 BAD_PROXY_HEADER = "bad PROXY header"
+
+#: C{--framing}: one request per LF-terminated line (the default).
+LINE = "line"
+#: C{--framing}: one request per connection, the first read (no newline).
+READ = "read"
+FRAMINGS = (LINE, READ)
+
+#: With L{READ} framing, how long after a connection's first bytes the rest
+#: of its message may still arrive (a message sent in two TCP segments),
+#: unless a LF or the client's half-close ends it sooner. By default none:
+#: the first read is the message, as the original's C{recv(1024)}; a
+#: window delays every reply to a client that neither ends its message
+#: with a LF nor half-closes by that much (C{--framing read:MS}).
+READ_WINDOW = 0.0
 
 
 def parse_proxy_v1(line: bytes) -> tuple[str, int] | None:
@@ -120,6 +145,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._answered = 0
         self._producing = False  # registered as the transport's producer
         self._awaitingProxy = False  # behind HAProxy, before its PROXY line
+        self._window: Any = None  # READ framing: the read window's end
         self.host = ""
         self.port = 0
 
@@ -147,6 +173,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
         self.setTimeout(None)
+        self._endWindow()
         self._slots.clear()
         if not self._awaitingProxy:
             self.factory.connections.closed(self)
@@ -154,8 +181,10 @@ class CountProtocol(LineReceiver, TimeoutMixin):
 
     def readConnectionLost(self) -> None:
         """
-        The client half-closed: bytes after the last LF are one last request.
+        The client half-closed: bytes after the last LF are one last request
+        (with L{READ} framing: the message, if any byte came).
         """
+        self._endWindow()
         rest, self._buffer = self._buffer, b""
         if rest:
             self._request(rest)
@@ -222,6 +251,9 @@ class CountProtocol(LineReceiver, TimeoutMixin):
             data = self._proxyHeader(data)
             if not data:
                 return
+        if self.factory.framing == READ:
+            self._readMessage(data)
+            return
         lines = (self._buffer + data).split(self.delimiter)
         self._buffer = lines.pop()
         for line in lines:
@@ -234,6 +266,50 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         else:
             if len(self._buffer) > self.MAX_LENGTH:
                 self.lineLengthExceeded(self._buffer)
+        self._send()
+
+    def _readMessage(self, data: bytes) -> None:
+        """
+        L{READ} framing: gather the one message of this connection; take it
+        at the first LF, or open the read window at its first bytes.
+        """
+        buffered = self._buffer + data
+        line, found, _ = buffered.partition(self.delimiter)
+        if found and len(line) <= self.MAX_LENGTH:
+            self._buffer = b""
+            self._takeMessage(line)
+        elif len(line) > self.MAX_LENGTH:
+            self._endWindow()
+            self.lineLengthExceeded(line)
+            self._send()
+        elif not self.factory.readWindow:
+            self._takeMessage(buffered)
+        else:
+            self._buffer = buffered
+            if self._window is None:
+                self._window = self.callLater(self.factory.readWindow, self._windowEnded)
+
+    def _windowEnded(self) -> None:
+        self._window = None
+        if self._closing or self._lost:
+            return
+        message, self._buffer = self._buffer, b""
+        self._takeMessage(message)
+
+    def _endWindow(self) -> None:
+        if self._window is not None:
+            if self._window.active():
+                self._window.cancel()
+            self._window = None
+
+    def _takeMessage(self, message: bytes) -> None:
+        """
+        L{READ} framing: answer C{message}, then close.
+        """
+        self._endWindow()
+        self.resetTimeout()
+        self._request(message)
+        self.closeWhenDone()
         self._send()
 
     def _proxyHeader(self, data: bytes) -> bytes:
@@ -403,6 +479,8 @@ class CountFactory(Factory):
         connections: Connections | None = None,
         metrics: MetricsRecorder | None = None,
         proxyHeader: bool = False,
+        framing: str = LINE,
+        readWindow: float = READ_WINDOW,
     ) -> None:
         """
         @param connections: the process's open connections and their limits,
@@ -411,7 +489,14 @@ class CountFactory(Factory):
         @param proxyHeader: connections start with a PROXY protocol v1 line
             (behind HAProxy's C{send-proxy}); limits and the journal use the
             client address it names.
+        @param framing: L{LINE} (a request per line) or L{READ} (one
+            request per connection: its first read, see L{READ_WINDOW}).
+        @param readWindow: with L{READ} framing, the seconds after the
+            first bytes that later segments still join the message (0: the
+            first read is the message).
         """
+        if framing not in FRAMINGS:
+            raise ValueError(f"unknown framing {framing!r}: expected line or read")
         self.reactor = reactor
         self.pipeline = pipeline
         self.timeout = timeout
@@ -420,6 +505,8 @@ class CountFactory(Factory):
         self.connections = connections if connections is not None else Connections()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
+        self.framing = framing
+        self.readWindow = readWindow
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.proxyHeader:

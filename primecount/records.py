@@ -27,7 +27,8 @@ class Record(NamedTuple):
     @ivar host: the client's IP address.
     @ivar port: the client's port (0 when the transport has none, e.g. UNIX).
     @ivar protocol: L{COUNT} or L{RANGE}.
-    @ivar message: count protocol: the message; range protocol: L{None}.
+    @ivar message: count protocol: the message, as text, or as the bytes
+        that arrived when they were not UTF-8; range protocol: L{None}.
     @ivar count: count protocol: k; range protocol: N, the number of primes.
     @ivar prime: count protocol: whether k is prime; otherwise L{None}.
     @ivar error: the error, if the request failed, else L{None}.
@@ -40,7 +41,7 @@ class Record(NamedTuple):
     host: str
     port: int
     protocol: str
-    message: str | None = None
+    message: str | bytes | None = None
     count: int | None = None  # type: ignore[assignment]  # the column; shadows tuple.count
     prime: bool | None = None
     error: str | None = None

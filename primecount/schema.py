@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS requests (
     host     TEXT    NOT NULL,
     port     INTEGER NOT NULL,
     protocol TEXT    NOT NULL,   -- 'count' or 'range'
-    message  TEXT,
+    message  TEXT,               -- BLOB: the bytes of a message not UTF-8
     count    INTEGER,
     prime    INTEGER,            -- 0/1, NULL when not a count verdict
     error    TEXT,

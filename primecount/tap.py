@@ -28,7 +28,7 @@ from primecount.journal import (
     parse_url,
 )
 from primecount.pipeline import Pipeline
-from primecount.protocol import CountFactory
+from primecount.protocol import FRAMINGS, READ, READ_WINDOW, CountFactory
 
 _log = Logger(namespace="primecount")
 
@@ -66,6 +66,35 @@ def _cpus(value: str) -> placement.Placement:
 _cpus.coerceDoc = (  # type: ignore[attr-defined]
     "auto: each serving process on its own CPU; none: leave it to the scheduler; "
     "or CPU numbers such as 0,1 or 0-3."
+)
+
+
+def _framing(value: str) -> tuple[str, float]:
+    kind, sep, window = value.partition(":")
+    if kind not in FRAMINGS or (sep and kind != READ):
+        raise ValueError(f"{value!r} is not a framing: line, read or read:MS")
+    if not sep:
+        return kind, READ_WINDOW
+    try:
+        ms = float(window)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms <= MAX_READ_WINDOW_MS:
+        raise ValueError(f"{value!r}: MS must be 0 to {MAX_READ_WINDOW_MS} milliseconds")
+    return kind, ms / 1000
+
+
+#: The longest read window C{--framing read:MS} accepts.
+MAX_READ_WINDOW_MS = 1000
+
+_framing.coerceDoc = (  # type: ignore[attr-defined]
+    "line: one request per LF-terminated line, many per connection. "
+    "read: as the original server's clients, one request per connection, no "
+    "newline needed: the connection's first read is the message (up to its "
+    "first LF; over --max-line is ERR line too long), answered, then the "
+    "connection is closed. read:MS: also wait up to MS milliseconds after "
+    "the first byte for more segments of the message, unless a LF or the "
+    "client's half-close ends it."
 )
 
 
@@ -124,6 +153,7 @@ class PrimecountOptions(usage.Options):
         ["threads", None, 10, "Size of the thread pool doing the primality work.", _positive],
         ["timeout", None, 5.0, "Idle seconds before a connection is closed.", _seconds],
         ["max-line", None, 16384, "Longest accepted request line, in bytes.", _positive],
+        ["framing", None, "line", "How requests are delimited on the count port.", _framing],
         [
             "max-connections",
             None,
@@ -202,6 +232,8 @@ class PrimecountOptions(usage.Options):
                 placement.choose(self["cpu-affinity"], index, placement.allowed_cpus())
         except ValueError as e:
             raise usage.UsageError(f"--cpu-affinity: {e}") from None
+        if isinstance(self["framing"], str):
+            self["framing"] = _framing(self["framing"])
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         from twisted.internet import reactor
@@ -398,6 +430,11 @@ def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
     return found
 
 
+def _framing_text(framing: tuple[str, float]) -> str:
+    kind, window = framing
+    return f"{kind}:{window * 1000:g}" if window else kind
+
+
 def _settings(config: PrimecountOptions) -> str:
     url: JournalURL = config["journal"]
     return (
@@ -406,6 +443,7 @@ def _settings(config: PrimecountOptions) -> str:
         f"max-per-peer={config['max-per-peer'] or 'off'} "
         f"cpu-affinity={config['cpu-affinity']} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
+        f"framing={_framing_text(config['framing'])} "
         f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
     )
 
@@ -495,6 +533,8 @@ def _server(
             connections=connections,
             metrics=metrics,
             proxyHeader=label == "proxy",
+            framing=config["framing"][0],
+            readWindow=config["framing"][1],
         )
         for label in ("count", "proxy")
     }

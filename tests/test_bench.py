@@ -112,13 +112,45 @@ def slow(line: bytes) -> bytes:
     return expected_reply(line)
 
 
+class _SeedHandler(socketserver.BaseRequestHandler):
+    """
+    The original server's way: one C{recv(1024)} is the message; write the
+    server's C{answer} for it, close.
+    """
+
+    def handle(self) -> None:
+        answer: Answer = self.server.answer  # type: ignore[attr-defined]
+        self.request.settimeout(5)
+        try:
+            data = self.request.recv(1024)
+            reply = answer(data)
+            if reply is not None:
+                self.request.sendall(reply)
+        except OSError:
+            return
+
+
+def no_newline(data: bytes) -> bytes:
+    """
+    The right answer, to a message sent without a newline only.
+    """
+    return b"ERR newline\n" if b"\n" in data else expected_reply(data)
+
+
+def then_more(data: bytes) -> bytes:
+    """
+    The right answer, then a second line before closing.
+    """
+    return expected_reply(data) + b"1 no\n"
+
+
 class BenchTestCase(TestCase):
     """
     Helpers: a server on a free port that is shut down after the test.
     """
 
-    def serve(self, answer: Answer) -> int:
-        server = _Server(("127.0.0.1", 0), _Handler)
+    def serve(self, answer: Answer, handler: type = _Handler) -> int:
+        server = _Server(("127.0.0.1", 0), handler)
         server.answer = answer  # type: ignore[attr-defined]
         return self.start(server)
 
@@ -300,6 +332,32 @@ class _RangeHandler(socketserver.BaseRequestHandler):
         return data
 
 
+class ReadFramingTests(BenchTestCase):
+    """
+    C{framing="read"}: the original server's clients: no newline, one
+    connection per request, the reply is all that arrives until the close.
+    """
+
+    def test_messagesWithoutNewlineAllOk(self) -> None:
+        port = self.serve(no_newline, _SeedHandler)
+        result = measure(self.plan(port, per_request=True, framing="read", requests=60))
+        self.assertEqual((result.ok, result.wrong, result.error_count), (60, 0, 0))
+
+    def test_moreThanOneReplyBeforeTheCloseIsWrong(self) -> None:
+        port = self.serve(then_more, _SeedHandler)
+        result = measure(self.plan(port, per_request=True, framing="read", requests=20))
+        self.assertEqual((result.ok, result.wrong), (0, 20))
+
+    def test_closeWithoutReplyIsAnError(self) -> None:
+        port = self.serve(drop, _SeedHandler)
+        result = measure(self.plan(port, per_request=True, framing="read", requests=20))
+        self.assertEqual((result.ok, result.errors["reset"]), (0, 20))
+
+    def test_needsOneConnectionPerRequest(self) -> None:
+        self.assertRaises(ValueError, Plan, "127.0.0.1", 1, framing="read")
+        self.assertRaises(ValueError, Plan, "127.0.0.1", 1, per_request=True, framing="lines")
+
+
 class RangeProtocolTests(BenchTestCase):
     """
     The range protocol: replies checked byte for byte, sums sent back.
@@ -378,6 +436,15 @@ class BaselineTests(BenchTestCase):
         The original thread-pool design answers one message per connection.
         """
         self.check("seed_threadpool", per_request=True)
+
+    def test_seedThreadpoolReadFraming(self) -> None:
+        """
+        The original design answers its own clients' way: no newline, the
+        reply read until it closes.
+        """
+        port = self.start_baseline("seed_threadpool")
+        result = measure(self.plan(port, requests=100, per_request=True, framing="read"))
+        self.assertEqual((result.ok, result.wrong, result.error_count), (100, 0, 0))
 
     def test_selectLoop(self) -> None:
         """
@@ -562,6 +629,23 @@ class CommandLineTests(BenchTestCase):
         port = self.serve(correct)
         status, _out, err = self.run_bench(
             "--port", str(port), "--connection-per-request", "--pipeline", "4"
+        )
+        self.assertEqual(status, 2)
+        self.assertEqual(len(err.splitlines()), 1)
+
+    def test_readFraming(self) -> None:
+        """
+        C{--framing read} drives one connection per request without a
+        newline; it cannot pipeline.
+        """
+        port = self.serve(no_newline, _SeedHandler)
+        status, out, _err = self.run_bench(
+            "--port", str(port), "--requests", "30", "--framing", "read"
+        )
+        self.assertEqual(status, 0, out)
+        self.assertIn("read framing", out)
+        status, _out, err = self.run_bench(
+            "--port", str(port), "--framing", "read", "--pipeline", "4"
         )
         self.assertEqual(status, 2)
         self.assertEqual(len(err.splitlines()), 1)

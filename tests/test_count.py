@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.count import Reply, evaluate, expected_reply, parse_reply
+from primecount.count import EXCERPT_BYTES, Reply, evaluate, excerpt, expected_reply, parse_reply
 from primecount.primes import is_prime
 
 
@@ -46,7 +46,15 @@ class EvaluateTests(SynchronousTestCase):
         self.assertEqual(evaluate(b"").error, "empty message")
         self.assertEqual(evaluate(b" \t\r").error, "empty message")
         self.assertEqual(evaluate(b"ab\xc3").error, "invalid UTF-8")
-        self.assertEqual(evaluate(b"ab\xc3").message, "ab\\xc3")
+        self.assertEqual(evaluate(b"ab\xc3").message, b"ab\xc3")
+        self.assertEqual(evaluate(b"\xffab\r").message, b"\xffab")
+
+    def test_excerptOfAnOverLongLine(self) -> None:
+        self.assertEqual(excerpt(b"a" * 200), "a" * EXCERPT_BYTES + "…")
+        # A character cut at the end is dropped, not escaped.
+        cut = b"a" * (EXCERPT_BYTES - 1) + "ñ".encode()
+        self.assertEqual(excerpt(cut + b"x"), "a" * (EXCERPT_BYTES - 1) + "…")
+        self.assertEqual(excerpt(b"\xff" * 200), b"\xff" * EXCERPT_BYTES)
 
     @given(st.text(max_size=60))
     def test_matchesReferenceOnText(self, text: str) -> None:

@@ -303,6 +303,47 @@ class EscapeTests(RunMixin, TestCase):
         self.assertEqual(json.loads(out)["message"], NASTY)
 
 
+class ByteMessageTests(RunMixin, TestCase):
+    """
+    A message that was not UTF-8 is kept as its bytes and shown so that it
+    cannot be taken for text, in every format; older journals, which kept
+    it as text with C{\\xNN} escapes, still read.
+    """
+
+    RAW = Record(T, "127.0.0.1", 1, "count", b"ab\xff", error="invalid UTF-8")
+    TEXT = Record(T, "127.0.0.1", 2, "count", "ab\\xff", 1, False)
+    OLD = Record(T, "127.0.0.1", 3, "count", "ab\\xff", error="invalid UTF-8")
+
+    def setUp(self) -> None:
+        self.path = make_journal(self, [self.RAW, self.TEXT, self.OLD])
+        self.url = "sqlite:" + self.path
+
+    def test_storedAsBytes(self) -> None:
+        self.assertEqual([r.message for r in stored(self.path)], [b"ab\xff", "ab\\xff", "ab\\xff"])
+
+    def test_seed(self) -> None:
+        raw, text, old = self.lines("--journal", self.url)
+        self.assertEqual(raw, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\udcff | ERR invalid UTF-8")
+        self.assertEqual(text, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\\\xff | 1 | no")
+        self.assertEqual(old, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\\\xff | ERR invalid UTF-8")
+        shown = raw.split(" | ")[2]
+        self.assertEqual(journalcli.unescape(shown).encode("utf-8", "surrogateescape"), b"ab\xff")
+
+    def test_jsonl(self) -> None:
+        raw, text, old = [
+            json.loads(line) for line in self.lines("--journal", self.url, "--format", "jsonl")
+        ]
+        self.assertEqual((raw["message"], raw["message_hex"]), (None, "6162ff"))
+        self.assertEqual(text["message"], "ab\\xff")
+        self.assertNotIn("message_hex", text)
+        self.assertEqual(old["message"], "ab\\xff")
+
+    def test_csv(self) -> None:
+        out = self.journal("--journal", self.url, "--format", "csv")[1]
+        raw, text, old = [row["message"] for row in csv.DictReader(io.StringIO(out))]
+        self.assertEqual((raw, text, old), ("ab\\udcff", "ab\\\\xff", "ab\\\\xff"))
+
+
 class FilterTests(RunMixin, TestCase):
     """
     C{--since}, C{--until}, C{--peer} and C{--limit}.

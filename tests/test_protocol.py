@@ -208,7 +208,7 @@ class JournalTests(SynchronousTestCase):
             [
                 ("abc2a", 2, True, None),
                 ("", None, None, "empty message"),
-                ("\\xff", None, None, "invalid UTF-8"),
+                (b"\xff", None, None, "invalid UTF-8"),
                 ("y" * 11, None, None, "line too long"),
             ],
         )
@@ -507,3 +507,182 @@ class ProxyHeaderTests(SynchronousTestCase):
             b"proxy TCP4 1.2.3.4 5.6.7.8 1 2",
         ):
             self.assertIsNone(parse(bad), bad)
+
+
+class ReadFramingTests(SynchronousTestCase):
+    """
+    C{--framing read}: the connection's first read is its one message, no
+    newline needed, as the original server's C{recv(1024)}; one reply, then
+    the connection closes.
+    """
+
+    WINDOW = 0.005  # --framing read:5
+
+    def harness(self, **factoryArgs: Any) -> Harness:
+        factoryArgs.setdefault("readWindow", self.WINDOW)
+        return Harness(framing=protocolModule.READ, **factoryArgs)
+
+    def test_byDefaultTheFirstReadIsTheMessage(self) -> None:
+        h = self.harness(readWindow=protocolModule.READ_WINDOW)
+        h.send(b"abc2a")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_byDefaultALaterSegmentIsNotPartOfIt(self) -> None:
+        h = self.harness(readWindow=protocolModule.READ_WINDOW)
+        h.send(b"abc")
+        h.send(b"2a")
+        self.assertEqual(h.replies(), [b"1 no\n"])
+        self.assertEqual([r.message for r in h.journal.records], ["abc"])
+
+    def test_byDefaultOverMaxLineInTheFirstRead(self) -> None:
+        h = self.harness(readWindow=protocolModule.READ_WINDOW, maxLine=8)
+        h.send(b"x" * 9)
+        self.assertEqual(h.replies(), [b"ERR line too long\n"])
+
+    def test_messageWithoutNewlineAnsweredAfterTheReadWindow(self) -> None:
+        h = self.harness()
+        h.send(b"abc2a")
+        self.assertEqual(h.replies(), [])
+        h.reactor.advance(self.WINDOW)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+        [record] = h.journal.records
+        self.assertEqual((record.message, record.count, record.prime), ("abc2a", 2, True))
+
+    def test_newlineEndsTheMessageAtOnce(self) -> None:
+        for data in (b"abc2a\n", b"abc2a\r\n", b"  abc2a \n"):
+            h = self.harness()
+            h.send(data)
+            self.assertEqual(h.replies(), ["2 sí\n".encode()], data)
+            self.assertTrue(h.transport.disconnecting)
+
+    def test_bytesAfterTheFirstNewlineAreIgnored(self) -> None:
+        h = self.harness()
+        h.send(b"abc2a\nabacada\n")
+        h.reactor.advance(self.WINDOW)
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertEqual(len(h.journal.records), 1)
+
+    def test_halfCloseEndsTheMessageAtOnce(self) -> None:
+        h = self.harness()
+        h.send(b"abc2a")
+        h.protocol.readConnectionLost()
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+        h.reactor.advance(self.WINDOW)
+        self.assertEqual(len(h.journal.records), 1)
+
+    def test_segmentsWithinTheWindowAreOneMessage(self) -> None:
+        h = self.harness()
+        h.send(b"abc")
+        h.reactor.advance(self.WINDOW / 2)
+        h.send(b"2a")
+        self.assertEqual(h.replies(), [])
+        h.reactor.advance(self.WINDOW / 2)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+
+    def test_windowCountsFromTheFirstBytes(self) -> None:
+        # A later segment does not extend the window: a slow trickle cannot
+        # hold the connection open beyond it.
+        h = self.harness()
+        h.send(b"abc")
+        h.reactor.advance(self.WINDOW * 0.9)
+        h.send(b"2")
+        h.reactor.advance(self.WINDOW * 0.1)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), [b"1 no\n"])  # "abc2": one "2"
+        h.send(b"a")
+        self.assertEqual(h.replies(), [b"1 no\n"])
+        self.assertEqual([r.message for r in h.journal.records], ["abc2"])
+
+    def test_errorsAreTheLineProtocolsOnes(self) -> None:
+        for data, reply in (
+            (b"\xff\xfe", b"ERR invalid UTF-8\n"),
+            (b" \t ", b"ERR empty message\n"),
+            (b"\n", b"ERR empty message\n"),
+        ):
+            h = self.harness()
+            h.send(data)
+            h.reactor.advance(self.WINDOW)
+            h.reactor.advance(0)
+            self.assertEqual(h.replies(), [reply], data)
+            self.assertTrue(h.transport.disconnecting)
+            self.assertEqual([r.error for r in h.journal.records], [reply[4:-1].decode()])
+
+    def test_overMaxLineIsLineTooLongAtOnce(self) -> None:
+        h = self.harness(maxLine=8)
+        h.send(b"x" * 5)
+        h.send(b"x" * 4)
+        self.assertEqual(h.replies(), [b"ERR line too long\n"])
+        self.assertTrue(h.transport.disconnecting)
+        h.reactor.advance(self.WINDOW)
+        self.assertEqual(len(h.journal.records), 1)
+
+    def test_messageAtMaxLineAccepted(self) -> None:
+        h = self.harness(maxLine=8)
+        h.send(b"x" * 8)
+        h.reactor.advance(self.WINDOW)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), [b"8 no\n"])
+
+    def test_longerThanTheOriginals1024Bytes(self) -> None:
+        h = self.harness()
+        h.send(b"a" * 1500)
+        h.reactor.advance(self.WINDOW)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), [b"1500 no\n"])
+
+    def test_halfCloseWithNothingSentClosesWithoutReply(self) -> None:
+        h = self.harness()
+        h.protocol.readConnectionLost()
+        h.reactor.advance(self.WINDOW)
+        self.assertEqual(h.transport.value(), b"")
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.journal.records, [])
+
+    def test_idleConnectionStillTimesOut(self) -> None:
+        h = self.harness(timeout=5.0)
+        h.reactor.advance(5.0)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.transport.value(), b"")
+
+    def test_connectionLostCancelsTheWindow(self) -> None:
+        h = self.harness()
+        h.send(b"abc")
+        h.protocol.connectionLost()
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_replyWaitsForTheJournal(self) -> None:
+        h = self.harness()
+        h.pool.hold = True
+        h.send(b"abc2a\n")
+        self.assertEqual(h.replies(), [])
+        self.assertFalse(h.transport.disconnecting)
+        h.pool.release()
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_afterAProxyHeader(self) -> None:
+        h = self.harness(proxyHeader=True)
+        h.send(ProxyHeaderTests.HEADER)
+        h.reactor.advance(self.WINDOW * 10)
+        self.assertEqual(h.replies(), [])
+        h.send(b"abc2a")
+        h.reactor.advance(self.WINDOW)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        self.assertEqual(h.journal.records[0].host, "198.51.100.7")
+
+    def test_proxyHeaderAndMessageInOneRead(self) -> None:
+        h = self.harness(proxyHeader=True)
+        h.send(ProxyHeaderTests.HEADER + b"abc2a")
+        h.reactor.advance(self.WINDOW)
+        h.reactor.advance(0)
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+
+    def test_unknownFramingRefused(self) -> None:
+        self.assertRaises(ValueError, Harness, framing="lines")

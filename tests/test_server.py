@@ -5,6 +5,7 @@ A real C{twistd -n primecount} over real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from primecount import journalcli
 from primecount.count import expected_reply
 
 from .helpers import ServerProcess, recv_all, recv_lines
@@ -108,8 +110,8 @@ class CountProtocolTests(ServerTestCase):
 
     def test_everyRequestJournalled(self) -> None:
         with self.server.connect() as sock:
-            sock.sendall(b"abc2a\n\n\xff\n")
-            recv_lines(sock, 3)
+            sock.sendall(b"abc2a\n\n\xff\n\\xff\n")
+            recv_lines(sock, 4)
         conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
         rows = conn.execute(
             "SELECT host, protocol, message, count, prime, error FROM requests ORDER BY id"
@@ -120,9 +122,18 @@ class CountProtocolTests(ServerTestCase):
             [
                 ("127.0.0.1", "count", "abc2a", 2, 1, None),
                 ("127.0.0.1", "count", "", None, None, "empty message"),
-                ("127.0.0.1", "count", "\\xff", None, None, "invalid UTF-8"),
+                ("127.0.0.1", "count", b"\xff", None, None, "invalid UTF-8"),
+                ("127.0.0.1", "count", "\\xff", 2, 1, None),
             ],
         )
+        # primecount journal tells the raw byte from the four characters.
+        conn = journalcli.open_journal(os.path.join(self.dir, "journal.sqlite3"))
+        try:
+            records = [r for _, r in journalcli.select(conn, journalcli.Query())]
+        finally:
+            conn.close()
+        shown = [journalcli.format_seed(r).split(" | ")[2] for r in records[2:]]
+        self.assertEqual(shown, ["\\udcff", "\\\\xff"])
 
     def test_sigtermExitsCleanly(self) -> None:
         self.assertStillAnswers()
@@ -234,3 +245,104 @@ class HAProxyTests(ServerTestCase):
         self.assertEqual(
             rows, [("198.51.100.7", 40123, "abc2a"), ("198.51.100.7", 40123, "abacada")]
         )
+
+
+class ReadFramingTests(ServerTestCase):
+    """
+    C{--framing read:1000}: the original server's clients, which send a
+    message without a newline and read until the server closes; the read
+    window is long enough that a split message is one on a loaded machine.
+    """
+
+    args = (
+        "--journal",
+        "sqlite:journal.sqlite3",
+        "--framing",
+        "read:1000",
+        "--max-line",
+        "100",
+        "--timeout",
+        "60",
+    )
+
+    def ask(self, data: bytes, halfClose: bool = False) -> bytes:
+        with self.server.connect(timeout=30) as sock:
+            sock.sendall(data)
+            if halfClose:
+                sock.shutdown(socket.SHUT_WR)
+            return recv_all(sock, timeout=30)
+
+    def rows(self) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
+        try:
+            return conn.execute(
+                "SELECT host, message, count, prime, error FROM requests ORDER BY id"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def test_sendThenReadToEndOfFile(self) -> None:
+        # Answered after the window, not when --timeout (60 s) closes.
+        started = time.monotonic()
+        self.assertEqual(self.ask(b"abc2a"), b"2 " + YES + b"\n")
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)])
+
+    def test_twoSegmentsWithinTheWindowAreOneMessage(self) -> None:
+        with self.server.connect(timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b"abc")
+            time.sleep(0.05)
+            sock.sendall(b"2a")
+            self.assertEqual(recv_all(sock, timeout=30), b"2 " + YES + b"\n")
+        self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)])
+
+    def test_newlineAndHalfCloseGetTheSameAnswer(self) -> None:
+        for data, halfClose in ((b"abc2a\n", False), (b"abc2a", True), (b"abc2a\r\n", True)):
+            self.assertEqual(self.ask(data, halfClose), b"2 " + YES + b"\n", data)
+        self.assertEqual(self.rows(), [("127.0.0.1", "abc2a", 2, 1, None)] * 3)
+
+    def test_errors(self) -> None:
+        self.assertEqual(self.ask(b"\xff\xfe"), b"ERR invalid UTF-8\n")
+        self.assertEqual(self.ask(b"  "), b"ERR empty message\n")
+        self.assertEqual(self.ask(b"\n"), b"ERR empty message\n")
+        self.assertEqual(self.ask(b"x" * 101), b"ERR line too long\n")
+        self.assertEqual(
+            [row[4] for row in self.rows()],
+            ["invalid UTF-8", "empty message", "empty message", "line too long"],
+        )
+
+    def test_halfCloseWithoutAMessageClosesWithoutReply(self) -> None:
+        with self.server.connect(timeout=30) as sock:
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_all(sock, timeout=30), b"")
+        self.assertEqual(self.rows(), [])
+
+
+class ReadFramingDefaultTests(ServerTestCase):
+    """
+    C{--framing read}: the first read is the message, answered at once.
+    """
+
+    args = ("--journal", "sqlite:journal.sqlite3", "--framing", "read", "--timeout", "60")
+
+    def test_sendThenReadToEndOfFile(self) -> None:
+        with self.server.connect(timeout=30) as sock:
+            sock.sendall(b"abc2a")
+            self.assertEqual(recv_all(sock, timeout=30), b"2 " + YES + b"\n")
+        conn = sqlite3.connect(os.path.join(self.dir, "journal.sqlite3"))
+        try:
+            rows = conn.execute("SELECT message, count, prime FROM requests").fetchall()
+        finally:
+            conn.close()
+        self.assertEqual(rows, [("abc2a", 2, 1)])
+
+    def test_aSegmentAfterTheFirstReadIsNotPartOfTheMessage(self) -> None:
+        # The client waits for the reply to its first segment, so the
+        # server has read it alone: the answer is for "abc".
+        with self.server.connect(timeout=30) as sock:
+            sock.sendall(b"abc")
+            self.assertEqual(recv_lines(sock, 1, timeout=30), [b"1 no\n"])
+            with contextlib.suppress(OSError):
+                sock.sendall(b"2a")
+            self.assertEqual(recv_all(sock, timeout=30), b"")

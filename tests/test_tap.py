@@ -49,6 +49,7 @@ class PluginTests(SynchronousTestCase):
             "--timeout",
             "--max-line",
             "--close-after-reply",
+            "--framing",
             "--max-connections",
             "--journal",
         ):
@@ -178,6 +179,20 @@ class OptionsTests(SynchronousTestCase):
         before = os.sched_getaffinity(0)
         tap.makeService(self.parse("--listen", "tcp:0", "--cpu-affinity", "0"))
         self.assertEqual(os.sched_getaffinity(0), before)
+
+    def test_framing(self) -> None:
+        self.assertEqual(self.parse()["framing"], ("line", 0.0))
+        self.assertEqual(self.parse("--framing", "read")["framing"], ("read", 0.0))
+        self.assertEqual(self.parse("--framing", "read:5")["framing"], ("read", 0.005))
+        for bad in ("lines", "line:5", "read:", "read:x", "read:-1", "read:1001", "read:nan"):
+            self.assertRaises(usage.UsageError, self.parse, "--framing", bad)
+
+    def test_framingReachesTheFactory(self) -> None:
+        top = tap.makeService(self.parse("--framing", "read:5", "--port", "0"))
+        factories = [lsn.factory for lsn in top if hasattr(lsn, "factory")]
+        self.assertTrue(factories)
+        for factory in factories:
+            self.assertEqual((factory.framing, factory.readWindow), ("read", 0.005))
 
     def test_timeoutZeroAllowed(self) -> None:
         self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)

@@ -128,6 +128,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="connect, send one line, read the reply, close (the original's mode)",
     )
     parser.add_argument(
+        "--framing",
+        choices=("line", "read"),
+        default="line",
+        help="line (default): each request ends with a newline; read: the "
+        "original server's clients, one connection per request, no newline, "
+        "the reply read until the server closes (for a server run with "
+        "--framing read)",
+    )
+    parser.add_argument(
         "--pipeline",
         type=_positive_int,
         default=1,
@@ -193,6 +202,10 @@ def plan_from(args: argparse.Namespace) -> Plan:
     """
     if args.connection_per_request and args.pipeline != 1:
         raise BenchError("--pipeline needs persistent connections")
+    if args.framing == "read" and args.pipeline != 1:
+        raise BenchError("--framing read is one connection per request: no --pipeline")
+    if args.framing == "read" and args.protocol == "range":
+        raise BenchError("--framing is for the count protocol")
     if args.protocol == "range" and args.pipeline != 1:
         raise BenchError("the range protocol cannot pipeline (the sum comes first)")
     if args.protocol == "range" and args.message is not None:
@@ -214,7 +227,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         clients=args.clients,
         duration=duration,
         requests=args.requests,
-        per_request=args.connection_per_request,
+        per_request=args.connection_per_request or args.framing == "read",
         pipeline=args.pipeline,
         rate=args.rate,
         idle=args.idle,
@@ -225,6 +238,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         ranges=tuple(
             (args.bounds[0] + 1000 * i, args.bounds[1] + 1000 * i) for i in range(RANGE_WINDOWS)
         ),
+        framing=args.framing,
     )
 
 
@@ -257,6 +271,8 @@ def describe(plan: Plan, processes: int) -> str:
     A one-line description of a run, for the summary and the plot.
     """
     mode = "connection per request" if plan.per_request else f"persistent, pipeline {plan.pipeline}"
+    if plan.framing == "read":
+        mode = "connection per request, read framing (no newline, reply until close)"
     amount = f"{plan.requests} requests" if plan.requests is not None else f"{plan.duration:g} s"
     load = f"open loop {plan.rate:g} req/s" if plan.rate else "closed loop"
     if plan.protocol == "range":

@@ -13,7 +13,10 @@ A I{client} is one logical user: with persistent connections it keeps one
 connection open and up to C{pipeline} requests in flight on it; with
 C{per_request} it opens a connection for each request, sends one line,
 reads the reply and closes (the original server's mode; the latency then
-includes the connect).
+includes the connect). With C{framing="read"} (always one connection per
+request) the message goes without its newline and the reply is what
+arrives until the server closes, as the original server's clients did it
+(C{twistd primecount --framing read}); the latency then runs to the close.
 
 I{Closed loop} (the default): a client sends its next request as soon as a
 reply frees a pipeline slot. I{Open loop} (C{rate}): requests are due at
@@ -116,6 +119,9 @@ class Plan:
     @ivar loop: C{"auto"}, C{"uvloop"} or C{"asyncio"}.
     @ivar protocol: C{"count"} or C{"range"}.
     @ivar ranges: the (a, b) requests sent, in turn, with the range protocol.
+    @ivar framing: C{"line"} (each request ends with a newline, each reply
+        is a line) or C{"read"} (no newline; the reply is all that arrives
+        until the server closes; needs C{per_request}).
     """
 
     host: str
@@ -132,6 +138,13 @@ class Plan:
     loop: str = "auto"
     protocol: str = "count"
     ranges: tuple[tuple[int, int], ...] = ((1, 10_000),)
+    framing: str = "line"
+
+    def __post_init__(self) -> None:
+        if self.framing not in ("line", "read"):
+            raise ValueError(f"unknown framing {self.framing!r}")
+        if self.framing == "read" and (not self.per_request or self.protocol != "count"):
+            raise ValueError("read framing is the count protocol, one connection per request")
 
     def share(self, index: int, processes: int) -> Plan:
         """
@@ -215,6 +228,30 @@ class _Connection(asyncio.Protocol):
         client = self.client
         if client is not None:
             client.worker.lost(client, self)
+
+
+class _ReadConnection(_Connection):
+    """
+    One connection of the read framing: the reply is everything that
+    arrives until the server closes the connection.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer = bytes(self.buffer) + data
+        if len(self.buffer) > MAX_REPLY and self.client is not None:
+            self.client.worker.overlong(self.client)
+
+    def eof_received(self) -> None:
+        client, reply = self.client, bytes(self.buffer)
+        if client is None or not reply:
+            return None  # closed with no reply: connection_lost counts it
+        self.buffer = b""
+        # One reply line and its LF, nothing else; anything more is wrong.
+        line = reply[:-1] if reply.endswith(b"\n") and reply.count(b"\n") == 1 else reply
+        client.worker.replies(client, [line])
+        return None
 
 
 class _RangeConnection(_Connection):
@@ -312,9 +349,14 @@ class Worker:
         if self.range:
             self._expect_ranges(plan.ranges)
         else:
-            self.lines = [m.encode("utf-8") + b"\n" for m in plan.messages]
+            end = b"\n" if plan.framing == "line" else b""
+            self.lines = [m.encode("utf-8") + end for m in plan.messages]
             self.expected = [expected_reply(m).rstrip(b"\n") for m in plan.messages]
-        self.connection = _RangeConnection if self.range else _Connection
+        self.connection: type[_Connection] = _Connection
+        if self.range:
+            self.connection = _RangeConnection
+        elif plan.framing == "read":
+            self.connection = _ReadConnection
         self.capacity = 1 if plan.per_request or self.range else plan.pipeline
         self.clients = [_Client(self) for _ in range(plan.clients)]
         self.recorder = Recorder(time.monotonic())
