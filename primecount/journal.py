@@ -103,9 +103,28 @@ def check_writable(url: JournalURL) -> None:
 
 
 _STOP = object()
+# Wakes the writer thread (to checkpoint now).
+_WAKE = object()
 
 #: Seconds between the writer thread's WAL checkpoints.
 CHECKPOINT_INTERVAL = 0.5
+
+#: The WAL's bound in bytes. Once this much is written to it since it last
+#: restarted, the writer thread finishes a checkpoint while holding the
+#: commit lock, so the next commit restarts the WAL from its beginning
+#: (reusing its file: no new disk space); a WAL file left bigger than this
+#: is truncated (C{journal_size_limit}).
+WAL_LIMIT = 4 << 20
+
+#: SQLite's busy timeout, in milliseconds, for that locked checkpoint: it
+#: holds up commits, so it gives up quickly when a reader or another
+#: process is in the way and tries again at the next interval.
+LOCKED_CHECKPOINT_BUSY_MS = 100
+
+#: Group commits after which the writer thread checkpoints at once rather
+#: than at its next interval: a fast disk fills the WAL quicker than
+#: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
+CHECKPOINT_EVERY = 128
 
 
 class _Waiting:
@@ -172,6 +191,12 @@ class SQLiteJournal(Service):
         self._waitingLock = threading.Lock()
         self._waiting: list[_Waiting] = []
         self._conn: sqlite3.Connection | None = None
+        # The writer thread's checkpointing connection; _checkpointLock
+        # guards it (taken after _commitLock when both are needed).
+        self._checkpointLock = threading.Lock()
+        self._checkpointer: sqlite3.Connection | None = None
+        self._sinceCheckpoint = 0
+        self._checkpointDue = False
         self._closed = False
         self._failing = False
         self._failedInEpisode = 0
@@ -284,6 +309,10 @@ class SQLiteJournal(Service):
         return None
 
     def _committed(self, n: int, seconds: float) -> None:
+        self._sinceCheckpoint += 1
+        if self._sinceCheckpoint >= CHECKPOINT_EVERY and not self._checkpointDue:
+            self._checkpointDue = True
+            self._queue.put(_WAKE)
         self.batches += 1
         self.committed += n
         self._metrics.journalCommit(n, seconds)
@@ -318,25 +347,62 @@ class SQLiteJournal(Service):
         # No checkpoint inside a commit (its fsyncs would hold up every
         # request waiting for the commit lock): the writer thread runs them.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         return conn
 
-    def _checkpoint(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    def _checkpoint(self) -> None:
         """
         Copy committed pages from the WAL into the database, beside the
-        commits (a passive checkpoint never blocks a writer), so the WAL
-        stays small. Returns the connection to use next time.
+        commits (a passive checkpoint never blocks a writer). Under steady
+        commits a passive checkpoint never reaches the WAL's end, and a WAL
+        restarts only once it is wholly copied: so when the WAL holds more
+        than L{WAL_LIMIT} (or commits fail, e.g. on a full disk), finish the
+        checkpoint holding the commit lock (little is left to copy by then),
+        which lets the next commit restart the WAL at its beginning. Writer
+        thread.
         """
+        with self._checkpointLock:
+            frames = self._checkpointStep("PASSIVE")
+        if frames is None:
+            return
+        pageSize, logFrames = frames
+        walBytes = logFrames * (pageSize + 24)
+        fileBytes = _size(self.path + "-wal")
+        if walBytes < WAL_LIMIT and fileBytes <= WAL_LIMIT and not self._failing:
+            return
+        # An oversized WAL file is cut to nothing; otherwise it is reused.
+        mode = "TRUNCATE" if fileBytes > WAL_LIMIT else "RESTART"
+        with self._commitLock, self._checkpointLock:
+            if not self._closed:
+                self._checkpointStep(mode, busyMs=LOCKED_CHECKPOINT_BUSY_MS)
+
+    def _checkpointStep(self, mode: str, busyMs: int | None = None) -> tuple[int, int] | None:
+        """
+        One C{wal_checkpoint(mode)} on the checkpointing connection (opened
+        when needed); holds C{_checkpointLock}.
+
+        @return: (page size, frames in the WAL), or L{None} when it failed
+            (busy, or unwritable: commit failures are what gets reported).
+        """
+        conn = self._checkpointer
         try:
             if conn is None:
-                conn = self._connect(self.path)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                conn = self._checkpointer = self._connect(self.path)
+                conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            if busyMs is not None:
+                conn.execute(f"PRAGMA busy_timeout={busyMs}")
+            try:
+                _, logFrames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                (pageSize,) = conn.execute("PRAGMA page_size").fetchone()
+            finally:
+                if busyMs is not None:
+                    conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
         except Exception:
-            # Busy (another worker checkpoints) or unwritable: try later;
-            # commit failures are what gets reported.
             if conn is not None:
                 _close_quietly(conn)
+            self._checkpointer = None
             return None
-        return conn
+        return pageSize, logFrames
 
     # -- reactor side -----------------------------------------------------------
 
@@ -392,20 +458,23 @@ class SQLiteJournal(Service):
 
     def _run(self) -> None:
         stopping = False
-        checkpointer: sqlite3.Connection | None = None
         nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
         while not stopping:
-            if time.monotonic() >= nextCheckpoint:
-                checkpointer = self._checkpoint(checkpointer)
+            if self._checkpointDue or time.monotonic() >= nextCheckpoint:
+                self._sinceCheckpoint = 0
+                self._checkpointDue = False
+                self._checkpoint()
                 nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
             try:
-                item = self._queue.get(timeout=CHECKPOINT_INTERVAL)
+                item = self._queue.get(timeout=max(0.0, nextCheckpoint - time.monotonic()))
             except queue.Empty:
                 continue
             batch = []
             while True:
                 if item is _STOP:
                     stopping = True
+                elif item is _WAKE:
+                    pass
                 else:
                     batch.append(item)
                 try:
@@ -426,8 +495,10 @@ class SQLiteJournal(Service):
                 except JournalUnavailable as e:
                     error = str(e)
                 self._reactor.callFromThread(self._fire, [d for _, d in group], error)
-        if checkpointer is not None:
-            _close_quietly(checkpointer)
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
         with self._commitLock:
             self._closed = True
             if self._conn is not None:
@@ -440,6 +511,16 @@ class SQLiteJournal(Service):
         if self._stopped is not None:
             stopped, self._stopped = self._stopped, None
             stopped.callback(None)
+
+
+def _size(path: str) -> int:
+    """
+    The size of the file at C{path}; 0 when there is none.
+    """
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
