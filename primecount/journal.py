@@ -121,6 +121,12 @@ WAL_LIMIT = 4 << 20
 #: process is in the way and tries again at the next interval.
 LOCKED_CHECKPOINT_BUSY_MS = 100
 
+#: Seconds between the writer thread's probes while commits fail.
+PROBE_INTERVAL = 0.25
+
+#: SQLite's busy timeout, in milliseconds, for a probe.
+PROBE_BUSY_MS = 100
+
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
 #: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
@@ -198,7 +204,11 @@ class SQLiteJournal(Service):
         self._sinceCheckpoint = 0
         self._checkpointDue = False
         self._closed = False
+        # _failing: in a failure episode (logged at its start and end).
+        # _blocked: why commits fail at once, without trying SQLite, until
+        # the writer thread's probe clears it (None: try them).
         self._failing = False
+        self._blocked: str | None = None
         self._failedInEpisode = 0
         self.batches = 0
         self.committed = 0
@@ -254,6 +264,15 @@ class SQLiteJournal(Service):
         n = sum(len(w.records) for w in group)
         started = time.monotonic()
         records = [r for w in group for r in w.records]
+
+        if self._blocked is not None:
+            # A failure episode: fail at once; the writer thread's probe
+            # says when to try again.
+            for w in group:
+                w.error = self._blocked
+                w.done = True
+            self._notCommitted(n, self._blocked)
+            return
 
         statements = list(schema.inserts(records))
 
@@ -328,6 +347,8 @@ class SQLiteJournal(Service):
             self._failedInEpisode = 0
 
     def _notCommitted(self, n: int, why: str) -> None:
+        if self._blocked is None:
+            self._blocked = why
         self.failed += n
         self._failedInEpisode += n
         self._metrics.journalFailed(n)
@@ -404,6 +425,32 @@ class SQLiteJournal(Service):
             return None
         return pageSize, logFrames
 
+    def _probe(self) -> None:
+        """
+        During a failure episode, try whether the journal takes writes
+        again: C{BEGIN IMMEDIATE} (with a short busy timeout) then
+        C{ROLLBACK}, on the checkpointing connection so that the request
+        path never waits for it. Success lets commits try SQLite again (a
+        full disk, say, is only known by trying). Writer thread.
+        """
+        with self._checkpointLock:
+            conn = self._checkpointer
+            try:
+                if conn is None:
+                    conn = self._checkpointer = self._connect(self.path)
+                conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
+            except Exception:
+                if conn is not None:
+                    _close_quietly(conn)
+                self._checkpointer = None
+                return
+        self._blocked = None
+
     # -- reactor side -----------------------------------------------------------
 
     def append(self, records: Sequence[Record]) -> Deferred[None]:
@@ -442,7 +489,11 @@ class SQLiteJournal(Service):
         """
         rows = [schema.settle_row(r) for r in records]
         with self._commitLock:
-            error = self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
+            error = self._blocked
+            if error is None:
+                error = self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
+                if error is not None and self._blocked is None:
+                    self._blocked = error
         if error is not None:
             raise JournalUnavailable(error)
 
@@ -459,14 +510,20 @@ class SQLiteJournal(Service):
     def _run(self) -> None:
         stopping = False
         nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        nextProbe = 0.0
         while not stopping:
-            if self._checkpointDue or time.monotonic() >= nextCheckpoint:
+            now = time.monotonic()
+            if self._blocked is not None and now >= nextProbe:
+                self._probe()
+                nextProbe = time.monotonic() + PROBE_INTERVAL
+            if self._checkpointDue or now >= nextCheckpoint:
                 self._sinceCheckpoint = 0
                 self._checkpointDue = False
                 self._checkpoint()
                 nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
+            wake = nextCheckpoint if self._blocked is None else min(nextCheckpoint, nextProbe)
             try:
-                item = self._queue.get(timeout=max(0.0, nextCheckpoint - time.monotonic()))
+                item = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 continue
             batch = []

@@ -8,17 +8,21 @@ keep its bound.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount import journal as journal_module
 from primecount import schema
-from primecount.journal import SQLiteJournal
+from primecount.journal import JournalUnavailable, SQLiteJournal
 from primecount.records import COUNT, Record
+
+from .helpers import ServerProcess, recv_lines
 
 
 def record(i: int) -> Record:
@@ -84,3 +88,144 @@ class WalBoundTests(TestCase):
             self.assertEqual(conn.execute("SELECT count(*) FROM requests").fetchone()[0], 250_000)
         finally:
             conn.close()
+
+
+class LockedConnection:
+    """
+    A real connection whose writes fail with "database is locked" while
+    C{control.locked} is set, counting the attempts made from threads other
+    than the journal's writer thread (the request path).
+    """
+
+    def __init__(self, path: str, control: LockControl) -> None:
+        self._conn = schema.connect(path)
+        self._control = control
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if sql.startswith(("INSERT", "BEGIN", "UPDATE")):
+            if threading.current_thread().name != "primecount-journal":
+                self._control.requestPathWrites += 1
+            if self._control.locked:
+                raise sqlite3.OperationalError("database is locked")
+        return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return (
+            self.execute(sql.strip(), ())
+            if self._control.locked
+            else self._conn.executemany(sql, rows)
+        )
+
+    def interrupt(self) -> None:
+        self._conn.interrupt()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class LockControl:
+    def __init__(self) -> None:
+        self.locked = False
+        self.requestPathWrites = 0
+
+
+class FailFastTests(TestCase):
+    """
+    Once a commit failed, later ones fail at once while the writer thread
+    probes in the background; the first probe that succeeds ends it.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.control = LockControl()
+        self.patch(journal_module, "PROBE_INTERVAL", 0.05)
+        self.journal = SQLiteJournal(
+            self.path, reactor, connect=lambda path: LockedConnection(path, self.control)
+        )
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    @defer.inlineCallbacks
+    def test_failFastDuringEpisodeThenResume(self) -> Any:
+        self.journal.commit([record(0)])
+        self.control.locked = True
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
+        tried = self.control.requestPathWrites
+        for i in range(2, 12):
+            self.assertRaises(JournalUnavailable, self.journal.commit, [record(i)])
+        # No SQLite write was attempted on the request path meanwhile.
+        self.assertEqual(self.control.requestPathWrites, tried)
+        self.control.locked = False
+        released = time.monotonic()
+        while time.monotonic() - released < 5:
+            try:
+                self.journal.commit([record(100)])
+                break
+            except JournalUnavailable:
+                yield deferLater(0.01)
+        else:
+            self.fail("commits did not resume once the lock was gone")
+        self.assertLess(time.monotonic() - released, 1.0)
+        yield deferLater(0)
+        said = [
+            e["log_format"]
+            for e in self.events
+            if e.get("log_namespace", "").startswith("primecount.journal")
+        ]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("cannot commit", said[0])
+        self.assertIn("writable again", said[1])
+        ended = [e for e in self.events if "writable again" in e.get("log_format", "")]
+        self.assertGreaterEqual(ended[0]["failed"], 11)
+
+
+class LockedJournalServerTests(SynchronousTestCase):
+    """
+    A real server while another process holds the journal's write lock.
+    """
+
+    def test_errAtOnceDuringEpisodeOkSoonAfter(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess("--journal", "sqlite:j.sqlite3", cwd=directory)
+        self.addCleanup(server.stop)
+        path = os.path.join(directory, "j.sqlite3")
+        unavailable = [b"ERR journal unavailable\n"]
+        with server.connect(timeout=20) as sock:
+            sock.sendall(b"first\n")
+            self.assertEqual(recv_lines(sock, 1), [b"1 no\n"])
+            locker = sqlite3.connect(path, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            try:
+                # The first failure takes SQLite's busy timeout; every later
+                # request is answered at once.
+                sock.sendall(b"during0\n")
+                self.assertEqual(recv_lines(sock, 1, timeout=20), unavailable)
+                for i in range(1, 4):
+                    started = time.monotonic()
+                    sock.sendall(b"during%d\n" % i)
+                    self.assertEqual(recv_lines(sock, 1, timeout=20), unavailable)
+                    self.assertLess(time.monotonic() - started, 1.0)
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            released = time.monotonic()
+            while True:
+                sock.sendall(b"after\n")
+                reply = recv_lines(sock, 1, timeout=20)
+                if reply != unavailable or time.monotonic() - released > 10:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(reply, [b"1 no\n"])
+            self.assertLess(time.monotonic() - released, 2.0)
+        server.stop()
+        log = server.log.decode()
+        self.assertEqual(log.count("cannot commit"), 1, log)
+        self.assertEqual(log.count("writable again"), 1, log)
