@@ -197,6 +197,8 @@ class SQLiteJournal(Service):
         self._waitingLock = threading.Lock()
         self._waiting: list[_Waiting] = []
         self._conn: sqlite3.Connection | None = None
+        # (st_dev, st_ino) of the file _conn has open.
+        self._identity: tuple[int, int] | None = None
         # The writer thread's checkpointing connection; _checkpointLock
         # guards it (taken after _commitLock when both are needed).
         self._checkpointLock = threading.Lock()
@@ -299,12 +301,28 @@ class SQLiteJournal(Service):
         C{write} runs one statement, which SQLite makes a transaction by
         itself (the connection is in autocommit mode).
 
+        Then, before anything is acknowledged, check that the path still
+        names the file written to: if it was deleted, or renamed and
+        replaced, open a journal at the path and run C{write} again there.
+
         @return: L{None} once committed, else why it failed (rolled back,
             and the connection dropped so the next one starts afresh: the
             file may have been replaced, remounted or repaired meanwhile).
         """
         if self._closed:
             return "journal is stopped"
+        error = self._attempt(write, single)
+        if error is None and self._replaced():
+            self._reopen()
+            error = self._attempt(write, single)
+        return error
+
+    def _attempt(
+        self, write: Callable[[sqlite3.Connection], object], single: bool = False
+    ) -> str | None:
+        """
+        One try of L{_transaction}'s C{write}.
+        """
         try:
             if self._conn is None:
                 self._conn = self._open()
@@ -326,6 +344,43 @@ class SQLiteJournal(Service):
                 self._conn = None
             return str(e) or type(e).__name__
         return None
+
+    def _replaced(self) -> bool:
+        """
+        Whether the journal's path no longer names the file its connection
+        has open (one C{stat} per transaction).
+        """
+        if self._conn is None or self._identity is None:
+            return False
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return True
+        return (found.st_dev, found.st_ino) != self._identity
+
+    def _reopen(self) -> None:
+        """
+        The path names another file, or none: say so, and close both
+        connections to the old file so that the next transaction opens a
+        journal at the path. The old WAL is checkpointed into the old file
+        and emptied first, so no frame of it can be applied to a new file.
+        Holds C{_commitLock}.
+        """
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path} was deleted or replaced while in use; records "
+            "from now on go to a new journal at {path}",
+            path=self.path,
+        )
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
+        old, self._conn, self._identity = self._conn, None, None
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _close_quietly(old)
 
     def _committed(self, n: int, seconds: float) -> None:
         self._sinceCheckpoint += 1
@@ -364,6 +419,12 @@ class SQLiteJournal(Service):
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect(self.path)
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            _close_quietly(conn)
+            raise
+        self._identity = (found.st_dev, found.st_ino)
         conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
         # No checkpoint inside a commit (its fsyncs would hold up every
         # request waiting for the commit lock): the writer thread runs them.

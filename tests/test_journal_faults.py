@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount import journal as journal_module
 from primecount import schema
+from primecount.count import expected_reply
 from primecount.journal import JournalUnavailable, SQLiteJournal
 from primecount.records import COUNT, Record
 
@@ -229,3 +230,78 @@ class LockedJournalServerTests(SynchronousTestCase):
         log = server.log.decode()
         self.assertEqual(log.count("cannot commit"), 1, log)
         self.assertEqual(log.count("writable again"), 1, log)
+
+
+def journalRead(path: str) -> list[str]:
+    """
+    The messages C{primecount journal --format jsonl} prints for C{path}.
+    """
+    import json
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "primecount", "journal", "--journal", f"sqlite:{path}"]
+    done = subprocess.run(
+        [*argv, "--format", "jsonl"],
+        capture_output=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        # No journal at the path (or not one): it holds no record.
+        return []
+    return [json.loads(line)["message"] for line in done.stdout.splitlines()]
+
+
+class ReplacedJournalTests(SynchronousTestCase):
+    """
+    The journal file deleted, or renamed and replaced, while the server
+    runs: every request answered afterwards is in the file at the path.
+    """
+
+    def run_with(self, replace: Any) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess("--journal", "sqlite:j.sqlite3", cwd=directory)
+        self.addCleanup(server.stop)
+        path = os.path.join(directory, "j.sqlite3")
+        answered = []
+        with server.connect(timeout=20) as sock:
+            for i in range(5):
+                sock.sendall(b"before%d\n" % i)
+                self.assertEqual(recv_lines(sock, 1), [b"1 no\n"])
+            replace(path)
+            for i in range(40):
+                message = f"after{i}"
+                sock.sendall(message.encode() + b"\n")
+                [reply] = recv_lines(sock, 1, timeout=20)
+                self.assertIn(reply, [expected_reply(message), b"ERR journal unavailable\n"])
+                if reply == expected_reply(message):
+                    answered.append(message)
+                time.sleep(0.01)
+        self.assertGreater(len(answered), 30)
+        server.stop()
+        stored = journalRead(path)
+        missing = [m for m in answered if m not in stored]
+        self.assertEqual(missing, [], f"answered but not in {path}: {missing}")
+        # A fresh journal: nothing of the old file came back with it.
+        self.assertFalse([m for m in stored if m.startswith("before")], stored)
+        log = server.log.decode()
+        self.assertEqual(log.count("deleted or replaced"), 1, log)
+        return path
+
+    def test_deleted(self) -> None:
+        self.run_with(os.unlink)
+
+    def test_renamedAndReplaced(self) -> None:
+        def rotate(path: str) -> None:
+            os.rename(path, path + ".1")
+            conn = sqlite3.connect(path)
+            conn.execute("CREATE TABLE unrelated (x)")
+            conn.close()
+
+        path = self.run_with(rotate)
+        # The rotated file keeps what was written to it (and the group
+        # whose commit noticed the rotation, committed again at the path).
+        rotated = journalRead(path + ".1")
+        self.assertEqual(rotated[:5], [f"before{i}" for i in range(5)])
+        self.assertIn(rotated[5:], [[], ["after0"]])
