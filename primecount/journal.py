@@ -127,6 +127,12 @@ PROBE_INTERVAL = 0.25
 #: SQLite's busy timeout, in milliseconds, for a probe.
 PROBE_BUSY_MS = 100
 
+#: SQLite's busy timeout, in milliseconds, on the committing connection:
+#: a commit waits for another writer in steps of this, up to
+#: L{schema.BUSY_TIMEOUT} in all, so that L{SQLiteJournal.hurry} can cut the
+#: wait short (SQLite's own wait cannot be interrupted).
+BUSY_STEP_MS = 50
+
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
 #: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
@@ -210,6 +216,7 @@ class SQLiteJournal(Service):
         # _blocked: why commits fail at once, without trying SQLite, until
         # the writer thread's probe clears it (None: try them).
         self._failing = False
+        self._hurry = False
         self._blocked: str | None = None
         self._failedInEpisode = 0
         self.batches = 0
@@ -222,6 +229,7 @@ class SQLiteJournal(Service):
         super().startService()
         self._accepting = True
         self._closed = False
+        self._hurry = False
         self._thread = threading.Thread(target=self._run, name="primecount-journal", daemon=True)
         self._thread.start()
 
@@ -236,6 +244,15 @@ class SQLiteJournal(Service):
         self._stopped = Deferred()
         self._queue.put(_STOP)
         return self._stopped
+
+    def hurry(self) -> None:
+        """
+        The stop's deadline is near: from now on no commit waits for another
+        writer's lock (a busy journal fails at once, and the commit waiting
+        now gives up within L{BUSY_STEP_MS}), so the stop keeps its bound.
+        What can be written still is.
+        """
+        self._hurry = True
 
     # -- any thread but the reactor's ------------------------------------------
 
@@ -328,9 +345,9 @@ class SQLiteJournal(Service):
                 self._conn = self._open()
             conn = self._conn
             if single:
-                write(conn)
+                self._patiently(lambda: write(conn))
                 return None
-            conn.execute("BEGIN IMMEDIATE")
+            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 write(conn)
                 conn.execute("COMMIT")
@@ -344,6 +361,24 @@ class SQLiteJournal(Service):
                 self._conn = None
             return str(e) or type(e).__name__
         return None
+
+    def _patiently(self, step: Callable[[], object]) -> None:
+        """
+        Run C{step}, a statement that takes the write lock, again while
+        another writer holds that lock, up to L{schema.BUSY_TIMEOUT} (or
+        until L{hurry}). A statement that fails busy has done nothing.
+        """
+        deadline = time.monotonic() + schema.BUSY_TIMEOUT
+        while True:
+            try:
+                step()
+                return
+            except sqlite3.OperationalError as e:
+                code = getattr(e, "sqlite_errorcode", None)
+                if code is None or code & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                if self._hurry or time.monotonic() >= deadline:
+                    raise
 
     def _replaced(self) -> bool:
         """
@@ -430,6 +465,7 @@ class SQLiteJournal(Service):
         # request waiting for the commit lock): the writer thread runs them.
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
         return conn
 
     def _checkpoint(self) -> None:

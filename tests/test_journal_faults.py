@@ -8,6 +8,7 @@ keep its bound.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ from primecount.count import expected_reply
 from primecount.journal import JournalUnavailable, SQLiteJournal
 from primecount.records import COUNT, Record
 
-from .helpers import ServerProcess, recv_lines
+from .helpers import ServerProcess, recv_all, recv_lines
 
 
 def record(i: int) -> Record:
@@ -305,3 +306,36 @@ class ReplacedJournalTests(SynchronousTestCase):
         rotated = journalRead(path + ".1")
         self.assertEqual(rotated[:5], [f"before{i}" for i in range(5)])
         self.assertIn(rotated[5:], [[], ["after0"]])
+
+
+class BoundedStopTests(SynchronousTestCase):
+    """
+    SIGTERM while another process holds the journal's write lock: the
+    server keeps its --shutdown-timeout, answering ERR to what it could not
+    record.
+    """
+
+    def test_sigtermWithLockedJournalKeepsTheBound(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess(
+            "--journal", "sqlite:j.sqlite3", "--shutdown-timeout", "3", cwd=directory
+        )
+        self.addCleanup(server.stop)
+        path = os.path.join(directory, "j.sqlite3")
+        with server.connect(timeout=20) as sock:
+            sock.sendall(b"first\n")
+            self.assertEqual(recv_lines(sock, 1), [b"1 no\n"])
+            locker = sqlite3.connect(path, isolation_level=None)
+            self.addCleanup(locker.close)
+            locker.execute("BEGIN EXCLUSIVE")
+            sock.sendall(b"blocked\n")
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            server.signal(signal.SIGTERM)
+            replies = recv_all(sock, timeout=20)
+            status = server.wait(timeout=30)
+            took = time.monotonic() - signalled
+        self.assertEqual(replies, b"ERR journal unavailable\n")
+        self.assertIn(status, (0, -signal.SIGTERM))
+        self.assertLess(took, 4.0, server.log.decode())
