@@ -339,3 +339,58 @@ class BoundedStopTests(SynchronousTestCase):
         self.assertEqual(replies, b"ERR journal unavailable\n")
         self.assertIn(status, (0, -signal.SIGTERM))
         self.assertLess(took, 4.0, server.log.decode())
+
+
+class RangesCutByStopTests(SynchronousTestCase):
+    """
+    Range requests cut by a stop are settled before the journal stops.
+    """
+
+    def run_stop(self, client: Any) -> tuple[list[tuple[object, ...]], str]:
+        from primecount.multiclient import fetch
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess(
+            "--journal",
+            "sqlite:j.sqlite3",
+            "--range-port",
+            "0",
+            "--shutdown-timeout",
+            "2",
+            cwd=directory,
+        )
+        self.addCleanup(server.stop)
+        import socket
+
+        with socket.create_connection(("127.0.0.1", server.ports["range"]), timeout=20) as sock:
+            self.assertEqual(len(fetch(sock, 100, 200)), 21)
+            server.signal(signal.SIGTERM)
+            client(sock)
+            server.wait(timeout=30)
+        conn = sqlite3.connect(os.path.join(directory, "j.sqlite3"), timeout=5)
+        try:
+            rows = conn.execute(
+                "SELECT a, b, count, sum_ok, error FROM requests WHERE protocol = 'range'"
+            ).fetchall()
+        finally:
+            conn.close()
+        return rows, server.log.decode()
+
+    def test_clientLeavesDuringTheStop(self) -> None:
+        def leave(sock: Any) -> None:
+            time.sleep(0.5)
+            sock.close()
+
+        rows, log = self.run_stop(leave)
+        self.assertEqual(rows, [(100, 200, 21, None, "client disconnected before sending the sum")])
+        self.assertNotIn("journal is stopped", log)
+        self.assertNotIn("Journal unavailable", log)
+
+    def test_droppedAtTheDeadline(self) -> None:
+        rows, log = self.run_stop(lambda sock: recv_all(sock, timeout=20))
+        [(a, b, count, sum_ok, error)] = rows
+        self.assertEqual((a, b, count, sum_ok), (100, 200, 21, None))
+        self.assertIsNotNone(error, "the cut range was left sum unknown")
+        self.assertNotIn("journal is stopped", log)
+        self.assertNotIn("Journal unavailable", log)
