@@ -503,6 +503,11 @@ class SQLiteJournal(Service):
             (busy, or unwritable: commit failures are what gets reported).
         """
         conn = self._checkpointer
+        if conn is None and self._replaced():
+            # Not beside a connection to the file the path named before
+            # (they would share the -shm at the path): the next commit
+            # reopens first.
+            return None
         try:
             if conn is None:
                 conn = self._checkpointer = self._connect(self.path)
@@ -527,14 +532,22 @@ class SQLiteJournal(Service):
         During a failure episode, try whether the journal takes writes
         again: C{BEGIN IMMEDIATE} (with a short busy timeout) then
         C{ROLLBACK}, on the checkpointing connection so that the request
-        path never waits for it. Success lets commits try SQLite again (a
-        full disk, say, is only known by trying). Writer thread.
+        path never waits for it. That connection is opened afresh at the
+        path, so a probe tests the file the path names now (it may have
+        been deleted or replaced during the episode). Success lets commits
+        try SQLite again (a full disk, say, is only known by trying).
+        Writer thread.
         """
+        with self._commitLock:
+            # Never beside a connection to a file the path no longer names.
+            if self._replaced():
+                self._reopen()
         with self._checkpointLock:
-            conn = self._checkpointer
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+            conn = self._checkpointer = None
             try:
-                if conn is None:
-                    conn = self._checkpointer = self._connect(self.path)
+                conn = self._checkpointer = self._connect(self.path)
                 conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
                 try:
                     conn.execute("BEGIN IMMEDIATE")
