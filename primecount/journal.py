@@ -14,6 +14,13 @@ Durability: the database is in WAL mode. By default (C{synchronous=NORMAL})
 a commit survives the server process being killed; with C{fsync=True}
 (C{synchronous=FULL}) every group commit is also flushed to disk and
 survives a power loss, at the cost of one fsync per group.
+
+Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
+commit fails, later ones fail at once while the writer thread probes for
+the end of the episode; after every transaction the path is checked to
+still name the open file (a deleted or replaced journal is reopened at the
+path before anything is acknowledged); L{SQLiteJournal.hurry} stops waiting
+for other writers' locks so that a stop keeps its deadline.
 """
 
 from __future__ import annotations

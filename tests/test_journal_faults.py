@@ -394,3 +394,40 @@ class RangesCutByStopTests(SynchronousTestCase):
         self.assertIsNotNone(error, "the cut range was left sum unknown")
         self.assertNotIn("journal is stopped", log)
         self.assertNotIn("Journal unavailable", log)
+
+
+class HurryTests(TestCase):
+    """
+    L{SQLiteJournal.hurry}: a commit waiting for another writer's lock gives
+    up at once, so a stop can keep its deadline.
+    """
+
+    def test_hurryEndsTheWaitForALock(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        journal = SQLiteJournal(path, reactor)
+        journal.startService()
+        self.addCleanup(journal.stopService)
+        journal.commit([record(0)])
+        locker = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(locker.close)
+        locker.execute("BEGIN EXCLUSIVE")
+        self.addCleanup(locker.execute, "ROLLBACK")
+        outcome: list[BaseException | None] = []
+
+        def commit() -> None:
+            try:
+                journal.commit([record(1)])
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        waiter = threading.Thread(target=commit)
+        waiter.start()
+        time.sleep(0.3)
+        self.assertEqual(outcome, [], "the commit should still wait for the lock")
+        hurried = time.monotonic()
+        journal.hurry()
+        waiter.join(10)
+        self.assertLess(time.monotonic() - hurried, 1.0)
+        self.assertEqual(len(outcome), 1)
+        self.assertIsInstance(outcome[0], JournalUnavailable)
