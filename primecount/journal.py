@@ -14,6 +14,13 @@ Durability: the database is in WAL mode. By default (C{synchronous=NORMAL})
 a commit survives the server process being killed; with C{fsync=True}
 (C{synchronous=FULL}) every group commit is also flushed to disk and
 survives a power loss, at the cost of one fsync per group.
+
+Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
+commit fails, later ones fail at once while the writer thread probes for
+the end of the episode; after every transaction the path is checked to
+still name the open file (a deleted or replaced journal is reopened at the
+path before anything is acknowledged); L{SQLiteJournal.hurry} stops waiting
+for other writers' locks so that a stop keeps its deadline.
 """
 
 from __future__ import annotations
@@ -103,9 +110,40 @@ def check_writable(url: JournalURL) -> None:
 
 
 _STOP = object()
+# Wakes the writer thread (to checkpoint now).
+_WAKE = object()
 
 #: Seconds between the writer thread's WAL checkpoints.
 CHECKPOINT_INTERVAL = 0.5
+
+#: The WAL's bound in bytes. Once this much is written to it since it last
+#: restarted, the writer thread finishes a checkpoint while holding the
+#: commit lock, so the next commit restarts the WAL from its beginning
+#: (reusing its file: no new disk space); a WAL file left bigger than this
+#: is truncated (C{journal_size_limit}).
+WAL_LIMIT = 4 << 20
+
+#: SQLite's busy timeout, in milliseconds, for that locked checkpoint: it
+#: holds up commits, so it gives up quickly when a reader or another
+#: process is in the way and tries again at the next interval.
+LOCKED_CHECKPOINT_BUSY_MS = 100
+
+#: Seconds between the writer thread's probes while commits fail.
+PROBE_INTERVAL = 0.25
+
+#: SQLite's busy timeout, in milliseconds, for a probe.
+PROBE_BUSY_MS = 100
+
+#: SQLite's busy timeout, in milliseconds, on the committing connection:
+#: a commit waits for another writer in steps of this, up to
+#: L{schema.BUSY_TIMEOUT} in all, so that L{SQLiteJournal.hurry} can cut the
+#: wait short (SQLite's own wait cannot be interrupted).
+BUSY_STEP_MS = 50
+
+#: Group commits after which the writer thread checkpoints at once rather
+#: than at its next interval: a fast disk fills the WAL quicker than
+#: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
+CHECKPOINT_EVERY = 128
 
 
 class _Waiting:
@@ -172,8 +210,21 @@ class SQLiteJournal(Service):
         self._waitingLock = threading.Lock()
         self._waiting: list[_Waiting] = []
         self._conn: sqlite3.Connection | None = None
+        # (st_dev, st_ino) of the file _conn has open.
+        self._identity: tuple[int, int] | None = None
+        # The writer thread's checkpointing connection; _checkpointLock
+        # guards it (taken after _commitLock when both are needed).
+        self._checkpointLock = threading.Lock()
+        self._checkpointer: sqlite3.Connection | None = None
+        self._sinceCheckpoint = 0
+        self._checkpointDue = False
         self._closed = False
+        # _failing: in a failure episode (logged at its start and end).
+        # _blocked: why commits fail at once, without trying SQLite, until
+        # the writer thread's probe clears it (None: try them).
         self._failing = False
+        self._hurry = False
+        self._blocked: str | None = None
         self._failedInEpisode = 0
         self.batches = 0
         self.committed = 0
@@ -185,6 +236,7 @@ class SQLiteJournal(Service):
         super().startService()
         self._accepting = True
         self._closed = False
+        self._hurry = False
         self._thread = threading.Thread(target=self._run, name="primecount-journal", daemon=True)
         self._thread.start()
 
@@ -199,6 +251,15 @@ class SQLiteJournal(Service):
         self._stopped = Deferred()
         self._queue.put(_STOP)
         return self._stopped
+
+    def hurry(self) -> None:
+        """
+        The stop's deadline is near: from now on no commit waits for another
+        writer's lock (a busy journal fails at once, and the commit waiting
+        now gives up within L{BUSY_STEP_MS}), so the stop keeps its bound.
+        What can be written still is.
+        """
+        self._hurry = True
 
     # -- any thread but the reactor's ------------------------------------------
 
@@ -230,6 +291,15 @@ class SQLiteJournal(Service):
         started = time.monotonic()
         records = [r for w in group for r in w.records]
 
+        if self._blocked is not None:
+            # A failure episode: fail at once; the writer thread's probe
+            # says when to try again.
+            for w in group:
+                w.error = self._blocked
+                w.done = True
+            self._notCommitted(n, self._blocked)
+            return
+
         statements = list(schema.inserts(records))
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -255,20 +325,36 @@ class SQLiteJournal(Service):
         C{write} runs one statement, which SQLite makes a transaction by
         itself (the connection is in autocommit mode).
 
+        Then, before anything is acknowledged, check that the path still
+        names the file written to: if it was deleted, or renamed and
+        replaced, open a journal at the path and run C{write} again there.
+
         @return: L{None} once committed, else why it failed (rolled back,
             and the connection dropped so the next one starts afresh: the
             file may have been replaced, remounted or repaired meanwhile).
         """
         if self._closed:
             return "journal is stopped"
+        error = self._attempt(write, single)
+        if error is None and self._replaced():
+            self._reopen()
+            error = self._attempt(write, single)
+        return error
+
+    def _attempt(
+        self, write: Callable[[sqlite3.Connection], object], single: bool = False
+    ) -> str | None:
+        """
+        One try of L{_transaction}'s C{write}.
+        """
         try:
             if self._conn is None:
                 self._conn = self._open()
             conn = self._conn
             if single:
-                write(conn)
+                self._patiently(lambda: write(conn))
                 return None
-            conn.execute("BEGIN IMMEDIATE")
+            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 write(conn)
                 conn.execute("COMMIT")
@@ -283,7 +369,66 @@ class SQLiteJournal(Service):
             return str(e) or type(e).__name__
         return None
 
+    def _patiently(self, step: Callable[[], object]) -> None:
+        """
+        Run C{step}, a statement that takes the write lock, again while
+        another writer holds that lock, up to L{schema.BUSY_TIMEOUT} (or
+        until L{hurry}). A statement that fails busy has done nothing.
+        """
+        deadline = time.monotonic() + schema.BUSY_TIMEOUT
+        while True:
+            try:
+                step()
+                return
+            except sqlite3.OperationalError as e:
+                code = getattr(e, "sqlite_errorcode", None)
+                if code is None or code & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                if self._hurry or time.monotonic() >= deadline:
+                    raise
+
+    def _replaced(self) -> bool:
+        """
+        Whether the journal's path no longer names the file its connection
+        has open (one C{stat} per transaction).
+        """
+        if self._conn is None or self._identity is None:
+            return False
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return True
+        return (found.st_dev, found.st_ino) != self._identity
+
+    def _reopen(self) -> None:
+        """
+        The path names another file, or none: say so, and close both
+        connections to the old file so that the next transaction opens a
+        journal at the path. The old WAL is checkpointed into the old file
+        and emptied first, so no frame of it can be applied to a new file.
+        Holds C{_commitLock}.
+        """
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path} was deleted or replaced while in use; records "
+            "from now on go to a new journal at {path}",
+            path=self.path,
+        )
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
+        old, self._conn, self._identity = self._conn, None, None
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _close_quietly(old)
+
     def _committed(self, n: int, seconds: float) -> None:
+        self._sinceCheckpoint += 1
+        if self._sinceCheckpoint >= CHECKPOINT_EVERY and not self._checkpointDue:
+            self._checkpointDue = True
+            self._queue.put(_WAKE)
         self.batches += 1
         self.committed += n
         self._metrics.journalCommit(n, seconds)
@@ -299,6 +444,8 @@ class SQLiteJournal(Service):
             self._failedInEpisode = 0
 
     def _notCommitted(self, n: int, why: str) -> None:
+        if self._blocked is None:
+            self._blocked = why
         self.failed += n
         self._failedInEpisode += n
         self._metrics.journalFailed(n)
@@ -314,29 +461,112 @@ class SQLiteJournal(Service):
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect(self.path)
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            _close_quietly(conn)
+            raise
+        self._identity = (found.st_dev, found.st_ino)
         conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
         # No checkpoint inside a commit (its fsyncs would hold up every
         # request waiting for the commit lock): the writer thread runs them.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
         return conn
 
-    def _checkpoint(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    def _checkpoint(self) -> None:
         """
         Copy committed pages from the WAL into the database, beside the
-        commits (a passive checkpoint never blocks a writer), so the WAL
-        stays small. Returns the connection to use next time.
+        commits (a passive checkpoint never blocks a writer). Under steady
+        commits a passive checkpoint never reaches the WAL's end, and a WAL
+        restarts only once it is wholly copied: so when the WAL holds more
+        than L{WAL_LIMIT} (or commits fail, e.g. on a full disk), finish the
+        checkpoint holding the commit lock (little is left to copy by then),
+        which lets the next commit restart the WAL at its beginning. Writer
+        thread.
         """
+        with self._checkpointLock:
+            frames = self._checkpointStep("PASSIVE")
+        if frames is None:
+            return
+        pageSize, logFrames = frames
+        walBytes = logFrames * (pageSize + 24)
+        fileBytes = _size(self.path + "-wal")
+        if walBytes < WAL_LIMIT and fileBytes <= WAL_LIMIT and not self._failing:
+            return
+        # An oversized WAL file is cut to nothing; otherwise it is reused.
+        mode = "TRUNCATE" if fileBytes > WAL_LIMIT else "RESTART"
+        with self._commitLock, self._checkpointLock:
+            if not self._closed:
+                self._checkpointStep(mode, busyMs=LOCKED_CHECKPOINT_BUSY_MS)
+
+    def _checkpointStep(self, mode: str, busyMs: int | None = None) -> tuple[int, int] | None:
+        """
+        One C{wal_checkpoint(mode)} on the checkpointing connection (opened
+        when needed); holds C{_checkpointLock}.
+
+        @return: (page size, frames in the WAL), or L{None} when it failed
+            (busy, or unwritable: commit failures are what gets reported).
+        """
+        conn = self._checkpointer
+        if conn is None and self._replaced():
+            # Not beside a connection to the file the path named before
+            # (they would share the -shm at the path): the next commit
+            # reopens first.
+            return None
         try:
             if conn is None:
-                conn = self._connect(self.path)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                conn = self._checkpointer = self._connect(self.path)
+                conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            if busyMs is not None:
+                conn.execute(f"PRAGMA busy_timeout={busyMs}")
+            try:
+                _, logFrames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                (pageSize,) = conn.execute("PRAGMA page_size").fetchone()
+            finally:
+                if busyMs is not None:
+                    conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
         except Exception:
-            # Busy (another worker checkpoints) or unwritable: try later;
-            # commit failures are what gets reported.
             if conn is not None:
                 _close_quietly(conn)
+            self._checkpointer = None
             return None
-        return conn
+        return pageSize, logFrames
+
+    def _probe(self) -> None:
+        """
+        During a failure episode, try whether the journal takes writes
+        again: C{BEGIN IMMEDIATE} (with a short busy timeout) then
+        C{ROLLBACK}, on the checkpointing connection so that the request
+        path never waits for it. That connection is opened afresh at the
+        path, so a probe tests the file the path names now (it may have
+        been deleted or replaced during the episode). Success lets commits
+        try SQLite again (a full disk, say, is only known by trying).
+        Writer thread.
+        """
+        with self._commitLock:
+            # Never beside a connection to a file the path no longer names.
+            if self._replaced():
+                self._reopen()
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+            conn = self._checkpointer = None
+            try:
+                conn = self._checkpointer = self._connect(self.path)
+                conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
+            except Exception:
+                if conn is not None:
+                    _close_quietly(conn)
+                self._checkpointer = None
+                return
+        self._blocked = None
 
     # -- reactor side -----------------------------------------------------------
 
@@ -376,7 +606,11 @@ class SQLiteJournal(Service):
         """
         rows = [schema.settle_row(r) for r in records]
         with self._commitLock:
-            error = self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
+            error = self._blocked
+            if error is None:
+                error = self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
+                if error is not None and self._blocked is None:
+                    self._blocked = error
         if error is not None:
             raise JournalUnavailable(error)
 
@@ -392,20 +626,29 @@ class SQLiteJournal(Service):
 
     def _run(self) -> None:
         stopping = False
-        checkpointer: sqlite3.Connection | None = None
         nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        nextProbe = 0.0
         while not stopping:
-            if time.monotonic() >= nextCheckpoint:
-                checkpointer = self._checkpoint(checkpointer)
+            now = time.monotonic()
+            if self._blocked is not None and now >= nextProbe:
+                self._probe()
+                nextProbe = time.monotonic() + PROBE_INTERVAL
+            if self._checkpointDue or now >= nextCheckpoint:
+                self._sinceCheckpoint = 0
+                self._checkpointDue = False
+                self._checkpoint()
                 nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
+            wake = nextCheckpoint if self._blocked is None else min(nextCheckpoint, nextProbe)
             try:
-                item = self._queue.get(timeout=CHECKPOINT_INTERVAL)
+                item = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 continue
             batch = []
             while True:
                 if item is _STOP:
                     stopping = True
+                elif item is _WAKE:
+                    pass
                 else:
                     batch.append(item)
                 try:
@@ -426,8 +669,10 @@ class SQLiteJournal(Service):
                 except JournalUnavailable as e:
                     error = str(e)
                 self._reactor.callFromThread(self._fire, [d for _, d in group], error)
-        if checkpointer is not None:
-            _close_quietly(checkpointer)
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
         with self._commitLock:
             self._closed = True
             if self._conn is not None:
@@ -440,6 +685,16 @@ class SQLiteJournal(Service):
         if self._stopped is not None:
             stopped, self._stopped = self._stopped, None
             stopped.callback(None)
+
+
+def _size(path: str) -> int:
+    """
+    The size of the file at C{path}; 0 when there is none.
+    """
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:

@@ -491,7 +491,6 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         self.setTimeout(None)
         self._lost = True
-        self.factory.connections.closed(self)
         self.factory.metrics.connectionClosed(RANGE)
         if self._stream is not None:
             self._stream.stopProducing()
@@ -506,6 +505,9 @@ class RangeProtocol(Protocol, TimeoutMixin):
             self._a = self._b = None
             self._record(INCOMPLETE_REQUEST)
         self._state = _JOURNALLING
+        # Last: during a stop, the last connection closed lets the journal
+        # stop, and the record above must be queued before that.
+        self.factory.connections.closed(self)
 
     def _recordOf(self, error: str | None, sum_ok: bool | None = None) -> Record:
         """

@@ -201,7 +201,13 @@ def from_row(row: Iterable[object]) -> Record:
     )
 
 
-def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
+#: Seconds a write waits for another writer before failing.
+BUSY_TIMEOUT = 5.0
+
+
+def connect(
+    path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT
+) -> sqlite3.Connection:
     """
     Open the journal database at C{path}.
 

@@ -357,35 +357,68 @@ class PrimecountService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """
+        Stop accepting; drain the connections, the pipeline, then the
+        journal, all within one deadline, C{shutdownTimeout} seconds away
+        (none when it is 0). Shortly before it the journal is hurried (no
+        more waiting for another process's lock: what waits is answered
+        C{ERR journal unavailable}); at it the connections still open are
+        dropped. Connections closed meanwhile have their records (a range's
+        settle) queued before the journal stops, so it flushes them too.
+        """
         service.Service.stopService(self)
-        yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self])
-        busy = len(self.connections)
-        if busy:
-            _log.info(
-                "stopping: answering what {n} open connections sent, for up to {t:g} s",
-                n=busy,
-                t=self.shutdownTimeout,
-            )
-            drained = self.connections.closeAll()
-            if self.shutdownTimeout:
-                drained.addTimeout(self.shutdownTimeout, self._clock)
-            try:
-                yield drained
-            except defer.TimeoutError:
-                _log.warn(
-                    "stopping: {n} connections still busy after {t:g} s; dropping them",
-                    n=len(self.connections),
+        timers = []
+        if self.shutdownTimeout:
+            early = min(HURRY_BEFORE, self.shutdownTimeout / 2)
+            timers.append(self._clock.callLater(self.shutdownTimeout - early, self._hurry))
+            timers.append(self._clock.callLater(self.shutdownTimeout, self._drop))
+        try:
+            yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self])
+            busy = len(self.connections)
+            if busy:
+                _log.info(
+                    "stopping: answering what {n} open connections sent, for up to {t:g} s",
+                    n=busy,
                     t=self.shutdownTimeout,
                 )
-                self.connections.abortAll()
-        yield self.pipeline.whenIdle()
+                # Fires once every connection is gone, dropped ones included.
+                yield self.connections.closeAll()
+            yield self.pipeline.whenIdle()
+            if self.journal is not None:
+                yield self.journal.stopService()
+                _log.info(
+                    "journal flushed: {n} records committed in {b} transactions",
+                    n=self.journal.committed,
+                    b=self.journal.batches,
+                )
+        finally:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+
+    def _hurry(self) -> None:
+        """
+        The deadline is near: the journal stops waiting for locks.
+        """
         if self.journal is not None:
-            yield self.journal.stopService()
-            _log.info(
-                "journal flushed: {n} records committed in {b} transactions",
-                n=self.journal.committed,
-                b=self.journal.batches,
+            self.journal.hurry()
+
+    def _drop(self) -> None:
+        """
+        The deadline: drop the connections still open.
+        """
+        if len(self.connections):
+            _log.warn(
+                "stopping: {n} connections still busy after {t:g} s; dropping them",
+                n=len(self.connections),
+                t=self.shutdownTimeout,
             )
+            self.connections.abortAll()
+
+
+#: Seconds before the stop's deadline at which the journal is hurried, so
+#: that what waits for it is answered before the connections are dropped.
+HURRY_BEFORE = 0.5
 
 
 def raise_open_files_limit(wanted: int) -> int:

@@ -156,7 +156,17 @@ class WriterTests(TestCase):
         self.assertEqual(self.stored(), [])
         self.assertEqual(self.journal.failed, 3)
         self.control.broken = False
-        yield self.journal.append([record(9)])
+        # Commits resume once the writer thread's probe finds the journal
+        # writable (every PROBE_INTERVAL): until then they fail at once.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                yield self.journal.append([record(9)])
+                break
+            except JournalUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                yield deferLater(0.01)
         self.assertEqual(self.stored(), [record(9)])
         # A failed commit drops the connection; the next one reopens it.
         self.assertGreater(self.control.opened, 1)
@@ -218,7 +228,15 @@ class WriterTests(TestCase):
         e = self.assertRaises(JournalUnavailable, self.journal.commit, [record(0)])
         self.assertIn("readonly", str(e))
         self.control.broken = False
-        self.journal.commit([record(1)])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.journal.commit([record(1)])
+                break
+            except JournalUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.assertEqual(self.stored(), [record(1)])
 
     @defer.inlineCallbacks
