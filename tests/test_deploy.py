@@ -16,9 +16,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from unittest import SkipTest
 
@@ -27,6 +30,7 @@ from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import TestCase
 
 from primecount.metrics import OUTCOMES, Metrics
+from tests.helpers import TWISTD, recv_lines
 from tests.test_proxyheader import require_program
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -317,3 +321,80 @@ class SystemdTests(TestCase):
         self.assertEqual(options["listen"], ["haproxy:systemd:domain=INET:index=0"])
         self.assertEqual(options["metrics-port"], 9100)
         self.assertEqual(str(options["journal"].path), os.path.join(scratch, "primecount.sqlite3"))
+
+
+#: Hands a listening socket to a program as systemd does: descriptor 3,
+#: C{LISTEN_PID} (its own pid, known only after the fork), C{LISTEN_FDS},
+#: C{LISTEN_FDNAMES}. Arguments: the socket's descriptor here, then the
+#: program's argv.
+SOCKET_ACTIVATE = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="count")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class SocketActivationTests(TestCase):
+    """
+    The service's command line, run on a socket handed over as systemd
+    hands it.
+    """
+
+    def test_servesOnTheActivatedSocket(self) -> None:
+        """
+        primecount started with C{ExecStart}'s options serves on the
+        socket it inherits, reads the PROXY header there and journals the
+        client it names. (The metrics port and interface are moved to an
+        ephemeral port on 127.0.0.1, the journal to a scratch directory.)
+        """
+        service = (DEPLOY / "primecount.service").read_text()
+        argv = execStart(service)
+        journal = re.search(r"^Environment=PRIMECOUNT_JOURNAL=(.*)$", service, re.M)
+        assert journal is not None
+        scratch = os.path.abspath(self.mktemp())
+        os.mkdir(scratch)
+        substitutions = {
+            "${PRIMECOUNT_JOURNAL}": journal.group(1).replace("/var/lib/primecount", scratch),
+            "9100": "0",
+            "0.0.0.0": "127.0.0.1",
+        }
+        args = [substitutions.get(word, word) for word in argv if word != "$PRIMECOUNT_OPTIONS"]
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        log = open(os.path.join(scratch, "log"), "w+b")  # noqa: SIM115 - closed by cleanup
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [sys.executable, "-c", SOCKET_ACTIVATE, str(listening.fileno()), *TWISTD, *args[1:]],
+            cwd=scratch,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=[listening.fileno()],
+        )
+
+        def stop() -> None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+
+        self.addCleanup(stop)
+        client = socket.create_connection(listening.getsockname(), timeout=30)
+        self.addCleanup(client.close)
+        # Version 1: what primecount reads today on haproxy: listeners.
+        client.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 40123 5050\r\nabc2a\n")
+        replies = recv_lines(client, 1, timeout=60)
+        log.seek(0)
+        self.assertEqual(replies, ["2 sí\n".encode()], log.read().decode(errors="replace"))
+        database = os.path.join(scratch, "primecount.sqlite3")
+        with closing(sqlite3.connect(database)) as db:
+            rows = list(db.execute("SELECT host, port, message FROM requests"))
+        self.assertEqual(rows, [("198.51.100.7", 40123, "abc2a")])
+        stop()
+        self.assertIn(process.returncode, (0, -signal.SIGTERM))
