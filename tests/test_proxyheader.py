@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from unittest import SkipTest
 
@@ -472,6 +473,7 @@ class HAProxyTests(TestCase):
                 "    timeout client 30s\n"
                 "    timeout server 30s\n"
                 "frontend in\n"
+                "    unique-id-format %ci:%cp\n"
                 f"    bind fd@{frontend.fileno()}\n"
                 "    default_backend out\n"
                 "backend out\n"
@@ -526,10 +528,10 @@ class HAProxyTests(TestCase):
             return connection
         self.fail(f"haproxy never connected: {self.haproxyOutput()}")
 
-    def receiveHeader(self, connection: socket.socket, until: bytes = b"") -> Header:
+    def receiveHeader(self, connection: socket.socket, until: bytes = b"") -> tuple[Header, int]:
         """
         Read from C{connection} until a header and then C{until} arrived
-        (or the peer closed), and return the parsed header.
+        (or the peer closed); return the parsed header and its length.
         """
         received = b""
         result = parse(received)
@@ -539,47 +541,56 @@ class HAProxyTests(TestCase):
             if isinstance(result, Bad):
                 self.fail(f"{result.reason}: {received!r}")
             if isinstance(result, Header) and result.rest.endswith(until):
-                return result
+                return result, len(received) - len(result.rest)
             chunk = connection.recv(65536)
             if not chunk:
                 break
             received += chunk
         self.fail(f"no complete header: {result!r} from {received!r}")
 
-    def relay(self, server: str, client: str, frontend: str) -> tuple[socket.socket, Header]:
+    def relay(
+        self, server: str, client: str | None, frontend: str
+    ) -> tuple[socket.socket, Header, int]:
         """
-        Connect from C{client} through HAProxy listening on C{frontend},
-        send a line, and return the client socket and the header the
-        backend received before that line.
+        Connect from C{client} (an address, or L{None} for an unnamed UNIX
+        socket) through HAProxy listening on C{frontend} (an address, or a
+        UNIX socket path), send a line, and return the client socket, the
+        header the backend received before that line, and its length.
         """
-        family = socket.AF_INET6 if ":" in frontend else socket.AF_INET
+        address: str | tuple[str, int]
+        if frontend.startswith("/"):
+            family, address = socket.AF_UNIX, frontend
+        else:
+            family = socket.AF_INET6 if ":" in frontend else socket.AF_INET
+            address = (frontend, 0)
         listening = socket.socket(family)
         try:
-            listening.bind((frontend, 0))
+            listening.bind(address)
         except OSError as e:
             listening.close()
             raise SkipTest(f"cannot bind {frontend}: {e}") from e
         listening.listen(8)
-        port = listening.getsockname()[1]
+        address = listening.getsockname()
         backend = self.start(server, listening)
         sock = socket.socket(family)
         self.addCleanup(sock.close)
         sock.settimeout(DEADLINE)
-        sock.bind((client, 0))
-        sock.connect((frontend, port))
+        if client is not None:
+            sock.bind((client, 0))
+        sock.connect(address)
         sock.sendall(b"abc2a\n")
         connection = self.accept(backend)
         self.assertEqual(connection.getpeername()[0], "127.0.0.1")  # HAProxy, not the client
-        header = self.receiveHeader(connection, until=b"abc2a\n")
+        header, length = self.receiveHeader(connection, until=b"abc2a\n")
         self.assertEqual(header.rest, b"abc2a\n")
-        return sock, header
+        return sock, header, length
 
     def test_sendProxyV2(self) -> None:
         """
         C{send-proxy-v2}: a version 2 PROXY header names the client's
         address and port, and the address it connected to.
         """
-        sock, header = self.relay("send-proxy-v2", "127.0.0.2", "127.0.0.1")
+        sock, header, _ = self.relay("send-proxy-v2", "127.0.0.2", "127.0.0.1")
         self.assertEqual((header.version, header.command), (2, PROXY))
         self.assertEqual(header.source, sock.getsockname())
         self.assertEqual(header.destination, sock.getpeername())
@@ -588,16 +599,44 @@ class HAProxyTests(TestCase):
         """
         C{send-proxy-v2} from an IPv6 client: a TCP6 header.
         """
-        sock, header = self.relay("send-proxy-v2", "::1", "::1")
+        sock, header, _ = self.relay("send-proxy-v2", "::1", "::1")
         self.assertEqual((header.version, header.command), (2, PROXY))
         self.assertEqual(header.source, sock.getsockname()[:2])
         self.assertEqual(header.destination, sock.getpeername()[:2])
+
+    def test_sendProxyV2TLVs(self) -> None:
+        """
+        C{proxy-v2-options}: HAProxy adds TLVs (a CRC32c, a unique id)
+        after the addresses; they are skipped and the client's bytes follow.
+        """
+        sock, header, length = self.relay(
+            "send-proxy-v2 proxy-v2-options crc32c,unique-id", "127.0.0.2", "127.0.0.1"
+        )
+        self.assertEqual(header.source, sock.getsockname())
+        self.assertGreater(length, 28 + 7 + 3)  # TCP4 addresses, CRC32c TLV, an id TLV
+
+    def test_sendProxyV2Unix(self) -> None:
+        """
+        A client of a UNIX socket frontend names no source address (its
+        socket is unnamed): HAProxy 2.6 sends a LOCAL header, without
+        addresses; a HAProxy that sends the UNIX family (0x31) names the
+        frontend's path as destination.
+        """
+        directory = tempfile.mkdtemp(prefix="pc-")  # short: UNIX paths are at most 107 bytes
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "front.sock")
+        _, header, length = self.relay("send-proxy-v2", None, path)
+        self.assertIsNone(header.source)
+        if header.command == LOCAL:  # HAProxy 2.6 (Debian 12)
+            self.assertEqual((header.version, length, header.destination), (2, 16, None))
+        else:
+            self.assertEqual((header.version, length, header.destination), (2, 232, (path, 0)))
 
     def test_sendProxyV1(self) -> None:
         """
         C{send-proxy}: a version 1 line names the client.
         """
-        sock, header = self.relay("send-proxy", "127.0.0.2", "127.0.0.1")
+        sock, header, _ = self.relay("send-proxy", "127.0.0.2", "127.0.0.1")
         self.assertEqual((header.version, header.command), (1, PROXY))
         self.assertEqual(header.source, sock.getsockname())
         self.assertEqual(header.destination, sock.getpeername())
@@ -611,7 +650,7 @@ class HAProxyTests(TestCase):
         listening.bind(("127.0.0.1", 0))
         listening.listen(8)
         backend = self.start("send-proxy-v2 check check-send-proxy inter 500ms", listening)
-        header = self.receiveHeader(self.accept(backend))
+        header, _ = self.receiveHeader(self.accept(backend))
         self.assertEqual((header.version, header.command), (2, LOCAL))
         self.assertIsNone(header.source)
 
