@@ -541,6 +541,7 @@ class HAProxyTests(TestCase):
             if isinstance(result, Bad):
                 self.fail(f"{result.reason}: {received!r}")
             if isinstance(result, Header) and result.rest.endswith(until):
+                self.received = received
                 return result, len(received) - len(result.rest)
             chunk = connection.recv(65536)
             if not chunk:
@@ -614,6 +615,8 @@ class HAProxyTests(TestCase):
         )
         self.assertEqual(header.source, sock.getsockname())
         self.assertGreater(length, 28 + 7 + 3)  # TCP4 addresses, CRC32c TLV, an id TLV
+        for n in range(length):
+            self.assertIs(parse(self.received[:n]), INCOMPLETE)
 
     def test_sendProxyV2Unix(self) -> None:
         """
