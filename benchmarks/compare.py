@@ -13,7 +13,14 @@ Run primecount and the baseline servers side by side under the same load.
         --variant-code before=/tmp/before --variant-code before_nojournal=/tmp/before
 
 Every server runs as its own subprocess on a free port of 127.0.0.1; the
-load comes from C{python -m primecount.bench} subprocesses. Within a round
+load comes from C{cload} (C{benchmarks/cload.c}, a closed-loop generator in
+C that verifies every reply), built with C{cc -O2} (or C{$CC}) into a
+temporary directory at the start of each run; without a compiler compare
+stops with one line, and C{--generator python} runs
+C{python -m primecount.bench} instead (which costs several times more CPU
+per request: the fastest servers are then measured against it). Each
+measured run follows C{--settle} seconds (default 1) of load that is
+verified but not timed. Within a round
 every server gets each workload once, and the order of the servers is
 reversed from one round to the next, so slow drifts of the machine (other
 processes, thermal limits) hit every server alike. Figures are medians over
@@ -27,11 +34,22 @@ Workloads:
   active10    persistent connections, 10 clients (the reference for C{idle})
   idle        C{active10} plus 1000 idle connections held open
 
-CPU placement: on a machine with two or more CPUs the servers are pinned
-to CPU 0 and the generator to CPU 1 (C{os.sched_setaffinity}), so the
-generator never takes CPU time from the server under test; each Python
-server is bound by its GIL to about one core anyway. C{--no-pin} turns
-this off.
+Servers: primecount, the baselines in C{benchmarks/baselines/} and
+C{c_epoll} (C{baselines/c_epoll_server.c}, one epoll loop in C, no journal,
+built like cload): the limit, what this machine can serve at all.
+
+CPU placement (C{--placement}, both by default, one after the other, the
+servers restarted for each): C{pinned} puts the servers on CPU 0 and the
+generator on CPU 1 (C{os.sched_setaffinity}), so the generator never takes
+CPU time from the server under test (each Python server is bound by its
+GIL to about one core anyway); C{unpinned} lets the kernel place them, as
+users run them. C{--no-pin} is C{--placement unpinned}.
+
+The generator is not the bottleneck when the limit server runs well above
+what primecount is asked for: for each target of primecount against a
+baseline, compare prints "generator headroom: c_epoll X req/s = Y×
+primecount's target" and checks Y >= 1.5 (PASS/FAIL). The table also gives
+the generator's CPU time per request.
 
 primecount runs with its defaults (the SQLite journal on, in a temporary
 directory) plus C{--timeout 60}, so idle connections stay open for the whole
@@ -47,11 +65,13 @@ writes the table there (e.g. C{benchmarks/RESULTS.md}; in a file that holds
 the markers C{<!-- compare:begin -->} and C{<!-- compare:end -->} only the
 text between them is replaced) and the PNG beside it (C{RESULTS.png}).
 
-Targets checked (PASS/FAIL): primecount >= 2.0x seed_threadpool on
-C{seed}; primecount >= asyncio_server on C{persistent}; primecount on
-C{idle} >= 0.9x primecount on C{active10}; and, when the run has the
-variant C{--variant nojournal='--journal none'}, primecount >= 0.75x
-nojournal on C{persistent} (the journal's cost).
+Targets checked (PASS/FAIL, per placement; exit status 1 when one fails):
+primecount >= 2.0x seed_threadpool on C{seed}; primecount >= 0.75x
+asyncio_server on C{persistent}; primecount on C{idle} >= 0.9x primecount
+on C{active10}; when the run has the variant C{--variant nojournal='--journal
+none'}, primecount >= 0.9x nojournal on C{persistent} (the journal's cost);
+when it has C{--variant workers2='--workers 2'}, workers2 >= 1.0x
+primecount on C{seed} and C{persistent}; and the generator headroom above.
 """
 
 from __future__ import annotations
@@ -836,7 +856,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "--generator-processes",
         type=int,
         default=1,
-        help="processes of each generator run (default 1)",
+        help="threads (cload) or processes (Python generator) of each generator run (default 1)",
     )
     parser.add_argument(
         "--variant",
