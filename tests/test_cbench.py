@@ -533,3 +533,27 @@ class CompareTests(TestCase):
         self.assertGreater(run["throughput"], 0)
         self.assertEqual(run["wrong"], 0)
         self.assertGreater(run["generator_us"], 0)
+
+    def test_placements(self) -> None:
+        """
+        Both placements by default, pinned first; C{--no-pin} is unpinned
+        alone.
+        """
+        self.assertEqual(compare.arguments([]).placements, ["pinned", "unpinned"])
+        self.assertEqual(compare.arguments(["--no-pin"]).placements, ["unpinned"])
+        self.assertEqual(compare.arguments(["--placement", "pinned"]).placements, ["pinned"])
+
+    def test_pythonGeneratorWithoutCompiler(self) -> None:
+        """
+        Asked for, the Python generator runs without a compiler, with a
+        warning, and c_epoll is left out with another.
+        """
+        self.patch(os, "environ", {**os.environ, "CC": "/nonexistent/cc"})
+        args = compare.arguments(["--generator", "python"])
+        with captured() as (_out, err):
+            generator, built, names = compare.c_setup(
+                args, ["primecount", "c_epoll"], Path(self.mktemp())
+            )
+        self.assertEqual((generator.program, built, names), (None, {}, ["primecount"]))
+        self.assertIn("warning: the Python generator", err.getvalue())
+        self.assertIn("c_epoll left out", err.getvalue())
