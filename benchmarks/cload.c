@@ -19,7 +19,9 @@
  *                             (up to LF, or to EOF with --read-to-eof),
  *                             close, repeat.  --no-newline sends the message
  *                             without its LF; --half-close shuts the write
- *                             side after sending.
+ *                             side after sending; --framing read is
+ *                             --no-newline --read-to-eof (as primecount.bench's
+ *                             mode of that name), --framing line the default.
  *
  * Every reply is compared with the reply a correct server gives: "<k> sí\n"
  * or "<k> no\n", k = how often the last code point of the message (stripped
@@ -660,7 +662,8 @@ static void *run_worker(void *arg)
 static void usage(void)
 {
     fputs("usage: cload [--port P] [--clients C] [--duration S | --requests N]\n"
-          "             [--connection-per-request [--read-to-eof] [--no-newline] [--half-close]]\n"
+          "             [--connection-per-request [--read-to-eof] [--no-newline] [--half-close]\n"
+          "              [--framing line|read]]\n"
           "             [--pipeline K] [--idle N] [--threads T] [--settle S] [--timeout S]\n"
           "             [--message TEXT] [--host 127.0.0.1] [--json FILE] [--quiet]\n"
           "             [--print-expected]\n",
@@ -742,6 +745,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--read-to-eof")) opt.read_to_eof = 1;
         else if (!strcmp(a, "--no-newline")) opt.no_newline = 1;
         else if (!strcmp(a, "--half-close")) opt.half_close = 1;
+        else if (!strcmp(a, "--framing")) {
+            VALUE();
+            if (!strcmp(v, "read")) opt.no_newline = opt.read_to_eof = 1;
+            else if (!strcmp(v, "line")) opt.no_newline = opt.read_to_eof = 0;
+            else die("--framing wants line or read, not '%s'", v);
+        }
         else if (!strcmp(a, "--quiet")) opt.quiet = 1;
         else if (!strcmp(a, "--print-expected")) print_expected = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage();

@@ -308,14 +308,19 @@ class GeneratorTests(CBenchTestCase):
     def test_noNewlineReadToEof(self) -> None:
         """
         Against a server that closes after its reply, messages sent
-        without LF and replies read to EOF are all correct.
+        without LF and replies read to EOF (C{--framing read} for short)
+        are all correct.
         """
-        status, document, _ = self.cload(
-            self.c_server("--close-after-reply"),
-            *("--clients", "10", "--duration", "1", "--connection-per-request"),
-            *("--no-newline", "--read-to-eof"),
-        )
-        self.assertClean(status, document)
+        port = self.c_server("--close-after-reply")
+        for framing in (("--no-newline", "--read-to-eof"), ("--framing", "read")):
+            status, document, _ = self.cload(
+                port,
+                *("--clients", "10", "--duration", "0.5", "--connection-per-request"),
+                *framing,
+            )
+            self.assertClean(status, document)
+            self.assertTrue(document["settings"]["no_newline"])
+            self.assertTrue(document["settings"]["read_to_eof"])
 
     def test_requestCapPipelineThreadsIdle(self) -> None:
         """
