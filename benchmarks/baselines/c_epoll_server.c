@@ -44,6 +44,7 @@ struct conn {
     char *out;
     size_t out_len, out_cap;
     int closing;        /* close once the output is written */
+    int eof;            /* the client closed its side: stop reading */
     int wants_out;
 };
 
@@ -155,8 +156,9 @@ static int flush(struct conn *c)
         return 0;
     }
     int want = c->out_len > 0;
-    if (want != c->wants_out) {
-        struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c};
+    if (want != c->wants_out || c->eof) {
+        struct epoll_event ev = {.events = (c->eof ? 0 : EPOLLIN) | (want ? EPOLLOUT : 0),
+                                 .data.ptr = c};
         epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
         c->wants_out = want;
     }
@@ -204,7 +206,7 @@ static void readable(struct conn *c)
         answer(c, c->in, c->in_len);
         c->closing = 1;
     }
-    if (eof) c->closing = 1;
+    if (eof) c->closing = c->eof = 1;
     flush(c);
 }
 
@@ -283,10 +285,10 @@ int main(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             struct conn *c = events[i].data.ptr;
             if (c == NULL) { accept_all(); continue; }
-            if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+            if (!c->eof && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
                 readable(c);   /* may free c, and flushes */
-            } else if (events[i].events & EPOLLOUT) {
-                flush(c);
+            } else {
+                flush(c);      /* writable, or the peer is gone: send tells */
             }
         }
     }
