@@ -40,7 +40,7 @@
  * the fields of primecount.bench's JSON document: elapsed, requests, ok,
  * wrong, errors {total, connect, reset, timeout}, throughput, latency_ms
  * {p50, p90, p99, p99.9, mean, max}, idle, plus "generator": {"name":
- * "cload", threads, cpu_seconds, resolved, cpu_us_per_request} (resolved and
+ * "cload", threads, cpu_seconds, user_seconds, resolved, cpu_us_per_request} (resolved and
  * the CPU time include the settle time).  Latency percentiles come from
  * a log-linear histogram (32 sub-buckets per power of two of nanoseconds:
  * within about 3 %).
@@ -842,8 +842,8 @@ int main(int argc, char **argv)
     double throughput = elapsed > 0 ? (double)total.ok / elapsed : 0.0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
-                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+    double user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6;
+    double cpu = user + (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
     /* The settle time's requests cost CPU too: divide by all of them. */
     double cpu_us = total.resolved ? cpu / (double)total.resolved * 1e6 : 0.0;
     uint64_t p50 = percentile(total.hist, timed, 50), p90 = percentile(total.hist, timed, 90),
@@ -860,7 +860,7 @@ int main(int argc, char **argv)
                 " \"latency_ms\": {\"p50\": %.6f, \"p90\": %.6f, \"p99\": %.6f, \"p99.9\": %.6f, "
                 "\"mean\": %.6f, \"max\": %.6f},\n"
                 " \"idle\": {\"open\": %lld, \"reopened\": %lld, \"failed\": %lld},\n"
-                " \"generator\": {\"name\": \"cload\", \"threads\": %d, \"cpu_seconds\": %.6f, "
+                " \"generator\": {\"name\": \"cload\", \"threads\": %d, \"cpu_seconds\": %.6f, \"user_seconds\": %.6f, "
                 "\"resolved\": %lld, \"cpu_us_per_request\": %.3f},\n"
                 " \"settings\": {\"port\": %d, \"clients\": %d, \"connection_per_request\": %s, "
                 "\"pipeline\": %d, \"idle\": %d, \"duration\": %.3f, \"settle\": %.3f, "
@@ -868,7 +868,7 @@ int main(int argc, char **argv)
                 elapsed, requests, total.ok, total.wrong, errors, total.connect_errors,
                 total.resets, total.timeouts, throughput, ms(p50), ms(p90), ms(p99), ms(p999), mean,
                 ms(total.max_ns), total.idle_open, total.idle_reopened, total.idle_failed,
-                opt.threads, cpu, total.resolved, cpu_us, opt.port, opt.clients,
+                opt.threads, cpu, user, total.resolved, cpu_us, opt.port, opt.clients,
                 opt.per_request ? "true" : "false", opt.pipeline, opt.idle,
                 opt.duration >= 1e9 ? 0.0 : opt.duration, opt.settle,
                 opt.read_to_eof ? "true" : "false", opt.no_newline ? "true" : "false",
@@ -879,9 +879,10 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "cload 127.0.0.1:%d: %d clients, %s: %lld requests in %.2f s, %.0f req/s, "
                 "wrong %lld, errors %lld (connect %lld, reset %lld, timeout %lld), "
-                "p50 %.3f ms, p99 %.3f ms, max %.3f ms, generator %.2f us/request\n",
+                "p50 %.3f ms, p99 %.3f ms, max %.3f ms, generator %.2f us/request (%.0f%% in the kernel)\n",
                 opt.port, opt.clients, opt.per_request ? "connection per request" : "persistent",
                 requests, elapsed, throughput, total.wrong, errors, total.connect_errors,
-                total.resets, total.timeouts, ms(p50), ms(p99), ms(total.max_ns), cpu_us);
+                total.resets, total.timeouts, ms(p50), ms(p99), ms(total.max_ns), cpu_us,
+                cpu > 0 ? (cpu - user) / cpu * 100 : 0.0);
     return total.wrong || errors ? 3 : 0;
 }

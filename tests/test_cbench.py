@@ -187,6 +187,9 @@ class CBenchTestCase(TestCase):
         self.assertGreater(document["latency_ms"]["p99"], 0)
         self.assertGreaterEqual(document["latency_ms"]["p99"], document["latency_ms"]["p50"])
         self.assertGreater(document["generator"]["cpu_us_per_request"], 0)
+        self.assertLessEqual(
+            document["generator"]["user_seconds"], document["generator"]["cpu_seconds"]
+        )
         self.assertGreaterEqual(document["generator"]["resolved"], document["requests"])
 
 
