@@ -15,7 +15,14 @@ Run primecount and the baseline servers side by side under the same load.
         --variant-code before=/tmp/before --variant-code before_nojournal=/tmp/before
 
 Every server runs as its own subprocess on a free port of 127.0.0.1; the
-load comes from C{python -m primecount.bench} subprocesses. Within a round
+load comes from C{cload} (C{benchmarks/cload.c}, a closed-loop generator in
+C that verifies every reply), built with C{cc -O2} (or C{$CC}) into a
+temporary directory at the start of each run; without a compiler compare
+stops with one line, and C{--generator python} runs
+C{python -m primecount.bench} instead (which costs several times more CPU
+per request: the fastest servers are then measured against it). Each
+measured run follows C{--settle} seconds (default 1) of load that is
+verified but not timed. Within a round
 every server gets each workload once, and the order of the servers is
 reversed from one round to the next, so slow drifts of the machine (other
 processes, thermal limits) hit every server alike. Figures are medians over
@@ -33,11 +40,22 @@ Workloads:
   active10    persistent connections, 10 clients (the reference for C{idle})
   idle        C{active10} plus 1000 idle connections held open
 
-CPU placement: on a machine with two or more CPUs the servers are pinned
-to CPU 0 and the generator to CPU 1 (C{os.sched_setaffinity}), so the
-generator never takes CPU time from the server under test; each Python
-server is bound by its GIL to about one core anyway. C{--no-pin} turns
-this off.
+Servers: primecount, the baselines in C{benchmarks/baselines/} and
+C{c_epoll} (C{baselines/c_epoll_server.c}, one epoll loop in C, no journal,
+built like cload): the limit, what this machine can serve at all.
+
+CPU placement (C{--placement}, both by default, one after the other, the
+servers restarted for each): C{pinned} puts the servers on CPU 0 and the
+generator on CPU 1 (C{os.sched_setaffinity}), so the generator never takes
+CPU time from the server under test (each Python server is bound by its
+GIL to about one core anyway); C{unpinned} lets the kernel place them, as
+users run them. C{--no-pin} is C{--placement unpinned}.
+
+The generator is not the bottleneck when the limit server runs well above
+what primecount is asked for: for each target of primecount against a
+baseline, compare prints "generator headroom: c_epoll X req/s = Y×
+primecount's target" and checks Y >= 1.5 (PASS/FAIL). The table also gives
+the generator's CPU time per request.
 
 primecount runs with its defaults (the SQLite journal on, in a temporary
 directory) plus C{--timeout 60}, so idle connections stay open for the whole
@@ -55,11 +73,13 @@ writes the table there (e.g. C{benchmarks/RESULTS.md}; in a file that holds
 the markers C{<!-- compare:begin -->} and C{<!-- compare:end -->} only the
 text between them is replaced) and the PNG beside it (C{RESULTS.png}).
 
-Targets checked (PASS/FAIL): primecount >= 2.0x seed_threadpool on
-C{seed}; primecount >= asyncio_server on C{persistent}; primecount on
-C{idle} >= 0.9x primecount on C{active10}; and, when the run has the
-variant C{--variant nojournal='--journal none'}, primecount >= 0.75x
-nojournal on C{persistent} (the journal's cost).
+Targets checked (PASS/FAIL, per placement; exit status 1 when one fails):
+primecount >= 2.0x seed_threadpool on C{seed}; primecount >= 0.75x
+asyncio_server on C{persistent}; primecount on C{idle} >= 0.9x primecount
+on C{active10}; when the run has the variant C{--variant nojournal='--journal
+none'}, primecount >= 0.9x nojournal on C{persistent} (the journal's cost);
+when it has C{--variant workers2='--workers 2'}, workers2 >= 1.0x
+primecount on C{seed} and C{persistent}; and the generator headroom above.
 """
 
 from __future__ import annotations
@@ -94,6 +114,7 @@ SERVERS = (
     "select_loop",
     "asyncio_server",
     "uvloop_server",
+    "c_epoll",
 )
 
 
@@ -160,6 +181,8 @@ class Measurement:
     busy all the time): a figure near the number of cores it was pinned to
     says that side was the bottleneck. C{other_cpu} is what the rest of
     the machine used meanwhile: a run with much of it was disturbed.
+    C{generator_us} is the generator's CPU time per request, in
+    microseconds.
     """
 
     throughput: float
@@ -170,6 +193,7 @@ class Measurement:
     server_cpu: float
     generator_cpu: float
     other_cpu: float
+    generator_us: float = 0.0
 
     @property
     def server_us(self) -> float:
@@ -227,8 +251,10 @@ class Servers:
         cpus: set[int] | None,
         variants: dict[str, list[str]] | None = None,
         code: dict[str, str] | None = None,
+        programs: dict[str, Path] | None = None,
     ) -> None:
         self.names = names
+        self.programs = programs or {}
         self.code = code or {}
         self.workdir = workdir
         self.primecount_args = primecount_args
@@ -259,6 +285,8 @@ class Servers:
                 *READ_SERVERS.get(name, []),
                 *self.variants.get(name, []),
             ]
+        if name in self.programs:
+            return [str(self.programs[name]), "--port", str(port)]
         command = [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)]
         if name == "seed_threadpool":
             command += ["--log", str(self.workdir / "seed.log")]
@@ -347,6 +375,84 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - idle - guest) / os.sysconf("SC_CLK_TCK")
 
 
+#: The C programs compare builds at run time: cload, and the limit server.
+C_SOURCES = {"cload": HERE / "cload.c", "c_epoll": BASELINES / "c_epoll_server.c"}
+
+
+def build_c(directory: Path, names: list[str], compiler: str | None = None) -> dict[str, Path]:
+    """
+    Compile the C programs C{names} (keys of L{C_SOURCES}) with C{cc -O2}
+    into C{directory}; their paths by name.
+
+    @param compiler: the compiler; default C{$CC}, else C{cc}.
+    @raise CompareError: when there is no compiler or a build fails.
+    """
+    compiler = compiler or os.environ.get("CC") or "cc"
+    found = shutil.which(compiler)
+    if found is None:
+        raise CompareError(
+            f"no C compiler: {compiler!r} not found; install one (apt-get install gcc) "
+            "or set CC, or run the Python generator with --generator python"
+        )
+    programs = {}
+    for name in names:
+        program = directory / name
+        try:
+            built = subprocess.run(
+                [found, "-O2", "-o", str(program), str(C_SOURCES[name]), "-lpthread"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CompareError(f"{compiler} could not build {C_SOURCES[name].name}: {e}") from None
+        if built.returncode != 0:
+            errors = [line for line in built.stderr.splitlines() if "error" in line]
+            first = (errors or built.stderr.strip().splitlines() or ["no message"])[0]
+            raise CompareError(f"{compiler} could not build {C_SOURCES[name].name}: {first}")
+        programs[name] = program
+    return programs
+
+
+@dataclass(frozen=True)
+class Generator:
+    """
+    The load generator of a comparison: C{cload} (the C program, when
+    C{program} is set) or C{python -m primecount.bench}.
+
+    @ivar settle: seconds of load before each measured run (C only):
+        verified, neither timed nor counted as throughput.
+    """
+
+    name: str
+    program: Path | None = None
+    settle: float = 0.0
+
+    def command(
+        self, port: int, workload: Workload, duration: float, processes: int, output: Path
+    ) -> list[str]:
+        """
+        The command line of one generator run (both take the workloads'
+        options).
+        """
+        if self.program is not None:
+            common = [str(self.program), "--threads", str(processes)]
+            common += ["--settle", str(self.settle)]
+        else:
+            common = [sys.executable, "-m", "primecount.bench", "--processes", str(processes)]
+        return [
+            *common,
+            "--port",
+            str(port),
+            "--duration",
+            str(duration),
+            "--quiet",
+            "--json",
+            str(output),
+            *workload.options,
+        ]
+
+
 def run_bench(
     port: int,
     server_pid: int,
@@ -355,25 +461,13 @@ def run_bench(
     processes: int,
     cpus: set[int] | None,
     output: Path,
+    generator: Generator | None = None,
 ) -> Measurement:
     """
     Run the load generator once and read its JSON result.
     """
-    command = [
-        sys.executable,
-        "-m",
-        "primecount.bench",
-        "--port",
-        str(port),
-        "--duration",
-        str(duration),
-        "--processes",
-        str(processes),
-        "--quiet",
-        "--json",
-        str(output),
-        *workload.options,
-    ]
+    generator = generator or Generator("python")
+    command = generator.command(port, workload, duration, processes, output)
     server_before = cpu_seconds(server_pid)
     busy_before = machine_busy_seconds()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -383,7 +477,7 @@ def run_bench(
             command,
             capture_output=True,
             text=True,
-            timeout=duration + 90,
+            timeout=duration + generator.settle + 90,
             preexec_fn=pinned(cpus),
         )
     except subprocess.TimeoutExpired:
@@ -400,9 +494,13 @@ def run_bench(
     document = json.loads(output.read_text())
     wall = document["elapsed"] or (time.monotonic() - started)
     total_wall = max(wall, time.monotonic() - started)
+    # The settle time's requests (verified, not timed) cost CPU too.
+    loaded_wall = min(total_wall, wall + generator.settle)
+    resolved = document.get("generator", {}).get("resolved", document["requests"])
     return Measurement(
         other_cpu=max(0.0, busy - server_used - generator_used) / total_wall,
-        server_cpu=server_used / wall,
+        server_cpu=server_used / loaded_wall,
+        generator_us=generator_used / resolved * 1e6 if resolved else 0.0,
         # The generator also spends time starting up; charge it all.
         generator_cpu=generator_used / total_wall,
         throughput=document["throughput"],
@@ -485,20 +583,36 @@ TARGETS = (
         2.0,
     ),
     Target(
-        "primecount >= asyncio_server, persistent 100 clients",
+        "primecount >= 0.75x asyncio_server, persistent 100 clients",
         "persistent",
         "primecount",
         "persistent",
         "asyncio_server",
-        1.0,
+        0.75,
     ),
     Target(
-        "primecount (journal on) >= 0.75x nojournal (--journal none), persistent 100 clients",
+        "primecount (journal on) >= 0.9x nojournal (--journal none), persistent 100 clients",
         "persistent",
         "primecount",
         "persistent",
         "nojournal",
-        0.75,
+        0.9,
+    ),
+    Target(
+        "workers2 (--workers 2) >= 1.0x primecount, one message per connection",
+        "seed",
+        "workers2",
+        "seed",
+        "primecount",
+        1.0,
+    ),
+    Target(
+        "workers2 (--workers 2) >= 1.0x primecount, persistent 100 clients",
+        "persistent",
+        "workers2",
+        "persistent",
+        "primecount",
+        1.0,
     ),
     Target(
         "primecount with 1000 idle >= 0.9x without",
@@ -509,6 +623,46 @@ TARGETS = (
         0.9,
     ),
 )
+
+
+#: The limit server must beat primecount's target by this much under the
+#: same generator, or the generator (not the server) may be what a run
+#: measures.
+HEADROOM = 1.5
+
+
+def headroom(results: dict[str, dict[str, Cell]]) -> list[tuple[str, float, bool]]:
+    """
+    The generator-headroom checks: for each target of primecount against a
+    baseline, C{c_epoll}'s throughput divided by the throughput the target
+    asks of primecount (bound x the baseline's, per round; median), which
+    must reach L{HEADROOM}.
+    """
+    outcomes = []
+    for target in TARGETS:
+        if target.server != "primecount" or target.reference_server in ("primecount", "c_epoll"):
+            continue
+        cells = results.get(target.workload, {})
+        reference = results.get(target.reference_workload, {}).get(target.reference_server)
+        limit = cells.get("c_epoll")
+        if reference is None or limit is None or not reference.runs or not limit.runs:
+            continue
+        ratios = [
+            c.throughput / (target.bound * r.throughput)
+            for c, r in zip(limit.runs, reference.runs, strict=False)
+            if r.throughput > 0
+        ]
+        if not ratios:
+            continue
+        ratio = statistics.median(ratios)
+        goal = target.bound * reference.median("throughput")
+        text = (
+            f"generator headroom: c_epoll {limit.median('throughput'):,.0f} req/s = "
+            f"{ratio:.2f}x primecount's target ({goal:,.0f} req/s, {target.bound:g}x "
+            f"{target.reference_server}) on {target.workload}; needs >= {HEADROOM:g}x"
+        )
+        outcomes.append((text, ratio, ratio >= HEADROOM))
+    return outcomes
 
 
 def target_ratio(results: dict[str, dict[str, Cell]], target: Target) -> float | None:
@@ -536,9 +690,9 @@ def markdown(
     lines.append(
         "| workload | server | req/s (median) | min-max | vs primecount "
         "| p50 ms | p99 ms | errors | wrong | server CPU | server µs/request "
-        "| generator CPU | other CPU |"
+        "| generator CPU | generator µs/request | other CPU |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, cells in results.items():
         # primecount, or on the read-framing workload primecount_read.
         ours = next((s for s in ("primecount", *READ_SERVERS) if s in cells), None)
@@ -560,6 +714,7 @@ def markdown(
                 f"| {cell.median('server_cpu'):.0%} "
                 f"| {cell.median('server_us'):.1f} "
                 f"| {cell.median('generator_cpu'):.0%} "
+                f"| {cell.median('generator_us'):.1f} "
                 f"| {cell.median('other_cpu'):.0%} |"
             )
     lines.append("")
@@ -570,7 +725,8 @@ def markdown(
         "bottleneck, so a server measured against a generator near 100 % is "
         "at least that fast. Server µs/request: the server's CPU time per "
         "answered request (for `--workers` variants only the supervisor's "
-        "share is counted). Other CPU: what the rest of the machine used "
+        "share is counted). Generator µs/request: the load generator's CPU "
+        "time per request. Other CPU: what the rest of the machine used "
         "meanwhile (other processes disturb a run)."
     )
     outcomes = []
@@ -584,6 +740,10 @@ def markdown(
         target_lines.append(f"- {'PASS' if passed else 'FAIL'}: {target.text}: {measured:.2f}x")
     if target_lines:
         lines += ["", "Targets:", "", *target_lines]
+    checks = headroom(results)
+    if checks:
+        lines += ["", *(f"- {'PASS' if ok else 'FAIL'}: {text}" for text, _r, ok in checks)]
+        outcomes += checks
     return "\n".join(lines) + "\n", outcomes
 
 
@@ -732,7 +892,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "--generator-processes",
         type=int,
         default=1,
-        help="processes of each generator run (default 1)",
+        help="threads (cload) or processes (Python generator) of each generator run (default 1)",
     )
     parser.add_argument(
         "--variant",
@@ -761,7 +921,29 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help='extra twistd primecount options, e.g. --primecount-args="--journal none"',
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and generator")
+    parser.add_argument(
+        "--placement",
+        "--placements",
+        dest="placements",
+        default="pinned,unpinned",
+        type=lambda t: parse_list(t, PLACEMENTS, "placement"),
+        help="comma-separated: pinned (servers on the first CPU, the generator on the "
+        "others), unpinned (as users run them); default both, one after the other",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="the same as --placement unpinned")
+    parser.add_argument(
+        "--generator",
+        choices=("c", "python"),
+        default="c",
+        help="c (default): cload, built with cc at run time; python: primecount.bench "
+        "(slower per request: the fastest servers are then measured against it)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds of verified, untimed load before each run (C generator; default 1)",
+    )
     parser.add_argument(
         "--results", default=str(HERE / "results"), help="directory for the outputs"
     )
@@ -772,14 +954,132 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--variant-code names no --variant: {', '.join(sorted(unknown))}")
     if args.rounds < 1 or args.duration <= 0 or args.generator_processes < 1:
         parser.error("--rounds, --duration and --generator-processes must be positive")
+    if args.settle < 0:
+        parser.error("--settle must not be negative")
+    if args.no_pin:
+        args.placements = ["unpinned"]
     return args
+
+
+#: Where the servers and the generator run: C{pinned} (servers on the
+#: first CPU, the generator on the others) or C{unpinned} (wherever the
+#: kernel puts them, as users run them).
+PLACEMENTS = ("pinned", "unpinned")
+
+
+def c_compiler() -> str | None:
+    """
+    The C compiler compare would use (C{$CC}, else C{cc}), or L{None}.
+    """
+    return shutil.which(os.environ.get("CC") or "cc")
+
+
+def c_setup(
+    args: argparse.Namespace, names: list[str], directory: Path
+) -> tuple[Generator, dict[str, Path], list[str]]:
+    """
+    Build the C programs the run needs into C{directory}: the generator
+    (unless C{--generator python}) and the C{c_epoll} server when selected.
+
+    @return: the generator, the built servers by name, and the server
+        names left (C{c_epoll} is left out, with a warning, when the
+        Python generator was asked for and there is no compiler).
+    @raise CompareError: when a needed program cannot be built.
+    """
+    wanted = ["c_epoll"] if "c_epoll" in names else []
+    if args.generator == "python":
+        print(
+            "compare: warning: the Python generator (primecount.bench) costs 10-80 µs of "
+            "CPU per request and limits the fastest servers; their figures are lower bounds",
+            file=sys.stderr,
+        )
+        if wanted and c_compiler() is None:
+            print("compare: warning: no C compiler, c_epoll left out", file=sys.stderr)
+            names, wanted = [n for n in names if n != "c_epoll"], []
+    else:
+        wanted.insert(0, "cload")
+    programs = build_c(directory, wanted) if wanted else {}
+    if args.generator == "python":
+        generator = Generator("python")
+    else:
+        generator = Generator("c", programs.pop("cload"), args.settle)
+    return generator, programs, names
+
+
+def run_placement(
+    args: argparse.Namespace,
+    placement: str,
+    names: list[str],
+    workloads: list[Workload],
+    generator: Generator,
+    programs: dict[str, Path],
+    work: Path,
+) -> tuple[dict[str, dict[str, Cell]], str] | None:
+    """
+    Every round of every workload under one placement, the servers started
+    for it; the results and a description of the placement, or L{None}
+    when it cannot be had here (pinning on a single CPU).
+    """
+    server_cpus, generator_cpus = cpu_plan(placement == "pinned")
+    if placement == "pinned" and not (server_cpus and generator_cpus):
+        print("compare: pinned placement skipped: fewer than two CPUs", file=sys.stderr)
+        return None
+    pinning = (
+        f"servers on CPU {sorted(server_cpus)}, generator on CPU {sorted(generator_cpus)}"
+        if server_cpus and generator_cpus
+        else "no CPU pinning"
+    )
+    results: dict[str, dict[str, Cell]] = {
+        w.name: {n: Cell() for n in names if takes_part(n, w)} for w in workloads
+    }
+    print(f"compare: {', '.join(names)}; {placement}: {pinning}", file=sys.stderr)
+    servers = Servers(
+        names,
+        work,
+        shlex.split(args.primecount_args),
+        server_cpus,
+        dict(args.variants),
+        dict(args.variant_code),
+        programs,
+    )
+    with servers_running(servers):
+        scratch = work / "bench.json"
+        for round_number in range(args.rounds):
+            for workload in workloads:
+                order = list(results[workload.name])
+                if round_number % 2:
+                    order.reverse()
+                for name in order:
+                    measurement = run_bench(
+                        servers.ports[name],
+                        servers.processes[name].pid,
+                        workload,
+                        args.duration,
+                        args.generator_processes,
+                        generator_cpus,
+                        scratch,
+                        generator,
+                    )
+                    results[workload.name][name].runs.append(measurement)
+                    print(
+                        f"{placement} round {round_number + 1}/{args.rounds} "
+                        f"{workload.name:<10} {name:<16} "
+                        f"{measurement.throughput:>10,.0f} req/s  "
+                        f"p99 {measurement.p99:.2f} ms  "
+                        f"errors {measurement.errors}  wrong {measurement.wrong}  "
+                        f"cpu server {measurement.server_cpu:.0%} "
+                        f"generator {measurement.generator_cpu:.0%} "
+                        f"({measurement.generator_us:.1f} µs/request) "
+                        f"others {measurement.other_cpu:.0%}",
+                        file=sys.stderr,
+                    )
+    return results, pinning
 
 
 def compare(args: argparse.Namespace) -> int:
     """
     Run the comparison; return the exit status (1 when a target fails).
     """
-    server_cpus, generator_cpus = cpu_plan(not args.no_pin)
     workloads = [WORKLOADS[name] for name in args.workloads]
     if "idle" in args.workloads and "active10" not in args.workloads:
         workloads.insert(args.workloads.index("idle"), WORKLOADS["active10"])
@@ -792,62 +1092,33 @@ def compare(args: argparse.Namespace) -> int:
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    results: dict[str, dict[str, Cell]] = {
-        w.name: {n: Cell() for n in names if takes_part(n, w)} for w in workloads
-    }
-    pinning = (
-        f"servers on CPU {sorted(server_cpus)}, generator on CPU {sorted(generator_cpus)}"
-        if server_cpus and generator_cpus
-        else "no CPU pinning"
-    )
-    print(f"compare: {', '.join(names)}; {pinning}", file=sys.stderr)
+    measured: dict[str, tuple[dict[str, dict[str, Cell]], str]] = {}
     with tempfile.TemporaryDirectory(prefix="primecount-compare-") as work:
-        servers = Servers(
-            names,
-            Path(work),
-            shlex.split(args.primecount_args),
-            server_cpus,
-            variants,
-            dict(args.variant_code),
-        )
-        with servers_running(servers):
-            scratch = Path(work) / "bench.json"
-            for round_number in range(args.rounds):
-                for workload in workloads:
-                    order = list(results[workload.name])
-                    if round_number % 2:
-                        order.reverse()
-                    for name in order:
-                        measurement = run_bench(
-                            servers.ports[name],
-                            servers.processes[name].pid,
-                            workload,
-                            args.duration,
-                            args.generator_processes,
-                            generator_cpus,
-                            scratch,
-                        )
-                        results[workload.name][name].runs.append(measurement)
-                        print(
-                            f"round {round_number + 1}/{args.rounds} "
-                            f"{workload.name:<10} {name:<16} "
-                            f"{measurement.throughput:>10,.0f} req/s  "
-                            f"p99 {measurement.p99:.2f} ms  "
-                            f"errors {measurement.errors}  wrong {measurement.wrong}  "
-                            f"cpu server {measurement.server_cpu:.0%} "
-                            f"generator {measurement.generator_cpu:.0%} "
-                            f"others {measurement.other_cpu:.0%}",
-                            file=sys.stderr,
-                        )
+        generator, programs, names = c_setup(args, names, Path(work))
+        for placement in args.placements:
+            outcome = run_placement(
+                args, placement, names, workloads, generator, programs, Path(work)
+            )
+            if outcome is not None:
+                measured[placement] = outcome
     extra = f", primecount args {args.primecount_args!r}" if args.primecount_args else ""
-    header = (
+    load = (
+        f"generator cload (C, {args.generator_processes} thread(s), {args.settle:g} s settle)"
+        if generator.program is not None
+        else f"generator primecount.bench (Python, {args.generator_processes} process(es))"
+    )
+    sections = [
         f"### Benchmark {stamp}\n\n"
         f"Machine: {machine()}.\n\n"
         f"`python benchmarks/compare.py {shlex.join(sys.argv[1:])}`: "
-        f"{args.rounds} rounds of {args.duration:g} s, alternating order, "
-        f"{pinning}{extra}."
-    )
-    table, outcomes = markdown(results, header)
+        f"{args.rounds} rounds of {args.duration:g} s, alternating order, {load}{extra}.\n"
+    ]
+    outcomes: list[tuple[str, float, bool]] = []
+    for placement, (results, pinning) in measured.items():
+        table, found = markdown(results, f"#### {placement}: {pinning}")
+        sections.append(table)
+        outcomes += [(f"{placement}: {text}", ratio, ok) for text, ratio, ok in found]
+    table = "\n".join(sections)
     print(table)
     (results_dir / f"{stamp}.md").write_text(table)
     if args.markdown:
@@ -856,21 +1127,26 @@ def compare(args: argparse.Namespace) -> int:
         "stamp": stamp,
         "machine": machine(),
         "argv": sys.argv[1:],
-        "pinning": pinning,
+        "generator": load,
+        "pinning": {placement: pinning for placement, (_r, pinning) in measured.items()},
         "results": {
-            w: {n: [vars(run) for run in cell.runs] for n, cell in cells.items()}
-            for w, cells in results.items()
+            placement: {
+                w: {n: [vars(run) for run in cell.runs] for n, cell in cells.items()}
+                for w, cells in results.items()
+            }
+            for placement, (results, _p) in measured.items()
         },
         "targets": [
             {"target": text, "ratio": ratio, "pass": passed} for text, ratio, passed in outcomes
         ],
     }
     (results_dir / f"{stamp}.json").write_text(json.dumps(document, indent=1) + "\n")
-    png = results_dir / f"{stamp}.png"
-    if draw(png, results, f"primecount compare {stamp}"):
-        print(f"wrote {png}", file=sys.stderr)
-        if args.markdown:
-            shutil.copyfile(png, Path(args.markdown).with_suffix(".png"))
+    for index, (placement, (results, _p)) in enumerate(measured.items()):
+        png = results_dir / f"{stamp}-{placement}.png"
+        if draw(png, results, f"primecount compare {stamp}, {placement}"):
+            print(f"wrote {png}", file=sys.stderr)
+            if args.markdown and index == 0:
+                shutil.copyfile(png, Path(args.markdown).with_suffix(".png"))
     return 0 if all(passed for _text, _ratio, passed in outcomes) else 1
 
 
