@@ -9,7 +9,7 @@ import os
 import resource
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -29,6 +29,9 @@ from primecount.journal import (
 )
 from primecount.pipeline import Pipeline
 from primecount.protocol import FRAMINGS, READ, READ_WINDOW, CountFactory
+
+if TYPE_CHECKING:
+    from primecount.pgjournal import PostgresJournal
 
 _log = Logger(namespace="primecount")
 
@@ -56,7 +59,7 @@ def _journal(value: str) -> JournalURL:
         raise ValueError(str(e)) from None
 
 
-_journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
+_journal.coerceDoc = "sqlite:PATH, postgresql://USER@HOST:PORT/DB?... or none."  # type: ignore[attr-defined]
 
 
 def _cpus(value: str) -> placement.Placement:
@@ -244,9 +247,29 @@ class PrimecountOptions(usage.Options):
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
         try:
-            check_writable(self["journal"])
+            if self["journal"].scheme == "postgresql":
+                _check_postgresql(self["journal"])
+            else:
+                check_writable(self["journal"])
         except JournalURLError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _check_postgresql(url: JournalURL) -> None:
+    """
+    Connect to the PostgreSQL journal once (creating its schema), or say in
+    one line why not (its password masked).
+
+    @raise JournalURLError: when psycopg is missing or the database cannot
+        be written.
+    """
+    try:
+        from primecount import pgjournal
+    except ImportError:
+        raise JournalURLError(
+            "the PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
+        ) from None
+    pgjournal.check_writable(url)
 
 
 class Options(PrimecountOptions):
@@ -317,7 +340,7 @@ class PrimecountService(service.MultiService):
     def __init__(
         self,
         pipeline: Pipeline,
-        journal: SQLiteJournal | None,
+        journal: SQLiteJournal | PostgresJournal | None,
         connections: Connections,
         settings: str,
         shutdownTimeout: float = 10.0,
@@ -552,9 +575,13 @@ def _server(
     metrics.watchThreadPool(threadpool)
 
     url: JournalURL = config["journal"]
-    journal = None
+    journal: SQLiteJournal | PostgresJournal | None = None
     if url.scheme == "sqlite":
         journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
+    elif url.scheme == "postgresql":
+        from primecount.pgjournal import PostgresJournal
+
+        journal = PostgresJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
     factories: dict[str, Any] = {
         label: CountFactory(

@@ -1,0 +1,727 @@
+# -*- test-case-name: tests.test_pgjournal -*-
+"""
+The PostgreSQL journal: C{--journal postgresql://USER@HOST:PORT/DB?...}, one
+table shared by every host and every worker that journal to it.
+
+The contract is the SQLite journal's (L{primecount.journal.SQLiteJournal}):
+the request path calls L{PostgresJournal.commit} from the pool thread, which
+returns once the records are committed (or raises L{JournalUnavailable});
+the range protocol uses L{PostgresJournal.append} and
+L{PostgresJournal.settle}, served by the journal's own thread. Commits are
+grouped (leader/follower): one group is ONE binary C{COPY} in its own
+transaction (autocommit: the COPY is the transaction, no BEGIN/COMMIT round
+trips), on the one connection the journal's commit lock guards.
+
+Durability: C{--journal-fsync} sets C{synchronous_commit=on}: a reply waits
+until PostgreSQL has flushed the commit to disk, so it survives a crash of
+PostgreSQL or of its host. Without it, C{synchronous_commit=off}: a commit is
+acknowledged once PostgreSQL has it in memory; it survives primecount being
+killed, but a crash of PostgreSQL or its host loses up to three
+C{wal_writer_delay}s (600 ms by default) of acknowledged records.
+
+Faults: the connection has a connect timeout, a TCP user timeout and
+keepalives (L{CONNECTION_DEFAULTS}, each overridable in the URL), so a
+network partition turns into C{ERR journal unavailable} within seconds, not a
+commit stuck for minutes. Once a commit fails, later ones fail at once while
+the journal's thread probes for the end of the episode (one log line at its
+start, one at its end). A connection the server closed while it was idle
+(PostgreSQL restarted) is noticed before it is used and replaced.
+
+In doubt: when the connection is lost after the end of the COPY was sent,
+PostgreSQL may have committed the group or not; its requests are answered
+C{ERR journal unavailable} and their records may nevertheless be in the
+journal (never the other way round: nothing acknowledged is missing).
+
+Passwords: from the environment (C{PGPASSWORD}), C{~/.pgpass}
+(C{PGPASSFILE}) or the URL; the URL is only ever printed with its password
+masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import select
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from primecount.journal import JournalUnavailable, JournalURL, JournalURLError, mask_password
+from primecount.metrics import MetricsRecorder, NullMetrics
+from primecount.records import Record
+
+#: Connection settings used unless the URL gives its own: a connection
+#: attempt gives up after 5 s; data unacknowledged by the server for 10 s,
+#: or an idle connection whose peer stays silent for 5 + 3 × 2 s, breaks the
+#: connection (so a partition fails commits within seconds).
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "5",
+    "tcp_user_timeout": "10000",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "application_name": "primecount",
+}
+
+#: The server-side bound on one statement, in milliseconds (a COPY waiting
+#: on a lock, a settle waiting for a prune).
+STATEMENT_TIMEOUT_MS = 10000
+
+#: The version of the schema below, kept in C{primecount_schema}.
+SCHEMA_VERSION = 1
+
+#: Serialises schema creation between hosts starting at once.
+_SCHEMA_LOCK = 0x7072696D65  # "prime"
+
+#: The journal's table.
+TABLE = "primecount_requests"
+
+#: The channel the journal NOTIFYs (after commits, rate-limited) and
+#: C{primecount journal --follow} LISTENs on.
+CHANNEL = "primecount_journal"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS primecount_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- the inserting transaction: readers follow the journal by it, as ids
+    -- are assigned at insert, not in commit order
+    xact          bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    time          timestamptz NOT NULL,
+    host          text NOT NULL,
+    port          integer NOT NULL,
+    protocol      text NOT NULL,      -- 'count' or 'range'
+    message       text,               -- a message that is UTF-8 without NUL
+    message_bytes bytea,              -- any other message, as it arrived
+    count         bigint,
+    prime         boolean,
+    error         text,
+    a             bigint,
+    b             bigint,
+    sum_ok        boolean
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} USING brin (time);
+CREATE INDEX IF NOT EXISTS {TABLE}_xact ON {TABLE} USING brin (xact);
+-- the range records waiting for their settle: few at any time
+CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE} (host, port, a, b)
+    WHERE protocol = 'range' AND sum_ok IS NULL AND error IS NULL;
+INSERT INTO primecount_schema (version)
+    SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT FROM primecount_schema);
+"""
+
+#: The columns a record fills, in COPY order, and their types.
+COPY_COLUMNS = (
+    "time",
+    "host",
+    "port",
+    "protocol",
+    "message",
+    "message_bytes",
+    "count",
+    "prime",
+    "error",
+    "a",
+    "b",
+    "sum_ok",
+)
+COPY_TYPES = (
+    "timestamptz",
+    "text",
+    "int4",
+    "text",
+    "text",
+    "bytea",
+    "int8",
+    "bool",
+    "text",
+    "int8",
+    "int8",
+    "bool",
+)
+COPY = f"COPY {TABLE} ({', '.join(COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+#: Completes a pending range record, as the SQLite journal's settle does.
+SETTLE = f"""
+UPDATE {TABLE} SET count = %s, error = %s, sum_ok = %s
+WHERE id = (
+    SELECT id FROM {TABLE}
+    WHERE protocol = 'range' AND host = %s AND port = %s AND a = %s AND b = %s
+      AND sum_ok IS NULL AND error IS NULL
+    ORDER BY id DESC LIMIT 1
+)
+"""
+
+#: Seconds between probes while commits fail.
+PROBE_INTERVAL = 0.25
+
+#: The least seconds between two NOTIFYs (sent after commits, off the commit
+#: path: a follower also polls, so a notification only makes it quicker).
+NOTIFY_INTERVAL = 0.1
+
+
+def to_row(record: Record) -> tuple[object, ...]:
+    """
+    The COPY row of a record: a message that PostgreSQL text can hold (no
+    NUL) goes to C{message}; bytes (not UTF-8) and text with NUL go to
+    C{message_bytes}, as the bytes that arrived (readers give text back when
+    they are UTF-8: see L{message_of}).
+    """
+    message = record.message
+    raw = None
+    if isinstance(message, bytes):
+        message, raw = None, message
+    elif message is not None and "\x00" in message:
+        raw = message.encode("utf-8", "surrogatepass")
+        message = None
+    return (
+        datetime.fromtimestamp(record.time, UTC),
+        record.host,
+        record.port,
+        record.protocol,
+        message,
+        raw,
+        record.count,
+        record.prime,
+        record.error,
+        record.a,
+        record.b,
+        record.sum_ok,
+    )
+
+
+def message_of(text: str | None, raw: bytes | None) -> str | bytes | None:
+    """
+    A record's message from its two columns: the server keeps a message as
+    bytes only when it is not UTF-8, so bytes that decode were text (with a
+    NUL).
+    """
+    if raw is None:
+        return text
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(raw)
+
+
+def connection_params(url: str) -> dict[str, str]:
+    """
+    The libpq parameters of C{url}, with L{CONNECTION_DEFAULTS} for those it
+    does not give.
+
+    @raise JournalURLError: when C{url} is not a valid connection URL.
+    """
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error as e:
+        raise JournalURLError(f"bad journal URL {mask_password(url)}: {e}") from None
+    return {**CONNECTION_DEFAULTS, **{k: str(v) for k, v in given.items() if v is not None}}
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """
+    A connection to the journal's database, with L{connection_params}.
+
+    @raise psycopg.Error: when it cannot be made.
+    """
+    conn = psycopg.connect(autocommit=autocommit, **connection_params(url))  # type: ignore[arg-type]
+    return conn
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
+    """
+    Create the journal's tables and indexes when missing (once, under an
+    advisory lock, whoever starts first), and check the schema's version.
+
+    @raise JournalURLError: for a journal written by a newer primecount.
+    """
+    found = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass('primecount_schema') IS NOT NULL",
+        (TABLE,),
+    ).fetchone()
+    if not (found and found[0]):
+        with conn.transaction():
+            # Durable whatever the session's synchronous_commit says.
+            conn.execute("SET LOCAL synchronous_commit = on")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute(SCHEMA.encode())
+    row = conn.execute("SELECT max(version) FROM primecount_schema").fetchone()
+    version = row[0] if row else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise JournalURLError(
+            f"the journal's schema is version {version}; this primecount knows "
+            f"up to {SCHEMA_VERSION}: upgrade primecount"
+        )
+
+
+def check_writable(url: JournalURL) -> None:
+    """
+    Connect once, creating the schema, to fail early and clearly (the
+    password never printed).
+
+    @raise JournalURLError: when the database cannot be reached or written.
+    """
+    try:
+        conn = connect(url.path)
+    except psycopg.Error as e:
+        raise JournalURLError(f"cannot connect to journal {url}: {_why(e)}") from None
+    try:
+        ensure_schema(conn)
+        row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+        if row and row[0] == "on":
+            raise JournalURLError(f"journal {url} is read-only (a standby?)")
+    except psycopg.Error as e:
+        raise JournalURLError(f"cannot write journal {url}: {_why(e)}") from None
+    finally:
+        conn.close()
+
+
+def _why(error: BaseException) -> str:
+    """
+    One line saying why a database call failed.
+    """
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+_STOP = object()
+# Wakes the journal's thread (to send a NOTIFY).
+_WAKE = object()
+
+
+class _Waiting:
+    """
+    Records waiting for a group commit, and how it went for them.
+    """
+
+    __slots__ = ("done", "error", "records")
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.records = records
+        self.done = False
+        self.error: str | None = None
+
+
+class PostgresJournal(Service):
+    """
+    The PostgreSQL journal, committing in groups, one COPY at a time per
+    process (any number of processes and hosts write at once: a COPY takes
+    no lock another one waits for).
+
+    @ivar batches: how many groups were committed.
+    @ivar committed: how many records were committed.
+    @ivar failed: how many records could not be committed.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        *,
+        fsync: bool = False,
+        connect: Callable[[str], psycopg.Connection[Any]] = connect,
+        metrics: MetricsRecorder | None = None,
+    ) -> None:
+        """
+        @param url: the C{postgresql://} URL.
+        @param reactor: used to hand results back to the reactor thread.
+        @param fsync: C{synchronous_commit=on} (survives a database crash).
+        @param connect: opens a connection (tests hand in failing ones).
+        @param metrics: told each group commit's size and duration, and how
+            many records could not be committed.
+        """
+        self.url = url
+        self.shown = mask_password(url)
+        self._reactor = reactor
+        self._fsync = fsync
+        self._connect = connect
+        self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred[None] | None = None
+        self._accepting = False
+        # _commitLock: one statement at a time on _conn; guards it and the
+        # counters. _waitingLock: guards _waiting.
+        self._commitLock = threading.Lock()
+        self._waitingLock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._conn: psycopg.Connection[Any] | None = None
+        self._schemaReady = False
+        self._closed = False
+        self._failing = False
+        self._hurry = False
+        self._busy = False
+        self._blocked: str | None = None
+        self._failedInEpisode = 0
+        self._notifyDue = False
+        self.batches = 0
+        self.committed = 0
+        self.failed = 0
+
+    # -- service --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._accepting = True
+        self._closed = False
+        self._hurry = False
+        self._thread = threading.Thread(target=self._run, name="primecount-pgjournal", daemon=True)
+        self._thread.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Commit everything queued, then close the connection.
+        """
+        super().stopService()
+        self._accepting = False
+        if self._thread is None:
+            return succeed(None)
+        self._stopped = Deferred()
+        self._queue.put(_STOP)
+        return self._stopped
+
+    def hurry(self) -> None:
+        """
+        The stop's deadline is near: cancel the statement in flight, if one
+        is (a server that does not answer holds up the stop otherwise until
+        the TCP user timeout), and fail the next commits at once if it
+        failed.
+        """
+        self._hurry = True
+        conn = self._conn
+        if conn is not None and self._busy:
+            threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
+
+    # -- any thread but the reactor's ------------------------------------------
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """
+        Commit C{records}, in a group with whatever else is waiting; blocks
+        until they are committed. Call it from a thread-pool thread.
+
+        @raise JournalUnavailable: when they could not be committed.
+        """
+        waiting = _Waiting(records)
+        with self._waitingLock:
+            self._waiting.append(waiting)
+        with self._commitLock:
+            if not waiting.done:
+                self._commitWaiting()
+        if waiting.error is not None:
+            raise JournalUnavailable(waiting.error)
+
+    def _commitWaiting(self) -> None:
+        """
+        Commit everything queued, as one COPY. Holds C{_commitLock}.
+        """
+        with self._waitingLock:
+            group, self._waiting = self._waiting, []
+        if not group:
+            return
+        n = sum(len(w.records) for w in group)
+        started = time.monotonic()
+        error = self._blocked
+        if error is None:
+            rows = [to_row(r) for w in group for r in w.records]
+            error = self._attempt(lambda conn: self._copy(conn, rows))
+        for w in group:
+            w.error = error
+            w.done = True
+        if error is None:
+            self._committed(n, time.monotonic() - started)
+        else:
+            self._notCommitted(n, error)
+
+    @staticmethod
+    def _copy(conn: psycopg.Connection[Any], rows: list[tuple[object, ...]]) -> None:
+        with conn.cursor() as cursor, cursor.copy(COPY) as copy:
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+
+    def _attempt(self, write: Callable[[psycopg.Connection[Any]], object]) -> str | None:
+        """
+        Run C{write} on the journal's connection (opened when needed; the
+        caller holds C{_commitLock}).
+
+        @return: L{None} once committed, else why not (the connection is
+            then dropped: the next commit starts afresh).
+        """
+        if self._closed:
+            return "journal is stopped"
+        try:
+            conn = self._usable()
+            self._busy = True
+            try:
+                write(conn)
+            finally:
+                self._busy = False
+        except Exception as e:
+            if isinstance(e, psycopg.errors.UndefinedTable):
+                # Dropped, or lost with a database restored from a backup:
+                # the next connection creates it again.
+                self._schemaReady = False
+            self._drop()
+            return _why(e)
+        return None
+
+    def _usable(self) -> psycopg.Connection[Any]:
+        """
+        The journal's connection: the open one unless the server has closed
+        it meanwhile (an idle connection has nothing to read unless the
+        server is hanging up), else a new one.
+        """
+        conn = self._conn
+        if conn is not None and (conn.closed or _readable(conn)):
+            self._drop()
+            conn = None
+        if conn is None:
+            conn = self._conn = self._open()
+        return conn
+
+    def _open(self) -> psycopg.Connection[Any]:
+        conn = self._connect(self.url)
+        try:
+            if not self._schemaReady:
+                ensure_schema(conn)
+                self._schemaReady = True
+            conn.execute(
+                "SELECT set_config('synchronous_commit', %s, false), "
+                "set_config('statement_timeout', %s, false)",
+                ("on" if self._fsync else "off", str(STATEMENT_TIMEOUT_MS)),
+            )
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            _close_quietly(self._conn)
+            self._conn = None
+
+    def _committed(self, n: int, seconds: float) -> None:
+        self.batches += 1
+        self.committed += n
+        self._metrics.journalCommit(n, seconds)
+        if not self._notifyDue:
+            self._notifyDue = True
+            self._queue.put(_WAKE)
+        if self._failing:
+            self._failing = False
+            self._reactor.callFromThread(
+                self._log.info,
+                "journal {url} writable again; {failed} requests were "
+                "answered ERR journal unavailable meanwhile",
+                url=self.shown,
+                failed=self._failedInEpisode,
+            )
+            self._failedInEpisode = 0
+
+    def _notCommitted(self, n: int, why: str) -> None:
+        if self._blocked is None:
+            self._blocked = why
+            # The journal's thread may be waiting for work: it probes now.
+            self._queue.put(_WAKE)
+        self.failed += n
+        self._failedInEpisode += n
+        self._metrics.journalFailed(n)
+        if not self._failing:
+            self._failing = True
+            self._reactor.callFromThread(
+                self._log.error,
+                "journal {url} cannot commit ({why}); answering "
+                "ERR journal unavailable until it can",
+                url=self.shown,
+                why=why,
+            )
+
+    def _probe(self) -> None:
+        """
+        During a failure episode, try a new connection (outside the commit
+        lock: commits keep failing at once meanwhile) and whether it can
+        write; on success it becomes the journal's connection and commits
+        try PostgreSQL again. The journal's thread.
+        """
+        try:
+            conn = self._open()
+        except Exception:
+            return
+        try:
+            row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+            if row is None or row[0] == "on":
+                raise psycopg.OperationalError("read-only")
+        except Exception:
+            _close_quietly(conn)
+            return
+        with self._commitLock:
+            if self._closed:
+                _close_quietly(conn)
+                return
+            self._drop()
+            self._conn = conn
+            self._blocked = None
+
+    def _notify(self) -> None:
+        """
+        Wake the followers (C{primecount journal --follow}): one NOTIFY, in
+        a transaction of its own after the commits. The journal's thread.
+        """
+        self._notifyDue = False
+        with self._commitLock:
+            if self._blocked is not None or self._closed or self._conn is None:
+                return
+            with contextlib.suppress(Exception):
+                self._conn.execute(f"NOTIFY {CHANNEL}")
+
+    # -- reactor side -----------------------------------------------------------
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Queue C{records} for the journal thread's next group commit.
+
+        @return: fires once they are committed; fails with
+            L{JournalUnavailable} if they could not be.
+        """
+        if not self._accepting:
+            return fail(JournalUnavailable("journal is stopped"))
+        d: Deferred[None] = Deferred()
+        self._queue.put((records, d, False))
+        return d
+
+    def settle(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Complete pending range records (see
+        L{primecount.journal.SQLiteJournal.settle}), after everything
+        appended before.
+
+        @return: fires once done; fails with L{JournalUnavailable}.
+        """
+        if not self._accepting:
+            return fail(JournalUnavailable("journal is stopped"))
+        d: Deferred[None] = Deferred()
+        self._queue.put((records, d, True))
+        return d
+
+    def _settle(self, records: Sequence[Record]) -> None:
+        """
+        Apply settles in one transaction (the journal's thread).
+
+        @raise JournalUnavailable: when they could not be applied.
+        """
+        rows = [(r.count, r.error, r.sum_ok, r.host, r.port, r.a, r.b) for r in records]
+
+        def update(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(SETTLE, rows)
+
+        with self._commitLock:
+            error = self._blocked
+            if error is None:
+                error = self._attempt(update)
+                if error is not None:
+                    self._notCommitted(0, error)
+        if error is not None:
+            raise JournalUnavailable(error)
+
+    @staticmethod
+    def _fire(waiting: list[Deferred[None]], error: str | None) -> None:
+        for d in waiting:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(Failure(JournalUnavailable(error)))
+
+    # -- the journal's thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        nextProbe = 0.0
+        nextNotify = 0.0
+        while not stopping:
+            now = time.monotonic()
+            if self._blocked is not None and now >= nextProbe:
+                self._probe()
+                nextProbe = time.monotonic() + PROBE_INTERVAL
+            if self._notifyDue and now >= nextNotify:
+                self._notify()
+                nextNotify = time.monotonic() + NOTIFY_INTERVAL
+            wakes = []
+            if self._blocked is not None:
+                wakes.append(nextProbe)
+            if self._notifyDue:
+                wakes.append(nextNotify)
+            timeout = max(0.0, min(wakes) - time.monotonic()) if wakes else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif item is not _WAKE:
+                    batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            # Inserts first: a settle only ever follows its own insert.
+            inserts = [(records, d) for records, d, settles in batch if not settles]
+            settles = [(records, d) for records, d, settles in batch if settles]
+            for work, group in ((self.commit, inserts), (self._settle, settles)):
+                if not group:
+                    continue
+                error = None
+                try:
+                    work([r for records, _ in group for r in records])
+                except JournalUnavailable as e:
+                    error = str(e)
+                self._reactor.callFromThread(self._fire, [d for _, d in group], error)
+        if self._notifyDue:
+            self._notify()
+        with self._commitLock:
+            self._closed = True
+            self._drop()
+        self._reactor.callFromThread(self._finished)
+
+    def _finished(self) -> None:
+        self._thread = None
+        if self._stopped is not None:
+            stopped, self._stopped = self._stopped, None
+            stopped.callback(None)
+
+
+def _readable(conn: psycopg.Connection[Any]) -> bool:
+    """
+    Whether an idle connection has something to read: the server hung up
+    (or sent a notice), so it is not to be trusted with a commit.
+    """
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
+def _cancel(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(Exception):
+        conn.cancel_safe(timeout=2.0)
+
+
+def _close_quietly(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
