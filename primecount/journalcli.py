@@ -566,7 +566,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal",
         default=DEFAULT_JOURNAL,
         metavar="URL",
-        help=f"the journal to read: sqlite:PATH (default {DEFAULT_JOURNAL})",
+        help="the journal to read: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
+        f"(default {DEFAULT_JOURNAL})",
     )
     parser.add_argument(
         "--format",
@@ -633,8 +634,33 @@ def _check(args: argparse.Namespace) -> None:
         raise JournalError("--follow cannot be combined with --until")
 
 
+def query_of(args: argparse.Namespace) -> Query:
+    """
+    The records the options of a listing (or C{--follow}) ask for.
+
+    @raise JournalError: for a bad value.
+    """
+    limit = None if args.limit is None else parse_limit(args.limit)
+    if limit is None and args.follow:
+        limit = FOLLOW_BACKLOG
+    return Query(
+        since=None if args.since is None else parse_time(args.since),
+        until=None if args.until is None else parse_time(args.until),
+        peer=None if args.peer is None else parse_peer(args.peer),
+        limit=limit,
+    )
+
+
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     _check(args)
+    if args.journal.startswith(journal.POSTGRESQL_SCHEMES):
+        try:
+            from primecount import pgreader
+        except ImportError:
+            raise JournalError(
+                "reading a PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
+            ) from None
+        return pgreader.run(args, out)
     path = journal_path(args.journal)
     if args.prune_before is not None:
         before = parse_time(args.prune_before)
@@ -647,15 +673,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             conn.close()
         out.write(f"pruned {count} records older than {format_iso_time(before)}\n")
         return 0
-    limit = None if args.limit is None else parse_limit(args.limit)
-    if limit is None and args.follow:
-        limit = FOLLOW_BACKLOG
-    query = Query(
-        since=None if args.since is None else parse_time(args.since),
-        until=None if args.until is None else parse_time(args.until),
-        peer=None if args.peer is None else parse_peer(args.peer),
-        limit=limit,
-    )
+    query = query_of(args)
     conn = open_journal(path)
     try:
         show(conn, query, args.format, out, follow=args.follow)

@@ -312,3 +312,177 @@ class FaultTests(_Database, TestCase):
                 self.assertLess(time.monotonic(), deadline, "no recovery within 30 s")
                 yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(stored(self.url), [record(0), record(2)])
+
+
+#: Records of every kind, for the reader: count (good, error, NUL, bytes),
+#: range (settled, failed), from two peers, over three minutes.
+T = 1_771_238_232.5
+MIXED = [
+    Record(T, "127.0.0.1", 5000, COUNT, "abc2a", 2, True),
+    Record(T + 1, "::ffff:192.0.2.7", 5001, COUNT, "", None, None, "empty message"),
+    Record(T + 2, "127.0.0.1", 5002, COUNT, "a\x00b\nc", 0, False),
+    Record(T + 60, "192.0.2.7", 5003, COUNT, b"ab\xff", None, None, "invalid UTF-8"),
+    Record(T + 61, "127.0.0.1", 5004, RANGE, count=4, a=10, b=20, sum_ok=True),
+    Record(T + 120, "127.0.0.1", 5005, RANGE, count=21, a=100, b=200, error="timeout"),
+    Record(T + 121, "192.0.2.7", 5006, COUNT, "sí \\ ok", 3, False),
+]
+
+
+def run_journal(*argv: str) -> tuple[int, str, str]:
+    """
+    C{primecount journal argv…} in-process: its status, stdout and stderr.
+    """
+    import argparse
+    import io
+    import sys
+
+    from primecount import journalcli
+
+    parser = argparse.ArgumentParser(prog="primecount journal")
+    journalcli.add_arguments(parser)
+    args = parser.parse_args(list(argv))
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        status = journalcli.run(args)
+    finally:
+        sys.stdout, sys.stderr = saved
+    return status, out.getvalue(), err.getvalue()
+
+
+class ReaderTests(_Database, TestCase):
+    """
+    C{primecount journal --journal postgresql://…}: what the SQLite journal
+    with the same records prints, for every format and filter.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.journal().commit(MIXED)
+        from primecount.journal import SQLiteJournal
+
+        path = self.mktemp()
+        sqlite = SQLiteJournal(path, reactor)
+        sqlite.commit(MIXED)
+        self.sqlite = "sqlite:" + path
+
+    def same(self, *argv: str) -> str:
+        """
+        Check that both journals print the same for C{argv}; that output.
+        """
+        pg = run_journal("--journal", self.url, *argv)
+        lite = run_journal("--journal", self.sqlite, *argv)
+        self.assertEqual(pg, lite)
+        self.assertEqual(pg[0], 0, pg)
+        return pg[1]
+
+    def test_formats(self) -> None:
+        for fmt in ("seed", "jsonl", "csv"):
+            out = self.same("--format", fmt)
+            self.assertEqual(len(out.splitlines()), len(MIXED) + (fmt == "csv"))
+        self.assertIn("a\\x00b\\nc", self.same())
+        self.assertIn('"message_hex":"6162ff"', self.same("--format", "jsonl"))
+
+    def test_filters(self) -> None:
+        since = "2026-02-16T10:38:00Z"
+        self.assertEqual(len(self.same("--since", since).splitlines()), 4)
+        self.assertEqual(len(self.same("--until", since).splitlines()), 3)
+        self.assertEqual(len(self.same("--peer", "192.0.2.7").splitlines()), 3)
+        self.assertEqual(len(self.same("--limit", "2").splitlines()), 2)
+        self.same("--since", since, "--peer", "127.0.0.1", "--limit", "1", "--format", "jsonl")
+
+    def test_prune(self) -> None:
+        from primecount import pgreader
+
+        self.patch(pgreader, "PRUNE_BATCH", 2)
+        status, out, err = run_journal(
+            "--journal", self.url, "--prune-before", "2026-02-16T10:38:00Z"
+        )
+        self.assertEqual(
+            (status, out, err), (0, "pruned 3 records older than 2026-02-16T10:38:00.000Z\n", "")
+        )
+        self.assertEqual(stored(self.url), MIXED[3:])
+
+    def test_noJournalThere(self) -> None:
+        url = pgcluster.database(self.pg)
+        self.assertEqual(
+            run_journal("--journal", url), (1, "", f"primecount journal: no journal at {url}\n")
+        )
+
+    def test_unreachableOneLinePasswordMasked(self) -> None:
+        status, out, err = run_journal(
+            "--journal", "postgresql://u:s3cret@127.0.0.1:1/db?connect_timeout=2"
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(
+            err.startswith("primecount journal: cannot connect to journal postgresql://u:***@"), err
+        )
+        self.assertNotIn("s3cret", err)
+        self.assertEqual(err.count("\n"), 1)
+
+
+class FollowTests(_Database, TestCase):
+    """
+    C{--follow} on PostgreSQL never skips a record committed out of id order.
+    """
+
+    def test_neverSkipsARecordCommittedLate(self) -> None:
+        import psycopg
+
+        from primecount import pgreader
+        from primecount.pgjournal import COPY, COPY_TYPES, to_row
+
+        journal = self.journal()
+        journal.commit([record(0)])
+        reader = pgreader.open_journal(self.url)
+        self.addCleanup(reader.close)
+        follower = pgreader.Follower(reader, pgreader.Query())
+        self.assertEqual(follower.backlog(), [record(0)])
+        # Another host's transaction takes an id first, and commits late.
+        late = psycopg.connect(self.url)
+        self.addCleanup(late.close)
+        with late.cursor() as cursor, cursor.copy(COPY) as copy:
+            copy.set_types(COPY_TYPES)
+            copy.write_row(to_row(record(1)))
+        journal.commit([record(2)])
+        seen = follower.poll()
+        late.commit()
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen += follower.poll()
+        self.assertEqual(sorted(seen), [record(1), record(2)])
+        # The late record really has the lower id of the two: a follower
+        # that went by ids would have passed it by.
+        ids = dict(self.query("SELECT port, id FROM primecount_requests"))
+        self.assertLess(ids[1001], ids[1002])
+
+    def test_followCommand(self) -> None:
+        from primecount import pgreader
+
+        journal = self.journal()
+        journal.commit([record(i) for i in range(12)])
+        steps: list[int] = []
+
+        def wait(conn: object) -> None:
+            steps.append(1)
+            if len(steps) == 1:
+                journal.commit([record(20)])
+                journal.commit([record(21, "sí")])
+            elif len(steps) > 20 or len(stdout()) >= 12:
+                raise KeyboardInterrupt()
+
+        def stdout() -> list[str]:
+            import sys
+
+            return sys.stdout.getvalue().splitlines()  # type: ignore[attr-defined]
+
+        self.patch(pgreader, "wait", wait)
+        status, out, err = run_journal("--journal", self.url, "--follow", "--format", "jsonl")
+        self.assertEqual((status, err), (0, ""))
+        import json
+
+        self.assertEqual(
+            [json.loads(line)["message"] for line in out.splitlines()],
+            [f"m{i}" for i in range(2, 12)] + ["m20", "sí"],
+        )
