@@ -486,3 +486,68 @@ class FollowTests(_Database, TestCase):
             [json.loads(line)["message"] for line in out.splitlines()],
             [f"m{i}" for i in range(2, 12)] + ["m20", "sí"],
         )
+
+
+class ServerTests(_Database, SynchronousTestCase):
+    """
+    A real C{twistd -n primecount --journal postgresql://…}.
+    """
+
+    def test_servesAndJournals(self) -> None:
+        import os
+        import socket
+
+        from primecount.count import expected_reply
+        from primecount.multiclient import fetch, send_sum
+
+        from .helpers import ServerProcess, recv_lines
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess("--journal", self.url, "--range-port", "0", cwd=directory)
+        self.addCleanup(server.stop)
+        messages = [b"abc2a", b"a\x00b", b"\xff\xfe", b"xy"]
+        with server.connect() as sock:
+            sock.sendall(b"".join(m + b"\n" for m in messages))
+            replies = recv_lines(sock, len(messages))
+        self.assertEqual(replies, [expected_reply(m) for m in messages])
+        with socket.create_connection(("127.0.0.1", server.ports["range"]), timeout=10) as sock:
+            send_sum(sock, fetch(sock, 10, 20))
+        self.assertEqual(server.stop(), -15)
+        found = stored(self.url)
+        self.assertEqual(
+            [r.message for r in found if r.protocol == COUNT],
+            ["abc2a", "a\x00b", b"\xff\xfe", "xy"],
+        )
+        ranges = [(r.a, r.b, r.count, r.sum_ok) for r in found if r.protocol == RANGE]
+        self.assertEqual(ranges, [(10, 20, 4, True)])
+        log = server.log.decode("utf-8", "replace")
+        self.assertIn(f"journal={self.url}", log)
+
+    def test_unreachableStopsTheStartInOneLine(self) -> None:
+        import subprocess
+
+        from .helpers import TWISTD
+
+        done = subprocess.run(
+            [
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                "primecount",
+                "--port",
+                "0",
+                "--journal",
+                "postgresql://pc:s3cret@127.0.0.1:1/j?connect_timeout=2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        output = done.stdout + done.stderr
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("cannot connect to journal postgresql://pc:***@127.0.0.1:1/j", output)
+        self.assertNotIn("s3cret", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(output.strip().count("\n"), 0, output)
