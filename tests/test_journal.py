@@ -294,7 +294,7 @@ class URLTests(SynchronousTestCase):
         self.assertEqual(parse_url("none").scheme, "none")
 
     def test_unknownScheme(self) -> None:
-        self.assertRaises(JournalURLError, parse_url, "postgresql://db/primecount")
+        self.assertRaises(JournalURLError, parse_url, "mysql://db/primecount")
         self.assertRaises(JournalURLError, parse_url, "primecount.sqlite3")
         self.assertRaises(JournalURLError, parse_url, "sqlite:")
 

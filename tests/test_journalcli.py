@@ -628,7 +628,7 @@ class ErrorTests(RunMixin, TestCase):
         """
         A URL that is not C{sqlite:PATH}.
         """
-        self.assertOneLineError("--journal", "postgresql://db/x", says="postgresql")
+        self.assertOneLineError("--journal", "mysql://db/x", says="mysql")
         self.assertOneLineError("--journal", "sqlite:", says="sqlite:")
 
     def test_notAJournal(self) -> None:
