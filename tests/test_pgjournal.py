@@ -186,6 +186,25 @@ class WriterTests(_Database, TestCase):
         e = self.assertRaises(JournalURLError, check_writable, parse_url(self.url))
         self.assertIn("upgrade primecount", str(e))
 
+    def test_hurryCancelsAWaitingCommit(self) -> None:
+        # Another session locks the table: the COPY waits (up to the
+        # statement timeout, 10 s). The stop's hurry cancels it at once.
+        import psycopg
+
+        journal = self.journal()
+        journal.commit([record(0)])
+        locker = psycopg.connect(self.url)
+        self.addCleanup(locker.close)
+        locker.execute("LOCK TABLE primecount_requests IN ACCESS EXCLUSIVE MODE")
+        timer = threading.Timer(0.5, journal.hurry)
+        timer.start()
+        self.addCleanup(timer.cancel)
+        started = time.monotonic()
+        self.assertRaises(JournalUnavailable, journal.commit, [record(1)])
+        self.assertLess(time.monotonic() - started, 5)
+        locker.rollback()
+        self.assertEqual(stored(self.url), [record(0)])
+
 
 class URLTests(SynchronousTestCase):
     """
