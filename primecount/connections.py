@@ -24,6 +24,8 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from primecount.episodes import Episodes
+
 
 def peer_of(address: object) -> tuple[str, int]:
     """
@@ -120,6 +122,7 @@ class Connections:
 
     @ivar maxConnections: the most open connections, all protocols together.
     @ivar maxPerPeer: the most open connections from one address, or L{None}.
+    @ivar episodes: logs what clients do wrong once per episode, with counts.
     """
 
     _log = Logger()
@@ -129,7 +132,12 @@ class Connections:
         maxConnections: int = 10000,
         maxPerPeer: int | None = None,
         counts: Counts | None = None,
+        clock: Any = None,
     ) -> None:
+        """
+        @param clock: an C{IReactorTime} that ends the episodes of
+            L{episodes} (see L{Episodes}).
+        """
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
         self._counts: Counts = counts if counts is not None else LocalCounts()
@@ -138,6 +146,7 @@ class Connections:
         self._refusing = False
         self.refused = 0
         self.closing = False
+        self.episodes = Episodes(self._log, clock)
 
     def __len__(self) -> int:
         return len(self._open)

@@ -180,15 +180,22 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         if self._writePaused or self._closing:
             # Replies are stuck in the send buffer: the client stopped
             # reading them, and a graceful close would wait for it forever.
-            self._log.info(
-                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it",
+            self.factory.connections.episodes.event(
+                "clients dropped for not reading their replies",
+                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it"
+                " (more such are counted, not logged)",
                 host=self.host,
                 port=self.port,
                 timeout=self.timeOut,
             )
             self.transport.abortConnection()
             return
-        self._log.debug("closing idle connection from {host}", host=self.host)
+        self.factory.connections.episodes.event(
+            "idle connections closed",
+            "closing idle connection from {host}:{port} (more such are counted, not logged)",
+            host=self.host,
+            port=self.port,
+        )
         self._close()
 
     def _close(self) -> None:
@@ -268,8 +275,12 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         return rest
 
     def _refuse(self, reason: str) -> None:
-        self._log.info(
-            "{host}:{port}: {reason}; closing", host=self.host, port=self.port, reason=reason
+        self.factory.connections.episodes.event(
+            f"connections closed with ERR {reason}",
+            "{host}:{port}: {reason}; closing (more such are counted, not logged)",
+            host=self.host,
+            port=self.port,
+            reason=reason,
         )
         self._closing = True
         self.transport.write(error_reply(reason))
@@ -286,8 +297,10 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         Framing is lost: answer C{ERR line too long} after the earlier
         replies, then close.
         """
-        self._log.info(
-            "{host}:{port} sent a line longer than {limit} bytes; closing",
+        self.factory.connections.episodes.event(
+            "connections closed with ERR line too long",
+            "{host}:{port} sent a line longer than {limit} bytes; closing"
+            " (more such are counted, not logged)",
             host=self.host,
             port=self.port,
             limit=self.MAX_LENGTH,

@@ -396,7 +396,8 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
     if config["workers"] > 1:
         return _supervisor(config, reactor)
     raise_open_files_limit(config["max-connections"] + 64)
-    connections = Connections(config["max-connections"], config["max-per-peer"])
+    connections = Connections(config["max-connections"], config["max-per-peer"], clock=reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)  # type: ignore[arg-type]
     if config["metrics-port"] is None:
         return _server(config, reactor, connections)
     from primecount.metrics import Metrics
@@ -486,7 +487,10 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
     path, _, total = os.environ[workers.COUNTS_ENV].rpartition(":")
     index = int(os.environ.get("PRIMECOUNT_WORKER_INDEX", "0"))
     counts = workers.SharedCounts(path, int(total), index)
-    connections = Connections(config["max-connections"], config["max-per-peer"], counts)
+    connections = Connections(
+        config["max-connections"], config["max-per-peer"], counts, clock=reactor
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
     adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
     metrics = None
     if config["metrics-port"] is not None:

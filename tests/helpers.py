@@ -108,7 +108,7 @@ class Harness:
         self.pool = SyncPool()
         self.journal = FakeJournal()
         self.pipeline = Pipeline(self.reactor, self.pool, self.journal)
-        self.connections = Connections(maxConnections, maxPerPeer)
+        self.connections = Connections(maxConnections, maxPerPeer, clock=self.reactor)
         self.factory = CountFactory(
             self.reactor, self.pipeline, connections=self.connections, **factoryArgs
         )
