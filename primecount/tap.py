@@ -5,6 +5,7 @@ The twistd plugin's options and service: C{twistd primecount --port 5050}.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
@@ -33,30 +34,57 @@ from primecount.protocol import CountFactory
 _log = Logger(namespace="primecount")
 
 
-def _bounded(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str], Any]:
+def _number(
+    option: str, kind: Callable[[str], Any], rule: str, low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    """
+    The coercer of a numeric option: a bad value raises a C{ValueError}
+    that names the option and the rule (C{--threads wants a whole number,
+    at least 1; got 'abc'}).
+    """
+
     def coerce(value: str) -> Any:
-        number = kind(value)
-        if number < low:
-            raise ValueError(f"{value} is too small: {what}")
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if (
+            number is None
+            or not math.isfinite(number)
+            or number < low
+            or (high is not None and number > high)
+        ):
+            raise ValueError(f"--{option} wants {rule}; got {value!r}")
         return number
 
-    coerce.coerceDoc = f"({what})"  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"({rule})"  # type: ignore[attr-defined]
     return coerce
 
 
-_positive = _bounded(int, 1, "at least 1")
-_seconds = _bounded(float, 0, "seconds, 0 disables")
-_stopSeconds = _bounded(float, 0, "seconds, 0 waits as long as it takes")
+def _positive(option: str) -> Callable[[str], Any]:
+    return _number(option, int, "a whole number, at least 1", 1)
+
+
+def _port(option: str) -> Callable[[str], Any]:
+    return _number(option, int, "a whole number from 0 to 65535 (0: any free port)", 0, 65535)
+
+
+def _seconds(option: str, zero: str) -> Callable[[str], Any]:
+    return _number(option, float, f"a number of seconds, 0 or more ({zero})", 0)
 
 
 def _journal(value: str) -> JournalURL:
     try:
         return parse_url(value)
     except JournalURLError as e:
-        raise ValueError(str(e)) from None
+        raise ValueError(f"--journal: {e}") from None
 
 
 _journal.coerceDoc = "sqlite:PATH or none."  # type: ignore[attr-defined]
+
+#: How twistd's option parser prefixes a coercer's error; our coercers name
+#: the option themselves.
+_COERCE_FAILED = "Parameter type enforcement failed: "
 
 
 #: Accept queue of the listening sockets: Twisted's default of 50 makes a
@@ -104,22 +132,40 @@ class PrimecountOptions(usage.Options):
     ]
 
     optParameters: ClassVar[list[list[Any]]] = [
-        ["port", "p", 5050, "TCP port of the count protocol.", usage.portCoerce],
+        ["port", "p", 5050, "TCP port of the count protocol.", _port("port")],
         [
             "interface",
             None,
             "0.0.0.0",
             "Address to bind: 127.0.0.1 for this machine only, :: for IPv6.",
         ],
-        ["threads", None, 10, "Size of the thread pool doing the primality work.", _positive],
-        ["timeout", None, 5.0, "Idle seconds before a connection is closed.", _seconds],
-        ["max-line", None, 16384, "Longest accepted request line, in bytes.", _positive],
+        [
+            "threads",
+            None,
+            10,
+            "Size of the thread pool doing the primality work.",
+            _positive("threads"),
+        ],
+        [
+            "timeout",
+            None,
+            5.0,
+            "Idle seconds before a connection is closed.",
+            _seconds("timeout", "0 disables"),
+        ],
+        [
+            "max-line",
+            None,
+            16384,
+            "Longest accepted request line, in bytes.",
+            _positive("max-line"),
+        ],
         [
             "max-connections",
             None,
             10000,
             "Open connections beyond this get ERR server busy.",
-            _positive,
+            _positive("max-connections"),
         ],
         ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
         [
@@ -127,29 +173,35 @@ class PrimecountOptions(usage.Options):
             None,
             None,
             "Open connections one client address may hold (default: no limit of its own)",
-            _positive,
+            _positive("max-per-peer"),
         ],
         [
             "shutdown-timeout",
             None,
             10.0,
             "On SIGTERM, seconds to finish what was received before closing anyway.",
-            _stopSeconds,
+            _seconds("shutdown-timeout", "0 waits as long as it takes"),
         ],
-        ["workers", None, 1, "Serving processes sharing the listening sockets.", _positive],
+        [
+            "workers",
+            None,
+            1,
+            "Serving processes sharing the listening sockets.",
+            _positive("workers"),
+        ],
         [
             "metrics-port",
             None,
             None,
             "HTTP port serving Prometheus metrics at /metrics, bound on --interface (default: off)",
-            usage.portCoerce,
+            _port("metrics-port"),
         ],
         [
             "range-port",
             None,
             None,
             "TCP port of the range protocol, bound on --interface (default: off)",
-            usage.portCoerce,
+            _port("range-port"),
         ],
     ]
 
@@ -164,7 +216,13 @@ class PrimecountOptions(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         # Kept for --workers: each worker runs with the same options.
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            message = str(e)
+            if message.startswith(_COERCE_FAILED):
+                raise usage.UsageError(message[len(_COERCE_FAILED) :]) from None
+            raise
 
     def opt_listen(self, description: str) -> None:
         """

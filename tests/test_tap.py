@@ -162,6 +162,33 @@ class OptionsTests(SynchronousTestCase):
         ):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
+    def test_badValueNamesTheOptionAndTheRule(self) -> None:
+        whole = "a whole number, at least 1"
+        port = "a whole number from 0 to 65535"
+        seconds = "a number of seconds, 0 or more"
+        for option, value, rule in (
+            ("threads", "abc", whole),
+            ("threads", "0", whole),
+            ("max-line", "1.5", whole),
+            ("max-connections", "-5", whole),
+            ("max-per-peer", "many", whole),
+            ("workers", "", whole),
+            ("port", "65536", port),
+            ("port", "http", port),
+            ("metrics-port", "abc", port),
+            ("range-port", "-1", port),
+            ("timeout", "soon", seconds),
+            ("timeout", "nan", seconds),
+            ("shutdown-timeout", "-1", seconds),
+            ("journal", "postgres:x", "expected sqlite:PATH or none"),
+        ):
+            e = self.assertRaises(usage.UsageError, self.parse, f"--{option}", value)
+            message = str(e)
+            self.assertTrue(message.startswith(f"--{option}"), message)
+            self.assertIn(rule, message)
+            self.assertNotIn("invalid literal", message)
+            self.assertNotIn("enforcement", message)
+
     def test_timeoutZeroAllowed(self) -> None:
         self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
 
