@@ -467,11 +467,12 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
 
 
 def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
-    from primecount.metrics import metricsService
+    from primecount.metrics import metricsSite
 
-    return metricsService(
-        reactor, tcp_description(config["metrics-port"], config["interface"]), metrics
-    )
+    description = tcp_description(config["metrics-port"], config["interface"])
+    endpoint = endpoints.serverFromString(reactor, description)
+    # A _Listener: a port that is taken is one line and exit status 1.
+    return _Listener("metrics", description, endpoint, metricsSite(metrics))
 
 
 def _server(

@@ -84,6 +84,39 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("Address already in use", result.stdout)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
 
+    def test_metricsPortInUseIsOneLineAndNonZeroExit(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = str(taken.getsockname()[1])
+            for args in (
+                ["--port", "0", "--metrics-port", port],
+                ["--port", "0", "--metrics-port", port, "--workers", "2"],
+            ):
+                result = twistd(
+                    "-n", "--pidfile=", "primecount", "--interface", "127.0.0.1",
+                    "--journal", "none", *args, cwd=self.mktemp_dir(),
+                )  # fmt: skip
+                output = result.stdout + result.stderr
+                self.assertEqual(result.returncode, 1, (args, output))
+                self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
+                self.assertIn("Address already in use", output)
+                self.assertNotIn("Traceback", output)
+                self.assertLess(len(output.splitlines()), 8, output)
+
+    def test_metricsPortEqualToPortIsOneLineAndNonZeroExit(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        result = twistd(
+            "-n", "--pidfile=", "primecount", "--interface", "127.0.0.1",
+            "--journal", "none", "--port", port, "--metrics-port", port, cwd=self.mktemp_dir(),
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
+        self.assertNotIn("Traceback", output)
+
     def mktemp_dir(self) -> str:
         path = self.mktemp()
         os.makedirs(path)
