@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from primecount import __version__, workers
-from primecount.connections import Connections, address_text
+from primecount.connections import Connections, RefusingReactor, address_text
+from primecount.count import SERVER_BUSY, error_reply
 from primecount.journal import (
     JournalURL,
     JournalURLError,
@@ -392,9 +393,9 @@ class PrimecountService(service.MultiService):
 def raise_open_files_limit(wanted: int) -> int:
     """
     Raise the soft limit of open files toward C{wanted} (up to the hard
-    limit); warn once when it cannot cover C{wanted}.
+    limit).
 
-    @return: the effective soft limit.
+    @return: the effective soft limit (C{resource.RLIM_INFINITY} for none).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -404,14 +405,35 @@ def raise_open_files_limit(wanted: int) -> int:
             soft = target
         except (ValueError, OSError):
             pass
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    return soft
+
+
+#: Descriptors kept for all but client connections: the journal's files,
+#: listening sockets, the log, pipes to workers, what libraries open.
+SPARE_DESCRIPTORS = 64
+
+
+def connection_limit(wanted: int, warn: bool = True) -> int:
+    """
+    The most connections this process can hold at once: C{wanted}
+    (C{--max-connections}), or fewer when the open-files limit, raised as
+    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS}; then
+    one warning names both numbers.
+    """
+    limit = raise_open_files_limit(wanted + SPARE_DESCRIPTORS)
+    if limit == resource.RLIM_INFINITY or limit >= wanted + SPARE_DESCRIPTORS:
+        return wanted
+    effective = max(1, limit - SPARE_DESCRIPTORS)
+    if warn:
         _log.warn(
-            "open files limit is {limit}; --max-connections {wanted} needs "
-            "more: raise it with 'ulimit -n' (effective limit ~{limit})",
-            limit=soft,
+            "open files limit is {limit}: serving at most {effective} connections at "
+            "once, not --max-connections {wanted} (raise the limit, e.g. 'ulimit -n' "
+            "or LimitNOFILE=, to serve more)",
+            limit=limit,
+            effective=effective,
             wanted=wanted,
         )
-    return soft
+    return effective
 
 
 def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
@@ -453,7 +475,7 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
         return _worker(config, reactor)
     if config["workers"] > 1:
         return _supervisor(config, reactor)
-    raise_open_files_limit(config["max-connections"] + 64)
+    config["max-connections"] = connection_limit(config["max-connections"])
     connections = Connections(config["max-connections"], config["max-per-peer"], clock=reactor)
     reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)  # type: ignore[arg-type]
     if config["metrics-port"] is None:
@@ -524,12 +546,17 @@ def _server(
             connections=connections,
             metrics=metrics,
         )
+    busy = error_reply(SERVER_BUSY)
     top = PrimecountService(
         pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
     )
     if adopted is None:
         for label, description in _descriptions(config):
-            endpoint = endpoints.serverFromString(reactor, description)
+            # Out of descriptors, a TCP listener still answers ERR server busy.
+            refusing = RefusingReactor(
+                reactor, b"" if label == "range" else busy, connections.episodes
+            )
+            endpoint = endpoints.serverFromString(refusing, description)
             top.addListener(_Listener(label, description, endpoint, factories[label]))
     else:
         for label, fd, family in adopted:
@@ -546,9 +573,9 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
     path, _, total = os.environ[workers.COUNTS_ENV].rpartition(":")
     index = int(os.environ.get("PRIMECOUNT_WORKER_INDEX", "0"))
     counts = workers.SharedCounts(path, int(total), index)
-    connections = Connections(
-        config["max-connections"], config["max-per-peer"], counts, clock=reactor
-    )
+    # The supervisor warned if the open-files limit lowers the limit.
+    limit = connection_limit(config["max-connections"], warn=False)
+    connections = Connections(limit, config["max-per-peer"], counts, clock=reactor)
     reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
     adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
     metrics = None
@@ -579,7 +606,7 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
     """
     import tempfile
 
-    raise_open_files_limit(config["max-connections"] + 64)
+    config["max-connections"] = connection_limit(config["max-connections"])
     sockets: dict[str, tuple[int, int]] = {}
     ports = []
     addresses = []

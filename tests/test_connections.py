@@ -5,17 +5,41 @@ Connection limits and the orderly stop, in units and against a real server.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.connections import Connections, LocalCounts, address_text, no_delay, peer_of
+from primecount import connections as connections_module
+from primecount.connections import (
+    Connections,
+    LocalCounts,
+    RefusingPort,
+    address_text,
+    no_delay,
+    peer_of,
+)
 from primecount.tap import PrimecountService
 
-from .helpers import Harness, ServerProcess, journal_messages, sigterm_in_flight
+from .helpers import (
+    Harness,
+    ServerProcess,
+    journal_messages,
+    recv_all,
+    recv_lines,
+    sigterm_in_flight,
+)
+from .test_episodes import capture
 
 
 class LocalCountsTests(SynchronousTestCase):
@@ -201,4 +225,121 @@ class SigtermTests(SynchronousTestCase):
         stored = journal_messages(os.path.join(directory, "j.sqlite3"))
         self.assertEqual([m for m in answered if m not in stored], [])
         self.assertIn(b"journal flushed", server.log)
+        self.assertNotIn(b"Traceback", server.log)
+
+
+def _lowOpenFilesLimit(limit: int) -> Callable[[], None]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return lower
+
+
+class FakeListener:
+    """
+    A listening socket whose C{accept} fails with EMFILE while the reserve
+    descriptor is held, and hands out the client ends of socket pairs.
+    """
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        self.peers: list[socket.socket] = []
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        if not self.waiting:
+            raise OSError(errno.EAGAIN, "no more")
+        if connections_module.reserve()._fd is not None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        self.waiting -= 1
+        server, client = socket.socketpair()
+        client.sendall(b"abc2a\n")  # a request, unread
+        self.peers.append(client)
+        return server, ("192.0.2.9", 40000 + self.waiting)
+
+
+class RefusingPortTests(SynchronousTestCase):
+    """
+    L{RefusingPort}: with no descriptor left, accept on the reserve one and
+    answer ERR server busy.
+    """
+
+    def test_outOfDescriptorsRefusesWithReply(self) -> None:
+        events = capture(self)
+        clock = Clock()
+        port = RefusingPort(0, Factory(), reactor=clock)  # type: ignore[arg-type]
+        listener = FakeListener(waiting=5)
+        port.socket = listener  # type: ignore[assignment]
+        port.refusal = b"ERR server busy\n"
+        port.episodes = Connections(clock=clock).episodes
+        port.doRead()
+        self.assertEqual(port.refused, 5)
+        for peer in listener.peers:
+            self.assertEqual(recv_all(peer, timeout=5), b"ERR server busy\n")
+            peer.close()
+        # The reserve is held again, and the episode was logged once.
+        self.assertIsNotNone(connections_module.reserve()._fd)
+        said = [e for e in events if "out of file descriptors" in e.get("log_format", "")]
+        self.assertEqual(len(said), 1)
+        clock.advance(60)
+        summary = [e for e in events if "4 more" in formatEvent(e)]
+        self.assertEqual(len(summary), 1, [formatEvent(e) for e in events])
+
+
+class DescriptorExhaustionTests(SynchronousTestCase):
+    """
+    A real server under a low open-files limit: the connection limit is
+    lowered to fit, and a burst beyond it gets ERR server busy, not silence.
+    """
+
+    def test_burstUnderLowLimitIsAnsweredOrRefused(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess(
+            "--journal", "sqlite:j.sqlite3", "--timeout", "60",
+            cwd=directory, preexec_fn=_lowOpenFilesLimit(128),
+        )  # fmt: skip
+        self.addCleanup(server.stop)
+        self.assertIn(
+            b"open files limit is 128: serving at most 64 connections at once, "
+            b"not --max-connections 10000",
+            server.log,
+        )
+        started = server.log.count(b"\n")
+        # Hold every connection the server will serve: 64, all answered.
+        held = [server.connect() for _ in range(64)]
+        self.addCleanup(lambda: [s.close() for s in held])
+        for sock in held:
+            sock.sendall(b"abc2a\n")
+        for sock in held:
+            self.assertEqual(recv_lines(sock, 1), ["2 sí\n".encode()])
+        # A burst waiting in the accept queue while the server is stopped,
+        # so that one accept loop runs out of descriptors.
+        server.signal(signal.SIGSTOP)
+        try:
+            burst = [server.connect() for _ in range(200)]
+            for sock in burst:
+                sock.sendall(b"abc2a\n")
+        finally:
+            server.signal(signal.SIGCONT)
+        replies = []
+        for sock in burst:
+            replies.append(b"".join(recv_lines(sock, 1, timeout=15)))
+            sock.close()
+        self.assertEqual(set(replies), {b"ERR server busy\n"})
+        # Still serving once the held connections go.
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with server.connect() as sock:
+                sock.sendall(b"abc2a\n")
+                reply = b"".join(recv_lines(sock, 1))
+            if reply == "2 sí\n".encode():
+                break
+            time.sleep(0.2)
+        self.assertEqual(reply, "2 sí\n".encode())
+        server.readLog(0.5)
+        log = server.log.decode(errors="replace").splitlines()[started:]
+        self.assertIn("out of file descriptors", "\n".join(log))
+        self.assertLessEqual(len(log), 4, log)
         self.assertNotIn(b"Traceback", server.log)
