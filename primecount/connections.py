@@ -419,9 +419,26 @@ class RefusingReactor:
         """
         Listen as C{IReactorTCP.listenTCP} does, on a L{RefusingPort}.
         """
+        return self._start(RefusingPort(port, factory, backlog, interface, self._reactor))
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+        """
+        Accept on an inherited listening socket as
+        C{IReactorSocket.adoptStreamPort} does; on a L{RefusingPort} when it
+        is a TCP one.
+        """
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            return self._reactor.adoptStreamPort(fileDescriptor, addressFamily, factory)
+        # The constructor Twisted's adoptStreamPort uses (private API, as
+        # RefusingPort._serve, for the same reason).
+        port = RefusingPort._fromListeningDescriptor(  # type: ignore[attr-defined]
+            self._reactor, fileDescriptor, addressFamily, factory
+        )
+        return self._start(port)
+
+    def _start(self, port: RefusingPort) -> RefusingPort:
         reserve()
-        listening = RefusingPort(port, factory, backlog, interface, self._reactor)
-        listening.refusal = self._refusal
-        listening.episodes = self._episodes
-        listening.startListening()
-        return listening
+        port.refusal = self._refusal
+        port.episodes = self._episodes
+        port.startListening()
+        return port

@@ -560,7 +560,10 @@ def _server(
             top.addListener(_Listener(label, description, endpoint, factories[label]))
     else:
         for label, fd, family in adopted:
-            top.addListener(workers.AdoptedPort(reactor, label, fd, family, factories[label]))
+            refusing = RefusingReactor(
+                reactor, b"" if label == "range" else busy, connections.episodes
+            )
+            top.addListener(workers.AdoptedPort(refusing, label, fd, family, factories[label]))
     return top
 
 
@@ -574,8 +577,10 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
     index = int(os.environ.get("PRIMECOUNT_WORKER_INDEX", "0"))
     counts = workers.SharedCounts(path, int(total), index)
     # The supervisor warned if the open-files limit lowers the limit.
-    limit = connection_limit(config["max-connections"], warn=False)
-    connections = Connections(limit, config["max-per-peer"], counts, clock=reactor)
+    config["max-connections"] = connection_limit(config["max-connections"], warn=False)
+    connections = Connections(
+        config["max-connections"], config["max-per-peer"], counts, clock=reactor
+    )
     reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
     adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
     metrics = None
