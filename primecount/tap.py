@@ -609,8 +609,6 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
     """
     C{--workers N}: bind the sockets here, serve in N worker processes.
     """
-    import tempfile
-
     config["max-connections"] = connection_limit(config["max-connections"])
     sockets: dict[str, tuple[int, int]] = {}
     ports = []
@@ -629,7 +627,8 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
         ports.append(port)
         sockets[f"{label}{n}"] = workers.listening_socket(port)
         addresses.append(f"{label} {address_text(port.getHost())}")
-    scratch = tempfile.mkdtemp(prefix="primecount-")
+    scratchDir = workers.Scratch()
+    scratch = scratchDir.path
     counts = workers.SharedCounts(os.path.join(scratch, "connections"), config["workers"])
     top = service.MultiService()
     _Bound(ports).setServiceParent(top)
@@ -665,12 +664,10 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
         n=config["workers"],
         settings=_settings(config),
     )
-    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
+    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratchDir, counts)
     return top
 
 
-def _cleanup(scratch: str, counts: Any) -> None:
-    import shutil
-
+def _cleanup(scratch: workers.Scratch, counts: Any) -> None:
     counts.close()
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.remove()

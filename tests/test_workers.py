@@ -179,3 +179,45 @@ class WorkersTests(SynchronousTestCase):
             self.assertEqual(recv_all(extra), b"ERR server busy\n")
         for sock in held:
             sock.close()
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class KilledSupervisorTests(SynchronousTestCase):
+    """
+    A supervisor killed outright (SIGKILL) leaves nothing behind.
+    """
+
+    start = WorkersTests.start
+
+    def scratch(self) -> set[str]:
+        return {n for n in os.listdir(self.tmp) if "primecount-" in n}
+
+    def test_killedSupervisorLeavesNothingBehind(self) -> None:
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.patch(os, "environ", dict(os.environ, TMPDIR=self.tmp))
+        server = self.start("--metrics-port", "0")
+        workers = children(server.process.pid)
+        first = self.scratch()
+        self.assertEqual(len(first), 1, first)
+        server.process.kill()
+        server.wait()
+        # The workers stop by themselves.
+        self.assertTrue(wait_for(lambda: not any(alive(w) for w in workers), 30))
+        # The next supervisor removes what the killed one left.
+        server = self.start("--metrics-port", "0")
+        second = self.scratch()
+        self.assertEqual(len(second), 1, second)
+        self.assertNotEqual(first, second)
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        self.assertEqual(self.scratch(), set())
