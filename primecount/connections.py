@@ -24,19 +24,34 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from twisted.internet import tcp
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 
 from primecount.episodes import Episodes
 
+#: How the journal names the host of a client on a UNIX socket: this
+#: prefix and the socket's path (C{unix:/run/primecount.sock}), port 0.
+UNIX_HOST = "unix:"
 
-def peer_of(address: object) -> tuple[str, int]:
+
+def peer_of(address: object, local: object = None) -> tuple[str, int]:
     """
     The (host, port) to journal for a transport's peer address.
+
+    A client of a UNIX socket has no address of its own (unless it bound
+    one): it is C{("unix:" + path, 0)}, with the path it bound or else the
+    path of the socket it connected to (C{local}, the transport's host).
     """
     if isinstance(address, IPv4Address | IPv6Address):
         return address.host, address.port
+    if isinstance(address, UNIXAddress):
+        for named in (address, local):
+            name = getattr(named, "name", None)
+            if name:
+                path = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else name
+                return UNIX_HOST + path, 0
+        return UNIX_HOST, 0
     return type(address).__name__, 0
 
 

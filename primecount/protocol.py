@@ -129,7 +129,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         factory = self.factory
         self.MAX_LENGTH = factory.maxLine
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
-        self.host, self.port = peer_of(self.transport.getPeer())
+        self.host, self.port = peer_of(self.transport.getPeer(), self.transport.getHost())
         no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True

@@ -8,8 +8,10 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -78,7 +81,26 @@ class PeerTests(SynchronousTestCase):
     def test_addresses(self) -> None:
         self.assertEqual(peer_of(IPv4Address("TCP", "127.0.0.1", 5)), ("127.0.0.1", 5))
         self.assertEqual(peer_of(IPv6Address("TCP", "::1", 6)), ("::1", 6))
-        self.assertEqual(peer_of(UNIXAddress(None)), ("UNIXAddress", 0))
+
+    def test_unixClientsAreUnixAndTheSocketPath(self) -> None:
+        listening = UNIXAddress(b"/run/pc.sock")
+        self.assertEqual(peer_of(UNIXAddress(None), listening), ("unix:/run/pc.sock", 0))
+        self.assertEqual(peer_of(UNIXAddress(b""), listening), ("unix:/run/pc.sock", 0))
+        # A client that bound a path of its own is named by it.
+        self.assertEqual(peer_of(UNIXAddress(b"/tmp/me"), listening), ("unix:/tmp/me", 0))
+        self.assertEqual(peer_of(UNIXAddress(None)), ("unix:", 0))
+
+    def test_unixClientJournalledAsUnixPath(self) -> None:
+        h = Harness()
+        transport = StringTransport(
+            hostAddress=UNIXAddress(b"/run/pc.sock"), peerAddress=UNIXAddress(None)
+        )
+        protocol = h.factory.buildProtocol(UNIXAddress(None))
+        protocol.makeConnection(transport)
+        h.send(b"abc2a\n", protocol)
+        self.assertEqual(transport.value(), "2 sí\n".encode())
+        record = h.journal.records[-1]
+        self.assertEqual((record.host, record.port), ("unix:/run/pc.sock", 0))
 
 
 class NoDelayTests(SynchronousTestCase):
@@ -343,3 +365,34 @@ class DescriptorExhaustionTests(SynchronousTestCase):
         self.assertIn("out of file descriptors", "\n".join(log))
         self.assertLessEqual(len(log), 4, log)
         self.assertNotIn(b"Traceback", server.log)
+
+
+class UnixSocketTests(SynchronousTestCase):
+    """
+    A real server on a UNIX socket journals its clients as C{unix:PATH}.
+    """
+
+    def test_unixClientJournalled(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        # AF_UNIX paths are short (108 bytes): not under _trial_temp.
+        short = tempfile.mkdtemp(prefix="pc-")
+        self.addCleanup(shutil.rmtree, short, True)
+        path = os.path.join(short, "pc.sock")
+        server = ServerProcess(
+            "--journal", "sqlite:j.sqlite3", "--listen", f"unix:{path}", cwd=directory
+        )
+        self.addCleanup(server.stop)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            sock.sendall(b"abc2a\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_all(sock), "2 sí\n".encode())
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        import sqlite3
+
+        conn = sqlite3.connect(os.path.join(directory, "j.sqlite3"))
+        self.addCleanup(conn.close)
+        self.assertEqual(
+            conn.execute("SELECT host, port FROM requests").fetchall(), [(f"unix:{path}", 0)]
+        )
