@@ -243,7 +243,14 @@ class PrimecountOptions(usage.Options):
         for description in self["listen"]:
             try:
                 endpoints.serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
+            except ImportError as e:
+                # ssl: without pyOpenSSL (twisted[tls], a dependency).
+                raise usage.UsageError(
+                    f"--listen {description!r} needs TLS support, which is not "
+                    f"installed ({e}): pip install 'twisted[tls]'"
+                ) from None
+            except Exception as e:
+                # A bad description, a missing or bad certificate file.
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
         try:
             check_writable(self["journal"])

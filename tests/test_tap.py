@@ -6,6 +6,7 @@ The twistd plugin: discovery, option parsing, and the service it builds.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from primecount import tap
 from primecount.journal import JournalURL
 
-from .helpers import TWISTD
+from .helpers import TWISTD, ServerProcess, recv_lines
 
 
 def twistd(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -263,3 +264,95 @@ class OpenFilesTests(SynchronousTestCase):
         wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
         self.assertEqual(tap.raise_open_files_limit(wanted), wanted)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
+
+
+def self_signed(path: str) -> None:
+    """
+    Write a throwaway key and self-signed certificate for 127.0.0.1 and
+    localhost, both in the PEM file C{path}.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with open(path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    C{--listen ssl:…} works from the documented install, and says what is
+    missing in one line when TLS support is not installed.
+    """
+
+    def test_tlsEndToEnd(self) -> None:
+        import ssl
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pem = os.path.join(directory, "server.pem")
+        self_signed(pem)
+        server = ServerProcess(
+            "--journal", "none", "--listen",
+            f"ssl:0:interface=127.0.0.1:privateKey={pem}", cwd=directory,
+        )  # fmt: skip
+        self.addCleanup(server.stop)
+        context = ssl.create_default_context(cafile=pem)
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(b"abc2a\nabc\n")
+            self.assertEqual(recv_lines(sock, 2), ["2 sí\n".encode(), b"1 no\n"])
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        self.assertNotIn(b"Traceback", server.log)
+
+    def test_missingTLSSupportIsOneLine(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        fake = os.path.join(directory, "OpenSSL")
+        os.makedirs(fake)
+        with open(os.path.join(fake, "__init__.py"), "w") as f:
+            f.write("raise ImportError('No module named OpenSSL')\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "primecount", "--journal", "none",
+             "--listen", "ssl:0:privateKey=server.pem"],
+            capture_output=True, text=True, timeout=60, cwd=directory, env=env,
+        )  # fmt: skip
+        output = (result.stdout + result.stderr).strip().splitlines()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertEqual(len(output), 1, output)
+        self.assertIn("needs TLS support", output[0])
+        self.assertIn("twisted[tls]", output[0])
