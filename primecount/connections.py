@@ -192,8 +192,9 @@ class Connections:
             self._refusing = True
             self._log.warn(
                 "refusing connections with ERR server busy: limit of {total} open "
-                "connections{perPeer} reached (first refused: {host})",
+                "{connections}{perPeer} reached (first refused: {host})",
                 total=self.maxConnections,
+                connections="connection" if self.maxConnections == 1 else "connections",
                 perPeer=f", {self.maxPerPeer} per address" if self.maxPerPeer else "",
                 host=host,
             )

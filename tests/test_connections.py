@@ -168,6 +168,8 @@ class ConnectionsTests(SynchronousTestCase):
         ]
         self.assertEqual(len(said), 2, said)
         self.assertIn("refusing", said[0])
+        first = next(e for e in events if e.get("log_format") == said[0])
+        self.assertIn("limit of 1 open connection reached", formatEvent(first))
         self.assertIn("refused meanwhile", said[1])
 
     def test_closeAllWaitsForEveryConnection(self) -> None:
