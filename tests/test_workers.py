@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.workers import SharedCounts, decode_sockets, encode_sockets
+from primecount.workers import PARENT_DIED, SharedCounts, decode_sockets, encode_sockets
 
 from .helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
@@ -221,3 +221,49 @@ class KilledSupervisorTests(SynchronousTestCase):
         self.assertNotEqual(first, second)
         self.assertIn(server.stop(), (0, -signal.SIGTERM))
         self.assertEqual(self.scratch(), set())
+
+
+ORPHAN = """
+import os, signal, sys, time
+from primecount import workers
+
+def stop(signum, frame):
+    # What a worker does on SIGTERM: log its last lines, then exit.
+    try:
+        for n in range(200):
+            print("stopping, line", n, flush=True)
+            sys.stderr.write("and on stderr\\n")
+            sys.stderr.flush()
+    except BrokenPipeError:
+        os._exit(3)
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(workers.PARENT_DIED, workers._orphaned)
+print("ready", flush=True)
+time.sleep(30)
+os._exit(4)
+"""
+
+
+class OrphanTests(SynchronousTestCase):
+    """
+    A worker whose supervisor died stops quietly: its log, a pipe to the
+    dead supervisor, would fail every line with EPIPE.
+    """
+
+    def test_orphanedWorkerWritesNoBrokenPipe(self) -> None:
+        import subprocess
+        import sys
+
+        child = subprocess.Popen(
+            [sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        assert child.stdout is not None and child.stderr is not None
+        self.assertEqual(child.stdout.readline(), b"ready\n")
+        # The supervisor is gone: nobody reads the pipes any more.
+        child.stdout.close()
+        child.stderr.close()
+        os.kill(child.pid, PARENT_DIED)
+        self.assertEqual(child.wait(30), 0)
