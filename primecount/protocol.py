@@ -276,7 +276,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
 
     def _refuse(self, reason: str) -> None:
         self.factory.connections.episodes.event(
-            f"connections closed with ERR {reason}",
+            "connections closed with ERR " + reason,
             "{host}:{port}: {reason}; closing (more such are counted, not logged)",
             host=self.host,
             port=self.port,
