@@ -658,6 +658,16 @@ class QuietSite(Site):
         """
 
 
+def metricsSite(metrics: Metrics) -> QuietSite:
+    """
+    The HTTP site serving C{metrics} at C{/metrics}, 404 elsewhere.
+    """
+    root = _NotFound()
+    # No mypy-zope here: mypy cannot see the classes' @implementer.
+    root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[arg-type]
+    return QuietSite(root)
+
+
 def metricsService(reactor: Any, description: str, metrics: Metrics) -> StreamServerEndpointService:
     """
     An HTTP service serving C{metrics} at C{/metrics}, 404 elsewhere.
@@ -671,7 +681,4 @@ def metricsService(reactor: Any, description: str, metrics: Metrics) -> StreamSe
     """
     from twisted.application import strports
 
-    root = _NotFound()
-    # No mypy-zope here: mypy cannot see the classes' @implementer.
-    root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[arg-type]
-    return strports.service(description, QuietSite(root), reactor=reactor)  # type: ignore[arg-type]
+    return strports.service(description, metricsSite(metrics), reactor=reactor)  # type: ignore[arg-type]

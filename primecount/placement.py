@@ -53,10 +53,10 @@ def parse(text: str) -> Placement:
     for part in text.split(","):
         low, dash, high = part.strip().partition("-")
         if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"{text!r} is not auto, none, or CPU numbers such as 0,1 or 0-3")
+            raise ValueError(f"auto, none, or CPU numbers such as 0,1 or 0-3; got {text!r}")
         first, last = int(low), int(high) if dash else int(low)
         if last < first:
-            raise ValueError(f"{part!r} is an empty range of CPUs")
+            raise ValueError(f"CPU ranges low to high, such as 0-3; got {part!r}")
         cpus.extend(range(first, last + 1))
     return Placement("list", tuple(dict.fromkeys(cpus)))
 

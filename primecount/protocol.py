@@ -155,7 +155,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         factory = self.factory
         self.MAX_LENGTH = factory.maxLine
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
-        self.host, self.port = peer_of(self.transport.getPeer())
+        self.host, self.port = peer_of(self.transport.getPeer(), self.transport.getHost())
         no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
@@ -209,15 +209,22 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         if self._writePaused or self._closing:
             # Replies are stuck in the send buffer: the client stopped
             # reading them, and a graceful close would wait for it forever.
-            self._log.info(
-                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it",
+            self.factory.connections.episodes.event(
+                "clients dropped for not reading their replies",
+                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it"
+                " (more such are counted, not logged)",
                 host=self.host,
                 port=self.port,
                 timeout=self.timeOut,
             )
             self.transport.abortConnection()
             return
-        self._log.debug("closing idle connection from {host}", host=self.host)
+        self.factory.connections.episodes.event(
+            "idle connections closed",
+            "closing idle connection from {host}:{port} (more such are counted, not logged)",
+            host=self.host,
+            port=self.port,
+        )
         self._close()
 
     def _close(self) -> None:
@@ -344,8 +351,12 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         return rest
 
     def _refuse(self, reason: str) -> None:
-        self._log.info(
-            "{host}:{port}: {reason}; closing", host=self.host, port=self.port, reason=reason
+        self.factory.connections.episodes.event(
+            "connections closed with ERR " + reason,
+            "{host}:{port}: {reason}; closing (more such are counted, not logged)",
+            host=self.host,
+            port=self.port,
+            reason=reason,
         )
         self._closing = True
         self.transport.write(error_reply(reason))
@@ -362,8 +373,10 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         Framing is lost: answer C{ERR line too long} after the earlier
         replies, then close.
         """
-        self._log.info(
-            "{host}:{port} sent a line longer than {limit} bytes; closing",
+        self.factory.connections.episodes.event(
+            "connections closed with ERR line too long",
+            "{host}:{port} sent a line longer than {limit} bytes; closing"
+            " (more such are counted, not logged)",
             host=self.host,
             port=self.port,
             limit=self.MAX_LENGTH,

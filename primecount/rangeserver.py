@@ -274,7 +274,7 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         self._closing = False
         transport: Any = self.transport
-        self._host, self._port = peer_of(transport.getPeer())
+        self._host, self._port = peer_of(transport.getPeer(), transport.getHost())
         no_delay(transport)
         self.factory.connections.opened(self, self._host)
         self.factory.metrics.connectionOpened(RANGE)

@@ -5,6 +5,7 @@ The twistd plugin's options and service: C{twistd primecount --port 5050}.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
@@ -19,7 +20,8 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from primecount import __version__, placement, workers
-from primecount.connections import Connections, address_text
+from primecount.connections import Connections, RefusingReactor, address_text
+from primecount.count import SERVER_BUSY, error_reply
 from primecount.journal import (
     JournalURL,
     JournalURLError,
@@ -36,34 +38,60 @@ if TYPE_CHECKING:
 _log = Logger(namespace="primecount")
 
 
-def _bounded(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str], Any]:
+def _number(
+    option: str, kind: Callable[[str], Any], rule: str, low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    """
+    The coercer of a numeric option: a bad value raises a C{ValueError}
+    that names the option and the rule (C{--threads wants a whole number,
+    at least 1; got 'abc'}).
+    """
+
     def coerce(value: str) -> Any:
-        number = kind(value)
-        if number < low:
-            raise ValueError(f"{value} is too small: {what}")
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if (
+            number is None
+            or not math.isfinite(number)
+            or number < low
+            or (high is not None and number > high)
+        ):
+            raise ValueError(f"--{option} wants {rule}; got {value!r}")
         return number
 
-    coerce.coerceDoc = f"({what})"  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"({rule})"  # type: ignore[attr-defined]
     return coerce
 
 
-_positive = _bounded(int, 1, "at least 1")
-_seconds = _bounded(float, 0, "seconds, 0 disables")
-_stopSeconds = _bounded(float, 0, "seconds, 0 waits as long as it takes")
+def _positive(option: str) -> Callable[[str], Any]:
+    return _number(option, int, "a whole number, at least 1", 1)
+
+
+def _port(option: str) -> Callable[[str], Any]:
+    return _number(option, int, "a whole number from 0 to 65535 (0: any free port)", 0, 65535)
+
+
+def _seconds(option: str, zero: str) -> Callable[[str], Any]:
+    return _number(option, float, f"a number of seconds, 0 or more ({zero})", 0)
 
 
 def _journal(value: str) -> JournalURL:
     try:
         return parse_url(value)
     except JournalURLError as e:
-        raise ValueError(str(e)) from None
+        raise ValueError(f"--journal: {e}") from None
 
 
 _journal.coerceDoc = "sqlite:PATH, postgresql://USER@HOST:PORT/DB?... or none."  # type: ignore[attr-defined]
 
 
 def _cpus(value: str) -> placement.Placement:
-    return placement.parse(value)
+    try:
+        return placement.parse(value)
+    except ValueError as e:
+        raise ValueError(f"--cpu-affinity wants {e}") from None
 
 
 _cpus.coerceDoc = (  # type: ignore[attr-defined]
@@ -75,7 +103,7 @@ _cpus.coerceDoc = (  # type: ignore[attr-defined]
 def _framing(value: str) -> tuple[str, float]:
     kind, sep, window = value.partition(":")
     if kind not in FRAMINGS or (sep and kind != READ):
-        raise ValueError(f"{value!r} is not a framing: line, read or read:MS")
+        raise ValueError(f"--framing wants line, read or read:MS; got {value!r}")
     if not sep:
         return kind, READ_WINDOW
     try:
@@ -83,7 +111,9 @@ def _framing(value: str) -> tuple[str, float]:
     except ValueError:
         ms = -1.0
     if not 0 <= ms <= MAX_READ_WINDOW_MS:
-        raise ValueError(f"{value!r}: MS must be 0 to {MAX_READ_WINDOW_MS} milliseconds")
+        raise ValueError(
+            f"--framing read:MS wants MS from 0 to {MAX_READ_WINDOW_MS} milliseconds; got {value!r}"
+        )
     return kind, ms / 1000
 
 
@@ -99,6 +129,10 @@ _framing.coerceDoc = (  # type: ignore[attr-defined]
     "the first byte for more segments of the message, unless a LF or the "
     "client's half-close ends it."
 )
+
+#: How twistd's option parser prefixes a coercer's error; our coercers name
+#: the option themselves.
+_COERCE_FAILED = "Parameter type enforcement failed: "
 
 
 #: Accept queue of the listening sockets: Twisted's default of 50 makes a
@@ -146,23 +180,41 @@ class PrimecountOptions(usage.Options):
     ]
 
     optParameters: ClassVar[list[list[Any]]] = [
-        ["port", "p", 5050, "TCP port of the count protocol.", usage.portCoerce],
+        ["port", "p", 5050, "TCP port of the count protocol.", _port("port")],
         [
             "interface",
             None,
             "0.0.0.0",
             "Address to bind: 127.0.0.1 for this machine only, :: for IPv6.",
         ],
-        ["threads", None, 10, "Size of the thread pool doing the primality work.", _positive],
-        ["timeout", None, 5.0, "Idle seconds before a connection is closed.", _seconds],
-        ["max-line", None, 16384, "Longest accepted request line, in bytes.", _positive],
+        [
+            "threads",
+            None,
+            10,
+            "Size of the thread pool doing the primality work.",
+            _positive("threads"),
+        ],
+        [
+            "timeout",
+            None,
+            5.0,
+            "Idle seconds before a connection is closed.",
+            _seconds("timeout", "0 disables"),
+        ],
+        [
+            "max-line",
+            None,
+            16384,
+            "Longest accepted request line, in bytes.",
+            _positive("max-line"),
+        ],
         ["framing", None, "line", "How requests are delimited on the count port.", _framing],
         [
             "max-connections",
             None,
             10000,
             "Open connections beyond this get ERR server busy.",
-            _positive,
+            _positive("max-connections"),
         ],
         ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
         [
@@ -170,16 +222,22 @@ class PrimecountOptions(usage.Options):
             None,
             None,
             "Open connections one client address may hold (default: no limit of its own)",
-            _positive,
+            _positive("max-per-peer"),
         ],
         [
             "shutdown-timeout",
             None,
             10.0,
             "On SIGTERM, seconds to finish what was received before closing anyway.",
-            _stopSeconds,
+            _seconds("shutdown-timeout", "0 waits as long as it takes"),
         ],
-        ["workers", None, 1, "Serving processes sharing the listening sockets.", _positive],
+        [
+            "workers",
+            None,
+            1,
+            "Serving processes sharing the listening sockets.",
+            _positive("workers"),
+        ],
         [
             "cpu-affinity",
             None,
@@ -193,14 +251,14 @@ class PrimecountOptions(usage.Options):
             None,
             None,
             "HTTP port serving Prometheus metrics at /metrics, bound on --interface (default: off)",
-            usage.portCoerce,
+            _port("metrics-port"),
         ],
         [
             "range-port",
             None,
             None,
             "TCP port of the range protocol, bound on --interface (default: off)",
-            usage.portCoerce,
+            _port("range-port"),
         ],
     ]
 
@@ -215,7 +273,13 @@ class PrimecountOptions(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         # Kept for --workers: each worker runs with the same options.
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            message = str(e)
+            if message.startswith(_COERCE_FAILED):
+                raise usage.UsageError(message[len(_COERCE_FAILED) :]) from None
+            raise
 
     def opt_listen(self, description: str) -> None:
         """
@@ -244,7 +308,14 @@ class PrimecountOptions(usage.Options):
         for description in self["listen"]:
             try:
                 endpoints.serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
+            except ImportError as e:
+                # ssl: without pyOpenSSL (twisted[tls], a dependency).
+                raise usage.UsageError(
+                    f"--listen {description!r} needs TLS support, which is not "
+                    f"installed ({e}): pip install 'twisted[tls]'"
+                ) from None
+            except Exception as e:
+                # A bad description, a missing or bad certificate file.
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
         try:
             if self["journal"].scheme == "postgresql":
@@ -447,9 +518,9 @@ HURRY_BEFORE = 0.5
 def raise_open_files_limit(wanted: int) -> int:
     """
     Raise the soft limit of open files toward C{wanted} (up to the hard
-    limit); warn once when it cannot cover C{wanted}.
+    limit).
 
-    @return: the effective soft limit.
+    @return: the effective soft limit (C{resource.RLIM_INFINITY} for none).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -459,14 +530,35 @@ def raise_open_files_limit(wanted: int) -> int:
             soft = target
         except (ValueError, OSError):
             pass
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    return soft
+
+
+#: Descriptors kept for all but client connections: the journal's files,
+#: listening sockets, the log, pipes to workers, what libraries open.
+SPARE_DESCRIPTORS = 64
+
+
+def connection_limit(wanted: int, warn: bool = True) -> int:
+    """
+    The most connections this process can hold at once: C{wanted}
+    (C{--max-connections}), or fewer when the open-files limit, raised as
+    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS}; then
+    one warning names both numbers.
+    """
+    limit = raise_open_files_limit(wanted + SPARE_DESCRIPTORS)
+    if limit == resource.RLIM_INFINITY or limit >= wanted + SPARE_DESCRIPTORS:
+        return wanted
+    effective = max(1, limit - SPARE_DESCRIPTORS)
+    if warn:
         _log.warn(
-            "open files limit is {limit}; --max-connections {wanted} needs "
-            "more: raise it with 'ulimit -n' (effective limit ~{limit})",
-            limit=soft,
+            "open files limit is {limit}: serving at most {effective} connections at "
+            "once, not --max-connections {wanted} (raise the limit, e.g. 'ulimit -n' "
+            "or LimitNOFILE=, to serve more)",
+            limit=limit,
+            effective=effective,
             wanted=wanted,
         )
-    return soft
+    return effective
 
 
 def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
@@ -515,8 +607,9 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
         return _worker(config, reactor)
     if config["workers"] > 1:
         return _supervisor(config, reactor)
-    raise_open_files_limit(config["max-connections"] + 64)
-    connections = Connections(config["max-connections"], config["max-per-peer"])
+    config["max-connections"] = connection_limit(config["max-connections"])
+    connections = Connections(config["max-connections"], config["max-per-peer"], clock=reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)  # type: ignore[arg-type]
     if config["metrics-port"] is None:
         return _server(config, reactor, connections)
     from primecount.metrics import Metrics
@@ -547,11 +640,12 @@ class _Placement(service.Service):
 
 
 def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
-    from primecount.metrics import metricsService
+    from primecount.metrics import metricsSite
 
-    return metricsService(
-        reactor, tcp_description(config["metrics-port"], config["interface"]), metrics
-    )
+    description = tcp_description(config["metrics-port"], config["interface"])
+    endpoint = endpoints.serverFromString(reactor, description)
+    # A _Listener: a port that is taken is one line and exit status 1.
+    return _Listener("metrics", description, endpoint, metricsSite(metrics))
 
 
 def _server(
@@ -610,17 +704,25 @@ def _server(
             connections=connections,
             metrics=metrics,
         )
+    busy = error_reply(SERVER_BUSY)
     top = PrimecountService(
         pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
     )
     _Placement(config["cpu-affinity"], index).setServiceParent(top)
     if adopted is None:
         for label, description in _descriptions(config):
-            endpoint = endpoints.serverFromString(reactor, description)
+            # Out of descriptors, a TCP listener still answers ERR server busy.
+            refusing = RefusingReactor(
+                reactor, b"" if label == "range" else busy, connections.episodes
+            )
+            endpoint = endpoints.serverFromString(refusing, description)
             top.addListener(_Listener(label, description, endpoint, factories[label]))
     else:
         for label, fd, family in adopted:
-            top.addListener(workers.AdoptedPort(reactor, label, fd, family, factories[label]))
+            refusing = RefusingReactor(
+                reactor, b"" if label == "range" else busy, connections.episodes
+            )
+            top.addListener(workers.AdoptedPort(refusing, label, fd, family, factories[label]))
     return top
 
 
@@ -633,7 +735,12 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
     path, _, total = os.environ[workers.COUNTS_ENV].rpartition(":")
     index = int(os.environ.get("PRIMECOUNT_WORKER_INDEX", "0"))
     counts = workers.SharedCounts(path, int(total), index)
-    connections = Connections(config["max-connections"], config["max-per-peer"], counts)
+    # The supervisor warned if the open-files limit lowers the limit.
+    config["max-connections"] = connection_limit(config["max-connections"], warn=False)
+    connections = Connections(
+        config["max-connections"], config["max-per-peer"], counts, clock=reactor
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
     adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
     metrics = None
     if config["metrics-port"] is not None:
@@ -661,9 +768,7 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
     """
     C{--workers N}: bind the sockets here, serve in N worker processes.
     """
-    import tempfile
-
-    raise_open_files_limit(config["max-connections"] + 64)
+    config["max-connections"] = connection_limit(config["max-connections"])
     sockets: dict[str, tuple[int, int]] = {}
     ports = []
     addresses = []
@@ -681,7 +786,8 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
         ports.append(port)
         sockets[f"{label}{n}"] = workers.listening_socket(port)
         addresses.append(f"{label} {address_text(port.getHost())}")
-    scratch = tempfile.mkdtemp(prefix="primecount-")
+    scratchDir = workers.Scratch()
+    scratch = scratchDir.path
     counts = workers.SharedCounts(os.path.join(scratch, "connections"), config["workers"])
     top = service.MultiService()
     _Bound(ports).setServiceParent(top)
@@ -717,12 +823,10 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
         n=config["workers"],
         settings=_settings(config),
     )
-    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
+    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratchDir, counts)
     return top
 
 
-def _cleanup(scratch: str, counts: Any) -> None:
-    import shutil
-
+def _cleanup(scratch: workers.Scratch, counts: Any) -> None:
     counts.close()
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.remove()

@@ -27,10 +27,13 @@ import ctypes.util
 import fcntl
 import mmap
 import os
+import shutil
 import signal
 import socket
+import stat
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from typing import Any
@@ -186,21 +189,116 @@ class SharedCounts:
         os.close(self._fd)
 
 
+#: The signal Linux sends a worker when its supervisor dies.
+PARENT_DIED = signal.SIGUSR2
+
+
+def _orphaned(signum: int, frame: Any) -> None:
+    """
+    The supervisor died: the log it relayed (our stdout and stderr) is a
+    pipe with no reader, where every line would fail with EPIPE. Send the
+    rest to /dev/null and stop gracefully, as on SIGTERM.
+    """
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.close(quiet)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def die_with_parent() -> None:
     """
-    Ask Linux to send this process SIGTERM when its parent dies, so a
-    worker never outlives a supervisor that was killed outright.
+    Ask Linux to signal this process (L{PARENT_DIED}) when its parent dies,
+    so that a worker never outlives a supervisor that was killed outright;
+    it then stops gracefully and quietly.
     """
     name = ctypes.util.find_library("c")
     if not name or not sys.platform.startswith("linux"):
         return
     PR_SET_PDEATHSIG = 1
+    signal.signal(PARENT_DIED, _orphaned)
     libc = ctypes.CDLL(name, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, PARENT_DIED, 0, 0, 0)
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if supervisor and os.getppid() != int(supervisor):
         # The supervisor died before the request took effect.
         raise SystemExit(1)
+
+
+#: The scratch directories of supervisors (shared counts, metrics files)
+#: are C{primecount-*} in the temporary directory.
+SCRATCH_PREFIX = "primecount-"
+#: In a scratch directory: the file its supervisor holds locked (C{flock})
+#: for as long as it lives.
+OWNER = "owner"
+
+
+class Scratch:
+    """
+    A supervisor's scratch directory: locked while the supervisor lives,
+    so that the next supervisor to start removes it if this one was killed
+    outright (SIGKILL gives it no chance to clean up).
+
+    @ivar path: the directory.
+    """
+
+    def __init__(self, base: str | None = None) -> None:
+        """
+        Remove the scratch directories of supervisors that are gone, then
+        make one for this process in C{base} (default: the temporary
+        directory).
+        """
+        base = base if base is not None else tempfile.gettempdir()
+        remove_stale_scratch(base)
+        # Made and locked under a name the removal skips, then renamed.
+        building = tempfile.mkdtemp(prefix="." + SCRATCH_PREFIX, dir=base)
+        self._lock = os.open(
+            os.path.join(building, OWNER), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.path = os.path.join(base, os.path.basename(building)[1:])
+        os.rename(building, self.path)
+
+    def remove(self) -> None:
+        """
+        Remove the directory (at a normal stop).
+        """
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock)
+
+
+def remove_stale_scratch(base: str) -> list[str]:
+    """
+    Remove the scratch directories in C{base} whose supervisor is gone
+    (their L{OWNER} file is not locked).
+
+    @return: the directories removed.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(SCRATCH_PREFIX):
+            continue
+        path = os.path.join(base, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(path, OWNER), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not ours, or not one we can tell is stale
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its supervisor is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 class AdoptedPort(service.Service):

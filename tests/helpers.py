@@ -108,7 +108,7 @@ class Harness:
         self.pool = SyncPool()
         self.journal = FakeJournal()
         self.pipeline = Pipeline(self.reactor, self.pool, self.journal)
-        self.connections = Connections(maxConnections, maxPerPeer)
+        self.connections = Connections(maxConnections, maxPerPeer, clock=self.reactor)
         self.factory = CountFactory(
             self.reactor, self.pipeline, connections=self.connections, **factoryArgs
         )
@@ -153,12 +153,23 @@ class ServerProcess:
     @ivar ports: protocol label (C{"count"}, C{"range"}) -> port.
     """
 
-    def __init__(self, *args: str, cwd: str, startTimeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: str,
+        startTimeout: float = 20.0,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         argv = [*TWISTD, "-n", "--pidfile=", "primecount"]
         argv += ["--port", "0", "--interface", "127.0.0.1", *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
         self.log = b""
         self.ports: dict[str, int] = {}

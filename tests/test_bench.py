@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import socketserver
 import subprocess
@@ -168,6 +169,19 @@ class BenchTestCase(TestCase):
 
         self.addCleanup(stop)
         return int(server.server_address[1])
+
+    def run_bench(self, *argv: str) -> tuple[int, str, str]:
+        """
+        Run C{primecount bench} in this process; (status, stdout, stderr).
+        """
+        parser = argparse.ArgumentParser(prog="primecount bench")
+        bench.add_arguments(parser)
+        args = parser.parse_args(list(argv))
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        status = bench.run(args)
+        return status, out.getvalue(), err.getvalue()
 
     def plan(self, port: int, **kwargs: object) -> Plan:
         settings: dict[str, object] = {
@@ -567,16 +581,6 @@ class CommandLineTests(BenchTestCase):
     C{primecount bench} as a user runs it.
     """
 
-    def run_bench(self, *argv: str) -> tuple[int, str, str]:
-        parser = argparse.ArgumentParser(prog="primecount bench")
-        bench.add_arguments(parser)
-        args = parser.parse_args(list(argv))
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        status = bench.run(args)
-        return status, out.getvalue(), err.getvalue()
-
     def test_unreachableServerOneLine(self) -> None:
         """
         An unreachable server is one line on stderr and exit status 2.
@@ -649,3 +653,76 @@ class CommandLineTests(BenchTestCase):
         )
         self.assertEqual(status, 2)
         self.assertEqual(len(err.splitlines()), 1)
+
+
+class InterruptAndPlotTests(BenchTestCase):
+    """
+    C{--plot} is checked before the run; Ctrl-C prints the partial summary.
+    """
+
+    def test_plotWithoutMatplotlibFailsBeforeRunning(self) -> None:
+        asked: list[bytes] = []
+
+        def counting(line: bytes) -> bytes:
+            asked.append(line)
+            return expected_reply(line)
+
+        port = self.serve(counting)
+        saved = sys.modules.get("matplotlib", _MISSING)
+        sys.modules["matplotlib"] = None  # type: ignore[assignment]
+
+        def restore() -> None:
+            if saved is _MISSING:
+                del sys.modules["matplotlib"]
+            else:
+                sys.modules["matplotlib"] = saved  # type: ignore[assignment]
+
+        self.addCleanup(restore)
+        status, _out, err = self.run_bench(
+            "--port", str(port), "--requests", "50", "--quiet", "--plot", "run.png",
+        )  # fmt: skip
+        self.assertEqual(status, 2)
+        self.assertEqual(asked, [])
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn("matplotlib", err)
+        self.assertIn(".[bench]", err)
+
+    def interrupted(self, *argv: str) -> tuple[int, str, str]:
+        port = self.serve(correct)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "primecount", "bench", "--port", str(port), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # Default Ctrl-C handling, whatever the test runner's.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            time.sleep(2.5)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        return process.returncode, out, err
+
+    def test_ctrlCPrintsPartialSummary(self) -> None:
+        status, out, err = self.interrupted("--duration", "60", "--rate", "200", "--clients", "2")
+        self.assertEqual(status, 130, err)
+        self.assertIn("interrupted after", err)
+        self.assertIn("throughput", out)
+        self.assertIn("p99.9", out)
+        self.assertNotIn("Traceback", err)
+
+    def test_ctrlCWithProcessesPrintsPartialSummary(self) -> None:
+        status, out, err = self.interrupted(
+            "--duration", "60", "--rate", "200", "--clients", "2", "--processes", "2"
+        )
+        self.assertEqual(status, 130, err)
+        self.assertIn("interrupted after", err)
+        self.assertIn("throughput", out)
+        self.assertNotIn("Traceback", err)
+
+
+_MISSING = object()

@@ -5,17 +5,44 @@ Connection limits and the orderly stop, in units and against a real server.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
+import shutil
 import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.connections import Connections, LocalCounts, address_text, no_delay, peer_of
+from primecount import connections as connections_module
+from primecount.connections import (
+    Connections,
+    LocalCounts,
+    RefusingPort,
+    address_text,
+    no_delay,
+    peer_of,
+)
 from primecount.tap import PrimecountService
 
-from .helpers import Harness, ServerProcess, journal_messages, sigterm_in_flight
+from .helpers import (
+    Harness,
+    ServerProcess,
+    journal_messages,
+    recv_all,
+    recv_lines,
+    sigterm_in_flight,
+)
+from .test_episodes import capture
 
 
 class LocalCountsTests(SynchronousTestCase):
@@ -54,7 +81,26 @@ class PeerTests(SynchronousTestCase):
     def test_addresses(self) -> None:
         self.assertEqual(peer_of(IPv4Address("TCP", "127.0.0.1", 5)), ("127.0.0.1", 5))
         self.assertEqual(peer_of(IPv6Address("TCP", "::1", 6)), ("::1", 6))
-        self.assertEqual(peer_of(UNIXAddress(None)), ("UNIXAddress", 0))
+
+    def test_unixClientsAreUnixAndTheSocketPath(self) -> None:
+        listening = UNIXAddress(b"/run/pc.sock")
+        self.assertEqual(peer_of(UNIXAddress(None), listening), ("unix:/run/pc.sock", 0))
+        self.assertEqual(peer_of(UNIXAddress(b""), listening), ("unix:/run/pc.sock", 0))
+        # A client that bound a path of its own is named by it.
+        self.assertEqual(peer_of(UNIXAddress(b"/tmp/me"), listening), ("unix:/tmp/me", 0))
+        self.assertEqual(peer_of(UNIXAddress(None)), ("unix:", 0))
+
+    def test_unixClientJournalledAsUnixPath(self) -> None:
+        h = Harness()
+        transport = StringTransport(
+            hostAddress=UNIXAddress(b"/run/pc.sock"), peerAddress=UNIXAddress(None)
+        )
+        protocol = h.factory.buildProtocol(UNIXAddress(None))
+        protocol.makeConnection(transport)
+        h.send(b"abc2a\n", protocol)
+        self.assertEqual(transport.value(), "2 sí\n".encode())
+        record = h.journal.records[-1]
+        self.assertEqual((record.host, record.port), ("unix:/run/pc.sock", 0))
 
 
 class NoDelayTests(SynchronousTestCase):
@@ -122,6 +168,8 @@ class ConnectionsTests(SynchronousTestCase):
         ]
         self.assertEqual(len(said), 2, said)
         self.assertIn("refusing", said[0])
+        first = next(e for e in events if e.get("log_format") == said[0])
+        self.assertIn("limit of 1 open connection reached", formatEvent(first))
         self.assertIn("refused meanwhile", said[1])
 
     def test_closeAllWaitsForEveryConnection(self) -> None:
@@ -202,3 +250,151 @@ class SigtermTests(SynchronousTestCase):
         self.assertEqual([m for m in answered if m not in stored], [])
         self.assertIn(b"journal flushed", server.log)
         self.assertNotIn(b"Traceback", server.log)
+
+
+def _lowOpenFilesLimit(limit: int) -> Callable[[], None]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return lower
+
+
+class FakeListener:
+    """
+    A listening socket whose C{accept} fails with EMFILE while the reserve
+    descriptor is held, and hands out the client ends of socket pairs.
+    """
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        self.peers: list[socket.socket] = []
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        if not self.waiting:
+            raise OSError(errno.EAGAIN, "no more")
+        if connections_module.reserve()._fd is not None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        self.waiting -= 1
+        server, client = socket.socketpair()
+        client.sendall(b"abc2a\n")  # a request, unread
+        self.peers.append(client)
+        return server, ("192.0.2.9", 40000 + self.waiting)
+
+
+class RefusingPortTests(SynchronousTestCase):
+    """
+    L{RefusingPort}: with no descriptor left, accept on the reserve one and
+    answer ERR server busy.
+    """
+
+    def test_outOfDescriptorsRefusesWithReply(self) -> None:
+        events = capture(self)
+        clock = Clock()
+        port = RefusingPort(0, Factory(), reactor=clock)  # type: ignore[arg-type]
+        listener = FakeListener(waiting=5)
+        port.socket = listener  # type: ignore[assignment]
+        port.refusal = b"ERR server busy\n"
+        port.episodes = Connections(clock=clock).episodes
+        port.doRead()
+        self.assertEqual(port.refused, 5)
+        for peer in listener.peers:
+            self.assertEqual(recv_all(peer, timeout=5), b"ERR server busy\n")
+            peer.close()
+        # The reserve is held again, and the episode was logged once.
+        self.assertIsNotNone(connections_module.reserve()._fd)
+        said = [e for e in events if "out of file descriptors" in e.get("log_format", "")]
+        self.assertEqual(len(said), 1)
+        clock.advance(60)
+        summary = [e for e in events if "4 more" in formatEvent(e)]
+        self.assertEqual(len(summary), 1, [formatEvent(e) for e in events])
+
+
+class DescriptorExhaustionTests(SynchronousTestCase):
+    """
+    A real server under a low open-files limit: the connection limit is
+    lowered to fit, and a burst beyond it gets ERR server busy, not silence.
+    """
+
+    def test_burstUnderLowLimitIsAnsweredOrRefused(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess(
+            "--journal", "sqlite:j.sqlite3", "--timeout", "60",
+            cwd=directory, preexec_fn=_lowOpenFilesLimit(128),
+        )  # fmt: skip
+        self.addCleanup(server.stop)
+        self.assertIn(
+            b"open files limit is 128: serving at most 64 connections at once, "
+            b"not --max-connections 10000",
+            server.log,
+        )
+        started = server.log.count(b"\n")
+        # Hold every connection the server will serve: 64, all answered.
+        held = [server.connect() for _ in range(64)]
+        self.addCleanup(lambda: [s.close() for s in held])
+        for sock in held:
+            sock.sendall(b"abc2a\n")
+        for sock in held:
+            self.assertEqual(recv_lines(sock, 1), ["2 sí\n".encode()])
+        # A burst waiting in the accept queue while the server is stopped,
+        # so that one accept loop runs out of descriptors.
+        server.signal(signal.SIGSTOP)
+        try:
+            burst = [server.connect() for _ in range(200)]
+            for sock in burst:
+                sock.sendall(b"abc2a\n")
+        finally:
+            server.signal(signal.SIGCONT)
+        replies = []
+        for sock in burst:
+            replies.append(b"".join(recv_lines(sock, 1, timeout=15)))
+            sock.close()
+        self.assertEqual(set(replies), {b"ERR server busy\n"})
+        # Still serving once the held connections go.
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with server.connect() as sock:
+                sock.sendall(b"abc2a\n")
+                reply = b"".join(recv_lines(sock, 1))
+            if reply == "2 sí\n".encode():
+                break
+            time.sleep(0.2)
+        self.assertEqual(reply, "2 sí\n".encode())
+        server.readLog(0.5)
+        log = server.log.decode(errors="replace").splitlines()[started:]
+        self.assertIn("out of file descriptors", "\n".join(log))
+        self.assertLessEqual(len(log), 4, log)
+        self.assertNotIn(b"Traceback", server.log)
+
+
+class UnixSocketTests(SynchronousTestCase):
+    """
+    A real server on a UNIX socket journals its clients as C{unix:PATH}.
+    """
+
+    def test_unixClientJournalled(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        # AF_UNIX paths are short (108 bytes): not under _trial_temp.
+        short = tempfile.mkdtemp(prefix="pc-")
+        self.addCleanup(shutil.rmtree, short, True)
+        path = os.path.join(short, "pc.sock")
+        server = ServerProcess(
+            "--journal", "sqlite:j.sqlite3", "--listen", f"unix:{path}", cwd=directory
+        )
+        self.addCleanup(server.stop)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            sock.sendall(b"abc2a\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_all(sock), "2 sí\n".encode())
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        import sqlite3
+
+        conn = sqlite3.connect(os.path.join(directory, "j.sqlite3"))
+        self.addCleanup(conn.close)
+        self.assertEqual(
+            conn.execute("SELECT host, port FROM requests").fetchall(), [(f"unix:{path}", 0)]
+        )

@@ -28,10 +28,7 @@ class ParseTests(SynchronousTestCase):
         for bad in ("", "x", "1-", "-1", "2-1", "0,,1", "1.5"):
             with self.assertRaises(ValueError) as caught:
                 parse(bad)
-            self.assertTrue(
-                "CPU numbers" in str(caught.exception) or "empty range" in str(caught.exception),
-                bad,
-            )
+            self.assertIn("such as 0", str(caught.exception), bad)
 
 
 class ChooseTests(SynchronousTestCase):

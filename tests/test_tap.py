@@ -6,6 +6,7 @@ The twistd plugin: discovery, option parsing, and the service it builds.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from primecount import placement, tap
 from primecount.journal import JournalURL
 
-from .helpers import TWISTD
+from .helpers import TWISTD, ServerProcess, recv_lines
 
 
 def twistd(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,6 +85,39 @@ class PluginTests(SynchronousTestCase):
         self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", result.stdout)
         self.assertIn("Address already in use", result.stdout)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_metricsPortInUseIsOneLineAndNonZeroExit(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = str(taken.getsockname()[1])
+            for args in (
+                ["--port", "0", "--metrics-port", port],
+                ["--port", "0", "--metrics-port", port, "--workers", "2"],
+            ):
+                result = twistd(
+                    "-n", "--pidfile=", "primecount", "--interface", "127.0.0.1",
+                    "--journal", "none", *args, cwd=self.mktemp_dir(),
+                )  # fmt: skip
+                output = result.stdout + result.stderr
+                self.assertEqual(result.returncode, 1, (args, output))
+                self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
+                self.assertIn("Address already in use", output)
+                self.assertNotIn("Traceback", output)
+                self.assertLess(len(output.splitlines()), 8, output)
+
+    def test_metricsPortEqualToPortIsOneLineAndNonZeroExit(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        result = twistd(
+            "-n", "--pidfile=", "primecount", "--interface", "127.0.0.1",
+            "--journal", "none", "--port", port, "--metrics-port", port, cwd=self.mktemp_dir(),
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
+        self.assertNotIn("Traceback", output)
 
     def mktemp_dir(self) -> str:
         path = self.mktemp()
@@ -194,6 +228,35 @@ class OptionsTests(SynchronousTestCase):
         for factory in factories:
             self.assertEqual((factory.framing, factory.readWindow), ("read", 0.005))
 
+    def test_badValueNamesTheOptionAndTheRule(self) -> None:
+        whole = "a whole number, at least 1"
+        port = "a whole number from 0 to 65535"
+        seconds = "a number of seconds, 0 or more"
+        for option, value, rule in (
+            ("threads", "abc", whole),
+            ("threads", "0", whole),
+            ("max-line", "1.5", whole),
+            ("max-connections", "-5", whole),
+            ("max-per-peer", "many", whole),
+            ("workers", "", whole),
+            ("port", "65536", port),
+            ("port", "http", port),
+            ("metrics-port", "abc", port),
+            ("range-port", "-1", port),
+            ("timeout", "soon", seconds),
+            ("timeout", "nan", seconds),
+            ("shutdown-timeout", "-1", seconds),
+            ("journal", "postgres:x", "expected sqlite:PATH"),
+            ("framing", "lines", "line, read or read:MS"),
+            ("cpu-affinity", "first", "CPU numbers such as 0,1"),
+        ):
+            e = self.assertRaises(usage.UsageError, self.parse, f"--{option}", value)
+            message = str(e)
+            self.assertTrue(message.startswith(f"--{option}"), message)
+            self.assertIn(rule, message)
+            self.assertNotIn("invalid literal", message)
+            self.assertNotIn("enforcement", message)
+
     def test_timeoutZeroAllowed(self) -> None:
         self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
 
@@ -265,3 +328,95 @@ class CPUAffinityTests(SynchronousTestCase):
         finally:
             server.stop()
         self.assertIn(f"runs on CPU {cpu}".encode(), server.log)
+
+
+def self_signed(path: str) -> None:
+    """
+    Write a throwaway key and self-signed certificate for 127.0.0.1 and
+    localhost, both in the PEM file C{path}.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with open(path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    C{--listen ssl:…} works from the documented install, and says what is
+    missing in one line when TLS support is not installed.
+    """
+
+    def test_tlsEndToEnd(self) -> None:
+        import ssl
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pem = os.path.join(directory, "server.pem")
+        self_signed(pem)
+        server = ServerProcess(
+            "--journal", "none", "--listen",
+            f"ssl:0:interface=127.0.0.1:privateKey={pem}", cwd=directory,
+        )  # fmt: skip
+        self.addCleanup(server.stop)
+        context = ssl.create_default_context(cafile=pem)
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(b"abc2a\nabc\n")
+            self.assertEqual(recv_lines(sock, 2), ["2 sí\n".encode(), b"1 no\n"])
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        self.assertNotIn(b"Traceback", server.log)
+
+    def test_missingTLSSupportIsOneLine(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        fake = os.path.join(directory, "OpenSSL")
+        os.makedirs(fake)
+        with open(os.path.join(fake, "__init__.py"), "w") as f:
+            f.write("raise ImportError('No module named OpenSSL')\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "primecount", "--journal", "none",
+             "--listen", "ssl:0:privateKey=server.pem"],
+            capture_output=True, text=True, timeout=60, cwd=directory, env=env,
+        )  # fmt: skip
+        output = (result.stdout + result.stderr).strip().splitlines()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertEqual(len(output), 1, output)
+        self.assertIn("needs TLS support", output[0])
+        self.assertIn("twisted[tls]", output[0])

@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.workers import SharedCounts, decode_sockets, encode_sockets
+from primecount.workers import PARENT_DIED, SharedCounts, decode_sockets, encode_sockets
 
 from .helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
@@ -179,3 +179,91 @@ class WorkersTests(SynchronousTestCase):
             self.assertEqual(recv_all(extra), b"ERR server busy\n")
         for sock in held:
             sock.close()
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class KilledSupervisorTests(SynchronousTestCase):
+    """
+    A supervisor killed outright (SIGKILL) leaves nothing behind.
+    """
+
+    start = WorkersTests.start
+
+    def scratch(self) -> set[str]:
+        return {n for n in os.listdir(self.tmp) if "primecount-" in n}
+
+    def test_killedSupervisorLeavesNothingBehind(self) -> None:
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.patch(os, "environ", dict(os.environ, TMPDIR=self.tmp))
+        server = self.start("--metrics-port", "0")
+        workers = children(server.process.pid)
+        first = self.scratch()
+        self.assertEqual(len(first), 1, first)
+        server.process.kill()
+        server.wait()
+        # The workers stop by themselves.
+        self.assertTrue(wait_for(lambda: not any(alive(w) for w in workers), 30))
+        # The next supervisor removes what the killed one left.
+        server = self.start("--metrics-port", "0")
+        second = self.scratch()
+        self.assertEqual(len(second), 1, second)
+        self.assertNotEqual(first, second)
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        self.assertEqual(self.scratch(), set())
+
+
+ORPHAN = """
+import os, signal, sys, time
+from primecount import workers
+
+def stop(signum, frame):
+    # What a worker does on SIGTERM: log its last lines, then exit.
+    try:
+        for n in range(200):
+            print("stopping, line", n, flush=True)
+            sys.stderr.write("and on stderr\\n")
+            sys.stderr.flush()
+    except BrokenPipeError:
+        os._exit(3)
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(workers.PARENT_DIED, workers._orphaned)
+print("ready", flush=True)
+time.sleep(30)
+os._exit(4)
+"""
+
+
+class OrphanTests(SynchronousTestCase):
+    """
+    A worker whose supervisor died stops quietly: its log, a pipe to the
+    dead supervisor, would fail every line with EPIPE.
+    """
+
+    def test_orphanedWorkerWritesNoBrokenPipe(self) -> None:
+        import subprocess
+        import sys
+
+        child = subprocess.Popen(
+            [sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        assert child.stdout is not None and child.stderr is not None
+        self.assertEqual(child.stdout.readline(), b"ready\n")
+        # The supervisor is gone: nobody reads the pipes any more.
+        child.stdout.close()
+        child.stderr.close()
+        os.kill(child.pid, PARENT_DIED)
+        self.assertEqual(child.wait(30), 0)

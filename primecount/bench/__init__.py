@@ -25,12 +25,19 @@ per core) is measured and documented in L{primecount.bench.load}.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 from typing import Any
 
-from primecount.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, measure
-from primecount.bench.report import PlotUnavailable, plot, summary_lines, write_json
+from primecount.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, interrupt, measure
+from primecount.bench.report import (
+    PlotUnavailable,
+    check_plot,
+    plot,
+    summary_lines,
+    write_json,
+)
 from primecount.bench.stats import Result
 
 __all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
@@ -354,12 +361,28 @@ def run(args: argparse.Namespace) -> int:
     """
     Run C{primecount bench} with parsed options; return the exit status.
     """
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # The first Ctrl-C ends the run early with a partial summary; a
+        # second one stops at once.
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        interrupt()
+
     try:
         plan = plan_from(args)
-        if args.quiet:
-            result = measure(plan, args.processes)
-        else:
-            result = _run_with_progress(plan, args.processes)
+        if args.plot is not None:
+            check_plot()  # before the run, not after it
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            if args.quiet:
+                result = measure(plan, args.processes)
+            else:
+                result = _run_with_progress(plan, args.processes)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         processes = max(1, min(args.processes, plan.clients))
         title = describe(plan, processes)
         if args.json is not None:
@@ -375,7 +398,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("primecount bench: interrupted", file=sys.stderr)
         return 130
-    if not args.quiet:
+    if interrupted:
+        print(
+            f"primecount bench: interrupted after {result.elapsed:.1f} s; partial results:",
+            file=sys.stderr,
+        )
+    if not args.quiet or interrupted:
         for line in summary_lines(result, title):
             print(line)
+    if interrupted:
+        return 130
     return 0 if result.wrong == 0 and result.error_count == 0 else 3

@@ -56,9 +56,12 @@ alternating rounds, as C{benchmarks/compare.py} does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import resource
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -367,6 +370,7 @@ class Worker:
         self.idlers: list[_Idle] = []
         self._counter = 0
         self._timers: list[asyncio.TimerHandle] = []
+        self.interrupted = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
         self._next_due = 0.0
@@ -413,6 +417,8 @@ class Worker:
         """
         loop = self._loop = asyncio.get_running_loop()
         self._done = loop.create_future()
+        if self.interrupted:
+            self._done.set_result(None)
         raise_file_limit(self.plan.clients + self.plan.idle + 64)
         await self._open_idle()
         if not self.plan.per_request:
@@ -499,6 +505,17 @@ class Worker:
     def _stop(self) -> None:
         self.stopping = True
         self._check_done()
+
+    def interrupt(self) -> None:
+        """
+        Ctrl-C: end the run now, without waiting for the replies still
+        due; the result covers what was resolved so far. Call it in the
+        loop's thread.
+        """
+        self.interrupted = True
+        self.stopping = True
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     def _has_work(self) -> bool:
         if self.backlog:
@@ -866,8 +883,34 @@ def run_worker(
     Run C{plan} on a fresh event loop in the calling thread.
     """
     factory, _name = loop_factory(plan.loop)
+    worker = Worker(plan, gate, progress)
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(Worker(plan, gate, progress).run())
+        _running.append((worker, runner.get_loop()))
+        try:
+            return runner.run(worker.run())
+        finally:
+            _running.remove((worker, runner.get_loop()))
+
+
+#: The workers running in this process, with their loops (see L{interrupt}).
+_running: list[tuple[Worker, asyncio.AbstractEventLoop]] = []
+#: The generator processes this process started (see L{interrupt}).
+_children: list[Any] = []
+
+
+def interrupt() -> None:
+    """
+    Ctrl-C: end the runs in progress early, in this process and in its
+    generator processes, so that their partial results are returned. Safe
+    to call from a signal handler.
+    """
+    for worker, loop in list(_running):
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(worker.interrupt)
+    for child in list(_children):
+        if child.pid is not None and child.is_alive():
+            with contextlib.suppress(OSError):
+                os.kill(child.pid, signal.SIGINT)
 
 
 def _process_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> None:
@@ -885,6 +928,9 @@ def _process_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> No
     def progress(resolved: int, errors: int) -> None:
         pipe.send(("progress", resolved, errors))
 
+    # Ctrl-C reaches every process of the terminal's group: end early and
+    # report, as the parent does (see primecount.bench.run).
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupt())
     try:
         result = run_worker(plan, gate, progress)
     except BaseException as e:  # the parent reports it as one line
@@ -926,6 +972,7 @@ def measure(
             daemon=True,
         )
         child.start()
+        _children.append(child)
         child_end.close()
         pipes.append(parent_end)
         children.append(child)
@@ -933,6 +980,7 @@ def measure(
         return _orchestrate(plan, pipes, progress)
     finally:
         for child in children:
+            _children.remove(child)
             child.join(timeout=5)
             if child.is_alive():
                 child.kill()

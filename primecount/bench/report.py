@@ -19,6 +19,26 @@ class PlotUnavailable(Exception):
     """
 
 
+#: What --plot needs and how to get it (the extra the README names).
+PLOT_HINT = (
+    "--plot needs matplotlib, which is not installed: pip install '.[bench]' (the bench extra)"
+)
+
+
+def check_plot() -> None:
+    """
+    @raise PlotUnavailable: when matplotlib, which L{plot} needs, is missing.
+    """
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise PlotUnavailable(PLOT_HINT)
+
+
 def summary_lines(result: Result, title: str) -> list[str]:
     """
     The human-readable summary of C{result}, one string per line.
@@ -59,13 +79,12 @@ def plot(path: str, result: Result, title: str) -> None:
 
     @raise PlotUnavailable: when matplotlib is missing.
     """
-    try:
-        import matplotlib
+    check_plot()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotUnavailable("--plot needs matplotlib: pip install 'primecount[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     # A last second shorter than 0.2 s (the drain at the end) says little.
     timeline = [e for e in result.timeline_summary() if e["length"] >= 0.2]
     seconds = [entry["second"] + entry["length"] for entry in timeline]
