@@ -399,6 +399,13 @@ class _Listener(StreamServerEndpointService):
         return d
 
 
+def _plural(n: int, noun: str) -> str:
+    """
+    C{1 record}, C{2 records}.
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class PrimecountService(service.MultiService):
     """
     The whole server: the journal, the listeners, and an orderly stop.
@@ -471,8 +478,8 @@ class PrimecountService(service.MultiService):
             busy = len(self.connections)
             if busy:
                 _log.info(
-                    "stopping: answering what {n} open connections sent, for up to {t:g} s",
-                    n=busy,
+                    "stopping: answering what {connections} sent, for up to {t:g} s",
+                    connections=_plural(busy, "open connection"),
                     t=self.shutdownTimeout,
                 )
                 # Fires once every connection is gone, dropped ones included.
@@ -481,8 +488,8 @@ class PrimecountService(service.MultiService):
             if self.journal is not None:
                 yield self.journal.stopService()
                 _log.info(
-                    "journal flushed: {n} records committed in {b} transactions",
-                    n=self.journal.committed,
+                    "journal closed: {records} committed since the start, in {b} transactions",
+                    records=_plural(self.journal.committed, "record"),
                     b=self.journal.batches,
                 )
         finally:
@@ -503,8 +510,8 @@ class PrimecountService(service.MultiService):
         """
         if len(self.connections):
             _log.warn(
-                "stopping: {n} connections still busy after {t:g} s; dropping them",
-                n=len(self.connections),
+                "stopping: {connections} still busy after {t:g} s; dropping them",
+                connections=_plural(len(self.connections), "connection"),
                 t=self.shutdownTimeout,
             )
             self.connections.abortAll()

@@ -420,3 +420,14 @@ class TLSTests(SynchronousTestCase):
         self.assertEqual(len(output), 1, output)
         self.assertIn("needs TLS support", output[0])
         self.assertIn("twisted[tls]", output[0])
+
+
+class StopLogTests(SynchronousTestCase):
+    """
+    The stop's log lines count things in good English.
+    """
+
+    def test_plural(self) -> None:
+        self.assertEqual(tap._plural(1, "open connection"), "1 open connection")
+        self.assertEqual(tap._plural(0, "record"), "0 records")
+        self.assertEqual(tap._plural(2, "record"), "2 records")
