@@ -33,7 +33,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from primecount import count
+from primecount import count, proxyheader
 from primecount.connections import Connections, no_delay, peer_of
 from primecount.count import Verdict, error_reply
 from primecount.metrics import MetricsRecorder, NullMetrics
@@ -45,8 +45,6 @@ from primecount.records import COUNT
 #: claim whatever it sends.
 MAX_PENDING = 1024
 
-#: The longest PROXY protocol v1 line, CRLF included (HAProxy's spec).
-PROXY_HEADER_MAX = 107
 BAD_PROXY_HEADER = "bad PROXY header"
 
 #: C{--framing}: one request per LF-terminated line (the default).
@@ -64,30 +62,18 @@ FRAMINGS = (LINE, READ)
 READ_WINDOW = 0.0
 
 
-def parse_proxy_v1(line: bytes) -> tuple[str, int] | None:
+def proxy_peer(source: tuple[str, int]) -> tuple[str, int]:
     """
-    The client's (address, port) from a PROXY protocol v1 line without its
-    CRLF (C{PROXY TCP4 198.51.100.7 203.0.113.1 40000 5050}); C{("", 0)}
-    for C{PROXY UNKNOWN} (keep the connection's own peer); L{None} when the
-    line is not a valid header.
+    The peer to journal for the client a PROXY header names: an IP address
+    as it is, a UNIX socket as C{unix:PATH} (as for a client connected
+    over a UNIX socket directly).
     """
-    parts = line.split(b" ")
-    if parts[:1] != [b"PROXY"] or len(parts) < 2:
-        return None
-    if parts[1] == b"UNKNOWN":
-        return ("", 0)
-    if parts[1] not in (b"TCP4", b"TCP6") or len(parts) != 6:
-        return None
+    host, port = source
     try:
-        source = ipaddress.ip_address(parts[2].decode("ascii"))
-        ipaddress.ip_address(parts[3].decode("ascii"))
-        port = int(parts[4])
-        int(parts[5])
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if (source.version == 4) != (parts[1] == b"TCP4") or not 0 <= port <= 65535:
-        return None
-    return str(source), port
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"unix:{host}", 0
+    return host, port
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -321,26 +307,24 @@ class CountProtocol(LineReceiver, TimeoutMixin):
 
     def _proxyHeader(self, data: bytes) -> bytes:
         """
-        Behind HAProxy (C{--listen haproxy:…}): read the PROXY protocol v1
-        line, take the client's address from it, then admit the connection.
+        Behind HAProxy (C{--listen haproxy:…}): read the PROXY protocol
+        header (version 1 or 2), take the client's address from it, then
+        admit the connection. A C{LOCAL} header (HAProxy's own health
+        check) keeps the connection's own address.
 
         @return: the bytes after the header (empty while it is incomplete
             or when the connection was refused).
         """
-        buffered = self._buffer + data
-        header, found, rest = buffered.partition(b"\n")
-        if not found:
-            self._buffer = buffered
-            if len(buffered) > PROXY_HEADER_MAX:
-                self._refuse(BAD_PROXY_HEADER)
+        result = proxyheader.parse(self._buffer + data)
+        if isinstance(result, proxyheader.Incomplete):
+            self._buffer += data
             return b""
         self._buffer = b""
-        address = parse_proxy_v1(header.rstrip(b"\r"))
-        if address is None:
+        if isinstance(result, proxyheader.Bad):
             self._refuse(BAD_PROXY_HEADER)
             return b""
-        if address[0]:
-            self.host, self.port = address
+        if result.source is not None:
+            self.host, self.port = proxy_peer(result.source)
         self._awaitingProxy = False
         if not self.factory.connections.admit(self.host):
             self.factory.metrics.requests(COUNT, count.SERVER_BUSY)
@@ -348,7 +332,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
             self._refuse(count.SERVER_BUSY)
             return b""
         self._admitted()
-        return rest
+        return result.rest
 
     def _refuse(self, reason: str) -> None:
         self.factory.connections.episodes.event(

@@ -445,8 +445,9 @@ class WriteNowTests(SynchronousTestCase):
 
 class ProxyHeaderTests(SynchronousTestCase):
     """
-    Behind HAProxy (C{--listen haproxy:…}): the PROXY v1 line names the
-    client for limits and the journal; half-close keeps working.
+    Behind HAProxy (C{--listen haproxy:…}): the PROXY header (version 1 or
+    2) names the client for limits and the journal; half-close keeps
+    working.
     """
 
     HEADER = b"PROXY TCP4 198.51.100.7 203.0.113.1 40123 5050\r\n"
@@ -496,17 +497,50 @@ class ProxyHeaderTests(SynchronousTestCase):
         h.reactor.advance(0)
         self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n"])
 
-    def test_parse(self) -> None:
-        parse = protocolModule.parse_proxy_v1
-        self.assertEqual(parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2"), ("2001:db8::1", 1))
-        for bad in (
-            b"PROXY TCP4 2001:db8::1 1.2.3.4 1 2",
-            b"PROXY TCP4 1.2.3.4 5.6.7.8 70000 2",
-            b"PROXY TCP4 1.2.3.4 5.6.7.8 x 2",
-            b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2",
-            b"proxy TCP4 1.2.3.4 5.6.7.8 1 2",
-        ):
-            self.assertIsNone(parse(bad), bad)
+    def test_version2NamesTheClient(self) -> None:
+        from .test_proxyheader import v2_inet
+
+        h = Harness(proxyHeader=True)
+        h.send(v2_inet(("2001:db8::7", 40123), ("2001:db8::1", 5050)) + b"abc2a\n")
+        self.assertEqual(h.replies(), ["2 sí\n".encode()])
+        [record] = h.journal.records
+        self.assertEqual((record.host, record.port), ("2001:db8::7", 40123))
+
+    def test_version2SplitAtEveryByte(self) -> None:
+        from .test_proxyheader import v2_inet
+
+        data = v2_inet(("198.51.100.9", 1234), ("203.0.113.1", 5050)) + b"a\n"
+        h = Harness(proxyHeader=True)
+        for i in range(len(data)):
+            h.send(data[i : i + 1])
+        self.assertEqual(h.replies(), [b"1 no\n"])
+        self.assertEqual(h.journal.records[0].host, "198.51.100.9")
+
+    def test_version2LocalKeepsTheConnectionsPeer(self) -> None:
+        from .test_proxyheader import v2
+
+        h = Harness(proxyHeader=True)
+        h.send(v2(0, 0x00, b"") + b"a\n")
+        self.assertEqual(h.replies(), [b"1 no\n"])
+        self.assertEqual(h.journal.records[0].host, "192.0.2.7")
+
+    def test_version2UnixClientIsJournalledAsUnix(self) -> None:
+        from .test_proxyheader import v2_unix
+
+        h = Harness(proxyHeader=True)
+        h.send(v2_unix(b"/run/client.sock", b"/run/haproxy.sock") + b"a\n")
+        record = h.journal.records[0]
+        self.assertEqual((record.host, record.port), ("unix:/run/client.sock", 0))
+
+    def test_hostileVersion2IsRefused(self) -> None:
+        from .test_proxyheader import v2
+
+        # A datagram family, then a length too short for TCP4 addresses.
+        for header in (v2(1, 0x12, bytes(12)), v2(1, 0x11, bytes(4))):
+            h = Harness(proxyHeader=True)
+            h.send(header + b"a\n")
+            self.assertEqual(h.replies(), [b"ERR bad PROXY header\n"], header)
+            self.assertTrue(h.transport.disconnecting)
 
 
 class ReadFramingTests(SynchronousTestCase):
