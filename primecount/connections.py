@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -60,7 +61,13 @@ def no_delay(transport: object) -> None:
     Send small replies at once (C{TCP_NODELAY}): with Nagle's algorithm a
     reply written while the previous one is unacknowledged waits for the
     client's delayed ACK, up to 40 ms, on request/response traffic.
+
+    Free for connections accepted by a L{RefusingPort}: Linux passes the
+    listening socket's C{TCP_NODELAY} on to every socket it accepts, so the
+    port sets it once and nothing is done here per connection.
     """
+    if getattr(getattr(transport, "server", None), "noDelay", False):
+        return
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is not None:
         with contextlib.suppress(OSError):
@@ -332,6 +339,21 @@ class RefusingPort(tcp.Port):
     refusal = b""
     episodes: Episodes | None = None
     refused = 0
+
+    #: Whether accepted sockets inherit C{TCP_NODELAY} from this one.
+    noDelay = False
+
+    def startListening(self) -> None:
+        """
+        Listen, with C{TCP_NODELAY} set on the listening socket so that the
+        sockets it accepts start with it (Linux): one C{setsockopt} per
+        port instead of one per connection.
+        """
+        super().startListening()
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.noDelay = True
 
     def doRead(self) -> None:
         """

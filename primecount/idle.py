@@ -76,9 +76,13 @@ class IdleSweep:
 
     def unwatch(self, connection: Idler) -> None:
         """
-        Stop watching C{connection} (it closed).
+        Stop watching C{connection} (it closed); with none left, stop
+        sweeping until the next one opens.
         """
         self._watched.pop(connection, None)
+        if not self._watched and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
 
     def now(self) -> float:
         """
@@ -87,12 +91,6 @@ class IdleSweep:
         return self._clock.seconds()  # type: ignore[no-any-return]
 
     def _sweep(self) -> None:
-        if not self._watched:
-            # Nothing to watch: stop until the next connection opens.
-            assert self._loop is not None
-            self._loop.stop()
-            self._loop = None
-            return
         timeout = self.timeout
         assert timeout is not None
         now = self._clock.seconds()

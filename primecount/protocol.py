@@ -30,12 +30,12 @@ from twisted.internet import interfaces, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
-from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from primecount import count, proxyheader
 from primecount.connections import Connections, no_delay, peer_of
 from primecount.count import Verdict, error_reply
+from primecount.idle import IdleSweep
 from primecount.metrics import MetricsRecorder, NullMetrics
 from primecount.pipeline import Pipeline, Request, Slot
 from primecount.records import COUNT
@@ -106,7 +106,7 @@ def write_now(transport: Any, data: bytes) -> None:
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
-class CountProtocol(LineReceiver, TimeoutMixin):
+class CountProtocol(LineReceiver):
     """
     One client connection of the count protocol.
 
@@ -132,6 +132,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._producing = False  # registered as the transport's producer
         self._awaitingProxy = False  # behind HAProxy, before its PROXY line
         self._window: Any = None  # READ framing: the read window's end
+        self.lastActive: float | None = None  # read by the factory's IdleSweep
         self.host = ""
         self.port = 0
 
@@ -145,7 +146,8 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
-        self.setTimeout(factory.timeout or None)
+        self._seconds = factory.reactor.seconds
+        factory.idle.watch(self)
         if factory.proxyHeader:
             # Admitted once the PROXY line names the real client.
             self._awaitingProxy = True
@@ -158,7 +160,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
-        self.setTimeout(None)
+        self.factory.idle.unwatch(self)
         self._endWindow()
         self._slots.clear()
         if not self._awaitingProxy:
@@ -183,14 +185,20 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         """
         self._close()
 
-    def timeoutConnection(self) -> None:
+    def _active(self) -> None:
         """
-        No request for C{--timeout} seconds: close an idle connection, drop
-        one whose client stopped reading its replies.
+        The connection did something: its idle time starts again.
+        """
+        self.lastActive = self._seconds()
+
+    def idleTimeout(self) -> None:
+        """
+        No request for C{--timeout} seconds (the factory's L{IdleSweep} says
+        so): close an idle connection, drop one whose client stopped reading
+        its replies.
         """
         if self._slots and not self._writePaused:
             # Waiting for answers we owe the client (the journal): not idle.
-            self.resetTimeout()
             return
         if self._writePaused or self._closing:
             # Replies are stuck in the send buffer: the client stopped
@@ -201,7 +209,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
                 " (more such are counted, not logged)",
                 host=self.host,
                 port=self.port,
-                timeout=self.timeOut,
+                timeout=self.factory.timeout,
             )
             self.transport.abortConnection()
             return
@@ -215,8 +223,8 @@ class CountProtocol(LineReceiver, TimeoutMixin):
 
     def _close(self) -> None:
         """
-        Close once everything written has been sent. The timeout keeps
-        running, so a client that never takes the rest is dropped.
+        Close once everything written has been sent. The idle sweep keeps
+        watching, so a client that never takes the rest is dropped.
         """
         # A registered producer that the transport has paused makes it wait
         # for a resumeProducing that never comes instead of closing.
@@ -300,7 +308,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         L{READ} framing: answer C{message}, then close.
         """
         self._endWindow()
-        self.resetTimeout()
+        self._active()
         self._request(message)
         self.closeWhenDone()
         self._send()
@@ -347,7 +355,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
         self._close()
 
     def lineReceived(self, line: bytes) -> None:
-        self.resetTimeout()
+        self._active()
         self._request(line)
         if self.factory.closeAfterReply:
             self.closeWhenDone()
@@ -414,7 +422,7 @@ class CountProtocol(LineReceiver, TimeoutMixin):
             if not slots:
                 self._close()
             return
-        self.resetTimeout()
+        self._active()
         if self._readPaused and len(slots) < MAX_PENDING // 2:
             self._readPaused = False
             self._updateReading()
@@ -497,6 +505,7 @@ class CountFactory(Factory):
         self.reactor = reactor
         self.pipeline = pipeline
         self.timeout = timeout
+        self.idle = IdleSweep(reactor, timeout)
         self.maxLine = maxLine
         self.closeAfterReply = closeAfterReply
         self.connections = connections if connections is not None else Connections()

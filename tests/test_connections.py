@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount import connections as connections_module
 from primecount.connections import (
@@ -398,3 +398,43 @@ class UnixSocketTests(SynchronousTestCase):
         self.assertEqual(
             conn.execute("SELECT host, port FROM requests").fetchall(), [(f"unix:{path}", 0)]
         )
+
+
+class InheritedNoDelayTests(TestCase):
+    """
+    C{TCP_NODELAY} is set once on the listening socket and inherited by the
+    sockets it accepts: no C{setsockopt} per connection.
+    """
+
+    def test_acceptedSocketsInheritNoDelay(self) -> Any:
+        from twisted.internet import reactor as globalReactor
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Protocol
+
+        from primecount.connections import RefusingReactor, no_delay
+
+        made: Deferred[Any] = Deferred()
+
+        class Probe(Protocol):
+            def connectionMade(self) -> None:
+                calls: list[bool] = []
+                transport: Any = self.transport
+                original = transport.setTcpNoDelay
+                transport.setTcpNoDelay = lambda on: (calls.append(on), original(on))
+                no_delay(transport)
+                handle = transport.getHandle()
+                made.callback((handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), calls))
+                transport.loseConnection()
+
+        factory = Factory.forProtocol(Probe)
+        port = RefusingReactor(globalReactor, b"", None).listenTCP(
+            0, factory, interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        self.addCleanup(client.close)
+
+        def check(result: tuple[int, list[bool]]) -> None:
+            self.assertEqual(result, (1, []))
+
+        return made.addCallback(check)

@@ -229,6 +229,14 @@ class TimeoutTests(SynchronousTestCase):
     Idle connections are closed; requests, not stray bytes, keep them open.
     """
 
+    def test_oneTimerForAllConnections(self) -> None:
+        # One sweep, not a DelayedCall per connection moved on every request.
+        h = Harness(timeout=5)
+        for _ in range(50):
+            transport, protocol = h.connect()
+            h.send(b"a\n", protocol)
+        self.assertEqual(len(h.reactor.getDelayedCalls()), 1)
+
     def test_idleConnectionClosed(self) -> None:
         h = Harness(timeout=5)
         h.reactor.advance(4.9)
