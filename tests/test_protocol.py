@@ -233,7 +233,7 @@ class TimeoutTests(SynchronousTestCase):
         # One sweep, not a DelayedCall per connection moved on every request.
         h = Harness(timeout=5)
         for _ in range(50):
-            transport, protocol = h.connect()
+            _transport, protocol = h.connect()
             h.send(b"a\n", protocol)
         self.assertEqual(len(h.reactor.getDelayedCalls()), 1)
 
