@@ -314,6 +314,12 @@ class PrimecountOptions(usage.Options):
                     f"--listen {description!r} needs TLS support, which is not "
                     f"installed ({e}): pip install 'twisted[tls]'"
                 ) from None
+            except IndexError:
+                # systemd: with no (or too few) sockets passed down.
+                raise usage.UsageError(
+                    f"--listen {description!r}: systemd passed no such socket "
+                    "(LISTEN_FDS and LISTEN_FDNAMES come from a .socket unit; see deploy/)"
+                ) from None
             except Exception as e:
                 # A bad description, a missing or bad certificate file.
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None

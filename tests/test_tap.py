@@ -257,6 +257,18 @@ class OptionsTests(SynchronousTestCase):
             self.assertNotIn("invalid literal", message)
             self.assertNotIn("enforcement", message)
 
+    def test_systemdWithoutSocketsNamesTheCause(self) -> None:
+        saved = {
+            k: os.environ.pop(k)
+            for k in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID")
+            if k in os.environ
+        }
+        self.addCleanup(os.environ.update, saved)
+        e = self.assertRaises(
+            usage.UsageError, self.parse, "--listen", "systemd:domain=INET:index=0"
+        )
+        self.assertIn("systemd passed no such socket", str(e))
+
     def test_timeoutZeroAllowed(self) -> None:
         self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
 
