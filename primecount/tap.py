@@ -191,7 +191,8 @@ class PrimecountOptions(usage.Options):
             "threads",
             None,
             10,
-            "Size of the thread pool doing the primality work.",
+            "Size of the thread pool: count requests use one thread at a time (one "
+            "batch in flight); range requests sieve on the others.",
             _positive("threads"),
         ],
         [
