@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import re
 import sqlite3
 import threading
@@ -36,20 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, succeed
 
 from primecount import schema
-from primecount.metrics import MetricsRecorder, NullMetrics
+from primecount.journalbase import _WAKE, ThreadedJournal
+from primecount.journalbase import JournalUnavailable as JournalUnavailable
+from primecount.metrics import MetricsRecorder
 from primecount.records import Record
-
-
-class JournalUnavailable(Exception):
-    """
-    The journal could not commit these records.
-    """
 
 
 class JournalURLError(ValueError):
@@ -138,10 +130,6 @@ def check_writable(url: JournalURL) -> None:
         raise JournalURLError(f"cannot write journal {url.path}: {e}") from None
 
 
-_STOP = object()
-# Wakes the writer thread (to checkpoint now).
-_WAKE = object()
-
 #: Seconds between the writer thread's WAL checkpoints.
 CHECKPOINT_INTERVAL = 0.5
 
@@ -175,37 +163,18 @@ BUSY_STEP_MS = 50
 CHECKPOINT_EVERY = 128
 
 
-class _Waiting:
+class SQLiteJournal(ThreadedJournal):
     """
-    Records waiting for a group commit, and how it went for them.
-    """
+    The SQLite journal, committing in groups, one transaction at a time
+    (group commit and the writer thread: L{ThreadedJournal}).
 
-    __slots__ = ("done", "error", "records")
-
-    def __init__(self, records: Sequence[Record]) -> None:
-        self.records = records
-        self.done = False
-        self.error: str | None = None
-
-
-class SQLiteJournal(Service):
-    """
-    The SQLite journal, committing in groups, one transaction at a time.
-
-    Group commit is leader/follower: whoever calls L{commit} queues its
-    records and takes the commit lock; if a commit that ran meanwhile took
-    its records along, it is done, otherwise it commits everything queued.
-    The request path calls L{commit} from the pool thread that evaluated the
-    batch, so a batch needs one thread hop, not three (pool, reactor,
-    writer, reactor). Callers on the reactor thread use L{append}, served by
-    a writer thread that commits the same way.
-
+    @ivar path: the database file.
     @ivar batches: how many transactions were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """
 
-    _log = Logger()
+    _threadName = "primecount-journal"
 
     def __init__(
         self,
@@ -224,20 +193,10 @@ class SQLiteJournal(Service):
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
+        super().__init__(reactor, metrics=metrics)
         self.path = path
-        self._reactor = reactor
         self._fsync = fsync
         self._connect = connect
-        self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._stopped: Deferred[None] | None = None
-        self._accepting = False
-        # _commitLock: one transaction at a time; guards the connection and
-        # the counters. _waitingLock: guards the queue of _Waiting.
-        self._commitLock = threading.Lock()
-        self._waitingLock = threading.Lock()
-        self._waiting: list[_Waiting] = []
         self._conn: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file _conn has open.
         self._identity: tuple[int, int] | None = None
@@ -247,39 +206,7 @@ class SQLiteJournal(Service):
         self._checkpointer: sqlite3.Connection | None = None
         self._sinceCheckpoint = 0
         self._checkpointDue = False
-        self._closed = False
-        # _failing: in a failure episode (logged at its start and end).
-        # _blocked: why commits fail at once, without trying SQLite, until
-        # the writer thread's probe clears it (None: try them).
-        self._failing = False
-        self._hurry = False
-        self._blocked: str | None = None
-        self._failedInEpisode = 0
-        self.batches = 0
-        self.committed = 0
-        self.failed = 0
-
-    # -- service --------------------------------------------------------------
-
-    def startService(self) -> None:
-        super().startService()
-        self._accepting = True
-        self._closed = False
-        self._hurry = False
-        self._thread = threading.Thread(target=self._run, name="primecount-journal", daemon=True)
-        self._thread.start()
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Commit everything queued, then close the database.
-        """
-        super().stopService()
-        self._accepting = False
-        if self._thread is None:
-            return succeed(None)
-        self._stopped = Deferred()
-        self._queue.put(_STOP)
-        return self._stopped
+        self._nextCheckpoint: float | None = None
 
     def hurry(self) -> None:
         """
@@ -288,47 +215,17 @@ class SQLiteJournal(Service):
         now gives up within L{BUSY_STEP_MS}), so the stop keeps its bound.
         What can be written still is.
         """
-        self._hurry = True
+        super().hurry()
 
-    # -- any thread but the reactor's ------------------------------------------
+    # -- backend hooks ------------------------------------------------------------
 
-    def commit(self, records: Sequence[Record]) -> None:
-        """
-        Commit C{records}, in a group with whatever else is waiting; blocks
-        until they are committed. Call it from a thread-pool thread.
+    def _place(self) -> tuple[str, str]:
+        return "path", self.path
 
-        @raise JournalUnavailable: when they could not be committed.
-        """
-        waiting = _Waiting(records)
-        with self._waitingLock:
-            self._waiting.append(waiting)
-        with self._commitLock:
-            if not waiting.done:
-                self._commitWaiting()
-        if waiting.error is not None:
-            raise JournalUnavailable(waiting.error)
+    def _probeInterval(self) -> float:
+        return PROBE_INTERVAL
 
-    def _commitWaiting(self) -> None:
-        """
-        Commit everything queued, as one transaction. Holds C{_commitLock}.
-        """
-        with self._waitingLock:
-            group, self._waiting = self._waiting, []
-        if not group:
-            return
-        n = sum(len(w.records) for w in group)
-        started = time.monotonic()
-        records = [r for w in group for r in w.records]
-
-        if self._blocked is not None:
-            # A failure episode: fail at once; the writer thread's probe
-            # says when to try again.
-            for w in group:
-                w.error = self._blocked
-                w.done = True
-            self._notCommitted(n, self._blocked)
-            return
-
+    def _write(self, records: list[Record]) -> str | None:
         statements = list(schema.inserts(records))
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -336,14 +233,45 @@ class SQLiteJournal(Service):
                 conn.execute(sql, params)
 
         # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
-        error = self._transaction(insert, single=len(statements) == 1)
-        for w in group:
-            w.error = error
-            w.done = True
-        if error is None:
-            self._committed(n, time.monotonic() - started)
-        else:
-            self._notCommitted(n, error)
+        return self._transaction(insert, single=len(statements) == 1)
+
+    def _settleRecords(self, records: Sequence[Record]) -> str | None:
+        rows = [schema.settle_row(r) for r in records]
+        return self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
+
+    def _afterCommit(self) -> None:
+        self._sinceCheckpoint += 1
+        if self._sinceCheckpoint >= CHECKPOINT_EVERY and not self._checkpointDue:
+            self._checkpointDue = True
+            self._queue.put(_WAKE)
+
+    def _tick(self, now: float) -> float:
+        """
+        Checkpoint every L{CHECKPOINT_INTERVAL}, or at once when
+        L{CHECKPOINT_EVERY} commits ran since the last one.
+        """
+        if self._nextCheckpoint is None:
+            self._nextCheckpoint = now + CHECKPOINT_INTERVAL
+        if self._checkpointDue or now >= self._nextCheckpoint:
+            self._sinceCheckpoint = 0
+            self._checkpointDue = False
+            self._checkpoint()
+            self._nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        return self._nextCheckpoint
+
+    def _finishing(self) -> None:
+        self._nextCheckpoint = None
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            _close_quietly(self._conn)
+            self._conn = None
+
+    # -- transactions ---------------------------------------------------------------
 
     def _transaction(
         self, write: Callable[[sqlite3.Connection], object], single: bool = False
@@ -392,9 +320,7 @@ class SQLiteJournal(Service):
                     conn.execute("ROLLBACK")
                 raise
         except Exception as e:
-            if self._conn is not None:
-                _close_quietly(self._conn)
-                self._conn = None
+            self._drop()
             return str(e) or type(e).__name__
         return None
 
@@ -452,41 +378,6 @@ class SQLiteJournal(Service):
             with contextlib.suppress(sqlite3.Error):
                 old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             _close_quietly(old)
-
-    def _committed(self, n: int, seconds: float) -> None:
-        self._sinceCheckpoint += 1
-        if self._sinceCheckpoint >= CHECKPOINT_EVERY and not self._checkpointDue:
-            self._checkpointDue = True
-            self._queue.put(_WAKE)
-        self.batches += 1
-        self.committed += n
-        self._metrics.journalCommit(n, seconds)
-        if self._failing:
-            self._failing = False
-            self._reactor.callFromThread(
-                self._log.info,
-                "journal {path} writable again; {failed} requests were "
-                "answered ERR journal unavailable meanwhile",
-                path=self.path,
-                failed=self._failedInEpisode,
-            )
-            self._failedInEpisode = 0
-
-    def _notCommitted(self, n: int, why: str) -> None:
-        if self._blocked is None:
-            self._blocked = why
-        self.failed += n
-        self._failedInEpisode += n
-        self._metrics.journalFailed(n)
-        if not self._failing:
-            self._failing = True
-            self._reactor.callFromThread(
-                self._log.error,
-                "journal {path} cannot commit ({why}); answering "
-                "ERR journal unavailable until it can",
-                path=self.path,
-                why=why,
-            )
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect(self.path)
@@ -596,124 +487,6 @@ class SQLiteJournal(Service):
                 self._checkpointer = None
                 return
         self._blocked = None
-
-    # -- reactor side -----------------------------------------------------------
-
-    def append(self, records: Sequence[Record]) -> Deferred[None]:
-        """
-        Queue C{records} for the writer thread's next group commit.
-
-        @return: fires once they are committed; fails with
-            L{JournalUnavailable} if they could not be.
-        """
-        if not self._accepting:
-            return fail(JournalUnavailable("journal is stopped"))
-        d: Deferred[None] = Deferred()
-        self._queue.put((records, d, False))
-        return d
-
-    def settle(self, records: Sequence[Record]) -> Deferred[None]:
-        """
-        Complete pending range records: each goes onto the latest row of the
-        same connection and range (host, port, a, b) that has neither a sum
-        verdict nor an error yet, setting its count, error and C{sum_ok}.
-        Served by the writer thread after everything appended before it.
-
-        @return: fires once done; fails with L{JournalUnavailable}.
-        """
-        if not self._accepting:
-            return fail(JournalUnavailable("journal is stopped"))
-        d: Deferred[None] = Deferred()
-        self._queue.put((records, d, True))
-        return d
-
-    def _settle(self, records: Sequence[Record]) -> None:
-        """
-        Apply L{settle}s in one transaction (writer thread).
-
-        @raise JournalUnavailable: when they could not be applied.
-        """
-        rows = [schema.settle_row(r) for r in records]
-        with self._commitLock:
-            error = self._blocked
-            if error is None:
-                error = self._transaction(lambda conn: conn.executemany(schema.SETTLE, rows))
-                if error is not None and self._blocked is None:
-                    self._blocked = error
-        if error is not None:
-            raise JournalUnavailable(error)
-
-    @staticmethod
-    def _fire(waiting: list[Deferred[None]], error: str | None) -> None:
-        for d in waiting:
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(Failure(JournalUnavailable(error)))
-
-    # -- writer thread ------------------------------------------------------------
-
-    def _run(self) -> None:
-        stopping = False
-        nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
-        nextProbe = 0.0
-        while not stopping:
-            now = time.monotonic()
-            if self._blocked is not None and now >= nextProbe:
-                self._probe()
-                nextProbe = time.monotonic() + PROBE_INTERVAL
-            if self._checkpointDue or now >= nextCheckpoint:
-                self._sinceCheckpoint = 0
-                self._checkpointDue = False
-                self._checkpoint()
-                nextCheckpoint = time.monotonic() + CHECKPOINT_INTERVAL
-            wake = nextCheckpoint if self._blocked is None else min(nextCheckpoint, nextProbe)
-            try:
-                item = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
-            except queue.Empty:
-                continue
-            batch = []
-            while True:
-                if item is _STOP:
-                    stopping = True
-                elif item is _WAKE:
-                    pass
-                else:
-                    batch.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if not batch:
-                continue
-            # Inserts first: a settle only ever follows its own insert.
-            inserts = [(records, d) for records, d, settles in batch if not settles]
-            settles = [(records, d) for records, d, settles in batch if settles]
-            for work, group in ((self.commit, inserts), (self._settle, settles)):
-                if not group:
-                    continue
-                error = None
-                try:
-                    work([r for records, _ in group for r in records])
-                except JournalUnavailable as e:
-                    error = str(e)
-                self._reactor.callFromThread(self._fire, [d for _, d in group], error)
-        with self._checkpointLock:
-            if self._checkpointer is not None:
-                _close_quietly(self._checkpointer)
-                self._checkpointer = None
-        with self._commitLock:
-            self._closed = True
-            if self._conn is not None:
-                _close_quietly(self._conn)
-                self._conn = None
-        self._reactor.callFromThread(self._finished)
-
-    def _finished(self) -> None:
-        self._thread = None
-        if self._stopped is not None:
-            stopped, self._stopped = self._stopped, None
-            stopped.callback(None)
 
 
 def _size(path: str) -> int:

@@ -40,7 +40,6 @@ masked.
 from __future__ import annotations
 
 import contextlib
-import queue
 import select
 import threading
 import time
@@ -51,13 +50,10 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from primecount.journal import JournalUnavailable, JournalURL, JournalURLError, mask_password
-from primecount.metrics import MetricsRecorder, NullMetrics
+from primecount.journal import JournalURL, JournalURLError, mask_password
+from primecount.journalbase import _WAKE, ThreadedJournal
+from primecount.metrics import MetricsRecorder
 from primecount.records import Record
 
 #: Connection settings used unless the URL gives its own: a connection
@@ -294,36 +290,19 @@ def _why(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-_STOP = object()
-# Wakes the journal's thread (to send a NOTIFY).
-_WAKE = object()
-
-
-class _Waiting:
-    """
-    Records waiting for a group commit, and how it went for them.
-    """
-
-    __slots__ = ("done", "error", "records")
-
-    def __init__(self, records: Sequence[Record]) -> None:
-        self.records = records
-        self.done = False
-        self.error: str | None = None
-
-
-class PostgresJournal(Service):
+class PostgresJournal(ThreadedJournal):
     """
     The PostgreSQL journal, committing in groups, one COPY at a time per
     process (any number of processes and hosts write at once: a COPY takes
-    no lock another one waits for).
+    no lock another one waits for). Group commit and the journal's thread:
+    L{ThreadedJournal}.
 
     @ivar batches: how many groups were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """
 
-    _log = Logger()
+    _threadName = "primecount-pgjournal"
 
     def __init__(
         self,
@@ -342,55 +321,17 @@ class PostgresJournal(Service):
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
+        super().__init__(reactor, metrics=metrics)
         self.url = url
         self.shown = mask_password(url)
-        self._reactor = reactor
         self._fsync = fsync
         self._connect = connect
-        self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._stopped: Deferred[None] | None = None
-        self._accepting = False
-        # _commitLock: one statement at a time on _conn; guards it and the
-        # counters. _waitingLock: guards _waiting.
-        self._commitLock = threading.Lock()
-        self._waitingLock = threading.Lock()
-        self._waiting: list[_Waiting] = []
+        # Guarded by _commitLock: one statement at a time on it.
         self._conn: psycopg.Connection[Any] | None = None
         self._schemaReady = False
-        self._closed = False
-        self._failing = False
-        self._hurry = False
         self._busy = False
-        self._blocked: str | None = None
-        self._failedInEpisode = 0
         self._notifyDue = False
-        self.batches = 0
-        self.committed = 0
-        self.failed = 0
-
-    # -- service --------------------------------------------------------------
-
-    def startService(self) -> None:
-        super().startService()
-        self._accepting = True
-        self._closed = False
-        self._hurry = False
-        self._thread = threading.Thread(target=self._run, name="primecount-pgjournal", daemon=True)
-        self._thread.start()
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Commit everything queued, then close the connection.
-        """
-        super().stopService()
-        self._accepting = False
-        if self._thread is None:
-            return succeed(None)
-        self._stopped = Deferred()
-        self._queue.put(_STOP)
-        return self._stopped
+        self._nextNotify = 0.0
 
     def hurry(self) -> None:
         """
@@ -399,50 +340,59 @@ class PostgresJournal(Service):
         the TCP user timeout), and fail the next commits at once if it
         failed.
         """
-        self._hurry = True
+        super().hurry()
         conn = self._conn
         if conn is not None and self._busy:
             threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
 
-    # -- any thread but the reactor's ------------------------------------------
+    # -- backend hooks ------------------------------------------------------------
 
-    def commit(self, records: Sequence[Record]) -> None:
-        """
-        Commit C{records}, in a group with whatever else is waiting; blocks
-        until they are committed. Call it from a thread-pool thread.
+    def _place(self) -> tuple[str, str]:
+        return "url", self.shown
 
-        @raise JournalUnavailable: when they could not be committed.
-        """
-        waiting = _Waiting(records)
-        with self._waitingLock:
-            self._waiting.append(waiting)
-        with self._commitLock:
-            if not waiting.done:
-                self._commitWaiting()
-        if waiting.error is not None:
-            raise JournalUnavailable(waiting.error)
+    def _probeInterval(self) -> float:
+        return PROBE_INTERVAL
 
-    def _commitWaiting(self) -> None:
+    def _write(self, records: list[Record]) -> str | None:
+        rows = [to_row(r) for r in records]
+        return self._attempt(lambda conn: self._copy(conn, rows))
+
+    def _settleRecords(self, records: Sequence[Record]) -> str | None:
+        rows = [(r.count, r.error, r.sum_ok, r.host, r.port, r.a, r.b) for r in records]
+
+        def update(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(SETTLE, rows)
+
+        return self._attempt(update)
+
+    def _settleFailed(self, why: str) -> None:
+        self._notCommitted(0, why)
+
+    def _afterCommit(self) -> None:
+        if not self._notifyDue:
+            self._notifyDue = True
+            self._queue.put(_WAKE)
+
+    def _episodeStarted(self) -> None:
+        # The journal's thread may be waiting for work: it probes now.
+        self._queue.put(_WAKE)
+
+    def _tick(self, now: float) -> float | None:
         """
-        Commit everything queued, as one COPY. Holds C{_commitLock}.
+        Send a NOTIFY when one is due, at most every L{NOTIFY_INTERVAL}.
         """
-        with self._waitingLock:
-            group, self._waiting = self._waiting, []
-        if not group:
-            return
-        n = sum(len(w.records) for w in group)
-        started = time.monotonic()
-        error = self._blocked
-        if error is None:
-            rows = [to_row(r) for w in group for r in w.records]
-            error = self._attempt(lambda conn: self._copy(conn, rows))
-        for w in group:
-            w.error = error
-            w.done = True
-        if error is None:
-            self._committed(n, time.monotonic() - started)
-        else:
-            self._notCommitted(n, error)
+        if self._notifyDue and now >= self._nextNotify:
+            self._notify()
+            self._nextNotify = time.monotonic() + NOTIFY_INTERVAL
+        return self._nextNotify if self._notifyDue else None
+
+    def _finishing(self) -> None:
+        self._nextNotify = 0.0
+        if self._notifyDue:
+            self._notify()
+
+    # -- connection ------------------------------------------------------------------
 
     @staticmethod
     def _copy(conn: psycopg.Connection[Any], rows: list[tuple[object, ...]]) -> None:
@@ -512,42 +462,6 @@ class PostgresJournal(Service):
             _close_quietly(self._conn)
             self._conn = None
 
-    def _committed(self, n: int, seconds: float) -> None:
-        self.batches += 1
-        self.committed += n
-        self._metrics.journalCommit(n, seconds)
-        if not self._notifyDue:
-            self._notifyDue = True
-            self._queue.put(_WAKE)
-        if self._failing:
-            self._failing = False
-            self._reactor.callFromThread(
-                self._log.info,
-                "journal {url} writable again; {failed} requests were "
-                "answered ERR journal unavailable meanwhile",
-                url=self.shown,
-                failed=self._failedInEpisode,
-            )
-            self._failedInEpisode = 0
-
-    def _notCommitted(self, n: int, why: str) -> None:
-        if self._blocked is None:
-            self._blocked = why
-            # The journal's thread may be waiting for work: it probes now.
-            self._queue.put(_WAKE)
-        self.failed += n
-        self._failedInEpisode += n
-        self._metrics.journalFailed(n)
-        if not self._failing:
-            self._failing = True
-            self._reactor.callFromThread(
-                self._log.error,
-                "journal {url} cannot commit ({why}); answering "
-                "ERR journal unavailable until it can",
-                url=self.shown,
-                why=why,
-            )
-
     def _probe(self) -> None:
         """
         During a failure episode, try a new connection (outside the commit
@@ -585,123 +499,6 @@ class PostgresJournal(Service):
                 return
             with contextlib.suppress(Exception):
                 self._conn.execute(f"NOTIFY {CHANNEL}")
-
-    # -- reactor side -----------------------------------------------------------
-
-    def append(self, records: Sequence[Record]) -> Deferred[None]:
-        """
-        Queue C{records} for the journal thread's next group commit.
-
-        @return: fires once they are committed; fails with
-            L{JournalUnavailable} if they could not be.
-        """
-        if not self._accepting:
-            return fail(JournalUnavailable("journal is stopped"))
-        d: Deferred[None] = Deferred()
-        self._queue.put((records, d, False))
-        return d
-
-    def settle(self, records: Sequence[Record]) -> Deferred[None]:
-        """
-        Complete pending range records (see
-        L{primecount.journal.SQLiteJournal.settle}), after everything
-        appended before.
-
-        @return: fires once done; fails with L{JournalUnavailable}.
-        """
-        if not self._accepting:
-            return fail(JournalUnavailable("journal is stopped"))
-        d: Deferred[None] = Deferred()
-        self._queue.put((records, d, True))
-        return d
-
-    def _settle(self, records: Sequence[Record]) -> None:
-        """
-        Apply settles in one transaction (the journal's thread).
-
-        @raise JournalUnavailable: when they could not be applied.
-        """
-        rows = [(r.count, r.error, r.sum_ok, r.host, r.port, r.a, r.b) for r in records]
-
-        def update(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction(), conn.cursor() as cursor:
-                cursor.executemany(SETTLE, rows)
-
-        with self._commitLock:
-            error = self._blocked
-            if error is None:
-                error = self._attempt(update)
-                if error is not None:
-                    self._notCommitted(0, error)
-        if error is not None:
-            raise JournalUnavailable(error)
-
-    @staticmethod
-    def _fire(waiting: list[Deferred[None]], error: str | None) -> None:
-        for d in waiting:
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(Failure(JournalUnavailable(error)))
-
-    # -- the journal's thread ----------------------------------------------------
-
-    def _run(self) -> None:
-        stopping = False
-        nextProbe = 0.0
-        nextNotify = 0.0
-        while not stopping:
-            now = time.monotonic()
-            if self._blocked is not None and now >= nextProbe:
-                self._probe()
-                nextProbe = time.monotonic() + PROBE_INTERVAL
-            if self._notifyDue and now >= nextNotify:
-                self._notify()
-                nextNotify = time.monotonic() + NOTIFY_INTERVAL
-            wakes = []
-            if self._blocked is not None:
-                wakes.append(nextProbe)
-            if self._notifyDue:
-                wakes.append(nextNotify)
-            timeout = max(0.0, min(wakes) - time.monotonic()) if wakes else None
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                continue
-            batch = []
-            while True:
-                if item is _STOP:
-                    stopping = True
-                elif item is not _WAKE:
-                    batch.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            # Inserts first: a settle only ever follows its own insert.
-            inserts = [(records, d) for records, d, settles in batch if not settles]
-            settles = [(records, d) for records, d, settles in batch if settles]
-            for work, group in ((self.commit, inserts), (self._settle, settles)):
-                if not group:
-                    continue
-                error = None
-                try:
-                    work([r for records, _ in group for r in records])
-                except JournalUnavailable as e:
-                    error = str(e)
-                self._reactor.callFromThread(self._fire, [d for _, d in group], error)
-        if self._notifyDue:
-            self._notify()
-        with self._commitLock:
-            self._closed = True
-            self._drop()
-        self._reactor.callFromThread(self._finished)
-
-    def _finished(self) -> None:
-        self._thread = None
-        if self._stopped is not None:
-            stopped, self._stopped = self._stopped, None
-            stopped.callback(None)
 
 
 def _readable(conn: psycopg.Connection[Any]) -> bool:
