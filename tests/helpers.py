@@ -29,6 +29,29 @@ from primecount.records import Record
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """
+    Stop a helper subprocess the test started (SIGTERM, then SIGKILL after
+    10 s) and reap it.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def free_port() -> int:
+    """
+    A TCP port of 127.0.0.1 that nothing listens on right now.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class SyncPool:
     """
     A thread pool that runs each job at once, in the calling thread; or,

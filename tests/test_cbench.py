@@ -35,7 +35,7 @@ from twisted.trial.unittest import TestCase
 
 from primecount.bench.load import DEFAULT_MESSAGES
 from primecount.count import LINE_TOO_LONG, error_reply, expected_reply
-from tests.helpers import ServerProcess, recv_all, recv_lines
+from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
 
 HERE = Path(__file__).resolve().parent
 COMPARE = HERE.parent / "benchmarks" / "compare.py"
@@ -125,12 +125,7 @@ class CBenchTestCase(TestCase):
         )
 
         def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process)
             assert process.stdout is not None
             process.stdout.close()
 

@@ -33,6 +33,8 @@ from primecount.proxyheader import (
     parse,
 )
 
+from .helpers import stop_process
+
 # --- a small encoder, written from the spec, to build the headers tested ---
 
 
@@ -488,22 +490,10 @@ class HAProxyTests(TestCase):
             stderr=subprocess.STDOUT,
             pass_fds=[frontend.fileno()],
         )
-        self.addCleanup(self.stop, process)
+        self.addCleanup(stop_process, process)
         frontend.close()  # HAProxy's now: refused connections if it exits
         self.process, self.log = process, log
         return backend
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        """
-        Stop HAProxy (SIGTERM, then SIGKILL) and reap it.
-        """
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
     def haproxyOutput(self) -> str:
         self.log.seek(0)

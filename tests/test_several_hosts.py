@@ -23,18 +23,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from primecount.count import evaluate
 
 from . import pgcluster
-from .helpers import ServerProcess
+from .helpers import ServerProcess, free_port, stop_process
 from .test_pgjournal import stored
 from .test_proxyheader import require_program
 
 #: The client side of every connection: not HAProxy's 127.0.0.1.
 CLIENT = "127.0.0.2"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Client(threading.Thread):
@@ -110,7 +104,7 @@ class SeveralHostsTests(SynchronousTestCase):
         return server
 
     def start_haproxy(self, ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
-        front = _free_port()
+        front = free_port()
         config = self.mktemp()
         servers = "".join(
             f"    server host{i} 127.0.0.1:{port} send-proxy-v2 check inter 200ms fall 2 rise 1\n"
@@ -141,7 +135,7 @@ class SeveralHostsTests(SynchronousTestCase):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.addCleanup(self._stop, process)
+        self.addCleanup(stop_process, process)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -150,16 +144,6 @@ class SeveralHostsTests(SynchronousTestCase):
             except OSError:
                 time.sleep(0.05)
         self.fail("haproxy did not start listening")
-
-    @staticmethod
-    def _stop(process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
     def test_hostKilledUnderLoadLosesNothingAcknowledged(self) -> None:
         first, second = self.host("a"), self.host("b")
