@@ -19,7 +19,7 @@ load comes from C{cload} (C{benchmarks/cload.c}, a closed-loop generator in
 C that verifies every reply), built with C{cc -O2} (or C{$CC}) into a
 temporary directory at the start of each run; without a compiler compare
 stops with one line, and C{--generator python} runs
-C{python -m primecount.bench} instead (which costs several times more CPU
+C{python -m primecount.cli.bench} instead (which costs several times more CPU
 per request: the fastest servers are then measured against it). Each
 measured run follows C{--settle} seconds (default 1) of load that is
 verified but not timed. Within a round
@@ -418,7 +418,7 @@ def build_c(directory: Path, names: list[str], compiler: str | None = None) -> d
 class Generator:
     """
     The load generator of a comparison: C{cload} (the C program, when
-    C{program} is set) or C{python -m primecount.bench}.
+    C{program} is set) or C{python -m primecount.cli.bench}.
 
     @ivar settle: seconds of load before each measured run (C only):
         verified, neither timed nor counted as throughput.
@@ -439,7 +439,7 @@ class Generator:
             common = [str(self.program), "--threads", str(processes)]
             common += ["--settle", str(self.settle)]
         else:
-            common = [sys.executable, "-m", "primecount.bench", "--processes", str(processes)]
+            common = [sys.executable, "-m", "primecount.cli.bench", "--processes", str(processes)]
         return [
             *common,
             "--port",
@@ -935,7 +935,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "--generator",
         choices=("c", "python"),
         default="c",
-        help="c (default): cload, built with cc at run time; python: primecount.bench "
+        help="c (default): cload, built with cc at run time; python: primecount.cli.bench "
         "(slower per request: the fastest servers are then measured against it)",
     )
     parser.add_argument(
@@ -989,7 +989,7 @@ def c_setup(
     wanted = ["c_epoll"] if "c_epoll" in names else []
     if args.generator == "python":
         print(
-            "compare: warning: the Python generator (primecount.bench) costs 10-80 µs of "
+            "compare: warning: the Python generator (primecount.cli.bench) costs 10-80 µs of "
             "CPU per request and limits the fastest servers; their figures are lower bounds",
             file=sys.stderr,
         )
@@ -1105,7 +1105,7 @@ def compare(args: argparse.Namespace) -> int:
     load = (
         f"generator cload (C, {args.generator_processes} thread(s), {args.settle:g} s settle)"
         if generator.program is not None
-        else f"generator primecount.bench (Python, {args.generator_processes} process(es))"
+        else f"generator primecount.cli.bench (Python, {args.generator_processes} process(es))"
     )
     sections = [
         f"### Benchmark {stamp}\n\n"

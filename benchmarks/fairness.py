@@ -33,7 +33,7 @@ def bench(port: int, duration: float, options: list[str], output: Path) -> subpr
     Start one C{primecount bench} subprocess writing its result to C{output}.
     """
     command = [
-        sys.executable, "-m", "primecount.bench", "--port", str(port),
+        sys.executable, "-m", "primecount.cli.bench", "--port", str(port),
         "--duration", str(duration), "--quiet", "--json", str(output), *options,
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)

@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from primecount import rangecodec
-from primecount.multiclient import fetch, send_sum
-from primecount.primes import primes_between
+from primecount.cli.multiclient import fetch, send_sum
+from primecount.core import rangecodec
+from primecount.core.primes import primes_between
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPECTED_COUNT = 5761455

@@ -17,8 +17,8 @@ import sys
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.threadpool import ThreadPool
 
-from primecount.rangeserver import RangeFactory
-from primecount.records import Record
+from primecount.journal.records import Record
+from primecount.server.rangeprotocol import RangeFactory
 
 
 class NoJournal:

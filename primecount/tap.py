@@ -19,21 +19,23 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import failure, usage
 
-from primecount import __version__, placement, workers
-from primecount.connections import Connections, RefusingReactor, address_text
-from primecount.count import SERVER_BUSY, error_reply
-from primecount.journal import (
+from primecount import __version__
+from primecount.core.count import SERVER_BUSY, error_reply
+from primecount.journal.sqlite import (
     JournalURL,
     JournalURLError,
     SQLiteJournal,
     check_writable,
     parse_url,
 )
-from primecount.pipeline import Pipeline
-from primecount.protocol import FRAMINGS, READ, READ_WINDOW, CountFactory
+from primecount.server import placement
+from primecount.server.connections import Connections, RefusingReactor, address_text
+from primecount.server.countprotocol import FRAMINGS, READ, READ_WINDOW, CountFactory
+from primecount.server.pipeline import Pipeline
+from primecount.workers import supervisor as workers
 
 if TYPE_CHECKING:
-    from primecount.pgjournal import PostgresJournal
+    from primecount.journal.postgresql import PostgresJournal
 
 _log = Logger(namespace="primecount")
 
@@ -342,7 +344,7 @@ def _check_postgresql(url: JournalURL) -> None:
         be written.
     """
     try:
-        from primecount import pgjournal
+        from primecount.journal import postgresql as pgjournal
     except ImportError:
         raise JournalURLError(
             "the PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
@@ -626,7 +628,7 @@ def makeService(config: PrimecountOptions) -> service.MultiService:
     reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)  # type: ignore[arg-type]
     if config["metrics-port"] is None:
         return _server(config, reactor, connections)
-    from primecount.metrics import Metrics
+    from primecount.metrics.prometheus import Metrics
 
     metrics = Metrics(clock=reactor)
     top = _server(config, reactor, connections, metrics=metrics)
@@ -654,7 +656,7 @@ class _Placement(service.Service):
 
 
 def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
-    from primecount.metrics import metricsSite
+    from primecount.metrics.prometheus import metricsSite
 
     description = tcp_description(config["metrics-port"], config["interface"])
     endpoint = endpoints.serverFromString(reactor, description)
@@ -674,7 +676,7 @@ def _server(
     A serving process: listening itself, or on C{adopted} sockets
     (label, fd, family) handed down by a supervisor.
     """
-    from primecount.metrics import NullMetrics
+    from primecount.metrics.prometheus import NullMetrics
 
     reactor.suggestThreadPoolSize(config["threads"])
     threadpool = reactor.getThreadPool()
@@ -687,7 +689,7 @@ def _server(
     if url.scheme == "sqlite":
         journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
     elif url.scheme == "postgresql":
-        from primecount.pgjournal import PostgresJournal
+        from primecount.journal.postgresql import PostgresJournal
 
         journal = PostgresJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
@@ -707,8 +709,8 @@ def _server(
         for label in ("count", "proxy")
     }
     if config["range-port"] is not None:
-        from primecount.journal import NullJournal
-        from primecount.rangeserver import RangeFactory
+        from primecount.journal.sqlite import NullJournal
+        from primecount.server.rangeprotocol import RangeFactory
 
         factories["range"] = RangeFactory(
             reactor,
@@ -758,7 +760,7 @@ def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
     adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
     metrics = None
     if config["metrics-port"] is not None:
-        from primecount.metrics import Metrics
+        from primecount.metrics.prometheus import Metrics
 
         # Values go to the shared directory; the supervisor serves the sum.
         metrics = Metrics(clock=reactor)
@@ -808,7 +810,7 @@ def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService
     env: dict[str, str] = {}
     metrics = None
     if config["metrics-port"] is not None:
-        from primecount.metrics import MULTIPROCESS_DIRECTORY, Metrics
+        from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY, Metrics
 
         shared = os.path.join(scratch, "metrics")
         os.makedirs(shared)

@@ -19,10 +19,10 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from primecount.connections import Connections
-from primecount.pipeline import Pipeline
-from primecount.protocol import CountFactory, CountProtocol
-from primecount.records import Record
+from primecount.journal.records import Record
+from primecount.server.connections import Connections
+from primecount.server.countprotocol import CountFactory, CountProtocol
+from primecount.server.pipeline import Pipeline
 
 #: How tests start twistd: the interpreter running the tests, so the
 #: installed package under test is the one served.
@@ -112,7 +112,7 @@ class FakeJournal:
 
     def commit(self, records: Sequence[Record]) -> None:
         if self.failing:
-            from primecount.journal import JournalUnavailable
+            from primecount.journal.sqlite import JournalUnavailable
 
             raise JournalUnavailable("test says no")
         self.records.extend(records)
@@ -315,7 +315,7 @@ def sigterm_in_flight(
     Checks that what each connection got is a correct, in-order prefix of
     its replies; returns the server's exit status and the messages answered.
     """
-    from primecount.count import expected_reply
+    from primecount.core.count import expected_reply
 
     sockets = [server.connect() for _ in range(clients)]
     sent = []

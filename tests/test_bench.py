@@ -1,5 +1,5 @@
 """
-Tests for L{primecount.bench}: every reply is verified, failures are
+Tests for L{primecount.cli.bench}: every reply is verified, failures are
 counted as errors and never as speed, the statistics are right.
 
 Each test runs a small threaded server on 127.0.0.1 port 0 (correct, wrong,
@@ -28,17 +28,18 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
-from primecount import bench, rangecodec
-from primecount.bench.load import Plan, measure
-from primecount.bench.stats import (
+from primecount.cli import bench
+from primecount.cli.bench.load import Plan, measure
+from primecount.cli.bench.stats import (
     BIN_EDGES,
     Recorder,
     Result,
     bin_percentile_ms,
     percentiles_ms,
 )
-from primecount.count import expected_reply
-from primecount.primes import primes_between
+from primecount.core import rangecodec
+from primecount.core.count import expected_reply
+from primecount.core.primes import primes_between
 
 Answer = Callable[[bytes], bytes | None]
 

@@ -33,8 +33,8 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
-from primecount.bench.load import DEFAULT_MESSAGES
-from primecount.count import LINE_TOO_LONG, error_reply, expected_reply
+from primecount.cli.bench.load import DEFAULT_MESSAGES
+from primecount.core.count import LINE_TOO_LONG, error_reply, expected_reply
 from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -190,13 +190,13 @@ class CBenchTestCase(TestCase):
 
 class CodecTests(CBenchTestCase):
     """
-    The C programs agree with L{primecount.count} on what a reply is.
+    The C programs agree with L{primecount.core.count} on what a reply is.
     """
 
     def test_expectedRepliesMatchTheCodec(self) -> None:
         """
         cload expects, for each of its messages (the same mix as
-        primecount.bench), exactly what L{expected_reply} says.
+        primecount.cli.bench), exactly what L{expected_reply} says.
         """
         printed = subprocess.run(
             [str(self.programs["cload"]), "--print-expected"], capture_output=True, timeout=30
@@ -492,7 +492,7 @@ class CompareTests(TestCase):
         self.assertEqual(c[:5], ["/x/cload", "--threads", "3", "--settle", "1.5"])
         self.assertEqual(c[-3:], ["--clients", "10", "--connection-per-request"])
         python = compare.Generator("python").command(5, workload, 2.0, 3, output)
-        self.assertEqual(python[1:5], ["-m", "primecount.bench", "--processes", "3"])
+        self.assertEqual(python[1:5], ["-m", "primecount.cli.bench", "--processes", "3"])
 
     def test_headroom(self) -> None:
         """

@@ -23,8 +23,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount import connections as connections_module
-from primecount.connections import (
+from primecount.server import connections as connections_module
+from primecount.server.connections import (
     Connections,
     LocalCounts,
     RefusingPort,
@@ -121,7 +121,7 @@ class NoDelayTests(SynchronousTestCase):
         from twisted.internet import tcp
         from twisted.internet.testing import StringTransport
 
-        from primecount.protocol import CountProtocol
+        from primecount.server.countprotocol import CountProtocol
 
         set_: list[bool] = []
         h = Harness()
@@ -411,7 +411,7 @@ class InheritedNoDelayTests(TestCase):
         from twisted.internet.defer import Deferred
         from twisted.internet.protocol import Protocol
 
-        from primecount.connections import RefusingReactor, no_delay
+        from primecount.server.connections import RefusingReactor, no_delay
 
         made: Deferred[Any] = Deferred()
 

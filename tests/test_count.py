@@ -10,8 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.count import EXCERPT_BYTES, Reply, evaluate, excerpt, expected_reply, parse_reply
-from primecount.primes import is_prime
+from primecount.core.count import (
+    EXCERPT_BYTES,
+    Reply,
+    evaluate,
+    excerpt,
+    expected_reply,
+    parse_reply,
+)
+from primecount.core.primes import is_prime
 
 
 def slow_reply(line: bytes) -> bytes:

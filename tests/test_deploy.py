@@ -29,7 +29,7 @@ from twisted.internet import endpoints
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import TestCase
 
-from primecount.metrics import OUTCOMES, Metrics
+from primecount.metrics.prometheus import OUTCOMES, Metrics
 from tests.helpers import TWISTD, recv_lines
 from tests.test_proxyheader import require_program
 

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.episodes import Episodes
+from primecount.metrics.episodes import Episodes
 
 from .helpers import Harness, ServerProcess, recv_all
 
@@ -87,7 +87,7 @@ class EpisodesTests(SynchronousTestCase):
 
 def misbehaviour_lines(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
-    The log events of L{primecount.connections.Connections}.
+    The log events of L{primecount.server.connections.Connections}.
     """
     return [e for e in events if e.get("log_namespace", "").endswith("Connections")]
 

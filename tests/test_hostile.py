@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import rangecodec
-from primecount.count import expected_reply
-from primecount.multiclient import fetch, send_sum, verify
+from primecount.cli.multiclient import fetch, send_sum, verify
+from primecount.core import rangecodec
+from primecount.core.count import expected_reply
 
 from .helpers import ServerProcess, recv_lines
 

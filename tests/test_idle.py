@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.idle import IdleSweep
+from primecount.server.idle import IdleSweep
 
 
 class Conn:

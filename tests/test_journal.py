@@ -17,16 +17,16 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount import schema
-from primecount.journal import (
+from primecount.journal import schema
+from primecount.journal.records import COUNT, RANGE, Record
+from primecount.journal.sqlite import (
     JournalUnavailable,
     JournalURLError,
     SQLiteJournal,
     check_writable,
     parse_url,
 )
-from primecount.metrics import NullMetrics
-from primecount.records import COUNT, RANGE, Record
+from primecount.metrics.prometheus import NullMetrics
 
 
 def record(i: int) -> Record:
@@ -174,7 +174,7 @@ class WriterTests(TestCase):
         said = [
             e["log_format"]
             for e in events
-            if e.get("log_namespace", "").startswith("primecount.journal")
+            if e.get("log_namespace", "").startswith("primecount.journal.sqlite")
         ]
         self.assertEqual(len(said), 2)
         self.assertIn("cannot commit", said[0])

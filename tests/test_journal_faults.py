@@ -18,11 +18,11 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount import journal as journal_module
-from primecount import schema
-from primecount.count import expected_reply
-from primecount.journal import JournalUnavailable, SQLiteJournal
-from primecount.records import COUNT, Record
+from primecount.core.count import expected_reply
+from primecount.journal import schema
+from primecount.journal import sqlite as journal_module
+from primecount.journal.records import COUNT, Record
+from primecount.journal.sqlite import JournalUnavailable, SQLiteJournal
 
 from .helpers import ServerProcess, recv_all, recv_lines
 
@@ -179,7 +179,7 @@ class FailFastTests(TestCase):
         said = [
             e["log_format"]
             for e in self.events
-            if e.get("log_namespace", "").startswith("primecount.journal")
+            if e.get("log_namespace", "").startswith("primecount.journal.sqlite")
         ]
         self.assertEqual(len(said), 2, said)
         self.assertIn("cannot commit", said[0])
@@ -347,7 +347,7 @@ class RangesCutByStopTests(SynchronousTestCase):
     """
 
     def run_stop(self, client: Any) -> tuple[list[tuple[object, ...]], str]:
-        from primecount.multiclient import fetch
+        from primecount.cli.multiclient import fetch
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)

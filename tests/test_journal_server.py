@@ -15,8 +15,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.count import expected_reply
-from primecount.multiclient import fetch, send_sum
+from primecount.cli.multiclient import fetch, send_sum
+from primecount.core.count import expected_reply
 
 from .helpers import ServerProcess, recv_lines
 

@@ -1,5 +1,5 @@
 """
-Tests for L{primecount.journalcli}: C{primecount journal}.
+Tests for L{primecount.cli.journal}: C{primecount journal}.
 
 Journals are built, in temporary directories, with L{schema.connect} and L{schema.INSERT}, as the server's
 writer builds them. Most tests call L{journalcli.run} with stdout and stderr
@@ -28,8 +28,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from primecount import journalcli, schema
-from primecount.records import Record
+from primecount.cli import journal as journalcli
+from primecount.journal import schema
+from primecount.journal.records import Record
 
 #: 2026-02-16 10:37:12.345 UTC.
 T = datetime(2026, 2, 16, 10, 37, 12, 345000, tzinfo=UTC).timestamp()

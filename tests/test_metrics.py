@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-Tests for L{primecount.metrics}: every family moves, labels stay bounded,
+Tests for L{primecount.metrics.prometheus}: every family moves, labels stay bounded,
 batches count right, workers' values add up, and C{/metrics} is served.
 """
 
@@ -26,8 +26,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from primecount import count, rangeserver
-from primecount.metrics import (
+from primecount.core import count
+from primecount.journal.records import COUNT, RANGE
+from primecount.metrics.prometheus import (
     LATENCY_BUCKETS,
     MULTIPROCESS_DIRECTORY,
     OTHER_ERROR,
@@ -40,7 +41,7 @@ from primecount.metrics import (
     metricsService,
     outcomeLabel,
 )
-from primecount.records import COUNT, RANGE
+from primecount.server import rangeprotocol as rangeserver
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -448,7 +449,7 @@ class MultiProcessTests(SynchronousTestCase):
         """
         script = (
             "import os\n"
-            "from primecount.metrics import Metrics\n"
+            "from primecount.metrics.prometheus import Metrics\n"
             "m = Metrics()\n"
             "m.requests('count', 'ok', 7)\n"
             "m.connectionOpened('count')\n"

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_multiclient -*-
 """
-Tests for L{primecount.multiclient}: verification, arguments, errors, and a
+Tests for L{primecount.cli.multiclient}: verification, arguments, errors, and a
 run against a real server.
 """
 
@@ -17,9 +17,9 @@ from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from primecount import multiclient
-from primecount.primes import primes_between
-from primecount.rangeserver import RangeFactory
+from primecount.cli import multiclient
+from primecount.core.primes import primes_between
+from primecount.server.rangeprotocol import RangeFactory
 from tests.test_rangeserver import FakeJournal
 
 

@@ -18,8 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount.journal import JournalUnavailable, JournalURLError, parse_url
-from primecount.records import COUNT, RANGE, Record
+from primecount.journal.records import COUNT, RANGE, Record
+from primecount.journal.sqlite import JournalUnavailable, JournalURLError, parse_url
 
 from . import pgcluster
 
@@ -40,7 +40,7 @@ def stored(url: str) -> list[Record]:
     """
     Every record in the journal at C{url}, in id order.
     """
-    from primecount import pgreader
+    from primecount.journal import pgreader
 
     conn = pgreader.open_journal(url)
     try:
@@ -74,7 +74,7 @@ class _Database:
         A started L{PostgresJournal} on this test's database, stopped at
         the end of the test.
         """
-        from primecount.pgjournal import PostgresJournal
+        from primecount.journal.postgresql import PostgresJournal
 
         journal = PostgresJournal(self.url, reactor, **kw)
         journal.startService()
@@ -169,7 +169,7 @@ class WriterTests(_Database, TestCase):
             self.assertEqual(setting, expected)
 
     def test_schemaCreatedOnceAndVersioned(self) -> None:
-        from primecount.pgjournal import SCHEMA_VERSION, check_writable
+        from primecount.journal.postgresql import SCHEMA_VERSION, check_writable
 
         check_writable(parse_url(self.url))
         check_writable(parse_url(self.url))
@@ -229,7 +229,7 @@ class URLTests(SynchronousTestCase):
 
     def test_unreachableFailsInOneLineWithoutPassword(self) -> None:
         try:
-            from primecount.pgjournal import check_writable
+            from primecount.journal.postgresql import check_writable
         except ImportError:
             raise pgcluster._missing("psycopg is not installed") from None
         # A port nothing listens on (bound, never listening).
@@ -297,7 +297,7 @@ class FaultTests(_Database, TestCase):
         said = [
             e["log_format"]
             for e in events
-            if e.get("log_namespace", "").startswith("primecount.pgjournal")
+            if e.get("log_namespace", "").startswith("primecount.journal.postgresql")
         ]
         self.assertEqual(len(said), 2, said)
         self.assertIn("cannot commit", said[0])
@@ -355,7 +355,7 @@ def run_journal(*argv: str) -> tuple[int, str, str]:
     import io
     import sys
 
-    from primecount import journalcli
+    from primecount.cli import journal as journalcli
 
     parser = argparse.ArgumentParser(prog="primecount journal")
     journalcli.add_arguments(parser)
@@ -379,7 +379,7 @@ class ReaderTests(_Database, TestCase):
     def setUp(self) -> None:
         super().setUp()
         self.journal().commit(MIXED)
-        from primecount.journal import SQLiteJournal
+        from primecount.journal.sqlite import SQLiteJournal
 
         path = self.mktemp()
         sqlite = SQLiteJournal(path, reactor)
@@ -412,7 +412,7 @@ class ReaderTests(_Database, TestCase):
         self.same("--since", since, "--peer", "127.0.0.1", "--limit", "1", "--format", "jsonl")
 
     def test_prune(self) -> None:
-        from primecount import pgreader
+        from primecount.journal import pgreader
 
         self.patch(pgreader, "PRUNE_BATCH", 2)
         status, out, err = run_journal(
@@ -449,8 +449,8 @@ class FollowTests(_Database, TestCase):
     def test_neverSkipsARecordCommittedLate(self) -> None:
         import psycopg
 
-        from primecount import pgreader
-        from primecount.pgjournal import COPY, COPY_TYPES, to_row
+        from primecount.journal import pgreader
+        from primecount.journal.postgresql import COPY, COPY_TYPES, to_row
 
         journal = self.journal()
         journal.commit([record(0)])
@@ -477,7 +477,7 @@ class FollowTests(_Database, TestCase):
         self.assertLess(ids[1001], ids[1002])
 
     def test_followCommand(self) -> None:
-        from primecount import pgreader
+        from primecount.journal import pgreader
 
         journal = self.journal()
         journal.commit([record(i) for i in range(12)])
@@ -516,8 +516,8 @@ class ServerTests(_Database, SynchronousTestCase):
         import os
         import socket
 
-        from primecount.count import expected_reply
-        from primecount.multiclient import fetch, send_sum
+        from primecount.cli.multiclient import fetch, send_sum
+        from primecount.core.count import expected_reply
 
         from .helpers import ServerProcess, recv_lines
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.pipeline import Pipeline, Slot
+from primecount.server.pipeline import Pipeline, Slot
 
 from .helpers import FakeJournal, FakeReactor, Harness, SyncPool
 

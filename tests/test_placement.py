@@ -10,8 +10,8 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import placement
-from primecount.placement import Placement, choose, parse
+from primecount.server import placement
+from primecount.server.placement import Placement, choose, parse
 
 
 class ParseTests(SynchronousTestCase):

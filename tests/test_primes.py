@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_primes -*-
 """
-Tests for L{primecount.primes}: the sieve and the counts against a slow,
+Tests for L{primecount.core.primes}: the sieve and the counts against a slow,
 obvious reference.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from primecount.primes import (
+from primecount.core.primes import (
     INT32_MAX,
     SEGMENT_SIZE,
     count_between,

@@ -13,9 +13,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import protocol as protocolModule
-from primecount.pipeline import evaluate_batch
-from primecount.records import COUNT
+from primecount.journal.records import COUNT
+from primecount.server import countprotocol as protocolModule
+from primecount.server.pipeline import evaluate_batch
 
 from .helpers import Harness
 

@@ -1,5 +1,5 @@
 """
-Tests for L{primecount.proxyheader}: the PROXY protocol header, versions 1
+Tests for L{primecount.core.proxyheader}: the PROXY protocol header, versions 1
 and 2, from hand-built headers, hostile ones, random bytes, and the headers a
 real HAProxy sends.
 """
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from primecount.proxyheader import (
+from primecount.core.proxyheader import (
     INCOMPLETE,
     LOCAL,
     MAX_LENGTH,

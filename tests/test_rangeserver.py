@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_rangeserver -*-
 """
-Tests for L{primecount.rangeserver}: the wire bytes, the sum check, the
+Tests for L{primecount.server.rangeprotocol}: the wire bytes, the sum check, the
 journal, the producer's flow control, and real sockets.
 """
 
@@ -24,10 +24,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from primecount import rangecodec, rangeserver
-from primecount.multiclient import fetch, send_sum
-from primecount.primes import primes_between
-from primecount.rangeserver import (
+from primecount.cli.multiclient import fetch, send_sum
+from primecount.core import rangecodec
+from primecount.core.primes import primes_between
+from primecount.journal.records import RANGE, Record
+from primecount.server import rangeprotocol as rangeserver
+from primecount.server.rangeprotocol import (
     BAD_SUM,
     DISCONNECTED_BEFORE_REPLY,
     DISCONNECTED_BEFORE_SUM,
@@ -39,7 +41,6 @@ from primecount.rangeserver import (
     RangeFactory,
     RangeProtocol,
 )
-from primecount.records import RANGE, Record
 
 PEER = IPv4Address("TCP", "10.1.2.3", 4321)
 

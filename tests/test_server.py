@@ -14,8 +14,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import journalcli
-from primecount.count import expected_reply
+from primecount.cli import journal as journalcli
+from primecount.core.count import expected_reply
 
 from .helpers import ServerProcess, recv_all, recv_lines
 

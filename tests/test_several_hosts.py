@@ -20,7 +20,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.count import evaluate
+from primecount.core.count import evaluate
 
 from . import pgcluster
 from .helpers import ServerProcess, free_port, stop_process

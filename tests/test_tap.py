@@ -14,8 +14,9 @@ from twisted.application.service import IService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import placement, tap
-from primecount.journal import JournalURL
+from primecount import tap
+from primecount.journal.sqlite import JournalURL
+from primecount.server import placement
 
 from .helpers import TWISTD, ServerProcess, recv_lines
 

@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.workers import PARENT_DIED, SharedCounts, decode_sockets, encode_sockets
+from primecount.workers.supervisor import PARENT_DIED, SharedCounts, decode_sockets, encode_sockets
 
 from .helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
@@ -225,7 +225,7 @@ class KilledSupervisorTests(SynchronousTestCase):
 
 ORPHAN = """
 import os, signal, sys, time
-from primecount import workers
+from primecount.workers import supervisor as workers
 
 def stop(signum, frame):
     # What a worker does on SIGTERM: log its last lines, then exit.

@@ -17,9 +17,9 @@ import contextlib
 import time
 from typing import IO
 
-from primecount.count import LINE_TOO_LONG, error_reply, evaluate
-from primecount.journalcli import format_seed
-from primecount.records import COUNT, Record
+from primecount.cli.journal import format_seed
+from primecount.core.count import LINE_TOO_LONG, error_reply, evaluate
+from primecount.journal.records import COUNT, Record
 
 MAX_LINE = 16384
 

@@ -9,7 +9,7 @@ original did), sends the reply and closes the connection.
 
     python benchmarks/baselines/seed_threadpool.py --port 5051 --log seed.log
 
-Replies come from L{primecount.count}, so every server in the comparison
+Replies come from L{primecount.core.count}, so every server in the comparison
 computes the same answers; only the serving design differs.
 """
 
@@ -22,9 +22,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from primecount.count import evaluate
-from primecount.journalcli import format_seed
-from primecount.records import COUNT, Record
+from primecount.cli.journal import format_seed
+from primecount.core.count import evaluate
+from primecount.journal.records import COUNT, Record
 
 POOL_SIZE = 10
 RECEIVE_TIMEOUT = 5.0

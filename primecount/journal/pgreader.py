@@ -2,7 +2,7 @@
 """
 C{primecount journal --journal postgresql://…}: the PostgreSQL journal read
 back, followed and pruned, with the options and the output formats of the
-SQLite one (L{primecount.journalcli}, whose formatting this module uses).
+SQLite one (L{primecount.cli.journal}, whose formatting this module uses).
 
 Following: ids are assigned at insert, not at commit, so with several
 writers a record with a lower id can be committed after one with a higher
@@ -26,8 +26,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from primecount.journal import mask_password
-from primecount.journalcli import (
+from primecount.cli.journal import (
     JournalError,
     Query,
     _writer,
@@ -35,8 +34,9 @@ from primecount.journalcli import (
     parse_time,
     query_of,
 )
-from primecount.pgjournal import CHANNEL, TABLE, _why, connect, message_of
-from primecount.records import Record
+from primecount.journal.postgresql import CHANNEL, TABLE, _why, connect, message_of
+from primecount.journal.records import Record
+from primecount.journal.sqlite import mask_password
 
 #: Seconds between two polls of C{--follow} when no NOTIFY wakes it.
 POLL_INTERVAL = 1.0
@@ -246,7 +246,7 @@ def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """
     C{primecount journal} on a PostgreSQL journal, with options checked by
-    L{primecount.journalcli}.
+    L{primecount.cli.journal}.
 
     @raise JournalError: for a problem the user can fix.
     """

@@ -24,11 +24,11 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from primecount import count
-from primecount.count import INTERNAL_ERROR, Verdict, error_reply
-from primecount.journal import JournalUnavailable
-from primecount.metrics import MetricsRecorder, NullMetrics
-from primecount.records import COUNT, Record, now
+from primecount.core import count
+from primecount.core.count import INTERNAL_ERROR, Verdict, error_reply
+from primecount.journal.records import COUNT, Record, now
+from primecount.journal.sqlite import JournalUnavailable
+from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
 
 
 class Journal(Protocol):
@@ -41,7 +41,7 @@ class Journal(Protocol):
         Record C{records}, blocking until they are committed (called in a
         pool thread).
 
-        @raise primecount.journal.JournalUnavailable: if they could not be.
+        @raise primecount.journal.sqlite.JournalUnavailable: if they could not be.
         """
 
 

@@ -44,8 +44,8 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from primecount.connections import address_text
-from primecount.metrics import MetricsRecorder, NullMetrics
+from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.server.connections import address_text
 
 #: Environment of a worker: "label=fd/family,…", the sockets to adopt.
 WORKER_ENV = "PRIMECOUNT_WORKER_SOCKETS"

@@ -32,13 +32,13 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from primecount import count, proxyheader
-from primecount.connections import Connections, no_delay, peer_of
-from primecount.count import Verdict, error_reply
-from primecount.idle import IdleSweep
-from primecount.metrics import MetricsRecorder, NullMetrics
-from primecount.pipeline import Pipeline, Request, Slot
-from primecount.records import COUNT
+from primecount.core import count, proxyheader
+from primecount.core.count import Verdict, error_reply
+from primecount.journal.records import COUNT
+from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.server.connections import Connections, no_delay, peer_of
+from primecount.server.idle import IdleSweep
+from primecount.server.pipeline import Pipeline, Request, Slot
 
 #: Stop reading from a client with this many unanswered requests; read again
 #: when fewer than half remain. Bounds the memory a pipelining client can

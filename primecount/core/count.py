@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 from typing import NamedTuple
 
-from primecount.primes import is_prime
+from primecount.core.primes import is_prime
 
 #: The reason words of C{ERR} replies; one fixed phrase per failure.
 EMPTY = "empty message"

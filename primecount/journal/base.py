@@ -6,8 +6,8 @@ failure episodes (one log line at the start, one at the end; commits fail at
 once meanwhile while the writer thread probes for the end), and the service's
 start and stop.
 
-A backend (L{primecount.journal.SQLiteJournal},
-L{primecount.pgjournal.PostgresJournal}) supplies how records are written
+A backend (L{primecount.journal.sqlite.SQLiteJournal},
+L{primecount.journal.postgresql.PostgresJournal}) supplies how records are written
 and settled, how a probe tests the database, its periodic work and how its
 connection is dropped.
 """
@@ -25,8 +25,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from primecount.metrics import MetricsRecorder, NullMetrics
-from primecount.records import Record
+from primecount.journal.records import Record
+from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
 
 
 class JournalUnavailable(Exception):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from primecount import rangecodec
-from primecount.primes import is_prime, primes_between
+from primecount.core import rangecodec
+from primecount.core.primes import is_prime, primes_between
 
 #: Clients i are shifted by this much: [A + STRIDE·i, B + STRIDE·i].
 STRIDE = 1000

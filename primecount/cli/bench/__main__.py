@@ -1,12 +1,12 @@
 """
-C{python -m primecount.bench}: the load generator without the C{primecount}
+C{python -m primecount.cli.bench}: the load generator without the C{primecount}
 dispatcher, for benchmark scripts.
 """
 
 import argparse
 import sys
 
-from primecount.bench import add_arguments, run
+from primecount.cli.bench import add_arguments, run
 
 
 def main() -> int:

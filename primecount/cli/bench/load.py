@@ -26,7 +26,7 @@ due, not from when it could be sent, so a stalled server shows up as
 latency instead of silently lowering the offered load (coordinated
 omission).
 
-Every reply is compared with L{primecount.count.expected_reply} for its
+Every reply is compared with L{primecount.core.count.expected_reply} for its
 message. A failed request is an error of one kind: C{connect} (refused or
 unreachable), C{reset} (the connection broke or was closed before the
 reply) or C{timeout} (no reply within C{timeout} seconds of sending).
@@ -68,8 +68,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from primecount.bench.stats import Recorder, Result
-from primecount.count import expected_reply
+from primecount.cli.bench.stats import Recorder, Result
+from primecount.core.count import expected_reply
 
 #: The built-in message mix: ASCII and non-ASCII, prime and composite counts,
 #: short and long lines.
@@ -382,8 +382,8 @@ class Worker:
         Precompute the requests, the exact replies and the sums of the
         range protocol, from the same sieve the server uses.
         """
-        from primecount import rangecodec
-        from primecount.primes import primes_between
+        from primecount.core import rangecodec
+        from primecount.core.primes import primes_between
 
         self.lines = []
         self.expected = []
@@ -403,7 +403,7 @@ class Worker:
         """
         if correct:
             return self.sums[index]
-        from primecount import rangecodec
+        from primecount.core import rangecodec
 
         total = rangecodec.prime_sum(rangecodec.decode_primes(reply[4:]))
         return rangecodec.encode_sum(total)
@@ -929,7 +929,7 @@ def _process_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> No
         pipe.send(("progress", resolved, errors))
 
     # Ctrl-C reaches every process of the terminal's group: end early and
-    # report, as the parent does (see primecount.bench.run).
+    # report, as the parent does (see primecount.cli.bench.run).
     signal.signal(signal.SIGINT, lambda signum, frame: interrupt())
     try:
         result = run_worker(plan, gate, progress)

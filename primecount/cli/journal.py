@@ -48,9 +48,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
-from primecount import journal, schema
-from primecount.count import NO, YES
-from primecount.records import RANGE, Record
+from primecount.core.count import NO, YES
+from primecount.journal import schema
+from primecount.journal import sqlite as journal
+from primecount.journal.records import RANGE, Record
 
 #: The journal read when C{--journal} is not given.
 DEFAULT_JOURNAL = "sqlite:primecount.sqlite3"
@@ -435,7 +436,7 @@ def parse_peer(text: str) -> tuple[str, ...]:
 def journal_path(url: str) -> str:
     """
     The file named by a journal URL, as the server reads C{--journal}
-    (L{primecount.journal.parse_url}).
+    (L{primecount.journal.sqlite.parse_url}).
 
     @raise JournalError: for C{none} or a URL that names no journal.
     """
@@ -655,7 +656,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     _check(args)
     if args.journal.startswith(journal.POSTGRESQL_SCHEMES):
         try:
-            from primecount import pgreader
+            from primecount.journal import pgreader
         except ImportError:
             raise JournalError(
                 "reading a PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"

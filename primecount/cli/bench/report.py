@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from primecount.bench.stats import Result
+from primecount.cli.bench.stats import Result
 
 
 class PlotUnavailable(Exception):

@@ -133,7 +133,7 @@ class Result:
 
     @ivar elapsed: seconds from the start to the last resolved request.
     @ivar ok: correct replies.
-    @ivar wrong: replies that differ from what L{primecount.count.expected_reply}
+    @ivar wrong: replies that differ from what L{primecount.core.count.expected_reply}
         says a correct server answers (an unsolicited extra line counts too).
     @ivar errors: failed requests by kind (L{ERROR_KINDS}).
     @ivar histogram: latencies of all replies (correct or wrong), in µs.

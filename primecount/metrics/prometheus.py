@@ -24,7 +24,7 @@ Families (labels in braces)::
 plus C{process_*} and C{python_*} of the process serving C{/metrics}.
 
 Label values are bounded: C{protocol} is a constant from code
-(L{primecount.records.COUNT}, L{primecount.records.RANGE}), and C{outcome}
+(L{primecount.journal.records.COUNT}, L{primecount.journal.records.RANGE}), and C{outcome}
 is C{ok} or one word per known C{ERR} reason (L{OUTCOMES}); any other reason
 counts as C{error}. No request data ever becomes a label.
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
 #: The C{outcome} label of each reply: C{ok}, or one word per C{ERR} reason
-#: (L{primecount.count}, L{primecount.rangeserver}). A reason missing here
+#: (L{primecount.core.count}, L{primecount.server.rangeprotocol}). A reason missing here
 #: counts as L{OTHER_ERROR}.
 OUTCOMES: dict[str, str] = {
     "ok": "ok",
@@ -470,8 +470,8 @@ class Metrics:
         """
         Count replies: C{primecount_requests_total{protocol, outcome}}.
 
-        @param protocol: L{primecount.records.COUNT} or
-            L{primecount.records.RANGE}.
+        @param protocol: L{primecount.journal.records.COUNT} or
+            L{primecount.journal.records.RANGE}.
         @param outcome: C{"ok"} or L{None} for a good reply, else its C{ERR}
             reason (mapped by L{outcomeLabel}).
         @param n: how many replies; nothing happens unless it is positive.

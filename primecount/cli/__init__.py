@@ -20,10 +20,10 @@ from primecount import __version__
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "ask": ("primecount.ask", "send messages to the count protocol and print the replies"),
-    "primes": ("primecount.multiclient", "the seed's multi-client for the range protocol"),
-    "bench": ("primecount.bench", "load generator for both protocols"),
-    "journal": ("primecount.journalcli", "read, follow or prune the request journal"),
+    "ask": ("primecount.cli.ask", "send messages to the count protocol and print the replies"),
+    "primes": ("primecount.cli.multiclient", "the seed's multi-client for the range protocol"),
+    "bench": ("primecount.cli.bench", "load generator for both protocols"),
+    "journal": ("primecount.cli.journal", "read, follow or prune the request journal"),
 }
 
 

@@ -12,14 +12,14 @@ Throughput counts correct replies only: a server that answers wrongly
 shows up under I{wrong}, one that drops connections under I{errors}, never
 as speed. Latency percentiles come from an HDR histogram (three significant
 digits). With C{--rate} the load is open-loop and latency runs from the
-moment each request was due (see L{primecount.bench.load}).
+moment each request was due (see L{primecount.cli.bench.load}).
 
 Exit status: 0 when every request got the right reply, 3 when some replies
 were wrong or some requests failed, 2 for bad arguments or an unreachable
 server (one line on stderr).
 
 The generator's own ceiling (CPU cost per request, requests per second
-per core) is measured and documented in L{primecount.bench.load}.
+per core) is measured and documented in L{primecount.cli.bench.load}.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import socket
 import sys
 from typing import Any
 
-from primecount.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, interrupt, measure
-from primecount.bench.report import (
+from primecount.cli.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, interrupt, measure
+from primecount.cli.bench.report import (
     PlotUnavailable,
     check_plot,
     plot,
     summary_lines,
     write_json,
 )
-from primecount.bench.stats import Result
+from primecount.cli.bench.stats import Result
 
 __all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
 
@@ -90,7 +90,7 @@ def _port(text: str) -> int:
 
 
 def _bounds(text: str) -> tuple[int, int]:
-    from primecount.rangecodec import check_int32
+    from primecount.core.rangecodec import check_int32
 
     a, sep, b = text.partition(":")
     try:
@@ -296,7 +296,7 @@ def settings(plan: Plan, processes: int) -> dict[str, Any]:
     """
     The run's settings, for the JSON document.
     """
-    from primecount.bench.load import loop_factory
+    from primecount.cli.bench.load import loop_factory
 
     return {
         "host": plan.host,

@@ -9,7 +9,7 @@ factories' C{buildProtocol} (Twisted's C{LimitConnectionsByPeer} breaks on
 IPv4 addresses and its wrapping hides half-close).
 
 The counts themselves live in a L{Counts}: a plain in-process one here, or
-one in shared memory (L{primecount.workers}) so that several worker
+one in shared memory (L{primecount.workers.supervisor}) so that several worker
 processes enforce one limit together.
 """
 
@@ -29,7 +29,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 
-from primecount.episodes import Episodes
+from primecount.metrics.episodes import Episodes
 
 #: How the journal names the host of a client on a UNIX socket: this
 #: prefix and the socket's path (C{unix:/run/primecount.sock}), port 0.

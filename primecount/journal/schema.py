@@ -2,7 +2,7 @@
 """
 The journal's SQLite schema, and the mapping between rows and L{Record}s.
 
-Shared by the writer (L{primecount.journal}) and the reader
+Shared by the writer (L{primecount.journal.sqlite}) and the reader
 (C{primecount journal}), so the two can never disagree on a column.
 """
 
@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 
-from primecount.records import Record
+from primecount.journal.records import Record
 
 COLUMNS = (
     "time",

@@ -3,7 +3,7 @@
 The PostgreSQL journal: C{--journal postgresql://USER@HOST:PORT/DB?...}, one
 table shared by every host and every worker that journal to it.
 
-The contract is the SQLite journal's (L{primecount.journal.SQLiteJournal}):
+The contract is the SQLite journal's (L{primecount.journal.sqlite.SQLiteJournal}):
 the request path calls L{PostgresJournal.commit} from the pool thread, which
 returns once the records are committed (or raises L{JournalUnavailable});
 the range protocol uses L{PostgresJournal.append} and
@@ -51,10 +51,10 @@ import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
-from primecount.journal import JournalURL, JournalURLError, mask_password
-from primecount.journalbase import _WAKE, ThreadedJournal
-from primecount.metrics import MetricsRecorder
-from primecount.records import Record
+from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.records import Record
+from primecount.journal.sqlite import JournalURL, JournalURLError, mask_password
+from primecount.metrics.prometheus import MetricsRecorder
 
 #: Connection settings used unless the URL gives its own: a connection
 #: attempt gives up after 5 s; data unacknowledged by the server for 10 s,

@@ -37,11 +37,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from primecount import schema
-from primecount.journalbase import _WAKE, ThreadedJournal
-from primecount.journalbase import JournalUnavailable as JournalUnavailable
-from primecount.metrics import MetricsRecorder
-from primecount.records import Record
+from primecount.journal import schema
+from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.base import JournalUnavailable as JournalUnavailable
+from primecount.journal.records import Record
+from primecount.metrics.prometheus import MetricsRecorder
 
 
 class JournalURLError(ValueError):

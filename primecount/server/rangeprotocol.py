@@ -34,17 +34,17 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from primecount import rangecodec
-from primecount.connections import Connections, no_delay, peer_of
-from primecount.count import SERVER_BUSY
-from primecount.metrics import MetricsRecorder, NullMetrics
-from primecount.primes import (
+from primecount.core import rangecodec
+from primecount.core.count import SERVER_BUSY
+from primecount.core.primes import (
     SEGMENT_SIZE,
     count_between,
     primes_between,
     segment_bounds,
 )
-from primecount.records import RANGE, Record, now
+from primecount.journal.records import RANGE, Record, now
+from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.server.connections import Connections, no_delay, peer_of
 
 #: Journal errors of the range protocol; one fixed phrase per failure.
 BAD_SUM = "bad sum"
