@@ -306,7 +306,10 @@ class PrimecountOptions(usage.Options):
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         from twisted.internet import reactor
 
-        for description in self["listen"]:
+        # A worker serves the sockets its supervisor bound (and checked):
+        # those of systemd: descriptions were passed to the supervisor only.
+        checked = [] if os.environ.get(workers.WORKER_ENV) else self["listen"]
+        for description in checked:
             try:
                 endpoints.serverFromString(reactor, description)
             except ImportError as e:

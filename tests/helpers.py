@@ -182,8 +182,15 @@ class ServerProcess:
         cwd: str,
         startTimeout: float = 20.0,
         preexec_fn: Callable[[], None] | None = None,
+        launcher: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
     ) -> None:
-        argv = [*TWISTD, "-n", "--pidfile=", "primecount"]
+        """
+        @param launcher: a command that runs the rest of the command line
+            (twistd) in its own process, with the same pid (by C{exec}).
+        @param pass_fds: descriptors the server inherits.
+        """
+        argv = [*launcher, *TWISTD, "-n", "--pidfile=", "primecount"]
         argv += ["--port", "0", "--interface", "127.0.0.1", *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
@@ -193,6 +200,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
         )
         self.log = b""
         self.ports: dict[str, int] = {}
