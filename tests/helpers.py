@@ -165,7 +165,7 @@ class Harness:
 
 
 _LISTENING = re.compile(rb"listening on (.*?);")
-_ADDRESS = re.compile(r"(count|range|proxy) ([0-9.:a-f\[\]]+):(\d+)")
+_ADDRESS = re.compile(r"([a-z-]+) ([0-9.:a-f\[\]]+):(\d+)")
 
 
 class ServerProcess:
@@ -173,7 +173,8 @@ class ServerProcess:
     A real C{twistd -n primecount} in a subprocess, on free ports of
     127.0.0.1, its log collected.
 
-    @ivar ports: protocol label (C{"count"}, C{"range"}) -> port.
+    @ivar ports: listener label (C{"count"}, C{"range"}, C{"proxy"},
+        C{"range-proxy"}) -> port.
     """
 
     def __init__(
