@@ -7,7 +7,7 @@
  *     ./cload --port 5050 --clients 10 --connection-per-request \
  *             --no-newline --read-to-eof          # servers that close after one reply
  *
- * The same job as `python -m primecount.bench` in closed loop, at a fraction
+ * The same job as `python -m primecount.cli.bench` in closed loop, at a fraction
  * of its CPU cost per request, so that the generator is never what limits a
  * benchmark.  One epoll loop per thread (--threads T, default 1), non-blocking
  * sockets, traffic to 127.0.0.1 only.
@@ -22,7 +22,7 @@
  *                             side after sending.
  *   --framing read            the original's clients: one connection per
  *                             request, --no-newline --read-to-eof (as
- *                             primecount.bench's mode of that name);
+ *                             primecount.cli.bench's mode of that name);
  *                             --framing line is the default.
  *
  * Every reply is compared with the reply a correct server gives: "<k> sí\n"
@@ -39,7 +39,7 @@
  * closes them).
  *
  * Output: a summary line on stderr (unless --quiet) and, with --json FILE,
- * the fields of primecount.bench's JSON document: elapsed, requests, ok,
+ * the fields of primecount.cli.bench's JSON document: elapsed, requests, ok,
  * wrong, errors {total, connect, reset, timeout}, throughput, latency_ms
  * {p50, p90, p99, p99.9, mean, max}, idle, plus "generator": {"name":
  * "cload", threads, cpu_seconds, user_seconds, resolved, cpu_us_per_request} (resolved and
@@ -72,7 +72,7 @@
 
 /* ---- the count protocol ------------------------------------------------ */
 
-/* The same mix as primecount.bench's DEFAULT_MESSAGES. */
+/* The same mix as primecount.cli.bench's DEFAULT_MESSAGES. */
 static const char *const DEFAULT_MESSAGES[] = {
     "abc2a",
     "abacada",

@@ -143,8 +143,11 @@ _COERCE_FAILED = "Parameter type enforcement failed: "
 BACKLOG = 4096
 
 
-#: The endpoint prefix for listening behind HAProxy (PROXY protocol v1).
+#: The endpoint prefix for listening behind HAProxy (PROXY protocol v1 or v2).
 HAPROXY = "haproxy:"
+
+#: The label of range listeners behind HAProxy (C{--range-listen haproxy:…}).
+RANGE_PROXY = "range-proxy"
 
 
 def tcp_description(port: int, interface: str) -> str:
@@ -272,6 +275,7 @@ class PrimecountOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["range-listen"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         # Kept for --workers: each worker runs with the same options.
@@ -292,6 +296,14 @@ class PrimecountOptions(usage.Options):
         """
         self["listen"].append(description)
 
+    def opt_range_listen(self, description: str) -> None:
+        """
+        A Twisted endpoint description for the range protocol, repeatable,
+        as for --listen (haproxy:tcp:5051:interface=127.0.0.1 behind
+        HAProxy); in addition to --range-port, if given.
+        """
+        self["range-listen"].append(description)
+
     def postOptions(self) -> None:
         if isinstance(self["journal"], str):  # the default, not yet coerced
             self["journal"] = _journal(self["journal"])
@@ -308,24 +320,30 @@ class PrimecountOptions(usage.Options):
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         from twisted.internet import reactor
 
-        for description in self["listen"]:
+        # A worker serves the sockets its supervisor bound (and checked):
+        # those of systemd: descriptions were passed to the supervisor only.
+        checked = [("listen", d) for d in self["listen"]]
+        checked += [("range-listen", d) for d in self["range-listen"]]
+        if os.environ.get(workers.WORKER_ENV):
+            checked = []
+        for option, description in checked:
             try:
                 endpoints.serverFromString(reactor, description)
             except ImportError as e:
                 # ssl: without pyOpenSSL (twisted[tls], a dependency).
                 raise usage.UsageError(
-                    f"--listen {description!r} needs TLS support, which is not "
+                    f"--{option} {description!r} needs TLS support, which is not "
                     f"installed ({e}): pip install 'twisted[tls]'"
                 ) from None
             except IndexError:
                 # systemd: with no (or too few) sockets passed down.
                 raise usage.UsageError(
-                    f"--listen {description!r}: systemd passed no such socket "
+                    f"--{option} {description!r}: systemd passed no such socket "
                     "(LISTEN_FDS and LISTEN_FDNAMES come from a .socket unit; see deploy/)"
                 ) from None
             except Exception as e:
                 # A bad description, a missing or bad certificate file.
-                raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+                raise usage.UsageError(f"bad --{option} {description!r}: {e}") from None
         try:
             if self["journal"].scheme == "postgresql":
                 _check_postgresql(self["journal"])
@@ -591,6 +609,11 @@ def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
             found.append(("count", description))
     if config["range-port"] is not None:
         found.append(("range", tcp_description(config["range-port"], config["interface"])))
+    for description in config["range-listen"]:
+        if description.startswith(HAPROXY):
+            found.append((RANGE_PROXY, description[len(HAPROXY) :]))
+        else:
+            found.append(("range", description))
     return found
 
 
@@ -708,7 +731,7 @@ def _server(
         )
         for label in ("count", "proxy")
     }
-    if config["range-port"] is not None:
+    if config["range-port"] is not None or config["range-listen"]:
         from primecount.journal.sqlite import NullJournal
         from primecount.server.rangeprotocol import RangeFactory
 
@@ -720,6 +743,8 @@ def _server(
             connections=connections,
             metrics=metrics,
         )
+        # One pool of range job slots for both.
+        factories[RANGE_PROXY] = factories["range"].behindProxy()
     busy = error_reply(SERVER_BUSY)
     top = PrimecountService(
         pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
@@ -729,14 +754,14 @@ def _server(
         for label, description in _descriptions(config):
             # Out of descriptors, a TCP listener still answers ERR server busy.
             refusing = RefusingReactor(
-                reactor, b"" if label == "range" else busy, connections.episodes
+                reactor, b"" if label.startswith("range") else busy, connections.episodes
             )
             endpoint = endpoints.serverFromString(refusing, description)
             top.addListener(_Listener(label, description, endpoint, factories[label]))
     else:
         for label, fd, family in adopted:
             refusing = RefusingReactor(
-                reactor, b"" if label == "range" else busy, connections.episodes
+                reactor, b"" if label.startswith("range") else busy, connections.episodes
             )
             top.addListener(workers.AdoptedPort(refusing, label, fd, family, factories[label]))
     return top

@@ -165,7 +165,7 @@ class Harness:
 
 
 _LISTENING = re.compile(rb"listening on (.*?);")
-_ADDRESS = re.compile(r"(count|range|proxy) ([0-9.:a-f\[\]]+):(\d+)")
+_ADDRESS = re.compile(r"([a-z-]+) ([0-9.:a-f\[\]]+):(\d+)")
 
 
 class ServerProcess:
@@ -173,7 +173,8 @@ class ServerProcess:
     A real C{twistd -n primecount} in a subprocess, on free ports of
     127.0.0.1, its log collected.
 
-    @ivar ports: protocol label (C{"count"}, C{"range"}) -> port.
+    @ivar ports: listener label (C{"count"}, C{"range"}, C{"proxy"},
+        C{"range-proxy"}) -> port.
     """
 
     def __init__(
@@ -182,8 +183,15 @@ class ServerProcess:
         cwd: str,
         startTimeout: float = 20.0,
         preexec_fn: Callable[[], None] | None = None,
+        launcher: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
     ) -> None:
-        argv = [*TWISTD, "-n", "--pidfile=", "primecount"]
+        """
+        @param launcher: a command that runs the rest of the command line
+            (twistd) in its own process, with the same pid (by C{exec}).
+        @param pass_fds: descriptors the server inherits.
+        """
+        argv = [*launcher, *TWISTD, "-n", "--pidfile=", "primecount"]
         argv += ["--port", "0", "--interface", "127.0.0.1", *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
@@ -193,6 +201,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
         )
         self.log = b""
         self.ports: dict[str, int] = {}

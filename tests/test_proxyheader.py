@@ -9,16 +9,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
+from typing import IO
 from unittest import SkipTest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
+from primecount.cli.multiclient import fetch, send_sum
+from primecount.core.primes import primes_between
 from primecount.core.proxyheader import (
     INCOMPLETE,
     LOCAL,
@@ -33,7 +38,7 @@ from primecount.core.proxyheader import (
     parse,
 )
 
-from .helpers import stop_process
+from .helpers import ServerProcess, stop_process
 
 # --- a small encoder, written from the spec, to build the headers tested ---
 
@@ -442,6 +447,49 @@ def require_program(name: str, package: str) -> str:
 DEADLINE = 30.0
 
 
+def start_haproxy(
+    test: TestCase, haproxy: str, frontend: socket.socket, port: int, server: str
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """
+    Run C{haproxy -db} (TCP mode) accepting on C{frontend} (handed over as
+    a descriptor, then closed here) and relaying to 127.0.0.1:C{port}; it
+    is stopped at the end of C{test}.
+
+    @param server: the options of the C{server} line (C{send-proxy-v2},
+        C{send-proxy}, checks).
+    @return: the process and its log file.
+    """
+    config = test.mktemp()
+    with open(config, "w") as f:
+        f.write(
+            "global\n"
+            "    nbthread 1\n"
+            "defaults\n"
+            "    mode tcp\n"
+            "    timeout connect 5s\n"
+            "    timeout client 30s\n"
+            "    timeout server 30s\n"
+            "frontend in\n"
+            "    unique-id-format %ci:%cp\n"
+            f"    bind fd@{frontend.fileno()}\n"
+            "    default_backend out\n"
+            "backend out\n"
+            f"    server primecount 127.0.0.1:{port} {server}\n"
+        )
+    log = open(test.mktemp(), "w+b")  # noqa: SIM115 - closed by cleanup
+    test.addCleanup(log.close)
+    process = subprocess.Popen(
+        [haproxy, "-db", "-f", config],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=[frontend.fileno()],
+    )
+    test.addCleanup(stop_process, process)
+    frontend.close()  # HAProxy's now: refused connections if it exits
+    return process, log
+
+
 class HAProxyTests(TestCase):
     """
     A real C{haproxy -db} (TCP mode) relays a client, connecting from
@@ -464,35 +512,9 @@ class HAProxyTests(TestCase):
         self.addCleanup(backend.close)
         backend.bind(("127.0.0.1", 0))
         backend.listen(8)
-        config = self.mktemp()
-        with open(config, "w") as f:
-            f.write(
-                "global\n"
-                "    nbthread 1\n"
-                "defaults\n"
-                "    mode tcp\n"
-                "    timeout connect 5s\n"
-                "    timeout client 30s\n"
-                "    timeout server 30s\n"
-                "frontend in\n"
-                "    unique-id-format %ci:%cp\n"
-                f"    bind fd@{frontend.fileno()}\n"
-                "    default_backend out\n"
-                "backend out\n"
-                f"    server primecount 127.0.0.1:{backend.getsockname()[1]} {server}\n"
-            )
-        log = open(self.mktemp(), "w+b")  # noqa: SIM115 - closed by cleanup
-        self.addCleanup(log.close)
-        process = subprocess.Popen(
-            [self.haproxy, "-db", "-f", config],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=[frontend.fileno()],
+        self.process, self.log = start_haproxy(
+            self, self.haproxy, frontend, backend.getsockname()[1], server
         )
-        self.addCleanup(stop_process, process)
-        frontend.close()  # HAProxy's now: refused connections if it exits
-        self.process, self.log = process, log
         return backend
 
     def haproxyOutput(self) -> str:
@@ -646,6 +668,52 @@ class HAProxyTests(TestCase):
         header, _ = self.receiveHeader(self.accept(backend))
         self.assertEqual((header.version, header.command), (2, LOCAL))
         self.assertIsNone(header.source)
+
+
+class RangeBehindHAProxyTests(TestCase):
+    """
+    A real HAProxy (C{send-proxy-v2}) in front of a real primecount's
+    C{--range-listen haproxy:…}: a client connecting from 127.0.0.2 gets its
+    primes, and the journal names it, not HAProxy (127.0.0.1).
+    """
+
+    def test_rangeRequestJournalsTheClient(self) -> None:
+        haproxy = require_program("haproxy", "haproxy")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess(
+            "--journal", "sqlite:j.sqlite3", "--timeout", "30",
+            "--range-listen", "haproxy:tcp:0:interface=127.0.0.1",
+            cwd=directory,
+        )  # fmt: skip
+        self.addCleanup(server.stop)
+        frontend = socket.socket()
+        frontend.bind(("127.0.0.1", 0))
+        frontend.listen(8)
+        address = frontend.getsockname()
+        process, log = start_haproxy(
+            self, haproxy, frontend, server.ports["range-proxy"], "send-proxy-v2"
+        )
+        with socket.socket() as sock:
+            sock.settimeout(DEADLINE)
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(address)
+            client = sock.getsockname()
+            for a, b in ((10, 30), (1000, 1100)):
+                primes = fetch(sock, a, b)
+                self.assertEqual(list(primes), primes_between(a, b).tolist())
+                send_sum(sock, primes)
+        # The sums' verdicts are recorded once the server stops.
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        log.seek(0)
+        self.assertIsNone(process.poll(), log.read())
+        conn = sqlite3.connect(os.path.join(directory, "j.sqlite3"))
+        self.addCleanup(conn.close)
+        rows = conn.execute("SELECT host, port, protocol, a, b, sum_ok FROM requests").fetchall()
+        self.assertEqual(
+            rows,
+            [(*client, "range", 10, 30, 1), (*client, "range", 1000, 1100, 1)],
+        )
 
 
 class RequireProgramTests(TestCase):

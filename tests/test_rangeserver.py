@@ -20,15 +20,18 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
+from primecount import tap
 from primecount.cli.multiclient import fetch, send_sum
 from primecount.core import rangecodec
 from primecount.core.primes import primes_between
 from primecount.journal.records import RANGE, Record
 from primecount.server import rangeprotocol as rangeserver
+from primecount.server.connections import Connections
 from primecount.server.rangeprotocol import (
     BAD_SUM,
     DISCONNECTED_BEFORE_REPLY,
@@ -41,6 +44,8 @@ from primecount.server.rangeprotocol import (
     RangeFactory,
     RangeProtocol,
 )
+
+from .test_proxyheader import v1, v2, v2_inet
 
 PEER = IPv4Address("TCP", "10.1.2.3", 4321)
 
@@ -620,6 +625,188 @@ class ProtocolTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(MemoryError)), 1)
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([r.error for r in self.journal.records], [rangeserver.INTERNAL_ERROR])
+
+
+class ProxyHeaderTests(TestCase):
+    """
+    Behind HAProxy (C{--range-listen haproxy:…}): a PROXY header (version 1
+    or 2) comes before the first request and names the client that the
+    limits count and the journal records.
+    """
+
+    SOURCE = ("198.51.100.7", 40123)
+    DESTINATION = ("203.0.113.1", 5051)
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.journal = FakeJournal()
+        self.connections = Connections(10000, 1, clock=self.reactor)
+        self.factory = RangeFactory(
+            self.reactor,
+            SyncPool(),  # type: ignore[arg-type]
+            self.journal,
+            segmentSize=1000,
+            connections=self.connections,
+        ).behindProxy()
+
+    def connect(self) -> tuple[RangeProtocol, StringTransport]:
+        """
+        A connection from HAProxy (L{PEER}), its header not read yet.
+        """
+        proto = self.factory.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        proto.makeConnection(transport)
+        return proto, transport  # type: ignore[return-value]
+
+    def ask(self, proto: RangeProtocol, header: bytes, a: int = 10, b: int = 30) -> None:
+        """
+        Send C{header} and the request [a, b] in one read, then the sum.
+        """
+        proto.dataReceived(header + rangecodec.encode_request(a, b))
+        self.reactor.advance(0)
+        proto.dataReceived(wireSum(a, b))
+        self.reactor.advance(0)
+
+    def test_version1NamesTheClient(self) -> None:
+        proto, transport = self.connect()
+        self.ask(proto, v1(self.SOURCE, self.DESTINATION))
+        self.assertEqual(transport.value(), wire(10, 30))
+        [record] = self.journal.records
+        self.assertEqual((record.host, record.port, record.sum_ok), (*self.SOURCE, True))
+
+    def test_version2NamesTheClient(self) -> None:
+        proto, transport = self.connect()
+        self.ask(proto, v2_inet(("2001:db8::7", 40123), ("2001:db8::1", 5051)))
+        self.assertEqual(transport.value(), wire(10, 30))
+        [record] = self.journal.records
+        self.assertEqual((record.host, record.port), ("2001:db8::7", 40123))
+
+    def test_localKeepsTheConnectionsPeer(self) -> None:
+        """
+        A C{LOCAL} header (HAProxy's own health check) names no client.
+        """
+        proto, transport = self.connect()
+        self.ask(proto, v2(0, 0x00, b""))
+        self.assertEqual(transport.value(), wire(10, 30))
+        [record] = self.journal.records
+        self.assertEqual((record.host, record.port), (PEER.host, PEER.port))
+
+    def test_splitAtEveryByte(self) -> None:
+        """
+        Header and request may arrive a byte at a time; the request waits
+        for the whole header.
+        """
+        proto, transport = self.connect()
+        data = v2_inet(self.SOURCE, self.DESTINATION) + rangecodec.encode_request(10, 30)
+        for i in range(len(data)):
+            proto.dataReceived(data[i : i + 1])
+            self.reactor.advance(0)
+            self.assertEqual(len(self.connections), 0 if i < len(data) - 9 else 1, i)
+        self.assertEqual(transport.value(), wire(10, 30))
+        self.assertEqual(self.journal.records[0].host, self.SOURCE[0])
+
+    def test_hostileHeaderClosesSilentlyAndIsLoggedOnce(self) -> None:
+        """
+        A header that is not one closes the connection with nothing
+        written (the binary protocol has no error message) and no journal
+        row; many of them make one log line.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        hostile = [
+            rangecodec.encode_request(10, 30),
+            b"PROXY TCP4 1.2.3.4\r\n",
+            b"GET / HTTP/1.0\r\n",
+            b"x" * 200,
+            v2(1, 0x12, bytes(12)),  # a datagram transport
+            v2(1, 0x11, bytes(4)),  # too short for TCP4 addresses
+        ]
+        for header in hostile:
+            proto, transport = self.connect()
+            proto.dataReceived(header)
+            proto.dataReceived(rangecodec.encode_request(2, 3))
+            self.reactor.advance(0)
+            self.assertEqual(transport.value(), b"", header)
+            self.assertTrue(transport.disconnecting, header)
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.journal.records, [])
+        self.assertEqual(len(self.connections), 0)
+        said = [e for e in events if e.get("reason") == "bad PROXY header"]
+        self.assertEqual(len(said), 1, said)
+
+    def test_perPeerLimitUsesTheHeaderAddress(self) -> None:
+        """
+        Every connection comes from HAProxy; C{--max-per-peer 1} counts
+        the clients the headers name.
+        """
+        first, _ = self.connect()
+        first.dataReceived(v1(self.SOURCE, self.DESTINATION))
+        other, otherTransport = self.connect()
+        self.ask(other, v1(("198.51.100.8", 1), self.DESTINATION))
+        self.assertEqual(otherTransport.value(), wire(10, 30))
+        again, againTransport = self.connect()
+        again.dataReceived(v1(self.SOURCE, self.DESTINATION) + rangecodec.encode_request(2, 3))
+        self.reactor.advance(0)
+        self.assertEqual(againTransport.value(), b"")
+        self.assertTrue(againTransport.disconnecting)
+        again.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.connections), 2)
+        self.assertEqual([r.host for r in self.journal.records], ["198.51.100.8"])
+
+    def test_goneBeforeTheHeaderEndsJournalsNothing(self) -> None:
+        proto, _ = self.connect()
+        proto.dataReceived(v2_inet(self.SOURCE, self.DESTINATION)[:20])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.journal.records, [])
+        self.assertEqual(len(self.connections), 0)
+
+    def test_slowHeaderTimesOut(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b"PROXY TCP4 ")
+        self.reactor.advance(5)
+        self.assertTrue(transport.disconnecting)
+
+    def test_sharesTheJobSlots(self) -> None:
+        """
+        Behind HAProxy or not, range jobs take turns in the same slots.
+        """
+        direct = RangeFactory(Clock(), SyncPool(), FakeJournal())  # type: ignore[arg-type]
+        proxied = direct.behindProxy()
+        self.assertIs(proxied._slots, direct._slots)
+        self.assertEqual((direct.proxyHeader, proxied.proxyHeader), (False, True))
+
+
+class RangeListenOptionTests(TestCase):
+    """
+    C{--range-listen}: endpoint descriptions for the range protocol, as
+    C{--listen} for the count protocol; C{haproxy:} puts a listener behind
+    HAProxy.
+    """
+
+    def parse(self, *args: str) -> tap.PrimecountOptions:
+        options = tap.PrimecountOptions()
+        options.parseOptions(["--journal", "none", *args])
+        return options
+
+    def test_listenersAndTheirFactories(self) -> None:
+        options = self.parse(
+            "--range-listen", "tcp:0:interface=127.0.0.1",
+            "--range-listen", "haproxy:tcp:0:interface=127.0.0.1",
+        )  # fmt: skip
+        top = tap.makeService(options)
+        listeners = {lsn.label: lsn.factory for lsn in top if hasattr(lsn, "factory")}
+        self.assertEqual(set(listeners), {"count", "range", "range-proxy"})
+        self.assertIsInstance(listeners["range-proxy"], RangeFactory)
+        self.assertEqual(
+            (listeners["range"].proxyHeader, listeners["range-proxy"].proxyHeader),
+            (False, True),
+        )
+
+    def test_badDescriptionNamesTheOption(self) -> None:
+        for description in ("nonsense:1", "haproxy:nonsense:1"):
+            e = self.assertRaises(usage.UsageError, self.parse, "--range-listen", description)
+            self.assertTrue(str(e).startswith("bad --range-listen"), str(e))
 
 
 class FairnessTests(TestCase):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 import tempfile
 import time
 
@@ -44,6 +46,20 @@ def wait_for(predicate: object, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def wait_for_workers(test: SynchronousTestCase, server: ServerProcess) -> None:
+    """
+    Wait until both workers of C{server} run and have adopted the sockets
+    (each logged its start); fail C{test} with the log if they do not.
+    """
+    test.assertTrue(wait_for(lambda: len(children(server.process.pid)) == 2))
+    test.assertTrue(
+        wait_for(
+            lambda: server.readLog(0.05) and server.log.count(b"] primecount 0.1.0 listening") >= 2
+        ),
+        server.log.decode("utf-8", "replace"),
+    )
 
 
 class SharedCountsTests(SynchronousTestCase):
@@ -110,15 +126,7 @@ class WorkersTests(SynchronousTestCase):
             "--workers", "2", "--journal", "sqlite:j.sqlite3", *args, cwd=self.dir
         )
         self.addCleanup(server.stop)
-        self.assertTrue(wait_for(lambda: len(children(server.process.pid)) == 2))
-        # Both workers have adopted the sockets once each logged its start.
-        self.assertTrue(
-            wait_for(
-                lambda: (
-                    server.readLog(0.05) and server.log.count(b"] primecount 0.1.0 listening") >= 2
-                )
-            )
-        )
+        wait_for_workers(self, server)
         return server
 
     def ask(self, server: ServerProcess, message: bytes) -> list[bytes]:
@@ -179,6 +187,61 @@ class WorkersTests(SynchronousTestCase):
             self.assertEqual(recv_all(extra), b"ERR server busy\n")
         for sock in held:
             sock.close()
+
+
+#: Runs the rest of its command line as systemd runs the service of a
+#: C{.socket} unit: the listening socket (descriptor C{argv[1]}) as
+#: descriptor 3, C{LISTEN_FDS}, C{LISTEN_FDNAMES}, and C{LISTEN_PID} set to
+#: its own pid, which C{exec} keeps.
+SOCKET_ACTIVATE = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="count")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class SystemdSocketTests(SynchronousTestCase):
+    """
+    C{--workers 2 --listen systemd:…}: the supervisor adopts the socket
+    systemd passed and hands it to its workers like any other.
+    """
+
+    def test_workersServeTheSystemdSocket(self) -> None:
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        port = listening.getsockname()[1]
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess(
+            "--workers", "2", "--journal", "sqlite:j.sqlite3",
+            "--listen", "systemd:domain=INET:index=0",
+            cwd=directory,
+            launcher=[sys.executable, "-c", SOCKET_ACTIVATE, str(listening.fileno())],
+            pass_fds=[listening.fileno()],
+        )  # fmt: skip
+        self.addCleanup(server.stop)
+        listening.close()  # the server's alone now
+        self.assertEqual(server.ports, {"count": port})
+        wait_for_workers(self, server)
+        workers = children(server.process.pid)
+        asked = [f"sd{n}{'a' * (n % 3)}" for n in range(20)]
+        for message in asked:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(message.encode() + b"\n")
+                self.assertEqual(len(recv_lines(sock, 1)), 1, message)
+        server.readLog(0.5)
+        self.assertNotIn(b"restarting it", server.log)
+        self.assertEqual(children(server.process.pid), workers)
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        self.assertNotIn(b"Traceback", server.log)
+        stored = journal_messages(os.path.join(directory, "j.sqlite3"))
+        self.assertEqual([m for m in asked if m not in stored], [])
 
 
 def alive(pid: int) -> bool:

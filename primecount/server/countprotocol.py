@@ -76,6 +76,86 @@ def proxy_peer(source: tuple[str, int]) -> tuple[str, int]:
     return host, port
 
 
+class ProxyHeaderReceiver:
+    """
+    Reads the PROXY protocol header (version 1 or 2) that HAProxy sends
+    before a relayed connection's own bytes (C{--listen haproxy:…},
+    C{--range-listen haproxy:…}), takes the client's address from it, and
+    only then admits the connection, under that address (C{--max-per-peer},
+    the journal). A C{LOCAL} header (HAProxy's own health check) and
+    C{PROXY UNKNOWN} keep the connection's own address.
+
+    Mixed into a protocol, which sets C{_awaitingProxy} when a connection
+    behind HAProxy is made, passes every read to L{_proxyHeader} while it is
+    set, and provides C{factory} (with C{connections} and C{metrics}), the
+    C{host} and C{port} of the peer, C{_admitted()} (count the connection
+    open) and C{_refuse(reason)} (say why if the protocol can, and close).
+    A refused connection is logged once per episode, never counted open.
+
+    @cvar metricsProtocol: the protocol's name in metrics (L{COUNT}, ...).
+    @cvar refusals: how the episodes of refusals are named, before the
+        reason.
+    """
+
+    metricsProtocol = COUNT
+    refusals = "connections closed with ERR"
+    factory: Any
+    host: str
+    port: int
+    _awaitingProxy = False  # behind HAProxy, before its header
+    _proxyBuffer = b""
+    _proxyRefused = False
+
+    def _admitted(self) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _proxyHeader(self, data: bytes) -> bytes:
+        """
+        Take C{data}, the next bytes of the connection while it waits for
+        its header; admit the connection once the header is complete.
+
+        @return: the bytes after the header (empty while it is incomplete
+            or when the connection was refused).
+        """
+        if self._proxyRefused:
+            return b""
+        result = proxyheader.parse(self._proxyBuffer + data)
+        if isinstance(result, proxyheader.Incomplete):
+            self._proxyBuffer += data
+            return b""
+        self._proxyBuffer = b""
+        if isinstance(result, proxyheader.Bad):
+            self._proxyRefuse(BAD_PROXY_HEADER)
+            return b""
+        if result.source is not None:
+            self.host, self.port = proxy_peer(result.source)
+        if not self.factory.connections.admit(self.host):
+            self.factory.metrics.requests(self.metricsProtocol, count.SERVER_BUSY)
+            self._proxyRefuse(count.SERVER_BUSY)
+            return b""
+        self._awaitingProxy = False
+        self._admitted()
+        return result.rest
+
+    def _proxyRefuse(self, reason: str) -> None:
+        """
+        Refuse the connection before admitting it (C{_awaitingProxy} stays
+        set: connectionLost has nothing to release).
+        """
+        self._proxyRefused = True
+        self.factory.connections.episodes.event(
+            f"{self.refusals} {reason}",
+            "{host}:{port}: {reason}; closing (more such are counted, not logged)",
+            host=self.host,
+            port=self.port,
+            reason=reason,
+        )
+        self._refuse(reason)
+
+
 def write_now(transport: Any, data: bytes) -> None:
     """
     Write C{data}, sending it at once when nothing is queued before it.
@@ -106,7 +186,7 @@ def write_now(transport: Any, data: bytes) -> None:
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
-class CountProtocol(LineReceiver):
+class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     """
     One client connection of the count protocol.
 
@@ -130,7 +210,6 @@ class CountProtocol(LineReceiver):
         self._writePaused = False  # the client is not reading replies
         self._answered = 0
         self._producing = False  # registered as the transport's producer
-        self._awaitingProxy = False  # behind HAProxy, before its PROXY line
         self._window: Any = None  # READ framing: the read window's end
         self.lastActive: float | None = None  # read by the factory's IdleSweep
         self.host = ""
@@ -313,43 +392,7 @@ class CountProtocol(LineReceiver):
         self.closeWhenDone()
         self._send()
 
-    def _proxyHeader(self, data: bytes) -> bytes:
-        """
-        Behind HAProxy (C{--listen haproxy:…}): read the PROXY protocol
-        header (version 1 or 2), take the client's address from it, then
-        admit the connection. A C{LOCAL} header (HAProxy's own health
-        check) keeps the connection's own address.
-
-        @return: the bytes after the header (empty while it is incomplete
-            or when the connection was refused).
-        """
-        result = proxyheader.parse(self._buffer + data)
-        if isinstance(result, proxyheader.Incomplete):
-            self._buffer += data
-            return b""
-        self._buffer = b""
-        if isinstance(result, proxyheader.Bad):
-            self._refuse(BAD_PROXY_HEADER)
-            return b""
-        if result.source is not None:
-            self.host, self.port = proxy_peer(result.source)
-        self._awaitingProxy = False
-        if not self.factory.connections.admit(self.host):
-            self.factory.metrics.requests(COUNT, count.SERVER_BUSY)
-            self._awaitingProxy = True  # never counted: nothing to release
-            self._refuse(count.SERVER_BUSY)
-            return b""
-        self._admitted()
-        return result.rest
-
     def _refuse(self, reason: str) -> None:
-        self.factory.connections.episodes.event(
-            "connections closed with ERR " + reason,
-            "{host}:{port}: {reason}; closing (more such are counted, not logged)",
-            host=self.host,
-            port=self.port,
-            reason=reason,
-        )
         self._closing = True
         self.transport.write(error_reply(reason))
         self._close()

@@ -21,6 +21,7 @@ protocol always finds an idle thread in the shared pool.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, ClassVar
 
@@ -45,6 +46,7 @@ from primecount.core.primes import (
 from primecount.journal.records import RANGE, Record, now
 from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
+from primecount.server.countprotocol import ProxyHeaderReceiver
 
 #: Journal errors of the range protocol; one fixed phrase per failure.
 BAD_SUM = "bad sum"
@@ -235,7 +237,7 @@ _JOURNALLING = "journalling"  # waiting for the record to be committed
 
 
 @implementer(IPushProducer)
-class RangeProtocol(Protocol, TimeoutMixin):
+class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
     """
     One range protocol connection: request, N, primes, sum, record; repeat.
 
@@ -243,10 +245,18 @@ class RangeProtocol(Protocol, TimeoutMixin):
     or a sum) and while the client stops reading mid-stream; it is suspended
     while the server itself is working.
 
+    Behind HAProxy (L{RangeFactory.proxyHeader}) the connection starts with
+    a PROXY protocol header, read before the first request: the client it
+    names is the one the limits count and the journal records. A bad header
+    closes the connection (the binary protocol has no error message).
+
     @ivar factory: the L{RangeFactory} that made this protocol.
+    @ivar host: the client's address. @ivar port: the client's port.
     """
 
     _log: ClassVar[Logger] = Logger()
+    metricsProtocol = RANGE
+    refusals = "range connections closed for"
 
     def __init__(self, factory: RangeFactory) -> None:
         """
@@ -264,21 +274,32 @@ class RangeProtocol(Protocol, TimeoutMixin):
         self._readingPaused = False
         self._lost = False
         self._timeoutError: str | None = None
-        self._host, self._port = "", 0
+        self.host, self.port = "", 0
         self._closing = False
         self._pending = False  # the current request has a pending record
 
     def connectionMade(self) -> None:
         """
-        Start the idle timeout.
+        Start the idle timeout; behind HAProxy, wait for the PROXY header
+        before counting the connection.
         """
         self._closing = False
         transport: Any = self.transport
-        self._host, self._port = peer_of(transport.getPeer(), transport.getHost())
+        self.host, self.port = peer_of(transport.getPeer(), transport.getHost())
         no_delay(transport)
-        self.factory.connections.opened(self, self._host)
-        self.factory.metrics.connectionOpened(RANGE)
+        if self.factory.proxyHeader:
+            self._awaitingProxy = True
+        else:
+            self._admitted()
         self._waitForClient()
+
+    def _admitted(self) -> None:
+        self.factory.connections.opened(self, self.host)
+        self.factory.metrics.connectionOpened(RANGE)
+
+    def _refuse(self, reason: str) -> None:
+        transport: Any = self.transport
+        transport.loseConnection()
 
     def closeWhenDone(self) -> None:
         """
@@ -294,6 +315,10 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         Buffer the bytes and act on every complete message in them.
         """
+        if self._awaitingProxy:
+            data = self._proxyHeader(data)
+            if not data:
+                return
         self._buffer += data
         self._process()
 
@@ -491,6 +516,8 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         self.setTimeout(None)
         self._lost = True
+        if self._awaitingProxy:
+            return  # never admitted: nothing counted, no request to journal
         self.factory.metrics.connectionClosed(RANGE)
         if self._stream is not None:
             self._stream.stopProducing()
@@ -515,8 +542,8 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         return Record(
             time=now(),
-            host=self._host,
-            port=self._port,
+            host=self.host,
+            port=self.port,
             protocol=RANGE,
             count=self._count,
             error=error,
@@ -580,6 +607,7 @@ class RangeFactory(Factory):
         maxJobs: int | None = None,
         connections: Connections | None = None,
         metrics: MetricsRecorder | None = None,
+        proxyHeader: bool = False,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -594,6 +622,9 @@ class RangeFactory(Factory):
         @param connections: the process's open connections and their limits,
             shared with the count protocol's factory.
         @param metrics: counts requests by outcome and open connections.
+        @param proxyHeader: connections start with a PROXY protocol header
+            (behind HAProxy's C{send-proxy-v2} or C{send-proxy}); limits
+            and the journal use the client address it names.
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -608,13 +639,26 @@ class RangeFactory(Factory):
         self._journalDown = False
         self.connections = connections if connections is not None else Connections()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
+        self.proxyHeader = proxyHeader
+
+    def behindProxy(self) -> RangeFactory:
+        """
+        This factory for a listener behind HAProxy: the same pool, journal,
+        job slots and connections, but every connection starts with a PROXY
+        protocol header.
+        """
+        twin = copy.copy(self)
+        twin.proxyHeader = True
+        return twin
 
     def buildProtocol(self, addr: object) -> Protocol:
         """
         A new protocol for a new connection, or one that closes at once when
         the process is at its connection limits (the binary protocol has no
-        way to say why).
+        way to say why). Behind HAProxy, admission waits for the header.
         """
+        if self.proxyHeader:
+            return RangeProtocol(self)
         if not self.connections.admit(peer_of(addr)[0]):
             self.metrics.requests(RANGE, SERVER_BUSY)
             return _Refused()

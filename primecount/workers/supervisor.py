@@ -55,6 +55,10 @@ COUNTS_ENV = "PRIMECOUNT_SHARED_COUNTS"
 #: Environment of a worker: the supervisor's pid.
 SUPERVISOR_ENV = "PRIMECOUNT_SUPERVISOR_PID"
 
+#: What systemd tells the process it starts about the sockets it passes
+#: (C{sd_listen_fds}): the supervisor's alone, never a worker's.
+SYSTEMD_ENV = frozenset({"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+
 #: Descriptors handed to workers start here (0-2 are the standard streams).
 FIRST_FD = 3
 
@@ -425,7 +429,7 @@ class Supervisor(service.Service):
         for n, (label, (fd, family)) in enumerate(self.sockets.items()):
             fds[FIRST_FD + n] = fd
             inherited[label] = (FIRST_FD + n, family)
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
         env.update(self.env)
         env[WORKER_ENV] = encode_sockets(inherited)
         env[COUNTS_ENV] = f"{self.counts.path}:{self.counts.workers}"
