@@ -5,16 +5,23 @@ How much does one journal record cost the process, and above all the
 reactor thread, which shares the GIL with the thread that commits? For
 batches of 50 count-protocol records, in process, on a WAL database set up
 as the journal sets it up (no network, no server), each way of inserting a
-batch is measured twice:
+batch is measured three ways:
 
-1. I{alone}: wall time and the committing thread's CPU time per record
-   (the CPU time includes SQLite's own work, done with the GIL released);
-2. I{beside a reactor}: a second thread plays the reactor, running Python
+1. I{bind (dry)}: the same calls on a connection that runs each
+   statement's parameters through a trivial C{SELECT ?, ?, ...} instead:
+   building and binding the parameters, which hold the GIL (plus a trivial
+   step), per record; the steady estimate of the GIL each way holds;
+2. I{alone}: wall time and the committing thread's CPU time per record
+   (the CPU time includes SQLite's own work, done with the GIL released,
+   which still takes a core from a 2-core machine's other processes);
+3. I{beside a reactor}: a second thread plays the reactor, running Python
    work in slices of about 10 microseconds, each followed by a system call
    that releases the GIL (as a reactor's C{send}/C{recv}/C{epoll_wait}
    do); the work it loses while the batches are inserted, against its rate
-   with the inserting thread asleep just before and after, is the GIL time
-   the inserts take from the reactor (plus the cost of handing it over).
+   with the inserting thread asleep just before and after, is the time
+   the inserts take from the reactor: the GIL, the cost of handing it
+   over, and (on a loaded machine) the core SQLite's own work occupies.
+   Noisy when other processes compete for the cores.
 
 Every figure is the median over rounds; the ways alternate within each
 round. Before measuring, every way's rows are checked against the records
@@ -27,7 +34,9 @@ the bound-parameter path).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import random
 import select
@@ -248,6 +257,44 @@ def calibrate_slice() -> int:
     return max(1, int(n * 10e-6 / (time.perf_counter() - started)))
 
 
+class DryConnection:
+    """
+    Runs each statement's parameters through a C{SELECT ?, ?, ...} of as
+    many parameters instead (statements without any do nothing): what is
+    left of an insert is building and binding its parameters, the part that
+    holds the GIL, and the step of a trivial statement.
+    """
+
+    def __init__(self) -> None:
+        self._conn = sqlite3.connect(":memory:", cached_statements=64)
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        if params:
+            self._conn.execute(_select(len(params)), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        raise NotImplementedError("executemany steps inside sqlite3: no dry run")
+
+
+@functools.cache
+def _select(n: int) -> str:
+    return f"SELECT {', '.join('?' for _ in range(n))}"
+
+
+def dry_run(insert: Insert, batches: list[list[Record]]) -> float:
+    """
+    Microseconds per record of C{insert} on a L{DryConnection}, or NaN.
+    """
+    conn = DryConnection()
+    started = time.perf_counter()
+    try:
+        for batch in batches:
+            insert(conn, batch)  # type: ignore[arg-type]
+    except NotImplementedError:
+        return math.nan
+    return (time.perf_counter() - started) / sum(len(b) for b in batches) * 1e6
+
+
 def open_journal(path: str) -> sqlite3.Connection:
     """
     The database as L{primecount.journal.SQLiteJournal} opens it.
@@ -293,6 +340,7 @@ def measure(
     rate = ((w1 - w0) + (w3 - w2)) / ((t1 - t0) + (t3 - t2))
     lost = max(0.0, (t2 - t1) - (w2 - w1) / rate)
     return {
+        "bind (dry)": dry_run(insert, batches),
         "wall": (wall1 - wall0) / records * 1e6,
         "cpu": (cpu1 - cpu0) / records * 1e6,
         "contended wall": (t2 - t1) / records * 1e6,
@@ -338,17 +386,17 @@ def main(argv: list[str] | None = None) -> None:
                 figures[name].append(measure(conn, insert, batches, loops))
         conn.close()
 
-    keys = ["wall", "cpu", "contended wall", "GIL taken"]
+    keys = ["bind (dry)", "wall", "cpu", "contended wall", "GIL taken"]
     print(f"\nmicroseconds per record, medians of {rounds} rounds of {nbatches} batches:")
     print(f"{'way':<26}" + "".join(f"{k:>16}" for k in keys))
-    base = statistics.median(f["GIL taken"] for f in figures["values (before)"])
+    base = {k: statistics.median(f[k] for f in figures["values (before)"]) for k in keys}
     for name in names:
         med = {k: statistics.median(f[k] for f in figures[name]) for k in keys}
-        ratio = med["GIL taken"] / base if base else float("nan")
         print(
             f"{name:<26}"
             + "".join(f"{med[k]:>16.2f}" for k in keys)
-            + f"   GIL {ratio:.2f}x before"
+            + f"   dry {med['bind (dry)'] / base['bind (dry)']:.2f}x,"
+            + f" taken {med['GIL taken'] / base['GIL taken']:.2f}x before"
         )
 
 
