@@ -388,3 +388,121 @@ class InsertsTests(SynchronousTestCase):
             ],
         )
         conn.close()
+
+
+#: Count-protocol messages as they can arrive: any text (NUL, non-BMP code
+#: points included), or the bytes of a line that was not UTF-8.
+_messages = st.one_of(st.text(min_size=1, max_size=20), st.binary(min_size=1, max_size=20))
+_int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_times = st.floats(allow_nan=False, allow_infinity=False)
+_hosts = st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"])
+_ports = st.integers(min_value=0, max_value=65535)
+
+
+def _records(*fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Record]:
+    """
+    Records of these first fields, the rest L{None} (C{st.builds} would
+    fill in the fields with defaults too).
+    """
+    return st.tuples(*fields).map(lambda values: Record(*values))
+
+
+#: An answered count request (the statement's fast shape).
+_answered = _records(_times, _hosts, _ports, st.just(COUNT), _messages, _int64, st.booleans())
+#: Any record the journal may be given: count errors, range records.
+_anyRecord = st.one_of(
+    _answered,
+    _records(
+        _times,
+        _hosts,
+        _ports,
+        st.just(COUNT),
+        st.one_of(st.none(), _messages),
+        st.none(),
+        st.none(),
+        st.text(max_size=20),
+    ),
+    _records(
+        _times,
+        _hosts,
+        _ports,
+        st.just(RANGE),
+        st.none(),
+        st.one_of(st.none(), _int64),
+        st.none(),
+        st.one_of(st.none(), st.text(max_size=20)),
+        _int64,
+        _int64,
+        st.one_of(st.none(), st.booleans()),
+    ),
+)
+
+#: Every column, and the type SQLite stored it as.
+_TYPED = "SELECT " + ", ".join(f"{c}, typeof({c})" for c in schema.COLUMNS) + " FROM requests"
+
+
+class InsertsExactTests(SynchronousTestCase):
+    """
+    L{schema.inserts} stores every column exactly as one plain
+    L{schema.INSERT} of the record does (value and SQLite type), whichever
+    row shape it chooses.
+    """
+
+    def storedBoth(self, records: list[Record]) -> tuple[list[Any], list[Any]]:
+        """
+        The rows, typed, that L{schema.inserts} and L{schema.INSERT} store.
+        """
+        conn = sqlite3.connect(":memory:")
+        self.addCleanup(conn.close)
+        conn.executescript(schema.CREATE)
+        for sql, params in schema.inserts(records):
+            conn.execute(sql, params)
+        new = conn.execute(_TYPED + " ORDER BY id").fetchall()
+        conn.execute("DELETE FROM requests")
+        for r in records:
+            conn.execute(schema.INSERT, r)
+        old = conn.execute(_TYPED + " ORDER BY id").fetchall()
+        return new, old
+
+    @given(st.lists(_answered, max_size=schema.MAX_ROWS + 3))
+    @settings(max_examples=60, deadline=None)
+    def test_answeredCountRecords(self, records: list[Record]) -> None:
+        new, old = self.storedBoth(records)
+        self.assertEqual(new, old)
+        self.assertEqual([schema.from_row(r[::2]) for r in new], records)
+
+    @given(st.lists(_anyRecord, max_size=20))
+    @settings(max_examples=60, deadline=None)
+    def test_anyRecords(self, records: list[Record]) -> None:
+        new, old = self.storedBoth(records)
+        self.assertEqual(new, old)
+        self.assertEqual([schema.from_row(r[::2]) for r in new], records)
+
+    def test_edges(self) -> None:
+        """
+        NUL, non-BMP and non-UTF-8 messages, the int64 bounds, a subnormal
+        time: each stored as it was, BLOB for bytes, INTEGER for bools.
+        """
+        records = [
+            Record(5e-324, "::1", 0, COUNT, "a\x00b", 2**63 - 1, True),
+            Record(1.7e9 + 1 / 3, "h", 65535, COUNT, "\U0001f600\u00e9\U0010ffff", -(2**63), False),
+            Record(-0.0, "h", 1, COUNT, b"\xff\x00\xfe", 1, False),
+        ]
+        new, old = self.storedBoth(records)
+        self.assertEqual(new, old)
+        self.assertEqual([schema.from_row(r[::2]) for r in new], records)
+        self.assertEqual([r[9] for r in new], ["text", "text", "blob"])
+        self.assertEqual([r[13] for r in new], ["integer"] * 3)
+
+    def test_answeredCountRowsBindSixParameters(self) -> None:
+        """
+        A group of answered count records binds six parameters a row: the
+        protocol and the NULL error are in the statement, not bound.
+        """
+        records = [record(i) for i in range(5)]
+        ((sql, params),) = schema.inserts(records)
+        self.assertEqual(len(params), 6 * len(records))
+        self.assertEqual(sql.count("'count'"), len(records))
+        withError = [*records, record(5)._replace(count=None, prime=None, error="ERR x")]
+        ((sql, params),) = schema.inserts(withError)
+        self.assertEqual(len(params), len(schema.COUNT_COLUMNS) * len(withError))
