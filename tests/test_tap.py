@@ -15,8 +15,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
+from primecount.core.fdlimit import raise_open_files_limit
 from primecount.journal.sqlite import JournalURL
 from primecount.server import placement
+from primecount.server.service import _plural
 
 from .helpers import TWISTD, ServerProcess, recv_lines
 
@@ -309,7 +311,7 @@ class OpenFilesTests(SynchronousTestCase):
         self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
-        self.assertEqual(tap.raise_open_files_limit(wanted), wanted)
+        self.assertEqual(raise_open_files_limit(wanted), wanted)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
 
 
@@ -441,6 +443,6 @@ class StopLogTests(SynchronousTestCase):
     """
 
     def test_plural(self) -> None:
-        self.assertEqual(tap._plural(1, "open connection"), "1 open connection")
-        self.assertEqual(tap._plural(0, "record"), "0 records")
-        self.assertEqual(tap._plural(2, "record"), "2 records")
+        self.assertEqual(_plural(1, "open connection"), "1 open connection")
+        self.assertEqual(_plural(0, "record"), "0 records")
+        self.assertEqual(_plural(2, "record"), "2 records")

@@ -12,7 +12,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.workers.supervisor import PARENT_DIED, SharedCounts, decode_sockets, encode_sockets
+from primecount.workers.environment import decode_sockets, encode_sockets
+from primecount.workers.shared import SharedCounts
+from primecount.workers.supervisor import PARENT_DIED
 
 from .helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
