@@ -10,7 +10,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +22,11 @@ from primecount.journal.records import Record
 from primecount.server.connections import Connections
 from primecount.server.countprotocol import CountFactory, CountProtocol
 from primecount.server.pipeline import Pipeline
+from primecount.workers.environment import primecount_argv, twistd_argv
 
 #: How tests start twistd: the interpreter running the tests, so the
 #: installed package under test is the one served.
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+TWISTD = twistd_argv()
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -183,8 +183,7 @@ class ServerProcess:
         startTimeout: float = 20.0,
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
-        argv = [*TWISTD, "-n", "--pidfile=", "primecount"]
-        argv += ["--port", "0", "--interface", "127.0.0.1", *args]
+        argv = primecount_argv("--port", "0", "--interface", "127.0.0.1", *args)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             argv,
