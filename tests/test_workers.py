@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.workers.environment import decode_sockets, encode_sockets
+from primecount.workers.environment import WorkerEnvironment, decode_sockets, encode_sockets
 from primecount.workers.shared import SharedCounts
 from primecount.workers.supervisor import PARENT_DIED
 
@@ -98,6 +98,18 @@ class SocketsEnvTests(SynchronousTestCase):
         self.assertEqual(
             decode_sockets(value), [("count", 3, 2), ("count", 4, 10), ("range", 5, 2)]
         )
+
+    def test_workerEnvironmentRoundTrip(self) -> None:
+        """
+        What the supervisor encodes is what the worker decodes.
+        """
+        told = WorkerEnvironment({"count0": (3, 2), "range1": (4, 10)}, "/tmp/x:y", 4, 2, 99)
+        environ = {"HOME": "/root", **told.encode()}
+        self.assertEqual(WorkerEnvironment.decode(environ), told)
+        self.assertEqual(told.adopted(), [("count", 3, 2), ("range", 4, 10)])
+
+    def test_notAWorker(self) -> None:
+        self.assertIsNone(WorkerEnvironment.decode({"HOME": "/root"}))
 
 
 class WorkersTests(SynchronousTestCase):
