@@ -103,6 +103,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from primecount.workers.environment import primecount_argv
+
 HERE = Path(__file__).resolve().parent
 BASELINES = HERE / "baselines"
 
@@ -268,13 +270,7 @@ class Servers:
         The command line that starts server C{name} on C{port}.
         """
         if name == "primecount" or name in READ_SERVERS or name in self.variants:
-            return [
-                sys.executable,
-                "-c",
-                "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-                "-n",
-                "--pidfile=",
-                "primecount",
+            return primecount_argv(
                 "--port",
                 str(port),
                 "--interface",
@@ -284,7 +280,7 @@ class Servers:
                 *self.primecount_args,
                 *READ_SERVERS.get(name, []),
                 *self.variants.get(name, []),
-            ]
+            )
         if name in self.programs:
             return [str(self.programs[name]), "--port", str(port)]
         command = [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)]

@@ -34,6 +34,7 @@ import numpy as np
 from primecount.cli.multiclient import fetch, send_sum
 from primecount.core import rangecodec
 from primecount.core.primes import primes_between
+from primecount.workers.environment import primecount_argv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPECTED_COUNT = 5761455
@@ -77,18 +78,12 @@ class Server:
         self.range_port = free_port()
         self.count_port: int | None = free_port()
         self.kind = "twistd"
-        command = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "primecount",
+        command = primecount_argv(
             "--interface=127.0.0.1",
             f"--port={self.count_port}",
             f"--range-port={self.range_port}",
             "--journal=none",
-        ]
+        )
         self.proc = self._start(command)
         if not wait_for(self.range_port, self.proc):
             self.stop()

@@ -1,82 +1,39 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 The twistd plugin's options and service: C{twistd primecount --port 5050}.
+
+L{Options} parses and checks the command line; L{makeService} composes the
+server from it: one serving process, or with C{--workers N} a supervisor
+of N worker processes (each of which runs this same plugin).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import resource
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer, endpoints, protocol
-from twisted.internet.error import CannotListenError
+from twisted.internet import endpoints
 from twisted.logger import Logger
-from twisted.python import failure, usage
+from twisted.python import usage
 
 from primecount import __version__
-from primecount.core.count import SERVER_BUSY, error_reply
-from primecount.journal.sqlite import (
-    JournalURL,
-    JournalURLError,
-    SQLiteJournal,
-    check_writable,
-    parse_url,
-)
+from primecount.core import options as coerce
+from primecount.journal.sqlite import JournalURL, JournalURLError, check_writable, parse_url
 from primecount.server import placement
-from primecount.server.connections import Connections, RefusingReactor, address_text
-from primecount.server.countprotocol import FRAMINGS, READ, READ_WINDOW, CountFactory
-from primecount.server.pipeline import Pipeline
-from primecount.workers import supervisor as workers
+from primecount.server.connections import Connections
+from primecount.server.countprotocol import FRAMINGS, READ, READ_WINDOW
+from primecount.server.listeners import METRICS, Listener, descriptions, tcp_description
+from primecount.server.service import PrimecountService, connection_limit, serve, settings_text
+from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
+from primecount.workers.shared import Scratch, SharedCounts
+from primecount.workers.supervisor import Supervisor, bind, die_with_parent
 
 if TYPE_CHECKING:
-    from primecount.journal.postgresql import PostgresJournal
+    from primecount.metrics.prometheus import Metrics
 
 _log = Logger(namespace="primecount")
-
-
-def _number(
-    option: str, kind: Callable[[str], Any], rule: str, low: float, high: float | None = None
-) -> Callable[[str], Any]:
-    """
-    The coercer of a numeric option: a bad value raises a C{ValueError}
-    that names the option and the rule (C{--threads wants a whole number,
-    at least 1; got 'abc'}).
-    """
-
-    def coerce(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            number = None
-        if (
-            number is None
-            or not math.isfinite(number)
-            or number < low
-            or (high is not None and number > high)
-        ):
-            raise ValueError(f"--{option} wants {rule}; got {value!r}")
-        return number
-
-    coerce.coerceDoc = f"({rule})"  # type: ignore[attr-defined]
-    return coerce
-
-
-def _positive(option: str) -> Callable[[str], Any]:
-    return _number(option, int, "a whole number, at least 1", 1)
-
-
-def _port(option: str) -> Callable[[str], Any]:
-    return _number(option, int, "a whole number from 0 to 65535 (0: any free port)", 0, 65535)
-
-
-def _seconds(option: str, zero: str) -> Callable[[str], Any]:
-    return _number(option, float, f"a number of seconds, 0 or more ({zero})", 0)
 
 
 def _journal(value: str) -> JournalURL:
@@ -137,27 +94,6 @@ _framing.coerceDoc = (  # type: ignore[attr-defined]
 _COERCE_FAILED = "Parameter type enforcement failed: "
 
 
-#: Accept queue of the listening sockets: Twisted's default of 50 makes a
-#: burst of connections wait for SYN retransmissions (1 s and more); the
-#: kernel caps this at net.core.somaxconn.
-BACKLOG = 4096
-
-
-#: The endpoint prefix for listening behind HAProxy (PROXY protocol v1 or v2).
-HAPROXY = "haproxy:"
-
-#: The label of range listeners behind HAProxy (C{--range-listen haproxy:…}).
-RANGE_PROXY = "range-proxy"
-
-
-def tcp_description(port: int, interface: str) -> str:
-    """
-    The endpoint description for C{--port}/C{--interface}-style options.
-    """
-    interface = interface.replace(":", "\\:")
-    return f"tcp:{port}:interface={interface}:backlog={BACKLOG}"
-
-
 class PrimecountOptions(usage.Options):
     """
     The options of C{twistd primecount}; bad values raise L{usage.UsageError}.
@@ -185,7 +121,7 @@ class PrimecountOptions(usage.Options):
     ]
 
     optParameters: ClassVar[list[list[Any]]] = [
-        ["port", "p", 5050, "TCP port of the count protocol.", _port("port")],
+        ["port", "p", 5050, "TCP port of the count protocol.", coerce.port("port")],
         [
             "interface",
             None,
@@ -198,21 +134,21 @@ class PrimecountOptions(usage.Options):
             10,
             "Size of the thread pool: count requests use one thread at a time (one "
             "batch in flight); range requests sieve on the others.",
-            _positive("threads"),
+            coerce.positive("threads"),
         ],
         [
             "timeout",
             None,
             5.0,
             "Idle seconds before a connection is closed.",
-            _seconds("timeout", "0 disables"),
+            coerce.seconds("timeout", "0 disables"),
         ],
         [
             "max-line",
             None,
             16384,
             "Longest accepted request line, in bytes.",
-            _positive("max-line"),
+            coerce.positive("max-line"),
         ],
         ["framing", None, "line", "How requests are delimited on the count port.", _framing],
         [
@@ -220,7 +156,7 @@ class PrimecountOptions(usage.Options):
             None,
             10000,
             "Open connections beyond this get ERR server busy.",
-            _positive("max-connections"),
+            coerce.positive("max-connections"),
         ],
         ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
         [
@@ -228,21 +164,21 @@ class PrimecountOptions(usage.Options):
             None,
             None,
             "Open connections one client address may hold (default: no limit of its own)",
-            _positive("max-per-peer"),
+            coerce.positive("max-per-peer"),
         ],
         [
             "shutdown-timeout",
             None,
             10.0,
             "On SIGTERM, seconds to finish what was received before closing anyway.",
-            _seconds("shutdown-timeout", "0 waits as long as it takes"),
+            coerce.seconds("shutdown-timeout", "0 waits as long as it takes"),
         ],
         [
             "workers",
             None,
             1,
             "Serving processes sharing the listening sockets.",
-            _positive("workers"),
+            coerce.positive("workers"),
         ],
         [
             "cpu-affinity",
@@ -257,14 +193,14 @@ class PrimecountOptions(usage.Options):
             None,
             None,
             "HTTP port serving Prometheus metrics at /metrics, bound on --interface (default: off)",
-            _port("metrics-port"),
+            coerce.port("metrics-port"),
         ],
         [
             "range-port",
             None,
             None,
             "TCP port of the range protocol, bound on --interface (default: off)",
-            _port("range-port"),
+            coerce.port("range-port"),
         ],
     ]
 
@@ -318,17 +254,16 @@ class PrimecountOptions(usage.Options):
             self["framing"] = _framing(self["framing"])
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
-        from twisted.internet import reactor
-
         # A worker serves the sockets its supervisor bound (and checked):
         # those of systemd: descriptions were passed to the supervisor only.
         checked = [("listen", d) for d in self["listen"]]
         checked += [("range-listen", d) for d in self["range-listen"]]
-        if os.environ.get(workers.WORKER_ENV):
+        if os.environ.get(WORKER_ENV):
             checked = []
         for option, description in checked:
             try:
-                endpoints.serverFromString(reactor, description)
+                # Parsing only: no reactor is needed until makeService.
+                endpoints.serverFromString(None, description)
             except ImportError as e:
                 # ssl: without pyOpenSSL (twisted[tls], a dependency).
                 raise usage.UsageError(
@@ -385,489 +320,118 @@ class Options(PrimecountOptions):
             raise SystemExit(1) from None
 
 
-class _Listener(StreamServerEndpointService):
-    """
-    A listening endpoint that fails the start when it cannot bind and can
-    say where it listens once it does.
-    """
-
-    _raiseSynchronously = True
-
-    def __init__(self, label: str, description: str, endpoint: Any, factory: Any) -> None:
-        super().__init__(endpoint, factory)
-        self.label = label
-        self.description = description
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            # One line, not twistd's traceback: the port is taken, or the
-            # interface is not an address of this machine.
-            _log.critical(
-                "cannot listen on {description}: {why}",
-                description=self.description,
-                why=e.socketError,
-            )
-            raise SystemExit(1) from None
-
-    def address(self) -> defer.Deferred[str]:
-        """
-        Fires with the address it listens on, as text.
-        """
-        waiting: defer.Deferred[Any] = self._waitingForPort  # type: ignore[assignment]
-        d: defer.Deferred[str] = defer.Deferred()
-
-        def describe(port: Any) -> Any:
-            d.callback(f"{self.label} {address_text(port.getHost())}")
-            return port
-
-        waiting.addCallback(describe)
-        return d
-
-
-def _plural(n: int, noun: str) -> str:
-    """
-    C{1 record}, C{2 records}.
-    """
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-class PrimecountService(service.MultiService):
-    """
-    The whole server: the journal, the listeners, and an orderly stop.
-
-    On stop (SIGTERM): stop accepting; let every connection answer what it
-    has received and close (within C{shutdownTimeout} seconds, after which
-    the rest are dropped); then flush the journal.
-    """
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        journal: SQLiteJournal | PostgresJournal | None,
-        connections: Connections,
-        settings: str,
-        shutdownTimeout: float = 10.0,
-        clock: Any = None,
-    ) -> None:
-        super().__init__()
-        self.pipeline = pipeline
-        self.journal = journal
-        self.connections = connections
-        self.settings = settings
-        self.shutdownTimeout = shutdownTimeout
-        self.listeners: list[Any] = []
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self._clock = clock
-
-    def addListener(self, listener: Any) -> None:
-        """
-        Add a listening endpoint service.
-        """
-        self.listeners.append(listener)
-        listener.setServiceParent(self)
-
-    def startService(self) -> None:
-        if self.journal is not None and not self.journal.running:
-            self.journal.startService()
-        super().startService()
-        addresses = defer.gatherResults([lsn.address() for lsn in self.listeners])
-        addresses.addCallback(
-            lambda found: _log.info(
-                "primecount {version} listening on {addresses}; {settings}",
-                version=__version__,
-                addresses=", ".join(found),
-                settings=self.settings,
-            )
-        )
-
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
-        """
-        Stop accepting; drain the connections, the pipeline, then the
-        journal, all within one deadline, C{shutdownTimeout} seconds away
-        (none when it is 0). Shortly before it the journal is hurried (no
-        more waiting for another process's lock: what waits is answered
-        C{ERR journal unavailable}); at it the connections still open are
-        dropped. Connections closed meanwhile have their records (a range's
-        settle) queued before the journal stops, so it flushes them too.
-        """
-        service.Service.stopService(self)
-        timers = []
-        if self.shutdownTimeout:
-            early = min(HURRY_BEFORE, self.shutdownTimeout / 2)
-            timers.append(self._clock.callLater(self.shutdownTimeout - early, self._hurry))
-            timers.append(self._clock.callLater(self.shutdownTimeout, self._drop))
-        try:
-            yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self])
-            busy = len(self.connections)
-            if busy:
-                _log.info(
-                    "stopping: answering what {connections} sent, for up to {t:g} s",
-                    connections=_plural(busy, "open connection"),
-                    t=self.shutdownTimeout,
-                )
-                # Fires once every connection is gone, dropped ones included.
-                yield self.connections.closeAll()
-            yield self.pipeline.whenIdle()
-            if self.journal is not None:
-                yield self.journal.stopService()
-                _log.info(
-                    "journal closed: {records} committed since the start, in {b} transactions",
-                    records=_plural(self.journal.committed, "record"),
-                    b=self.journal.batches,
-                )
-        finally:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
-
-    def _hurry(self) -> None:
-        """
-        The deadline is near: the journal stops waiting for locks.
-        """
-        if self.journal is not None:
-            self.journal.hurry()
-
-    def _drop(self) -> None:
-        """
-        The deadline: drop the connections still open.
-        """
-        if len(self.connections):
-            _log.warn(
-                "stopping: {connections} still busy after {t:g} s; dropping them",
-                connections=_plural(len(self.connections), "connection"),
-                t=self.shutdownTimeout,
-            )
-            self.connections.abortAll()
-
-
-#: Seconds before the stop's deadline at which the journal is hurried, so
-#: that what waits for it is answered before the connections are dropped.
-HURRY_BEFORE = 0.5
-
-
-def raise_open_files_limit(wanted: int) -> int:
-    """
-    Raise the soft limit of open files toward C{wanted} (up to the hard
-    limit).
-
-    @return: the effective soft limit (C{resource.RLIM_INFINITY} for none).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-#: Descriptors kept for all but client connections: the journal's files,
-#: listening sockets, the log, pipes to workers, what libraries open.
-SPARE_DESCRIPTORS = 64
-
-
-def connection_limit(wanted: int, warn: bool = True) -> int:
-    """
-    The most connections this process can hold at once: C{wanted}
-    (C{--max-connections}), or fewer when the open-files limit, raised as
-    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS}; then
-    one warning names both numbers.
-    """
-    limit = raise_open_files_limit(wanted + SPARE_DESCRIPTORS)
-    if limit == resource.RLIM_INFINITY or limit >= wanted + SPARE_DESCRIPTORS:
-        return wanted
-    effective = max(1, limit - SPARE_DESCRIPTORS)
-    if warn:
-        _log.warn(
-            "open files limit is {limit}: serving at most {effective} connections at "
-            "once, not --max-connections {wanted} (raise the limit, e.g. 'ulimit -n' "
-            "or LimitNOFILE=, to serve more)",
-            limit=limit,
-            effective=effective,
-            wanted=wanted,
-        )
-    return effective
-
-
-def _descriptions(config: PrimecountOptions) -> list[tuple[str, str]]:
-    """
-    (label, endpoint description) of every listener the options ask for.
-    """
-    found = []
-    for description in config["listen"]:
-        if description.startswith(HAPROXY):
-            # We read the PROXY line ourselves (see CountProtocol): Twisted's
-            # wrapper would hide half-close and the client's address.
-            found.append(("proxy", description[len(HAPROXY) :]))
-        else:
-            found.append(("count", description))
-    if config["range-port"] is not None:
-        found.append(("range", tcp_description(config["range-port"], config["interface"])))
-    for description in config["range-listen"]:
-        if description.startswith(HAPROXY):
-            found.append((RANGE_PROXY, description[len(HAPROXY) :]))
-        else:
-            found.append(("range", description))
-    return found
-
-
-def _framing_text(framing: tuple[str, float]) -> str:
-    kind, window = framing
-    return f"{kind}:{window * 1000:g}" if window else kind
-
-
-def _settings(config: PrimecountOptions) -> str:
-    url: JournalURL = config["journal"]
-    return (
-        f"threads={config['threads']} timeout={config['timeout']:g} "
-        f"max-line={config['max-line']} max-connections={config['max-connections']} "
-        f"max-per-peer={config['max-per-peer'] or 'off'} "
-        f"cpu-affinity={config['cpu-affinity']} "
-        f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
-        f"framing={_framing_text(config['framing'])} "
-        f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
-    )
-
-
-def makeService(config: PrimecountOptions) -> service.MultiService:
+def makeService(options: PrimecountOptions, reactor: Any = None) -> service.MultiService:
     """
     Build the server from parsed options: one serving process, or (with
     C{--workers N}) a supervisor of N, or one of those N workers.
-    """
-    from twisted.internet import reactor
 
-    if os.environ.get(workers.WORKER_ENV):
-        return _worker(config, reactor)
-    if config["workers"] > 1:
-        return _supervisor(config, reactor)
-    config["max-connections"] = connection_limit(config["max-connections"])
-    connections = Connections(config["max-connections"], config["max-per-peer"], clock=reactor)
-    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)  # type: ignore[arg-type]
-    if config["metrics-port"] is None:
-        return _server(config, reactor, connections)
+    @param reactor: the reactor to run on; the global one when L{None}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    told = WorkerEnvironment.decode(os.environ)
+    if told is not None:
+        return _worker(options, reactor, told)
+    if options["workers"] > 1:
+        return _supervisor(options, reactor)
+    options["max-connections"] = connection_limit(options["max-connections"])
+    connections = Connections(options["max-connections"], options["max-per-peer"], clock=reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
+    metrics = _metrics(options, reactor)
+    top = serve(options, reactor, connections, metrics=metrics)
+    if metrics is not None:
+        _metricsListener(options, reactor, metrics).setServiceParent(top)
+    return top
+
+
+def _metrics(options: PrimecountOptions, reactor: Any) -> Metrics | None:
+    """
+    The metrics recorder C{--metrics-port} asks for, else L{None}.
+    """
+    if options["metrics-port"] is None:
+        return None
     from primecount.metrics.prometheus import Metrics
 
-    metrics = Metrics(clock=reactor)
-    top = _server(config, reactor, connections, metrics=metrics)
-    _metricsListener(config, reactor, metrics).setServiceParent(top)
-    return top
+    return Metrics(clock=reactor)
 
 
-class _Placement(service.Service):
-    """
-    Pins serving process C{index} (and every thread it will start) to the
-    CPU C{--cpu-affinity} chooses for it, when the service starts (before
-    the pool and the journal start their threads).
-    """
-
-    def __init__(self, choice: placement.Placement, index: int) -> None:
-        self.choice = choice
-        self.index = index
-
-    def startService(self) -> None:
-        super().startService()
-        cpu = placement.choose(self.choice, self.index, placement.allowed_cpus())
-        if cpu is not None:
-            placement.pin_process(cpu)
-            _log.info("serving process {index} runs on CPU {cpu}", index=self.index, cpu=cpu)
-
-
-def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
+def _metricsListener(options: PrimecountOptions, reactor: Any, metrics: Any) -> Listener:
     from primecount.metrics.prometheus import metricsSite
 
-    description = tcp_description(config["metrics-port"], config["interface"])
+    description = tcp_description(options["metrics-port"], options["interface"])
     endpoint = endpoints.serverFromString(reactor, description)
-    # A _Listener: a port that is taken is one line and exit status 1.
-    return _Listener("metrics", description, endpoint, metricsSite(metrics))
+    return Listener(METRICS, description, endpoint, metricsSite(metrics))
 
 
-def _server(
-    config: PrimecountOptions,
-    reactor: Any,
-    connections: Connections,
-    adopted: list[tuple[str, int, int]] | None = None,
-    metrics: Any = None,
-    index: int = 0,
-) -> PrimecountService:
-    """
-    A serving process: listening itself, or on C{adopted} sockets
-    (label, fd, family) handed down by a supervisor.
-    """
-    from primecount.metrics.prometheus import NullMetrics
-
-    reactor.suggestThreadPoolSize(config["threads"])
-    threadpool = reactor.getThreadPool()
-    if metrics is None:
-        metrics = NullMetrics()
-    metrics.watchThreadPool(threadpool)
-
-    url: JournalURL = config["journal"]
-    journal: SQLiteJournal | PostgresJournal | None = None
-    if url.scheme == "sqlite":
-        journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
-    elif url.scheme == "postgresql":
-        from primecount.journal.postgresql import PostgresJournal
-
-        journal = PostgresJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
-    pipeline = Pipeline(reactor, threadpool, journal, metrics)
-    factories: dict[str, Any] = {
-        label: CountFactory(
-            reactor,
-            pipeline,
-            timeout=config["timeout"],
-            maxLine=config["max-line"],
-            closeAfterReply=config["close-after-reply"],
-            connections=connections,
-            metrics=metrics,
-            proxyHeader=label == "proxy",
-            framing=config["framing"][0],
-            readWindow=config["framing"][1],
-        )
-        for label in ("count", "proxy")
-    }
-    if config["range-port"] is not None or config["range-listen"]:
-        from primecount.journal.sqlite import NullJournal
-        from primecount.server.rangeprotocol import RangeFactory
-
-        factories["range"] = RangeFactory(
-            reactor,
-            threadpool,
-            journal or NullJournal(),
-            timeout=config["timeout"],
-            connections=connections,
-            metrics=metrics,
-        )
-        # One pool of range job slots for both.
-        factories[RANGE_PROXY] = factories["range"].behindProxy()
-    busy = error_reply(SERVER_BUSY)
-    top = PrimecountService(
-        pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
-    )
-    _Placement(config["cpu-affinity"], index).setServiceParent(top)
-    if adopted is None:
-        for label, description in _descriptions(config):
-            # Out of descriptors, a TCP listener still answers ERR server busy.
-            refusing = RefusingReactor(
-                reactor, b"" if label.startswith("range") else busy, connections.episodes
-            )
-            endpoint = endpoints.serverFromString(refusing, description)
-            top.addListener(_Listener(label, description, endpoint, factories[label]))
-    else:
-        for label, fd, family in adopted:
-            refusing = RefusingReactor(
-                reactor, b"" if label.startswith("range") else busy, connections.episodes
-            )
-            top.addListener(workers.AdoptedPort(refusing, label, fd, family, factories[label]))
-    return top
-
-
-def _worker(config: PrimecountOptions, reactor: Any) -> PrimecountService:
+def _worker(options: PrimecountOptions, reactor: Any, told: WorkerEnvironment) -> PrimecountService:
     """
     One of C{--workers N}: serve on the sockets the supervisor hands down,
     counting connections in the shared table.
     """
-    workers.die_with_parent()
-    path, _, total = os.environ[workers.COUNTS_ENV].rpartition(":")
-    index = int(os.environ.get("PRIMECOUNT_WORKER_INDEX", "0"))
-    counts = workers.SharedCounts(path, int(total), index)
+    die_with_parent(told.supervisor)
+    counts = SharedCounts(told.counts, told.workers, told.index)
     # The supervisor warned if the open-files limit lowers the limit.
-    config["max-connections"] = connection_limit(config["max-connections"], warn=False)
+    options["max-connections"] = connection_limit(options["max-connections"], warn=False)
     connections = Connections(
-        config["max-connections"], config["max-per-peer"], counts, clock=reactor
+        options["max-connections"], options["max-per-peer"], counts, clock=reactor
     )
     reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
-    adopted = workers.decode_sockets(os.environ[workers.WORKER_ENV])
-    metrics = None
-    if config["metrics-port"] is not None:
-        from primecount.metrics.prometheus import Metrics
-
-        # Values go to the shared directory; the supervisor serves the sum.
-        metrics = Metrics(clock=reactor)
-    return _server(config, reactor, connections, adopted, metrics, index)
+    # With --metrics-port, values go to the shared directory; the
+    # supervisor serves the sum.
+    metrics = _metrics(options, reactor)
+    return serve(options, reactor, connections, told.adopted(), metrics, told.index)
 
 
-class _Bound(service.Service):
-    """
-    The supervisor's listening sockets: bound at start-up, closed at stop.
-    """
-
-    def __init__(self, ports: list[Any]) -> None:
-        self.ports = ports
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
-
-
-def _supervisor(config: PrimecountOptions, reactor: Any) -> service.MultiService:
+def _supervisor(options: PrimecountOptions, reactor: Any) -> service.MultiService:
     """
     C{--workers N}: bind the sockets here, serve in N worker processes.
     """
-    config["max-connections"] = connection_limit(config["max-connections"])
-    sockets: dict[str, tuple[int, int]] = {}
-    ports = []
-    addresses = []
-    for n, (label, description) in enumerate(_descriptions(config)):
-        endpoint = endpoints.serverFromString(reactor, description)
-        bound: list[Any] = []
-        placeholder = protocol.Factory()
-        placeholder.noisy = False  # never accepts: the workers do
-        endpoint.listen(placeholder).addCallbacks(bound.append, bound.append)
-        if not bound or isinstance(bound[0], failure.Failure):
-            why = bound[0].getErrorMessage() if bound else "not bound at once"
-            sys.stderr.write(f"twistd primecount: error: cannot listen on {description}: {why}\n")
-            raise SystemExit(1)
-        port = bound[0]
-        ports.append(port)
-        sockets[f"{label}{n}"] = workers.listening_socket(port)
-        addresses.append(f"{label} {address_text(port.getHost())}")
-    scratchDir = workers.Scratch()
-    scratch = scratchDir.path
-    counts = workers.SharedCounts(os.path.join(scratch, "connections"), config["workers"])
+    options["max-connections"] = connection_limit(options["max-connections"])
+    bound = bind(
+        reactor,
+        descriptions(
+            options["listen"], options["range-port"], options["interface"], options["range-listen"]
+        ),
+    )
+    scratch = Scratch()
+    counts = SharedCounts(os.path.join(scratch.path, "connections"), options["workers"])
     top = service.MultiService()
-    _Bound(ports).setServiceParent(top)
+    bound.setServiceParent(top)
     env: dict[str, str] = {}
     metrics = None
-    if config["metrics-port"] is not None:
-        from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY, Metrics
+    if options["metrics-port"] is not None:
+        from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY
 
-        shared = os.path.join(scratch, "metrics")
+        shared = os.path.join(scratch.path, "metrics")
         os.makedirs(shared)
         # Before the first Metrics in this process; the workers inherit it.
         os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
-        metrics = Metrics(clock=reactor)
-        _metricsListener(config, reactor, metrics).setServiceParent(top)
-    supervisor = workers.Supervisor(
+        metrics = _metrics(options, reactor)
+        _metricsListener(options, reactor, metrics).setServiceParent(top)
+    Supervisor(
         reactor,
-        config["workers"],
-        config.argv,
-        sockets,
+        options["workers"],
+        options.argv,
+        bound.sockets,
         counts,
         env=env,
         # Workers get their own --shutdown-timeout, then 5 s more before
         # SIGKILL; 0 ("no bound") never kills them.
-        stopTimeout=config["shutdown-timeout"] + 5 if config["shutdown-timeout"] else None,
+        stopTimeout=options["shutdown-timeout"] + 5 if options["shutdown-timeout"] else None,
         metrics=metrics,
-    )
-    supervisor.setServiceParent(top)
+    ).setServiceParent(top)
     reactor.callWhenRunning(
         _log.info,
         "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
         version=__version__,
-        addresses=", ".join(addresses),
-        n=config["workers"],
-        settings=_settings(config),
+        addresses=", ".join(bound.addresses),
+        n=options["workers"],
+        settings=settings_text(options),
     )
-    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratchDir, counts)
+    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
     return top
 
 
-def _cleanup(scratch: workers.Scratch, counts: Any) -> None:
+def _cleanup(scratch: Scratch, counts: SharedCounts) -> None:
     counts.close()
     scratch.remove()

@@ -10,7 +10,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +22,11 @@ from primecount.journal.records import Record
 from primecount.server.connections import Connections
 from primecount.server.countprotocol import CountFactory, CountProtocol
 from primecount.server.pipeline import Pipeline
+from primecount.workers.environment import primecount_argv, twistd_argv
 
 #: How tests start twistd: the interpreter running the tests, so the
 #: installed package under test is the one served.
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+TWISTD = twistd_argv()
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -191,8 +191,7 @@ class ServerProcess:
             (twistd) in its own process, with the same pid (by C{exec}).
         @param pass_fds: descriptors the server inherits.
         """
-        argv = [*launcher, *TWISTD, "-n", "--pidfile=", "primecount"]
-        argv += ["--port", "0", "--interface", "127.0.0.1", *args]
+        argv = [*launcher, *primecount_argv("--port", "0", "--interface", "127.0.0.1", *args)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             argv,

@@ -32,7 +32,7 @@ from primecount.server.connections import (
     no_delay,
     peer_of,
 )
-from primecount.tap import PrimecountService
+from primecount.server.service import PrimecountService
 
 from .helpers import (
     Harness,

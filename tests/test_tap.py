@@ -5,18 +5,28 @@ The twistd plugin: discovery, option parsing, and the service it builds.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
 import subprocess
+import sys
 
 from twisted.application.service import IService
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
+from primecount.core.fdlimit import raise_open_files_limit
 from primecount.journal.sqlite import JournalURL
 from primecount.server import placement
+from primecount.server.listeners import Listener
+from primecount.server.service import _plural
 
 from .helpers import TWISTD, ServerProcess, recv_lines
 
@@ -31,6 +41,59 @@ def twistd(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[st
     )
 
 
+def declared_options() -> set[str]:
+    """
+    The long names of every option C{twistd primecount} declares.
+    """
+    declared = {row[0] for row in tap.PrimecountOptions.optFlags}
+    declared |= {row[0] for row in tap.PrimecountOptions.optParameters}
+    return declared | {"listen"}
+
+
+#: Every option of C{twistd primecount}: a value it accepts, what that value
+#: becomes, and (for those that can be given a bad value) a bad value and
+#: what the error says. L{OptionsTests.test_everyOptionIsCovered} keeps
+#: this table complete.
+EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] = {
+    "port": (["--port", "6000"], 6000, ["--port", "http"], "a whole number from 0 to 65535"),
+    "interface": (["--interface", "::1"], "::1", None, None),
+    "listen": (["--listen", "tcp:7000"], ["tcp:7000"], ["--listen", "bogus:1"], "bad --listen"),
+    "threads": (["--threads", "3"], 3, ["--threads", "0"], "a whole number, at least 1"),
+    "timeout": (["--timeout", "2.5"], 2.5, ["--timeout", "soon"], "a number of seconds"),
+    "max-line": (["--max-line", "80"], 80, ["--max-line", "1.5"], "a whole number, at least 1"),
+    "framing": (["--framing", "read:5"], ("read", 0.005), ["--framing", "lines"], "line, read"),
+    "max-connections": (
+        ["--max-connections", "7"], 7, ["--max-connections", "-5"], "a whole number, at least 1",
+    ),
+    "journal": (
+        ["--journal", "none"], JournalURL("none"), ["--journal", "mysql://x"], "expected sqlite:",
+    ),
+    "max-per-peer": (
+        ["--max-per-peer", "2"], 2, ["--max-per-peer", "many"], "a whole number, at least 1",
+    ),
+    "shutdown-timeout": (
+        ["--shutdown-timeout", "0"], 0.0, ["--shutdown-timeout", "-1"], "a number of seconds",
+    ),
+    "workers": (["--workers", "2"], 2, ["--workers", ""], "a whole number, at least 1"),
+    "cpu-affinity": (
+        ["--cpu-affinity", "none"], placement.Placement("none"),
+        ["--cpu-affinity", "first"], "CPU numbers such as 0,1",
+    ),
+    "metrics-port": (
+        ["--metrics-port", "0"], 0, ["--metrics-port", "abc"], "a whole number from 0 to 65535",
+    ),
+    "range-port": (
+        ["--range-port", "5051"], 5051, ["--range-port", "-1"], "a whole number from 0 to 65535",
+    ),
+    "close-after-reply": (
+        ["--close-after-reply"], 1, ["--close-after-reply=yes"], "must not have an argument",
+    ),
+    "journal-fsync": (
+        ["--journal-fsync"], 1, ["--journal-fsync=yes"], "must not have an argument",
+    ),
+}  # fmt: skip
+
+
 class PluginTests(SynchronousTestCase):
     """
     twistd finds the plugin.
@@ -43,19 +106,10 @@ class PluginTests(SynchronousTestCase):
 
     def test_primecountHelpListsOptions(self) -> None:
         result = twistd("primecount", "--help")
-        for option in (
-            "--port",
-            "--interface",
-            "--listen",
-            "--threads",
-            "--timeout",
-            "--max-line",
-            "--close-after-reply",
-            "--framing",
-            "--max-connections",
-            "--journal",
-        ):
-            self.assertIn(option, result.stdout)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(EVERY_OPTION), 17)
+        for option in EVERY_OPTION:
+            self.assertIn(f"--{option}", result.stdout)
 
     def test_badValueIsOneLineAndNonZeroExit(self) -> None:
         for args in (
@@ -258,6 +312,41 @@ class OptionsTests(SynchronousTestCase):
             self.assertNotIn("invalid literal", message)
             self.assertNotIn("enforcement", message)
 
+    def test_everyOptionIsCovered(self) -> None:
+        self.assertEqual(set(EVERY_OPTION), declared_options())
+
+    def test_everyOptionCoercesItsValue(self) -> None:
+        for option, (args, value, _bad, _message) in EVERY_OPTION.items():
+            self.assertEqual(self.parse(*args)[option], value, option)
+
+    def test_everyBadValueIsAUsageErrorNamingTheOption(self) -> None:
+        for option, (_args, _value, bad, message) in EVERY_OPTION.items():
+            if bad is None:
+                continue  # any text: an interface that is no address fails to listen
+            assert message is not None
+            e = self.assertRaises(usage.UsageError, self.parse, *bad)
+            self.assertIn(f"--{option}", str(e))
+            self.assertIn(message, str(e))
+
+    def test_everyBadValueExitsWithStatus1AndOneLine(self) -> None:
+        """
+        As twistd parses them (L{tap.Options}), a bad value is one line on
+        stderr and exit status 1.
+        """
+        for option, (_args, _value, bad, _message) in EVERY_OPTION.items():
+            if bad is None:
+                continue
+            stderr = io.StringIO()
+            self.patch(sys, "stderr", stderr)
+            e = self.assertRaises(
+                SystemExit, tap.Options().parseOptions, ["--journal", "none", *bad]
+            )
+            self.assertEqual(e.code, 1, option)
+            lines = stderr.getvalue().splitlines()
+            self.assertEqual(len(lines), 1, (option, lines))
+            self.assertTrue(lines[0].startswith("twistd primecount: error: "), lines)
+            self.assertIn(f"--{option}", lines[0])
+
     def test_systemdWithoutSocketsNamesTheCause(self) -> None:
         saved = {
             k: os.environ.pop(k)
@@ -297,6 +386,111 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(service.journal)
 
 
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor with the thread pool calls of C{IReactorThreads}
+    (the pool is never started).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poolSize: int | None = None
+        self.pool = ThreadPool()
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        self.poolSize = size
+
+    def getThreadPool(self) -> ThreadPool:
+        return self.pool
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{tap.makeService} composes the server on the reactor it is given.
+    """
+
+    def test_listenersOnTheGivenReactor(self) -> None:
+        from twisted.web.server import Site
+
+        from primecount.server.countprotocol import CountFactory
+        from primecount.server.rangeprotocol import RangeFactory
+
+        options = tap.PrimecountOptions()
+        options.parseOptions(
+            ["--journal", "none", "--interface", "127.0.0.1", "--port", "5151",
+             "--range-port", "5152", "--metrics-port", "5153", "--threads", "3",
+             "--cpu-affinity", "none", "--shutdown-timeout", "4"]
+        )  # fmt: skip
+        reactor = ThreadedMemoryReactor()
+        top = tap.makeService(options, reactor)
+        self.assertEqual(reactor.tcpServers, [])
+        top.privilegedStartService()
+        top.startService()
+        self.assertEqual(
+            [(port, backlog, interface) for port, _f, backlog, interface in reactor.tcpServers],
+            [(5151, 4096, "127.0.0.1"), (5152, 4096, "127.0.0.1"), (5153, 4096, "127.0.0.1")],
+        )
+        for (_p, factory, _b, _i), kind in zip(
+            reactor.tcpServers, (CountFactory, RangeFactory, Site), strict=True
+        ):
+            self.assertIsInstance(factory, kind)
+        self.assertEqual(reactor.poolSize, 3)
+        self.assertEqual(len(reactor.triggers["before"]["shutdown"]), 1)
+        stopped = top.stopService()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertFalse(top.running)
+        # The stop's deadline timers are cancelled once it is done.
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    L{Listener}: a bind that fails is one line and exit status 1; the
+    address is known once bound.
+    """
+
+    def test_cannotListenIsOneLogLineAndExit1(self) -> None:
+        class Taken:
+            def listen(self, factory: object) -> defer.Deferred[object]:
+                return defer.fail(CannotListenError("127.0.0.1", 5050, OSError("in use")))
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        listener = Listener("count", "tcp:5050", Taken(), object())
+        e = self.assertRaises(SystemExit, listener.privilegedStartService)
+        self.assertEqual(e.code, 1)
+        critical = [ev for ev in events if ev.get("log_level") == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("cannot listen on tcp:5050: in use", formatEvent(critical[0]))
+
+    def test_addressOnceBound(self) -> None:
+        bound: defer.Deferred[object] = defer.Deferred()
+
+        class Later:
+            def listen(self, factory: object) -> defer.Deferred[object]:
+                return bound
+
+        listener = Listener("range", "tcp:0", Later(), object())
+        listener.startService()
+        address = listener.address()
+        self.assertNoResult(address)
+        reactor = MemoryReactorClock()
+        bound.callback(reactor.listenTCP(5051, object(), interface="::1"))
+        self.assertEqual(self.successResultOf(address), "range [::1]:5051")
+
+    def test_adoptedSocketIsClosedAfterTheReactorAdoptsIt(self) -> None:
+        reactor = MemoryReactorClock()
+        fd = os.open(os.devnull, os.O_RDONLY)
+        factory = object()
+        listener = Listener.adopted(reactor, "count", fd, socket.AF_INET, factory)
+        listener.startService()
+        self.assertEqual(reactor.adoptedPorts, [(fd, socket.AF_INET, factory)])
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertEqual(self.successResultOf(listener.address()), "count 0.0.0.0:1234")
+        self.assertIsNone(listener.stopService())
+
+
 class OpenFilesTests(SynchronousTestCase):
     """
     The open-files limit is raised toward what --max-connections needs.
@@ -309,7 +503,7 @@ class OpenFilesTests(SynchronousTestCase):
         self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
-        self.assertEqual(tap.raise_open_files_limit(wanted), wanted)
+        self.assertEqual(raise_open_files_limit(wanted), wanted)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
 
 
@@ -441,6 +635,6 @@ class StopLogTests(SynchronousTestCase):
     """
 
     def test_plural(self) -> None:
-        self.assertEqual(tap._plural(1, "open connection"), "1 open connection")
-        self.assertEqual(tap._plural(0, "record"), "0 records")
-        self.assertEqual(tap._plural(2, "record"), "2 records")
+        self.assertEqual(_plural(1, "open connection"), "1 open connection")
+        self.assertEqual(_plural(0, "record"), "0 records")
+        self.assertEqual(_plural(2, "record"), "2 records")

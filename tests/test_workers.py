@@ -14,7 +14,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.workers.supervisor import PARENT_DIED, SharedCounts, decode_sockets, encode_sockets
+from primecount.workers.environment import WorkerEnvironment, decode_sockets, encode_sockets
+from primecount.workers.shared import SharedCounts
+from primecount.workers.supervisor import PARENT_DIED
 
 from .helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
@@ -112,6 +114,18 @@ class SocketsEnvTests(SynchronousTestCase):
         self.assertEqual(
             decode_sockets(value), [("count", 3, 2), ("count", 4, 10), ("range", 5, 2)]
         )
+
+    def test_workerEnvironmentRoundTrip(self) -> None:
+        """
+        What the supervisor encodes is what the worker decodes.
+        """
+        told = WorkerEnvironment({"count0": (3, 2), "range1": (4, 10)}, "/tmp/x:y", 4, 2, 99)
+        environ = {"HOME": "/root", **told.encode()}
+        self.assertEqual(WorkerEnvironment.decode(environ), told)
+        self.assertEqual(told.adopted(), [("count", 3, 2), ("range", 4, 10)])
+
+    def test_notAWorker(self) -> None:
+        self.assertIsNone(WorkerEnvironment.decode({"HOME": "/root"}))
 
 
 class WorkersTests(SynchronousTestCase):

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from primecount.core import rangecodec
+from primecount.core.options import positive
 from primecount.core.primes import is_prime, primes_between
 
 #: Clients i are shifted by this much: [A + STRIDE·i, B + STRIDE·i].
@@ -161,17 +162,8 @@ def _int32(text: str) -> int:
         ) from None
 
 
-def _positive(text: str) -> int:
-    """
-    An argparse type: a positive integer.
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
+#: An argparse type: a whole number, at least 1.
+_positive = positive()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

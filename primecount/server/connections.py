@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger, LogLevel
 
 from primecount.metrics.episodes import Episodes
@@ -459,8 +460,12 @@ class RefusingReactor:
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
     ) -> RefusingPort:
         """
-        Listen as C{IReactorTCP.listenTCP} does, on a L{RefusingPort}.
+        Listen as C{IReactorTCP.listenTCP} does, on a L{RefusingPort}; on
+        a reactor that is not a posix one (a test's memory reactor), on
+        that reactor's own port.
         """
+        if not isinstance(self._reactor, PosixReactorBase):
+            return self._reactor.listenTCP(port, factory, backlog, interface)  # type: ignore[no-any-return]
         return self._start(RefusingPort(port, factory, backlog, interface, self._reactor))
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
@@ -469,7 +474,9 @@ class RefusingReactor:
         C{IReactorSocket.adoptStreamPort} does; on a L{RefusingPort} when it
         is a TCP one.
         """
-        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6) or not isinstance(
+            self._reactor, PosixReactorBase
+        ):
             return self._reactor.adoptStreamPort(fileDescriptor, addressFamily, factory)
         # The constructor Twisted's adoptStreamPort uses (private API, as
         # RefusingPort._serve, for the same reason).

@@ -10,8 +10,9 @@ switch. Pinning therefore makes one process faster, and with C{--workers N}
 it keeps the workers off each other's cores, as nginx's
 C{worker_cpu_affinity auto} and HAProxy's C{cpu-map} do.
 
-Pure logic (parsing, choosing) plus one function that applies a choice to
-every thread of the calling process.
+Pure logic (parsing, choosing), one function that applies a choice to
+every thread of the calling process, and the service that applies it when
+a serving process starts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.logger import Logger
 
 AUTO = "auto"
 NONE = "none"
@@ -110,3 +114,24 @@ def pin_process(cpu: int) -> None:
         # A thread that ended meanwhile needs no pinning.
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(tid, {cpu})
+
+
+class PlacementService(service.Service):
+    """
+    Pins serving process C{index} (and every thread it will start) to the
+    CPU C{--cpu-affinity} chooses for it, when the service starts (before
+    the pool and the journal start their threads).
+    """
+
+    _log = Logger(namespace="primecount")
+
+    def __init__(self, choice: Placement, index: int) -> None:
+        self.choice = choice
+        self.index = index
+
+    def startService(self) -> None:
+        super().startService()
+        cpu = choose(self.choice, self.index, allowed_cpus())
+        if cpu is not None:
+            pin_process(cpu)
+            self._log.info("serving process {index} runs on CPU {cpu}", index=self.index, cpu=cpu)

@@ -14,7 +14,8 @@ dies without doing so (Linux C{PR_SET_PDEATHSIG}).
 
 Workers are ordinary C{twistd -n primecount} processes with the parent's own
 options; the environment tells them which inherited descriptors to adopt
-(L{WORKER_ENV}) and where the shared connection counts live (L{COUNTS_ENV}).
+(see L{primecount.workers.environment}) and where the shared connection
+counts live (L{primecount.workers.shared}).
 Each worker has its own journal writer on the shared SQLite file (WAL; a
 writer waits for the other's commit through SQLite's busy timeout).
 """
@@ -24,174 +25,29 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
-import mmap
 import os
-import shutil
 import signal
 import socket
-import stat
-import struct
 import sys
-import tempfile
 import time
-import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
 from primecount.server.connections import address_text
-
-#: Environment of a worker: "label=fd/family,…", the sockets to adopt.
-WORKER_ENV = "PRIMECOUNT_WORKER_SOCKETS"
-#: Environment of a worker: the file holding the shared connection counts.
-COUNTS_ENV = "PRIMECOUNT_SHARED_COUNTS"
-
-#: Environment of a worker: the supervisor's pid.
-SUPERVISOR_ENV = "PRIMECOUNT_SUPERVISOR_PID"
-
-#: What systemd tells the process it starts about the sockets it passes
-#: (C{sd_listen_fds}): the supervisor's alone, never a worker's.
-SYSTEMD_ENV = frozenset({"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
-
-#: Descriptors handed to workers start here (0-2 are the standard streams).
-FIRST_FD = 3
-
-
-def twistd_argv() -> list[str]:
-    """
-    The command that runs twistd with this interpreter.
-    """
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def encode_sockets(sockets: dict[str, tuple[int, int]]) -> str:
-    """
-    The L{WORKER_ENV} value for C{label -> (fd, address family)}.
-    """
-    return ",".join(f"{label}={fd}/{family}" for label, (fd, family) in sockets.items())
-
-
-def decode_sockets(value: str) -> list[tuple[str, int, int]]:
-    """
-    (label, fd, address family) for each socket in a L{WORKER_ENV} value.
-    Several sockets may share a label (several C{--listen}).
-    """
-    found = []
-    for item in filter(None, value.split(",")):
-        label, _, rest = item.partition("=")
-        fd, _, family = rest.partition("/")
-        found.append((label.rstrip("0123456789"), int(fd), int(family)))
-    return found
-
-
-class SharedCounts:
-    """
-    Connection counts in a shared memory file, so that several worker
-    processes enforce one C{--max-connections} and C{--max-per-peer}.
-
-    Each worker owns a section (its total and a table of per-address
-    counters indexed by a CRC of the address); limits are checked against
-    the sums over all sections, under an C{fcntl} lock (two system calls per
-    connection opened or closed). When a worker dies, the supervisor zeroes
-    its section, so its connections stop counting. Two addresses that share
-    a table slot share its count: the per-address limit errs on the side of
-    refusing.
-    """
-
-    SLOTS = 1 << 14
-    _TOTAL = struct.Struct("=q")
-    _SLOT = struct.Struct("=i")
-    SECTION = _TOTAL.size + SLOTS * _SLOT.size
-
-    def __init__(self, path: str, workers: int, index: int = 0) -> None:
-        """
-        @param path: the file; created (zeroed) when missing.
-        @param workers: how many sections (workers) it has.
-        @param index: the section this process counts its connections in.
-        """
-        self.path = path
-        self.workers = workers
-        self.index = index
-        size = workers * self.SECTION
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(self._fd).st_size < size:
-            os.ftruncate(self._fd, size)
-        self._map = mmap.mmap(self._fd, size)
-
-    def _sum(self, offset: int, kind: struct.Struct) -> int:
-        return sum(
-            kind.unpack_from(self._map, w * self.SECTION + offset)[0] for w in range(self.workers)
-        )
-
-    def _slot(self, host: str) -> int:
-        return self._TOTAL.size + (zlib.crc32(host.encode()) % self.SLOTS) * self._SLOT.size
-
-    def acquire(self, host: str, total: int, perPeer: int | None) -> bool:
-        """
-        Count one more connection from C{host} in this process's section,
-        unless the sums over all sections forbid it.
-        """
-        slot = self._slot(host)
-        mine = self.index * self.SECTION
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            if self._sum(0, self._TOTAL) >= total:
-                return False
-            if perPeer is not None and self._sum(slot, self._SLOT) >= perPeer:
-                return False
-            self._add(mine, self._TOTAL, 1)
-            self._add(mine + slot, self._SLOT, 1)
-            return True
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    def release(self, host: str) -> None:
-        """
-        Count one connection from C{host} less.
-        """
-        mine = self.index * self.SECTION
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            self._add(mine, self._TOTAL, -1)
-            self._add(mine + self._slot(host), self._SLOT, -1)
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    def _add(self, offset: int, kind: struct.Struct, n: int) -> None:
-        (value,) = kind.unpack_from(self._map, offset)
-        kind.pack_into(self._map, offset, max(0, value + n))
-
-    def reset(self, index: int) -> None:
-        """
-        Forget every connection counted in section C{index} (its worker died).
-        """
-        start = index * self.SECTION
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            self._map[start : start + self.SECTION] = bytes(self.SECTION)
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    @property
-    def total(self) -> int:
-        """
-        Open connections across all processes.
-        """
-        return self._sum(0, self._TOTAL)
-
-    def close(self) -> None:
-        """
-        Unmap and close the file (it stays on disk).
-        """
-        self._map.close()
-        os.close(self._fd)
-
+from primecount.workers.environment import (
+    FIRST_FD,
+    SYSTEMD_ENV,
+    WorkerEnvironment,
+    primecount_argv,
+)
+from primecount.workers.shared import SharedCounts
 
 #: The signal Linux sends a worker when its supervisor dies.
 PARENT_DIED = signal.SIGUSR2
@@ -210,11 +66,13 @@ def _orphaned(signum: int, frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def die_with_parent() -> None:
+def die_with_parent(supervisor: int) -> None:
     """
     Ask Linux to signal this process (L{PARENT_DIED}) when its parent dies,
     so that a worker never outlives a supervisor that was killed outright;
     it then stops gracefully and quietly.
+
+    @param supervisor: the supervisor's pid (0: unknown).
     """
     name = ctypes.util.find_library("c")
     if not name or not sys.platform.startswith("linux"):
@@ -223,120 +81,9 @@ def die_with_parent() -> None:
     signal.signal(PARENT_DIED, _orphaned)
     libc = ctypes.CDLL(name, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, PARENT_DIED, 0, 0, 0)
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if supervisor and os.getppid() != int(supervisor):
+    if supervisor and os.getppid() != supervisor:
         # The supervisor died before the request took effect.
         raise SystemExit(1)
-
-
-#: The scratch directories of supervisors (shared counts, metrics files)
-#: are C{primecount-*} in the temporary directory.
-SCRATCH_PREFIX = "primecount-"
-#: In a scratch directory: the file its supervisor holds locked (C{flock})
-#: for as long as it lives.
-OWNER = "owner"
-
-
-class Scratch:
-    """
-    A supervisor's scratch directory: locked while the supervisor lives,
-    so that the next supervisor to start removes it if this one was killed
-    outright (SIGKILL gives it no chance to clean up).
-
-    @ivar path: the directory.
-    """
-
-    def __init__(self, base: str | None = None) -> None:
-        """
-        Remove the scratch directories of supervisors that are gone, then
-        make one for this process in C{base} (default: the temporary
-        directory).
-        """
-        base = base if base is not None else tempfile.gettempdir()
-        remove_stale_scratch(base)
-        # Made and locked under a name the removal skips, then renamed.
-        building = tempfile.mkdtemp(prefix="." + SCRATCH_PREFIX, dir=base)
-        self._lock = os.open(
-            os.path.join(building, OWNER), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self.path = os.path.join(base, os.path.basename(building)[1:])
-        os.rename(building, self.path)
-
-    def remove(self) -> None:
-        """
-        Remove the directory (at a normal stop).
-        """
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._lock)
-
-
-def remove_stale_scratch(base: str) -> list[str]:
-    """
-    Remove the scratch directories in C{base} whose supervisor is gone
-    (their L{OWNER} file is not locked).
-
-    @return: the directories removed.
-    """
-    removed: list[str] = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return removed
-    for name in names:
-        if not name.startswith(SCRATCH_PREFIX):
-            continue
-        path = os.path.join(base, name)
-        try:
-            info = os.lstat(path)
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-                continue
-            fd = os.open(os.path.join(path, OWNER), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            continue  # not ours, or not one we can tell is stale
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its supervisor is alive
-        finally:
-            os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-class AdoptedPort(service.Service):
-    """
-    Accepts on a listening socket inherited from the supervisor.
-    """
-
-    def __init__(
-        self, reactor: Any, label: str, fd: int, family: int, factory: protocol.Factory
-    ) -> None:
-        self._reactor = reactor
-        self.label = label
-        self.fd = fd
-        self.family = family
-        self.factory = factory
-        self.port: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        # adoptStreamPort duplicates the descriptor; ours is closed after.
-        self.port = self._reactor.adoptStreamPort(self.fd, self.family, self.factory)
-        os.close(self.fd)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
-
-    def address(self) -> defer.Deferred[str]:
-        """
-        Fires with where it accepts, as text.
-        """
-        return defer.succeed(f"{self.label} {address_text(self.port.getHost())}")
 
 
 class _Worker(protocol.ProcessProtocol):
@@ -431,11 +178,11 @@ class Supervisor(service.Service):
             inherited[label] = (FIRST_FD + n, family)
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
         env.update(self.env)
-        env[WORKER_ENV] = encode_sockets(inherited)
-        env[COUNTS_ENV] = f"{self.counts.path}:{self.counts.workers}"
-        env["PRIMECOUNT_WORKER_INDEX"] = str(index)
-        env[SUPERVISOR_ENV] = str(os.getpid())
-        argv = [*twistd_argv(), "-n", "--pidfile=", "primecount", *self.args]
+        told = WorkerEnvironment(
+            inherited, self.counts.path, self.counts.workers, index, os.getpid()
+        )
+        env.update(told.encode())
+        argv = primecount_argv(*self.args)
         process = self._reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=fds)
         worker.pid = process.pid  # type: ignore[attr-defined]
         worker.transport = process
@@ -527,3 +274,48 @@ def listening_socket(port: Any) -> tuple[int, int]:
     family = port.socket.family if hasattr(port, "socket") else socket.AF_INET
     os.set_inheritable(fd, True)
     return fd, int(family)
+
+
+class BoundSockets(service.Service):
+    """
+    The supervisor's listening sockets, bound before the workers start
+    (see L{bind}) and closed at stop.
+
+    @ivar ports: the listening ports, not accepting in this process.
+    @ivar sockets: label (made unique by a number) -> (fd, address family),
+        for the workers to inherit.
+    @ivar addresses: where each listens, as text (C{count 127.0.0.1:5050}).
+    """
+
+    def __init__(self) -> None:
+        self.ports: list[Any] = []
+        self.sockets: dict[str, tuple[int, int]] = {}
+        self.addresses: list[str] = []
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+
+def bind(reactor: Any, descriptions: Iterable[tuple[str, str]]) -> BoundSockets:
+    """
+    Bind a listening socket for each (label, endpoint description) and take
+    it out of this reactor, for the workers to accept on.
+
+    @raise SystemExit: with one line saying which could not be bound.
+    """
+    bound = BoundSockets()
+    for n, (label, description) in enumerate(descriptions):
+        endpoint = endpoints.serverFromString(reactor, description)
+        result: list[Any] = []
+        placeholder = protocol.Factory()
+        placeholder.noisy = False  # never accepts: the workers do
+        endpoint.listen(placeholder).addCallbacks(result.append, result.append)
+        if not result or isinstance(result[0], Failure):
+            why = result[0].getErrorMessage() if result else "not bound at once"
+            raise SystemExit(f"twistd primecount: error: cannot listen on {description}: {why}")
+        port = result[0]
+        bound.ports.append(port)
+        bound.sockets[f"{label}{n}"] = listening_socket(port)
+        bound.addresses.append(f"{label} {address_text(port.getHost())}")
+    return bound

@@ -39,6 +39,7 @@ from primecount.cli.bench.report import (
     write_json,
 )
 from primecount.cli.bench.stats import Result
+from primecount.core.options import positive
 
 __all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
 
@@ -49,14 +50,8 @@ class BenchError(Exception):
     """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+#: An argparse type: a whole number, at least 1.
+_positive_int = positive()
 
 
 def _count(text: str) -> int:

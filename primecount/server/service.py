@@ -1,0 +1,304 @@
+# -*- test-case-name: tests.test_connections -*-
+"""
+The serving process: its parts composed from the options (L{serve}), and
+the root service that starts them and stops them in order
+(L{PrimecountService}).
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from primecount import __version__
+from primecount.core.count import SERVER_BUSY, error_reply
+from primecount.core.fdlimit import raise_open_files_limit
+from primecount.journal.sqlite import JournalURL, SQLiteJournal
+from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.server.connections import Connections, RefusingReactor
+from primecount.server.countprotocol import CountFactory
+from primecount.server.listeners import COUNT, PROXY, RANGE, RANGE_PROXY, Listener, descriptions
+from primecount.server.pipeline import Pipeline
+from primecount.server.placement import PlacementService
+
+if TYPE_CHECKING:
+    from primecount.journal.postgresql import PostgresJournal
+
+_log = Logger(namespace="primecount")
+
+
+def _plural(n: int, noun: str) -> str:
+    """
+    C{1 record}, C{2 records}.
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+class PrimecountService(service.MultiService):
+    """
+    The whole server: the journal, the listeners, and an orderly stop.
+
+    On stop (SIGTERM): stop accepting; let every connection answer what it
+    has received and close (within C{shutdownTimeout} seconds, after which
+    the rest are dropped); then flush the journal.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        journal: SQLiteJournal | PostgresJournal | None,
+        connections: Connections,
+        settings: str,
+        shutdownTimeout: float,
+        clock: Any,
+    ) -> None:
+        """
+        @param pipeline: the count requests' pipeline, drained at stop.
+        @param journal: started first, stopped last; L{None} for none.
+        @param connections: the open connections, answered then closed at
+            stop.
+        @param settings: the settings, as the start's log line says them.
+        @param shutdownTimeout: seconds the stop may take (0: no bound).
+        @param clock: the reactor's C{IReactorTime}, for the deadline.
+        """
+        super().__init__()
+        self.pipeline = pipeline
+        self.journal = journal
+        self.connections = connections
+        self.settings = settings
+        self.shutdownTimeout = shutdownTimeout
+        self.listeners: list[Any] = []
+        self._clock = clock
+
+    def addListener(self, listener: Any) -> None:
+        """
+        Add a listening endpoint service.
+        """
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        if self.journal is not None and not self.journal.running:
+            self.journal.startService()
+        super().startService()
+        addresses = defer.gatherResults([lsn.address() for lsn in self.listeners])
+        addresses.addCallback(
+            lambda found: _log.info(
+                "primecount {version} listening on {addresses}; {settings}",
+                version=__version__,
+                addresses=", ".join(found),
+                settings=self.settings,
+            )
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """
+        Stop accepting; drain the connections, the pipeline, then the
+        journal, all within one deadline, C{shutdownTimeout} seconds away
+        (none when it is 0). Shortly before it the journal is hurried (no
+        more waiting for another process's lock: what waits is answered
+        C{ERR journal unavailable}); at it the connections still open are
+        dropped. Connections closed meanwhile have their records (a range's
+        settle) queued before the journal stops, so it flushes them too.
+        """
+        service.Service.stopService(self)
+        timers = []
+        if self.shutdownTimeout:
+            early = min(HURRY_BEFORE, self.shutdownTimeout / 2)
+            timers.append(self._clock.callLater(self.shutdownTimeout - early, self._hurry))
+            timers.append(self._clock.callLater(self.shutdownTimeout, self._drop))
+        try:
+            yield defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self])
+            busy = len(self.connections)
+            if busy:
+                _log.info(
+                    "stopping: answering what {connections} sent, for up to {t:g} s",
+                    connections=_plural(busy, "open connection"),
+                    t=self.shutdownTimeout,
+                )
+                # Fires once every connection is gone, dropped ones included.
+                yield self.connections.closeAll()
+            yield self.pipeline.whenIdle()
+            if self.journal is not None:
+                yield self.journal.stopService()
+                _log.info(
+                    "journal closed: {records} committed since the start, in {b} transactions",
+                    records=_plural(self.journal.committed, "record"),
+                    b=self.journal.batches,
+                )
+        finally:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+
+    def _hurry(self) -> None:
+        """
+        The deadline is near: the journal stops waiting for locks.
+        """
+        if self.journal is not None:
+            self.journal.hurry()
+
+    def _drop(self) -> None:
+        """
+        The deadline: drop the connections still open.
+        """
+        if len(self.connections):
+            _log.warn(
+                "stopping: {connections} still busy after {t:g} s; dropping them",
+                connections=_plural(len(self.connections), "connection"),
+                t=self.shutdownTimeout,
+            )
+            self.connections.abortAll()
+
+
+#: Seconds before the stop's deadline at which the journal is hurried, so
+#: that what waits for it is answered before the connections are dropped.
+HURRY_BEFORE = 0.5
+
+
+#: Descriptors kept for all but client connections: the journal's files,
+#: listening sockets, the log, pipes to workers, what libraries open.
+SPARE_DESCRIPTORS = 64
+
+
+def connection_limit(wanted: int, warn: bool = True) -> int:
+    """
+    The most connections this process can hold at once: C{wanted}
+    (C{--max-connections}), or fewer when the open-files limit, raised as
+    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS}; then
+    one warning names both numbers.
+    """
+    limit = raise_open_files_limit(wanted + SPARE_DESCRIPTORS)
+    if limit == resource.RLIM_INFINITY or limit >= wanted + SPARE_DESCRIPTORS:
+        return wanted
+    effective = max(1, limit - SPARE_DESCRIPTORS)
+    if warn:
+        _log.warn(
+            "open files limit is {limit}: serving at most {effective} connections at "
+            "once, not --max-connections {wanted} (raise the limit, e.g. 'ulimit -n' "
+            "or LimitNOFILE=, to serve more)",
+            limit=limit,
+            effective=effective,
+            wanted=wanted,
+        )
+    return effective
+
+
+def _framing_text(framing: tuple[str, float]) -> str:
+    kind, window = framing
+    return f"{kind}:{window * 1000:g}" if window else kind
+
+
+def settings_text(config: Mapping[str, Any]) -> str:
+    """
+    The settings the options chose, for the start's log line.
+    """
+    url: JournalURL = config["journal"]
+    return (
+        f"threads={config['threads']} timeout={config['timeout']:g} "
+        f"max-line={config['max-line']} max-connections={config['max-connections']} "
+        f"max-per-peer={config['max-per-peer'] or 'off'} "
+        f"cpu-affinity={config['cpu-affinity']} "
+        f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
+        f"framing={_framing_text(config['framing'])} "
+        f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
+    )
+
+
+def _journal(
+    url: JournalURL, reactor: Any, fsync: bool, metrics: MetricsRecorder
+) -> SQLiteJournal | PostgresJournal | None:
+    """
+    The journal C{--journal} names, or L{None} for C{none}.
+    """
+    if url.scheme == "sqlite":
+        return SQLiteJournal(url.path, reactor, fsync=fsync, metrics=metrics)
+    if url.scheme == "postgresql":
+        from primecount.journal.postgresql import PostgresJournal
+
+        return PostgresJournal(url.path, reactor, fsync=fsync, metrics=metrics)
+    return None
+
+
+def serve(
+    config: Mapping[str, Any],
+    reactor: Any,
+    connections: Connections,
+    adopted: list[tuple[str, int, int]] | None = None,
+    metrics: Any = None,
+    index: int = 0,
+) -> PrimecountService:
+    """
+    A serving process: listening itself, or on C{adopted} sockets
+    (label, fd, family) handed down by a supervisor.
+
+    @param config: the parsed options of C{twistd primecount}.
+    @param reactor: the reactor it runs on.
+    @param connections: the table of open connections and their limits.
+    @param metrics: where it records; L{None} for nowhere.
+    @param index: which serving process this is (for C{--cpu-affinity}).
+    """
+    reactor.suggestThreadPoolSize(config["threads"])
+    threadpool = reactor.getThreadPool()
+    if metrics is None:
+        metrics = NullMetrics()
+    metrics.watchThreadPool(threadpool)
+    journal = _journal(config["journal"], reactor, config["journal-fsync"], metrics)
+    pipeline = Pipeline(reactor, threadpool, journal, metrics)
+    factories: dict[str, Any] = {
+        label: CountFactory(
+            reactor,
+            pipeline,
+            timeout=config["timeout"],
+            maxLine=config["max-line"],
+            closeAfterReply=config["close-after-reply"],
+            connections=connections,
+            metrics=metrics,
+            proxyHeader=label == PROXY,
+            framing=config["framing"][0],
+            readWindow=config["framing"][1],
+        )
+        for label in (COUNT, PROXY)
+    }
+    if config["range-port"] is not None or config["range-listen"]:
+        from primecount.journal.sqlite import NullJournal
+        from primecount.server.rangeprotocol import RangeFactory
+
+        factories[RANGE] = RangeFactory(
+            reactor,
+            threadpool,
+            journal or NullJournal(),
+            timeout=config["timeout"],
+            connections=connections,
+            metrics=metrics,
+        )
+        # One pool of range job slots for both.
+        factories[RANGE_PROXY] = factories[RANGE].behindProxy()
+    busy = error_reply(SERVER_BUSY)
+    top = PrimecountService(
+        pipeline, journal, connections, settings_text(config), config["shutdown-timeout"], reactor
+    )
+    PlacementService(config["cpu-affinity"], index).setServiceParent(top)
+
+    def refusing(label: str) -> RefusingReactor:
+        # Out of descriptors, a TCP listener still answers ERR server busy.
+        return RefusingReactor(
+            reactor, b"" if label in (RANGE, RANGE_PROXY) else busy, connections.episodes
+        )
+
+    if adopted is None:
+        for label, description in descriptions(
+            config["listen"], config["range-port"], config["interface"], config["range-listen"]
+        ):
+            endpoint = endpoints.serverFromString(refusing(label), description)
+            top.addListener(Listener(label, description, endpoint, factories[label]))
+    else:
+        for label, fd, family in adopted:
+            top.addListener(Listener.adopted(refusing(label), label, fd, family, factories[label]))
+    return top
