@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from primecount import __version__
-from primecount.core.count import SERVER_BUSY, error_reply
+from primecount.core.outcomes import SERVER_BUSY
 from primecount.journal.sqlite import (
     JournalURL,
     JournalURLError,
@@ -656,7 +656,7 @@ class _Placement(service.Service):
 
 
 def _metricsListener(config: PrimecountOptions, reactor: Any, metrics: Any) -> service.Service:
-    from primecount.metrics.prometheus import metricsSite
+    from primecount.metrics.http import metricsSite
 
     description = tcp_description(config["metrics-port"], config["interface"])
     endpoint = endpoints.serverFromString(reactor, description)
@@ -676,7 +676,7 @@ def _server(
     A serving process: listening itself, or on C{adopted} sockets
     (label, fd, family) handed down by a supervisor.
     """
-    from primecount.metrics.prometheus import NullMetrics
+    from primecount.metrics.recorder import NullMetrics
 
     reactor.suggestThreadPoolSize(config["threads"])
     threadpool = reactor.getThreadPool()
@@ -720,7 +720,7 @@ def _server(
             connections=connections,
             metrics=metrics,
         )
-    busy = error_reply(SERVER_BUSY)
+    busy = SERVER_BUSY.reply()
     top = PrimecountService(
         pipeline, journal, connections, _settings(config), config["shutdown-timeout"], reactor
     )
