@@ -318,7 +318,7 @@ class _RangeHandler(socketserver.BaseRequestHandler):
         self.request.settimeout(5)
         try:
             while True:
-                request = self._read(rangecodec.REQUEST.size)
+                request = self._read(rangecodec.REQUEST_STRUCT.size)
                 if request is None:
                     return
                 a, b = rangecodec.decode_request(request)
@@ -328,7 +328,7 @@ class _RangeHandler(socketserver.BaseRequestHandler):
                 self.request.sendall(
                     rangecodec.encode_count(len(primes)) + rangecodec.encode_primes(primes)
                 )
-                total = self._read(rangecodec.SUM.size)
+                total = self._read(rangecodec.SUM_STRUCT.size)
                 if total is None:
                     return
                 server.sums.append(  # type: ignore[attr-defined]

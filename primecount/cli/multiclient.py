@@ -27,9 +27,6 @@ import numpy.typing as npt
 from primecount.core import rangecodec
 from primecount.core.primes import is_prime, primes_between
 
-#: Clients i are shifted by this much: [A + STRIDE·i, B + STRIDE·i].
-STRIDE = 1000
-
 #: Up to this many primes, each is checked with L{is_prime} (Miller-Rabin,
 #: independent of the server's sieve); beyond, against a local sieve.
 INDEPENDENT_CHECK_LIMIT = 20000
@@ -69,7 +66,7 @@ def fetch(sock: socket.socket, a: int, b: int) -> npt.NDArray[np.uint32]:
     @raise OSError: on network errors.
     """
     sock.sendall(rangecodec.encode_request(a, b))
-    count = rangecodec.decode_count(bytes(_recv_exactly(sock, rangecodec.COUNT.size)))
+    count = rangecodec.decode_count(bytes(_recv_exactly(sock, rangecodec.COUNT_STRUCT.size)))
     data = _recv_exactly(sock, count * rangecodec.PRIME_SIZE)
     return rangecodec.decode_primes(bytes(data))
 
@@ -208,7 +205,7 @@ def ranges(a: int, b: int, clients: int) -> list[tuple[int, int]]:
     """
     result = []
     for i in range(clients):
-        lo, hi = a + STRIDE * i, b + STRIDE * i
+        lo, hi = a + rangecodec.STRIDE * i, b + rangecodec.STRIDE * i
         try:
             rangecodec.check_int32(lo)
             rangecodec.check_int32(hi)

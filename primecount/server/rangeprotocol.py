@@ -305,13 +305,13 @@ class RangeProtocol(Protocol, TimeoutMixin):
         """
         if self._lost:
             return
-        if self._state == _IDLE and len(self._buffer) >= rangecodec.REQUEST.size:
-            request = bytes(self._buffer[: rangecodec.REQUEST.size])
-            del self._buffer[: rangecodec.REQUEST.size]
+        if self._state == _IDLE and len(self._buffer) >= rangecodec.REQUEST_STRUCT.size:
+            request = bytes(self._buffer[: rangecodec.REQUEST_STRUCT.size])
+            del self._buffer[: rangecodec.REQUEST_STRUCT.size]
             self._request(*rangecodec.decode_request(request))
-        elif self._state == _AWAITING_SUM and len(self._buffer) >= rangecodec.SUM.size:
-            data = bytes(self._buffer[: rangecodec.SUM.size])
-            del self._buffer[: rangecodec.SUM.size]
+        elif self._state == _AWAITING_SUM and len(self._buffer) >= rangecodec.SUM_STRUCT.size:
+            data = bytes(self._buffer[: rangecodec.SUM_STRUCT.size])
+            del self._buffer[: rangecodec.SUM_STRUCT.size]
             self._summed(rangecodec.decode_sum(data))
         self._throttle()
 
