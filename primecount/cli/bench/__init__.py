@@ -30,7 +30,8 @@ import socket
 import sys
 from typing import Any
 
-from primecount.cli.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, interrupt, measure
+from primecount.cli.bench.load import GeneratorFailed, interrupt, measure
+from primecount.cli.bench.plan import DEFAULT_MESSAGES, Plan
 from primecount.cli.bench.report import (
     PlotUnavailable,
     check_plot,
@@ -298,7 +299,7 @@ def settings(plan: Plan, processes: int) -> dict[str, Any]:
     """
     The run's settings, for the JSON document.
     """
-    from primecount.cli.bench.load import loop_factory
+    from primecount.cli.bench.plan import loop_factory
 
     return {
         "host": plan.host,
