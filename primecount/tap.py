@@ -356,7 +356,7 @@ def _metrics(options: PrimecountOptions, reactor: Any) -> Metrics | None:
 
 
 def _metricsListener(options: PrimecountOptions, reactor: Any, metrics: Any) -> Listener:
-    from primecount.metrics.prometheus import metricsSite
+    from primecount.metrics.http import metricsSite
 
     description = tcp_description(options["metrics-port"], options["interface"])
     endpoint = endpoints.serverFromString(reactor, description)

@@ -33,8 +33,9 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
-from primecount.cli.bench.load import DEFAULT_MESSAGES
-from primecount.core.count import LINE_TOO_LONG, error_reply, expected_reply
+from primecount.cli.bench.plan import DEFAULT_MESSAGES
+from primecount.core.count import expected_reply
+from primecount.core.outcomes import LINE_TOO_LONG
 from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -265,7 +266,7 @@ class CodecTests(CBenchTestCase):
             with contextlib.suppress(OSError):
                 sock.sendall(b"a" * 20000)
             data = recv_all(sock)
-        self.assertEqual(data, error_reply(LINE_TOO_LONG))
+        self.assertEqual(data, LINE_TOO_LONG.reply())
 
     def test_closeAfterReply(self) -> None:
         """

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from primecount.core import outcomes
 from primecount.core.count import (
     EXCERPT_BYTES,
     Reply,
@@ -111,3 +112,55 @@ class IsPrimeTests(SynchronousTestCase):
     def test_largeKnownValues(self) -> None:
         self.assertTrue(is_prime(2**61 - 1))
         self.assertFalse(is_prime(3_215_031_751))  # strong pseudoprime to 2, 3, 5, 7
+
+
+class OutcomeTableTests(SynchronousTestCase):
+    """
+    L{primecount.core.outcomes}: one table gives the wire bytes, the
+    journal's error and the metric label, exactly as they were before the
+    table existed.
+    """
+
+    def test_wireJournalAndLabel(self) -> None:
+        self.assertEqual(
+            [(o.reply(), o.error, o.label) for o in outcomes.OUTCOMES],
+            [
+                (b"ERR ok\n", None, "ok"),
+                (b"ERR server busy\n", "server busy", "server_busy"),
+                (b"ERR internal error\n", "internal error", "internal_error"),
+                (b"ERR empty message\n", "empty message", "empty_message"),
+                (b"ERR invalid UTF-8\n", "invalid UTF-8", "invalid_utf8"),
+                (b"ERR line too long\n", "line too long", "line_too_long"),
+                (b"ERR journal unavailable\n", "journal unavailable", "journal_unavailable"),
+                (b"ERR bad PROXY header\n", "bad PROXY header", "bad_proxy_header"),
+                (b"ERR bad sum\n", "bad sum", "bad_sum"),
+                (
+                    b"ERR client disconnected before the reply\n",
+                    "client disconnected before the reply",
+                    "disconnected",
+                ),
+                (
+                    b"ERR client disconnected mid-stream\n",
+                    "client disconnected mid-stream",
+                    "disconnected",
+                ),
+                (
+                    b"ERR client disconnected before sending the sum\n",
+                    "client disconnected before sending the sum",
+                    "disconnected",
+                ),
+                (b"ERR client stopped reading\n", "client stopped reading", "stopped_reading"),
+                (b"ERR no sum within the timeout\n", "no sum within the timeout", "no_sum"),
+                (b"ERR incomplete request\n", "incomplete request", "incomplete_request"),
+            ],
+        )
+
+    def test_textsAreDistinct(self) -> None:
+        texts = [o.text for o in outcomes.OUTCOMES]
+        self.assertEqual(len(set(texts)), len(texts))
+
+    def test_evaluationCarriesItsOutcome(self) -> None:
+        self.assertIs(evaluate(b"abc2a").outcome, outcomes.OK)
+        self.assertIs(evaluate(b" ").outcome, outcomes.EMPTY_MESSAGE)
+        self.assertIs(evaluate(b"\xff").outcome, outcomes.INVALID_UTF8)
+        self.assertIsNone(evaluate(b"abc2a").error)

@@ -29,7 +29,8 @@ from twisted.internet import endpoints
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import TestCase
 
-from primecount.metrics.prometheus import OUTCOMES, Metrics
+from primecount.core.outcomes import LABELS
+from primecount.metrics.prometheus import Metrics
 from tests.helpers import TWISTD, recv_lines
 from tests.test_proxyheader import require_program
 
@@ -213,7 +214,7 @@ class MetricNamesTests(TestCase):
         self.assertEqual(used - metricSampleNames(), set())
         outcomes = set(re.findall(r'outcome="(\w+)"', exprs))
         self.assertEqual(outcomes, {"journal_unavailable", "server_busy"})
-        self.assertEqual(outcomes - set(OUTCOMES.values()), set())
+        self.assertEqual(outcomes - LABELS, set())
 
     def test_dashboardUsesExportedMetrics(self) -> None:
         """

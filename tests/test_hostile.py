@@ -620,7 +620,7 @@ class RangeHostileTests(HostileTestCase):
 
     def test_partialRequestsThenClose(self) -> None:
         request = rangecodec.encode_request(100, 200)
-        for size in range(1, rangecodec.REQUEST.size):
+        for size in range(1, rangecodec.REQUEST_STRUCT.size):
             for halfClose in (False, True):
                 with self.rangeConnect() as sock:
                     sock.sendall(request[:size])
@@ -657,7 +657,7 @@ class RangeHostileTests(HostileTestCase):
                 if i % 3 == 0:
                     reset(sock)  # before N
                     continue
-                n = rangecodec.decode_count(recv_exactly(sock, rangecodec.COUNT.size))
+                n = rangecodec.decode_count(recv_exactly(sock, rangecodec.COUNT_STRUCT.size))
                 if b < a:
                     self.assertEqual(n, 0)
                 if (a, b) == (0, rangecodec.INT32_MAX):

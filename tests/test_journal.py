@@ -26,7 +26,7 @@ from primecount.journal.sqlite import (
     check_writable,
     parse_url,
 )
-from primecount.metrics.prometheus import NullMetrics
+from primecount.metrics.recorder import NullMetrics
 
 
 def record(i: int) -> Record:

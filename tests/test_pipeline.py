@@ -5,9 +5,24 @@ next one, taken round-robin across connections.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.server.pipeline import Pipeline, Slot
+from primecount.core import count
+from primecount.core.count import Evaluation
+from primecount.core.outcomes import (
+    EMPTY_MESSAGE,
+    INTERNAL_ERROR,
+    INVALID_UTF8,
+    JOURNAL_UNAVAILABLE,
+    LINE_TOO_LONG,
+    OK,
+    Outcome,
+)
+from primecount.journal.records import COUNT
+from primecount.metrics.recorder import NullMetrics
+from primecount.server.pipeline import PendingReply, Pipeline
 
 from .helpers import FakeJournal, FakeReactor, Harness, SyncPool
 
@@ -20,25 +35,25 @@ class Sink:
     def __init__(self, name: str) -> None:
         self.host = name
         self.port = 1
-        self.slots: list[Slot] = []
+        self.pending: list[PendingReply] = []
         self.ready = 0
 
-    def requests(self, n: int) -> list[tuple[bytes, Sink, Slot]]:
+    def requests(self, n: int) -> list[tuple[bytes, Sink, PendingReply]]:
         """
-        C{n} requests from this connection, with fresh slots.
+        C{n} requests from this connection, each with its pending reply.
         """
         made = []
         for i in range(n):
-            slot = Slot()
-            self.slots.append(slot)
-            made.append((f"{self.host}{i}".encode(), self, slot))
+            pending = PendingReply()
+            self.pending.append(pending)
+            made.append((f"{self.host}{i}".encode(), self, pending))
         return made
 
     def replyReady(self) -> None:
         self.ready += 1
 
     def answered(self) -> int:
-        return sum(slot.reply is not None for slot in self.slots)
+        return sum(pending.reply is not None for pending in self.pending)
 
 
 class NaturalBatchingTests(SynchronousTestCase):
@@ -152,3 +167,86 @@ class NaturalBatchingTests(SynchronousTestCase):
             h.replies(),
             [b"1 no\n", b"1 no\n", "2 sí\n".encode(), "2 sí\n".encode(), "2 sí\n".encode()],
         )
+
+
+class RecordingMetrics(NullMetrics):
+    """
+    Keeps what the pipeline counts: (protocol, outcome) -> requests.
+    """
+
+    def __init__(self) -> None:
+        self.counted: Counter[tuple[str, Outcome]] = Counter()
+
+    def requests(self, protocol: str, outcome: Outcome, n: int = 1) -> None:
+        self.counted[protocol, outcome] += n
+
+
+class OutcomeTests(SynchronousTestCase):
+    """
+    Each request's L{Outcome} travels with it to the metrics: the pipeline
+    counts outcome objects, it does not read them back from reply bytes.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.pool = SyncPool()
+        self.journal = FakeJournal()
+        self.metrics = RecordingMetrics()
+        self.pipeline = Pipeline(self.reactor, self.pool, self.journal, self.metrics)
+
+    def submit(self, items: list[bytes | Evaluation]) -> Sink:
+        sink = Sink("a")
+        requests = []
+        for item in items:
+            pending = PendingReply()
+            sink.pending.append(pending)
+            requests.append((item, sink, pending))
+        self.pipeline.submit(requests)
+        self.reactor.advance(0)
+        return sink
+
+    def test_eachOutcomeCounted(self) -> None:
+        sink = self.submit(
+            [b"abc2a", b"", b"\xffab", b"a", Evaluation("x" * 10, outcome=LINE_TOO_LONG)]
+        )
+        self.assertEqual(
+            self.metrics.counted,
+            Counter(
+                {
+                    (COUNT, OK): 2,
+                    (COUNT, EMPTY_MESSAGE): 1,
+                    (COUNT, INVALID_UTF8): 1,
+                    (COUNT, LINE_TOO_LONG): 1,
+                }
+            ),
+        )
+        self.assertEqual(
+            [p.reply for p in sink.pending],
+            [
+                "2 sí\n".encode(),
+                b"ERR empty message\n",
+                b"ERR invalid UTF-8\n",
+                b"1 no\n",
+                b"ERR line too long\n",
+            ],
+        )
+        self.assertEqual(
+            [r.error for r in self.journal.records],
+            [None, "empty message", "invalid UTF-8", None, "line too long"],
+        )
+
+    def test_journalUnavailable(self) -> None:
+        self.journal.failing = True
+        sink = self.submit([b"abc2a", b""])
+        self.assertEqual(self.metrics.counted, Counter({(COUNT, JOURNAL_UNAVAILABLE): 2}))
+        self.assertEqual([p.reply for p in sink.pending], [b"ERR journal unavailable\n"] * 2)
+
+    def test_internalError(self) -> None:
+        def broken(line: bytes) -> Evaluation:
+            raise RuntimeError("test says no")
+
+        self.patch(count, "evaluate", broken)
+        sink = self.submit([b"abc2a", b"a", b"b"])
+        self.assertEqual(self.metrics.counted, Counter({(COUNT, INTERNAL_ERROR): 3}))
+        self.assertEqual([p.reply for p in sink.pending], [b"ERR internal error\n"] * 3)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -28,18 +28,21 @@ from twisted.trial.unittest import TestCase
 from primecount import tap
 from primecount.cli.multiclient import fetch, send_sum
 from primecount.core import rangecodec
-from primecount.core.primes import primes_between
-from primecount.journal.records import RANGE, Record
-from primecount.server import rangeprotocol as rangeserver
-from primecount.server.connections import Connections
-from primecount.server.rangeprotocol import (
+from primecount.core.outcomes import (
     BAD_SUM,
     DISCONNECTED_BEFORE_REPLY,
     DISCONNECTED_BEFORE_SUM,
     DISCONNECTED_MID_STREAM,
     INCOMPLETE_REQUEST,
+    INTERNAL_ERROR,
     NO_SUM,
     STOPPED_READING,
+)
+from primecount.core.primes import primes_between
+from primecount.journal.records import RANGE, Record
+from primecount.server import rangeprotocol as rangeserver
+from primecount.server.connections import Connections
+from primecount.server.rangeprotocol import (
     PrimeStream,
     RangeFactory,
     RangeProtocol,
@@ -364,7 +367,7 @@ class ProtocolTests(TestCase):
         self.reactor.advance(0)
         proto.dataReceived(wireSum(100, 200, delta=1))
         [record] = self.journal.records
-        self.assertEqual((record.sum_ok, record.error), (False, BAD_SUM))
+        self.assertEqual((record.sum_ok, record.error), (False, BAD_SUM.text))
         transport.clear()
         proto.dataReceived(rangecodec.encode_request(2, 5))
         self.reactor.advance(0)
@@ -508,7 +511,7 @@ class ProtocolTests(TestCase):
         [record] = self.journal.records
         self.assertEqual(
             (record.a, record.b, record.count, record.sum_ok, record.error),
-            (0, 100000, 9592, None, DISCONNECTED_MID_STREAM),
+            (0, 100000, 9592, None, DISCONNECTED_MID_STREAM.text),
         )
 
     def test_disconnectBeforeReply(self) -> None:
@@ -521,7 +524,7 @@ class ProtocolTests(TestCase):
         proto.connectionLost(Failure(ConnectionDone()))
         self.reactor.advance(0)
         self.assertEqual(transport.value(), b"")
-        self.assertEqual(self.journal.records[0].error, DISCONNECTED_BEFORE_REPLY)
+        self.assertEqual(self.journal.records[0].error, DISCONNECTED_BEFORE_REPLY.text)
 
     def test_disconnectBeforeSum(self) -> None:
         """
@@ -532,7 +535,7 @@ class ProtocolTests(TestCase):
         self.reactor.advance(0)
         proto.connectionLost(Failure(ConnectionDone()))
         [record] = self.journal.records
-        self.assertEqual((record.count, record.error), (25, DISCONNECTED_BEFORE_SUM))
+        self.assertEqual((record.count, record.error), (25, DISCONNECTED_BEFORE_SUM.text))
 
     def test_incompleteRequestJournalled(self) -> None:
         """
@@ -542,7 +545,7 @@ class ProtocolTests(TestCase):
         proto.dataReceived(b"\x00\x00\x00")
         proto.connectionLost(Failure(ConnectionDone()))
         [record] = self.journal.records
-        self.assertEqual((record.a, record.error), (None, INCOMPLETE_REQUEST))
+        self.assertEqual((record.a, record.error), (None, INCOMPLETE_REQUEST.text))
 
     def test_idleTimeoutClosesConnection(self) -> None:
         """
@@ -591,7 +594,7 @@ class ProtocolTests(TestCase):
         self.reactor.advance(5.1)
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(self.journal.records[0].error, NO_SUM)
+        self.assertEqual(self.journal.records[0].error, NO_SUM.text)
 
     def test_stalledReaderIsAborted(self) -> None:
         """
@@ -606,7 +609,7 @@ class ProtocolTests(TestCase):
         self.reactor.advance(0.2)
         self.assertTrue(transport.disconnected)
         proto.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(self.journal.records[0].error, STOPPED_READING)
+        self.assertEqual(self.journal.records[0].error, STOPPED_READING.text)
 
     def test_sieveFailureJournalledAndConnectionDropped(self) -> None:
         """
@@ -624,7 +627,7 @@ class ProtocolTests(TestCase):
         self.assertTrue(transport.disconnected)
         self.assertEqual(len(self.flushLoggedErrors(MemoryError)), 1)
         proto.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual([r.error for r in self.journal.records], [rangeserver.INTERNAL_ERROR])
+        self.assertEqual([r.error for r in self.journal.records], [INTERNAL_ERROR.text])
 
 
 class ProxyHeaderTests(TestCase):
@@ -977,7 +980,7 @@ class SocketTests(TestCase):
         record = await self.journal.whenRecorded(lambda r: r.error is not None)
         self.assertEqual(
             (record.a, record.count, record.error),
-            (0, 105097565, DISCONNECTED_MID_STREAM),
+            (0, 105097565, DISCONNECTED_MID_STREAM.text),
         )
         # The job running when the client left may still finish; after
         # that, nothing more is sieved.

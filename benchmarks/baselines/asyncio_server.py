@@ -18,7 +18,8 @@ import time
 from typing import IO
 
 from primecount.cli.journal import format_seed
-from primecount.core.count import LINE_TOO_LONG, error_reply, evaluate
+from primecount.core.count import evaluate
+from primecount.core.outcomes import LINE_TOO_LONG
 from primecount.journal.records import COUNT, Record
 
 MAX_LINE = 16384
@@ -53,7 +54,7 @@ class CountProtocol(asyncio.Protocol):
         if b"\n" not in data:
             self.buffer = data
             if len(data) > MAX_LINE:
-                self.transport.write(error_reply(LINE_TOO_LONG))
+                self.transport.write(LINE_TOO_LONG.reply())
                 self.transport.close()
             return
         lines = data.split(b"\n")
@@ -64,10 +65,15 @@ class CountProtocol(asyncio.Protocol):
         """
         The reply to one line, logged when a log is open.
         """
-        verdict = evaluate(line)
+        evaluation = evaluate(line)
         if self.log is not None:
-            self.log.write(format_seed(Record(time.time(), self.ip, 0, COUNT, *verdict[:4])) + "\n")
-        return verdict.reply()
+            self.log.write(
+                format_seed(
+                    Record(time.time(), self.ip, 0, COUNT, *evaluation[:3], evaluation.error)
+                )
+                + "\n"
+            )
+        return evaluation.reply()
 
     def eof_received(self) -> bool:
         """

@@ -53,13 +53,18 @@ class SeedServer:
                 return
             if not data:
                 return
-            verdict = evaluate(data)
+            evaluation = evaluate(data)
             if self.log is not None:
-                entry = format_seed(Record(time.time(), ip, 0, COUNT, *verdict[:4])) + "\n"
+                entry = (
+                    format_seed(
+                        Record(time.time(), ip, 0, COUNT, *evaluation[:3], evaluation.error)
+                    )
+                    + "\n"
+                )
                 with self.lock, open(self.log, "a", encoding="utf-8") as f:
                     f.write(entry)
             try:
-                conn.sendall(verdict.reply())
+                conn.sendall(evaluation.reply())
             except OSError:
                 return
 

@@ -20,7 +20,8 @@ import time
 from typing import IO
 
 from primecount.cli.journal import format_seed
-from primecount.core.count import LINE_TOO_LONG, error_reply, evaluate
+from primecount.core.count import evaluate
+from primecount.core.outcomes import LINE_TOO_LONG
 from primecount.journal.records import COUNT, Record
 
 MAX_LINE = 16384
@@ -44,10 +45,13 @@ class SelectServer:
         """
         The reply to one request line, logged when a log is open.
         """
-        verdict = evaluate(line)
+        evaluation = evaluate(line)
         if self.log is not None:
-            self.log.write(format_seed(Record(time.time(), ip, 0, COUNT, *verdict[:4])) + "\n")
-        return verdict.reply()
+            self.log.write(
+                format_seed(Record(time.time(), ip, 0, COUNT, *evaluation[:3], evaluation.error))
+                + "\n"
+            )
+        return evaluation.reply()
 
     def drop(self, sock: socket.socket) -> None:
         """
@@ -83,7 +87,7 @@ class SelectServer:
         if b"\n" not in buffer:
             self.inbox[sock] = buffer
             if len(buffer) > MAX_LINE:
-                self.outbox[sock] += error_reply(LINE_TOO_LONG)
+                self.outbox[sock] += LINE_TOO_LONG.reply()
                 self.inbox[sock] = b""
                 self.closing.add(sock)
             return

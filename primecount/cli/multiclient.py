@@ -28,9 +28,6 @@ from primecount.core import rangecodec
 from primecount.core.options import positive
 from primecount.core.primes import is_prime, primes_between
 
-#: Clients i are shifted by this much: [A + STRIDE·i, B + STRIDE·i].
-STRIDE = 1000
-
 #: Up to this many primes, each is checked with L{is_prime} (Miller-Rabin,
 #: independent of the server's sieve); beyond, against a local sieve.
 INDEPENDENT_CHECK_LIMIT = 20000
@@ -70,7 +67,7 @@ def fetch(sock: socket.socket, a: int, b: int) -> npt.NDArray[np.uint32]:
     @raise OSError: on network errors.
     """
     sock.sendall(rangecodec.encode_request(a, b))
-    count = rangecodec.decode_count(bytes(_recv_exactly(sock, rangecodec.COUNT.size)))
+    count = rangecodec.decode_count(bytes(_recv_exactly(sock, rangecodec.COUNT_STRUCT.size)))
     data = _recv_exactly(sock, count * rangecodec.PRIME_SIZE)
     return rangecodec.decode_primes(bytes(data))
 
@@ -111,7 +108,7 @@ def verify(primes: npt.NDArray[np.uint32], a: int, b: int) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class ClientRun:
     """
     What one client saw.
 
@@ -133,7 +130,7 @@ class Outcome:
     seconds: float
 
 
-def ask_range(host: str, port: int, a: int, b: int, timeout: float) -> Outcome:
+def ask_range(host: str, port: int, a: int, b: int, timeout: float) -> ClientRun:
     """
     One client: connect, request [a, b], verify, send the sum.
     """
@@ -146,8 +143,8 @@ def ask_range(host: str, port: int, a: int, b: int, timeout: float) -> Outcome:
     except (OSError, ProtocolError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         reason = reason or type(e).__name__
-        return Outcome(a, b, None, None, None, reason, time.perf_counter() - start)
-    return Outcome(a, b, len(primes), total, problem, None, time.perf_counter() - start)
+        return ClientRun(a, b, None, None, None, reason, time.perf_counter() - start)
+    return ClientRun(a, b, len(primes), total, problem, None, time.perf_counter() - start)
 
 
 def _int32(text: str) -> int:
@@ -200,7 +197,7 @@ def ranges(a: int, b: int, clients: int) -> list[tuple[int, int]]:
     """
     result = []
     for i in range(clients):
-        lo, hi = a + STRIDE * i, b + STRIDE * i
+        lo, hi = a + rangecodec.STRIDE * i, b + rangecodec.STRIDE * i
         try:
             rangecodec.check_int32(lo)
             rangecodec.check_int32(hi)
@@ -212,22 +209,22 @@ def ranges(a: int, b: int, clients: int) -> list[tuple[int, int]]:
     return result
 
 
-def format_table(outcomes: list[Outcome]) -> str:
+def format_table(runs: list[ClientRun]) -> str:
     """
     The report: one row per client.
     """
     rows = [("range", "count", "sum", "verified", "time")]
-    for o in outcomes:
+    for o in runs:
         if o.error is not None:
-            verdict = f"error: {o.error}"
+            status = f"error: {o.error}"
         else:
-            verdict = "yes" if o.problem is None else f"NO: {o.problem}"
+            status = "yes" if o.problem is None else f"NO: {o.problem}"
         rows.append(
             (
                 f"[{o.a}, {o.b}]",
                 "-" if o.count is None else str(o.count),
                 "-" if o.total is None else str(o.total),
-                verdict,
+                status,
                 f"{o.seconds * 1000:.1f} ms",
             )
         )
@@ -256,22 +253,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"primecount primes: {e}", file=sys.stderr)
         return 1
     with ThreadPoolExecutor(max_workers=min(len(wanted), 64)) as pool:
-        outcomes = list(
+        runs = list(
             pool.map(
                 lambda r: ask_range(args.host, args.port, r[0], r[1], args.timeout),
                 wanted,
             )
         )
-    errors = [o for o in outcomes if o.error is not None]
-    if len(errors) == len(outcomes):
+    errors = [o for o in runs if o.error is not None]
+    if len(errors) == len(runs):
         print(f"primecount primes: {where}: {errors[0].error}", file=sys.stderr)
         return 1
-    print(format_table(outcomes))
+    print(format_table(runs))
     if errors:
         print(
-            f"primecount primes: {where}: {len(errors)} of {len(outcomes)} clients "
+            f"primecount primes: {where}: {len(errors)} of {len(runs)} clients "
             f"failed: {errors[0].error}",
             file=sys.stderr,
         )
         return 1
-    return 0 if all(o.problem is None for o in outcomes) else 1
+    return 0 if all(o.problem is None for o in runs) else 1

@@ -7,7 +7,8 @@ client and the load generator so they can never disagree on the wire format.
 
 A request is one line. Its I{message} is the line decoded as UTF-8 with the
 surrounding whitespace removed; its I{count} is how often the message's last
-code point occurs in it; the I{verdict} is whether that count is prime.
+code point occurs in it; I{prime} says whether that count is prime. How a
+request ended is its L{Outcome}, from L{primecount.core.outcomes}.
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ from __future__ import annotations
 import codecs
 from typing import NamedTuple
 
+from primecount.core.outcomes import EMPTY_MESSAGE, INVALID_UTF8, OK, Outcome
 from primecount.core.primes import is_prime
-
-#: The reason words of C{ERR} replies; one fixed phrase per failure.
-EMPTY = "empty message"
-INVALID_UTF8 = "invalid UTF-8"
-LINE_TOO_LONG = "line too long"
-JOURNAL_UNAVAILABLE = "journal unavailable"
-SERVER_BUSY = "server busy"
-INTERNAL_ERROR = "internal error"
 
 YES = "sí"
 NO = "no"
@@ -32,29 +26,37 @@ NO = "no"
 EXCERPT_BYTES = 128
 
 
-class Verdict(NamedTuple):
+class Evaluation(NamedTuple):
     """
-    The evaluation of one request line.
+    The evaluation of one request line: what the reply and the journal
+    record are made of.
 
     @ivar message: the message as text; for a line that is not valid UTF-8,
         its bytes as they arrived (without the LF or CR LF), so the journal
         tells them apart from text (see L{excerpt} for an over-long line).
     @ivar count: occurrences of the last code point, or L{None} on error.
     @ivar prime: whether C{count} is prime, or L{None} on error.
-    @ivar error: the C{ERR} reason, or L{None} for a good request.
+    @ivar outcome: L{OK}, or the error that is the reply.
     """
 
     message: str | bytes
     count: int | None = None  # type: ignore[assignment]  # shadows tuple.count
     prime: bool | None = None
-    error: str | None = None
+    outcome: Outcome = OK
+
+    @property
+    def error(self) -> str | None:
+        """
+        The journal's C{error}: L{None} for a good request.
+        """
+        return self.outcome.error
 
     def reply(self) -> bytes:
         """
-        The reply line for this verdict, newline included, UTF-8 encoded.
+        The reply line, newline included, UTF-8 encoded.
         """
-        if self.error is not None:
-            return error_reply(self.error)
+        if self.outcome != OK:
+            return self.outcome.reply()
         return format_reply(self.count or 0, bool(self.prime))
 
 
@@ -65,7 +67,7 @@ def count_last(message: str) -> int:
     return message.count(message[-1])
 
 
-def evaluate(line: bytes) -> Verdict:
+def evaluate(line: bytes) -> Evaluation:
     """
     Evaluate one request line (without its LF; a trailing CR is dropped).
     """
@@ -74,12 +76,12 @@ def evaluate(line: bytes) -> Verdict:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        return Verdict(line, error=INVALID_UTF8)
+        return Evaluation(line, outcome=INVALID_UTF8)
     message = text.strip()
     if not message:
-        return Verdict(message, error=EMPTY)
+        return Evaluation(message, outcome=EMPTY_MESSAGE)
     k = count_last(message)
-    return Verdict(message, k, is_prime(k))
+    return Evaluation(message, k, is_prime(k))
 
 
 def excerpt(data: bytes) -> str | bytes:
@@ -104,13 +106,6 @@ def format_reply(count: int, prime: bool) -> bytes:
     return f"{count} {YES if prime else NO}\n".encode()
 
 
-def error_reply(reason: str) -> bytes:
-    """
-    The wire form of an error: C{b"ERR <reason>\\n"}.
-    """
-    return f"ERR {reason}\n".encode()
-
-
 def expected_reply(message: str | bytes) -> bytes:
     """
     The reply a correct server gives to one request line; for clients that
@@ -126,7 +121,7 @@ class Reply(NamedTuple):
     A reply line as a client reads it.
 
     @ivar count: the count, or L{None} for an C{ERR} reply.
-    @ivar prime: the verdict, or L{None} for an C{ERR} reply.
+    @ivar prime: whether the count is prime, or L{None} for an C{ERR} reply.
     @ivar error: the C{ERR} reason, or L{None}.
     """
 

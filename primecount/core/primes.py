@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from primecount.core.rangecodec import INT32_MAX
+
 _TABLE_LIMIT = 1 << 16
 
 
@@ -68,8 +70,6 @@ def is_prime(n: int) -> bool:
 
 # -- The segmented sieve ----------------------------------------------------
 
-#: The largest value a range may reach: the top of a signed 32-bit integer.
-INT32_MAX = (1 << 31) - 1
 
 #: Numbers covered by one segment (2 MiB of candidates, half of them odd):
 #: one sieve job takes a few milliseconds and about 2 MiB of memory.

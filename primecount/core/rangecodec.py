@@ -20,11 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 #: A request: the bounds a and b, signed 32-bit, big-endian.
-REQUEST = struct.Struct("!ii")
+REQUEST_STRUCT = struct.Struct("!ii")
 #: The count N that precedes the primes, unsigned 32-bit, big-endian.
-COUNT = struct.Struct("!I")
+COUNT_STRUCT = struct.Struct("!I")
 #: The client's sum of the primes it received, signed 64-bit, big-endian.
-SUM = struct.Struct("!q")
+SUM_STRUCT = struct.Struct("!q")
 #: Bytes per prime on the wire.
 PRIME_SIZE = 4
 #: The numpy dtype of a prime on the wire.
@@ -32,6 +32,11 @@ WIRE_DTYPE = np.dtype(">u4")
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
+
+#: The load clients (C{primecount multiclient}, C{primecount bench
+#: --protocol range}) shift client i's range by C{STRIDE * i}:
+#: [A + STRIDE·i, B + STRIDE·i], so that they ask different questions.
+STRIDE = 1000
 
 
 def check_int32(value: int) -> int:
@@ -51,14 +56,14 @@ def encode_request(a: int, b: int) -> bytes:
 
     @raise ValueError: when a bound does not fit a signed 32-bit integer.
     """
-    return REQUEST.pack(check_int32(a), check_int32(b))
+    return REQUEST_STRUCT.pack(check_int32(a), check_int32(b))
 
 
 def decode_request(data: bytes) -> tuple[int, int]:
     """
-    The bounds (a, b) of a request of exactly C{REQUEST.size} bytes.
+    The bounds (a, b) of a request of exactly C{REQUEST_STRUCT.size} bytes.
     """
-    a, b = REQUEST.unpack(data)
+    a, b = REQUEST_STRUCT.unpack(data)
     return a, b
 
 
@@ -66,14 +71,14 @@ def encode_count(count: int) -> bytes:
     """
     The wire form of N, the number of primes that follow.
     """
-    return COUNT.pack(count)
+    return COUNT_STRUCT.pack(count)
 
 
 def decode_count(data: bytes) -> int:
     """
-    N from exactly C{COUNT.size} bytes.
+    N from exactly C{COUNT_STRUCT.size} bytes.
     """
-    (count,) = COUNT.unpack(data)
+    (count,) = COUNT_STRUCT.unpack(data)
     return int(count)
 
 
@@ -104,12 +109,12 @@ def encode_sum(total: int) -> bytes:
     """
     The wire form of the client's sum.
     """
-    return SUM.pack(total)
+    return SUM_STRUCT.pack(total)
 
 
 def decode_sum(data: bytes) -> int:
     """
-    The client's sum from exactly C{SUM.size} bytes.
+    The client's sum from exactly C{SUM_STRUCT.size} bytes.
     """
-    (total,) = SUM.unpack(data)
+    (total,) = SUM_STRUCT.unpack(data)
     return int(total)

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount.journal.records import Record
-from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 
 
 class JournalUnavailable(Exception):

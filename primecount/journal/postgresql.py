@@ -54,7 +54,7 @@ from psycopg.conninfo import conninfo_to_dict
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.records import Record
 from primecount.journal.sqlite import JournalURL, JournalURLError, mask_password
-from primecount.metrics.prometheus import MetricsRecorder
+from primecount.metrics.recorder import MetricsRecorder
 
 #: Connection settings used unless the URL gives its own: a connection
 #: attempt gives up after 5 s; data unacknowledged by the server for 10 s,

@@ -41,7 +41,7 @@ from primecount.journal import schema
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.base import JournalUnavailable as JournalUnavailable
 from primecount.journal.records import Record
-from primecount.metrics.prometheus import MetricsRecorder
+from primecount.metrics.recorder import MetricsRecorder
 
 
 class JournalURLError(ValueError):

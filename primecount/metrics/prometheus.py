@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-Prometheus metrics: what the server counts, and the HTTP page that shows it.
+Prometheus metrics: the C{primecount_*} families of a process.
 
 One L{Metrics} per process holds the C{primecount_*} families; the server
 calls its methods on the reactor thread, once per request batch, so each is
 a couple of dictionary lookups and locked additions (about a microsecond;
 safe from other threads too, such as the journal writer's). When C{--metrics-port}
-is off the server holds a L{NullMetrics} instead: the same methods, doing
-nothing, so call sites need no C{if}. Both satisfy L{MetricsRecorder}.
+is off the server holds a L{primecount.metrics.recorder.NullMetrics}
+instead. Both satisfy L{primecount.metrics.recorder.MetricsRecorder}; the
+page that serves the families is L{primecount.metrics.http}.
 
 Families (labels in braces)::
 
@@ -25,8 +26,9 @@ plus C{process_*} and C{python_*} of the process serving C{/metrics}.
 
 Label values are bounded: C{protocol} is a constant from code
 (L{primecount.journal.records.COUNT}, L{primecount.journal.records.RANGE}), and C{outcome}
-is C{ok} or one word per known C{ERR} reason (L{OUTCOMES}); any other reason
-counts as C{error}. No request data ever becomes a label.
+is the label of an L{primecount.core.outcomes.Outcome}, from that module's
+one table (L{primecount.core.outcomes.LABELS}). No request data ever
+becomes a label.
 
 Several processes (C{--workers N}) use prometheus_client's multiprocess
 mode. The supervisor creates an empty directory and puts its path in the
@@ -47,49 +49,21 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
-
-from twisted.web import http, pages
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.metrics_core import Metric
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.interfaces import IReactorTime
     from twisted.internet.task import LoopingCall
     from twisted.python.threadpool import ThreadPool
 
+    from primecount.core.outcomes import Outcome
+
 #: The environment variable that turns on prometheus_client's multiprocess
 #: mode; its value is the directory the processes share.
 MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
-
-#: The C{outcome} label of each reply: C{ok}, or one word per C{ERR} reason
-#: (L{primecount.core.count}, L{primecount.server.rangeprotocol}). A reason missing here
-#: counts as L{OTHER_ERROR}.
-OUTCOMES: dict[str, str] = {
-    "ok": "ok",
-    "empty message": "empty_message",
-    "invalid UTF-8": "invalid_utf8",
-    "line too long": "line_too_long",
-    "journal unavailable": "journal_unavailable",
-    "internal error": "internal_error",
-    "server busy": "server_busy",
-    "bad sum": "bad_sum",
-    "client disconnected before the reply": "disconnected",
-    "client disconnected mid-stream": "disconnected",
-    "client disconnected before sending the sum": "disconnected",
-    "client stopped reading": "stopped_reading",
-    "no sum within the timeout": "no_sum",
-    "incomplete request": "incomplete_request",
-}
-# A label word passed in stands for itself.
-OUTCOMES.update({word: word for word in list(OUTCOMES.values())})
-
-#: The C{outcome} of a reason that L{OUTCOMES} does not know.
-OTHER_ERROR = "error"
 
 #: Upper bounds of C{primecount_request_duration_seconds}: 50 µs to 5 s.
 LATENCY_BUCKETS = (
@@ -135,130 +109,6 @@ COMMIT_BUCKETS = (
 )
 
 
-def outcomeLabel(outcome: str | None) -> str:
-    """
-    The bounded C{outcome} label of a reply.
-
-    @param outcome: C{"ok"} or L{None} for a good reply, else the C{ERR}
-        reason.
-    @return: a value of L{OUTCOMES}, or L{OTHER_ERROR}.
-    """
-    if outcome is None:
-        return "ok"
-    return OUTCOMES.get(outcome, OTHER_ERROR)
-
-
-class MetricsRecorder(Protocol):
-    """
-    What the server calls: satisfied by L{Metrics} and L{NullMetrics}.
-    """
-
-    def requests(self, protocol: str, outcome: str | None, n: int = 1) -> None:
-        """
-        Count C{n} replies of C{protocol} with C{outcome}.
-        """
-
-    def latency(self, protocol: str, seconds: float, n: int = 1) -> None:
-        """
-        Observe C{n} requests that each took C{seconds}.
-        """
-
-    def connectionOpened(self, protocol: str) -> None:
-        """
-        A connection of C{protocol} opened.
-        """
-
-    def connectionClosed(self, protocol: str) -> None:
-        """
-        A connection of C{protocol} closed.
-        """
-
-    def journalCommit(self, records: int, seconds: float) -> None:
-        """
-        One journal transaction committed C{records} in C{seconds}.
-        """
-
-    def journalFailed(self, records: int) -> None:
-        """
-        C{records} could not be written to the journal.
-        """
-
-    def workerRestarted(self) -> None:
-        """
-        The supervisor replaced a worker process.
-        """
-
-    def watchThreadPool(self, pool: ThreadPool) -> Callable[[], None]:
-        """
-        Report C{pool}'s backlog and busy threads; return a callable that stops.
-        """
-
-    def mark_process_dead(self, pid: int) -> None:
-        """
-        Forget the live gauges of the exited worker process C{pid}.
-        """
-
-
-def _stopNothing() -> None:
-    """
-    The unwatch callable of L{NullMetrics.watchThreadPool}.
-    """
-
-
-class NullMetrics:
-    """
-    Metrics turned off: every method accepts its call and does nothing.
-    """
-
-    def requests(self, protocol: str, outcome: str | None, n: int = 1) -> None:
-        """
-        Do nothing; see L{Metrics.requests}.
-        """
-
-    def latency(self, protocol: str, seconds: float, n: int = 1) -> None:
-        """
-        Do nothing; see L{Metrics.latency}.
-        """
-
-    def connectionOpened(self, protocol: str) -> None:
-        """
-        Do nothing; see L{Metrics.connectionOpened}.
-        """
-
-    def connectionClosed(self, protocol: str) -> None:
-        """
-        Do nothing; see L{Metrics.connectionClosed}.
-        """
-
-    def journalCommit(self, records: int, seconds: float) -> None:
-        """
-        Do nothing; see L{Metrics.journalCommit}.
-        """
-
-    def journalFailed(self, records: int) -> None:
-        """
-        Do nothing; see L{Metrics.journalFailed}.
-        """
-
-    def workerRestarted(self) -> None:
-        """
-        Do nothing; see L{Metrics.workerRestarted}.
-        """
-
-    def watchThreadPool(self, pool: ThreadPool) -> Callable[[], None]:
-        """
-        Do nothing; see L{Metrics.watchThreadPool}.
-
-        @return: a callable that does nothing.
-        """
-        return _stopNothing
-
-    def mark_process_dead(self, pid: int) -> None:
-        """
-        Do nothing; see L{Metrics.mark_process_dead}.
-        """
-
-
 def _observe(histogram: Histogram, amount: float, n: int) -> None:
     """
     Add C{n} observations of C{amount} to one histogram at once.
@@ -270,6 +120,13 @@ def _observe(histogram: Histogram, amount: float, n: int) -> None:
     observations, and this works on both value stores (in memory and the
     multiprocess files). The bucket is found by bisection rather than the
     linear scan of C{observe}.
+
+    Private API, used here only: prometheus_client has no public way to add
+    C{n} equal observations, and calling C{observe} once per request of a
+    batch (up to hundreds per pool job) would cost the reactor thread
+    hundreds of locked updates instead of two. C{tests.test_metrics} checks
+    that the result equals C{n} calls of C{observe}, so a change of these
+    internals fails there.
 
     @param histogram: a histogram without labels, or one labelled child.
     @param amount: the observed value; a negative value or NaN (a clock
@@ -286,17 +143,13 @@ def _poolLoad(pools: list[ThreadPool]) -> tuple[int, int]:
     """
     The backlog and the busy threads of some thread pools, summed.
 
-    Twisted's C{ThreadPool} delegates to a C{Team} whose C{statistics()} is
-    where its own C{working}, C{waiters} and C{q.qsize()} come from.
-
     @param pools: the pools.
     @return: work waiting for a thread, and threads at work.
     """
     backlog = busy = 0
     for pool in pools:
-        statistics = pool._team.statistics()
-        backlog += statistics.backloggedWorkCount
-        busy += statistics.busyWorkerCount
+        backlog += pool.q.qsize()
+        busy += len(pool.working)
     return backlog, busy
 
 
@@ -466,19 +319,19 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
-    def requests(self, protocol: str, outcome: str | None, n: int = 1) -> None:
+    def requests(self, protocol: str, outcome: Outcome, n: int = 1) -> None:
         """
         Count replies: C{primecount_requests_total{protocol, outcome}}.
 
         @param protocol: L{primecount.journal.records.COUNT} or
             L{primecount.journal.records.RANGE}.
-        @param outcome: C{"ok"} or L{None} for a good reply, else its C{ERR}
-            reason (mapped by L{outcomeLabel}).
+        @param outcome: how the requests ended; its label is the C{outcome}
+            label.
         @param n: how many replies; nothing happens unless it is positive.
         """
         if n <= 0:
             return
-        key = (protocol, outcomeLabel(outcome))
+        key = (protocol, outcome.label)
         child = self._requestsBy.get(key)
         if child is None:
             child = self._requestsBy[key] = self._requests.labels(*key)
@@ -554,7 +407,7 @@ class Metrics:
         """
         self._restarts.inc()
 
-    def watchThreadPool(self, pool: ThreadPool) -> Callable[[], None]:
+    def watchThreadPool(self, pool: ThreadPool) -> None:
         """
         Report C{pool} in C{primecount_threadpool_queue_depth} (work waiting
         for a thread) and C{primecount_threadpool_busy_threads}, summed over
@@ -564,8 +417,8 @@ class Metrics:
         the scrape happens in the supervisor, so each process samples its
         pools into live gauges every C{sampleInterval} seconds instead.
 
-        @param pool: a Twisted thread pool, such as the reactor's.
-        @return: a callable that stops watching C{pool}.
+        @param pool: a Twisted thread pool, such as the reactor's; watched
+            for the life of the process.
         """
         self._pools.pools.append(pool)
         if self.multiprocess and self._sampler is None:
@@ -574,17 +427,6 @@ class Metrics:
             self._sampler = LoopingCall(self._samplePools)
             self._sampler.clock = self._clock or _globalReactor()
             self._sampler.start(self._sampleInterval, now=True)
-
-        def unwatch() -> None:
-            if pool in self._pools.pools:
-                self._pools.pools.remove(pool)
-            if self._sampler is not None:
-                self._samplePools()
-                if not self._pools.pools:
-                    self._sampler.stop()
-                    self._sampler = None
-
-        return unwatch
 
     def _samplePools(self) -> None:
         """
@@ -605,80 +447,3 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid, self._directory)
-
-
-class _NotFound(Resource):
-    """
-    A resource whose only content is C{/metrics}: any other path is 404.
-    """
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        """
-        Not found, with Twisted's escaping page.
-        """
-        return pages.notFound()
-
-
-class MetricsResource(_NotFound):
-    """
-    The Prometheus exposition of one registry, rendered on the reactor
-    thread (a scrape reads memory, or a few small memory-mapped files).
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        """
-        @param registry: what to expose.
-        """
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request: Request) -> bytes:
-        """
-        The text format the client asks for (Prometheus text, or
-        OpenMetrics when its C{Accept} header prefers it).
-        """
-        from prometheus_client.exposition import choose_encoder
-
-        accept = request.getHeader(b"accept")
-        encoder, contentType = choose_encoder(accept.decode("latin-1") if accept else "")
-        request.setHeader(b"content-type", contentType.encode("ascii"))
-        return encoder(self._registry)
-
-
-class QuietSite(Site):
-    """
-    A site that writes no access log line per scrape.
-    """
-
-    noisy = False
-
-    def log(self, request: http.Request) -> None:
-        """
-        Log nothing.
-        """
-
-
-def metricsSite(metrics: Metrics) -> QuietSite:
-    """
-    The HTTP site serving C{metrics} at C{/metrics}, 404 elsewhere.
-    """
-    root = _NotFound()
-    # No mypy-zope here: mypy cannot see the classes' @implementer.
-    root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[arg-type]
-    return QuietSite(root)
-
-
-def metricsService(reactor: Any, description: str, metrics: Metrics) -> StreamServerEndpointService:
-    """
-    An HTTP service serving C{metrics} at C{/metrics}, 404 elsewhere.
-
-    @param reactor: the reactor to listen with.
-    @param description: a Twisted server endpoint description, such as
-        C{tcp:9100:interface=127.0.0.1}.
-    @param metrics: the metrics to serve (its L{Metrics.registry}).
-    @return: a service that listens when started (and fails to start when
-        the port cannot be bound).
-    """
-    from twisted.application import strports
-
-    return strports.service(description, metricsSite(metrics), reactor=reactor)  # type: ignore[arg-type]

@@ -33,19 +33,18 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from primecount.core import count, proxyheader
-from primecount.core.count import Verdict, error_reply
+from primecount.core.count import Evaluation
+from primecount.core.outcomes import BAD_PROXY_HEADER, LINE_TOO_LONG, SERVER_BUSY, Outcome
 from primecount.journal.records import COUNT
-from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.idle import IdleSweep
-from primecount.server.pipeline import Pipeline, Request, Slot
+from primecount.server.pipeline import PendingReply, Pipeline, Request
 
 #: Stop reading from a client with this many unanswered requests; read again
 #: when fewer than half remain. Bounds the memory a pipelining client can
 #: claim whatever it sends.
 MAX_PENDING = 1024
-
-BAD_PROXY_HEADER = "bad PROXY header"
 
 #: C{--framing}: one request per LF-terminated line (the default).
 LINE = "line"
@@ -89,12 +88,12 @@ class ProxyHeaderReceiver:
     behind HAProxy is made, passes every read to L{_proxyHeader} while it is
     set, and provides C{factory} (with C{connections} and C{metrics}), the
     C{host} and C{port} of the peer, C{_admitted()} (count the connection
-    open) and C{_refuse(reason)} (say why if the protocol can, and close).
+    open) and C{_refuse(outcome)} (say why if the protocol can, and close).
     A refused connection is logged once per episode, never counted open.
 
     @cvar metricsProtocol: the protocol's name in metrics (L{COUNT}, ...).
     @cvar refusals: how the episodes of refusals are named, before the
-        reason.
+        outcome.
     """
 
     metricsProtocol = COUNT
@@ -109,7 +108,7 @@ class ProxyHeaderReceiver:
     def _admitted(self) -> None:
         raise NotImplementedError
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, outcome: Outcome) -> None:
         raise NotImplementedError
 
     def _proxyHeader(self, data: bytes) -> bytes:
@@ -133,27 +132,27 @@ class ProxyHeaderReceiver:
         if result.source is not None:
             self.host, self.port = proxy_peer(result.source)
         if not self.factory.connections.admit(self.host):
-            self.factory.metrics.requests(self.metricsProtocol, count.SERVER_BUSY)
-            self._proxyRefuse(count.SERVER_BUSY)
+            self.factory.metrics.requests(self.metricsProtocol, SERVER_BUSY)
+            self._proxyRefuse(SERVER_BUSY)
             return b""
         self._awaitingProxy = False
         self._admitted()
         return result.rest
 
-    def _proxyRefuse(self, reason: str) -> None:
+    def _proxyRefuse(self, outcome: Outcome) -> None:
         """
         Refuse the connection before admitting it (C{_awaitingProxy} stays
         set: connectionLost has nothing to release).
         """
         self._proxyRefused = True
         self.factory.connections.episodes.event(
-            f"{self.refusals} {reason}",
+            f"{self.refusals} {outcome.text}",
             "{host}:{port}: {reason}; closing (more such are counted, not logged)",
             host=self.host,
             port=self.port,
-            reason=reason,
+            reason=outcome.text,
         )
-        self._refuse(reason)
+        self._refuse(outcome)
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -202,13 +201,12 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     _log = Logger()
 
     def __init__(self) -> None:
-        self._slots: deque[Slot] = deque()
-        self._batch: list[Request] = []
+        self._pending: deque[PendingReply] = deque()
+        self._parsed: list[Request] = []  # not yet submitted to the pipeline
         self._closing = False  # answer what is queued, then close
         self._lost = False
         self._readPaused = False  # too many unanswered requests
         self._writePaused = False  # the client is not reading replies
-        self._answered = 0
         self._producing = False  # registered as the transport's producer
         self._window: Any = None  # READ framing: the read window's end
         self.lastActive: float | None = None  # read by the factory's IdleSweep
@@ -241,7 +239,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._lost = True
         self.factory.idle.unwatch(self)
         self._endWindow()
-        self._slots.clear()
+        self._pending.clear()
         if not self._awaitingProxy:
             self.factory.connections.closed(self)
             self.factory.metrics.connectionClosed(COUNT)
@@ -276,7 +274,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         so): close an idle connection, drop one whose client stopped reading
         its replies.
         """
-        if self._slots and not self._writePaused:
+        if self._pending and not self._writePaused:
             # Waiting for answers we owe the client (the journal): not idle.
             return
         if self._writePaused or self._closing:
@@ -392,9 +390,9 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self.closeWhenDone()
         self._send()
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, outcome: Outcome) -> None:
         self._closing = True
-        self.transport.write(error_reply(reason))
+        self.transport.write(outcome.reply())
         self._close()
 
     def lineReceived(self, line: bytes) -> None:
@@ -417,19 +415,19 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             limit=self.MAX_LENGTH,
         )
         self._buffer = b""
-        self._request(Verdict(count.excerpt(line), error=count.LINE_TOO_LONG))
+        self._request(Evaluation(count.excerpt(line), outcome=LINE_TOO_LONG))
         self.closeWhenDone()
 
-    def _request(self, item: bytes | Verdict) -> None:
-        slot = Slot()
-        self._slots.append(slot)
-        self._batch.append((item, self, slot))
+    def _request(self, item: bytes | Evaluation) -> None:
+        pending = PendingReply()
+        self._pending.append(pending)
+        self._parsed.append((item, self, pending))
 
     def _send(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self.factory.pipeline.submit(batch)
-        if len(self._slots) >= MAX_PENDING and not self._readPaused:
+        if self._parsed:
+            parsed, self._parsed = self._parsed, []
+            self.factory.pipeline.submit(parsed)
+        if len(self._pending) >= MAX_PENDING and not self._readPaused:
             self._readPaused = True
             self._updateReading()
 
@@ -441,7 +439,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             return
         self._closing = True
         self.transport.pauseProducing()
-        if not self._slots:
+        if not self._pending:
             self._close()
 
     # -- output -------------------------------------------------------------
@@ -453,20 +451,19 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         if self._lost:
             return
         ready: list[bytes] = []
-        slots = self._slots
-        while slots and (reply := slots[0].reply) is not None:
-            slots.popleft()
+        pending = self._pending
+        while pending and (reply := pending[0].reply) is not None:
+            pending.popleft()
             ready.append(reply)
         if not ready:
             return
         write_now(self.transport, b"".join(ready))
-        self._answered += len(ready)
         if self._closing:
-            if not slots:
+            if not pending:
                 self._close()
             return
         self._active()
-        if self._readPaused and len(slots) < MAX_PENDING // 2:
+        if self._readPaused and len(pending) < MAX_PENDING // 2:
             self._readPaused = False
             self._updateReading()
 
@@ -501,8 +498,8 @@ class BusyProtocol(Protocol):
     factory: CountFactory
 
     def connectionMade(self) -> None:
-        self.factory.metrics.requests(COUNT, count.SERVER_BUSY)
-        self.transport.write(error_reply(count.SERVER_BUSY))
+        self.factory.metrics.requests(COUNT, SERVER_BUSY)
+        self.transport.write(SERVER_BUSY.reply())
         self.transport.loseConnection()
 
 

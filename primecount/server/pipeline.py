@@ -10,7 +10,10 @@ taken round-robin across connections; the connections then write their
 replies in request order.
 
     connections ──► per-connection queues ──► one pool job at a time
-    (evaluate, journal.commit) ──► each connection fills its reply slots
+    (evaluate, journal.commit) ──► each connection's pending replies filled
+
+Each request carries its L{Outcome} from evaluation to the metrics: nothing
+parses reply bytes to learn how a request ended.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount.core import count
-from primecount.core.count import INTERNAL_ERROR, Verdict, error_reply
+from primecount.core.count import Evaluation
+from primecount.core.outcomes import INTERNAL_ERROR, JOURNAL_UNAVAILABLE, Outcome
 from primecount.journal.records import COUNT, Record, now
 from primecount.journal.sqlite import JournalUnavailable
-from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 
 
 class Journal(Protocol):
@@ -45,10 +49,10 @@ class Journal(Protocol):
         """
 
 
-class Slot:
+class PendingReply:
     """
-    The place of one reply in its connection's queue, filled when the reply
-    is ready.
+    A request's place in its connection's reply order: empty until the
+    request's batch is answered, then its reply.
     """
 
     __slots__ = ("reply",)
@@ -68,56 +72,69 @@ class Sink(Protocol):
 
     def replyReady(self) -> None:
         """
-        One or more of this connection's slots were filled.
+        One or more of this connection's pending replies were filled.
         """
 
 
-#: One request on its way: the raw line (or a verdict made while parsing,
-#: such as a line that was too long), the connection, and its reply slot.
-Request = tuple[bytes | Verdict, Sink, Slot]
+#: One request on its way: the raw line (or an evaluation made while
+#: parsing, such as of a line that was too long), the connection, and its
+#: place in the connection's reply order.
+Request = tuple[bytes | Evaluation, Sink, PendingReply]
+
+#: A batch's answers: the reply lines and the outcomes, in request order.
+Answers = tuple[list[bytes], list[Outcome]]
 
 
 def answer_batch(
-    items: Sequence[tuple[bytes | Verdict, str, int]], journal: Journal | None
-) -> list[bytes]:
+    items: Sequence[tuple[bytes | Evaluation, str, int]], journal: Journal | None
+) -> Answers:
     """
-    The pool job: evaluate a batch, commit its records, return the replies.
+    The pool job: evaluate a batch, commit its records, return the answers.
 
     Everything between parsing and replying happens here, in one thread
     hop; a request whose record could not be committed is answered
     C{ERR journal unavailable} instead.
     """
-    replies, records = evaluate_batch(items, journal is not None)
+    replies, outcomes, records = evaluate_batch(items, journal is not None)
     if journal is not None:
         try:
             journal.commit(records)
         except JournalUnavailable:
             # The journal logs the episode once; each request just learns
             # that it was not recorded.
-            return [error_reply(count.JOURNAL_UNAVAILABLE)] * len(replies)
-    return replies
+            return failed_batch(JOURNAL_UNAVAILABLE, len(replies))
+    return replies, outcomes
+
+
+def failed_batch(outcome: Outcome, n: int) -> Answers:
+    """
+    The answers of a batch of C{n} requests that all failed with C{outcome}.
+    """
+    return [outcome.reply()] * n, [outcome] * n
 
 
 def evaluate_batch(
-    items: Sequence[tuple[bytes | Verdict, str, int]],
+    items: Sequence[tuple[bytes | Evaluation, str, int]],
     journal: bool = True,
     clock: Callable[[], float] = now,
-) -> tuple[list[bytes], list[Record]]:
+) -> tuple[list[bytes], list[Outcome], list[Record]]:
     """
     Evaluate a batch of request lines (the first half of L{answer_batch}).
 
-    @param items: (line or verdict, client host, client port) per request.
+    @param items: (line or evaluation, client host, client port) per request.
     @param journal: whether to build the journal records at all.
     @param clock: the time source for the records.
-    @return: the reply lines and the journal records, in the order of
-        C{items}.
+    @return: the reply lines, the outcomes and the journal records, in the
+        order of C{items}.
     """
     replies: list[bytes] = []
+    outcomes: list[Outcome] = []
     records: list[Record] = []
     when = clock()
     for item, host, port in items:
-        verdict = item if isinstance(item, Verdict) else count.evaluate(item)
-        replies.append(verdict.reply())
+        evaluation = item if isinstance(item, Evaluation) else count.evaluate(item)
+        replies.append(evaluation.reply())
+        outcomes.append(evaluation.outcome)
         if journal:
             # tuple.__new__ with every field costs about 40% less than
             # Record(...), whose generated __new__ is a Python function.
@@ -129,17 +146,17 @@ def evaluate_batch(
                         host,
                         port,
                         COUNT,
-                        verdict.message,
-                        verdict.count,
-                        verdict.prime,
-                        verdict.error,
+                        evaluation.message,
+                        evaluation.count,
+                        evaluation.prime,
+                        evaluation.outcome.error,
                         None,
                         None,
                         None,
                     ),
                 )
             )
-    return replies, records
+    return replies, outcomes, records
 
 
 _new_tuple = tuple.__new__
@@ -295,30 +312,27 @@ class Pipeline:
 
     def _failed(self, failure: Failure, batch: list[Request], since: float, why: str) -> None:
         self._log.failure("{why}", failure, why=why)
-        self._answer([error_reply(INTERNAL_ERROR)] * len(batch), batch, since)
+        self._answer(failed_batch(INTERNAL_ERROR, len(batch)), batch, since)
 
-    def _measure(self, replies: list[bytes], since: float) -> None:
-        errors = Counter(r[4:-1] for r in replies if r.startswith(b"ERR "))
-        ok = len(replies) - sum(errors.values())
+    def _measure(self, outcomes: list[Outcome], since: float) -> None:
         metrics = self._metrics
-        if ok:
-            metrics.requests(COUNT, "ok", ok)
-        for reason, n in errors.items():
-            metrics.requests(COUNT, reason.decode(), n)
-        metrics.latency(COUNT, self._reactor.seconds() - since, len(replies))
+        for outcome, n in Counter(outcomes).items():
+            metrics.requests(COUNT, outcome, n)
+        metrics.latency(COUNT, self._reactor.seconds() - since, len(outcomes))
 
-    def _answer(self, replies: list[bytes], batch: list[Request], since: float) -> None:
+    def _answer(self, answers: Answers, batch: list[Request], since: float) -> None:
         # The next job leaves first, so the pool works on it while the
         # reactor writes these replies.
         self._dispatch()
+        replies, outcomes = answers
         touched: dict[int, Sink] = {}
-        for (_, sink, slot), reply in zip(batch, replies, strict=True):
-            slot.reply = reply
+        for (_, sink, pending), reply in zip(batch, replies, strict=True):
+            pending.reply = reply
             touched[id(sink)] = sink
         self.inFlight -= len(batch)
         for sink in touched.values():
             sink.replyReady()
-        self._measure(replies, since)
+        self._measure(outcomes, since)
         if not self.inFlight:
             idle, self._idle = self._idle, []
             for d in idle:

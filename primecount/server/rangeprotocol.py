@@ -36,7 +36,19 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from primecount.core import rangecodec
-from primecount.core.count import SERVER_BUSY
+from primecount.core.outcomes import (
+    BAD_SUM,
+    DISCONNECTED_BEFORE_REPLY,
+    DISCONNECTED_BEFORE_SUM,
+    DISCONNECTED_MID_STREAM,
+    INCOMPLETE_REQUEST,
+    INTERNAL_ERROR,
+    NO_SUM,
+    OK,
+    SERVER_BUSY,
+    STOPPED_READING,
+    Outcome,
+)
 from primecount.core.primes import (
     SEGMENT_SIZE,
     count_between,
@@ -44,19 +56,9 @@ from primecount.core.primes import (
     segment_bounds,
 )
 from primecount.journal.records import RANGE, Record, now
-from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.countprotocol import ProxyHeaderReceiver
-
-#: Journal errors of the range protocol; one fixed phrase per failure.
-BAD_SUM = "bad sum"
-DISCONNECTED_BEFORE_REPLY = "client disconnected before the reply"
-DISCONNECTED_MID_STREAM = "client disconnected mid-stream"
-DISCONNECTED_BEFORE_SUM = "client disconnected before sending the sum"
-STOPPED_READING = "client stopped reading"
-NO_SUM = "no sum within the timeout"
-INCOMPLETE_REQUEST = "incomplete request"
-INTERNAL_ERROR = "internal error"
 
 #: Unprocessed input beyond this many bytes stops reading from the client
 #: until the protocol catches up.
@@ -273,7 +275,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._stream: PrimeStream | None = None
         self._readingPaused = False
         self._lost = False
-        self._timeoutError: str | None = None
+        self._timeoutError: Outcome | None = None
         self.host, self.port = "", 0
         self._closing = False
         self._pending = False  # the current request has a pending record
@@ -297,7 +299,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self.factory.connections.opened(self, self.host)
         self.factory.metrics.connectionOpened(RANGE)
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, outcome: Outcome) -> None:
         transport: Any = self.transport
         transport.loseConnection()
 
@@ -328,13 +330,13 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         if self._lost:
             return
-        if self._state == _IDLE and len(self._buffer) >= rangecodec.REQUEST.size:
-            request = bytes(self._buffer[: rangecodec.REQUEST.size])
-            del self._buffer[: rangecodec.REQUEST.size]
+        if self._state == _IDLE and len(self._buffer) >= rangecodec.REQUEST_STRUCT.size:
+            request = bytes(self._buffer[: rangecodec.REQUEST_STRUCT.size])
+            del self._buffer[: rangecodec.REQUEST_STRUCT.size]
             self._request(*rangecodec.decode_request(request))
-        elif self._state == _AWAITING_SUM and len(self._buffer) >= rangecodec.SUM.size:
-            data = bytes(self._buffer[: rangecodec.SUM.size])
-            del self._buffer[: rangecodec.SUM.size]
+        elif self._state == _AWAITING_SUM and len(self._buffer) >= rangecodec.SUM_STRUCT.size:
+            data = bytes(self._buffer[: rangecodec.SUM_STRUCT.size])
+            del self._buffer[: rangecodec.SUM_STRUCT.size]
             self._summed(rangecodec.decode_sum(data))
         self._throttle()
 
@@ -451,7 +453,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         self.setTimeout(None)
         ok = total == self._total
-        d = self._record(None if ok else BAD_SUM, sum_ok=ok)
+        d = self._record(OK if ok else BAD_SUM, sum_ok=ok)
         self._state = _JOURNALLING
         d.addCallback(self._journalled)
 
@@ -552,17 +554,17 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             sum_ok=sum_ok,
         )
 
-    def _record(self, error: str | None, sum_ok: bool | None = None) -> Deferred[bool]:
+    def _record(self, outcome: Outcome, sum_ok: bool | None = None) -> Deferred[bool]:
         """
         Journal how the current request ended: complete its pending record
         when it has one (N was about to be, or was, sent), else add one.
 
-        @param error: what went wrong, or L{None}.
+        @param outcome: how it ended (its journal error and metric label).
         @param sum_ok: whether the client's sum matched, when it sent one.
         @return: fires with whether the record was committed; never errbacks.
         """
-        self.factory.metrics.requests(RANGE, error or "ok")
-        record = self._recordOf(error, sum_ok)
+        self.factory.metrics.requests(RANGE, outcome)
+        record = self._recordOf(outcome.error, sum_ok)
         if self._pending:
             self._pending = False
             return self.factory.journalSettle(record)

@@ -16,10 +16,10 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from primecount import __version__
-from primecount.core.count import SERVER_BUSY, error_reply
 from primecount.core.fdlimit import raise_open_files_limit
+from primecount.core.outcomes import SERVER_BUSY
 from primecount.journal.sqlite import JournalURL, SQLiteJournal
-from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
+from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, RefusingReactor
 from primecount.server.countprotocol import CountFactory
 from primecount.server.listeners import COUNT, PROXY, RANGE, RANGE_PROXY, Listener, descriptions
@@ -280,7 +280,7 @@ def serve(
         )
         # One pool of range job slots for both.
         factories[RANGE_PROXY] = factories[RANGE].behindProxy()
-    busy = error_reply(SERVER_BUSY)
+    busy = SERVER_BUSY.reply()
     top = PrimecountService(
         pipeline, journal, connections, settings_text(config), config["shutdown-timeout"], reactor
     )

@@ -30,7 +30,8 @@ import socket
 import sys
 from typing import Any
 
-from primecount.cli.bench.load import DEFAULT_MESSAGES, GeneratorFailed, Plan, interrupt, measure
+from primecount.cli.bench.load import GeneratorFailed, interrupt, measure
+from primecount.cli.bench.plan import DEFAULT_MESSAGES, Plan
 from primecount.cli.bench.report import (
     PlotUnavailable,
     check_plot,
@@ -40,6 +41,7 @@ from primecount.cli.bench.report import (
 )
 from primecount.cli.bench.stats import Result
 from primecount.core.options import positive
+from primecount.core.rangecodec import STRIDE
 
 __all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
 
@@ -92,8 +94,8 @@ def _bounds(text: str) -> tuple[int, int]:
         if not sep:
             raise ValueError("expected A:B")
         low, high = check_int32(int(a)), check_int32(int(b))
-        check_int32(low + 1000 * (RANGE_WINDOWS - 1))
-        check_int32(high + 1000 * (RANGE_WINDOWS - 1))
+        check_int32(low + STRIDE * (RANGE_WINDOWS - 1))
+        check_int32(high + STRIDE * (RANGE_WINDOWS - 1))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"bad range {text!r}: {e}") from None
     return low, high
@@ -176,7 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_bounds,
         default=(1, 10_000),
         metavar="A:B",
-        help="range protocol: ask for [A+1000i, B+1000i], i = 0..15 (default 1:10000)",
+        help=f"range protocol: ask for [A+{STRIDE}i, B+{STRIDE}i], i = 0..{RANGE_WINDOWS - 1}"
+        " (default 1:10000)",
     )
     parser.add_argument(
         "--timeout",
@@ -238,7 +241,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         loop=args.loop,
         protocol=args.protocol,
         ranges=tuple(
-            (args.bounds[0] + 1000 * i, args.bounds[1] + 1000 * i) for i in range(RANGE_WINDOWS)
+            (args.bounds[0] + STRIDE * i, args.bounds[1] + STRIDE * i) for i in range(RANGE_WINDOWS)
         ),
         framing=args.framing,
     )
@@ -279,7 +282,7 @@ def describe(plan: Plan, processes: int) -> str:
     load = f"open loop {plan.rate:g} req/s" if plan.rate else "closed loop"
     if plan.protocol == "range":
         a, b = plan.ranges[0]
-        mode = f"range protocol [{a}, {b}]+1000i, {mode}"
+        mode = f"range protocol [{a}, {b}]+{STRIDE}i, {mode}"
     idle = f", {plan.idle} idle" if plan.idle else ""
     return (
         f"primecount bench {plan.host}:{plan.port}: {plan.clients} clients{idle}, "
@@ -291,7 +294,7 @@ def settings(plan: Plan, processes: int) -> dict[str, Any]:
     """
     The run's settings, for the JSON document.
     """
-    from primecount.cli.bench.load import loop_factory
+    from primecount.cli.bench.plan import loop_factory
 
     return {
         "host": plan.host,

@@ -1,0 +1,636 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+The load generator's engine: one event loop driving many count-protocol
+clients (L{LoadGenerator}); L{primecount.cli.bench.load} runs several in
+separate generator processes.
+
+Each generator process runs one asyncio event loop (uvloop when it is
+installed) with plain C{asyncio.Protocol} objects: no streams, no task per
+request, so a reply costs a buffer split, one comparison with the
+precomputed expected reply and one list append. Requests go out in
+batches per C{write} when the pipeline allows it.
+
+A I{client} is one logical user: with persistent connections it keeps one
+connection open and up to C{pipeline} requests in flight on it; with
+C{per_request} it opens a connection for each request, sends one line,
+reads the reply and closes (the original server's mode; the latency then
+includes the connect). With C{framing="read"} (always one connection per
+request) the message goes without its newline and the reply is what
+arrives until the server closes, as the original server's clients did it
+(C{twistd primecount --framing read}); the latency then runs to the close.
+
+I{Closed loop} (the default): a client sends its next request as soon as a
+reply frees a pipeline slot. I{Open loop} (C{rate}): requests are due at
+fixed intervals whatever the server does; a request that finds every client
+busy waits in a backlog, and its latency is measured from the moment it was
+due, not from when it could be sent, so a stalled server shows up as
+latency instead of silently lowering the offered load (coordinated
+omission).
+
+Every reply is compared with L{primecount.core.count.expected_reply} for its
+message. A failed request is an error of one kind: C{connect} (refused or
+unreachable), C{reset} (the connection broke or was closed before the
+reply) or C{timeout} (no reply within C{timeout} seconds of sending).
+
+What one generator process can drive is measured in
+L{primecount.cli.bench.load}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from primecount.cli.bench.connections import (
+    _Client,
+    _Connection,
+    _Idle,
+    _RangeConnection,
+    _ReadConnection,
+)
+from primecount.cli.bench.plan import (
+    IDLE_BATCH,
+    RETRY_DELAY,
+    SWEEP_INTERVAL,
+    Plan,
+    loop_factory,
+)
+from primecount.cli.bench.stats import Recorder, Result
+from primecount.core.count import expected_reply
+from primecount.core.fdlimit import raise_open_files_limit
+
+
+class LoadGenerator:
+    """
+    Runs one L{Plan} on the current event loop and records what happens.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        gate: Callable[[], float | None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """
+        @param plan: what to do.
+        @param gate: called once every connection is ready; blocks until the
+            run may start and returns the start time on the
+            C{time.monotonic} clock (L{None}: now).
+        @param progress: called about four times a second with the requests
+            resolved so far and how many of them failed.
+        """
+        self.plan = plan
+        self.gate = gate
+        self.progress = progress
+        self.range = plan.protocol == "range"
+        self.sums: list[bytes] = []
+        self.max_primes = 0
+        if self.range:
+            self._expect_ranges(plan.ranges)
+        else:
+            end = b"\n" if plan.framing == "line" else b""
+            self.lines = [m.encode("utf-8") + end for m in plan.messages]
+            self.expected = [expected_reply(m).rstrip(b"\n") for m in plan.messages]
+        self.connection: type[_Connection] = _Connection
+        if self.range:
+            self.connection = _RangeConnection
+        elif plan.framing == "read":
+            self.connection = _ReadConnection
+        self.capacity = 1 if plan.per_request or self.range else plan.pipeline
+        self.clients = [_Client(self) for _ in range(plan.clients)]
+        self.recorder = Recorder(time.monotonic())
+        self.outstanding = 0
+        self.tickets = plan.requests
+        self.stopping = False
+        self.backlog: deque[float] = deque()
+        self.idlers: list[_Idle] = []
+        self._counter = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self.interrupted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._next_due = 0.0
+        self._cursor = 0
+        self._prefix = b""
+
+    def _expect_ranges(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        """
+        Precompute the requests, the exact replies and the sums of the
+        range protocol, from the same sieve the server uses.
+        """
+        from primecount.core import rangecodec
+        from primecount.core.primes import primes_between
+
+        self.lines = []
+        self.expected = []
+        for a, b in ranges:
+            primes = primes_between(a, b) if a <= b else primes_between(1, 0)
+            self.lines.append(rangecodec.encode_request(a, b))
+            self.expected.append(
+                rangecodec.encode_count(len(primes)) + rangecodec.encode_primes(primes)
+            )
+            self.sums.append(rangecodec.encode_sum(rangecodec.prime_sum(primes)))
+            self.max_primes = max(self.max_primes, len(primes))
+        self.max_primes = 2 * self.max_primes + 1024
+
+    def _range_sum(self, index: int, reply: bytes, correct: bool) -> bytes:
+        """
+        The sum a range client sends back: of the primes it received.
+        """
+        if correct:
+            return self.sums[index]
+        from primecount.core import rangecodec
+
+        total = rangecodec.prime_sum(rangecodec.decode_primes(reply[4:]))
+        return rangecodec.encode_sum(total)
+
+    # -- the run ---------------------------------------------------------
+
+    async def run(self) -> Result:
+        """
+        Open the connections, wait for the gate, run the plan, and return
+        this process's result.
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        if self.interrupted:
+            self._done.set_result(None)
+        raise_open_files_limit(self.plan.clients + self.plan.idle + 64)
+        await self._open_idle()
+        if not self.plan.per_request:
+            await self._connect_all()
+        start = self.gate() if self.gate is not None else None
+        now = time.monotonic()
+        if start is None:
+            start = now
+        elif start > now:
+            await asyncio.sleep(start - now)
+        self.recorder = Recorder(start)
+        self._every(1.0, self._tick, start)
+        self._every(SWEEP_INTERVAL, self._sweep, start)
+        if self.plan.duration is not None:
+            self._at(start + self.plan.duration, self._stop)
+        if not self.plan.per_request:
+            # Connections that failed before the start get another chance.
+            for client in self.clients:
+                if client.conn is None:
+                    self._connect(client)
+        if self.plan.rate is not None:
+            self._next_due = start
+            self._pump()
+        else:
+            for client in self.clients:
+                self._feed(client)
+        self._check_done()
+        await self._done
+        finished = max(time.monotonic(), start)
+        for timer in self._timers:
+            timer.cancel()
+        self._close_all()
+        self.recorder.flush()
+        result = self.recorder.result
+        result.elapsed = finished - start
+        result.idle["open"] = sum(1 for idler in self.idlers if idler.open)
+        self._report()
+        await asyncio.sleep(0)
+        return result
+
+    def _at(self, when: float, f: Callable[[], None]) -> None:
+        assert self._loop is not None
+        delay = max(0.0, when - time.monotonic())
+        self._timers.append(self._loop.call_later(delay, f))
+
+    def _every(self, interval: float, f: Callable[[], None], start: float) -> None:
+        def again(n: int) -> None:
+            f()
+            if self._done is not None and not self._done.done():
+                self._at(start + (n + 1) * interval, lambda: again(n + 1))
+
+        self._at(start + interval, lambda: again(1))
+
+    def _tick(self) -> None:
+        self.recorder.flush()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.recorder.resolved, self.recorder.result.error_count)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        limit = self.plan.timeout
+        for client in self.clients:
+            if client.inflight and now - client.inflight[0][2] > limit:
+                self._fail(client, "timeout")
+        duration = self.plan.duration
+        # Past the end and past every reply's time limit: give up on
+        # whatever is left rather than wait for a stalled server.
+        if (
+            self.stopping
+            and duration is not None
+            and now > self.recorder.start + duration + limit + 1.0
+        ):
+            self.recorder.error("timeout", len(self.backlog))
+            self.backlog.clear()
+            for client in self.clients:
+                if client.inflight or client.connecting:
+                    self._fail(client, "timeout")
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+        self._report()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        self._check_done()
+
+    def interrupt(self) -> None:
+        """
+        Ctrl-C: end the run now, without waiting for the replies still
+        due; the result covers what was resolved so far. Call it in the
+        loop's thread.
+        """
+        self.interrupted = True
+        self.stopping = True
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _has_work(self) -> bool:
+        if self.backlog:
+            return True
+        if self.stopping:
+            return False
+        return self.tickets is None or self.tickets > 0
+
+    def _check_done(self) -> None:
+        done = self._done
+        if done is None or done.done() or self.outstanding or self._has_work():
+            return
+        done.set_result(None)
+
+    def _close_all(self) -> None:
+        for client in self.clients:
+            if client.task is not None:
+                client.task.cancel()
+            self._release(client)
+        for idler in self.idlers:
+            idler.generator = _NO_GENERATOR
+            if idler.transport is not None:
+                idler.transport.close()
+
+    # -- requests ------------------------------------------------------
+
+    def _take(self, now: float) -> float | None:
+        """
+        The due time of the next request to send, or L{None} if none is due.
+        """
+        if self.plan.rate is not None:
+            return self.backlog.popleft() if self.backlog else None
+        if self.stopping:
+            return None
+        if self.tickets is not None:
+            if self.tickets <= 0:
+                return None
+            self.tickets -= 1
+        return now
+
+    def _pump(self) -> None:
+        """
+        Open loop: queue every request due by now and hand them out.
+        """
+        assert self.plan.rate is not None
+        now = time.monotonic()
+        interval = 1.0 / self.plan.rate
+        backlog = self.backlog
+        while self._next_due <= now and not self.stopping:
+            if self.tickets is not None:
+                if self.tickets <= 0:
+                    break
+                self.tickets -= 1
+            backlog.append(self._next_due)
+            self._next_due += interval
+        clients = self.clients
+        misses = 0
+        while backlog and misses < len(clients):
+            client = clients[self._cursor]
+            self._cursor = (self._cursor + 1) % len(clients)
+            before = len(backlog)
+            self._feed(client)
+            misses = 0 if len(backlog) < before else misses + 1
+        if not self.stopping and (self.tickets is None or self.tickets > 0):
+            self._at(max(self._next_due, now + 0.001), self._pump)
+        self._check_done()
+
+    def _feed(self, client: _Client) -> None:
+        """
+        Give C{client} as many requests as it has room for.
+        """
+        now = time.monotonic()
+        if self.plan.per_request:
+            if client.conn is None and not client.connecting and not client.inflight:
+                due = self._take(now)
+                if due is not None:
+                    index = self._counter % len(self.lines)
+                    self._counter += 1
+                    client.inflight.append((index, due, now))
+                    self.outstanding += 1
+                    self._connect(client)
+            return
+        conn = client.conn
+        if conn is None or conn.transport is None:
+            return
+        room = self.capacity - len(client.inflight)
+        if room <= 0:
+            return
+        lines = self.lines
+        parts = []
+        while room:
+            due = self._take(now)
+            if due is None:
+                break
+            index = self._counter % len(lines)
+            self._counter += 1
+            client.inflight.append((index, due, now))
+            parts.append(lines[index])
+            room -= 1
+        if parts:
+            self.outstanding += len(parts)
+            if self._prefix:
+                parts.insert(0, self._prefix)
+                self._prefix = b""
+            conn.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def replies(self, client: _Client, lines: list[bytes]) -> None:
+        """
+        Check and record reply lines that arrived for C{client}.
+        """
+        now = time.monotonic()
+        inflight = client.inflight
+        expected = self.expected
+        record = self.recorder.reply
+        sums = []
+        for line in lines:
+            if not inflight:
+                # A line nobody asked for: the server is wrong.
+                self.recorder.unsolicited()
+                continue
+            index, due, _sent = inflight.popleft()
+            self.outstanding -= 1
+            correct = line == expected[index]
+            record(now - due, correct)
+            if self.range:
+                sums.append(self._range_sum(index, line, correct))
+        if sums:
+            # The sums and the next request leave in one segment: two small
+            # writes would meet Nagle's algorithm and delayed ACKs.
+            self._prefix = b"".join(sums)
+        if self.plan.per_request and not inflight:
+            self._flush_prefix(client)
+            self._release(client)
+        self._feed(client)
+        if self._prefix:
+            self._flush_prefix(client)
+        self._check_done()
+
+    def _flush_prefix(self, client: _Client) -> None:
+        prefix, self._prefix = self._prefix, b""
+        conn = client.conn
+        if prefix and conn is not None and conn.transport is not None:
+            conn.transport.write(prefix)
+
+    def overlong(self, client: _Client) -> None:
+        """
+        The server sent an endless line: count it wrong and hang up.
+        """
+        if client.inflight:
+            _index, due, _sent = client.inflight.popleft()
+            self.outstanding -= 1
+            self.recorder.reply(time.monotonic() - due, False)
+        self._fail(client, "reset")
+
+    def lost(self, client: _Client, conn: _Connection) -> None:
+        """
+        C{client}'s connection closed without us asking.
+        """
+        if client.conn is not conn:
+            return
+        client.conn = None
+        conn.client = None
+        if conn.buffer and client.inflight:
+            # A reply without its LF: the line is malformed.
+            _index, due, _sent = client.inflight.popleft()
+            self.outstanding -= 1
+            self.recorder.reply(time.monotonic() - due, False)
+        self._drop_inflight(client, "reset")
+        self._resume(client)
+
+    def _fail(self, client: _Client, kind: str) -> None:
+        """
+        Give up on C{client}'s connection: its requests fail as C{kind}.
+        """
+        if client.task is not None:
+            client.task.cancel()
+            client.task = None
+        client.connecting = False
+        conn = client.conn
+        if conn is not None:
+            client.conn = None
+            conn.client = None
+            if conn.transport is not None:
+                conn.transport.abort()
+        self._drop_inflight(client, kind)
+        self._resume(client)
+
+    def _drop_inflight(self, client: _Client, kind: str) -> None:
+        n = len(client.inflight)
+        if n:
+            client.inflight.clear()
+            self.outstanding -= n
+            self.recorder.error(kind, n)
+        self._check_done()
+
+    def _resume(self, client: _Client) -> None:
+        """
+        Get C{client} going again after its connection ended.
+        """
+        if self._done is None or self._done.done() or not self._has_work():
+            return
+        assert self._loop is not None
+        if self.plan.per_request:
+            self._feed(client)
+        else:
+            self._timers.append(self._loop.call_later(RETRY_DELAY, self._connect, client))
+
+    def _release(self, client: _Client) -> None:
+        """
+        Close C{client}'s connection ourselves.
+        """
+        conn = client.conn
+        if conn is not None:
+            client.conn = None
+            conn.client = None
+            if conn.transport is not None:
+                conn.transport.close()
+
+    # -- connections ---------------------------------------------------
+
+    def _connect(self, client: _Client) -> None:
+        if client.conn is not None or client.connecting:
+            return
+        if self._done is not None and self._done.done():
+            return
+        assert self._loop is not None
+        client.connecting = True
+        client.task = self._loop.create_task(self._open(client))
+
+    async def _open(self, client: _Client) -> None:
+        assert self._loop is not None
+        try:
+            transport, conn = await self._loop.create_connection(
+                lambda: self.connection(client), self.plan.host, self.plan.port
+            )
+        except OSError:
+            client.task = None
+            client.connecting = False
+            self._connect_failed(client)
+            return
+        client.task = None
+        client.connecting = False
+        if self._done is not None and self._done.done():
+            transport.close()
+            return
+        client.conn = conn
+        if self.plan.per_request:
+            if client.inflight:
+                transport.write(self.lines[client.inflight[0][0]])  # type: ignore[attr-defined]
+            else:
+                self._release(client)
+        else:
+            self._feed(client)
+
+    def _connect_failed(self, client: _Client) -> None:
+        if self.plan.per_request:
+            self._drop_inflight(client, "connect")
+        else:
+            # The request this connection would have carried is lost.
+            if self._take(time.monotonic()) is not None:
+                self.recorder.error("connect")
+            self._check_done()
+        if self._done is None or self._done.done() or not self._has_work():
+            return
+        assert self._loop is not None
+        if self.plan.per_request:
+            self._timers.append(self._loop.call_later(RETRY_DELAY, self._feed, client))
+        else:
+            self._timers.append(self._loop.call_later(RETRY_DELAY, self._connect, client))
+
+    async def _connect_all(self) -> None:
+        """
+        Open every persistent connection before the start; a failure is
+        retried during the run.
+        """
+        assert self._loop is not None
+        loop = self._loop
+        for first in range(0, len(self.clients), IDLE_BATCH):
+            batch = self.clients[first : first + IDLE_BATCH]
+            results = await asyncio.gather(
+                *(
+                    asyncio.wait_for(
+                        loop.create_connection(
+                            lambda c=c: self.connection(c),  # type: ignore[misc]
+                            self.plan.host,
+                            self.plan.port,
+                        ),
+                        self.plan.timeout,
+                    )
+                    for c in batch
+                ),
+                return_exceptions=True,
+            )
+            for client, outcome in zip(batch, results, strict=True):
+                if isinstance(outcome, BaseException):
+                    continue
+                client.conn = outcome[1]
+
+    async def _open_idle(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        for first in range(0, self.plan.idle, IDLE_BATCH):
+            count = min(IDLE_BATCH, self.plan.idle - first)
+            results = await asyncio.gather(
+                *(
+                    asyncio.wait_for(
+                        loop.create_connection(lambda: _Idle(self), self.plan.host, self.plan.port),
+                        self.plan.timeout,
+                    )
+                    for _ in range(count)
+                ),
+                return_exceptions=True,
+            )
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    self.recorder.result.idle["failed"] += 1
+                else:
+                    self.idlers.append(outcome[1])
+
+    def idle_lost(self, idler: _Idle) -> None:
+        """
+        The server closed an idle connection: open another in its place.
+        """
+        if self._loop is None or self._done is None or self._done.done():
+            return
+        self.idlers.remove(idler)
+        self.recorder.result.idle["reopened"] += 1
+
+        async def reopen() -> None:
+            assert self._loop is not None
+            try:
+                _transport, new = await asyncio.wait_for(
+                    self._loop.create_connection(
+                        lambda: _Idle(self), self.plan.host, self.plan.port
+                    ),
+                    self.plan.timeout,
+                )
+            except (TimeoutError, OSError):
+                self.recorder.result.idle["failed"] += 1
+                return
+            self.idlers.append(new)
+
+        self._loop.create_task(reopen())
+
+
+class _NoGenerator:
+    """
+    Stands in for the generator once the run is over, so late callbacks from
+    closing idle connections do nothing.
+    """
+
+    def idle_lost(self, idler: _Idle) -> None:
+        pass
+
+
+_NO_GENERATOR: Any = _NoGenerator()
+
+
+def run_generator(
+    plan: Plan,
+    gate: Callable[[], float | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
+    """
+    Run C{plan} on a fresh event loop in the calling thread.
+    """
+    factory, _name = loop_factory(plan.loop)
+    generator = LoadGenerator(plan, gate, progress)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        running.append((generator, runner.get_loop()))
+        try:
+            return runner.run(generator.run())
+        finally:
+            running.remove((generator, runner.get_loop()))
+
+
+#: The load generators running in this process, with their loops (see
+#: L{primecount.cli.bench.load.interrupt}).
+running: list[tuple[LoadGenerator, asyncio.AbstractEventLoop]] = []

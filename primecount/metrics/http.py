@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+The C{/metrics} page: the HTTP site that serves a
+L{primecount.metrics.prometheus.Metrics} registry, 404 elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.web import http, pages
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from primecount.metrics.prometheus import Metrics
+
+
+class _NotFound(Resource):
+    """
+    A resource whose only content is C{/metrics}: any other path is 404.
+    """
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        """
+        Not found, with Twisted's escaping page.
+        """
+        return pages.notFound()
+
+
+class MetricsResource(_NotFound):
+    """
+    The Prometheus exposition of one registry, rendered on the reactor
+    thread (a scrape reads memory, or a few small memory-mapped files).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """
+        @param registry: what to expose.
+        """
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        """
+        The text format the client asks for (Prometheus text, or
+        OpenMetrics when its C{Accept} header prefers it).
+        """
+        from prometheus_client.exposition import choose_encoder
+
+        accept = request.getHeader(b"accept")
+        encoder, contentType = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        return encoder(self._registry)
+
+
+class QuietSite(Site):
+    """
+    A site that writes no access log line per scrape.
+    """
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        """
+        Log nothing.
+        """
+
+
+def metricsSite(metrics: Metrics) -> QuietSite:
+    """
+    The HTTP site serving C{metrics} at C{/metrics}, 404 elsewhere.
+    """
+    root = _NotFound()
+    # No mypy-zope here: mypy cannot see the classes' @implementer.
+    root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[arg-type]
+    return QuietSite(root)
