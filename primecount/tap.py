@@ -10,7 +10,7 @@ import os
 import resource
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -21,21 +21,20 @@ from twisted.python import failure, usage
 
 from primecount import __version__
 from primecount.core.count import SERVER_BUSY, error_reply
-from primecount.journal.sqlite import (
+from primecount.journal import (
+    DEFAULT_URL,
+    Journal,
     JournalURL,
     JournalURLError,
-    SQLiteJournal,
-    check_writable,
+    open_journal,
     parse_url,
 )
+from primecount.journal.sqlite import check_writable
 from primecount.server import placement
 from primecount.server.connections import Connections, RefusingReactor, address_text
 from primecount.server.countprotocol import FRAMINGS, READ, READ_WINDOW, CountFactory
 from primecount.server.pipeline import Pipeline
 from primecount.workers import supervisor as workers
-
-if TYPE_CHECKING:
-    from primecount.journal.postgresql import PostgresJournal
 
 _log = Logger(namespace="primecount")
 
@@ -219,7 +218,7 @@ class PrimecountOptions(usage.Options):
             "Open connections beyond this get ERR server busy.",
             _positive("max-connections"),
         ],
-        ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
+        ["journal", None, DEFAULT_URL, "Where requests are recorded.", _journal],
         [
             "max-per-peer",
             None,
@@ -427,7 +426,7 @@ class PrimecountService(service.MultiService):
     def __init__(
         self,
         pipeline: Pipeline,
-        journal: SQLiteJournal | PostgresJournal | None,
+        journal: Journal,
         connections: Connections,
         settings: str,
         shutdownTimeout: float = 10.0,
@@ -684,14 +683,9 @@ def _server(
         metrics = NullMetrics()
     metrics.watchThreadPool(threadpool)
 
-    url: JournalURL = config["journal"]
-    journal: SQLiteJournal | PostgresJournal | None = None
-    if url.scheme == "sqlite":
-        journal = SQLiteJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
-    elif url.scheme == "postgresql":
-        from primecount.journal.postgresql import PostgresJournal
-
-        journal = PostgresJournal(url.path, reactor, fsync=config["journal-fsync"], metrics=metrics)
+    journal = open_journal(
+        config["journal"], reactor, fsync=config["journal-fsync"], metrics=metrics
+    )
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
     factories: dict[str, Any] = {
         label: CountFactory(
@@ -709,13 +703,12 @@ def _server(
         for label in ("count", "proxy")
     }
     if config["range-port"] is not None:
-        from primecount.journal.sqlite import NullJournal
         from primecount.server.rangeprotocol import RangeFactory
 
         factories["range"] = RangeFactory(
             reactor,
             threadpool,
-            journal or NullJournal(),
+            journal,
             timeout=config["timeout"],
             connections=connections,
             metrics=metrics,

@@ -17,15 +17,9 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount.journal import schema
+from primecount.journal import JournalUnavailable, JournalURLError, parse_url, schema
 from primecount.journal.records import COUNT, RANGE, Record
-from primecount.journal.sqlite import (
-    JournalUnavailable,
-    JournalURLError,
-    SQLiteJournal,
-    check_writable,
-    parse_url,
-)
+from primecount.journal.sqlite import SQLiteJournal, check_writable
 from primecount.metrics.prometheus import NullMetrics
 
 

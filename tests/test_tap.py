@@ -15,7 +15,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
-from primecount.journal.sqlite import JournalURL
+from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 
 from .helpers import TWISTD, ServerProcess, recv_lines
@@ -294,7 +294,7 @@ class OptionsTests(SynchronousTestCase):
         service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
         self.assertTrue(IService.providedBy(service))
         self.assertEqual([lsn.label for lsn in service.listeners], ["count", "count"])
-        self.assertIsNone(service.journal)
+        self.assertIsInstance(service.journal, NullJournal)
 
 
 class OpenFilesTests(SynchronousTestCase):

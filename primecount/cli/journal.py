@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
+from primecount import journal
 from primecount.core.count import NO, YES
 from primecount.journal import schema
-from primecount.journal import sqlite as journal
 from primecount.journal.records import RANGE, Record
 
 #: The journal read when C{--journal} is not given.

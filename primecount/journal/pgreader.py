@@ -34,9 +34,9 @@ from primecount.cli.journal import (
     parse_time,
     query_of,
 )
+from primecount.journal import mask_password
 from primecount.journal.postgresql import CHANNEL, TABLE, _why, connect, message_of
 from primecount.journal.records import Record
-from primecount.journal.sqlite import mask_password
 
 #: Seconds between two polls of C{--follow} when no NOTIFY wakes it.
 POLL_INTERVAL = 1.0

@@ -26,23 +26,9 @@ from twisted.python.failure import Failure
 
 from primecount.core import count
 from primecount.core.count import INTERNAL_ERROR, Verdict, error_reply
+from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import COUNT, Record, now
-from primecount.journal.sqlite import JournalUnavailable
 from primecount.metrics.prometheus import MetricsRecorder, NullMetrics
-
-
-class Journal(Protocol):
-    """
-    What the request path needs of a journal.
-    """
-
-    def commit(self, records: Sequence[Record]) -> None:
-        """
-        Record C{records}, blocking until they are committed (called in a
-        pool thread).
-
-        @raise primecount.journal.sqlite.JournalUnavailable: if they could not be.
-        """
 
 
 class Slot:
@@ -78,7 +64,7 @@ Request = tuple[bytes | Verdict, Sink, Slot]
 
 
 def answer_batch(
-    items: Sequence[tuple[bytes | Verdict, str, int]], journal: Journal | None
+    items: Sequence[tuple[bytes | Verdict, str, int]], journal: Journal
 ) -> list[bytes]:
     """
     The pool job: evaluate a batch, commit its records, return the replies.
@@ -87,14 +73,13 @@ def answer_batch(
     hop; a request whose record could not be committed is answered
     C{ERR journal unavailable} instead.
     """
-    replies, records = evaluate_batch(items, journal is not None)
-    if journal is not None:
-        try:
-            journal.commit(records)
-        except JournalUnavailable:
-            # The journal logs the episode once; each request just learns
-            # that it was not recorded.
-            return [error_reply(count.JOURNAL_UNAVAILABLE)] * len(replies)
+    replies, records = evaluate_batch(items, journal.keepsRecords)
+    try:
+        journal.commit(records)
+    except JournalUnavailable:
+        # The journal logs the episode once; each request just learns
+        # that it was not recorded.
+        return [error_reply(count.JOURNAL_UNAVAILABLE)] * len(replies)
     return replies
 
 
@@ -186,7 +171,7 @@ class Pipeline:
         self,
         reactor: Any,
         threadpool: object,
-        journal: Journal | None,
+        journal: Journal,
         metrics: MetricsRecorder | None = None,
         *,
         maxBatch: int = MAX_BATCH,
@@ -198,7 +183,8 @@ class Pipeline:
         @param threadpool: the pool that evaluates (a
             L{twisted.python.threadpool.ThreadPool} or a stand-in with
             C{callInThreadWithCallback}).
-        @param journal: where records go, or L{None} for no journal.
+        @param journal: where records go (a L{primecount.journal.NullJournal}
+            for none).
         @param metrics: counts requests by outcome and times them.
         @param maxBatch: the most requests in one job.
         @param share: the most requests one connection gets per round.
