@@ -17,8 +17,8 @@ import contextlib
 import time
 from typing import IO
 
-from primecount.cli.journal import format_seed
 from primecount.core.count import LINE_TOO_LONG, error_reply, evaluate
+from primecount.journal.formats import format_seed
 from primecount.journal.records import COUNT, Record
 
 MAX_LINE = 16384
