@@ -321,7 +321,8 @@ class FirstIdSinceTests(SynchronousTestCase):
         clock = 1000.0
         for i, step in enumerate(steps):
             clock += step
-            conn.execute(schema.INSERT, record(i)._replace(time=clock + jitter[i]))
+            for sql, params in schema.inserts([record(i)._replace(time=clock + jitter[i])]):
+                conn.execute(sql, params)
         for i in pruned:
             conn.execute("DELETE FROM requests WHERE id = ?", (i + 1,))
         found = schema.first_id_since(conn, when)
