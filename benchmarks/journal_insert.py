@@ -63,11 +63,18 @@ def _transaction(conn: sqlite3.Connection, body: Callable[[], object]) -> None:
     conn.execute("COMMIT")
 
 
+#: One row, every column: what the first journal ran per record.
+INSERT_ONE = (
+    f"INSERT INTO requests ({', '.join(schema.COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in schema.COLUMNS)})"
+)
+
+
 def executemany(conn: sqlite3.Connection, records: Sequence[Record]) -> None:
     """
     The first journal's way: C{executemany} of the records as tuples.
     """
-    _transaction(conn, lambda: conn.executemany(schema.INSERT, records))
+    _transaction(conn, lambda: conn.executemany(INSERT_ONE, records))
 
 
 def _run_statements(conn: sqlite3.Connection, statements: list[tuple[str, list[object]]]) -> None:
@@ -368,7 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.bytes_every > 0:
         flat = [r for b in batches for r in b]
         for i in range(0, len(flat), args.bytes_every):
-            flat[i] = flat[i]._replace(message=b"\xff" + flat[i].message.encode())
+            message = flat[i].message
+            assert isinstance(message, str)
+            flat[i] = flat[i]._replace(message=b"\xff" + message.encode())
         batches = [flat[i : i + BATCH] for i in range(0, len(flat), BATCH)]
     loops = calibrate_slice()
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.multiclient import ProtocolError, fetch, send_sum
 from primecount.core import rangecodec
 from primecount.core.primes import primes_between
 from primecount.workers.environment import primecount_argv
@@ -127,19 +127,37 @@ class Server:
                 self.proc.wait()
 
 
-def end_to_end(port: int, a: int = 0, b: int = 10**8) -> float:
+def end_to_end(
+    port: int,
+    a: int = 0,
+    b: int = 10**8,
+    expected: tuple[int, int] = (EXPECTED_COUNT, EXPECTED_SUM),
+) -> float:
     """
-    One full request, verified with numpy; returns the wall time.
+    One full request, verified with numpy, then one small request on the
+    same connection (the sum must leave it usable); returns the wall time
+    of the full request.
+
+    @param expected: the prime count and the sum of [C{a}, C{b}].
+    @raise SystemExit: with one line, when a reply is wrong or a request
+        does not complete.
     """
     start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        primes = fetch(sock, a, b)
-        total = rangecodec.prime_sum(primes)
-        ascending = bool(np.all(primes[1:] > primes[:-1]))
-        if (len(primes), total, ascending) != (EXPECTED_COUNT, EXPECTED_SUM, True):
-            raise SystemExit(f"range_bench: wrong reply: {len(primes)} primes, sum {total}")
-        send_sum(sock, primes)
-    return time.perf_counter() - start
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            primes = fetch(sock, a, b)
+            total = rangecodec.prime_sum(primes)
+            ascending = bool(np.all(primes[1:] > primes[:-1]))
+            if (len(primes), total, ascending) != (*expected, True):
+                raise SystemExit(f"range_bench: wrong reply: {len(primes)} primes, sum {total}")
+            send_sum(sock, primes)
+            wall = time.perf_counter() - start
+            if fetch(sock, 2, 3).tolist() != [2, 3]:
+                raise SystemExit("range_bench: wrong reply to [2, 3] after the sum")
+            send_sum(sock, np.array([2, 3], np.uint32))
+    except (OSError, ProtocolError) as e:
+        raise SystemExit(f"range_bench: request [{a}, {b}] did not complete: {e}") from None
+    return wall
 
 
 def trial_division_is_prime(n: int) -> bool:
@@ -241,7 +259,7 @@ def main() -> None:
         if server.count_port is not None:
             idle = count_round_trips(server.count_port, 1.0)
             print(f"count protocol, idle: {describe(idle)}")
-            stop, done = threading.Event(), []
+            stop, done = threading.Event(), list[int]()
             streams = [
                 threading.Thread(target=stream_everything, args=(server.range_port, stop, done))
                 for _ in range(args.streams)

@@ -20,7 +20,8 @@ from twisted.python import usage
 
 from primecount import __version__
 from primecount.core import options as coerce
-from primecount.journal.sqlite import JournalURL, JournalURLError, check_writable, parse_url
+from primecount.journal import DEFAULT_URL, JournalURL, JournalURLError, parse_url
+from primecount.journal.sqlite import check_writable
 from primecount.server import placement
 from primecount.server.connections import Connections
 from primecount.server.countprotocol import FRAMINGS, READ, READ_WINDOW
@@ -158,7 +159,7 @@ class PrimecountOptions(usage.Options):
             "Open connections beyond this get ERR server busy.",
             coerce.positive("max-connections"),
         ],
-        ["journal", None, "sqlite:primecount.sqlite3", "Where requests are recorded.", _journal],
+        ["journal", None, DEFAULT_URL, "Where requests are recorded.", _journal],
         [
             "max-per-peer",
             None,

@@ -106,13 +106,15 @@ class FakeJournal:
     A journal that keeps what it is given, and fails while C{failing} is set.
     """
 
+    keepsRecords = True
+
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.failing = False
 
     def commit(self, records: Sequence[Record]) -> None:
         if self.failing:
-            from primecount.journal.sqlite import JournalUnavailable
+            from primecount.journal import JournalUnavailable
 
             raise JournalUnavailable("test says no")
         self.records.extend(records)

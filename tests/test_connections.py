@@ -23,6 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from primecount.journal import NullJournal
 from primecount.server import connections as connections_module
 from primecount.server.connections import (
     Connections,
@@ -197,7 +198,9 @@ class GracefulStopTests(SynchronousTestCase):
     """
 
     def service(self, h: Harness, timeout: float = 10.0) -> PrimecountService:
-        service = PrimecountService(h.pipeline, None, h.connections, "", timeout, h.reactor)
+        service = PrimecountService(
+            h.pipeline, NullJournal(), h.connections, "", timeout, h.reactor
+        )
         service.startService()
         return service
 

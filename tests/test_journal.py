@@ -17,15 +17,9 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount.journal import schema
+from primecount.journal import JournalUnavailable, JournalURLError, parse_url, schema
 from primecount.journal.records import COUNT, RANGE, Record
-from primecount.journal.sqlite import (
-    JournalUnavailable,
-    JournalURLError,
-    SQLiteJournal,
-    check_writable,
-    parse_url,
-)
+from primecount.journal.sqlite import SQLiteJournal, check_writable
 from primecount.metrics.recorder import NullMetrics
 
 
@@ -327,7 +321,8 @@ class FirstIdSinceTests(SynchronousTestCase):
         clock = 1000.0
         for i, step in enumerate(steps):
             clock += step
-            conn.execute(schema.INSERT, record(i)._replace(time=clock + jitter[i]))
+            for sql, params in schema.inserts([record(i)._replace(time=clock + jitter[i])]):
+                conn.execute(sql, params)
         for i in pruned:
             conn.execute("DELETE FROM requests WHERE id = ?", (i + 1,))
         found = schema.first_id_since(conn, when)
@@ -441,16 +436,24 @@ _anyRecord = st.one_of(
 _TYPED = "SELECT " + ", ".join(f"{c}, typeof({c})" for c in schema.COLUMNS) + " FROM requests"
 
 
+#: One plain INSERT of every column: the reference L{schema.inserts} is
+#: checked against.
+PLAIN_INSERT = (
+    f"INSERT INTO requests ({', '.join(schema.COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in schema.COLUMNS)})"
+)
+
+
 class InsertsExactTests(SynchronousTestCase):
     """
     L{schema.inserts} stores every column exactly as one plain
-    L{schema.INSERT} of the record does (value and SQLite type), whichever
+    L{PLAIN_INSERT} of the record does (value and SQLite type), whichever
     row shape it chooses.
     """
 
     def storedBoth(self, records: list[Record]) -> tuple[list[Any], list[Any]]:
         """
-        The rows, typed, that L{schema.inserts} and L{schema.INSERT} store.
+        The rows, typed, that L{schema.inserts} and L{PLAIN_INSERT} store.
         """
         conn = sqlite3.connect(":memory:")
         self.addCleanup(conn.close)
@@ -460,7 +463,7 @@ class InsertsExactTests(SynchronousTestCase):
         new = conn.execute(_TYPED + " ORDER BY id").fetchall()
         conn.execute("DELETE FROM requests")
         for r in records:
-            conn.execute(schema.INSERT, r)
+            conn.execute(PLAIN_INSERT, r)
         old = conn.execute(_TYPED + " ORDER BY id").fetchall()
         return new, old
 

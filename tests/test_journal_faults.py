@@ -19,10 +19,10 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.core.count import expected_reply
-from primecount.journal import schema
+from primecount.journal import JournalUnavailable, schema
 from primecount.journal import sqlite as journal_module
 from primecount.journal.records import COUNT, Record
-from primecount.journal.sqlite import JournalUnavailable, SQLiteJournal
+from primecount.journal.sqlite import SQLiteJournal
 
 from .helpers import ServerProcess, recv_all, recv_lines
 

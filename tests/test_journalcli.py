@@ -1,7 +1,7 @@
 """
 Tests for L{primecount.cli.journal}: C{primecount journal}.
 
-Journals are built, in temporary directories, with L{schema.connect} and L{schema.INSERT}, as the server's
+Journals are built, in temporary directories, with L{schema.connect} and L{schema.inserts}, as the server's
 writer builds them. Most tests call L{journalcli.run} with stdout and stderr
 captured; a few run C{python -m primecount journal} in a subprocess to check
 what only a real process shows (exit status, Ctrl-C, a closed pipe).
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from primecount.cli import journal as journalcli
-from primecount.journal import schema
+from primecount.journal import formats, reader, schema
 from primecount.journal.records import Record
 
 #: 2026-02-16 10:37:12.345 UTC.
@@ -72,7 +72,8 @@ def append(path: str, records: list[Record]) -> None:
     conn = schema.connect(path)
     try:
         conn.execute("BEGIN")
-        conn.executemany(schema.INSERT, [schema.to_row(r) for r in records])
+        for sql, params in schema.inserts(records):
+            conn.execute(sql, params)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -249,7 +250,7 @@ class EscapeTests(RunMixin, TestCase):
         The backslash and each kind of control character have their escape.
         """
         self.assertEqual(
-            journalcli.escape(NASTY),
+            formats.escape(NASTY),
             "a\\nb\\\\nc\\r\\td\\x00\\x1b\\x7f\\x85\\u2028\\u2029é|,\"'",
         )
 
@@ -258,17 +259,17 @@ class EscapeTests(RunMixin, TestCase):
         A message holding a backslash and an C{n} and one holding a newline
         print differently.
         """
-        self.assertNotEqual(journalcli.escape("a\\nb"), journalcli.escape("a\nb"))
+        self.assertNotEqual(formats.escape("a\\nb"), formats.escape("a\nb"))
 
     @given(st.text())
     def test_escapeRoundTrips(self, text: str) -> None:
         """
-        L{journalcli.unescape} undoes L{journalcli.escape}, whose result is
+        L{formats.unescape} undoes L{formats.escape}, whose result is
         one line.
         """
-        escaped = journalcli.escape(text)
+        escaped = formats.escape(text)
         self.assertEqual(len((escaped + "x").splitlines()), 1)
-        self.assertEqual(journalcli.unescape(escaped), text)
+        self.assertEqual(formats.unescape(escaped), text)
 
     def test_seedOneLine(self) -> None:
         """
@@ -278,10 +279,10 @@ class EscapeTests(RunMixin, TestCase):
         self.assertEqual(len(out.splitlines()), 1)
         self.assertEqual(
             out,
-            "2026-02-16 10:37:12 | 127.0.0.1 | " + journalcli.escape(NASTY) + " | 1 | no\n",
+            "2026-02-16 10:37:12 | 127.0.0.1 | " + formats.escape(NASTY) + " | 1 | no\n",
         )
         message = out.split(" | ", 2)[2].rsplit(" | ", 2)[0]
-        self.assertEqual(journalcli.unescape(message), NASTY)
+        self.assertEqual(formats.unescape(message), NASTY)
 
     def test_csvOneLine(self) -> None:
         """
@@ -291,7 +292,7 @@ class EscapeTests(RunMixin, TestCase):
         out = self.journal("--journal", self.url, "--format", "csv")[1]
         self.assertEqual(len(out.splitlines()), 2)
         rows = list(csv.DictReader(io.StringIO(out)))
-        self.assertEqual(journalcli.unescape(rows[0]["message"]), NASTY)
+        self.assertEqual(formats.unescape(rows[0]["message"]), NASTY)
 
     def test_jsonlOneLine(self) -> None:
         """
@@ -328,7 +329,7 @@ class ByteMessageTests(RunMixin, TestCase):
         self.assertEqual(text, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\\\xff | 1 | no")
         self.assertEqual(old, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\\\xff | ERR invalid UTF-8")
         shown = raw.split(" | ")[2]
-        self.assertEqual(journalcli.unescape(shown).encode("utf-8", "surrogateescape"), b"ab\xff")
+        self.assertEqual(formats.unescape(shown).encode("utf-8", "surrogateescape"), b"ab\xff")
 
     def test_jsonl(self) -> None:
         raw, text, old = [
@@ -484,7 +485,7 @@ class FollowTests(RunMixin, TestCase):
             else:
                 raise KeyboardInterrupt()
 
-        self.patch(journalcli, "_sleep", sleep)
+        self.patch(reader, "_sleep", sleep)
         status, out, err = self.journal("--journal", "sqlite:" + path, "--follow", "--peer", "::1")
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(
@@ -514,7 +515,7 @@ class FollowTests(RunMixin, TestCase):
             elif len(polls) > 2:
                 raise KeyboardInterrupt()
 
-        self.patch(journalcli, "_sleep", sleep)
+        self.patch(reader, "_sleep", sleep)
         status, out, err = self.journal("--journal", "sqlite:" + path, "--follow", "--limit", "0")
         self.assertEqual((status, out.split(" | ")[2:3], err), (0, ["fresh"], ""))
 
@@ -547,7 +548,7 @@ class PruneTests(RunMixin, TestCase):
         Several batches delete everything that is old enough, and nothing
         else.
         """
-        self.patch(journalcli, "PRUNE_BATCH", 2)
+        self.patch(reader, "PRUNE_BATCH", 2)
         self.assertEqual(
             self.lines("--journal", self.url, "--prune-before", "2026-02-20T10:37:12"),
             ["pruned 4 records older than 2026-02-20T10:37:12.000Z"],
@@ -566,7 +567,8 @@ class PruneTests(RunMixin, TestCase):
             self.lines("--journal", self.url, "--prune-before", "2030-01-01"),
             ["pruned 5 records older than 2030-01-01T00:00:00.000Z"],
         )
-        writer.execute(schema.INSERT, schema.to_row(GOOD))
+        for sql, params in schema.inserts([GOOD]):
+            writer.execute(sql, params)
         self.assertEqual(stored(self.path), [GOOD])
 
     def test_vacuumShrinks(self) -> None:

@@ -18,8 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from primecount.journal import JournalUnavailable, JournalURLError, parse_url
 from primecount.journal.records import COUNT, RANGE, Record
-from primecount.journal.sqlite import JournalUnavailable, JournalURLError, parse_url
 
 from . import pgcluster
 

@@ -39,6 +39,7 @@ from primecount.core.outcomes import (
     STOPPED_READING,
 )
 from primecount.core.primes import primes_between
+from primecount.journal import JournalUnavailable
 from primecount.journal.records import RANGE, Record
 from primecount.server import rangeprotocol as rangeserver
 from primecount.server.connections import Connections
@@ -468,6 +469,24 @@ class ProtocolTests(TestCase):
         proto.dataReceived(rangecodec.encode_request(2, 3))
         self.reactor.advance(0)
         self.assertEqual(transport.value(), wire(2, 3))
+
+    def test_journalOutageIsLoggedByTheJournalOnly(self) -> None:
+        """
+        A journal that is unavailable logs its own outage
+        (L{JournalUnavailable}); the range factory refuses the request
+        without logging it a second time.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, transport = self.connect()
+        self.journal.result = lambda: fail(JournalUnavailable("disk full"))
+        proto.dataReceived(rangecodec.encode_request(2, 3))
+        self.reactor.advance(0)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+        said = [e["log_format"] for e in events if "ournal" in e.get("log_format", "")]
+        self.assertEqual(said, [])
 
     def test_pausedStreamSievesNothingMore(self) -> None:
         """

@@ -14,8 +14,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.cli import journal as journalcli
 from primecount.core.count import expected_reply
+from primecount.journal import formats, reader
 
 from .helpers import ServerProcess, recv_all, recv_lines
 
@@ -127,12 +127,12 @@ class CountProtocolTests(ServerTestCase):
             ],
         )
         # primecount journal tells the raw byte from the four characters.
-        conn = journalcli.open_journal(os.path.join(self.dir, "journal.sqlite3"))
+        conn = reader.open_journal(os.path.join(self.dir, "journal.sqlite3"))
         try:
-            records = [r for _, r in journalcli.select(conn, journalcli.Query())]
+            records = [r for _, r in reader.select(conn, reader.Query())]
         finally:
             conn.close()
-        shown = [journalcli.format_seed(r).split(" | ")[2] for r in records[2:]]
+        shown = [formats.format_seed(r).split(" | ")[2] for r in records[2:]]
         self.assertEqual(shown, ["\\udcff", "\\\\xff"])
 
     def test_sigtermExitsCleanly(self) -> None:

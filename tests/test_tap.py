@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
 from primecount.core.fdlimit import raise_open_files_limit
-from primecount.journal.sqlite import JournalURL
+from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 from primecount.server.listeners import Listener
 from primecount.server.service import _plural
@@ -383,7 +383,7 @@ class OptionsTests(SynchronousTestCase):
         service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
         self.assertTrue(IService.providedBy(service))
         self.assertEqual([lsn.label for lsn in service.listeners], ["count", "count"])
-        self.assertIsNone(service.journal)
+        self.assertIsInstance(service.journal, NullJournal)
 
 
 class ThreadedMemoryReactor(MemoryReactorClock):

@@ -22,8 +22,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from primecount.cli.journal import format_seed
 from primecount.core.count import evaluate
+from primecount.journal.formats import format_seed
 from primecount.journal.records import COUNT, Record
 
 POOL_SIZE = 10

@@ -19,9 +19,9 @@ import socket
 import time
 from typing import IO
 
-from primecount.cli.journal import format_seed
 from primecount.core.count import evaluate
 from primecount.core.outcomes import LINE_TOO_LONG
+from primecount.journal.formats import format_seed
 from primecount.journal.records import COUNT, Record
 
 MAX_LINE = 16384

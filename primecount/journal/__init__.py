@@ -1,0 +1,229 @@
+# -*- test-case-name: tests.test_journal_interface -*-
+"""
+The request journal: every request recorded before it is answered.
+
+One interface, L{Journal}, for every backend: L{NullJournal}
+(C{--journal none}), L{primecount.journal.sqlite.SQLiteJournal} and
+L{primecount.journal.postgresql.PostgresJournal}. L{open_journal} picks the
+backend from a journal URL (L{parse_url}); the server never holds L{None}
+for "no journal".
+
+This module imports no backend at load time (the backends import it), so
+PostgreSQL's driver is only needed for a PostgreSQL journal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+
+from primecount.journal.records import Record
+
+#: The journal of C{twistd primecount} and C{primecount journal} unless
+#: C{--journal} names another.
+DEFAULT_URL = "sqlite:primecount.sqlite3"
+
+#: The schemes of a PostgreSQL connection URL (libpq accepts both).
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class JournalUnavailable(Exception):
+    """
+    The journal could not commit these records.
+    """
+
+
+class JournalURLError(ValueError):
+    """
+    A C{--journal} value that names no usable journal.
+    """
+
+
+class Journal(Protocol):
+    """
+    What the server needs of a journal: records committed from a pool
+    thread (L{commit}) or queued from the reactor thread (L{append},
+    L{settle}), and the service's start and stop.
+
+    @ivar keepsRecords: whether records are kept at all; when not, callers
+        may skip building them.
+    @ivar running: whether the service is started.
+    @ivar committed: how many records were committed.
+    @ivar batches: how many transactions committed them.
+    """
+
+    keepsRecords: bool
+    running: bool | int
+    committed: int
+    batches: int
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """
+        Commit C{records}, blocking until they are committed; call it from
+        a thread-pool thread.
+
+        @raise JournalUnavailable: when they could not be committed.
+        """
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Queue C{records} for commit (reactor thread).
+
+        @return: fires once they are committed; fails with
+            L{JournalUnavailable} if they could not be.
+        """
+
+    def settle(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Complete pending range records (reactor thread): each goes onto the
+        latest record of the same peer, port and range that has neither a
+        sum check nor an error yet.
+
+        @return: fires once done; fails with L{JournalUnavailable}.
+        """
+
+    def startService(self) -> None:
+        """
+        Start accepting records.
+        """
+
+    def stopService(self) -> Deferred[None] | None:
+        """
+        Commit everything queued, then close.
+        """
+
+    def hurry(self) -> None:
+        """
+        The stop's deadline is near: wait for the database no longer.
+        """
+
+
+class NullJournal(Service):
+    """
+    C{--journal none}: accepts every record, keeps none, answers at once.
+    """
+
+    keepsRecords = False
+    committed = 0
+    batches = 0
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """
+        Accept and forget C{records}.
+        """
+
+    def append(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Accept and forget C{records}.
+        """
+        return succeed(None)
+
+    def settle(self, records: Sequence[Record]) -> Deferred[None]:
+        """
+        Accept and forget C{records}.
+        """
+        return succeed(None)
+
+    def hurry(self) -> None:
+        """
+        Nothing waits for a database here.
+        """
+
+
+@dataclass(frozen=True)
+class JournalURL:
+    """
+    A parsed C{--journal} value.
+
+    @ivar scheme: C{"sqlite"}, C{"postgresql"} or C{"none"}.
+    @ivar path: the database file (absolute), for C{sqlite}; the connection
+        URL as given, for C{postgresql}.
+    """
+
+    scheme: str
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "postgresql":
+            return mask_password(self.path)
+        return "none" if self.scheme == "none" else f"sqlite:{self.path}"
+
+
+_PASSWORD_IN_QUERY = re.compile(r"(?<=[?&]password=)[^&#]*")
+
+
+def mask_password(url: str) -> str:
+    """
+    C{url} with its password, if any (C{user:PASSWORD@} or
+    C{?password=PASSWORD}), replaced by C{***}: fit to print.
+    """
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return _PASSWORD_IN_QUERY.sub("***", f"{scheme}{sep}{userinfo}{at}{hostport}{slash}{tail}")
+
+
+def parse_url(value: str, *, base: str | None = None) -> JournalURL:
+    """
+    Parse C{sqlite:PATH} (relative paths against C{base}, default the
+    current directory), a PostgreSQL URL (C{postgresql://USER@HOST:PORT/DB?...},
+    checked when connecting) or C{none}.
+
+    @raise JournalURLError: for anything else.
+    """
+    if value == "none":
+        return JournalURL("none")
+    if value.startswith(POSTGRESQL_SCHEMES):
+        return JournalURL("postgresql", value)
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme != "sqlite":
+        raise JournalURLError(
+            f"unknown journal {mask_password(value)!r}: expected sqlite:PATH, "
+            "postgresql://USER@HOST:PORT/DB or none"
+        )
+    if not rest:
+        raise JournalURLError("sqlite: needs a file path, e.g. sqlite:primecount.sqlite3")
+    return JournalURL("sqlite", os.path.abspath(os.path.join(base or os.getcwd(), rest)))
+
+
+def open_journal(
+    url: JournalURL | str,
+    reactor: Any,
+    *,
+    fsync: bool = False,
+    metrics: Any = None,
+) -> Journal:
+    """
+    The journal C{url} names, not yet started.
+
+    @param url: a journal URL, parsed (L{parse_url}) or not.
+    @param reactor: the reactor the journal hands its results back on.
+    @param fsync: make every commit survive a power loss, not only a crash.
+    @param metrics: a L{primecount.metrics.prometheus.MetricsRecorder} told
+        of commits and failures, or L{None}.
+    @raise JournalURLError: for a value that names no journal, or a
+        PostgreSQL journal without its driver (psycopg).
+    """
+    if isinstance(url, str):
+        url = parse_url(url)
+    if url.scheme == "sqlite":
+        from primecount.journal.sqlite import SQLiteJournal
+
+        return SQLiteJournal(url.path, reactor, fsync=fsync, metrics=metrics)
+    if url.scheme == "postgresql":
+        try:
+            from primecount.journal.postgresql import PostgresJournal
+        except ImportError:
+            raise JournalURLError(
+                "the PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
+            ) from None
+        return PostgresJournal(url.path, reactor, fsync=fsync, metrics=metrics)
+    return NullJournal()

@@ -25,15 +25,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from primecount.journal import JournalUnavailable
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
-
-
-class JournalUnavailable(Exception):
-    """
-    The journal could not commit these records.
-    """
-
 
 _STOP = object()
 #: Wakes the writer thread (for its periodic work, or to probe now).
@@ -77,6 +71,9 @@ class ThreadedJournal(Service):
     """
 
     _log = Logger()
+
+    #: It keeps what it is given (a L{primecount.journal.NullJournal} does not).
+    keepsRecords: bool = True
 
     #: The writer thread's name.
     _threadName: ClassVar[str] = "primecount-journal"

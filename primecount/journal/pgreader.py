@@ -2,7 +2,7 @@
 """
 C{primecount journal --journal postgresql://…}: the PostgreSQL journal read
 back, followed and pruned, with the options and the output formats of the
-SQLite one (L{primecount.cli.journal}, whose formatting this module uses).
+SQLite one (L{primecount.journal.reader}, L{primecount.journal.formats}).
 
 Following: ids are assigned at insert, not at commit, so with several
 writers a record with a lower id can be committed after one with a higher
@@ -19,24 +19,17 @@ which wakes the follower before its next poll.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import psycopg
 
-from primecount.cli.journal import (
-    JournalError,
-    Query,
-    _writer,
-    format_iso_time,
-    parse_time,
-    query_of,
-)
+from primecount.journal import mask_password
+from primecount.journal.formats import writer
 from primecount.journal.postgresql import CHANNEL, TABLE, _why, connect, message_of
+from primecount.journal.reader import Backend, JournalError, Query
 from primecount.journal.records import Record
-from primecount.journal.sqlite import mask_password
 
 #: Seconds between two polls of C{--follow} when no NOTIFY wakes it.
 POLL_INTERVAL = 1.0
@@ -198,7 +191,7 @@ def show(
     Print the matching records; with C{follow}, keep printing new ones as
     they become final until interrupted (C{KeyboardInterrupt}).
     """
-    write = _writer(fmt, out)
+    write = writer(fmt, out)
     if not follow:
         for _, record in select(conn, query):
             write(record)
@@ -243,36 +236,16 @@ def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
     return total
 
 
-def run(args: argparse.Namespace, out: TextIO) -> int:
+def backend(url: str) -> Backend:
     """
-    C{primecount journal} on a PostgreSQL journal, with options checked by
-    L{primecount.cli.journal}.
-
-    @raise JournalError: for a problem the user can fix.
+    The reader of the PostgreSQL journal at C{url}, for
+    L{primecount.journal.reader.backend}.
     """
-    url: str = args.journal
-    shown = mask_password(url)
-    if args.prune_before is not None:
-        before = parse_time(args.prune_before)
-        conn = open_journal(url)
-        try:
-            count = prune(conn, before, vacuum=args.vacuum)
-        except psycopg.Error as e:
-            raise JournalError(f"cannot prune journal {shown}: {_why(e)}") from None
-        finally:
-            conn.close()
-        out.write(f"pruned {count} records older than {format_iso_time(before)}\n")
-        return 0
-    query = query_of(args)
-    conn = open_journal(url)
-    try:
-        show(conn, query, args.format, out, follow=args.follow)
-    except KeyboardInterrupt:
-        if args.follow:
-            return 0
-        raise
-    except psycopg.Error as e:
-        raise JournalError(f"cannot read journal {shown}: {_why(e)}") from None
-    finally:
-        conn.close()
-    return 0
+    return Backend(
+        shown=mask_password(url),
+        connect=lambda readonly: open_journal(url),
+        show=show,
+        prune=prune,
+        errors=psycopg.Error,
+        why=_why,
+    )

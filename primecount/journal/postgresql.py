@@ -51,9 +51,9 @@ import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
+from primecount.journal import JournalURL, JournalURLError, mask_password
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.records import Record
-from primecount.journal.sqlite import JournalURL, JournalURLError, mask_password
 from primecount.metrics.recorder import MetricsRecorder
 
 #: Connection settings used unless the URL gives its own: a connection

@@ -81,8 +81,6 @@ def first_id_since(conn: sqlite3.Connection, when: float) -> int:
     return low
 
 
-INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
-
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
 
 #: The columns a count-protocol record fills: the rest (a, b, sum_ok) are
@@ -210,14 +208,6 @@ def settle_row(record: Record) -> tuple[object, ...]:
 
 
 assert Record._fields == COLUMNS, "Record's fields must be the columns, in order"
-
-
-def to_row(record: Record) -> tuple[object, ...]:
-    """
-    The parameters of L{INSERT} for one record: the record itself (its
-    fields are the columns in order; SQLite stores C{True}/C{False} as 1/0).
-    """
-    return record
 
 
 def from_row(row: Iterable[object]) -> Record:

@@ -27,88 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-
-from primecount.journal import schema
+from primecount.journal import JournalURL, JournalURLError, schema
 from primecount.journal.base import _WAKE, ThreadedJournal
-from primecount.journal.base import JournalUnavailable as JournalUnavailable
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
-
-
-class JournalURLError(ValueError):
-    """
-    A C{--journal} value that names no usable journal.
-    """
-
-
-@dataclass(frozen=True)
-class JournalURL:
-    """
-    A parsed C{--journal} value.
-
-    @ivar scheme: C{"sqlite"}, C{"postgresql"} or C{"none"}.
-    @ivar path: the database file (absolute), for C{sqlite}; the connection
-        URL as given, for C{postgresql}.
-    """
-
-    scheme: str
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.scheme == "postgresql":
-            return mask_password(self.path)
-        return "none" if self.scheme == "none" else f"sqlite:{self.path}"
-
-
-#: The schemes of a PostgreSQL connection URL (libpq accepts both).
-POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
-
-_PASSWORD_IN_QUERY = re.compile(r"(?<=[?&]password=)[^&#]*")
-
-
-def mask_password(url: str) -> str:
-    """
-    C{url} with its password, if any (C{user:PASSWORD@} or
-    C{?password=PASSWORD}), replaced by C{***}: fit to print.
-    """
-    scheme, sep, rest = url.partition("://")
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hostport = authority.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return _PASSWORD_IN_QUERY.sub("***", f"{scheme}{sep}{userinfo}{at}{hostport}{slash}{tail}")
-
-
-def parse_url(value: str, *, base: str | None = None) -> JournalURL:
-    """
-    Parse C{sqlite:PATH} (relative paths against C{base}, default the
-    current directory), a PostgreSQL URL (C{postgresql://USER@HOST:PORT/DB?...},
-    checked when connecting) or C{none}.
-
-    @raise JournalURLError: for anything else.
-    """
-    if value == "none":
-        return JournalURL("none")
-    if value.startswith(POSTGRESQL_SCHEMES):
-        return JournalURL("postgresql", value)
-    scheme, sep, rest = value.partition(":")
-    if not sep or scheme != "sqlite":
-        raise JournalURLError(
-            f"unknown journal {mask_password(value)!r}: expected sqlite:PATH, "
-            "postgresql://USER@HOST:PORT/DB or none"
-        )
-    if not rest:
-        raise JournalURLError("sqlite: needs a file path, e.g. sqlite:primecount.sqlite3")
-    return JournalURL("sqlite", os.path.abspath(os.path.join(base or os.getcwd(), rest)))
 
 
 def check_writable(url: JournalURL) -> None:
@@ -502,26 +430,3 @@ def _size(path: str) -> int:
 def _close_quietly(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         conn.close()
-
-
-class NullJournal:
-    """
-    C{--journal none}: records nothing, answers at once.
-    """
-
-    def append(self, records: Sequence[Record]) -> Deferred[None]:
-        """
-        Accept and forget C{records}.
-        """
-        return succeed(None)
-
-    def commit(self, records: Sequence[Record]) -> None:
-        """
-        Accept and forget C{records}.
-        """
-
-    def settle(self, records: Sequence[Record]) -> Deferred[None]:
-        """
-        Accept and forget C{records}.
-        """
-        return succeed(None)

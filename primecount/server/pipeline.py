@@ -30,23 +30,9 @@ from twisted.python.failure import Failure
 from primecount.core import count
 from primecount.core.count import Evaluation
 from primecount.core.outcomes import INTERNAL_ERROR, JOURNAL_UNAVAILABLE, Outcome
+from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import COUNT, Record, now
-from primecount.journal.sqlite import JournalUnavailable
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
-
-
-class Journal(Protocol):
-    """
-    What the request path needs of a journal.
-    """
-
-    def commit(self, records: Sequence[Record]) -> None:
-        """
-        Record C{records}, blocking until they are committed (called in a
-        pool thread).
-
-        @raise primecount.journal.sqlite.JournalUnavailable: if they could not be.
-        """
 
 
 class PendingReply:
@@ -85,9 +71,7 @@ Request = tuple[bytes | Evaluation, Sink, PendingReply]
 Answers = tuple[list[bytes], list[Outcome]]
 
 
-def answer_batch(
-    items: Sequence[tuple[bytes | Evaluation, str, int]], journal: Journal | None
-) -> Answers:
+def answer_batch(items: Sequence[tuple[bytes | Evaluation, str, int]], journal: Journal) -> Answers:
     """
     The pool job: evaluate a batch, commit its records, return the answers.
 
@@ -95,14 +79,13 @@ def answer_batch(
     hop; a request whose record could not be committed is answered
     C{ERR journal unavailable} instead.
     """
-    replies, outcomes, records = evaluate_batch(items, journal is not None)
-    if journal is not None:
-        try:
-            journal.commit(records)
-        except JournalUnavailable:
-            # The journal logs the episode once; each request just learns
-            # that it was not recorded.
-            return failed_batch(JOURNAL_UNAVAILABLE, len(replies))
+    replies, outcomes, records = evaluate_batch(items, journal.keepsRecords)
+    try:
+        journal.commit(records)
+    except JournalUnavailable:
+        # The journal logs the episode once; each request just learns
+        # that it was not recorded.
+        return failed_batch(JOURNAL_UNAVAILABLE, len(replies))
     return replies, outcomes
 
 
@@ -203,7 +186,7 @@ class Pipeline:
         self,
         reactor: Any,
         threadpool: object,
-        journal: Journal | None,
+        journal: Journal,
         metrics: MetricsRecorder | None = None,
         *,
         maxBatch: int = MAX_BATCH,
@@ -215,7 +198,8 @@ class Pipeline:
         @param threadpool: the pool that evaluates (a
             L{twisted.python.threadpool.ThreadPool} or a stand-in with
             C{callInThreadWithCallback}).
-        @param journal: where records go, or L{None} for no journal.
+        @param journal: where records go (a L{primecount.journal.NullJournal}
+            for none).
         @param metrics: counts requests by outcome and times them.
         @param maxBatch: the most requests in one job.
         @param share: the most requests one connection gets per round.

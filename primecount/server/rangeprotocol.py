@@ -55,6 +55,7 @@ from primecount.core.primes import (
     primes_between,
     segment_bounds,
 )
+from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import RANGE, Record, now
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
@@ -374,7 +375,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             return
         self._count = count
         self._pending = True
-        d = self.factory.journalPending(self._recordOf(None))
+        d = self.factory.journalAppend(self._recordOf(None))
         d.addCallback(self._reply)
 
     def _reply(self, committed: bool) -> None:
@@ -568,7 +569,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         if self._pending:
             self._pending = False
             return self.factory.journalSettle(record)
-        return self.factory.journalRecord(record)
+        return self.factory.journalAppend(record)
 
 
 class _Refused(Protocol):
@@ -588,7 +589,8 @@ class RangeFactory(Factory):
 
     @ivar reactor: the reactor the protocols run on.
     @ivar threadpool: where counting and sieving happen.
-    @ivar journal: has C{append(records) -> Deferred}.
+    @ivar journal: where records go (a L{primecount.journal.NullJournal}
+        for none).
     @ivar timeout: idle seconds before a connection is closed; 0 or L{None}
         disables it.
     @ivar segmentSize: numbers sieved per pool job.
@@ -603,7 +605,7 @@ class RangeFactory(Factory):
         self,
         reactor: IReactorCore,
         threadpool: ThreadPool,
-        journal: Any,
+        journal: Journal,
         timeout: float | None = 5.0,
         segmentSize: int = SEGMENT_SIZE,
         maxJobs: int | None = None,
@@ -615,7 +617,7 @@ class RangeFactory(Factory):
         @param reactor: provides C{callLater} and C{callFromThread}.
         @param threadpool: a started L{ThreadPool} (or a test double with
             C{callInThreadWithCallback}).
-        @param journal: has C{append(records) -> Deferred}.
+        @param journal: where records go.
         @param timeout: idle seconds before a connection is closed.
         @param segmentSize: numbers sieved per pool job.
         @param maxJobs: range jobs allowed in the pool at once; by default
@@ -696,8 +698,9 @@ class RangeFactory(Factory):
 
     def _journal(self, write: Any, record: Record) -> Deferred[bool]:
         """
-        C{write([record])} to the journal; a failing journal is logged once,
-        when it starts failing, and once more when it recovers.
+        C{write([record])} to the journal. The journal logs its own outages
+        (L{JournalUnavailable}); any other failure is logged here once, when
+        it starts, and once more when the journal works again.
 
         @return: fires with whether it worked; never errbacks.
         """
@@ -705,16 +708,10 @@ class RangeFactory(Factory):
         d.addCallbacks(self._journalUp, self._journalFailed)
         return d
 
-    def journalRecord(self, record: Record) -> Deferred[bool]:
+    def journalAppend(self, record: Record) -> Deferred[bool]:
         """
-        Append the record of a request that ended before its reply.
-        """
-        return self._journal(self.journal.append, record)
-
-    def journalPending(self, record: Record) -> Deferred[bool]:
-        """
-        Commit the record of a request about to be answered, its sum verdict
-        still pending.
+        Commit a request's record: one about to be answered (its sum check
+        still pending) or one that ended before its reply.
         """
         return self._journal(self.journal.append, record)
 
@@ -735,9 +732,10 @@ class RangeFactory(Factory):
 
     def _journalFailed(self, failure: Failure) -> bool:
         """
-        A record could not be committed: log it if it is the first.
+        A record could not be committed: log it if it is the first failure
+        that the journal did not log itself.
         """
-        if not self._journalDown:
+        if not self._journalDown and not failure.check(JournalUnavailable):
             self._journalDown = True
             self._log.error(
                 "Journal unavailable ({why}); range requests are refused until it recovers",

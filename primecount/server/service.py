@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -18,16 +18,13 @@ from twisted.logger import Logger
 from primecount import __version__
 from primecount.core.fdlimit import raise_open_files_limit
 from primecount.core.outcomes import SERVER_BUSY
-from primecount.journal.sqlite import JournalURL, SQLiteJournal
-from primecount.metrics.recorder import MetricsRecorder, NullMetrics
+from primecount.journal import Journal, JournalURL, open_journal
+from primecount.metrics.recorder import NullMetrics
 from primecount.server.connections import Connections, RefusingReactor
 from primecount.server.countprotocol import CountFactory
 from primecount.server.listeners import COUNT, PROXY, RANGE, RANGE_PROXY, Listener, descriptions
 from primecount.server.pipeline import Pipeline
 from primecount.server.placement import PlacementService
-
-if TYPE_CHECKING:
-    from primecount.journal.postgresql import PostgresJournal
 
 _log = Logger(namespace="primecount")
 
@@ -51,7 +48,7 @@ class PrimecountService(service.MultiService):
     def __init__(
         self,
         pipeline: Pipeline,
-        journal: SQLiteJournal | PostgresJournal | None,
+        journal: Journal,
         connections: Connections,
         settings: str,
         shutdownTimeout: float,
@@ -83,7 +80,7 @@ class PrimecountService(service.MultiService):
         listener.setServiceParent(self)
 
     def startService(self) -> None:
-        if self.journal is not None and not self.journal.running:
+        if not self.journal.running:
             self.journal.startService()
         super().startService()
         addresses = defer.gatherResults([lsn.address() for lsn in self.listeners])
@@ -125,8 +122,8 @@ class PrimecountService(service.MultiService):
                 # Fires once every connection is gone, dropped ones included.
                 yield self.connections.closeAll()
             yield self.pipeline.whenIdle()
-            if self.journal is not None:
-                yield self.journal.stopService()
+            yield self.journal.stopService()
+            if self.journal.keepsRecords:
                 _log.info(
                     "journal closed: {records} committed since the start, in {b} transactions",
                     records=_plural(self.journal.committed, "record"),
@@ -141,8 +138,7 @@ class PrimecountService(service.MultiService):
         """
         The deadline is near: the journal stops waiting for locks.
         """
-        if self.journal is not None:
-            self.journal.hurry()
+        self.journal.hurry()
 
     def _drop(self) -> None:
         """
@@ -211,21 +207,6 @@ def settings_text(config: Mapping[str, Any]) -> str:
     )
 
 
-def _journal(
-    url: JournalURL, reactor: Any, fsync: bool, metrics: MetricsRecorder
-) -> SQLiteJournal | PostgresJournal | None:
-    """
-    The journal C{--journal} names, or L{None} for C{none}.
-    """
-    if url.scheme == "sqlite":
-        return SQLiteJournal(url.path, reactor, fsync=fsync, metrics=metrics)
-    if url.scheme == "postgresql":
-        from primecount.journal.postgresql import PostgresJournal
-
-        return PostgresJournal(url.path, reactor, fsync=fsync, metrics=metrics)
-    return None
-
-
 def serve(
     config: Mapping[str, Any],
     reactor: Any,
@@ -249,7 +230,9 @@ def serve(
     if metrics is None:
         metrics = NullMetrics()
     metrics.watchThreadPool(threadpool)
-    journal = _journal(config["journal"], reactor, config["journal-fsync"], metrics)
+    journal = open_journal(
+        config["journal"], reactor, fsync=config["journal-fsync"], metrics=metrics
+    )
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
     factories: dict[str, Any] = {
         label: CountFactory(
@@ -267,13 +250,12 @@ def serve(
         for label in (COUNT, PROXY)
     }
     if config["range-port"] is not None or config["range-listen"]:
-        from primecount.journal.sqlite import NullJournal
         from primecount.server.rangeprotocol import RangeFactory
 
         factories[RANGE] = RangeFactory(
             reactor,
             threadpool,
-            journal or NullJournal(),
+            journal,
             timeout=config["timeout"],
             connections=connections,
             metrics=metrics,
