@@ -31,7 +31,6 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger, LogLevel
 
 from primecount.metrics.episodes import Episodes
-from primecount.server.transport import WriteThroughServer
 
 #: How the journal names the host of a client on a UNIX socket: this
 #: prefix and the socket's path (C{unix:/run/primecount.sock}), port 0.
@@ -344,9 +343,6 @@ class RefusingPort(tcp.Port):
 
     #: Whether accepted sockets inherit C{TCP_NODELAY} from this one.
     noDelay = False
-
-    #: Replies are sent at once when nothing is queued (see L{transport}).
-    transport = WriteThroughServer
 
     def startListening(self) -> None:
         """
