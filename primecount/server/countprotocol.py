@@ -60,6 +60,32 @@ FRAMINGS = (LINE, READ)
 #: with a LF nor half-closes by that much (C{--framing read:MS}).
 READ_WINDOW = 0.0
 
+#: The longest read window C{--framing read:MS} accepts, in milliseconds.
+MAX_READ_WINDOW_MS = 1000
+
+
+def parse_framing(value: str) -> tuple[str, float]:
+    """
+    Parse C{--framing}: C{line}, C{read} or C{read:MS}.
+
+    @return: the framing and its read window in seconds.
+    @raise ValueError: in one line naming the option.
+    """
+    kind, sep, window = value.partition(":")
+    if kind not in FRAMINGS or (sep and kind != READ):
+        raise ValueError(f"--framing wants line, read or read:MS; got {value!r}")
+    if not sep:
+        return kind, READ_WINDOW
+    try:
+        ms = float(window)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms <= MAX_READ_WINDOW_MS:
+        raise ValueError(
+            f"--framing read:MS wants MS from 0 to {MAX_READ_WINDOW_MS} milliseconds; got {value!r}"
+        )
+    return kind, ms / 1000
+
 
 def proxy_peer(source: tuple[str, int]) -> tuple[str, int]:
     """
