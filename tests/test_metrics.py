@@ -465,6 +465,15 @@ class MultiProcessTests(SynchronousTestCase):
         self.asProcess(1001, lambda: clock.advance(1.0))
         self.assertEqual(value(scrape(metrics), "primecount_threadpool_queue_depth"), 3)
 
+    def test_threadPoolsNeedAClock(self) -> None:
+        """
+        In multiprocess mode, watching a pool without a clock is refused
+        rather than sampling on the global reactor.
+        """
+        metrics = self.asProcess(1001, Metrics)
+        error = self.assertRaises(ValueError, metrics.watchThreadPool, FakePool(busy=0, backlog=0))
+        self.assertIn("clock", str(error))
+
     def test_realWorkerProcess(self) -> None:
         """
         A real process with the variable set before its first import writes
