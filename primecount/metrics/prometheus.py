@@ -393,14 +393,15 @@ class Metrics:
             for the life of the process.
         @raise ValueError: in multiprocess mode, when no clock was given.
         """
-        if self.multiprocess and self._clock is None:
+        clock = self._clock
+        if self.multiprocess and clock is None:
             raise ValueError("multiprocess metrics sample thread pools on a clock; give one")
         self._pools.pools.append(pool)
-        if self.multiprocess and self._sampler is None:
+        if clock is not None and self.multiprocess and self._sampler is None:
             from twisted.internet.task import LoopingCall
 
             self._sampler = LoopingCall(self._samplePools)
-            self._sampler.clock = self._clock
+            self._sampler.clock = clock
             self._sampler.start(self._sampleInterval, now=True)
 
     def _samplePools(self) -> None:
