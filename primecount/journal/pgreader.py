@@ -69,10 +69,10 @@ def open_journal(url: str) -> psycopg.Connection[Any]:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    (_, when, host, port, protocol, text, raw, count, prime, error, a, b, sum_ok) = row
+    (_, when, peer, port, protocol, text, raw, count, prime, error, a, b, sum_ok) = row
     return Record(
         time=when.timestamp(),
-        host=host,
+        peer=peer,
         port=port,
         protocol=protocol,
         message=message_of(text, raw),

@@ -116,7 +116,9 @@ INSERT INTO primecount_schema (version)
     SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT FROM primecount_schema);
 """
 
-#: The columns a record fills, in COPY order, and their types.
+#: The columns a record fills, in COPY order, and their types. C{host}
+#: holds L{Record.peer}: the column keeps the name it has in the SQLite
+#: journal, since renaming it in existing journals needs a migration.
 COPY_COLUMNS = (
     "time",
     "host",
@@ -182,7 +184,7 @@ def to_row(record: Record) -> tuple[object, ...]:
         message = None
     return (
         datetime.fromtimestamp(record.time, UTC),
-        record.host,
+        record.peer,
         record.port,
         record.protocol,
         message,
@@ -358,7 +360,7 @@ class PostgresJournal(ThreadedJournal):
         return self._attempt(lambda conn: self._copy(conn, rows))
 
     def _settleRecords(self, records: Sequence[Record]) -> str | None:
-        rows = [(r.count, r.error, r.sum_ok, r.host, r.port, r.a, r.b) for r in records]
+        rows = [(r.count, r.error, r.sum_ok, r.peer, r.port, r.a, r.b) for r in records]
 
         def update(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cursor:

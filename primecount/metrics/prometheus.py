@@ -25,7 +25,7 @@ Families (labels in braces)::
 plus C{process_*} and C{python_*} of the process serving C{/metrics}.
 
 Label values are bounded: C{protocol} is a constant from code
-(L{primecount.journal.records.COUNT}, L{primecount.journal.records.RANGE}), and C{outcome}
+(L{primecount.journal.records.PROTOCOL_COUNT}, L{primecount.journal.records.PROTOCOL_RANGE}), and C{outcome}
 is the label of an L{primecount.core.outcomes.Outcome}, from that module's
 one table (L{primecount.core.outcomes.LABELS}). No request data ever
 becomes a label.
@@ -295,8 +295,8 @@ class Metrics:
         """
         Count replies: C{primecount_requests_total{protocol, outcome}}.
 
-        @param protocol: L{primecount.journal.records.COUNT} or
-            L{primecount.journal.records.RANGE}.
+        @param protocol: L{primecount.journal.records.PROTOCOL_COUNT} or
+            L{primecount.journal.records.PROTOCOL_RANGE}.
         @param outcome: how the requests ended; its label is the C{outcome}
             label.
         @param n: how many replies; nothing happens unless it is positive.

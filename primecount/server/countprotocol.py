@@ -35,7 +35,7 @@ from zope.interface import implementer
 from primecount.core import count, proxyheader
 from primecount.core.count import Evaluation
 from primecount.core.outcomes import BAD_PROXY_HEADER, LINE_TOO_LONG, SERVER_BUSY, Outcome
-from primecount.journal.records import COUNT
+from primecount.journal.records import PROTOCOL_COUNT
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.idle import IdleSweep
@@ -113,19 +113,19 @@ class ProxyHeaderReceiver:
     Mixed into a protocol, which sets C{_awaitingProxy} when a connection
     behind HAProxy is made, passes every read to L{_proxyHeader} while it is
     set, and provides C{factory} (with C{connections} and C{metrics}), the
-    C{host} and C{port} of the peer, C{_admitted()} (count the connection
+    C{peer} and C{port} of the client, C{_admitted()} (count the connection
     open) and C{_refuse(outcome)} (say why if the protocol can, and close).
     A refused connection is logged once per episode, never counted open.
 
-    @cvar metricsProtocol: the protocol's name in metrics (L{COUNT}, ...).
+    @cvar metricsProtocol: the protocol's name in metrics (L{PROTOCOL_COUNT}, ...).
     @cvar refusals: how the episodes of refusals are named, before the
         outcome.
     """
 
-    metricsProtocol = COUNT
+    metricsProtocol = PROTOCOL_COUNT
     refusals = "connections closed with ERR"
     factory: Any
-    host: str
+    peer: str
     port: int
     _awaitingProxy = False  # behind HAProxy, before its header
     _proxyBuffer = b""
@@ -156,8 +156,8 @@ class ProxyHeaderReceiver:
             self._proxyRefuse(BAD_PROXY_HEADER)
             return b""
         if result.source is not None:
-            self.host, self.port = proxy_peer(result.source)
-        if not self.factory.connections.admit(self.host):
+            self.peer, self.port = proxy_peer(result.source)
+        if not self.factory.connections.admit(self.peer):
             self.factory.metrics.requests(self.metricsProtocol, SERVER_BUSY)
             self._proxyRefuse(SERVER_BUSY)
             return b""
@@ -173,8 +173,8 @@ class ProxyHeaderReceiver:
         self._proxyRefused = True
         self.factory.connections.episodes.event(
             f"{self.refusals} {outcome.text}",
-            "{host}:{port}: {reason}; closing (more such are counted, not logged)",
-            host=self.host,
+            "{peer}:{port}: {reason}; closing (more such are counted, not logged)",
+            peer=self.peer,
             port=self.port,
             reason=outcome.text,
         )
@@ -218,7 +218,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     It is registered as the transport's producer so that when the client
     stops reading replies, the server stops reading requests.
 
-    @ivar host: the client's address. @ivar port: the client's port.
+    @ivar peer: the client's address. @ivar port: the client's port.
     """
 
     delimiter = b"\n"
@@ -236,7 +236,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._producing = False  # registered as the transport's producer
         self._window: Any = None  # READ framing: the read window's end
         self.lastActive: float | None = None  # read by the factory's IdleSweep
-        self.host = ""
+        self.peer = ""
         self.port = 0
 
     # -- connection life ----------------------------------------------------
@@ -245,7 +245,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         factory = self.factory
         self.MAX_LENGTH = factory.maxLine
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
-        self.host, self.port = peer_of(self.transport.getPeer(), self.transport.getHost())
+        self.peer, self.port = peer_of(self.transport.getPeer(), self.transport.getHost())
         no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
@@ -258,8 +258,8 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._admitted()
 
     def _admitted(self) -> None:
-        self.factory.connections.opened(self, self.host)
-        self.factory.metrics.connectionOpened(COUNT)
+        self.factory.connections.opened(self, self.peer)
+        self.factory.metrics.connectionOpened(PROTOCOL_COUNT)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
@@ -268,7 +268,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._pending.clear()
         if not self._awaitingProxy:
             self.factory.connections.closed(self)
-            self.factory.metrics.connectionClosed(COUNT)
+            self.factory.metrics.connectionClosed(PROTOCOL_COUNT)
 
     def readConnectionLost(self) -> None:
         """
@@ -308,9 +308,9 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             # reading them, and a graceful close would wait for it forever.
             self.factory.connections.episodes.event(
                 "clients dropped for not reading their replies",
-                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it"
+                "{peer}:{port} stopped reading its replies for {timeout:g} s; dropping it"
                 " (more such are counted, not logged)",
-                host=self.host,
+                peer=self.peer,
                 port=self.port,
                 timeout=self.factory.timeout,
             )
@@ -318,8 +318,8 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             return
         self.factory.connections.episodes.event(
             "idle connections closed",
-            "closing idle connection from {host}:{port} (more such are counted, not logged)",
-            host=self.host,
+            "closing idle connection from {peer}:{port} (more such are counted, not logged)",
+            peer=self.peer,
             port=self.port,
         )
         self._close()
@@ -434,9 +434,9 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         self.factory.connections.episodes.event(
             "connections closed with ERR line too long",
-            "{host}:{port} sent a line longer than {limit} bytes; closing"
+            "{peer}:{port} sent a line longer than {limit} bytes; closing"
             " (more such are counted, not logged)",
-            host=self.host,
+            peer=self.peer,
             port=self.port,
             limit=self.MAX_LENGTH,
         )
@@ -524,7 +524,7 @@ class BusyProtocol(Protocol):
     factory: CountFactory
 
     def connectionMade(self) -> None:
-        self.factory.metrics.requests(COUNT, SERVER_BUSY)
+        self.factory.metrics.requests(PROTOCOL_COUNT, SERVER_BUSY)
         self.transport.write(SERVER_BUSY.reply())
         self.transport.loseConnection()
 

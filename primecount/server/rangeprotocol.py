@@ -56,7 +56,7 @@ from primecount.core.primes import (
     segment_bounds,
 )
 from primecount.journal import Journal, JournalUnavailable
-from primecount.journal.records import RANGE, Record, now
+from primecount.journal.records import PROTOCOL_RANGE, Record, now
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.countprotocol import ProxyHeaderReceiver
@@ -254,11 +254,11 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
     closes the connection (the binary protocol has no error message).
 
     @ivar factory: the L{RangeFactory} that made this protocol.
-    @ivar host: the client's address. @ivar port: the client's port.
+    @ivar peer: the client's address. @ivar port: the client's port.
     """
 
     _log: ClassVar[Logger] = Logger()
-    metricsProtocol = RANGE
+    metricsProtocol = PROTOCOL_RANGE
     refusals = "range connections closed for"
 
     def __init__(self, factory: RangeFactory) -> None:
@@ -277,7 +277,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._readingPaused = False
         self._lost = False
         self._timeoutError: Outcome | None = None
-        self.host, self.port = "", 0
+        self.peer, self.port = "", 0
         self._closing = False
         self._pending = False  # the current request has a pending record
 
@@ -288,7 +288,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         self._closing = False
         transport: Any = self.transport
-        self.host, self.port = peer_of(transport.getPeer(), transport.getHost())
+        self.peer, self.port = peer_of(transport.getPeer(), transport.getHost())
         no_delay(transport)
         if self.factory.proxyHeader:
             self._awaitingProxy = True
@@ -297,8 +297,8 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._waitForClient()
 
     def _admitted(self) -> None:
-        self.factory.connections.opened(self, self.host)
-        self.factory.metrics.connectionOpened(RANGE)
+        self.factory.connections.opened(self, self.peer)
+        self.factory.metrics.connectionOpened(PROTOCOL_RANGE)
 
     def _refuse(self, outcome: Outcome) -> None:
         transport: Any = self.transport
@@ -521,7 +521,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._lost = True
         if self._awaitingProxy:
             return  # never admitted: nothing counted, no request to journal
-        self.factory.metrics.connectionClosed(RANGE)
+        self.factory.metrics.connectionClosed(PROTOCOL_RANGE)
         if self._stream is not None:
             self._stream.stopProducing()
             self._stream = None
@@ -545,9 +545,9 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         return Record(
             time=now(),
-            host=self.host,
+            peer=self.peer,
             port=self.port,
-            protocol=RANGE,
+            protocol=PROTOCOL_RANGE,
             count=self._count,
             error=error,
             a=self._a,
@@ -564,7 +564,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         @param sum_ok: whether the client's sum matched, when it sent one.
         @return: fires with whether the record was committed; never errbacks.
         """
-        self.factory.metrics.requests(RANGE, outcome)
+        self.factory.metrics.requests(PROTOCOL_RANGE, outcome)
         record = self._recordOf(outcome.error, sum_ok)
         if self._pending:
             self._pending = False
@@ -664,7 +664,7 @@ class RangeFactory(Factory):
         if self.proxyHeader:
             return RangeProtocol(self)
         if not self.connections.admit(peer_of(addr)[0]):
-            self.metrics.requests(RANGE, SERVER_BUSY)
+            self.metrics.requests(PROTOCOL_RANGE, SERVER_BUSY)
             return _Refused()
         return RangeProtocol(self)
 
