@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from primecount.journal.records import PROTOCOL_COUNT
 from primecount.server import countprotocol as protocolModule
 from primecount.server.pipeline import evaluate_batch
+from primecount.server.transport import write_now
 
 from .helpers import Harness
 
@@ -402,7 +403,7 @@ class FakeSocket:
 
 class WriteNowTests(SynchronousTestCase):
     """
-    L{protocolModule.write_now} sends at once when it can, and otherwise
+    L{primecount.server.transport.write_now} sends at once when it can, and otherwise
     leaves the bytes to the transport's buffer, in order.
     """
 
@@ -415,13 +416,13 @@ class WriteNowTests(SynchronousTestCase):
 
     def test_sentAtOnceWithoutWatchingForWrites(self) -> None:
         conn, sock, reactor = self.connection(100)
-        protocolModule.write_now(conn, b"2 s\xc3\xad\n")
+        write_now(conn, b"2 s\xc3\xad\n")
         self.assertEqual(sock.sent, [b"2 s\xc3\xad\n"])
         self.assertEqual(reactor.getWriters(), [])
 
     def test_restOfPartialSendIsBuffered(self) -> None:
         conn, sock, reactor = self.connection(3)
-        protocolModule.write_now(conn, b"hello")
+        write_now(conn, b"hello")
         self.assertEqual(sock.sent, [b"hel"])
         self.assertEqual(conn._tempDataBuffer, [b"lo"])
         self.assertEqual(reactor.getWriters(), [conn])
@@ -429,7 +430,7 @@ class WriteNowTests(SynchronousTestCase):
     def test_queuedBytesKeepTheirPlace(self) -> None:
         conn, sock, _reactor = self.connection(100)
         conn.write(b"first")
-        protocolModule.write_now(conn, b"second")
+        write_now(conn, b"second")
         self.assertEqual(sock.sent, [])
         conn.doWrite()
         self.assertEqual(sock.sent, [b"firstsecond"])
@@ -441,13 +442,13 @@ class WriteNowTests(SynchronousTestCase):
         written: list[bytes] = []
         conn.TLS = True
         conn.write = written.append  # type: ignore[method-assign]
-        protocolModule.write_now(conn, b"x")
+        write_now(conn, b"x")
         self.assertEqual(sock.sent, [])
         self.assertEqual(written, [b"x"])
 
     def test_otherTransportsUseWrite(self) -> None:
         transport = StringTransport()
-        protocolModule.write_now(transport, b"x")
+        write_now(transport, b"x")
         self.assertEqual(transport.value(), b"x")
 
 

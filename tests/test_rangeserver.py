@@ -41,13 +41,11 @@ from primecount.core.outcomes import (
 from primecount.core.primes import primes_between
 from primecount.journal import JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE, Record
-from primecount.server import rangeprotocol as rangeserver
+from primecount.server import primestream
 from primecount.server.connections import Connections
-from primecount.server.rangeprotocol import (
-    PrimeStream,
-    RangeFactory,
-    RangeProtocol,
-)
+from primecount.server.primestream import PrimeStream
+from primecount.server.rangefactory import RangeFactory
+from primecount.server.rangeprotocol import RangeProtocol
 
 from .test_proxyheader import v1, v2, v2_inet
 
@@ -639,7 +637,7 @@ class ProtocolTests(TestCase):
         def broken(lo: int, hi: int) -> tuple[bytes, int, int]:
             raise MemoryError("no room")
 
-        self.patch(rangeserver, "encoded_segment", broken)
+        self.patch(primestream, "encoded_segment", broken)
         proto, transport = self.connect()
         proto.dataReceived(rangecodec.encode_request(0, 100))
         self.reactor.advance(0)
@@ -899,7 +897,7 @@ class SocketTests(TestCase):
         self.journal = FakeJournal()
         self.sieved = 0
         lock = threading.Lock()
-        real = rangeserver.encoded_segment
+        real = primestream.encoded_segment
 
         def counting(lo: int, hi: int) -> tuple[bytes, int, int]:
             result = real(lo, hi)
@@ -907,7 +905,7 @@ class SocketTests(TestCase):
                 self.sieved += len(result[0])
             return result
 
-        self.patch(rangeserver, "encoded_segment", counting)
+        self.patch(primestream, "encoded_segment", counting)
         factory = RangeFactory(
             globalReactor,
             self.pool,

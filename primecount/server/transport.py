@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport -*-
+# -*- test-case-name: tests.test_transport,tests.test_protocol -*-
 """
 A TCP server transport that sends a reply at once when nothing is queued.
 
@@ -16,11 +16,13 @@ to Twisted's own buffered path, which keeps its ordering, flow control,
 producers, half-close and error handling. It is the C{transport} class of
 our listening ports (L{primecount.server.connections.RefusingPort}), a
 documented extension point of C{tcp.Port}; nothing in Twisted is patched.
+L{write_now} does the same for one write, on any transport.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet import tcp
 
@@ -69,3 +71,32 @@ class WriteThroughServer(tcp.Server):
                 super().writeSequence(chunks)
                 return
         self.write(b"".join(chunks))
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}, sending it at once when nothing is queued before it.
+
+    C{transport.write} only buffers: the bytes leave on the reactor's next
+    turn, after two C{epoll_ctl} calls to watch and unwatch the socket for
+    writing. For a reply of a few bytes to a client that is reading, that is
+    most of the cost of answering. A plain TCP or UNIX connection with an
+    empty buffer is offered the bytes directly (C{writeSomeData}, one
+    C{send}); whatever the socket does not take goes through C{write} as
+    usual, keeping order and flow control. TLS and anything else always use
+    C{write}.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and not getattr(transport, "TLS", True)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not getattr(transport, "_tempDataBuffer", True)
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent >= 0:
+            data = data[sent:]
+        if not data:
+            return
+    transport.write(data)
