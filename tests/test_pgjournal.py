@@ -169,7 +169,8 @@ class WriterTests(_Database, TestCase):
             self.assertEqual(setting, expected)
 
     def test_schemaCreatedOnceAndVersioned(self) -> None:
-        from primecount.journal.postgresql import SCHEMA_VERSION, check_writable
+        from primecount.journal.pgschema import SCHEMA_VERSION
+        from primecount.journal.postgresql import check_writable
 
         check_writable(parse_url(self.url))
         check_writable(parse_url(self.url))
@@ -450,7 +451,7 @@ class FollowTests(_Database, TestCase):
         import psycopg
 
         from primecount.journal import pgreader
-        from primecount.journal.postgresql import COPY, COPY_TYPES, to_row
+        from primecount.journal.pgschema import COPY, COPY_TYPES, to_row
 
         journal = self.journal()
         journal.commit([record(0)])
