@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 
 from primecount.journal import schema
-from primecount.journal.records import COUNT, RANGE, Record
+from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
 
 BATCH = 50
 
@@ -192,7 +192,13 @@ def count_records(n: int, rng: random.Random, when: float) -> list[Record]:
         k = message.count(message[-1])
         out.append(
             Record(
-                when, "127.0.0.1", rng.randint(30000, 60999), COUNT, message, k, k in (2, 3, 5, 7)
+                when,
+                "127.0.0.1",
+                rng.randint(30000, 60999),
+                PROTOCOL_COUNT,
+                message,
+                k,
+                k in (2, 3, 5, 7),
             )
         )
     return out
@@ -203,12 +209,16 @@ def tricky_records() -> list[Record]:
     Records every column of which must come back exactly.
     """
     return [
-        Record(1.0e9 + 0.1, "::1", 0, COUNT, "a\x00b", 2, True, None),
-        Record(1.7e9 + 1 / 3, "10.0.0.1", 65535, COUNT, b"\xff\xfe", None, None, "not UTF-8"),
-        Record(5e-324, "h", 1, COUNT, "\U0001f600\u00e9", 1, False, None),
-        Record(2.0**60, "h", 2, RANGE, None, 2**63 - 1, None, None, -(2**63), 2**31 - 1, True),
-        Record(-0.5, "h", 3, RANGE, None, None, None, "ERR x", 0, 10, False),
-        Record(123.456, "h", 4, COUNT, 'q"\\\n\t\u2028', 7, True, None),
+        Record(1.0e9 + 0.1, "::1", 0, PROTOCOL_COUNT, "a\x00b", 2, True, None),
+        Record(
+            1.7e9 + 1 / 3, "10.0.0.1", 65535, PROTOCOL_COUNT, b"\xff\xfe", None, None, "not UTF-8"
+        ),
+        Record(5e-324, "h", 1, PROTOCOL_COUNT, "\U0001f600\u00e9", 1, False, None),
+        Record(
+            2.0**60, "h", 2, PROTOCOL_RANGE, None, 2**63 - 1, None, None, -(2**63), 2**31 - 1, True
+        ),
+        Record(-0.5, "h", 3, PROTOCOL_RANGE, None, None, None, "ERR x", 0, 10, False),
+        Record(123.456, "h", 4, PROTOCOL_COUNT, 'q"\\\n\t\u2028', 7, True, None),
     ]
 
 

@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from twisted.application import service
-from twisted.internet import endpoints
-from twisted.logger import Logger
 from twisted.python import usage
 
-from primecount import __version__
 from primecount.core import options as coerce
-from primecount.journal import DEFAULT_URL, JournalURL, JournalURLError, parse_url
-from primecount.journal.sqlite import check_writable
+from primecount.journal import DEFAULT_URL, JournalURL, JournalURLError, check_journal, parse_url
 from primecount.server import placement
-from primecount.server.connections import Connections
-from primecount.server.countprotocol import FRAMINGS, READ, READ_WINDOW
-from primecount.server.listeners import METRICS, Listener, descriptions, tcp_description
-from primecount.server.service import PrimecountService, connection_limit, serve, settings_text
+from primecount.server.countprotocol import parse_framing
+from primecount.server.listeners import check_description, tcp_description
+from primecount.workers import compose
 from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
-from primecount.workers.shared import Scratch, SharedCounts
-from primecount.workers.supervisor import Supervisor, bind, die_with_parent
-
-if TYPE_CHECKING:
-    from primecount.metrics.prometheus import Metrics
-
-_log = Logger(namespace="primecount")
 
 
 def _journal(value: str) -> JournalURL:
@@ -61,24 +49,8 @@ _cpus.coerceDoc = (  # type: ignore[attr-defined]
 
 
 def _framing(value: str) -> tuple[str, float]:
-    kind, sep, window = value.partition(":")
-    if kind not in FRAMINGS or (sep and kind != READ):
-        raise ValueError(f"--framing wants line, read or read:MS; got {value!r}")
-    if not sep:
-        return kind, READ_WINDOW
-    try:
-        ms = float(window)
-    except ValueError:
-        ms = -1.0
-    if not 0 <= ms <= MAX_READ_WINDOW_MS:
-        raise ValueError(
-            f"--framing read:MS wants MS from 0 to {MAX_READ_WINDOW_MS} milliseconds; got {value!r}"
-        )
-    return kind, ms / 1000
+    return parse_framing(value)
 
-
-#: The longest read window C{--framing read:MS} accepts.
-MAX_READ_WINDOW_MS = 1000
 
 _framing.coerceDoc = (  # type: ignore[attr-defined]
     "line: one request per LF-terminated line, many per connection. "
@@ -263,47 +235,13 @@ class PrimecountOptions(usage.Options):
             checked = []
         for option, description in checked:
             try:
-                # Parsing only: no reactor is needed until makeService.
-                endpoints.serverFromString(None, description)
-            except ImportError as e:
-                # ssl: without pyOpenSSL (twisted[tls], a dependency).
-                raise usage.UsageError(
-                    f"--{option} {description!r} needs TLS support, which is not "
-                    f"installed ({e}): pip install 'twisted[tls]'"
-                ) from None
-            except IndexError:
-                # systemd: with no (or too few) sockets passed down.
-                raise usage.UsageError(
-                    f"--{option} {description!r}: systemd passed no such socket "
-                    "(LISTEN_FDS and LISTEN_FDNAMES come from a .socket unit; see deploy/)"
-                ) from None
-            except Exception as e:
-                # A bad description, a missing or bad certificate file.
-                raise usage.UsageError(f"bad --{option} {description!r}: {e}") from None
+                check_description(option, description)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         try:
-            if self["journal"].scheme == "postgresql":
-                _check_postgresql(self["journal"])
-            else:
-                check_writable(self["journal"])
+            check_journal(self["journal"])
         except JournalURLError as e:
             raise usage.UsageError(str(e)) from None
-
-
-def _check_postgresql(url: JournalURL) -> None:
-    """
-    Connect to the PostgreSQL journal once (creating its schema), or say in
-    one line why not (its password masked).
-
-    @raise JournalURLError: when psycopg is missing or the database cannot
-        be written.
-    """
-    try:
-        from primecount.journal import postgresql as pgjournal
-    except ImportError:
-        raise JournalURLError(
-            "the PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
-        ) from None
-    pgjournal.check_writable(url)
 
 
 class Options(PrimecountOptions):
@@ -332,107 +270,7 @@ def makeService(options: PrimecountOptions, reactor: Any = None) -> service.Mult
         from twisted.internet import reactor
     told = WorkerEnvironment.decode(os.environ)
     if told is not None:
-        return _worker(options, reactor, told)
+        return compose.worker(options, reactor, told)
     if options["workers"] > 1:
-        return _supervisor(options, reactor)
-    options["max-connections"] = connection_limit(options["max-connections"])
-    connections = Connections(options["max-connections"], options["max-per-peer"], clock=reactor)
-    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
-    metrics = _metrics(options, reactor)
-    top = serve(options, reactor, connections, metrics=metrics)
-    if metrics is not None:
-        _metricsListener(options, reactor, metrics).setServiceParent(top)
-    return top
-
-
-def _metrics(options: PrimecountOptions, reactor: Any) -> Metrics | None:
-    """
-    The metrics recorder C{--metrics-port} asks for, else L{None}.
-    """
-    if options["metrics-port"] is None:
-        return None
-    from primecount.metrics.prometheus import Metrics
-
-    return Metrics(clock=reactor)
-
-
-def _metricsListener(options: PrimecountOptions, reactor: Any, metrics: Any) -> Listener:
-    from primecount.metrics.http import metricsSite
-
-    description = tcp_description(options["metrics-port"], options["interface"])
-    endpoint = endpoints.serverFromString(reactor, description)
-    return Listener(METRICS, description, endpoint, metricsSite(metrics))
-
-
-def _worker(options: PrimecountOptions, reactor: Any, told: WorkerEnvironment) -> PrimecountService:
-    """
-    One of C{--workers N}: serve on the sockets the supervisor hands down,
-    counting connections in the shared table.
-    """
-    die_with_parent(told.supervisor)
-    counts = SharedCounts(told.counts, told.workers, told.index)
-    # The supervisor warned if the open-files limit lowers the limit.
-    options["max-connections"] = connection_limit(options["max-connections"], warn=False)
-    connections = Connections(
-        options["max-connections"], options["max-per-peer"], counts, clock=reactor
-    )
-    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
-    # With --metrics-port, values go to the shared directory; the
-    # supervisor serves the sum.
-    metrics = _metrics(options, reactor)
-    return serve(options, reactor, connections, told.adopted(), metrics, told.index)
-
-
-def _supervisor(options: PrimecountOptions, reactor: Any) -> service.MultiService:
-    """
-    C{--workers N}: bind the sockets here, serve in N worker processes.
-    """
-    options["max-connections"] = connection_limit(options["max-connections"])
-    bound = bind(
-        reactor,
-        descriptions(
-            options["listen"], options["range-port"], options["interface"], options["range-listen"]
-        ),
-    )
-    scratch = Scratch()
-    counts = SharedCounts(os.path.join(scratch.path, "connections"), options["workers"])
-    top = service.MultiService()
-    bound.setServiceParent(top)
-    env: dict[str, str] = {}
-    metrics = None
-    if options["metrics-port"] is not None:
-        from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY
-
-        shared = os.path.join(scratch.path, "metrics")
-        os.makedirs(shared)
-        # Before the first Metrics in this process; the workers inherit it.
-        os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
-        metrics = _metrics(options, reactor)
-        _metricsListener(options, reactor, metrics).setServiceParent(top)
-    Supervisor(
-        reactor,
-        options["workers"],
-        options.argv,
-        bound.sockets,
-        counts,
-        env=env,
-        # Workers get their own --shutdown-timeout, then 5 s more before
-        # SIGKILL; 0 ("no bound") never kills them.
-        stopTimeout=options["shutdown-timeout"] + 5 if options["shutdown-timeout"] else None,
-        metrics=metrics,
-    ).setServiceParent(top)
-    reactor.callWhenRunning(
-        _log.info,
-        "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
-        version=__version__,
-        addresses=", ".join(bound.addresses),
-        n=options["workers"],
-        settings=settings_text(options),
-    )
-    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
-    return top
-
-
-def _cleanup(scratch: Scratch, counts: SharedCounts) -> None:
-    counts.close()
-    scratch.remove()
+        return compose.supervisor(options, reactor)
+    return compose.single(options, reactor)

@@ -101,7 +101,7 @@ class PeerTests(SynchronousTestCase):
         h.send(b"abc2a\n", protocol)
         self.assertEqual(transport.value(), "2 sí\n".encode())
         record = h.journal.records[-1]
-        self.assertEqual((record.host, record.port), ("unix:/run/pc.sock", 0))
+        self.assertEqual((record.peer, record.port), ("unix:/run/pc.sock", 0))
 
 
 class NoDelayTests(SynchronousTestCase):

@@ -18,13 +18,13 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.journal import JournalUnavailable, JournalURLError, parse_url, schema
-from primecount.journal.records import COUNT, RANGE, Record
+from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
 from primecount.journal.sqlite import SQLiteJournal, check_writable
 from primecount.metrics.recorder import NullMetrics
 
 
 def record(i: int) -> Record:
-    return Record(1_700_000_000.0 + i, "127.0.0.1", 1000 + i, COUNT, f"m{i}", 1, False)
+    return Record(1_700_000_000.0 + i, "127.0.0.1", 1000 + i, PROTOCOL_COUNT, f"m{i}", 1, False)
 
 
 class FlakyConnection:
@@ -365,7 +365,7 @@ class InsertsTests(SynchronousTestCase):
         """
         conn = sqlite3.connect(":memory:")
         conn.executescript(schema.CREATE)
-        ranged = Record(1_700_000_000.0, "::1", 9, RANGE, None, 4, None, None, 2, 9, True)
+        ranged = Record(1_700_000_000.0, "::1", 9, PROTOCOL_RANGE, None, 4, None, None, 2, 9, True)
         records = [record(0), ranged, ranged._replace(sum_ok=None), record(1), record(2), ranged]
         statements = list(schema.inserts(records))
         for sql, params in statements:
@@ -403,7 +403,9 @@ def _records(*fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Record]:
 
 
 #: An answered count request (the statement's fast shape).
-_answered = _records(_times, _hosts, _ports, st.just(COUNT), _messages, _int64, st.booleans())
+_answered = _records(
+    _times, _hosts, _ports, st.just(PROTOCOL_COUNT), _messages, _int64, st.booleans()
+)
 #: Any record the journal may be given: count errors, range records.
 _anyRecord = st.one_of(
     _answered,
@@ -411,7 +413,7 @@ _anyRecord = st.one_of(
         _times,
         _hosts,
         _ports,
-        st.just(COUNT),
+        st.just(PROTOCOL_COUNT),
         st.one_of(st.none(), _messages),
         st.none(),
         st.none(),
@@ -421,7 +423,7 @@ _anyRecord = st.one_of(
         _times,
         _hosts,
         _ports,
-        st.just(RANGE),
+        st.just(PROTOCOL_RANGE),
         st.none(),
         st.one_of(st.none(), _int64),
         st.none(),
@@ -487,9 +489,17 @@ class InsertsExactTests(SynchronousTestCase):
         time: each stored as it was, BLOB for bytes, INTEGER for bools.
         """
         records = [
-            Record(5e-324, "::1", 0, COUNT, "a\x00b", 2**63 - 1, True),
-            Record(1.7e9 + 1 / 3, "h", 65535, COUNT, "\U0001f600\u00e9\U0010ffff", -(2**63), False),
-            Record(-0.0, "h", 1, COUNT, b"\xff\x00\xfe", 1, False),
+            Record(5e-324, "::1", 0, PROTOCOL_COUNT, "a\x00b", 2**63 - 1, True),
+            Record(
+                1.7e9 + 1 / 3,
+                "h",
+                65535,
+                PROTOCOL_COUNT,
+                "\U0001f600\u00e9\U0010ffff",
+                -(2**63),
+                False,
+            ),
+            Record(-0.0, "h", 1, PROTOCOL_COUNT, b"\xff\x00\xfe", 1, False),
         ]
         new, old = self.storedBoth(records)
         self.assertEqual(new, old)

@@ -21,14 +21,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from primecount.core.count import expected_reply
 from primecount.journal import JournalUnavailable, schema
 from primecount.journal import sqlite as journal_module
-from primecount.journal.records import COUNT, Record
+from primecount.journal.records import PROTOCOL_COUNT, Record
 from primecount.journal.sqlite import SQLiteJournal
 
 from .helpers import ServerProcess, recv_all, recv_lines
 
 
 def record(i: int) -> Record:
-    return Record(1_700_000_000.0 + i, "127.0.0.1", 1000 + i, COUNT, f"m{i}-{'x' * 40}", 1, False)
+    return Record(
+        1_700_000_000.0 + i, "127.0.0.1", 1000 + i, PROTOCOL_COUNT, f"m{i}-{'x' * 40}", 1, False
+    )
 
 
 def deferLater(seconds: float) -> defer.Deferred[None]:

@@ -30,11 +30,11 @@ from primecount.journal import (
     open_journal,
     parse_url,
 )
-from primecount.journal.records import COUNT, Record
+from primecount.journal.records import PROTOCOL_COUNT, Record
 from primecount.journal.sqlite import SQLiteJournal
 from tests.helpers import stop_process
 
-RECORD = Record(1_700_000_000.0, "192.0.2.7", 4000, COUNT, "abc2a", 2, True)
+RECORD = Record(1_700_000_000.0, "192.0.2.7", 4000, PROTOCOL_COUNT, "abc2a", 2, True)
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -28,7 +28,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from primecount.core import outcomes
 from primecount.core.outcomes import BAD_SUM, EMPTY_MESSAGE, INVALID_UTF8, OK
-from primecount.journal.records import COUNT, RANGE
+from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE
 from primecount.metrics.http import MetricsResource, metricsSite
 from primecount.metrics.prometheus import (
     LATENCY_BUCKETS,
@@ -103,11 +103,11 @@ class SingleProcessTests(SynchronousTestCase):
         self.metrics = Metrics()
 
     def test_requestsCountByProtocolAndOutcome(self) -> None:
-        self.metrics.requests(COUNT, OK)
-        self.metrics.requests(COUNT, OK, 4)
-        self.metrics.requests(COUNT, OK, 2)
-        self.metrics.requests(COUNT, EMPTY_MESSAGE)
-        self.metrics.requests(RANGE, BAD_SUM, 3)
+        self.metrics.requests(PROTOCOL_COUNT, OK)
+        self.metrics.requests(PROTOCOL_COUNT, OK, 4)
+        self.metrics.requests(PROTOCOL_COUNT, OK, 2)
+        self.metrics.requests(PROTOCOL_COUNT, EMPTY_MESSAGE)
+        self.metrics.requests(PROTOCOL_RANGE, BAD_SUM, 3)
         samples = scrape(self.metrics)
         total = "primecount_requests_total"
         self.assertEqual(value(samples, total, protocol="count", outcome="ok"), 7)
@@ -119,9 +119,9 @@ class SingleProcessTests(SynchronousTestCase):
         The three ways a range client can disconnect are one C{outcome}
         label: the journal tells them apart, the metric does not.
         """
-        self.metrics.requests(RANGE, outcomes.DISCONNECTED_BEFORE_REPLY)
-        self.metrics.requests(RANGE, outcomes.DISCONNECTED_MID_STREAM, 2)
-        self.metrics.requests(RANGE, outcomes.DISCONNECTED_BEFORE_SUM, 4)
+        self.metrics.requests(PROTOCOL_RANGE, outcomes.DISCONNECTED_BEFORE_REPLY)
+        self.metrics.requests(PROTOCOL_RANGE, outcomes.DISCONNECTED_MID_STREAM, 2)
+        self.metrics.requests(PROTOCOL_RANGE, outcomes.DISCONNECTED_BEFORE_SUM, 4)
         samples = scrape(self.metrics)
         requests = {key: v for key, v in samples.items() if key[0] == "primecount_requests_total"}
         self.assertEqual(
@@ -135,9 +135,9 @@ class SingleProcessTests(SynchronousTestCase):
         )
 
     def test_nonPositiveCountsChangeNothing(self) -> None:
-        self.metrics.requests(COUNT, OK, 0)
-        self.metrics.requests(COUNT, OK, -3)
-        self.metrics.latency(COUNT, 0.1, 0)
+        self.metrics.requests(PROTOCOL_COUNT, OK, 0)
+        self.metrics.requests(PROTOCOL_COUNT, OK, -3)
+        self.metrics.latency(PROTOCOL_COUNT, 0.1, 0)
         self.metrics.journalFailed(0)
         samples = scrape(self.metrics)
         self.assertIsNone(
@@ -149,8 +149,8 @@ class SingleProcessTests(SynchronousTestCase):
         self.assertEqual(value(samples, "primecount_journal_failed_records_total"), 0)
 
     def test_latencyBatchCountsEveryRequest(self) -> None:
-        self.metrics.latency(COUNT, 0.0003, 1000)
-        self.metrics.latency(COUNT, 0.02)
+        self.metrics.latency(PROTOCOL_COUNT, 0.0003, 1000)
+        self.metrics.latency(PROTOCOL_COUNT, 0.02)
         samples = scrape(self.metrics)
         name = "primecount_request_duration_seconds"
         self.assertEqual(value(samples, name + "_count", protocol="count"), 1001)
@@ -188,8 +188,8 @@ class SingleProcessTests(SynchronousTestCase):
         )
 
     def test_latencyBackwardsClockCountsAsZero(self) -> None:
-        self.metrics.latency(RANGE, -0.5, 2)
-        self.metrics.latency(RANGE, float("nan"))
+        self.metrics.latency(PROTOCOL_RANGE, -0.5, 2)
+        self.metrics.latency(PROTOCOL_RANGE, float("nan"))
         samples = scrape(self.metrics)
         name = "primecount_request_duration_seconds"
         self.assertEqual(value(samples, name + "_bucket", protocol="range", le="5e-05"), 3)
@@ -197,9 +197,9 @@ class SingleProcessTests(SynchronousTestCase):
 
     def test_openConnections(self) -> None:
         for _ in range(3):
-            self.metrics.connectionOpened(COUNT)
-        self.metrics.connectionOpened(RANGE)
-        self.metrics.connectionClosed(COUNT)
+            self.metrics.connectionOpened(PROTOCOL_COUNT)
+        self.metrics.connectionOpened(PROTOCOL_RANGE)
+        self.metrics.connectionClosed(PROTOCOL_COUNT)
         samples = scrape(self.metrics)
         self.assertEqual(value(samples, "primecount_open_connections", protocol="count"), 2)
         self.assertEqual(value(samples, "primecount_open_connections", protocol="range"), 1)
@@ -247,8 +247,8 @@ class SingleProcessTests(SynchronousTestCase):
 
     def test_instancesAreIndependent(self) -> None:
         other = Metrics()
-        other.requests(COUNT, OK, 9)
-        self.metrics.requests(COUNT, OK)
+        other.requests(PROTOCOL_COUNT, OK, 9)
+        self.metrics.requests(PROTOCOL_COUNT, OK)
         total = "primecount_requests_total"
         self.assertEqual(value(scrape(self.metrics), total, protocol="count", outcome="ok"), 1)
         self.assertEqual(value(scrape(other), total, protocol="count", outcome="ok"), 9)
@@ -259,8 +259,8 @@ class SingleProcessTests(SynchronousTestCase):
         Without multiprocess mode there are no other processes' values to
         forget: the samples stay as they were.
         """
-        self.metrics.requests(COUNT, OK, 3)
-        self.metrics.connectionOpened(COUNT)
+        self.metrics.requests(PROTOCOL_COUNT, OK, 3)
+        self.metrics.connectionOpened(PROTOCOL_COUNT)
         before = scrape(self.metrics)
         self.metrics.mark_process_dead(12345)
         after = scrape(self.metrics)
@@ -317,7 +317,7 @@ class OutcomeLabelTests(SynchronousTestCase):
     def test_labelOfEachOutcome(self) -> None:
         metrics = Metrics()
         for outcome in outcomes.OUTCOMES:
-            metrics.requests(COUNT, outcome)
+            metrics.requests(PROTOCOL_COUNT, outcome)
         samples = scrape(metrics)
         labels = {
             dict(key[1])["outcome"] for key in samples if key[0] == "primecount_requests_total"
@@ -356,11 +356,11 @@ class NullMetricsTests(SynchronousTestCase):
         null = NullMetrics()
         recorder: MetricsRecorder = null
         results = [
-            recorder.requests(COUNT, OK),
-            recorder.requests(RANGE, BAD_SUM, 3),
-            recorder.latency(COUNT, 0.001, 1000),
-            recorder.connectionOpened(COUNT),
-            recorder.connectionClosed(COUNT),
+            recorder.requests(PROTOCOL_COUNT, OK),
+            recorder.requests(PROTOCOL_RANGE, BAD_SUM, 3),
+            recorder.latency(PROTOCOL_COUNT, 0.001, 1000),
+            recorder.connectionOpened(PROTOCOL_COUNT),
+            recorder.connectionClosed(PROTOCOL_COUNT),
             recorder.journalCommit(10, 0.001),
             recorder.journalFailed(10),
             recorder.workerRestarted(),
@@ -406,10 +406,10 @@ class MultiProcessTests(SynchronousTestCase):
         def act() -> Metrics:
             metrics = Metrics()
             for _ in range(connections):
-                metrics.connectionOpened(COUNT)
-            metrics.requests(COUNT, OK, requests)
-            metrics.requests(COUNT, INVALID_UTF8)
-            metrics.latency(COUNT, 0.0003, requests)
+                metrics.connectionOpened(PROTOCOL_COUNT)
+            metrics.requests(PROTOCOL_COUNT, OK, requests)
+            metrics.requests(PROTOCOL_COUNT, INVALID_UTF8)
+            metrics.latency(PROTOCOL_COUNT, 0.0003, requests)
             metrics.journalCommit(requests, 0.002)
             return metrics
 
@@ -465,6 +465,15 @@ class MultiProcessTests(SynchronousTestCase):
         self.asProcess(1001, lambda: clock.advance(1.0))
         self.assertEqual(value(scrape(metrics), "primecount_threadpool_queue_depth"), 3)
 
+    def test_threadPoolsNeedAClock(self) -> None:
+        """
+        In multiprocess mode, watching a pool without a clock is refused
+        rather than sampling on the global reactor.
+        """
+        metrics = self.asProcess(1001, Metrics)
+        error = self.assertRaises(ValueError, metrics.watchThreadPool, FakePool(busy=0, backlog=0))
+        self.assertIn("clock", str(error))
+
     def test_realWorkerProcess(self) -> None:
         """
         A real process with the variable set before its first import writes
@@ -510,7 +519,7 @@ class ResourceTests(SynchronousTestCase):
 
     def test_prometheusText(self) -> None:
         metrics = Metrics()
-        metrics.requests(COUNT, OK)
+        metrics.requests(PROTOCOL_COUNT, OK)
         request = DummyRequest([b""])
         body = MetricsResource(metrics.registry).render_GET(request)  # type: ignore[arg-type]
         self.assertIn(b"primecount_requests_total{", body)
@@ -557,7 +566,7 @@ class HTTPTests(TestCase):
     @inlineCallbacks
     def test_metricsServedElsewhere404(self) -> Any:
         metrics = Metrics()
-        metrics.requests(COUNT, OK, 3)
+        metrics.requests(PROTOCOL_COUNT, OK, 3)
         port = reactor.listenTCP(0, metricsSite(metrics), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         address = port.getHost()

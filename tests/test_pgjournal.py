@@ -19,7 +19,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.journal import JournalUnavailable, JournalURLError, parse_url
-from primecount.journal.records import COUNT, RANGE, Record
+from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
 
 from . import pgcluster
 
@@ -29,7 +29,7 @@ def record(i: int, message: str | bytes | None = None) -> Record:
         1_700_000_000.25 + i,
         "127.0.0.1",
         1000 + i,
-        COUNT,
+        PROTOCOL_COUNT,
         f"m{i}" if message is None else message,
         1,
         False,
@@ -120,12 +120,12 @@ class WriterTests(_Database, TestCase):
     @defer.inlineCallbacks
     def test_appendThenSettle(self) -> Any:
         journal = self.journal()
-        pending = Record(1_700_000_000.5, "10.0.0.1", 4242, RANGE, count=21, a=100, b=200)
+        pending = Record(1_700_000_000.5, "10.0.0.1", 4242, PROTOCOL_RANGE, count=21, a=100, b=200)
         yield journal.append([pending])
         self.assertEqual(stored(self.url), [pending])
         done = pending._replace(sum_ok=True)
         yield journal.settle([done])
-        failed = Record(1_700_000_001.0, "10.0.0.1", 4242, RANGE, count=4, a=10, b=20)
+        failed = Record(1_700_000_001.0, "10.0.0.1", 4242, PROTOCOL_RANGE, count=4, a=10, b=20)
         yield journal.append([failed])
         yield journal.settle([failed._replace(error="client disconnected before sending the sum")])
         self.assertEqual(
@@ -169,7 +169,8 @@ class WriterTests(_Database, TestCase):
             self.assertEqual(setting, expected)
 
     def test_schemaCreatedOnceAndVersioned(self) -> None:
-        from primecount.journal.postgresql import SCHEMA_VERSION, check_writable
+        from primecount.journal.pgschema import SCHEMA_VERSION
+        from primecount.journal.postgresql import check_writable
 
         check_writable(parse_url(self.url))
         check_writable(parse_url(self.url))
@@ -337,13 +338,13 @@ class FaultTests(_Database, TestCase):
 #: range (settled, failed), from two peers, over three minutes.
 T = 1_771_238_232.5
 MIXED = [
-    Record(T, "127.0.0.1", 5000, COUNT, "abc2a", 2, True),
-    Record(T + 1, "::ffff:192.0.2.7", 5001, COUNT, "", None, None, "empty message"),
-    Record(T + 2, "127.0.0.1", 5002, COUNT, "a\x00b\nc", 0, False),
-    Record(T + 60, "192.0.2.7", 5003, COUNT, b"ab\xff", None, None, "invalid UTF-8"),
-    Record(T + 61, "127.0.0.1", 5004, RANGE, count=4, a=10, b=20, sum_ok=True),
-    Record(T + 120, "127.0.0.1", 5005, RANGE, count=21, a=100, b=200, error="timeout"),
-    Record(T + 121, "192.0.2.7", 5006, COUNT, "sí \\ ok", 3, False),
+    Record(T, "127.0.0.1", 5000, PROTOCOL_COUNT, "abc2a", 2, True),
+    Record(T + 1, "::ffff:192.0.2.7", 5001, PROTOCOL_COUNT, "", None, None, "empty message"),
+    Record(T + 2, "127.0.0.1", 5002, PROTOCOL_COUNT, "a\x00b\nc", 0, False),
+    Record(T + 60, "192.0.2.7", 5003, PROTOCOL_COUNT, b"ab\xff", None, None, "invalid UTF-8"),
+    Record(T + 61, "127.0.0.1", 5004, PROTOCOL_RANGE, count=4, a=10, b=20, sum_ok=True),
+    Record(T + 120, "127.0.0.1", 5005, PROTOCOL_RANGE, count=21, a=100, b=200, error="timeout"),
+    Record(T + 121, "192.0.2.7", 5006, PROTOCOL_COUNT, "sí \\ ok", 3, False),
 ]
 
 
@@ -450,7 +451,7 @@ class FollowTests(_Database, TestCase):
         import psycopg
 
         from primecount.journal import pgreader
-        from primecount.journal.postgresql import COPY, COPY_TYPES, to_row
+        from primecount.journal.pgschema import COPY, COPY_TYPES, to_row
 
         journal = self.journal()
         journal.commit([record(0)])
@@ -535,10 +536,10 @@ class ServerTests(_Database, SynchronousTestCase):
         self.assertEqual(server.stop(), -15)
         found = stored(self.url)
         self.assertEqual(
-            [r.message for r in found if r.protocol == COUNT],
+            [r.message for r in found if r.protocol == PROTOCOL_COUNT],
             ["abc2a", "a\x00b", b"\xff\xfe", "xy"],
         )
-        ranges = [(r.a, r.b, r.count, r.sum_ok) for r in found if r.protocol == RANGE]
+        ranges = [(r.a, r.b, r.count, r.sum_ok) for r in found if r.protocol == PROTOCOL_RANGE]
         self.assertEqual(ranges, [(10, 20, 4, True)])
         log = server.log.decode("utf-8", "replace")
         self.assertIn(f"journal={self.url}", log)

@@ -20,7 +20,7 @@ from primecount.core.outcomes import (
     OK,
     Outcome,
 )
-from primecount.journal.records import COUNT
+from primecount.journal.records import PROTOCOL_COUNT
 from primecount.metrics.recorder import NullMetrics
 from primecount.server.pipeline import PendingReply, Pipeline
 
@@ -33,7 +33,7 @@ class Sink:
     """
 
     def __init__(self, name: str) -> None:
-        self.host = name
+        self.peer = name
         self.port = 1
         self.pending: list[PendingReply] = []
         self.ready = 0
@@ -46,7 +46,7 @@ class Sink:
         for i in range(n):
             pending = PendingReply()
             self.pending.append(pending)
-            made.append((f"{self.host}{i}".encode(), self, pending))
+            made.append((f"{self.peer}{i}".encode(), self, pending))
         return made
 
     def replyReady(self) -> None:
@@ -213,10 +213,10 @@ class OutcomeTests(SynchronousTestCase):
             self.metrics.counted,
             Counter(
                 {
-                    (COUNT, OK): 2,
-                    (COUNT, EMPTY_MESSAGE): 1,
-                    (COUNT, INVALID_UTF8): 1,
-                    (COUNT, LINE_TOO_LONG): 1,
+                    (PROTOCOL_COUNT, OK): 2,
+                    (PROTOCOL_COUNT, EMPTY_MESSAGE): 1,
+                    (PROTOCOL_COUNT, INVALID_UTF8): 1,
+                    (PROTOCOL_COUNT, LINE_TOO_LONG): 1,
                 }
             ),
         )
@@ -238,7 +238,7 @@ class OutcomeTests(SynchronousTestCase):
     def test_journalUnavailable(self) -> None:
         self.journal.failing = True
         sink = self.submit([b"abc2a", b""])
-        self.assertEqual(self.metrics.counted, Counter({(COUNT, JOURNAL_UNAVAILABLE): 2}))
+        self.assertEqual(self.metrics.counted, Counter({(PROTOCOL_COUNT, JOURNAL_UNAVAILABLE): 2}))
         self.assertEqual([p.reply for p in sink.pending], [b"ERR journal unavailable\n"] * 2)
 
     def test_internalError(self) -> None:
@@ -247,6 +247,6 @@ class OutcomeTests(SynchronousTestCase):
 
         self.patch(count, "evaluate", broken)
         sink = self.submit([b"abc2a", b"a", b"b"])
-        self.assertEqual(self.metrics.counted, Counter({(COUNT, INTERNAL_ERROR): 3}))
+        self.assertEqual(self.metrics.counted, Counter({(PROTOCOL_COUNT, INTERNAL_ERROR): 3}))
         self.assertEqual([p.reply for p in sink.pending], [b"ERR internal error\n"] * 3)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

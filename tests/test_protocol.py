@@ -13,9 +13,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.journal.records import COUNT
+from primecount.journal.records import PROTOCOL_COUNT
 from primecount.server import countprotocol as protocolModule
 from primecount.server.pipeline import evaluate_batch
+from primecount.server.transport import write_now
 
 from .helpers import Harness
 
@@ -200,8 +201,8 @@ class JournalTests(SynchronousTestCase):
         h.send(b"abc2a\n\n\xff\n" + b"y" * 11 + b"\n")
         records = h.journal.records
         self.assertEqual(
-            [(r.protocol, r.host, r.port) for r in records],
-            [(COUNT, "192.0.2.7", 40000)] * 4,
+            [(r.protocol, r.peer, r.port) for r in records],
+            [(PROTOCOL_COUNT, "192.0.2.7", 40000)] * 4,
         )
         self.assertEqual(
             [(r.message, r.count, r.prime, r.error) for r in records],
@@ -402,7 +403,7 @@ class FakeSocket:
 
 class WriteNowTests(SynchronousTestCase):
     """
-    L{protocolModule.write_now} sends at once when it can, and otherwise
+    L{primecount.server.transport.write_now} sends at once when it can, and otherwise
     leaves the bytes to the transport's buffer, in order.
     """
 
@@ -415,13 +416,13 @@ class WriteNowTests(SynchronousTestCase):
 
     def test_sentAtOnceWithoutWatchingForWrites(self) -> None:
         conn, sock, reactor = self.connection(100)
-        protocolModule.write_now(conn, b"2 s\xc3\xad\n")
+        write_now(conn, b"2 s\xc3\xad\n")
         self.assertEqual(sock.sent, [b"2 s\xc3\xad\n"])
         self.assertEqual(reactor.getWriters(), [])
 
     def test_restOfPartialSendIsBuffered(self) -> None:
         conn, sock, reactor = self.connection(3)
-        protocolModule.write_now(conn, b"hello")
+        write_now(conn, b"hello")
         self.assertEqual(sock.sent, [b"hel"])
         self.assertEqual(conn._tempDataBuffer, [b"lo"])
         self.assertEqual(reactor.getWriters(), [conn])
@@ -429,7 +430,7 @@ class WriteNowTests(SynchronousTestCase):
     def test_queuedBytesKeepTheirPlace(self) -> None:
         conn, sock, _reactor = self.connection(100)
         conn.write(b"first")
-        protocolModule.write_now(conn, b"second")
+        write_now(conn, b"second")
         self.assertEqual(sock.sent, [])
         conn.doWrite()
         self.assertEqual(sock.sent, [b"firstsecond"])
@@ -441,13 +442,13 @@ class WriteNowTests(SynchronousTestCase):
         written: list[bytes] = []
         conn.TLS = True
         conn.write = written.append  # type: ignore[method-assign]
-        protocolModule.write_now(conn, b"x")
+        write_now(conn, b"x")
         self.assertEqual(sock.sent, [])
         self.assertEqual(written, [b"x"])
 
     def test_otherTransportsUseWrite(self) -> None:
         transport = StringTransport()
-        protocolModule.write_now(transport, b"x")
+        write_now(transport, b"x")
         self.assertEqual(transport.value(), b"x")
 
 
@@ -465,7 +466,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         h.send(self.HEADER + b"abc2a\n")
         self.assertEqual(h.replies(), ["2 sí\n".encode()])
         [record] = h.journal.records
-        self.assertEqual((record.host, record.port), ("198.51.100.7", 40123))
+        self.assertEqual((record.peer, record.port), ("198.51.100.7", 40123))
 
     def test_headerSplitAcrossReads(self) -> None:
         h = Harness(proxyHeader=True)
@@ -477,7 +478,7 @@ class ProxyHeaderTests(SynchronousTestCase):
     def test_unknownKeepsTheConnectionsPeer(self) -> None:
         h = Harness(proxyHeader=True)
         h.send(b"PROXY UNKNOWN\r\nabc2a\n")
-        self.assertEqual(h.journal.records[0].host, "192.0.2.7")
+        self.assertEqual(h.journal.records[0].peer, "192.0.2.7")
 
     def test_badHeaderIsRefused(self) -> None:
         for header in (b"GET / HTTP/1.0\r\n", b"PROXY TCP4 1.2.3.4\r\n", b"x" * 200):
@@ -512,7 +513,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         h.send(v2_inet(("2001:db8::7", 40123), ("2001:db8::1", 5050)) + b"abc2a\n")
         self.assertEqual(h.replies(), ["2 sí\n".encode()])
         [record] = h.journal.records
-        self.assertEqual((record.host, record.port), ("2001:db8::7", 40123))
+        self.assertEqual((record.peer, record.port), ("2001:db8::7", 40123))
 
     def test_version2SplitAtEveryByte(self) -> None:
         from .test_proxyheader import v2_inet
@@ -522,7 +523,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         for i in range(len(data)):
             h.send(data[i : i + 1])
         self.assertEqual(h.replies(), [b"1 no\n"])
-        self.assertEqual(h.journal.records[0].host, "198.51.100.9")
+        self.assertEqual(h.journal.records[0].peer, "198.51.100.9")
 
     def test_version2LocalKeepsTheConnectionsPeer(self) -> None:
         from .test_proxyheader import v2
@@ -530,7 +531,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         h = Harness(proxyHeader=True)
         h.send(v2(0, 0x00, b"") + b"a\n")
         self.assertEqual(h.replies(), [b"1 no\n"])
-        self.assertEqual(h.journal.records[0].host, "192.0.2.7")
+        self.assertEqual(h.journal.records[0].peer, "192.0.2.7")
 
     def test_version2UnixClientIsJournalledAsUnix(self) -> None:
         from .test_proxyheader import v2_unix
@@ -538,7 +539,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         h = Harness(proxyHeader=True)
         h.send(v2_unix(b"/run/client.sock", b"/run/haproxy.sock") + b"a\n")
         record = h.journal.records[0]
-        self.assertEqual((record.host, record.port), ("unix:/run/client.sock", 0))
+        self.assertEqual((record.peer, record.port), ("unix:/run/client.sock", 0))
 
     def test_hostileVersion2IsRefused(self) -> None:
         from .test_proxyheader import v2
@@ -717,7 +718,7 @@ class ReadFramingTests(SynchronousTestCase):
         h.reactor.advance(self.WINDOW)
         h.reactor.advance(0)
         self.assertEqual(h.replies(), ["2 sí\n".encode()])
-        self.assertEqual(h.journal.records[0].host, "198.51.100.7")
+        self.assertEqual(h.journal.records[0].peer, "198.51.100.7")
 
     def test_proxyHeaderAndMessageInOneRead(self) -> None:
         h = self.harness(proxyHeader=True)

@@ -40,14 +40,12 @@ from primecount.core.outcomes import (
 )
 from primecount.core.primes import primes_between
 from primecount.journal import JournalUnavailable
-from primecount.journal.records import RANGE, Record
-from primecount.server import rangeprotocol as rangeserver
+from primecount.journal.records import PROTOCOL_RANGE, Record
+from primecount.server import primestream
 from primecount.server.connections import Connections
-from primecount.server.rangeprotocol import (
-    PrimeStream,
-    RangeFactory,
-    RangeProtocol,
-)
+from primecount.server.primestream import PrimeStream
+from primecount.server.rangefactory import RangeFactory
+from primecount.server.rangeprotocol import RangeProtocol
 
 from .test_proxyheader import v1, v2, v2_inet
 
@@ -158,8 +156,8 @@ class FakeJournal:
         for record in records:
             for i in range(len(self.records) - 1, -1, -1):
                 old = self.records[i]
-                if (old.host, old.port, old.a, old.b) == (
-                    record.host,
+                if (old.peer, old.port, old.a, old.b) == (
+                    record.peer,
                     record.port,
                     record.a,
                     record.b,
@@ -354,9 +352,9 @@ class ProtocolTests(TestCase):
         [record] = self.journal.records
         self.assertEqual(
             (record.protocol, record.a, record.b, record.count, record.sum_ok),
-            (RANGE, 100, 200, 21, True),
+            (PROTOCOL_RANGE, 100, 200, 21, True),
         )
-        self.assertEqual((record.host, record.port, record.error), ("10.1.2.3", 4321, None))
+        self.assertEqual((record.peer, record.port, record.error), ("10.1.2.3", 4321, None))
         self.assertFalse(transport.disconnecting)
 
     def test_badSumJournalled(self) -> None:
@@ -639,7 +637,7 @@ class ProtocolTests(TestCase):
         def broken(lo: int, hi: int) -> tuple[bytes, int, int]:
             raise MemoryError("no room")
 
-        self.patch(rangeserver, "encoded_segment", broken)
+        self.patch(primestream, "encoded_segment", broken)
         proto, transport = self.connect()
         proto.dataReceived(rangecodec.encode_request(0, 100))
         self.reactor.advance(0)
@@ -694,14 +692,14 @@ class ProxyHeaderTests(TestCase):
         self.ask(proto, v1(self.SOURCE, self.DESTINATION))
         self.assertEqual(transport.value(), wire(10, 30))
         [record] = self.journal.records
-        self.assertEqual((record.host, record.port, record.sum_ok), (*self.SOURCE, True))
+        self.assertEqual((record.peer, record.port, record.sum_ok), (*self.SOURCE, True))
 
     def test_version2NamesTheClient(self) -> None:
         proto, transport = self.connect()
         self.ask(proto, v2_inet(("2001:db8::7", 40123), ("2001:db8::1", 5051)))
         self.assertEqual(transport.value(), wire(10, 30))
         [record] = self.journal.records
-        self.assertEqual((record.host, record.port), ("2001:db8::7", 40123))
+        self.assertEqual((record.peer, record.port), ("2001:db8::7", 40123))
 
     def test_localKeepsTheConnectionsPeer(self) -> None:
         """
@@ -711,7 +709,7 @@ class ProxyHeaderTests(TestCase):
         self.ask(proto, v2(0, 0x00, b""))
         self.assertEqual(transport.value(), wire(10, 30))
         [record] = self.journal.records
-        self.assertEqual((record.host, record.port), (PEER.host, PEER.port))
+        self.assertEqual((record.peer, record.port), (PEER.host, PEER.port))
 
     def test_splitAtEveryByte(self) -> None:
         """
@@ -725,7 +723,7 @@ class ProxyHeaderTests(TestCase):
             self.reactor.advance(0)
             self.assertEqual(len(self.connections), 0 if i < len(data) - 9 else 1, i)
         self.assertEqual(transport.value(), wire(10, 30))
-        self.assertEqual(self.journal.records[0].host, self.SOURCE[0])
+        self.assertEqual(self.journal.records[0].peer, self.SOURCE[0])
 
     def test_hostileHeaderClosesSilentlyAndIsLoggedOnce(self) -> None:
         """
@@ -774,7 +772,7 @@ class ProxyHeaderTests(TestCase):
         self.assertTrue(againTransport.disconnecting)
         again.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(self.connections), 2)
-        self.assertEqual([r.host for r in self.journal.records], ["198.51.100.8"])
+        self.assertEqual([r.peer for r in self.journal.records], ["198.51.100.8"])
 
     def test_goneBeforeTheHeaderEndsJournalsNothing(self) -> None:
         proto, _ = self.connect()
@@ -899,7 +897,7 @@ class SocketTests(TestCase):
         self.journal = FakeJournal()
         self.sieved = 0
         lock = threading.Lock()
-        real = rangeserver.encoded_segment
+        real = primestream.encoded_segment
 
         def counting(lo: int, hi: int) -> tuple[bytes, int, int]:
             result = real(lo, hi)
@@ -907,7 +905,7 @@ class SocketTests(TestCase):
                 self.sieved += len(result[0])
             return result
 
-        self.patch(rangeserver, "encoded_segment", counting)
+        self.patch(primestream, "encoded_segment", counting)
         factory = RangeFactory(
             globalReactor,
             self.pool,

@@ -173,5 +173,5 @@ class SeveralHostsTests(SynchronousTestCase):
         self.assertEqual(missing, [], f"{len(missing)} acknowledged requests not in the journal")
         # The journal names the clients, not HAProxy.
         asked = set(acknowledged)
-        peers = {r.host for r in records if r.message in asked}
+        peers = {r.peer for r in records if r.message in asked}
         self.assertEqual(peers, {CLIENT})

@@ -413,7 +413,7 @@ class MakeServiceTests(SynchronousTestCase):
         from twisted.web.server import Site
 
         from primecount.server.countprotocol import CountFactory
-        from primecount.server.rangeprotocol import RangeFactory
+        from primecount.server.rangefactory import RangeFactory
 
         options = tap.PrimecountOptions()
         options.parseOptions(

@@ -20,7 +20,7 @@ from typing import IO
 from primecount.core.count import evaluate
 from primecount.core.outcomes import LINE_TOO_LONG
 from primecount.journal.formats import format_seed
-from primecount.journal.records import COUNT, Record
+from primecount.journal.records import PROTOCOL_COUNT, Record
 
 MAX_LINE = 16384
 
@@ -69,7 +69,9 @@ class CountProtocol(asyncio.Protocol):
         if self.log is not None:
             self.log.write(
                 format_seed(
-                    Record(time.time(), self.ip, 0, COUNT, *evaluation[:3], evaluation.error)
+                    Record(
+                        time.time(), self.ip, 0, PROTOCOL_COUNT, *evaluation[:3], evaluation.error
+                    )
                 )
                 + "\n"
             )

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from primecount.core.count import evaluate
 from primecount.journal.formats import format_seed
-from primecount.journal.records import COUNT, Record
+from primecount.journal.records import PROTOCOL_COUNT, Record
 
 POOL_SIZE = 10
 RECEIVE_TIMEOUT = 5.0
@@ -57,7 +57,9 @@ class SeedServer:
             if self.log is not None:
                 entry = (
                     format_seed(
-                        Record(time.time(), ip, 0, COUNT, *evaluation[:3], evaluation.error)
+                        Record(
+                            time.time(), ip, 0, PROTOCOL_COUNT, *evaluation[:3], evaluation.error
+                        )
                     )
                     + "\n"
                 )

@@ -36,6 +36,26 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def add_server_arguments(
+    parser: argparse.ArgumentParser, port: int, what: str, timeout: float, waits: str
+) -> None:
+    """
+    Declare C{--host}, C{--port} and C{--timeout}, the server a client
+    command talks to.
+
+    @param port: the default port; C{what} names it (C{count port}).
+    @param timeout: the default seconds; C{waits} says what for.
+    """
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=port, help=f"{what} (default %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        help=f"seconds to wait {waits} (default %(default)s)",
+    )
+
+
 def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     """
     The parser of the whole command.

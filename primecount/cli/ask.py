@@ -13,20 +13,15 @@ import argparse
 import socket
 import sys
 
+from primecount.cli import add_server_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     Declare C{ask}'s arguments.
     """
     parser.add_argument("messages", nargs="+", metavar="MESSAGE", help="messages to ask about")
-    parser.add_argument("--host", default="127.0.0.1", help="server address (default %(default)s)")
-    parser.add_argument("--port", type=int, default=5050, help="count port (default %(default)s)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for the replies (default %(default)s)",
-    )
+    add_server_arguments(parser, 5050, "count port", 10.0, "for the replies")
 
 
 def ask(host: str, port: int, messages: list[str], timeout: float = 10.0) -> list[bytes]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from primecount.cli import add_server_arguments
 from primecount.core import rangecodec
 from primecount.core.options import positive
 from primecount.core.primes import is_prime, primes_between
@@ -179,14 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="concurrent clients, client i asks [A+1000i, B+1000i] (default 1)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="server address (default %(default)s)")
-    parser.add_argument("--port", type=int, default=5051, help="range port (default %(default)s)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait on the network (default %(default)s)",
-    )
+    add_server_arguments(parser, 5051, "range port", 30.0, "on the network")
 
 
 def ranges(a: int, b: int, clients: int) -> list[tuple[int, int]]:

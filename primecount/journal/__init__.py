@@ -14,6 +14,7 @@ PostgreSQL's driver is only needed for a PostgreSQL journal.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Sequence
@@ -194,6 +195,43 @@ def parse_url(value: str, *, base: str | None = None) -> JournalURL:
     return JournalURL("sqlite", os.path.abspath(os.path.join(base or os.getcwd(), rest)))
 
 
+#: Each backend's module and journal class, imported only when it is
+#: used (PostgreSQL's driver is an optional dependency).
+_BACKENDS = {
+    "sqlite": ("primecount.journal.sqlite", "SQLiteJournal"),
+    "postgresql": ("primecount.journal.postgresql", "PostgresJournal"),
+}
+
+
+def _backend(url: JournalURL) -> tuple[Any, Any]:
+    """
+    The module and journal class of C{url}'s backend.
+
+    @raise JournalURLError: for a PostgreSQL journal without its driver.
+    """
+    module, name = _BACKENDS[url.scheme]
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
+        raise JournalURLError(
+            "the PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
+        ) from None
+    return found, getattr(found, name)
+
+
+def check_journal(url: JournalURL) -> None:
+    """
+    Open the journal C{url} names once, creating its schema, to fail early
+    and clearly: at the start, not at the first request.
+
+    @raise JournalURLError: in one line (any password masked), when the
+        journal cannot be written or its backend's driver is missing.
+    """
+    if url.scheme != "none":
+        module, _ = _backend(url)
+        module.check_writable(url)
+
+
 def open_journal(
     url: JournalURL | str,
     reactor: Any,
@@ -214,16 +252,7 @@ def open_journal(
     """
     if isinstance(url, str):
         url = parse_url(url)
-    if url.scheme == "sqlite":
-        from primecount.journal.sqlite import SQLiteJournal
-
-        return SQLiteJournal(url.path, reactor, fsync=fsync, metrics=metrics)
-    if url.scheme == "postgresql":
-        try:
-            from primecount.journal.postgresql import PostgresJournal
-        except ImportError:
-            raise JournalURLError(
-                "the PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
-            ) from None
-        return PostgresJournal(url.path, reactor, fsync=fsync, metrics=metrics)
-    return NullJournal()
+    if url.scheme == "none":
+        return NullJournal()
+    _, journal = _backend(url)
+    return journal(url.path, reactor, fsync=fsync, metrics=metrics)  # type: ignore[no-any-return]

@@ -36,14 +36,14 @@ from typing import TextIO
 
 from primecount.core.count import NO, YES
 from primecount.journal import schema
-from primecount.journal.records import RANGE, Record
+from primecount.journal.records import PROTOCOL_RANGE, Record
 
 #: The output formats, the first being the default.
 FORMATS = ("seed", "jsonl", "csv")
 
 
 #: The columns of C{--format csv} and the keys of C{--format jsonl}.
-CSV_COLUMNS = tuple("peer" if column == "host" else column for column in schema.COLUMNS)
+CSV_COLUMNS = schema.FIELDS
 
 
 _SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -173,8 +173,8 @@ def format_seed(record: Record) -> str:
     failed request of either kind is answered C{ERR reason}. A missing value
     is shown as C{?}.
     """
-    head = f"{format_seed_time(record.time)} | {record.host}"
-    if record.protocol == RANGE:
+    head = f"{format_seed_time(record.time)} | {record.peer}"
+    if record.protocol == PROTOCOL_RANGE:
         bounds = ", ".join("?" if v is None else str(v) for v in (record.a, record.b))
         asked = f"range [{bounds}]"
         if record.error is not None:
@@ -202,7 +202,7 @@ def record_dict(record: Record) -> dict[str, object]:
     """
     fields: dict[str, object] = {
         "time": format_iso_time(record.time),
-        "peer": record.host,
+        "peer": record.peer,
         "port": record.port,
         "protocol": record.protocol,
         "message": record.message,
@@ -211,7 +211,7 @@ def record_dict(record: Record) -> dict[str, object]:
         fields["message"] = None
         fields["message_hex"] = record.message.hex()
     fields.update(count=record.count, prime=record.prime, error=record.error)
-    if record.protocol == RANGE:
+    if record.protocol == PROTOCOL_RANGE:
         fields.update(a=record.a, b=record.b, sum_ok=record.sum_ok)
     return fields
 

@@ -27,7 +27,7 @@ import psycopg
 
 from primecount.journal import mask_password
 from primecount.journal.formats import writer
-from primecount.journal.postgresql import CHANNEL, TABLE, _why, connect, message_of
+from primecount.journal.pgschema import CHANNEL, TABLE, connect, message_of, why
 from primecount.journal.reader import Backend, JournalError, Query
 from primecount.journal.records import Record
 
@@ -56,12 +56,12 @@ def open_journal(url: str) -> psycopg.Connection[Any]:
     try:
         conn = connect(url)
     except psycopg.Error as e:
-        raise JournalError(f"cannot connect to journal {shown}: {_why(e)}") from None
+        raise JournalError(f"cannot connect to journal {shown}: {why(e)}") from None
     try:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
     except psycopg.Error as e:
         conn.close()
-        raise JournalError(f"cannot read journal {shown}: {_why(e)}") from None
+        raise JournalError(f"cannot read journal {shown}: {why(e)}") from None
     if not (row and row[0]):
         conn.close()
         raise JournalError(f"no journal at {shown}")
@@ -69,10 +69,10 @@ def open_journal(url: str) -> psycopg.Connection[Any]:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    (_, when, host, port, protocol, text, raw, count, prime, error, a, b, sum_ok) = row
+    (_, when, peer, port, protocol, text, raw, count, prime, error, a, b, sum_ok) = row
     return Record(
         time=when.timestamp(),
-        host=host,
+        peer=peer,
         port=port,
         protocol=protocol,
         message=message_of(text, raw),
@@ -247,5 +247,5 @@ def backend(url: str) -> Backend:
         show=show,
         prune=prune,
         errors=psycopg.Error,
-        why=_why,
+        why=why,
     )

@@ -20,7 +20,7 @@ killed, but a crash of PostgreSQL or its host loses up to three
 C{wal_writer_delay}s (600 ms by default) of acknowledged records.
 
 Faults: the connection has a connect timeout, a TCP user timeout and
-keepalives (L{CONNECTION_DEFAULTS}, each overridable in the URL), so a
+keepalives (L{pgschema.CONNECTION_DEFAULTS}, each overridable in the URL), so a
 network partition turns into C{ERR journal unavailable} within seconds, not a
 commit stuck for minutes. Once a commit fails, later ones fail at once while
 the journal's thread probes for the end of the episode (one log line at its
@@ -44,119 +44,29 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg.conninfo import conninfo_to_dict
 
 from primecount.journal import JournalURL, JournalURLError, mask_password
 from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.pgschema import (
+    CHANNEL,
+    COPY,
+    COPY_TYPES,
+    SETTLE,
+    connect,
+    ensure_schema,
+    to_row,
+    why,
+)
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
-
-#: Connection settings used unless the URL gives its own: a connection
-#: attempt gives up after 5 s; data unacknowledged by the server for 10 s,
-#: or an idle connection whose peer stays silent for 5 + 3 × 2 s, breaks the
-#: connection (so a partition fails commits within seconds).
-CONNECTION_DEFAULTS = {
-    "connect_timeout": "5",
-    "tcp_user_timeout": "10000",
-    "keepalives": "1",
-    "keepalives_idle": "5",
-    "keepalives_interval": "2",
-    "keepalives_count": "3",
-    "application_name": "primecount",
-}
 
 #: The server-side bound on one statement, in milliseconds (a COPY waiting
 #: on a lock, a settle waiting for a prune).
 STATEMENT_TIMEOUT_MS = 10000
-
-#: The version of the schema below, kept in C{primecount_schema}.
-SCHEMA_VERSION = 1
-
-#: Serialises schema creation between hosts starting at once.
-_SCHEMA_LOCK = 0x7072696D65  # "prime"
-
-#: The journal's table.
-TABLE = "primecount_requests"
-
-#: The channel the journal NOTIFYs (after commits, rate-limited) and
-#: C{primecount journal --follow} LISTENs on.
-CHANNEL = "primecount_journal"
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS primecount_schema (version integer NOT NULL);
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    -- the inserting transaction: readers follow the journal by it, as ids
-    -- are assigned at insert, not in commit order
-    xact          bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
-    time          timestamptz NOT NULL,
-    host          text NOT NULL,
-    port          integer NOT NULL,
-    protocol      text NOT NULL,      -- 'count' or 'range'
-    message       text,               -- a message that is UTF-8 without NUL
-    message_bytes bytea,              -- any other message, as it arrived
-    count         bigint,
-    prime         boolean,
-    error         text,
-    a             bigint,
-    b             bigint,
-    sum_ok        boolean
-);
-CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} USING brin (time);
-CREATE INDEX IF NOT EXISTS {TABLE}_xact ON {TABLE} USING brin (xact);
--- the range records waiting for their settle: few at any time
-CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE} (host, port, a, b)
-    WHERE protocol = 'range' AND sum_ok IS NULL AND error IS NULL;
-INSERT INTO primecount_schema (version)
-    SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT FROM primecount_schema);
-"""
-
-#: The columns a record fills, in COPY order, and their types.
-COPY_COLUMNS = (
-    "time",
-    "host",
-    "port",
-    "protocol",
-    "message",
-    "message_bytes",
-    "count",
-    "prime",
-    "error",
-    "a",
-    "b",
-    "sum_ok",
-)
-COPY_TYPES = (
-    "timestamptz",
-    "text",
-    "int4",
-    "text",
-    "text",
-    "bytea",
-    "int8",
-    "bool",
-    "text",
-    "int8",
-    "int8",
-    "bool",
-)
-COPY = f"COPY {TABLE} ({', '.join(COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-
-#: Completes a pending range record, as the SQLite journal's settle does.
-SETTLE = f"""
-UPDATE {TABLE} SET count = %s, error = %s, sum_ok = %s
-WHERE id = (
-    SELECT id FROM {TABLE}
-    WHERE protocol = 'range' AND host = %s AND port = %s AND a = %s AND b = %s
-      AND sum_ok IS NULL AND error IS NULL
-    ORDER BY id DESC LIMIT 1
-)
-"""
 
 #: Seconds between probes while commits fail.
 PROBE_INTERVAL = 0.25
@@ -164,100 +74,6 @@ PROBE_INTERVAL = 0.25
 #: The least seconds between two NOTIFYs (sent after commits, off the commit
 #: path: a follower also polls, so a notification only makes it quicker).
 NOTIFY_INTERVAL = 0.1
-
-
-def to_row(record: Record) -> tuple[object, ...]:
-    """
-    The COPY row of a record: a message that PostgreSQL text can hold (no
-    NUL) goes to C{message}; bytes (not UTF-8) and text with NUL go to
-    C{message_bytes}, as the bytes that arrived (readers give text back when
-    they are UTF-8: see L{message_of}).
-    """
-    message = record.message
-    raw = None
-    if isinstance(message, bytes):
-        message, raw = None, message
-    elif message is not None and "\x00" in message:
-        raw = message.encode("utf-8", "surrogatepass")
-        message = None
-    return (
-        datetime.fromtimestamp(record.time, UTC),
-        record.host,
-        record.port,
-        record.protocol,
-        message,
-        raw,
-        record.count,
-        record.prime,
-        record.error,
-        record.a,
-        record.b,
-        record.sum_ok,
-    )
-
-
-def message_of(text: str | None, raw: bytes | None) -> str | bytes | None:
-    """
-    A record's message from its two columns: the server keeps a message as
-    bytes only when it is not UTF-8, so bytes that decode were text (with a
-    NUL).
-    """
-    if raw is None:
-        return text
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return bytes(raw)
-
-
-def connection_params(url: str) -> dict[str, str]:
-    """
-    The libpq parameters of C{url}, with L{CONNECTION_DEFAULTS} for those it
-    does not give.
-
-    @raise JournalURLError: when C{url} is not a valid connection URL.
-    """
-    try:
-        given = conninfo_to_dict(url)
-    except psycopg.Error as e:
-        raise JournalURLError(f"bad journal URL {mask_password(url)}: {e}") from None
-    return {**CONNECTION_DEFAULTS, **{k: str(v) for k, v in given.items() if v is not None}}
-
-
-def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """
-    A connection to the journal's database, with L{connection_params}.
-
-    @raise psycopg.Error: when it cannot be made.
-    """
-    conn = psycopg.connect(autocommit=autocommit, **connection_params(url))  # type: ignore[arg-type]
-    return conn
-
-
-def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """
-    Create the journal's tables and indexes when missing (once, under an
-    advisory lock, whoever starts first), and check the schema's version.
-
-    @raise JournalURLError: for a journal written by a newer primecount.
-    """
-    found = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass('primecount_schema') IS NOT NULL",
-        (TABLE,),
-    ).fetchone()
-    if not (found and found[0]):
-        with conn.transaction():
-            # Durable whatever the session's synchronous_commit says.
-            conn.execute("SET LOCAL synchronous_commit = on")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            conn.execute(SCHEMA.encode())
-    row = conn.execute("SELECT max(version) FROM primecount_schema").fetchone()
-    version = row[0] if row else None
-    if version is not None and version > SCHEMA_VERSION:
-        raise JournalURLError(
-            f"the journal's schema is version {version}; this primecount knows "
-            f"up to {SCHEMA_VERSION}: upgrade primecount"
-        )
 
 
 def check_writable(url: JournalURL) -> None:
@@ -270,24 +86,16 @@ def check_writable(url: JournalURL) -> None:
     try:
         conn = connect(url.path)
     except psycopg.Error as e:
-        raise JournalURLError(f"cannot connect to journal {url}: {_why(e)}") from None
+        raise JournalURLError(f"cannot connect to journal {url}: {why(e)}") from None
     try:
         ensure_schema(conn)
         row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
         if row and row[0] == "on":
             raise JournalURLError(f"journal {url} is read-only (a standby?)")
     except psycopg.Error as e:
-        raise JournalURLError(f"cannot write journal {url}: {_why(e)}") from None
+        raise JournalURLError(f"cannot write journal {url}: {why(e)}") from None
     finally:
         conn.close()
-
-
-def _why(error: BaseException) -> str:
-    """
-    One line saying why a database call failed.
-    """
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 class PostgresJournal(ThreadedJournal):
@@ -358,7 +166,7 @@ class PostgresJournal(ThreadedJournal):
         return self._attempt(lambda conn: self._copy(conn, rows))
 
     def _settleRecords(self, records: Sequence[Record]) -> str | None:
-        rows = [(r.count, r.error, r.sum_ok, r.host, r.port, r.a, r.b) for r in records]
+        rows = [(r.count, r.error, r.sum_ok, r.peer, r.port, r.a, r.b) for r in records]
 
         def update(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cursor:
@@ -424,7 +232,7 @@ class PostgresJournal(ThreadedJournal):
                 # the next connection creates it again.
                 self._schemaReady = False
             self._drop()
-            return _why(e)
+            return why(e)
         return None
 
     def _usable(self) -> psycopg.Connection[Any]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import time as _time
 from typing import NamedTuple
 
-COUNT = "count"
-RANGE = "range"
+#: The protocols a record can come from, as stored in its C{protocol} field
+#: (and used as the C{protocol} label of the metrics).
+PROTOCOL_COUNT = "count"
+PROTOCOL_RANGE = "range"
 
 
 class Record(NamedTuple):
@@ -24,9 +26,11 @@ class Record(NamedTuple):
     is four times cheaper to build than a frozen dataclass.
 
     @ivar time: when the request was answered, seconds since the epoch (UTC).
-    @ivar host: the client's IP address.
+    @ivar peer: the client's address as the journal and the limits see it
+        (after a PROXY header): an IP address, or C{unix:PATH}. Stored in
+        the C{host} column (see L{primecount.journal.schema.COLUMNS}).
     @ivar port: the client's port (0 when the transport has none, e.g. UNIX).
-    @ivar protocol: L{COUNT} or L{RANGE}.
+    @ivar protocol: L{PROTOCOL_COUNT} or L{PROTOCOL_RANGE}.
     @ivar message: count protocol: the message, as text, or as the bytes
         that arrived when they were not UTF-8; range protocol: L{None}.
     @ivar count: count protocol: k; range protocol: N, the number of primes.
@@ -38,7 +42,7 @@ class Record(NamedTuple):
     """
 
     time: float
-    host: str
+    peer: str
     port: int
     protocol: str
     message: str | bytes | None = None

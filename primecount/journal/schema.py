@@ -14,8 +14,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from operator import itemgetter
 
-from primecount.journal.records import COUNT, Record
+from primecount.journal.records import PROTOCOL_COUNT, Record
 
+#: The columns of C{requests}, in the order of L{Record}'s fields. The
+#: C{host} column holds L{Record.peer}: the storage keeps its old name,
+#: since renaming a column of existing journals needs a migration.
 COLUMNS = (
     "time",
     "host",
@@ -133,7 +136,7 @@ def _plain(records: Sequence[Record]) -> bool:
     L{_PLAIN_ROW}).
     """
     return all(
-        r[7] is None and r[8] is None and r[9] is None and r[10] is None and r[3] == COUNT
+        r[7] is None and r[8] is None and r[9] is None and r[10] is None and r[3] == PROTOCOL_COUNT
         for r in records
     )
 
@@ -200,24 +203,27 @@ def settle_row(record: Record) -> tuple[object, ...]:
         record.count,
         record.error,
         record.sum_ok,
-        record.host,
+        record.peer,
         record.port,
         record.a,
         record.b,
     )
 
 
-assert Record._fields == COLUMNS, "Record's fields must be the columns, in order"
+#: L{Record}'s field of each column of L{COLUMNS}.
+FIELDS = tuple("peer" if column == "host" else column for column in COLUMNS)
+
+assert Record._fields == FIELDS, "Record's fields must be the columns, in order"
 
 
 def from_row(row: Iterable[object]) -> Record:
     """
     The record of one row of L{SELECT}.
     """
-    (time, host, port, protocol, message, count, prime, error, a, b, sum_ok) = row
+    (time, peer, port, protocol, message, count, prime, error, a, b, sum_ok) = row
     return Record(
         time=float(time),  # type: ignore[arg-type]
-        host=str(host),
+        peer=str(peer),
         port=int(port),  # type: ignore[call-overload]
         protocol=str(protocol),
         message=message,  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ Families (labels in braces)::
 plus C{process_*} and C{python_*} of the process serving C{/metrics}.
 
 Label values are bounded: C{protocol} is a constant from code
-(L{primecount.journal.records.COUNT}, L{primecount.journal.records.RANGE}), and C{outcome}
+(L{primecount.journal.records.PROTOCOL_COUNT}, L{primecount.journal.records.PROTOCOL_RANGE}), and C{outcome}
 is the label of an L{primecount.core.outcomes.Outcome}, from that module's
 one table (L{primecount.core.outcomes.LABELS}). No request data ever
 becomes a label.
@@ -65,48 +65,29 @@ if TYPE_CHECKING:
 #: mode; its value is the directory the processes share.
 MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
+
+def _steps(low: float, high: float) -> tuple[float, ...]:
+    """
+    The bucket bounds 1, 2.5, 5 times each power of ten, from C{low} to
+    C{high}: 0.0001, 0.00025, 0.0005, 0.001, ...
+    """
+    found = []
+    for exponent in range(-9, 10):
+        for mantissa in ("1", "2.5", "5"):
+            bound = float(f"{mantissa}e{exponent}")  # exact decimals: 0.00025
+            if low <= bound <= high:
+                found.append(bound)
+    return tuple(found)
+
+
 #: Upper bounds of C{primecount_request_duration_seconds}: 50 µs to 5 s.
-LATENCY_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+LATENCY_BUCKETS = _steps(0.00005, 5.0)
 
 #: Upper bounds of C{primecount_journal_batch_size}, in records.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 #: Upper bounds of C{primecount_journal_commit_seconds}: 100 µs to 10 s.
-COMMIT_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+COMMIT_BUCKETS = _steps(0.0001, 10.0)
 
 
 def _observe(histogram: Histogram, amount: float, n: int) -> None:
@@ -151,15 +132,6 @@ def _poolLoad(pools: list[ThreadPool]) -> tuple[int, int]:
         backlog += pool.q.qsize()
         busy += len(pool.working)
     return backlog, busy
-
-
-def _globalReactor() -> IReactorTime:
-    """
-    The global reactor, imported only when no clock was passed in.
-    """
-    from twisted.internet import reactor
-
-    return reactor  # type: ignore[return-value]
 
 
 class _PoolCollector:
@@ -216,8 +188,8 @@ class Metrics:
         """
         @param clock: used only in multiprocess mode, to sample watched thread
             pools every C{sampleInterval} seconds (the supervisor that serves
-            C{/metrics} cannot see a worker's pools); the global reactor
-            when L{None}.
+            C{/metrics} cannot see a worker's pools): the reactor the
+            process runs on; L{None} in a process that watches no pool.
         @param sampleInterval: seconds between thread-pool samples in
             multiprocess mode.
         @raise RuntimeError: C{PROMETHEUS_MULTIPROC_DIR} was set after
@@ -323,8 +295,8 @@ class Metrics:
         """
         Count replies: C{primecount_requests_total{protocol, outcome}}.
 
-        @param protocol: L{primecount.journal.records.COUNT} or
-            L{primecount.journal.records.RANGE}.
+        @param protocol: L{primecount.journal.records.PROTOCOL_COUNT} or
+            L{primecount.journal.records.PROTOCOL_RANGE}.
         @param outcome: how the requests ended; its label is the C{outcome}
             label.
         @param n: how many replies; nothing happens unless it is positive.
@@ -419,13 +391,17 @@ class Metrics:
 
         @param pool: a Twisted thread pool, such as the reactor's; watched
             for the life of the process.
+        @raise ValueError: in multiprocess mode, when no clock was given.
         """
+        clock = self._clock
+        if self.multiprocess and clock is None:
+            raise ValueError("multiprocess metrics sample thread pools on a clock; give one")
         self._pools.pools.append(pool)
-        if self.multiprocess and self._sampler is None:
+        if clock is not None and self.multiprocess and self._sampler is None:
             from twisted.internet.task import LoopingCall
 
             self._sampler = LoopingCall(self._samplePools)
-            self._sampler.clock = self._clock or _globalReactor()
+            self._sampler.clock = clock
             self._sampler.start(self._sampleInterval, now=True)
 
     def _samplePools(self) -> None:

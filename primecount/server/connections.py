@@ -95,15 +95,15 @@ class Counts(Protocol):
     Where open connections are counted, in total and per client address.
     """
 
-    def acquire(self, host: str, total: int, perPeer: int | None) -> bool:
+    def acquire(self, peer: str, total: int, perPeer: int | None) -> bool:
         """
-        Count one more connection from C{host} unless that would exceed
-        C{total} open connections, or C{perPeer} from C{host}.
+        Count one more connection from C{peer} unless that would exceed
+        C{total} open connections, or C{perPeer} from C{peer}.
         """
 
-    def release(self, host: str) -> None:
+    def release(self, peer: str) -> None:
         """
-        Count one connection from C{host} less.
+        Count one connection from C{peer} less.
         """
 
 
@@ -116,18 +116,18 @@ class LocalCounts:
         self.total = 0
         self.perPeer: Counter[str] = Counter()
 
-    def acquire(self, host: str, total: int, perPeer: int | None) -> bool:
-        if self.total >= total or (perPeer is not None and self.perPeer[host] >= perPeer):
+    def acquire(self, peer: str, total: int, perPeer: int | None) -> bool:
+        if self.total >= total or (perPeer is not None and self.perPeer[peer] >= perPeer):
             return False
         self.total += 1
-        self.perPeer[host] += 1
+        self.perPeer[peer] += 1
         return True
 
-    def release(self, host: str) -> None:
+    def release(self, peer: str) -> None:
         self.total -= 1
-        self.perPeer[host] -= 1
-        if self.perPeer[host] <= 0:
-            del self.perPeer[host]
+        self.perPeer[peer] -= 1
+        if self.perPeer[peer] <= 0:
+            del self.perPeer[peer]
 
 
 class Closable(Protocol):
@@ -181,12 +181,12 @@ class Connections:
     def __iter__(self) -> Iterator[Closable]:
         return iter(list(self._open))
 
-    def admit(self, host: str) -> bool:
+    def admit(self, peer: str) -> bool:
         """
-        Whether a new connection from C{host} may be served; counts it if so.
+        Whether a new connection from C{peer} may be served; counts it if so.
         A refusal is logged once per episode, not once per connection.
         """
-        if not self.closing and self._counts.acquire(host, self.maxConnections, self.maxPerPeer):
+        if not self.closing and self._counts.acquire(peer, self.maxConnections, self.maxPerPeer):
             if self._refusing:
                 self._refusing = False
                 self._log.info(
@@ -200,19 +200,19 @@ class Connections:
             self._refusing = True
             self._log.warn(
                 "refusing connections with ERR server busy: limit of {total} open "
-                "{connections}{perPeer} reached (first refused: {host})",
+                "{connections}{perPeer} reached (first refused: {peer})",
                 total=self.maxConnections,
                 connections="connection" if self.maxConnections == 1 else "connections",
                 perPeer=f", {self.maxPerPeer} per address" if self.maxPerPeer else "",
-                host=host,
+                peer=peer,
             )
         return False
 
-    def opened(self, protocol: Closable, host: str) -> None:
+    def opened(self, protocol: Closable, peer: str) -> None:
         """
         An admitted connection is open.
         """
-        self._open[protocol] = host
+        self._open[protocol] = peer
         if self.closing:
             protocol.closeWhenDone()
 
@@ -220,10 +220,10 @@ class Connections:
         """
         A connection given to L{opened} closed.
         """
-        host = self._open.pop(protocol, None)
-        if host is None:
+        peer = self._open.pop(protocol, None)
+        if peer is None:
             return
-        self._counts.release(host)
+        self._counts.release(peer)
         if not self._open and self._empty:
             empty, self._empty = self._empty, []
             for d in empty:
@@ -429,10 +429,10 @@ class RefusingPort(tcp.Port):
             self.episodes.event(
                 "connections refused for want of file descriptors",
                 "out of file descriptors ({error}): refusing new connections with ERR "
-                "server busy (first refused: {host}; more are counted, not logged)",
+                "server busy (first refused: {peer}; more are counted, not logged)",
                 level=LogLevel.warn,
                 error=errno.errorcode.get(error, str(error)),
-                host=address[0] if isinstance(address, tuple) else address,
+                peer=address[0] if isinstance(address, tuple) else address,
             )
         return True
 

@@ -22,24 +22,25 @@ connection closed.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from typing import Any
 
-from twisted.internet import interfaces, tcp
+from twisted.internet import interfaces
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from primecount.core import count, proxyheader
+from primecount.core import count
 from primecount.core.count import Evaluation
-from primecount.core.outcomes import BAD_PROXY_HEADER, LINE_TOO_LONG, SERVER_BUSY, Outcome
-from primecount.journal.records import COUNT
+from primecount.core.outcomes import LINE_TOO_LONG, SERVER_BUSY, Outcome
+from primecount.journal.records import PROTOCOL_COUNT
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.idle import IdleSweep
 from primecount.server.pipeline import PendingReply, Pipeline, Request
+from primecount.server.proxy import ProxyHeaderReceiver
+from primecount.server.transport import write_now
 
 #: Stop reading from a client with this many unanswered requests; read again
 #: when fewer than half remain. Bounds the memory a pipelining client can
@@ -60,128 +61,31 @@ FRAMINGS = (LINE, READ)
 #: with a LF nor half-closes by that much (C{--framing read:MS}).
 READ_WINDOW = 0.0
 
+#: The longest read window C{--framing read:MS} accepts, in milliseconds.
+MAX_READ_WINDOW_MS = 1000
 
-def proxy_peer(source: tuple[str, int]) -> tuple[str, int]:
+
+def parse_framing(value: str) -> tuple[str, float]:
     """
-    The peer to journal for the client a PROXY header names: an IP address
-    as it is, a UNIX socket as C{unix:PATH} (as for a client connected
-    over a UNIX socket directly).
+    Parse C{--framing}: C{line}, C{read} or C{read:MS}.
+
+    @return: the framing and its read window in seconds.
+    @raise ValueError: in one line naming the option.
     """
-    host, port = source
+    kind, sep, window = value.partition(":")
+    if kind not in FRAMINGS or (sep and kind != READ):
+        raise ValueError(f"--framing wants line, read or read:MS; got {value!r}")
+    if not sep:
+        return kind, READ_WINDOW
     try:
-        ipaddress.ip_address(host)
+        ms = float(window)
     except ValueError:
-        return f"unix:{host}", 0
-    return host, port
-
-
-class ProxyHeaderReceiver:
-    """
-    Reads the PROXY protocol header (version 1 or 2) that HAProxy sends
-    before a relayed connection's own bytes (C{--listen haproxy:…},
-    C{--range-listen haproxy:…}), takes the client's address from it, and
-    only then admits the connection, under that address (C{--max-per-peer},
-    the journal). A C{LOCAL} header (HAProxy's own health check) and
-    C{PROXY UNKNOWN} keep the connection's own address.
-
-    Mixed into a protocol, which sets C{_awaitingProxy} when a connection
-    behind HAProxy is made, passes every read to L{_proxyHeader} while it is
-    set, and provides C{factory} (with C{connections} and C{metrics}), the
-    C{host} and C{port} of the peer, C{_admitted()} (count the connection
-    open) and C{_refuse(outcome)} (say why if the protocol can, and close).
-    A refused connection is logged once per episode, never counted open.
-
-    @cvar metricsProtocol: the protocol's name in metrics (L{COUNT}, ...).
-    @cvar refusals: how the episodes of refusals are named, before the
-        outcome.
-    """
-
-    metricsProtocol = COUNT
-    refusals = "connections closed with ERR"
-    factory: Any
-    host: str
-    port: int
-    _awaitingProxy = False  # behind HAProxy, before its header
-    _proxyBuffer = b""
-    _proxyRefused = False
-
-    def _admitted(self) -> None:
-        raise NotImplementedError
-
-    def _refuse(self, outcome: Outcome) -> None:
-        raise NotImplementedError
-
-    def _proxyHeader(self, data: bytes) -> bytes:
-        """
-        Take C{data}, the next bytes of the connection while it waits for
-        its header; admit the connection once the header is complete.
-
-        @return: the bytes after the header (empty while it is incomplete
-            or when the connection was refused).
-        """
-        if self._proxyRefused:
-            return b""
-        result = proxyheader.parse(self._proxyBuffer + data)
-        if isinstance(result, proxyheader.Incomplete):
-            self._proxyBuffer += data
-            return b""
-        self._proxyBuffer = b""
-        if isinstance(result, proxyheader.Bad):
-            self._proxyRefuse(BAD_PROXY_HEADER)
-            return b""
-        if result.source is not None:
-            self.host, self.port = proxy_peer(result.source)
-        if not self.factory.connections.admit(self.host):
-            self.factory.metrics.requests(self.metricsProtocol, SERVER_BUSY)
-            self._proxyRefuse(SERVER_BUSY)
-            return b""
-        self._awaitingProxy = False
-        self._admitted()
-        return result.rest
-
-    def _proxyRefuse(self, outcome: Outcome) -> None:
-        """
-        Refuse the connection before admitting it (C{_awaitingProxy} stays
-        set: connectionLost has nothing to release).
-        """
-        self._proxyRefused = True
-        self.factory.connections.episodes.event(
-            f"{self.refusals} {outcome.text}",
-            "{host}:{port}: {reason}; closing (more such are counted, not logged)",
-            host=self.host,
-            port=self.port,
-            reason=outcome.text,
+        ms = -1.0
+    if not 0 <= ms <= MAX_READ_WINDOW_MS:
+        raise ValueError(
+            f"--framing read:MS wants MS from 0 to {MAX_READ_WINDOW_MS} milliseconds; got {value!r}"
         )
-        self._refuse(outcome)
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """
-    Write C{data}, sending it at once when nothing is queued before it.
-
-    C{transport.write} only buffers: the bytes leave on the reactor's next
-    turn, after two C{epoll_ctl} calls to watch and unwatch the socket for
-    writing. For a reply of a few bytes to a client that is reading, that is
-    most of the cost of answering. A plain TCP or UNIX connection with an
-    empty buffer is offered the bytes directly (C{writeSomeData}, one
-    C{send}); whatever the socket does not take goes through C{write} as
-    usual, keeping order and flow control. TLS and anything else always use
-    C{write}.
-    """
-    if (
-        isinstance(transport, tcp.Connection)
-        and not getattr(transport, "TLS", True)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not getattr(transport, "_tempDataBuffer", True)
-    ):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int) and sent >= 0:
-            data = data[sent:]
-        if not data:
-            return
-    transport.write(data)
+    return kind, ms / 1000
 
 
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
@@ -192,7 +96,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     It is registered as the transport's producer so that when the client
     stops reading replies, the server stops reading requests.
 
-    @ivar host: the client's address. @ivar port: the client's port.
+    @ivar peer: the client's address. @ivar port: the client's port.
     """
 
     delimiter = b"\n"
@@ -210,7 +114,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._producing = False  # registered as the transport's producer
         self._window: Any = None  # READ framing: the read window's end
         self.lastActive: float | None = None  # read by the factory's IdleSweep
-        self.host = ""
+        self.peer = ""
         self.port = 0
 
     # -- connection life ----------------------------------------------------
@@ -219,7 +123,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         factory = self.factory
         self.MAX_LENGTH = factory.maxLine
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
-        self.host, self.port = peer_of(self.transport.getPeer(), self.transport.getHost())
+        self.peer, self.port = peer_of(self.transport.getPeer(), self.transport.getHost())
         no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
@@ -232,8 +136,8 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._admitted()
 
     def _admitted(self) -> None:
-        self.factory.connections.opened(self, self.host)
-        self.factory.metrics.connectionOpened(COUNT)
+        self.factory.connections.opened(self, self.peer)
+        self.factory.metrics.connectionOpened(PROTOCOL_COUNT)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
@@ -242,7 +146,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._pending.clear()
         if not self._awaitingProxy:
             self.factory.connections.closed(self)
-            self.factory.metrics.connectionClosed(COUNT)
+            self.factory.metrics.connectionClosed(PROTOCOL_COUNT)
 
     def readConnectionLost(self) -> None:
         """
@@ -282,9 +186,9 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             # reading them, and a graceful close would wait for it forever.
             self.factory.connections.episodes.event(
                 "clients dropped for not reading their replies",
-                "{host}:{port} stopped reading its replies for {timeout:g} s; dropping it"
+                "{peer}:{port} stopped reading its replies for {timeout:g} s; dropping it"
                 " (more such are counted, not logged)",
-                host=self.host,
+                peer=self.peer,
                 port=self.port,
                 timeout=self.factory.timeout,
             )
@@ -292,8 +196,8 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             return
         self.factory.connections.episodes.event(
             "idle connections closed",
-            "closing idle connection from {host}:{port} (more such are counted, not logged)",
-            host=self.host,
+            "closing idle connection from {peer}:{port} (more such are counted, not logged)",
+            peer=self.peer,
             port=self.port,
         )
         self._close()
@@ -408,9 +312,9 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         self.factory.connections.episodes.event(
             "connections closed with ERR line too long",
-            "{host}:{port} sent a line longer than {limit} bytes; closing"
+            "{peer}:{port} sent a line longer than {limit} bytes; closing"
             " (more such are counted, not logged)",
-            host=self.host,
+            peer=self.peer,
             port=self.port,
             limit=self.MAX_LENGTH,
         )
@@ -498,7 +402,7 @@ class BusyProtocol(Protocol):
     factory: CountFactory
 
     def connectionMade(self) -> None:
-        self.factory.metrics.requests(COUNT, SERVER_BUSY)
+        self.factory.metrics.requests(PROTOCOL_COUNT, SERVER_BUSY)
         self.transport.write(SERVER_BUSY.reply())
         self.transport.loseConnection()
 

@@ -70,6 +70,32 @@ def descriptions(
     return found
 
 
+def check_description(option: str, description: str) -> None:
+    """
+    Parse an endpoint description given to C{--option}, without listening
+    (no reactor is needed until the server is built).
+
+    @raise ValueError: in one line naming C{--option} and what to do.
+    """
+    try:
+        endpoints.serverFromString(None, description)
+    except ImportError as e:
+        # ssl: without pyOpenSSL (twisted[tls], a dependency).
+        raise ValueError(
+            f"--{option} {description!r} needs TLS support, which is not "
+            f"installed ({e}): pip install 'twisted[tls]'"
+        ) from None
+    except IndexError:
+        # systemd: with no (or too few) sockets passed down.
+        raise ValueError(
+            f"--{option} {description!r}: systemd passed no such socket "
+            "(LISTEN_FDS and LISTEN_FDNAMES come from a .socket unit; see deploy/)"
+        ) from None
+    except Exception as e:
+        # A bad description, a missing or bad certificate file.
+        raise ValueError(f"bad --{option} {description!r}: {e}") from None
+
+
 class Listener(service.Service):
     """
     Listens on one endpoint while running: a start that cannot bind is one

@@ -31,7 +31,7 @@ from primecount.core import count
 from primecount.core.count import Evaluation
 from primecount.core.outcomes import INTERNAL_ERROR, JOURNAL_UNAVAILABLE, Outcome
 from primecount.journal import Journal, JournalUnavailable
-from primecount.journal.records import COUNT, Record, now
+from primecount.journal.records import PROTOCOL_COUNT, Record, now
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 
 
@@ -53,7 +53,7 @@ class Sink(Protocol):
     reply goes.
     """
 
-    host: str
+    peer: str
     port: int
 
     def replyReady(self) -> None:
@@ -104,7 +104,7 @@ def evaluate_batch(
     """
     Evaluate a batch of request lines (the first half of L{answer_batch}).
 
-    @param items: (line or evaluation, client host, client port) per request.
+    @param items: (line or evaluation, peer, client port) per request.
     @param journal: whether to build the journal records at all.
     @param clock: the time source for the records.
     @return: the reply lines, the outcomes and the journal records, in the
@@ -114,7 +114,7 @@ def evaluate_batch(
     outcomes: list[Outcome] = []
     records: list[Record] = []
     when = clock()
-    for item, host, port in items:
+    for item, peer, port in items:
         evaluation = item if isinstance(item, Evaluation) else count.evaluate(item)
         replies.append(evaluation.reply())
         outcomes.append(evaluation.outcome)
@@ -126,9 +126,9 @@ def evaluate_batch(
                     Record,
                     (
                         when,
-                        host,
+                        peer,
                         port,
-                        COUNT,
+                        PROTOCOL_COUNT,
                         evaluation.message,
                         evaluation.count,
                         evaluation.prime,
@@ -278,7 +278,7 @@ class Pipeline:
             self._busy = False
             return
         self._busy = True
-        items = [(item, sink.host, sink.port) for item, sink, _ in batch]
+        items = [(item, sink.peer, sink.port) for item, sink, _ in batch]
         d = deferToThreadPool(
             self._reactor,  # type: ignore[arg-type]
             self._threadpool,  # type: ignore[arg-type]
@@ -301,8 +301,8 @@ class Pipeline:
     def _measure(self, outcomes: list[Outcome], since: float) -> None:
         metrics = self._metrics
         for outcome, n in Counter(outcomes).items():
-            metrics.requests(COUNT, outcome, n)
-        metrics.latency(COUNT, self._reactor.seconds() - since, len(outcomes))
+            metrics.requests(PROTOCOL_COUNT, outcome, n)
+        metrics.latency(PROTOCOL_COUNT, self._reactor.seconds() - since, len(outcomes))
 
     def _answer(self, answers: Answers, batch: list[Request], since: float) -> None:
         # The next job leaves first, so the pool works on it while the

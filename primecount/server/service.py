@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -22,9 +22,21 @@ from primecount.journal import Journal, JournalURL, open_journal
 from primecount.metrics.recorder import NullMetrics
 from primecount.server.connections import Connections, RefusingReactor
 from primecount.server.countprotocol import CountFactory
-from primecount.server.listeners import COUNT, PROXY, RANGE, RANGE_PROXY, Listener, descriptions
+from primecount.server.listeners import (
+    COUNT,
+    METRICS,
+    PROXY,
+    RANGE,
+    RANGE_PROXY,
+    Listener,
+    descriptions,
+    tcp_description,
+)
 from primecount.server.pipeline import Pipeline
 from primecount.server.placement import PlacementService
+
+if TYPE_CHECKING:
+    from primecount.metrics.prometheus import Metrics
 
 _log = Logger(namespace="primecount")
 
@@ -207,6 +219,29 @@ def settings_text(config: Mapping[str, Any]) -> str:
     )
 
 
+def metrics_recorder(config: Mapping[str, Any], reactor: Any) -> Metrics | None:
+    """
+    The metrics recorder C{--metrics-port} asks for, else L{None}.
+    """
+    if config["metrics-port"] is None:
+        return None
+    from primecount.metrics.prometheus import Metrics
+
+    return Metrics(clock=reactor)
+
+
+def metrics_listener(config: Mapping[str, Any], reactor: Any, metrics: Metrics) -> Listener:
+    """
+    The listener of C{--metrics-port}: C{/metrics} over HTTP, on
+    C{--interface}.
+    """
+    from primecount.metrics.http import metricsSite
+
+    description = tcp_description(config["metrics-port"], config["interface"])
+    endpoint = endpoints.serverFromString(reactor, description)
+    return Listener(METRICS, description, endpoint, metricsSite(metrics))
+
+
 def serve(
     config: Mapping[str, Any],
     reactor: Any,
@@ -250,7 +285,7 @@ def serve(
         for label in (COUNT, PROXY)
     }
     if config["range-port"] is not None or config["range-listen"]:
-        from primecount.server.rangeprotocol import RangeFactory
+        from primecount.server.rangefactory import RangeFactory
 
         factories[RANGE] = RangeFactory(
             reactor,

@@ -55,15 +55,15 @@ class SharedCounts:
             kind.unpack_from(self._map, w * self.SECTION + offset)[0] for w in range(self.workers)
         )
 
-    def _slot(self, host: str) -> int:
-        return self._TOTAL.size + (zlib.crc32(host.encode()) % self.SLOTS) * self._SLOT.size
+    def _slot(self, peer: str) -> int:
+        return self._TOTAL.size + (zlib.crc32(peer.encode()) % self.SLOTS) * self._SLOT.size
 
-    def acquire(self, host: str, total: int, perPeer: int | None) -> bool:
+    def acquire(self, peer: str, total: int, perPeer: int | None) -> bool:
         """
-        Count one more connection from C{host} in this process's section,
+        Count one more connection from C{peer} in this process's section,
         unless the sums over all sections forbid it.
         """
-        slot = self._slot(host)
+        slot = self._slot(peer)
         mine = self.index * self.SECTION
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
@@ -77,15 +77,15 @@ class SharedCounts:
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
-    def release(self, host: str) -> None:
+    def release(self, peer: str) -> None:
         """
-        Count one connection from C{host} less.
+        Count one connection from C{peer} less.
         """
         mine = self.index * self.SECTION
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
             self._add(mine, self._TOTAL, -1)
-            self._add(mine + self._slot(host), self._SLOT, -1)
+            self._add(mine + self._slot(peer), self._SLOT, -1)
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
 

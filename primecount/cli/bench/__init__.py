@@ -40,7 +40,7 @@ from primecount.cli.bench.report import (
     write_json,
 )
 from primecount.cli.bench.stats import Result
-from primecount.core.options import positive
+from primecount.core.options import number, positive
 from primecount.core.rangecodec import STRIDE
 
 __all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
@@ -56,14 +56,8 @@ class BenchError(Exception):
 _positive_int = positive()
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
+#: An argparse type: a whole number, 0 or more.
+_count = number(int, "a whole number, 0 or more", 0)
 
 
 def _positive_float(text: str) -> float:
@@ -76,14 +70,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {value}")
-    return value
+#: An argparse type: a port to connect to.
+_port = number(int, "a port number from 1 to 65535", 1, 65535)
 
 
 def _bounds(text: str) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from primecount.cli.bench.plan import MAX_REPLY
 
 if TYPE_CHECKING:
     from primecount.cli.bench.generator import LoadGenerator
+    from primecount.cli.bench.idle import IdleConnections
 
 
 class _Connection(asyncio.Protocol):
@@ -116,8 +117,8 @@ class _Idle(asyncio.Protocol):
     An extra connection that only stays open.
     """
 
-    def __init__(self, generator: LoadGenerator) -> None:
-        self.generator = generator
+    def __init__(self, owner: IdleConnections) -> None:
+        self.owner = owner
         self.transport: asyncio.BaseTransport | None = None
         self.open = False
 
@@ -127,7 +128,7 @@ class _Idle(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
-        self.generator.idle_lost(self)
+        self.owner.idle_lost(self)
 
 
 class _Client:
@@ -144,3 +145,14 @@ class _Client:
         self.connecting = False
         self.task: asyncio.Task[None] | None = None
         self.inflight: deque[tuple[int, float, float]] = deque()
+
+    def detach(self) -> _Connection | None:
+        """
+        Part from the current connection, if any, and return it: its late
+        events no longer reach the generator.
+        """
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.client = None
+        return conn

@@ -42,15 +42,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from primecount.cli.bench.connections import (
-    _Client,
-    _Connection,
-    _Idle,
-    _RangeConnection,
-    _ReadConnection,
-)
+from primecount.cli.bench.connections import _Client, _Connection
+from primecount.cli.bench.idle import IdleConnections
 from primecount.cli.bench.plan import (
     IDLE_BATCH,
     RETRY_DELAY,
@@ -59,7 +53,7 @@ from primecount.cli.bench.plan import (
     loop_factory,
 )
 from primecount.cli.bench.stats import Recorder, Result
-from primecount.core.count import expected_reply
+from primecount.cli.bench.workload import Workload
 from primecount.core.fdlimit import raise_open_files_limit
 
 
@@ -85,20 +79,12 @@ class LoadGenerator:
         self.plan = plan
         self.gate = gate
         self.progress = progress
-        self.range = plan.protocol == "range"
-        self.sums: list[bytes] = []
-        self.max_primes = 0
-        if self.range:
-            self._expect_ranges(plan.ranges)
-        else:
-            end = b"\n" if plan.framing == "line" else b""
-            self.lines = [m.encode("utf-8") + end for m in plan.messages]
-            self.expected = [expected_reply(m).rstrip(b"\n") for m in plan.messages]
-        self.connection: type[_Connection] = _Connection
-        if self.range:
-            self.connection = _RangeConnection
-        elif plan.framing == "read":
-            self.connection = _ReadConnection
+        self.work = Workload.of(plan)
+        self.range = self.work.range
+        self.lines = self.work.lines
+        self.expected = self.work.expected
+        self.max_primes = self.work.max_primes
+        self.connection = self.work.connection
         self.capacity = 1 if plan.per_request or self.range else plan.pipeline
         self.clients = [_Client(self) for _ in range(plan.clients)]
         self.recorder = Recorder(time.monotonic())
@@ -106,7 +92,7 @@ class LoadGenerator:
         self.tickets = plan.requests
         self.stopping = False
         self.backlog: deque[float] = deque()
-        self.idlers: list[_Idle] = []
+        self.idle = IdleConnections(self)
         self._counter = 0
         self._timers: list[asyncio.TimerHandle] = []
         self.interrupted = False
@@ -115,37 +101,6 @@ class LoadGenerator:
         self._next_due = 0.0
         self._cursor = 0
         self._prefix = b""
-
-    def _expect_ranges(self, ranges: tuple[tuple[int, int], ...]) -> None:
-        """
-        Precompute the requests, the exact replies and the sums of the
-        range protocol, from the same sieve the server uses.
-        """
-        from primecount.core import rangecodec
-        from primecount.core.primes import primes_between
-
-        self.lines = []
-        self.expected = []
-        for a, b in ranges:
-            primes = primes_between(a, b) if a <= b else primes_between(1, 0)
-            self.lines.append(rangecodec.encode_request(a, b))
-            self.expected.append(
-                rangecodec.encode_count(len(primes)) + rangecodec.encode_primes(primes)
-            )
-            self.sums.append(rangecodec.encode_sum(rangecodec.prime_sum(primes)))
-            self.max_primes = max(self.max_primes, len(primes))
-        self.max_primes = 2 * self.max_primes + 1024
-
-    def _range_sum(self, index: int, reply: bytes, correct: bool) -> bytes:
-        """
-        The sum a range client sends back: of the primes it received.
-        """
-        if correct:
-            return self.sums[index]
-        from primecount.core import rangecodec
-
-        total = rangecodec.prime_sum(rangecodec.decode_primes(reply[4:]))
-        return rangecodec.encode_sum(total)
 
     # -- the run ---------------------------------------------------------
 
@@ -159,7 +114,7 @@ class LoadGenerator:
         if self.interrupted:
             self._done.set_result(None)
         raise_open_files_limit(self.plan.clients + self.plan.idle + 64)
-        await self._open_idle()
+        await self.idle.open()
         if not self.plan.per_request:
             await self._connect_all()
         start = self.gate() if self.gate is not None else None
@@ -193,7 +148,7 @@ class LoadGenerator:
         self.recorder.flush()
         result = self.recorder.result
         result.elapsed = finished - start
-        result.idle["open"] = sum(1 for idler in self.idlers if idler.open)
+        result.idle["open"] = self.idle.count_open()
         self._report()
         await asyncio.sleep(0)
         return result
@@ -241,6 +196,13 @@ class LoadGenerator:
                 self._done.set_result(None)
         self._report()
 
+    @property
+    def finished(self) -> bool:
+        """
+        Whether the run is over (or not started).
+        """
+        return self._done is None or self._done.done()
+
     def _stop(self) -> None:
         self.stopping = True
         self._check_done()
@@ -274,10 +236,7 @@ class LoadGenerator:
             if client.task is not None:
                 client.task.cancel()
             self._release(client)
-        for idler in self.idlers:
-            idler.generator = _NO_GENERATOR
-            if idler.transport is not None:
-                idler.transport.close()
+        self.idle.close()
 
     # -- requests ------------------------------------------------------
 
@@ -380,7 +339,7 @@ class LoadGenerator:
             correct = line == expected[index]
             record(now - due, correct)
             if self.range:
-                sums.append(self._range_sum(index, line, correct))
+                sums.append(self.work.range_sum(index, line, correct))
         if sums:
             # The sums and the next request leave in one segment: two small
             # writes would meet Nagle's algorithm and delayed ACKs.
@@ -433,12 +392,9 @@ class LoadGenerator:
             client.task.cancel()
             client.task = None
         client.connecting = False
-        conn = client.conn
-        if conn is not None:
-            client.conn = None
-            conn.client = None
-            if conn.transport is not None:
-                conn.transport.abort()
+        conn = client.detach()
+        if conn is not None and conn.transport is not None:
+            conn.transport.abort()
         self._drop_inflight(client, kind)
         self._resume(client)
 
@@ -466,12 +422,9 @@ class LoadGenerator:
         """
         Close C{client}'s connection ourselves.
         """
-        conn = client.conn
-        if conn is not None:
-            client.conn = None
-            conn.client = None
-            if conn.transport is not None:
-                conn.transport.close()
+        conn = client.detach()
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
 
     # -- connections ---------------------------------------------------
 
@@ -552,65 +505,6 @@ class LoadGenerator:
                 if isinstance(outcome, BaseException):
                     continue
                 client.conn = outcome[1]
-
-    async def _open_idle(self) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        for first in range(0, self.plan.idle, IDLE_BATCH):
-            count = min(IDLE_BATCH, self.plan.idle - first)
-            results = await asyncio.gather(
-                *(
-                    asyncio.wait_for(
-                        loop.create_connection(lambda: _Idle(self), self.plan.host, self.plan.port),
-                        self.plan.timeout,
-                    )
-                    for _ in range(count)
-                ),
-                return_exceptions=True,
-            )
-            for outcome in results:
-                if isinstance(outcome, BaseException):
-                    self.recorder.result.idle["failed"] += 1
-                else:
-                    self.idlers.append(outcome[1])
-
-    def idle_lost(self, idler: _Idle) -> None:
-        """
-        The server closed an idle connection: open another in its place.
-        """
-        if self._loop is None or self._done is None or self._done.done():
-            return
-        self.idlers.remove(idler)
-        self.recorder.result.idle["reopened"] += 1
-
-        async def reopen() -> None:
-            assert self._loop is not None
-            try:
-                _transport, new = await asyncio.wait_for(
-                    self._loop.create_connection(
-                        lambda: _Idle(self), self.plan.host, self.plan.port
-                    ),
-                    self.plan.timeout,
-                )
-            except (TimeoutError, OSError):
-                self.recorder.result.idle["failed"] += 1
-                return
-            self.idlers.append(new)
-
-        self._loop.create_task(reopen())
-
-
-class _NoGenerator:
-    """
-    Stands in for the generator once the run is over, so late callbacks from
-    closing idle connections do nothing.
-    """
-
-    def idle_lost(self, idler: _Idle) -> None:
-        pass
-
-
-_NO_GENERATOR: Any = _NoGenerator()
 
 
 def run_generator(

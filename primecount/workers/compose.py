@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The three shapes of C{twistd primecount}, composed from parsed options:
+L{single} (one serving process), L{supervisor} (C{--workers N}: bind the
+sockets, start N workers) and L{worker} (one of those N).
+
+L{primecount.tap.makeService} picks one; everything here takes the reactor
+it runs on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from twisted.application import service
+from twisted.logger import Logger
+
+from primecount import __version__
+from primecount.server.connections import Connections
+from primecount.server.listeners import descriptions
+from primecount.server.service import (
+    PrimecountService,
+    connection_limit,
+    metrics_listener,
+    metrics_recorder,
+    serve,
+    settings_text,
+)
+from primecount.workers.environment import WorkerEnvironment
+from primecount.workers.shared import Scratch, SharedCounts
+from primecount.workers.supervisor import Supervisor, bind, die_with_parent
+
+if TYPE_CHECKING:
+    from primecount.metrics.prometheus import Metrics
+
+_log = Logger(namespace="primecount")
+
+
+def single(options: MutableMapping[str, Any], reactor: Any) -> service.MultiService:
+    """
+    One serving process: it binds its own sockets.
+    """
+    connections = _connections(options, reactor, connection_limit(options["max-connections"]))
+    metrics = metrics_recorder(options, reactor)
+    top = serve(options, reactor, connections, metrics=metrics)
+    if metrics is not None:
+        metrics_listener(options, reactor, metrics).setServiceParent(top)
+    return top
+
+
+def worker(
+    options: MutableMapping[str, Any], reactor: Any, told: WorkerEnvironment
+) -> PrimecountService:
+    """
+    One of C{--workers N}: serve on the sockets the supervisor hands down,
+    counting connections in the shared table.
+    """
+    die_with_parent(told.supervisor)
+    counts = SharedCounts(told.counts, told.workers, told.index)
+    # The supervisor warned if the open-files limit lowers the limit.
+    limit = connection_limit(options["max-connections"], warn=False)
+    connections = _connections(options, reactor, limit, counts)
+    # With --metrics-port, values go to the shared directory; the
+    # supervisor serves the sum.
+    metrics = metrics_recorder(options, reactor)
+    return serve(options, reactor, connections, told.adopted(), metrics, told.index)
+
+
+def _connections(
+    options: MutableMapping[str, Any], reactor: Any, limit: int, counts: SharedCounts | None = None
+) -> Connections:
+    """
+    The table of open connections of a serving process, whose limit
+    C{limit} (C{--max-connections}, lowered to what the open-files limit
+    allows) is also what the start's log line says.
+    """
+    options["max-connections"] = limit
+    connections = Connections(limit, options["max-per-peer"], counts, clock=reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", connections.episodes.flush)
+    return connections
+
+
+def supervisor(options: Any, reactor: Any) -> service.MultiService:
+    """
+    C{--workers N}: bind the sockets here, serve in N worker processes.
+
+    @param options: the parsed options, with C{argv}, the command line each
+        worker is started with.
+    """
+    options["max-connections"] = connection_limit(options["max-connections"])
+    bound = bind(
+        reactor,
+        descriptions(
+            options["listen"], options["range-port"], options["interface"], options["range-listen"]
+        ),
+    )
+    scratch = Scratch()
+    counts = SharedCounts(os.path.join(scratch.path, "connections"), options["workers"])
+    top = service.MultiService()
+    bound.setServiceParent(top)
+    env: dict[str, str] = {}
+    metrics: Metrics | None = None
+    if options["metrics-port"] is not None:
+        from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY, Metrics
+
+        shared = os.path.join(scratch.path, "metrics")
+        os.makedirs(shared)
+        # Before the first Metrics in this process; the workers inherit it.
+        os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
+        metrics = Metrics(clock=reactor)
+        metrics_listener(options, reactor, metrics).setServiceParent(top)
+    Supervisor(
+        reactor,
+        options["workers"],
+        options.argv,
+        bound.sockets,
+        counts,
+        env=env,
+        # Workers get their own --shutdown-timeout, then 5 s more before
+        # SIGKILL; 0 ("no bound") never kills them.
+        stopTimeout=options["shutdown-timeout"] + 5 if options["shutdown-timeout"] else None,
+        metrics=metrics,
+    ).setServiceParent(top)
+    reactor.callWhenRunning(
+        _log.info,
+        "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
+        version=__version__,
+        addresses=", ".join(bound.addresses),
+        n=options["workers"],
+        settings=settings_text(options),
+    )
+    reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
+    return top
+
+
+def _cleanup(scratch: Scratch, counts: SharedCounts) -> None:
+    counts.close()
+    scratch.remove()
