@@ -1,0 +1,102 @@
+"""
+The package's layers, as the README's "Architecture" section draws them:
+imports run one way, and the pure core has no Twisted.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import primecount
+
+PACKAGE = Path(primecount.__file__).parent
+
+#: What each layer may import from the package, besides itself.
+ALLOWED = {
+    "core": set(),
+    "metrics": {"core"},
+    "journal": {"core", "metrics"},
+    "server": {"core", "metrics", "journal"},
+    "workers": {"core", "metrics", "journal", "server"},
+    "tap": {"core", "metrics", "journal", "server", "workers"},
+    "cli": {"core", "metrics", "journal"},
+}
+
+
+def imports(path: Path) -> Iterator[str]:
+    """
+    The absolute module names C{path} imports (at any depth in the file).
+    """
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+def layer_of(path: Path) -> str:
+    """
+    The layer a module of the package belongs to.
+    """
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
+class LayoutTests(SynchronousTestCase):
+    """
+    The dependency rules of the layout.
+    """
+
+    def modules(self) -> list[Path]:
+        found = [p for p in PACKAGE.rglob("*.py") if layer_of(p) in ALLOWED]
+        self.assertGreater(len(found), 30)
+        return found
+
+    def test_importsRunOneWay(self) -> None:
+        """
+        No module imports a layer above its own (tap → workers → server →
+        journal → metrics → core; cli uses core, metrics and journal).
+        """
+        wrong = []
+        for path in self.modules():
+            layer = layer_of(path)
+            for name in imports(path):
+                parts = name.split(".")
+                if parts[0] != "primecount" or len(parts) < 2 or parts[1] not in ALLOWED:
+                    continue
+                target = parts[1]
+                if target != layer and target not in ALLOWED[layer]:
+                    wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+        self.assertEqual(wrong, [])
+
+    def test_coreHasNoTwisted(self) -> None:
+        """
+        The core is plain Python: counting, primes, codecs, PROXY parsing,
+        outcomes, option rules.
+        """
+        wrong = [
+            f"{path.relative_to(PACKAGE)} imports {name}"
+            for path in self.modules()
+            if layer_of(path) == "core"
+            for name in imports(path)
+            if name.split(".")[0] == "twisted"
+        ]
+        self.assertEqual(wrong, [])
+
+    def test_noGlobalReactorOutsideTheTap(self) -> None:
+        """
+        Library modules are given their reactor; only C{makeService} (the
+        tap) and the command-line entry points pick the global one.
+        """
+        wrong = [
+            str(path.relative_to(PACKAGE))
+            for path in self.modules()
+            if layer_of(path) not in ("tap", "cli")
+            and "twisted.internet.reactor" in set(imports(path))
+        ]
+        self.assertEqual(wrong, [])
