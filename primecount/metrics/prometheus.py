@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.test_metrics,tests.system.test_metrics_process -*-
 """
 Prometheus metrics: the C{primecount_*} families of a process.
 

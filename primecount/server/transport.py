@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport -*-
+# -*- test-case-name: tests.unit.test_transport -*-
 """
 A TCP server transport that sends a reply at once when nothing is queued.
 
