@@ -67,12 +67,12 @@ class RangeBenchTests(TestCase):
             with conn:
                 conn.settimeout(30)
                 received = b""
-                while len(received) < rangecodec.REQUEST.size:
-                    received += conn.recv(rangecodec.REQUEST.size - len(received))
+                while len(received) < rangecodec.REQUEST_STRUCT.size:
+                    received += conn.recv(rangecodec.REQUEST_STRUCT.size - len(received))
                 conn.sendall(
                     rangecodec.encode_count(1) + rangecodec.encode_primes(np.array([2], np.uint32))
                 )
-                conn.recv(rangecodec.SUM.size)
+                conn.recv(rangecodec.SUM_STRUCT.size)
 
         server = threading.Thread(target=serve, daemon=True)
         server.start()
