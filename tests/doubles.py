@@ -1,11 +1,12 @@
 """
 The test doubles shared by the test modules: one fake reactor, one
-synchronous thread pool, one journal, and a count-protocol harness built
-from them.
+synchronous thread pool, one journal, a count-protocol harness built from
+them, and a scripted line server on a real socket for the load generators.
 """
 
 from __future__ import annotations
 
+import socketserver
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,10 @@ from primecount.journal.records import Record
 from primecount.server.connections import Connections
 from primecount.server.countprotocol import CountFactory, CountProtocol
 from primecount.server.pipeline import Pipeline
+
+#: How a scripted server answers one request line (without its LF): the
+#: reply's bytes, or L{None} to hang up without one.
+Answer = Callable[[bytes], bytes | None]
 
 
 class FakeReactor(Clock):
@@ -232,3 +237,34 @@ class Harness:
         """
         value = (transport or self.transport).value()
         return [line + b"\n" for line in value.split(b"\n")[:-1]]
+
+
+class LineHandler(socketserver.StreamRequestHandler):
+    """
+    Reads lines and answers each with the server's C{answer} function; a
+    C{None} answer closes the connection without a reply.
+    """
+
+    def handle(self) -> None:
+        answer: Answer = self.server.answer  # type: ignore[attr-defined]
+        self.connection.settimeout(5)
+        try:
+            for line in self.rfile:
+                reply = answer(line.rstrip(b"\n"))
+                if reply is None:
+                    return
+                self.wfile.write(reply)
+                self.wfile.flush()
+        except OSError:
+            return
+
+
+class ThreadedServer(socketserver.ThreadingTCPServer):
+    """
+    A thread per connection, daemon threads, a long accept queue: a
+    scripted server (set its C{answer}) that a load generator can flood.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+    allow_reuse_address = True

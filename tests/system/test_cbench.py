@@ -19,7 +19,6 @@ import os
 import select
 import shutil
 import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from twisted.trial.unittest import TestCase
 from primecount.cli.bench.plan import DEFAULT_MESSAGES
 from primecount.core.count import expected_reply
 from primecount.core.outcomes import LINE_TOO_LONG
+from tests.doubles import LineHandler, ThreadedServer
 from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -79,31 +79,6 @@ def programs(test: TestCase) -> dict[str, Path]:
     return _built
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    """
-    Answers each line with the server's C{answer}; L{None} hangs up.
-    """
-
-    def handle(self) -> None:
-        answer: Callable[[bytes], bytes | None] = self.server.answer  # type: ignore[attr-defined]
-        self.connection.settimeout(5)
-        try:
-            for line in self.rfile:
-                reply = answer(line.rstrip(b"\n"))
-                if reply is None:
-                    return
-                self.wfile.write(reply)
-                self.wfile.flush()
-        except OSError:
-            return
-
-
-class _ThreadServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
-
-
 class CBenchTestCase(TestCase):
     """
     Helpers: the built programs, the C server and Python servers on free
@@ -142,7 +117,7 @@ class CBenchTestCase(TestCase):
         """
         A threaded Python server answering with C{answer}; its port.
         """
-        server = _ThreadServer(("127.0.0.1", 0), _Handler)
+        server = ThreadedServer(("127.0.0.1", 0), LineHandler)
         server.answer = answer  # type: ignore[attr-defined]
         thread = threading.Thread(target=server.serve_forever, args=(0.05,))
         thread.start()

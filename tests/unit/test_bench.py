@@ -17,7 +17,6 @@ import socketserver
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
 
 from twisted.trial.unittest import TestCase
 
@@ -34,34 +33,7 @@ from primecount.cli.bench.stats import (
 from primecount.core import rangecodec
 from primecount.core.count import expected_reply
 from primecount.core.primes import primes_between
-
-Answer = Callable[[bytes], bytes | None]
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    """
-    Reads lines and answers each with the server's C{answer} function; a
-    C{None} answer closes the connection without a reply.
-    """
-
-    def handle(self) -> None:
-        answer: Answer = self.server.answer  # type: ignore[attr-defined]
-        self.connection.settimeout(5)
-        try:
-            for line in self.rfile:
-                reply = answer(line.rstrip(b"\n"))
-                if reply is None:
-                    return
-                self.wfile.write(reply)
-                self.wfile.flush()
-        except OSError:
-            return
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
+from tests.doubles import Answer, LineHandler, ThreadedServer
 
 
 def correct(line: bytes) -> bytes:
@@ -122,8 +94,8 @@ class BenchTestCase(TestCase):
     Helpers: a server on a free port that is shut down after the test.
     """
 
-    def serve(self, answer: Answer, handler: type = _Handler) -> int:
-        server = _Server(("127.0.0.1", 0), handler)
+    def serve(self, answer: Answer, handler: type = LineHandler) -> int:
+        server = ThreadedServer(("127.0.0.1", 0), handler)
         server.answer = answer  # type: ignore[attr-defined]
         return self.start(server)
 
@@ -239,7 +211,7 @@ class RangeProtocolTests(BenchTestCase):
     """
 
     def serve_range(self, short: bool) -> tuple[int, list[tuple[int, int]]]:
-        server = _Server(("127.0.0.1", 0), _RangeHandler)
+        server = ThreadedServer(("127.0.0.1", 0), _RangeHandler)
         server.short = short  # type: ignore[attr-defined]
         server.sums = []  # type: ignore[attr-defined]
         return self.start(server), server.sums  # type: ignore[attr-defined]
