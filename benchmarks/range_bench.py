@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rangeserver -*-
+# -*- test-case-name: tests.unit.test_journal_interface -*-
 """
 Range protocol benchmark: figures for issue 4.
 

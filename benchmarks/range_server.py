@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rangeserver -*-
+# -*- test-case-name: tests.system.test_journal_interface_process -*-
 """
 A minimal range protocol server for the benchmark: a L{RangeFactory} on a
 TCP port, with a real thread pool and a journal that keeps nothing.

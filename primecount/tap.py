@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.system.test_tap_process -*-
 """
 The twistd plugin's options and service: C{twistd primecount --port 5050}.
 

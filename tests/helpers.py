@@ -1,5 +1,7 @@
 """
-Test doubles and a real-server fixture shared by the test modules.
+Helpers shared by the test modules: a real server (C{twistd -n primecount}
+in a subprocess), blocking socket reads, subprocess stops and required
+programs. The test doubles are in L{tests.doubles}.
 """
 
 from __future__ import annotations
@@ -7,21 +9,15 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from unittest import SkipTest
 
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-
-from primecount.journal.records import Record
-from primecount.server.connections import Connections
-from primecount.server.countprotocol import CountFactory, CountProtocol
-from primecount.server.pipeline import Pipeline
 from primecount.workers.environment import primecount_argv, twistd_argv
 
 #: How tests start twistd: the interpreter running the tests, so the
@@ -52,118 +48,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class SyncPool:
+def require_program(name: str, package: str) -> str:
     """
-    A thread pool that runs each job at once, in the calling thread; or,
-    while C{hold} is set, keeps the jobs until C{release} (or until a test
-    runs C{held} ones itself, in any order).
+    The path of the program C{name} (also looked for in the sbin
+    directories, which a non-root C{PATH} may lack).
+
+    @raise SkipTest: when it is missing, outside CI.
+    @raise AssertionError: when it is missing and C{CI=true}: CI must run
+        the test, never skip it.
     """
-
-    def __init__(self) -> None:
-        self.jobs = 0
-        self.hold = False
-        self.held: list[Callable[[], None]] = []
-
-    def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any, **kw: Any) -> None:
-        self.jobs += 1
-
-        def run() -> None:
-            try:
-                result = f(*a, **kw)
-            except BaseException:
-                from twisted.python.failure import Failure
-
-                onResult(False, Failure())
-            else:
-                onResult(True, result)
-
-        if self.hold:
-            self.held.append(run)
-        else:
-            run()
-
-    def release(self) -> None:
-        """
-        Run the held jobs, in order, and stop holding.
-        """
-        self.hold = False
-        held, self.held = self.held, []
-        for run in held:
-            run()
-
-
-class FakeReactor(Clock):
-    """
-    A L{Clock} that also runs C{callFromThread} calls at once.
-    """
-
-    def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
-        f(*a, **kw)
-
-
-class FakeJournal:
-    """
-    A journal that keeps what it is given, and fails while C{failing} is set.
-    """
-
-    keepsRecords = True
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.failing = False
-
-    def commit(self, records: Sequence[Record]) -> None:
-        if self.failing:
-            from primecount.journal import JournalUnavailable
-
-            raise JournalUnavailable("test says no")
-        self.records.extend(records)
-
-
-class Harness:
-    """
-    One L{CountProtocol} on a L{StringTransport}, with a fake reactor, a
-    synchronous pool and a fake journal.
-    """
-
-    def __init__(
-        self, maxConnections: int = 10000, maxPerPeer: int | None = None, **factoryArgs: Any
-    ) -> None:
-        self.reactor = FakeReactor()
-        self.pool = SyncPool()
-        self.journal = FakeJournal()
-        self.pipeline = Pipeline(self.reactor, self.pool, self.journal)
-        self.connections = Connections(maxConnections, maxPerPeer, clock=self.reactor)
-        self.factory = CountFactory(
-            self.reactor, self.pipeline, connections=self.connections, **factoryArgs
-        )
-        self.transport, self.protocol = self.connect()
-
-    def connect(self, host: str = "192.0.2.7") -> tuple[StringTransport, CountProtocol]:
-        """
-        Open one more connection.
-        """
-        from twisted.internet.address import IPv4Address
-
-        peer = IPv4Address("TCP", host, 40000 + len(self.connections))
-        protocol = self.factory.buildProtocol(peer)
-        transport = StringTransport(peerAddress=peer)
-        protocol.makeConnection(transport)
-        return transport, protocol  # type: ignore[return-value]
-
-    def send(self, data: bytes, protocol: Any = None) -> None:
-        """
-        Deliver C{data} and let the turn end (the pipeline flushes).
-        """
-        (protocol or self.protocol).dataReceived(data)
-        self.reactor.advance(0)
-
-    def replies(self, transport: StringTransport | None = None) -> list[bytes]:
-        """
-        The reply lines written so far, LF included.
-        """
-        value = (transport or self.transport).value()
-        return [line + b"\n" for line in value.split(b"\n")[:-1]]
+    found = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+    if found:
+        return found
+    message = f"{name} is not installed (Debian: apt-get install -y {package})"
+    if os.environ.get("CI") == "true":
+        raise AssertionError(f"CI=true and {message}")
+    raise SkipTest(f"SKIPPED, NOT TESTED: {message}")
 
 
 _LISTENING = re.compile(rb"listening on (.*?);")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.system.test_cli -*-
 """
 The C{primecount} command: C{ask}, C{primes}, C{bench} and C{journal}.
 

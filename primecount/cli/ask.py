@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.system.test_cli -*-
 """
 C{primecount ask MESSAGE…}: send messages to the count protocol, print the
 replies.

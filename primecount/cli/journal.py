@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journalcli -*-
+# -*- test-case-name: tests.unit.test_journalcli,tests.system.test_journalcli_process -*-
 """
 C{primecount journal}: read the request journal back, follow it, prune it.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_multiclient -*-
+# -*- test-case-name: tests.unit.test_multiclient -*-
 """
 C{primecount primes A B [-t N]}: the seed's multi-client for the range
 protocol.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_count -*-
+# -*- test-case-name: tests.unit.test_count -*-
 """
 The count protocol's codec: what a request line means and what its reply is.
 

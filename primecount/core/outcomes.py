@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_count -*-
+# -*- test-case-name: tests.unit.test_count -*-
 """
 How a request ended: the one table of outcomes.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_primes -*-
+# -*- test-case-name: tests.unit.test_primes -*-
 """
 Prime arithmetic, free of Twisted.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxyheader -*-
+# -*- test-case-name: tests.unit.test_proxyheader,tests.system.test_proxyheader_process -*-
 """
 The PROXY protocol header that HAProxy puts before a relayed connection's
 bytes (C{send-proxy}: version 1, a text line; C{send-proxy-v2}: version 2,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journal_interface -*-
+# -*- test-case-name: tests.unit.test_journal_interface,tests.system.test_journal_interface_process -*-
 """
 The request journal: every request recorded before it is answered.
 

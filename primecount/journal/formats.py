@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journalcli -*-
+# -*- test-case-name: tests.unit.test_journalcli,tests.system.test_journalcli_process -*-
 """
 The journal's output formats (one record is always exactly one line):
 

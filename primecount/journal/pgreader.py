@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pgjournal -*-
+# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
 """
 C{primecount journal --journal postgresql://…}: the PostgreSQL journal read
 back, followed and pruned, with the options and the output formats of the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pgjournal -*-
+# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
 """
 The PostgreSQL journal's schema and connections, shared by the writer
 (L{primecount.journal.postgresql}) and the reader

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journalcli -*-
+# -*- test-case-name: tests.unit.test_journalcli,tests.system.test_journalcli_process -*-
 """
 Reading the SQLite journal back: which records (L{Query}), listing and
 following them (L{show}), pruning (L{prune}); and L{backend}, which picks

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_records -*-
+# -*- test-case-name: tests.unit.test_journal -*-
 """
 Journal records: what is kept of every request, on either protocol.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journal -*-
+# -*- test-case-name: tests.unit.test_journal -*-
 """
 The journal's SQLite schema, and the mapping between rows and L{Record}s.
 

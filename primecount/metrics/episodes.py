@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_episodes -*-
+# -*- test-case-name: tests.unit.test_episodes,tests.system.test_episodes_process -*-
 """
 Log what clients do wrong once per episode, with counts, not once per event.
 

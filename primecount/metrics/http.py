@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.test_metrics,tests.system.test_metrics_process -*-
 """
 The C{/metrics} page: the HTTP site that serves a
 L{primecount.metrics.prometheus.Metrics} registry, 404 elsewhere.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.test_metrics,tests.system.test_metrics_process -*-
 """
 Prometheus metrics: the C{primecount_*} families of a process.
 
@@ -105,7 +105,7 @@ def _observe(histogram: Histogram, amount: float, n: int) -> None:
     Private API, used here only: prometheus_client has no public way to add
     C{n} equal observations, and calling C{observe} once per request of a
     batch (up to hundreds per pool job) would cost the reactor thread
-    hundreds of locked updates instead of two. C{tests.test_metrics} checks
+    hundreds of locked updates instead of two. C{tests.unit.test_metrics} checks
     that the result equals C{n} calls of C{observe}, so a change of these
     internals fails there.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.test_metrics,tests.system.test_metrics_process -*-
 """
 What the server, the journal and the workers record into: the
 L{MetricsRecorder} interface, and L{NullMetrics}, which records nothing.

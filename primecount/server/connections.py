@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connections -*-
+# -*- test-case-name: tests.unit.test_connections,tests.system.test_connections_process -*-
 """
 Open connections of both protocols: admission limits and orderly closing.
 

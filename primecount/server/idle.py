@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_idle -*-
+# -*- test-case-name: tests.unit.test_idle -*-
 """
 Idle timeouts as one periodic sweep, not a timer per connection.
 

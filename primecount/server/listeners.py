@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.system.test_tap_process -*-
 """
 The server's listening sockets: which ones the options ask for, and
 L{Listener}, the service that listens on one of them (bound here, or

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.unit.test_pipeline -*-
 """
 The request path between parsing and replying: natural batching.
 

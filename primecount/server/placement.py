@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_placement -*-
+# -*- test-case-name: tests.unit.test_placement -*-
 """
 CPU placement: which core each serving process runs on (C{--cpu-affinity}).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxyheader -*-
+# -*- test-case-name: tests.unit.test_proxyheader -*-
 """
 Connections behind HAProxy: L{ProxyHeaderReceiver}, mixed into the count and
 range protocols, reads the PROXY protocol header before a connection's own

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rangeserver -*-
+# -*- test-case-name: tests.unit.test_rangeserver -*-
 """
 L{RangeFactory}: builds the range protocol's connections and holds what they
 share: the reactor, the thread pool, the journal, the slots that keep range

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rangeserver -*-
+# -*- test-case-name: tests.unit.test_rangeserver,tests.system.test_rangeserver_sockets -*-
 """
 The range protocol server: the primes in [a, b], streamed with flow control.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connections -*-
+# -*- test-case-name: tests.unit.test_connections,tests.system.test_connections_process -*-
 """
 The serving process: its parts composed from the options (L{serve}), and
 the root service that starts them and stops them in order

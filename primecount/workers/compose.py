@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.system.test_tap_process -*-
 """
 The three shapes of C{twistd primecount}, composed from parsed options:
 L{single} (one serving process), L{supervisor} (C{--workers N}: bind the

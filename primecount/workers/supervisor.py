@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.unit.test_workers,tests.system.test_workers_process -*-
 """
 C{--workers N}: several serving processes sharing the listening sockets.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 C{primecount bench}: a load generator for the count protocol that verifies
 every reply and reports honest latency percentiles.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 The load generator's connections: plain C{asyncio.Protocol} objects that
 split replies and hand them to their L{LoadGenerator}, one per framing

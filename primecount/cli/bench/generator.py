@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 The load generator's engine: one event loop driving many count-protocol
 clients (L{LoadGenerator}); L{primecount.cli.bench.load} runs several in

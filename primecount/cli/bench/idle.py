@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench -*-
 """
 The load generator's idle connections (C{--idle N}): opened before the run
 in batches, kept open, reopened when the server closes one, closed at the

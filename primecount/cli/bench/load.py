@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 Several load generators at once: L{measure} splits a L{Plan} over
 generator processes (spawned, each running one

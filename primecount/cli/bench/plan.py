@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 What a load run does: the L{Plan}, the built-in message mix, the timing
 constants of the generator and the choice of event loop.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 How a load-generator run is shown: the text summary, the JSON document and
 the PNG plot.

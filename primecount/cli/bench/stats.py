@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 The load generator's statistics: latency histograms, the per-second
 timeline and the result of a run, mergeable across generator processes.

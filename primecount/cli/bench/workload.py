@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bench -*-
+# -*- test-case-name: tests.unit.test_bench -*-
 """
 What a load generator sends and expects (L{Workload}): the request bytes of
 every message or range, the exact reply the server must give, and for the

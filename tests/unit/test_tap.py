@@ -1,0 +1,419 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""
+The twistd plugin's options and the service it builds, in process (twistd
+itself runs in L{tests.system.test_tap_process}).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+
+from twisted.application.service import IService
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase
+
+from primecount import tap
+from primecount.core.fdlimit import raise_open_files_limit
+from primecount.journal import JournalURL, NullJournal
+from primecount.server import placement
+from primecount.server.listeners import Listener
+from primecount.server.service import _plural
+
+
+def declared_options() -> set[str]:
+    """
+    The long names of every option C{twistd primecount} declares.
+    """
+    declared = {row[0] for row in tap.PrimecountOptions.optFlags}
+    declared |= {row[0] for row in tap.PrimecountOptions.optParameters}
+    return declared | {"listen"}
+
+
+#: Every option of C{twistd primecount}: a value it accepts, what that value
+#: becomes, and (for those that can be given a bad value) a bad value and
+#: what the error says. L{OptionsTests.test_everyOptionIsCovered} keeps
+#: this table complete.
+EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] = {
+    "port": (["--port", "6000"], 6000, ["--port", "http"], "a whole number from 0 to 65535"),
+    "interface": (["--interface", "::1"], "::1", None, None),
+    "listen": (["--listen", "tcp:7000"], ["tcp:7000"], ["--listen", "bogus:1"], "bad --listen"),
+    "threads": (["--threads", "3"], 3, ["--threads", "0"], "a whole number, at least 1"),
+    "timeout": (["--timeout", "2.5"], 2.5, ["--timeout", "soon"], "a number of seconds"),
+    "max-line": (["--max-line", "80"], 80, ["--max-line", "1.5"], "a whole number, at least 1"),
+    "framing": (["--framing", "read:5"], ("read", 0.005), ["--framing", "lines"], "line, read"),
+    "max-connections": (
+        ["--max-connections", "7"], 7, ["--max-connections", "-5"], "a whole number, at least 1",
+    ),
+    "journal": (
+        ["--journal", "none"], JournalURL("none"), ["--journal", "mysql://x"], "expected sqlite:",
+    ),
+    "max-per-peer": (
+        ["--max-per-peer", "2"], 2, ["--max-per-peer", "many"], "a whole number, at least 1",
+    ),
+    "shutdown-timeout": (
+        ["--shutdown-timeout", "0"], 0.0, ["--shutdown-timeout", "-1"], "a number of seconds",
+    ),
+    "workers": (["--workers", "2"], 2, ["--workers", ""], "a whole number, at least 1"),
+    "cpu-affinity": (
+        ["--cpu-affinity", "none"], placement.Placement("none"),
+        ["--cpu-affinity", "first"], "CPU numbers such as 0,1",
+    ),
+    "metrics-port": (
+        ["--metrics-port", "0"], 0, ["--metrics-port", "abc"], "a whole number from 0 to 65535",
+    ),
+    "range-port": (
+        ["--range-port", "5051"], 5051, ["--range-port", "-1"], "a whole number from 0 to 65535",
+    ),
+    "close-after-reply": (
+        ["--close-after-reply"], 1, ["--close-after-reply=yes"], "must not have an argument",
+    ),
+    "journal-fsync": (
+        ["--journal-fsync"], 1, ["--journal-fsync=yes"], "must not have an argument",
+    ),
+}  # fmt: skip
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    L{tap.PrimecountOptions}: defaults, coercion, cross-checks.
+    """
+
+    def parse(self, *args: str) -> tap.PrimecountOptions:
+        options = tap.PrimecountOptions()
+        options.parseOptions(["--journal", "none", *args])
+        return options
+
+    def test_defaults(self) -> None:
+        options = tap.PrimecountOptions()
+        os.makedirs(self.mktemp())
+        self.assertEqual(options["journal"], "sqlite:primecount.sqlite3")
+        options = self.parse()
+        self.assertEqual(
+            {
+                k: options[k]
+                for k in (
+                    "port",
+                    "interface",
+                    "threads",
+                    "timeout",
+                    "max-line",
+                    "close-after-reply",
+                    "max-connections",
+                    "max-per-peer",
+                    "shutdown-timeout",
+                    "range-port",
+                    "cpu-affinity",
+                )
+            },
+            {
+                "port": 5050,
+                "interface": "0.0.0.0",
+                "threads": 10,
+                "timeout": 5.0,
+                "max-line": 16384,
+                "close-after-reply": 0,
+                "max-connections": 10000,
+                "max-per-peer": None,
+                "shutdown-timeout": 10.0,
+                "range-port": None,
+                "cpu-affinity": placement.Placement("auto"),
+            },
+        )
+        self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0:backlog=4096"])
+        self.assertEqual(options["journal"], JournalURL("none"))
+
+    def test_portAndInterfaceMakeTheListenDescription(self) -> None:
+        self.assertEqual(
+            self.parse("-p", "6000", "--interface", "::")["listen"],
+            ["tcp:6000:interface=\\:\\::backlog=4096"],
+        )
+
+    def test_listenRepeatableAndReplacesPort(self) -> None:
+        options = self.parse(
+            "--port", "6000", "--listen", "tcp:7000", "--listen", "unix:/tmp/pc.sock"
+        )
+        self.assertEqual(options["listen"], ["tcp:7000", "unix:/tmp/pc.sock"])
+
+    def test_badValues(self) -> None:
+        for args in (
+            ["--threads", "0"],
+            ["--threads", "x"],
+            ["--timeout", "-1"],
+            ["--max-line", "0"],
+            ["--max-connections", "-5"],
+            ["--port", "65536"],
+            ["--journal", "postgres:x"],
+            ["--listen", "nonsense:1"],
+            ["--cpu-affinity", "first"],
+            ["--cpu-affinity", "100000"],
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_cpuAffinityValues(self) -> None:
+        self.assertEqual(
+            self.parse("--cpu-affinity", "none")["cpu-affinity"], placement.Placement("none")
+        )
+        self.assertEqual(
+            self.parse("--cpu-affinity", "0")["cpu-affinity"], placement.Placement("list", (0,))
+        )
+
+    def test_makeServiceDoesNotPinTheCaller(self) -> None:
+        before = os.sched_getaffinity(0)
+        tap.makeService(self.parse("--listen", "tcp:0", "--cpu-affinity", "0"))
+        self.assertEqual(os.sched_getaffinity(0), before)
+
+    def test_framing(self) -> None:
+        self.assertEqual(self.parse()["framing"], ("line", 0.0))
+        self.assertEqual(self.parse("--framing", "read")["framing"], ("read", 0.0))
+        self.assertEqual(self.parse("--framing", "read:5")["framing"], ("read", 0.005))
+        for bad in ("lines", "line:5", "read:", "read:x", "read:-1", "read:1001", "read:nan"):
+            self.assertRaises(usage.UsageError, self.parse, "--framing", bad)
+
+    def test_framingReachesTheFactory(self) -> None:
+        top = tap.makeService(self.parse("--framing", "read:5", "--port", "0"))
+        factories = [lsn.factory for lsn in top if hasattr(lsn, "factory")]
+        self.assertTrue(factories)
+        for factory in factories:
+            self.assertEqual((factory.framing, factory.readWindow), ("read", 0.005))
+
+    def test_badValueNamesTheOptionAndTheRule(self) -> None:
+        whole = "a whole number, at least 1"
+        port = "a whole number from 0 to 65535"
+        seconds = "a number of seconds, 0 or more"
+        for option, value, rule in (
+            ("threads", "abc", whole),
+            ("threads", "0", whole),
+            ("max-line", "1.5", whole),
+            ("max-connections", "-5", whole),
+            ("max-per-peer", "many", whole),
+            ("workers", "", whole),
+            ("port", "65536", port),
+            ("port", "http", port),
+            ("metrics-port", "abc", port),
+            ("range-port", "-1", port),
+            ("timeout", "soon", seconds),
+            ("timeout", "nan", seconds),
+            ("shutdown-timeout", "-1", seconds),
+            ("journal", "postgres:x", "expected sqlite:PATH"),
+            ("framing", "lines", "line, read or read:MS"),
+            ("cpu-affinity", "first", "CPU numbers such as 0,1"),
+        ):
+            e = self.assertRaises(usage.UsageError, self.parse, f"--{option}", value)
+            message = str(e)
+            self.assertTrue(message.startswith(f"--{option}"), message)
+            self.assertIn(rule, message)
+            self.assertNotIn("invalid literal", message)
+            self.assertNotIn("enforcement", message)
+
+    def test_everyOptionIsCovered(self) -> None:
+        self.assertEqual(set(EVERY_OPTION), declared_options())
+
+    def test_everyOptionCoercesItsValue(self) -> None:
+        for option, (args, value, _bad, _message) in EVERY_OPTION.items():
+            self.assertEqual(self.parse(*args)[option], value, option)
+
+    def test_everyBadValueIsAUsageErrorNamingTheOption(self) -> None:
+        for option, (_args, _value, bad, message) in EVERY_OPTION.items():
+            if bad is None:
+                continue  # any text: an interface that is no address fails to listen
+            assert message is not None
+            e = self.assertRaises(usage.UsageError, self.parse, *bad)
+            self.assertIn(f"--{option}", str(e))
+            self.assertIn(message, str(e))
+
+    def test_everyBadValueExitsWithStatus1AndOneLine(self) -> None:
+        """
+        As twistd parses them (L{tap.Options}), a bad value is one line on
+        stderr and exit status 1.
+        """
+        for option, (_args, _value, bad, _message) in EVERY_OPTION.items():
+            if bad is None:
+                continue
+            stderr = io.StringIO()
+            self.patch(sys, "stderr", stderr)
+            e = self.assertRaises(
+                SystemExit, tap.Options().parseOptions, ["--journal", "none", *bad]
+            )
+            self.assertEqual(e.code, 1, option)
+            lines = stderr.getvalue().splitlines()
+            self.assertEqual(len(lines), 1, (option, lines))
+            self.assertTrue(lines[0].startswith("twistd primecount: error: "), lines)
+            self.assertIn(f"--{option}", lines[0])
+
+    def test_systemdWithoutSocketsNamesTheCause(self) -> None:
+        saved = {
+            k: os.environ.pop(k)
+            for k in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID")
+            if k in os.environ
+        }
+        self.addCleanup(os.environ.update, saved)
+        e = self.assertRaises(
+            usage.UsageError, self.parse, "--listen", "systemd:domain=INET:index=0"
+        )
+        self.assertIn("systemd passed no such socket", str(e))
+
+    def test_timeoutZeroAllowed(self) -> None:
+        self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
+
+    def test_unwritableJournalFailsAtParse(self) -> None:
+        options = tap.PrimecountOptions()
+        e = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--journal", "sqlite:/nonexistent/dir/j.sqlite3"],
+        )
+        self.assertIn("cannot write journal", str(e))
+
+    def test_sqliteJournalPathIsAbsolute(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        options = tap.PrimecountOptions()
+        options.parseOptions(["--journal", f"sqlite:{base}/j.sqlite3"])
+        self.assertEqual(options["journal"].path, f"{base}/j.sqlite3")
+        self.assertTrue(os.path.exists(f"{base}/j.sqlite3"))
+
+    def test_makeServiceComposesListeners(self) -> None:
+        service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
+        self.assertTrue(IService.providedBy(service))
+        self.assertEqual([lsn.label for lsn in service.listeners], ["count", "count"])
+        self.assertIsInstance(service.journal, NullJournal)
+
+
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor with the thread pool calls of C{IReactorThreads}
+    (the pool is never started).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poolSize: int | None = None
+        self.pool = ThreadPool()
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        self.poolSize = size
+
+    def getThreadPool(self) -> ThreadPool:
+        return self.pool
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{tap.makeService} composes the server on the reactor it is given.
+    """
+
+    def test_listenersOnTheGivenReactor(self) -> None:
+        from twisted.web.server import Site
+
+        from primecount.server.countprotocol import CountFactory
+        from primecount.server.rangefactory import RangeFactory
+
+        options = tap.PrimecountOptions()
+        options.parseOptions(
+            ["--journal", "none", "--interface", "127.0.0.1", "--port", "5151",
+             "--range-port", "5152", "--metrics-port", "5153", "--threads", "3",
+             "--cpu-affinity", "none", "--shutdown-timeout", "4"]
+        )  # fmt: skip
+        reactor = ThreadedMemoryReactor()
+        top = tap.makeService(options, reactor)
+        self.assertEqual(reactor.tcpServers, [])
+        top.privilegedStartService()
+        top.startService()
+        self.assertEqual(
+            [(port, backlog, interface) for port, _f, backlog, interface in reactor.tcpServers],
+            [(5151, 4096, "127.0.0.1"), (5152, 4096, "127.0.0.1"), (5153, 4096, "127.0.0.1")],
+        )
+        for (_p, factory, _b, _i), kind in zip(
+            reactor.tcpServers, (CountFactory, RangeFactory, Site), strict=True
+        ):
+            self.assertIsInstance(factory, kind)
+        self.assertEqual(reactor.poolSize, 3)
+        self.assertEqual(len(reactor.triggers["before"]["shutdown"]), 1)
+        stopped = top.stopService()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertFalse(top.running)
+        # The stop's deadline timers are cancelled once it is done.
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    L{Listener}: a bind that fails is one line and exit status 1; the
+    address is known once bound.
+    """
+
+    def test_cannotListenIsOneLogLineAndExit1(self) -> None:
+        class Taken:
+            def listen(self, factory: object) -> defer.Deferred[object]:
+                return defer.fail(CannotListenError("127.0.0.1", 5050, OSError("in use")))
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        listener = Listener("count", "tcp:5050", Taken(), object())
+        e = self.assertRaises(SystemExit, listener.privilegedStartService)
+        self.assertEqual(e.code, 1)
+        critical = [ev for ev in events if ev.get("log_level") == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("cannot listen on tcp:5050: in use", formatEvent(critical[0]))
+
+    def test_addressOnceBound(self) -> None:
+        bound: defer.Deferred[object] = defer.Deferred()
+
+        class Later:
+            def listen(self, factory: object) -> defer.Deferred[object]:
+                return bound
+
+        listener = Listener("range", "tcp:0", Later(), object())
+        listener.startService()
+        address = listener.address()
+        self.assertNoResult(address)
+        reactor = MemoryReactorClock()
+        bound.callback(reactor.listenTCP(5051, object(), interface="::1"))
+        self.assertEqual(self.successResultOf(address), "range [::1]:5051")
+
+    def test_adoptedSocketIsClosedAfterTheReactorAdoptsIt(self) -> None:
+        reactor = MemoryReactorClock()
+        fd = os.open(os.devnull, os.O_RDONLY)
+        factory = object()
+        listener = Listener.adopted(reactor, "count", fd, socket.AF_INET, factory)
+        listener.startService()
+        self.assertEqual(reactor.adoptedPorts, [(fd, socket.AF_INET, factory)])
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertEqual(self.successResultOf(listener.address()), "count 0.0.0.0:1234")
+        self.assertIsNone(listener.stopService())
+
+
+class OpenFilesTests(SynchronousTestCase):
+    """
+    The open-files limit is raised toward what --max-connections needs.
+    """
+
+    def test_raisesSoftLimitUpToHard(self) -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
+        self.assertEqual(raise_open_files_limit(wanted), wanted)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
+
+
+class StopLogTests(SynchronousTestCase):
+    """
+    The stop's log lines count things in good English.
+    """
+
+    def test_plural(self) -> None:
+        self.assertEqual(_plural(1, "open connection"), "1 open connection")
+        self.assertEqual(_plural(0, "record"), "0 records")
+        self.assertEqual(_plural(2, "record"), "2 records")
