@@ -7,6 +7,7 @@ them, and a scripted line server on a real socket for the load generators.
 from __future__ import annotations
 
 import socketserver
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -268,3 +269,19 @@ class ThreadedServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     request_queue_size = 128
     allow_reuse_address = True
+
+
+def serve_in_thread(test: Any, server: socketserver.BaseServer) -> int:
+    """
+    Serve C{server} in a thread until C{test} ends; return its port.
+    """
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    test.addCleanup(stop)
+    return int(server.server_address[1])  # type: ignore[index]

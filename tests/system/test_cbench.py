@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from twisted.trial.unittest import TestCase
 from primecount.cli.bench.plan import DEFAULT_MESSAGES
 from primecount.core.count import expected_reply
 from primecount.core.outcomes import LINE_TOO_LONG
-from tests.doubles import LineHandler, ThreadedServer
+from tests.doubles import LineHandler, ThreadedServer, serve_in_thread
 from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -119,16 +118,7 @@ class CBenchTestCase(TestCase):
         """
         server = ThreadedServer(("127.0.0.1", 0), LineHandler)
         server.answer = answer  # type: ignore[attr-defined]
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-        thread.start()
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        self.addCleanup(stop)
-        return int(server.server_address[1])
+        return serve_in_thread(self, server)
 
     def cload(self, port: int, *options: str) -> tuple[int, dict[str, Any], str]:
         """

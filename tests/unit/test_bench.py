@@ -16,7 +16,6 @@ import socket
 import socketserver
 import sys
 import tempfile
-import threading
 
 from twisted.trial.unittest import TestCase
 
@@ -33,7 +32,7 @@ from primecount.cli.bench.stats import (
 from primecount.core import rangecodec
 from primecount.core.count import expected_reply
 from primecount.core.primes import primes_between
-from tests.doubles import Answer, LineHandler, ThreadedServer
+from tests.doubles import Answer, LineHandler, ThreadedServer, serve_in_thread
 
 
 def correct(line: bytes) -> bytes:
@@ -103,16 +102,7 @@ class BenchTestCase(TestCase):
         """
         Serve C{server} in a thread until the test ends; return its port.
         """
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-        thread.start()
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        self.addCleanup(stop)
-        return int(server.server_address[1])
+        return serve_in_thread(self, server)
 
     def run_bench(self, *argv: str) -> tuple[int, str, str]:
         """
