@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 from twisted.internet import reactor as globalReactor
 from twisted.internet import threads
@@ -119,9 +118,9 @@ class SocketTests(TestCase):
                 send_sum(sock, primes)
                 return len(primes)
 
-        started = time.monotonic()
+        # The slow client never reads again: were its stream holding the
+        # pool or the reactor, the fast client would never finish.
         self.assertEqual(await threads.deferToThread(fast), 664579)
-        self.assertLess(time.monotonic() - started, 1.5)
         await deferLater(globalReactor, 0.3, lambda: None)
         held = self.sieved
         await deferLater(globalReactor, 0.3, lambda: None)
