@@ -259,12 +259,18 @@ def sigterm_in_flight(
 
 def journal_messages(path: str) -> set[str]:
     """
-    The messages recorded in the journal at C{path}.
+    The messages recorded in the journal at C{path}: that file and the
+    parts of C{--workers N} beside it.
     """
     import sqlite3
 
-    conn = sqlite3.connect(path, timeout=5)
-    try:
-        return {m for (m,) in conn.execute("SELECT message FROM requests")}
-    finally:
-        conn.close()
+    from primecount.journal import schema
+
+    found = set()
+    for file in [path, *schema.part_paths(path)]:
+        conn = sqlite3.connect(file, timeout=5)
+        try:
+            found |= {m for (m,) in conn.execute("SELECT message FROM requests")}
+        finally:
+            conn.close()
+    return found

@@ -108,8 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal",
         default=DEFAULT_URL,
         metavar="URL",
-        help="the journal to read: sqlite:PATH or postgresql://USER@HOST:PORT/DB "
-        f"(default {DEFAULT_URL})",
+        help="the journal to read: sqlite:PATH (with the files PATH.worker0, "
+        "PATH.worker1, ... that --workers N writes, read as one) or "
+        f"postgresql://USER@HOST:PORT/DB (default {DEFAULT_URL})",
     )
     parser.add_argument(
         "--format",

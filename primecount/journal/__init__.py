@@ -195,6 +195,21 @@ def parse_url(value: str, *, base: str | None = None) -> JournalURL:
     return JournalURL("sqlite", os.path.abspath(os.path.join(base or os.getcwd(), rest)))
 
 
+def for_worker(url: JournalURL, index: int) -> JournalURL:
+    """
+    The journal worker C{index} of C{--workers N} writes for C{url}: its own
+    part of an SQLite journal (L{primecount.journal.schema.part_path}), so
+    that no worker waits for another's write lock, and which C{primecount
+    journal} reads as one with the rest; any other journal as it is (one
+    PostgreSQL database takes every worker's writes without such waits).
+    """
+    if url.scheme != "sqlite":
+        return url
+    from primecount.journal import schema
+
+    return JournalURL("sqlite", schema.part_path(url.path, index))
+
+
 #: Each backend's module and journal class, imported only when it is
 #: used (PostgreSQL's driver is an optional dependency).
 _BACKENDS = {

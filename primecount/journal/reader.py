@@ -5,6 +5,11 @@ following them (L{show}), pruning (L{prune}); and L{backend}, which picks
 this module or L{primecount.journal.pgreader} for a journal URL, so the
 command line has one path for both.
 
+An SQLite journal is the file C{PATH} and the parts the workers of
+C{--workers N} write beside it (C{PATH.worker0}, ...: L{schema.part_paths});
+L{JournalFiles} opens them all and L{show} merges them in time order, so
+they read as one journal.
+
 The reader opens the SQLite journal read-only and never takes a lock the
 server's writer would wait for (the journal is in WAL mode), so it is safe to
 run against a live server. Pruning writes, in short batches, so the server's
@@ -13,10 +18,12 @@ group commits slip in between them.
 
 from __future__ import annotations
 
+import collections
+import heapq
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -174,42 +181,158 @@ def open_journal(path: str, *, readonly: bool = True) -> sqlite3.Connection:
     return conn
 
 
+def _has_requests(path: str) -> bool:
+    """
+    Whether the SQLite file at C{path} has the journal's table yet (a part
+    a worker is creating this moment may not).
+
+    @raise JournalError: when it is not an SQLite file.
+    """
+    try:
+        conn = schema.connect(path, readonly=True)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise JournalError(f"cannot read journal {path}: {e}") from None
+    return row is not None
+
+
+class JournalFiles:
+    """
+    The SQLite journal at a path: that file and its workers' parts
+    (L{schema.part_paths}), each with its own connection, read as one.
+
+    @ivar path: the journal's own file, C{PATH} of C{sqlite:PATH}.
+    @ivar conns: each file opened so far and its connection, C{PATH} first,
+        then the parts in worker order.
+    """
+
+    def __init__(self, path: str, *, readonly: bool = True) -> None:
+        """
+        Open C{path} and every part of it found now.
+
+        @raise JournalError: when C{path} is missing or not a journal, or a
+            part is not one.
+        """
+        self.path = path
+        self._readonly = readonly
+        self.conns: dict[str, sqlite3.Connection] = {}
+        self.conns[path] = open_journal(path, readonly=readonly)
+        try:
+            self.refresh()
+        except BaseException:
+            self.close()
+            raise
+
+    def refresh(self) -> list[str]:
+        """
+        Open the parts that appeared since the last look; a part without
+        the journal's table yet (being created) holds no record, and is
+        looked at again next time.
+
+        @return: the files newly opened.
+        @raise JournalError: for a part that is not an SQLite file.
+        """
+        found = []
+        for part in schema.part_paths(self.path):
+            if part in self.conns or not _has_requests(part):
+                continue
+            self.conns[part] = open_journal(part, readonly=self._readonly)
+            found.append(part)
+        return found
+
+    def close(self) -> None:
+        """
+        Close every connection.
+        """
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
 def _top_id(conn: sqlite3.Connection) -> int:
     top = conn.execute("SELECT max(id) FROM requests").fetchone()[0]
     return int(top or 0)
 
 
-def show(conn: sqlite3.Connection, query: Query, fmt: str, out: TextIO, *, follow: bool) -> None:
+def _by_time(item: tuple[int, Record]) -> float:
+    return item[1].time
+
+
+def merged(streams: Iterable[Iterator[tuple[int, Record]]]) -> Iterator[Record]:
     """
-    Print the matching records; with C{follow}, keep printing new ones as
-    they are committed until interrupted (C{KeyboardInterrupt}).
+    The records of several files' streams (each in id order, which is time
+    order up to L{schema.TIME_SLACK}) as one stream in time order; records
+    of equal time keep the order of the streams.
+    """
+    for _, record in heapq.merge(*streams, key=_by_time):
+        yield record
+
+
+def select_all(
+    files: JournalFiles, query: Query, upto: dict[str, int] | None = None
+) -> Iterator[Record]:
+    """
+    The matching records of every file of C{files} as one stream, oldest
+    first; with C{upto}, only the records of each file up to its id there
+    (and none of a file not in it).
+
+    With a limit, the last C{query.limit} of the merged stream: those are
+    among the last C{query.limit} of each file.
+    """
+    streams = [
+        select(conn, query, upto_id=None if upto is None else upto[path])
+        for path, conn in files.conns.items()
+        if upto is None or path in upto
+    ]
+    if query.limit is None:
+        return merged(streams)
+    return iter(collections.deque(merged(streams), maxlen=query.limit))
+
+
+def show(files: JournalFiles, query: Query, fmt: str, out: TextIO, *, follow: bool) -> None:
+    """
+    Print the matching records of every file of the journal, merged in
+    time order; with C{follow}, keep printing new ones as they are
+    committed, in any file, including parts that appear meanwhile, until
+    interrupted (C{KeyboardInterrupt}).
     """
     write = writer(fmt, out)
     # Records committed while the backlog is printed are left to the loop.
-    last_id = _top_id(conn) if follow else None
-    for _, record in select(conn, query, upto_id=last_id):
+    last = {path: _top_id(conn) for path, conn in files.conns.items()} if follow else None
+    for record in select_all(files, query, upto=last):
         write(record)
     out.flush()
-    if last_id is None:
+    if last is None:
         return
     unlimited = Query(query.since, query.until, query.peer, None)
     while True:
         _sleep(POLL_INTERVAL)
-        top = _top_id(conn)
-        if top < last_id:
-            # Ids restart at 1 only when every record was pruned.
-            last_id = 0
-        if top == last_id:
-            continue
-        for _, record in select(conn, unlimited, after_id=last_id, upto_id=top):
+        for path in files.refresh():
+            # A part that appeared after the start holds only new records.
+            last[path] = 0
+        streams = []
+        for path, conn in files.conns.items():
+            top = _top_id(conn)
+            if top < last[path]:
+                # Ids restart at 1 only when every record was pruned.
+                last[path] = 0
+            if top == last[path]:
+                continue
+            streams.append(select(conn, unlimited, after_id=last[path], upto_id=top))
+            last[path] = top
+        for record in merged(streams):
             write(record)
         out.flush()
-        last_id = top
 
 
-def prune(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
+def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
     """
-    Delete the records older than C{before}; return how many.
+    Delete the records of one file older than C{before}; return how many.
 
     Deletes in batches of L{PRUNE_BATCH}, one short transaction each, so a
     server writing meanwhile waits at most one batch. The freed pages are
@@ -235,6 +358,14 @@ def prune(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
     elif conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
         conn.execute("PRAGMA incremental_vacuum")
     return total
+
+
+def prune(files: JournalFiles, before: float, *, vacuum: bool) -> int:
+    """
+    Delete the records older than C{before} from every file of the
+    journal (L{prune_file}, one file after the other); return how many.
+    """
+    return sum(prune_file(conn, before, vacuum=vacuum) for conn in files.conns.values())
 
 
 @dataclass(frozen=True)
@@ -277,7 +408,7 @@ def backend(url: str) -> Backend:
     path = journal_path(url)
     return Backend(
         shown=path,
-        connect=lambda readonly: open_journal(path, readonly=readonly),
+        connect=lambda readonly: JournalFiles(path, readonly=readonly),
         show=show,
         prune=prune,
         errors=sqlite3.Error,

@@ -9,6 +9,8 @@ Shared by the writer (L{primecount.journal.sqlite}) and the reader
 from __future__ import annotations
 
 import functools
+import glob
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -85,6 +87,37 @@ def first_id_since(conn: sqlite3.Connection, when: float) -> int:
 
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
+
+
+#: What follows C{PATH} in the name of worker C{N}'s part of the journal
+#: C{sqlite:PATH} (C{PATH.worker0}, C{PATH.worker1}, ...).
+PART_SUFFIX = ".worker"
+
+_PART = re.compile(re.escape(PART_SUFFIX) + r"([0-9]+)")
+
+
+def part_path(path: str, index: int) -> str:
+    """
+    The file worker C{index} of C{--workers N} writes for the journal
+    C{sqlite:PATH}: C{PATH.worker<index>}, beside C{PATH}, so that each
+    worker commits without waiting for another's write lock.
+    """
+    return f"{path}{PART_SUFFIX}{index}"
+
+
+def part_paths(path: str) -> list[str]:
+    """
+    The worker parts of the journal at C{path} that exist now (whatever
+    C{--workers} is today: a part left by more workers before still holds
+    records), in worker order; not their C{-wal} and C{-shm} files.
+    """
+    found = []
+    for candidate in glob.glob(glob.escape(path + PART_SUFFIX) + "*"):
+        match = _PART.fullmatch(candidate, len(path))
+        if match:
+            found.append((int(match.group(1)), candidate))
+    return [candidate for _, candidate in sorted(found)]
+
 
 #: The columns a count-protocol record fills: the rest (a, b, sum_ok) are
 #: range-protocol columns, NULL for it. Inserting only these costs about a

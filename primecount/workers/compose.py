@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from primecount import __version__
+from primecount.journal import for_worker
 from primecount.server.connections import Connections
 from primecount.server.listeners import descriptions
 from primecount.server.service import (
@@ -55,9 +56,11 @@ def worker(
 ) -> PrimecountService:
     """
     One of C{--workers N}: serve on the sockets the supervisor hands down,
-    counting connections in the shared table.
+    counting connections in the shared table, journalling to its own part
+    of an SQLite journal (the same part again after a restart).
     """
     die_with_parent(told.supervisor)
+    options["journal"] = for_worker(options["journal"], told.index)
     counts = SharedCounts(told.counts, told.workers, told.index)
     # The supervisor warned if the open-files limit lowers the limit.
     limit = connection_limit(options["max-connections"], warn=False)

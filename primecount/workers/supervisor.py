@@ -16,8 +16,9 @@ Workers are ordinary C{twistd -n primecount} processes with the parent's own
 options; the environment tells them which inherited descriptors to adopt
 (see L{primecount.workers.environment}) and where the shared connection
 counts live (L{primecount.workers.shared}).
-Each worker has its own journal writer on the shared SQLite file (WAL; a
-writer waits for the other's commit through SQLite's busy timeout).
+Each worker writes its own part of an SQLite journal (C{PATH.workerN},
+L{primecount.journal.for_worker}), so no worker waits for another's write
+lock; C{primecount journal} reads the parts as one.
 """
 
 from __future__ import annotations

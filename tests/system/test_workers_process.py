@@ -6,14 +6,17 @@ shared limits.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from primecount.journal import schema
 from primecount.workers.supervisor import PARENT_DIED
 from tests.helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 
@@ -134,6 +137,65 @@ class WorkersTests(SynchronousTestCase):
             self.assertEqual(recv_all(extra), b"ERR server busy\n")
         for sock in held:
             sock.close()
+
+
+def stored_messages(path: str) -> list[str]:
+    """
+    The messages of every record in the one SQLite file at C{path}.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        return [m for (m,) in conn.execute("SELECT message FROM requests")]
+    finally:
+        conn.close()
+
+
+class JournalPartTests(SynchronousTestCase):
+    """
+    C{--workers 2 --journal sqlite:PATH}: each worker commits to its own
+    part, C{PATH.worker0} and C{PATH.worker1}, and C{primecount journal}
+    reads them as one.
+    """
+
+    def test_eachWorkerWritesItsPartAndTheReaderShowsEveryRecordOnce(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "j.sqlite3")
+        server = ServerProcess("--workers", "2", "--journal", "sqlite:j.sqlite3", cwd=directory)
+        self.addCleanup(server.stop)
+        wait_for_workers(self, server)
+        parts = [schema.part_path(path, i) for i in range(2)]
+        # Each worker opens its part at its first checkpoint tick (0.5 s).
+        self.assertTrue(wait_for(lambda: all(os.path.exists(p) for p in parts)))
+        answered = []
+        # Connections go to whichever worker accepts first: ask until both
+        # answered some (bounded).
+        for n in range(400):
+            message = f"part{n}{'a' * (n % 3)}"
+            with server.connect() as sock:
+                sock.sendall(message.encode() + b"\n")
+                self.assertEqual(len(recv_lines(sock, 1)), 1, message)
+            answered.append(message)
+            if n % 20 == 19 and all(stored_messages(p) for p in parts):
+                break
+        written = [stored_messages(p) for p in parts]
+        self.assertTrue(all(written), "a worker answered nothing")
+        self.assertEqual(stored_messages(path), [], "a worker wrote the shared file")
+        self.assertEqual(sorted(written[0] + written[1]), sorted(answered))
+        # Read while the server runs: every acknowledged record, once.
+        result = subprocess.run(
+            [sys.executable, "-m", "primecount", "journal", "--journal", "sqlite:" + path,
+             "--format", "jsonl"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+        self.assertEqual(sorted(r["message"] for r in lines), sorted(answered))
+        self.assertEqual([r["time"] for r in lines], sorted(r["time"] for r in lines))
+        self.assertIn(server.stop(), (0, -signal.SIGTERM))
+        self.assertNotIn(b"Traceback", server.log)
 
 
 #: Runs the rest of its command line as systemd runs the service of a

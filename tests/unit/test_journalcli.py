@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from primecount.cli import journal as journalcli
-from primecount.journal import formats, reader, schema
+from primecount.journal import JournalURL, for_worker, formats, parse_url, reader, schema
 from primecount.journal.records import Record
 
 #: 2026-02-16 10:37:12.345 UTC.
@@ -590,6 +590,158 @@ class PruneTests(RunMixin, TestCase):
             ["pruned 0 records older than 2000-01-01T00:00:00.000Z"],
         )
         self.assertEqual(stored(self.path), self.records)
+
+
+class WorkerPartsTests(RunMixin, TestCase):
+    """
+    With C{--workers N} each worker writes its own part beside the journal
+    C{sqlite:PATH} (C{PATH.worker0}, ...); C{primecount journal} reads
+    C{PATH} and every part as one journal, in time order.
+    """
+
+    def setUp(self) -> None:
+        # Hours 0..8 spread over the three files, interleaved; peers alternate.
+        self.records = [
+            Record(T + 3600 * i, f"192.0.2.{i % 2}", 1, "count", f"m{i}", 1, False)
+            for i in range(9)
+        ]
+        self.path = make_journal(self, self.records[0::3])
+        append(schema.part_path(self.path, 0), self.records[1::3])
+        append(schema.part_path(self.path, 1), self.records[2::3])
+        self.url = "sqlite:" + self.path
+
+    def messages(self, *argv: str) -> list[str]:
+        """
+        The messages of the records shown by C{primecount journal argv…}.
+        """
+        lines = self.lines("--journal", self.url, "--format", "jsonl", *argv)
+        return [json.loads(line)["message"] for line in lines]
+
+    def test_partNames(self) -> None:
+        """
+        Worker i writes C{PATH.worker<i>}; L{schema.part_paths} finds the
+        parts that exist, in worker order, and not their C{-wal}/C{-shm}
+        files or other names.
+        """
+        self.assertEqual(schema.part_path("/srv/j.sqlite3", 3), "/srv/j.sqlite3.worker3")
+        for name in ("-wal", "-shm"):
+            with open(schema.part_path(self.path, 1) + name, "a"):
+                pass
+        for other in (".worker", ".workerx", ".worker2.bak", "x.worker2"):
+            with open(self.path + other, "w"):
+                pass
+        with open(schema.part_path(self.path, 10), "w"):
+            pass
+        self.assertEqual(
+            schema.part_paths(self.path),
+            [schema.part_path(self.path, i) for i in (0, 1, 10)],
+        )
+
+    def test_forWorker(self) -> None:
+        """
+        L{for_worker} gives a worker its part of an SQLite journal, and any
+        other journal unchanged.
+        """
+        self.assertEqual(
+            for_worker(parse_url("sqlite:/srv/j.sqlite3"), 2),
+            JournalURL("sqlite", "/srv/j.sqlite3.worker2"),
+        )
+        pg = parse_url("postgresql://u@db/primecount")
+        self.assertEqual(for_worker(pg, 2), pg)
+        self.assertEqual(for_worker(parse_url("none"), 2), parse_url("none"))
+
+    def test_mergedInTimeOrder(self) -> None:
+        """
+        Every record of every file, once, in time order.
+        """
+        self.assertEqual(self.messages(), [f"m{i}" for i in range(9)])
+
+    def test_filters(self) -> None:
+        """
+        C{--since}, C{--until} and C{--peer} apply to every part.
+        """
+        self.assertEqual(
+            self.messages("--since", "2026-02-16T12:37:12.345", "--until", "2026-02-16T16:00"),
+            ["m2", "m3", "m4", "m5"],
+        )
+        self.assertEqual(self.messages("--peer", "192.0.2.1"), ["m1", "m3", "m5", "m7"])
+
+    def test_limitIsTheLastOfTheMergedStream(self) -> None:
+        """
+        C{--limit N} shows the last N records of all files together.
+        """
+        self.assertEqual(self.messages("--limit", "4"), ["m5", "m6", "m7", "m8"])
+        self.assertEqual(self.messages("--limit", "2", "--peer", "192.0.2.0"), ["m6", "m8"])
+        self.assertEqual(self.messages("--limit", "0"), [])
+
+    def test_leftoverPartIsRead(self) -> None:
+        """
+        A part left by an earlier run with more workers is still read.
+        """
+        append(schema.part_path(self.path, 7), [Record(T + 0.5, "::1", 1, "count", "old", 1, True)])
+        self.assertEqual(self.messages()[:3], ["m0", "old", "m1"])
+
+    def test_partBeingCreatedIsSkipped(self) -> None:
+        """
+        A part a worker is creating this moment (no table yet) holds no
+        record: it is not an error.
+        """
+        with open(schema.part_path(self.path, 2), "w"):
+            pass
+        self.assertEqual(self.messages(), [f"m{i}" for i in range(9)])
+
+    def test_partNotAJournal(self) -> None:
+        """
+        A part that is not an SQLite file is one line naming it.
+        """
+        part = schema.part_path(self.path, 2)
+        with open(part, "w") as f:
+            f.write("hello\n" * 1000)
+        status, out, err = self.journal("--journal", self.url)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn(f"cannot read journal {part}", err)
+
+    def test_followEveryPartAndNewOnes(self) -> None:
+        """
+        C{--follow} prints what is committed to any part, and to a part
+        that appears after it started, in time order.
+        """
+        polls = []
+
+        def sleep(seconds: float) -> None:
+            polls.append(seconds)
+            if len(polls) == 1:
+                append(
+                    schema.part_path(self.path, 1),
+                    [Record(T + 40000, "::1", 1, "count", "b", 1, False)],
+                )
+                append(self.path, [Record(T + 39999, "::1", 1, "count", "a", 1, False)])
+            elif len(polls) == 2:
+                append(
+                    schema.part_path(self.path, 5),
+                    [Record(T + 40001, "::1", 1, "count", "new", 1, False)],
+                )
+            else:
+                raise KeyboardInterrupt()
+
+        self.patch(reader, "_sleep", sleep)
+        status, out, err = self.journal("--journal", self.url, "--follow", "--limit", "2")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            [line.split(" | ")[2] for line in out.splitlines()], ["m7", "m8", "a", "b", "new"]
+        )
+
+    def test_pruneEveryPart(self) -> None:
+        """
+        C{--prune-before} deletes old records from every file.
+        """
+        self.assertEqual(
+            self.lines("--journal", self.url, "--prune-before", "2026-02-16T15:00"),
+            ["pruned 5 records older than 2026-02-16T15:00:00.000Z"],
+        )
+        self.assertEqual(self.messages(), ["m5", "m6", "m7", "m8"])
+        self.assertEqual(stored(schema.part_path(self.path, 0)), [self.records[7]])
 
 
 class ErrorTests(RunMixin, TestCase):
