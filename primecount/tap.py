@@ -17,7 +17,14 @@ from twisted.application import service
 from twisted.python import usage
 
 from primecount.core import options as coerce
-from primecount.journal import DEFAULT_URL, JournalURL, JournalURLError, check_journal, parse_url
+from primecount.journal import (
+    DEFAULT_URL,
+    JournalURL,
+    JournalURLError,
+    check_journal,
+    for_worker,
+    parse_url,
+)
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import check_description, tcp_description
@@ -238,8 +245,14 @@ class PrimecountOptions(usage.Options):
                 check_description(option, description)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
+        journals = [self["journal"]]
+        if self["workers"] > 1 and self["journal"].scheme == "sqlite":
+            # Each worker writes its own part: one an earlier run left
+            # unwritable stops the start here, not at the first commit.
+            journals += [for_worker(self["journal"], i) for i in range(self["workers"])]
         try:
-            check_journal(self["journal"])
+            for url in journals:
+                check_journal(url)
         except JournalURLError as e:
             raise usage.UsageError(str(e)) from None
 

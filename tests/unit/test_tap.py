@@ -280,6 +280,24 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["journal"].path, f"{base}/j.sqlite3")
         self.assertTrue(os.path.exists(f"{base}/j.sqlite3"))
 
+    def test_unwritableWorkerPartFailsAtParse(self) -> None:
+        """
+        With C{--workers N} every worker's part of the SQLite journal is
+        checked at the start: one an earlier run left unwritable (here a
+        directory in its place) stops the start with a line naming it.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(f"{base}/j.sqlite3.worker1")
+        options = tap.PrimecountOptions()
+        e = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--workers", "2", "--journal", f"sqlite:{base}/j.sqlite3"],
+        )
+        self.assertIn("j.sqlite3.worker1", str(e))
+        # One process writes only the file it was given.
+        tap.PrimecountOptions().parseOptions(["--journal", f"sqlite:{base}/j.sqlite3"])
+
     def test_makeServiceComposesListeners(self) -> None:
         service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
         self.assertTrue(IService.providedBy(service))
