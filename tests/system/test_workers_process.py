@@ -299,22 +299,26 @@ ORPHAN = """
 import os, signal, sys, time
 from primecount.workers import supervisor as workers
 
-def stop(signum, frame):
-    # What a worker does on SIGTERM: log its last lines, then exit.
-    try:
-        for n in range(200):
-            print("stopping, line", n, flush=True)
-            sys.stderr.write("and on stderr\\n")
-            sys.stderr.flush()
-    except BrokenPipeError:
-        os._exit(3)
-    os._exit(0)
-
-signal.signal(signal.SIGTERM, stop)
+# As in a worker, the SIGTERM handler only asks the main loop to stop (Twisted
+# stops the reactor on its next turn); the last lines are logged from there,
+# never from inside a signal handler, which could interrupt a write.
+stopping = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
 signal.signal(workers.PARENT_DIED, workers._orphaned)
 print("ready", flush=True)
-time.sleep(30)
-os._exit(4)
+deadline = time.monotonic() + 30
+while not stopping and time.monotonic() < deadline:
+    time.sleep(0.01)
+if not stopping:
+    os._exit(4)
+try:
+    for n in range(200):
+        print("stopping, line", n, flush=True)
+        sys.stderr.write("and on stderr\\n")
+        sys.stderr.flush()
+except BrokenPipeError:
+    os._exit(3)
+os._exit(0)
 """
 
 
