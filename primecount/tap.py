@@ -28,6 +28,7 @@ from primecount.journal import (
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import check_description, tcp_description
+from primecount.server.service import OneStopSignal
 from primecount.workers import compose
 from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
 
@@ -282,8 +283,12 @@ def makeService(options: PrimecountOptions, reactor: Any = None) -> service.Mult
     if reactor is None:
         from twisted.internet import reactor
     told = WorkerEnvironment.decode(os.environ)
+    top: service.MultiService
     if told is not None:
-        return compose.worker(options, reactor, told)
-    if options["workers"] > 1:
-        return compose.supervisor(options, reactor)
-    return compose.single(options, reactor)
+        top = compose.worker(options, reactor, told)
+    elif options["workers"] > 1:
+        top = compose.supervisor(options, reactor)
+    else:
+        top = compose.single(options, reactor)
+    OneStopSignal(reactor).setServiceParent(top)
+    return top

@@ -8,7 +8,9 @@ the root service that starts them and stops them in order
 from __future__ import annotations
 
 import resource
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -319,3 +321,55 @@ def serve(
         for label, fd, family in adopted:
             top.addListener(Listener.adopted(refusing(label), label, fd, family, factories[label]))
     return top
+
+
+#: The signals Twisted answers with C{reactor.stop()}.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class OneStopSignal(service.Service):
+    """
+    Makes the first stop signal (SIGTERM, SIGINT) the only one.
+
+    Twisted's handlers call C{reactor.stop()} for every signal, and a second
+    one while the orderly stop runs raises C{ReactorNotRunning}, logged as a
+    traceback. That is what an operator gets from C{pkill -f primecount}, or
+    systemd signalling a whole process group: each worker is signalled by
+    them and by its supervisor. Once the reactor runs, Twisted's handlers are
+    wrapped so that the first signal ignores the next ones before it stops
+    the reactor; the stop itself stays bounded by C{--shutdown-timeout}.
+    Handlers that are not this reactor's (a debugger's, a test runner's) are
+    left alone.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self.install)
+
+    def install(self) -> None:
+        """
+        Wrap this reactor's stop-signal handlers (main thread only).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler) and getattr(handler, "__self__", None) is self._reactor:
+                signal.signal(signum, _first_only(handler))
+
+
+def _first_only(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
+    """
+    A signal handler that ignores every stop signal from now on, then runs
+    C{handler}.
+    """
+
+    def first(signum: int, frame: Any) -> None:
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        handler(signum, frame)
+
+    return first

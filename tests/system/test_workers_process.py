@@ -109,6 +109,24 @@ class WorkersTests(SynchronousTestCase):
         stored = journal_messages(os.path.join(self.dir, "j.sqlite3"))
         self.assertEqual([m for m in answered if m not in stored], [])
 
+    def test_signalledAllAtOnceStopsWithoutTraceback(self) -> None:
+        """
+        SIGTERM to the supervisor and to every worker at once, as
+        C{pkill -f primecount} or systemd's default KillMode send it: each
+        worker is signalled twice (by it and by its supervisor), and stops
+        once, without Twisted's C{ReactorNotRunning} traceback.
+        """
+        server = self.start()
+        workers = children(server.process.pid)
+        for pid in (server.process.pid, *workers):
+            os.kill(pid, signal.SIGTERM)
+        self.assertIn(server.wait(), (0, -signal.SIGTERM))
+        self.assertTrue(wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers)))
+        server.readLog(0.2)
+        log = server.log.decode("utf-8", "replace")
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("ReactorNotRunning", log)
+
     def test_maxConnectionsHoldsAcrossWorkers(self) -> None:
         server = self.start("--max-connections", "3", "--timeout", "0")
         held = []

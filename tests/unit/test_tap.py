@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import sys
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet import defer
@@ -25,7 +27,7 @@ from primecount.core.fdlimit import raise_open_files_limit
 from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 from primecount.server.listeners import Listener
-from primecount.server.service import _plural
+from primecount.server.service import STOP_SIGNALS, OneStopSignal, _plural
 
 
 def declared_options() -> set[str]:
@@ -435,3 +437,72 @@ class StopLogTests(SynchronousTestCase):
         self.assertEqual(_plural(1, "open connection"), "1 open connection")
         self.assertEqual(_plural(0, "record"), "0 records")
         self.assertEqual(_plural(2, "record"), "2 records")
+
+
+class FakeSignalReactor:
+    """
+    Stands in for the reactor whose bound methods Twisted installs as
+    signal handlers.
+    """
+
+    def __init__(self) -> None:
+        self.stops: list[int] = []
+        self.whenRunning: list[Any] = []
+
+    def sigTerm(self, signum: int, frame: Any) -> None:
+        self.stops.append(signum)
+
+    def sigInt(self, signum: int, frame: Any) -> None:
+        self.stops.append(signum)
+
+    def callWhenRunning(self, f: Any) -> None:
+        self.whenRunning.append(f)
+
+
+class OneStopSignalTests(SynchronousTestCase):
+    """
+    L{OneStopSignal}: the first stop signal is the only one.
+    """
+
+    def setUp(self) -> None:
+        for signum in STOP_SIGNALS:
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        self.reactor = FakeSignalReactor()
+        signal.signal(signal.SIGTERM, self.reactor.sigTerm)
+        signal.signal(signal.SIGINT, self.reactor.sigInt)
+
+    def test_secondSignalIgnored(self) -> None:
+        """
+        Once the reactor runs, the first SIGTERM stops it and the later
+        SIGTERMs and SIGINTs are ignored.
+        """
+        OneStopSignal(self.reactor).startService()
+        [install] = self.reactor.whenRunning
+        install()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # type: ignore[operator]
+        self.assertEqual(self.reactor.stops, [signal.SIGTERM])
+        self.assertEqual(signal.getsignal(signal.SIGTERM), signal.SIG_IGN)
+        self.assertEqual(signal.getsignal(signal.SIGINT), signal.SIG_IGN)
+
+    def test_otherHandlersLeftAlone(self) -> None:
+        """
+        A handler that is not this reactor's (a debugger's, a test
+        runner's) is not wrapped.
+        """
+
+        def mine(signum: int, frame: Any) -> None:
+            pass
+
+        signal.signal(signal.SIGINT, mine)
+        OneStopSignal(self.reactor).install()
+        self.assertIs(signal.getsignal(signal.SIGINT), mine)
+        self.assertIsNot(signal.getsignal(signal.SIGTERM), self.reactor.sigTerm)
+
+    def test_makeServiceAddsIt(self) -> None:
+        """
+        Every shape of the server gets it.
+        """
+        options = tap.Options()
+        options.parseOptions(["--journal", "none", "--port", "0"])
+        top = tap.makeService(options, ThreadedMemoryReactor())
+        self.assertEqual([type(s) for s in top if isinstance(s, OneStopSignal)], [OneStopSignal])
