@@ -35,6 +35,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "../count_reply.h"
+
 #define MAX_LINE 16384
 
 struct conn {
@@ -59,46 +61,6 @@ static void die(const char *what)
     exit(2);
 }
 
-/* Python's str.isspace(). */
-static int is_space(uint32_t c)
-{
-    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
-           c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
-           c == 0x202f || c == 0x205f || c == 0x3000;
-}
-
-static int is_prime(long k)
-{
-    if (k < 2) return 0;
-    for (long d = 2; d * d <= k; d++)
-        if (k % d == 0) return 0;
-    return 1;
-}
-
-/* Decode UTF-8 into code points; -1 when the bytes are not valid UTF-8. */
-static long decode_utf8(const unsigned char *s, size_t n, uint32_t *out)
-{
-    size_t i = 0;
-    long m = 0;
-    while (i < n) {
-        uint32_t c = s[i], min;
-        int more;
-        if (c < 0x80) { more = 0; min = 0; }
-        else if ((c & 0xe0) == 0xc0) { c &= 0x1f; more = 1; min = 0x80; }
-        else if ((c & 0xf0) == 0xe0) { c &= 0x0f; more = 2; min = 0x800; }
-        else if ((c & 0xf8) == 0xf0) { c &= 0x07; more = 3; min = 0x10000; }
-        else return -1;
-        for (int k = 1; k <= more; k++) {
-            if (i + k >= n || (s[i + k] & 0xc0) != 0x80) return -1;
-            c = (c << 6) | (s[i + k] & 0x3f);
-        }
-        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return -1;
-        out[m++] = c;
-        i += (size_t)more + 1;
-    }
-    return m;
-}
-
 static void append(struct conn *c, const char *data, size_t n)
 {
     if (c->out_len + n > c->out_cap) {
@@ -116,17 +78,10 @@ static void answer(struct conn *c, const char *line, size_t n)
     static uint32_t cps[MAX_LINE + 1];
     char reply[64];
     if (n && line[n - 1] == '\r') n--;
-    long m = decode_utf8((const unsigned char *)line, n, cps);
-    if (m < 0) { append(c, "ERR invalid UTF-8\n", 18); return; }
-    long lo = 0, hi = m;
-    while (lo < hi && is_space(cps[lo])) lo++;
-    while (hi > lo && is_space(cps[hi - 1])) hi--;
-    if (lo == hi) { append(c, "ERR empty message\n", 18); return; }
-    long k = 0;
-    uint32_t last = cps[hi - 1];
-    for (long i = lo; i < hi; i++) k += cps[i] == last;
-    int len = snprintf(reply, sizeof reply, "%ld %s\n", k, is_prime(k) ? "s\xc3\xad" : "no");
-    append(c, reply, (size_t)len);
+    int len = count_reply(line, n, cps, reply);
+    if (len == COUNT_INVALID_UTF8) append(c, "ERR invalid UTF-8\n", 18);
+    else if (len == COUNT_EMPTY) append(c, "ERR empty message\n", 18);
+    else append(c, reply, (size_t)len);
 }
 
 static void drop(struct conn *c)
