@@ -45,7 +45,7 @@ _COLUMNS = (
 _XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
-def open_journal(url: str) -> psycopg.Connection[Any]:
+def open_database(url: str) -> psycopg.Connection[Any]:
     """
     Connect to the journal at C{url} (autocommit: every statement sees what
     is committed when it starts), checking that it holds one.
@@ -243,7 +243,7 @@ def backend(url: str) -> Backend:
     """
     return Backend(
         shown=mask_password(url),
-        connect=lambda readonly: open_journal(url),
+        connect=lambda readonly: open_database(url),
         show=show,
         prune=prune,
         errors=psycopg.Error,

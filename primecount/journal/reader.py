@@ -160,7 +160,7 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def open_journal(path: str, *, readonly: bool = True) -> sqlite3.Connection:
+def open_file(path: str, *, readonly: bool = True) -> sqlite3.Connection:
     """
     Open an existing journal file, checking that it is one.
 
@@ -221,7 +221,7 @@ class JournalFiles:
         self.path = path
         self._readonly = readonly
         self.conns: dict[str, sqlite3.Connection] = {}
-        self.conns[path] = open_journal(path, readonly=readonly)
+        self.conns[path] = open_file(path, readonly=readonly)
         try:
             self.refresh()
         except BaseException:
@@ -241,7 +241,7 @@ class JournalFiles:
         for part in schema.part_paths(self.path):
             if part in self.conns or not _has_requests(part):
                 continue
-            self.conns[part] = open_journal(part, readonly=self._readonly)
+            self.conns[part] = open_file(part, readonly=self._readonly)
             found.append(part)
         return found
 

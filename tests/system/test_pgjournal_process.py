@@ -41,7 +41,7 @@ def stored(url: str) -> list[Record]:
     """
     from primecount.journal import pgreader
 
-    conn = pgreader.open_journal(url)
+    conn = pgreader.open_database(url)
     try:
         return [r for _, r in pgreader.select(conn, pgreader.Query())]
     finally:
@@ -415,7 +415,7 @@ class FollowTests(_Database, TestCase):
 
         journal = self.journal()
         journal.commit([record(0)])
-        reader = pgreader.open_journal(self.url)
+        reader = pgreader.open_database(self.url)
         self.addCleanup(reader.close)
         follower = pgreader.Follower(reader, pgreader.Query())
         self.assertEqual(follower.backlog(), [record(0)])

@@ -126,7 +126,7 @@ class CountProtocolTests(ServerTestCase):
             ],
         )
         # primecount journal tells the raw byte from the four characters.
-        conn = reader.open_journal(os.path.join(self.dir, "journal.sqlite3"))
+        conn = reader.open_file(os.path.join(self.dir, "journal.sqlite3"))
         try:
             records = [r for _, r in reader.select(conn, reader.Query())]
         finally:
