@@ -235,12 +235,12 @@ class PrimecountOptions(usage.Options):
             self["framing"] = _framing(self["framing"])
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
-        # A worker serves the sockets its supervisor bound (and checked):
-        # those of systemd: descriptions were passed to the supervisor only.
+        if os.environ.get(WORKER_ENV):
+            # Its supervisor checked the listeners (systemd: sockets are the
+            # supervisor's alone) and every journal part before starting it.
+            return
         checked = [("listen", d) for d in self["listen"]]
         checked += [("range-listen", d) for d in self["range-listen"]]
-        if os.environ.get(WORKER_ENV):
-            checked = []
         for option, description in checked:
             try:
                 check_description(option, description)
