@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from twisted.internet import reactor as globalReactor
 from twisted.internet import threads
@@ -22,6 +23,7 @@ from primecount.core import rangecodec
 from primecount.core.outcomes import (
     DISCONNECTED_MID_STREAM,
 )
+from primecount.core.primes import count_between
 from primecount.server import primestream
 from primecount.server.rangefactory import RangeFactory
 from tests.doubles import FakeJournal
@@ -102,6 +104,35 @@ class SocketTests(TestCase):
             [(r.count, r.sum_ok, r.error) for r in self.journal.records],
             [(78498, True, None), (4, True, None)],
         )
+
+    async def test_clientWithNagleDoesNotStall(self) -> None:
+        """
+        A client that leaves Nagle's algorithm on (no C{TCP_NODELAY}, as a
+        client written from the README does) writes its sum and then its
+        next request: two small writes, and the server sends nothing after
+        the sum. Unless the server acknowledges the sum at once, the request
+        waits for the delayed ACK, about 40 ms each time: 50 requests took
+        about 2 s. With the sum acknowledged at once they take a few
+        milliseconds; 1 s leaves room for a loaded machine.
+        """
+
+        def talk() -> tuple[float, list[int]]:
+            with self.client() as sock:
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+                counts = []
+                started = time.monotonic()
+                for i in range(50):
+                    primes = fetch(sock, i, 100 + i)
+                    send_sum(sock, primes)
+                    counts.append(len(primes))
+                # The last sum is answered by nothing: ask once more to see
+                # that it, too, went out at once.
+                counts.append(len(fetch(sock, 0, 10)))
+                return time.monotonic() - started, counts
+
+        elapsed, counts = await threads.deferToThread(talk)
+        self.assertEqual(counts, [count_between(i, 100 + i) for i in range(50)] + [4])
+        self.assertLess(elapsed, 1.0)
 
     async def test_slowReaderDoesNotHoldBackFastOne(self) -> None:
         """
