@@ -27,7 +27,13 @@ from primecount.journal import (
 )
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
-from primecount.server.listeners import check_description, tcp_description
+from primecount.server.listeners import (
+    check_description,
+    descriptions,
+    metrics_wanted,
+    repeated_port,
+    tcp_description,
+)
 from primecount.server.service import OneStopSignal
 from primecount.workers import compose
 from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
@@ -40,7 +46,9 @@ def _journal(value: str) -> JournalURL:
         raise ValueError(f"--journal: {e}") from None
 
 
-_journal.coerceDoc = "sqlite:PATH, postgresql://USER@HOST:PORT/DB?... or none."  # type: ignore[attr-defined]
+_journal.coerceDoc = (  # type: ignore[attr-defined]
+    "PATH or sqlite:PATH (an SQLite file), postgresql://USER@HOST:PORT/DB?... or none."
+)
 
 
 def _cpus(value: str) -> placement.Placement:
@@ -246,6 +254,18 @@ class PrimecountOptions(usage.Options):
                 check_description(option, description)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
+        wanted = descriptions(
+            self["listen"],
+            self["range-port"],
+            self["interface"],
+            self["range-listen"],
+            self["port"],
+        )
+        if self["metrics-port"] is not None:
+            wanted.append(metrics_wanted(self["metrics-port"], self["interface"]))
+        twice = repeated_port(wanted)
+        if twice is not None:
+            raise usage.UsageError(twice)
         journals = [self["journal"]]
         if self["workers"] > 1 and self["journal"].scheme == "sqlite":
             # Each worker writes its own part: one an earlier run left

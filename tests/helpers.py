@@ -67,7 +67,26 @@ def require_program(name: str, package: str) -> str:
 
 
 _LISTENING = re.compile(rb"listening on (.*?);")
-_ADDRESS = re.compile(r"([a-z-]+) ([0-9.:a-f\[\]]+):(\d+)")
+_ADDRESS = re.compile(r"([a-z]+) (?:http://)?([0-9.:a-f\[\]]+):(\d+)(?:/metrics)?(?: \((.*)\))?")
+
+
+def listening_ports(line: str) -> dict[str, int]:
+    """
+    Listener label -> port, from the start's log line's list of listeners
+    (C{count 127.0.0.1:5050, count 127.0.0.1:5051 (PROXY header), metrics
+    http://127.0.0.1:9109/metrics}): a listener behind HAProxy is
+    C{"proxy"} or C{"range-proxy"}; one without a port (UNIX) is left out.
+    """
+    ports = {}
+    for entry in line.split(", "):
+        found = _ADDRESS.fullmatch(entry)
+        if found is None:
+            continue
+        label, _, port, kinds = found.groups()
+        if kinds and "PROXY header" in kinds:
+            label = "proxy" if label == "count" else f"{label}-proxy"
+        ports[label] = int(port)
+    return ports
 
 
 class ServerProcess:
@@ -76,7 +95,7 @@ class ServerProcess:
     127.0.0.1, its log collected.
 
     @ivar ports: listener label (C{"count"}, C{"range"}, C{"proxy"},
-        C{"range-proxy"}) -> port.
+        C{"range-proxy"}, C{"metrics"}) -> port.
     """
 
     def __init__(
@@ -110,8 +129,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             found = _LISTENING.search(self.log)
             if found:
-                for label, _, port in _ADDRESS.findall(found.group(1).decode()):
-                    self.ports[label] = int(port)
+                self.ports = listening_ports(found.group(1).decode())
                 return
             if not self.readLog(deadline - time.monotonic()):
                 break

@@ -172,11 +172,17 @@ def mask_password(url: str) -> str:
     return _PASSWORD_IN_QUERY.sub("***", f"{scheme}{sep}{userinfo}{at}{hostport}{slash}{tail}")
 
 
+#: A URL scheme (RFC 3986) and its colon: what tells C{sqlite:PATH} and
+#: C{mysql://…} from a bare file path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
 def parse_url(value: str, *, base: str | None = None) -> JournalURL:
     """
-    Parse C{sqlite:PATH} (relative paths against C{base}, default the
-    current directory), a PostgreSQL URL (C{postgresql://USER@HOST:PORT/DB?...},
-    checked when connecting) or C{none}.
+    Parse C{sqlite:PATH} or a bare C{PATH} (an SQLite file; relative paths
+    against C{base}, default the current directory), a PostgreSQL URL
+    (C{postgresql://USER@HOST:PORT/DB?...}, checked when connecting) or
+    C{none}.
 
     @raise JournalURLError: for anything else.
     """
@@ -184,11 +190,16 @@ def parse_url(value: str, *, base: str | None = None) -> JournalURL:
         return JournalURL("none")
     if value.startswith(POSTGRESQL_SCHEMES):
         return JournalURL("postgresql", value)
-    scheme, sep, rest = value.partition(":")
-    if not sep or scheme != "sqlite":
+    scheme = _SCHEME.match(value)
+    if scheme is None:
+        # A bare path (/srv/pc.sqlite3, journal.db): what people type first.
+        rest = value
+    elif scheme.group(1) == "sqlite":
+        rest = value[scheme.end() :]
+    else:
         raise JournalURLError(
-            f"unknown journal {mask_password(value)!r}: expected sqlite:PATH, "
-            "postgresql://USER@HOST:PORT/DB or none"
+            f"unknown journal {mask_password(value)!r}: expected sqlite:PATH or a file path "
+            "(an SQLite file), postgresql://USER@HOST:PORT/DB or none"
         )
     if not rest:
         raise JournalURLError("sqlite: needs a file path, e.g. sqlite:primecount.sqlite3")

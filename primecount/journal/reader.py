@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from primecount import journal
+from primecount.core.fileaccess import explain
 from primecount.journal import schema
 from primecount.journal.formats import writer
 from primecount.journal.records import Record
@@ -177,7 +178,8 @@ def open_file(path: str, *, readonly: bool = True) -> sqlite3.Connection:
         conn.execute("SELECT id FROM requests LIMIT 0")
     except sqlite3.Error as e:
         doing = "read" if readonly else "write"
-        raise JournalError(f"cannot {doing} journal {path}: {e}") from None
+        why = explain(path, e, write=not readonly)
+        raise JournalError(f"cannot {doing} journal {path}: {why}") from None
     return conn
 
 
@@ -197,7 +199,7 @@ def _has_requests(path: str) -> bool:
         finally:
             conn.close()
     except sqlite3.Error as e:
-        raise JournalError(f"cannot read journal {path}: {e}") from None
+        raise JournalError(f"cannot read journal {path}: {explain(path, e, write=False)}") from None
     return row is not None
 
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from primecount.core.fileaccess import explain
 from primecount.journal import JournalURL, JournalURLError, schema
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.records import Record
@@ -51,11 +52,15 @@ def check_writable(url: JournalURL) -> None:
         conn = schema.connect(url.path)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # A read-only file opens, and even begins a write transaction;
+            # a write statement (here one that writes nothing) fails.
+            conn.execute("DELETE FROM requests WHERE 0")
             conn.execute("ROLLBACK")
         finally:
             conn.close()
     except sqlite3.Error as e:
-        raise JournalURLError(f"cannot write journal {url.path}: {e}") from None
+        why = explain(url.path, e, write=True)
+        raise JournalURLError(f"cannot write journal {url.path}: {why}") from None
 
 
 #: Seconds between the writer thread's WAL checkpoints.

@@ -7,11 +7,14 @@ inherited from the supervisor with C{--workers}).
 
 from __future__ import annotations
 
+import errno
+import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.address import UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -40,34 +43,181 @@ def tcp_description(port: int, interface: str) -> str:
     return f"tcp:{port}:interface={interface}:backlog={BACKLOG}"
 
 
+class Wanted(NamedTuple):
+    """
+    A listener the options ask for.
+
+    @ivar label: the protocol it serves (L{COUNT}, L{PROXY}, L{RANGE},
+        L{RANGE_PROXY}, L{METRICS}).
+    @ivar description: the endpoint description to listen on (without
+        C{haproxy:}: the label says it).
+    @ivar option: how the command line asked for it, for messages:
+        C{--port 5050}, C{--listen 'unix:/run/pc.sock'}, C{--range-port 5051}.
+    """
+
+    label: str
+    description: str
+    option: str
+
+
 def descriptions(
     listen: Iterable[str],
     rangePort: int | None,
     interface: str,
     rangeListen: Iterable[str] = (),
-) -> list[tuple[str, str]]:
+    port: int | None = None,
+) -> list[Wanted]:
     """
-    (label, endpoint description) of every listener of the count and range
-    protocols: one for each C{--listen} (C{haproxy:} ones labelled
-    L{PROXY}), one on C{rangePort} when it is given, and one for each
-    C{--range-listen} (C{haproxy:} ones labelled L{RANGE_PROXY}).
+    Every listener of the count and range protocols: one for each
+    C{--listen} (C{haproxy:} ones labelled L{PROXY}), one on C{rangePort}
+    when it is given, and one for each C{--range-listen} (C{haproxy:} ones
+    labelled L{RANGE_PROXY}).
+
+    @param port: C{--port}: a C{--listen} value that is what C{--port} and
+        C{--interface} stand for is named C{--port} in messages.
     """
     found = []
     for description in listen:
+        if port is not None and description == tcp_description(port, interface):
+            option = f"--port {port}"
+        else:
+            option = f"--listen {description!r}"
         if description.startswith(HAPROXY):
             # We read the PROXY line ourselves (see CountProtocol): Twisted's
             # wrapper would hide half-close and the client's address.
-            found.append((PROXY, description[len(HAPROXY) :]))
+            found.append(Wanted(PROXY, description[len(HAPROXY) :], option))
         else:
-            found.append((COUNT, description))
+            found.append(Wanted(COUNT, description, option))
     if rangePort is not None:
-        found.append((RANGE, tcp_description(rangePort, interface)))
+        found.append(
+            Wanted(RANGE, tcp_description(rangePort, interface), f"--range-port {rangePort}")
+        )
     for description in rangeListen:
+        option = f"--range-listen {description!r}"
         if description.startswith(HAPROXY):
-            found.append((RANGE_PROXY, description[len(HAPROXY) :]))
+            found.append(Wanted(RANGE_PROXY, description[len(HAPROXY) :], option))
         else:
-            found.append((RANGE, description))
+            found.append(Wanted(RANGE, description, option))
     return found
+
+
+def metrics_wanted(port: int, interface: str) -> Wanted:
+    """
+    The listener of C{--metrics-port}, on C{--interface}.
+    """
+    return Wanted(METRICS, tcp_description(port, interface), f"--metrics-port {port}")
+
+
+def _fields(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    An endpoint description's positional and keyword fields, as Twisted
+    reads them (C{:} between fields, the first C{=} of a field between key
+    and value, a backslash escaping the next character).
+    """
+    fields: list[list[str]] = [[""]]
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            fields[-1][-1] += next(chars, "")
+        elif char == ":":
+            fields.append([""])
+        elif char == "=" and len(fields[-1]) == 1:
+            fields[-1].append("")
+        else:
+            fields[-1][-1] += char
+    positional = [f[0] for f in fields if len(f) == 1]
+    return positional, {f[0]: f[1] for f in fields if len(f) == 2}
+
+
+#: Endpoint types that listen on a TCP port: C{tcp:PORT:interface=…}.
+_TCP_KINDS = ("tcp", "tcp6", "ssl")
+
+#: The wildcard interfaces: every address of the machine.
+_EVERYWHERE = ("", "0.0.0.0", "::")
+
+
+def tcp_address(description: str) -> tuple[str, str] | None:
+    """
+    The (interface, port) text of a TCP-style endpoint description
+    (C{tcp:}, C{tcp6:}, C{ssl:}, also after C{haproxy:}), else L{None}.
+    """
+    if description.startswith(HAPROXY):
+        description = description[len(HAPROXY) :]
+    positional, keywords = _fields(description)
+    if positional[0] not in _TCP_KINDS:
+        return None
+    port = keywords.get("port", positional[1] if len(positional) > 1 else "")
+    default = "::" if positional[0] == "tcp6" else ""
+    return keywords.get("interface", default), port
+
+
+def repeated_port(wanted: Iterable[Wanted]) -> str | None:
+    """
+    Two listeners asked for on the same TCP port (of the same address, or
+    one of them on every address): C{port 5058 is given twice: --port 5058
+    and --range-port 5058}; else L{None}. Port 0 (any free port) never
+    repeats.
+    """
+    seen: list[tuple[str, str, str]] = []
+    for _label, description, option in wanted:
+        address = tcp_address(description)
+        if address is None or address[1] in ("", "0"):
+            continue
+        interface, port = address
+        for otherInterface, otherPort, otherOption in seen:
+            overlap = (
+                interface == otherInterface
+                or interface in _EVERYWHERE
+                or otherInterface in _EVERYWHERE
+            )
+            if port == otherPort and overlap:
+                return (
+                    f"port {port} is given twice: {otherOption} and {option} "
+                    "(each listener needs a port of its own)"
+                )
+        seen.append((interface, port, option))
+    return None
+
+
+_NOT_A_NUMBER = re.compile(r"invalid literal for int\(\) with base 10: '(.*)'")
+_UNKNOWN_KIND = re.compile(r"Unknown endpoint type: '(.*)'")
+_UNKNOWN_KEY = re.compile(r"unexpected keyword argument '(.*)'")
+
+#: What --listen accepts, for a description of no known type.
+_KINDS_HINT = (
+    "tcp:PORT, tcp6:PORT, unix:PATH, ssl:PORT:privateKey=FILE, systemd:domain=INET:index=N, "
+    "or haproxy: before one of them"
+)
+
+
+def _explain_description(description: str, error: Exception) -> str:
+    """
+    What is wrong with an endpoint description Twisted refused, in words
+    (Twisted's own are C{invalid literal for int() with base 10: 'abc'}).
+    """
+    positional, keywords = _fields(description)
+    text = str(error)
+    found = _NOT_A_NUMBER.search(text)
+    if found:
+        value = found.group(1)
+        if len(positional) > 1 and positional[1] == value:
+            return f"the port {value!r} is not a number (e.g. {positional[0]}:5050)"
+        key = next((k for k, v in keywords.items() if v == value), None)
+        if key is not None:
+            return f"{key}={value!r} is not a whole number"
+        return f"{value!r} is not a number"
+    found = _UNKNOWN_KIND.search(text)
+    if found:
+        kind = found.group(1)
+        if kind.isdigit():
+            return f"no endpoint type: did you mean tcp:{kind} (or --port {kind})?"
+        return f"unknown endpoint type {kind!r}: expected {_KINDS_HINT}"
+    found = _UNKNOWN_KEY.search(text)
+    if found:
+        return f"{positional[0]}: has no parameter {found.group(1)!r}"
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot read {error.filename}: {error.strerror}"
+    return text
 
 
 def check_description(option: str, description: str) -> None:
@@ -77,6 +227,11 @@ def check_description(option: str, description: str) -> None:
 
     @raise ValueError: in one line naming C{--option} and what to do.
     """
+    address = tcp_address(description)
+    if address is not None and address[1].isdigit() and not 0 <= int(address[1]) <= 65535:
+        raise ValueError(
+            f"bad --{option} {description!r}: the port {address[1]} is not from 0 to 65535"
+        )
     try:
         endpoints.serverFromString(None, description)
     except ImportError as e:
@@ -93,7 +248,70 @@ def check_description(option: str, description: str) -> None:
         ) from None
     except Exception as e:
         # A bad description, a missing or bad certificate file.
-        raise ValueError(f"bad --{option} {description!r}: {e}") from None
+        why = _explain_description(description, e)
+        raise ValueError(f"bad --{option} {description!r}: {why}") from None
+
+
+#: Why a port cannot be bound, by errno, in words that say what to do.
+_LISTEN_CAUSES = {
+    errno.EADDRINUSE: "the address is already in use (another program listens there)",
+    errno.EACCES: "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "that interface is not an address of this machine",
+}
+
+
+def cannot_listen(option: str, error: BaseException) -> str:
+    """
+    One line saying which option's listener could not be bound, where, and
+    why: C{--metrics-port 9109: cannot listen on 127.0.0.1:9109: the
+    address is already in use (another program listens there)}. The same
+    words with and without C{--workers}.
+
+    @param error: a L{CannotListenError}, or the C{OSError} of a UNIX
+        socket's lock file.
+    """
+    if not isinstance(error, CannotListenError):
+        # A lock file's symlink names the pid first, the path second.
+        name = getattr(error, "filename2", None) or getattr(error, "filename", None)
+        where = f": {name.decode() if isinstance(name, bytes) else name}" if name else ""
+        cause = getattr(error, "strerror", None) or str(error)
+        return f"{option}: cannot listen: {cause}{where}"
+    why = error.socketError
+    number = getattr(why, "errno", None)
+    if isinstance(error.port, int):
+        host = error.interface or "0.0.0.0"
+        where = f"[{host}]:{error.port}" if ":" in host else f"{host}:{error.port}"
+        cause = _LISTEN_CAUSES.get(number or 0)
+    else:  # a UNIX socket's path
+        where = str(error.port)
+        cause = None
+    if cause is None:
+        cause = getattr(why, "strerror", None) or str(why)
+    return f"{option}: cannot listen on {where}: {cause}"
+
+
+def listener_text(label: str, description: str, address: Any) -> str:
+    """
+    Where a listener listens and what it expects, for the start's log line:
+    C{count 127.0.0.1:5050}, C{count 127.0.0.1:5443 (TLS)},
+    C{count /run/pc.sock (UNIX)}, C{range 127.0.0.1:6001 (PROXY header)},
+    C{metrics http://127.0.0.1:9109/metrics}.
+    """
+    where = address_text(address)
+    if label == METRICS:
+        return f"metrics http://{where}/metrics"
+    kinds = []
+    if label in (PROXY, RANGE_PROXY):
+        kinds.append("PROXY header")
+    kind = _fields(description)[0][0]
+    if kind == "ssl":
+        kinds.append("TLS")
+    if isinstance(address, UNIXAddress):
+        kinds.append("UNIX")
+    if kind == "systemd":
+        kinds.append("socket from systemd")
+    protocol = RANGE if label in (RANGE, RANGE_PROXY) else COUNT
+    return f"{protocol} {where}" + (f" ({', '.join(kinds)})" if kinds else "")
 
 
 class Listener(service.Service):
@@ -110,12 +328,17 @@ class Listener(service.Service):
     @ivar port: the listening port once bound, else L{None}.
     """
 
-    def __init__(self, label: str, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self, label: str, description: str, endpoint: Any, factory: Any, option: str = ""
+    ) -> None:
         """
         @param endpoint: an C{IStreamServerEndpoint} to listen on.
+        @param option: how the command line asked for it (L{Wanted.option}),
+            for the message when it cannot listen.
         """
         self.label = label
         self.description = description
+        self.option = option or description
         self.endpoint = endpoint
         self.factory = factory
         self.port: Any = None
@@ -147,14 +370,11 @@ class Listener(service.Service):
         self._bound.addCallbacks(self._listening, failed.append)
         if not failed:
             return
-        if failed[0].check(CannotListenError):
+        if failed[0].check(CannotListenError, OSError):
             # One line, not twistd's traceback: the port is taken, or the
-            # interface is not an address of this machine.
-            _log.critical(
-                "cannot listen on {description}: {why}",
-                description=self.description,
-                why=failed[0].value.socketError,
-            )
+            # interface is not an address of this machine, or a UNIX
+            # socket's directory is missing.
+            _log.critical("{why}", why=cannot_listen(self.option, failed[0].value))
             raise SystemExit(1)
         failed[0].raiseException()
 
@@ -166,12 +386,12 @@ class Listener(service.Service):
         return port
 
     def _where(self, port: Any) -> str:
-        return f"{self.label} {address_text(port.getHost())}"
+        return listener_text(self.label, self.description, port.getHost())
 
     def address(self) -> defer.Deferred[str]:
         """
-        Fires with where it listens, as text (C{count 127.0.0.1:5050}),
-        once it does.
+        Fires with where it listens, as text (C{count 127.0.0.1:5050},
+        L{listener_text}), once it does.
         """
         if self.port is not None:
             return defer.succeed(self._where(self.port))

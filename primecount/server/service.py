@@ -20,19 +20,19 @@ from twisted.logger import Logger
 from primecount import __version__
 from primecount.core.fdlimit import raise_open_files_limit
 from primecount.core.outcomes import SERVER_BUSY
+from primecount.core.wording import plural
 from primecount.journal import Journal, JournalURL, open_journal
 from primecount.metrics.recorder import NullMetrics
 from primecount.server.connections import Connections, RefusingReactor
 from primecount.server.countprotocol import CountFactory
 from primecount.server.listeners import (
     COUNT,
-    METRICS,
     PROXY,
     RANGE,
     RANGE_PROXY,
     Listener,
     descriptions,
-    tcp_description,
+    metrics_wanted,
 )
 from primecount.server.pipeline import Pipeline
 from primecount.server.placement import PlacementService
@@ -41,13 +41,6 @@ if TYPE_CHECKING:
     from primecount.metrics.prometheus import Metrics
 
 _log = Logger(namespace="primecount")
-
-
-def _plural(n: int, noun: str) -> str:
-    """
-    C{1 record}, C{2 records}.
-    """
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class PrimecountService(service.MultiService):
@@ -130,7 +123,7 @@ class PrimecountService(service.MultiService):
             if busy:
                 _log.info(
                     "stopping: answering what {connections} sent, for up to {t:g} s",
-                    connections=_plural(busy, "open connection"),
+                    connections=plural(busy, "open connection"),
                     t=self.shutdownTimeout,
                 )
                 # Fires once every connection is gone, dropped ones included.
@@ -139,9 +132,9 @@ class PrimecountService(service.MultiService):
             yield self.journal.stopService()
             if self.journal.keepsRecords:
                 _log.info(
-                    "journal closed: {records} committed since the start, in {b} transactions",
-                    records=_plural(self.journal.committed, "record"),
-                    b=self.journal.batches,
+                    "journal closed: {records} committed since the start, in {transactions}",
+                    records=plural(self.journal.committed, "record"),
+                    transactions=plural(self.journal.batches, "transaction"),
                 )
         finally:
             for timer in timers:
@@ -161,7 +154,7 @@ class PrimecountService(service.MultiService):
         if len(self.connections):
             _log.warn(
                 "stopping: {connections} still busy after {t:g} s; dropping them",
-                connections=_plural(len(self.connections), "connection"),
+                connections=plural(len(self.connections), "connection"),
                 t=self.shutdownTimeout,
             )
             self.connections.abortAll()
@@ -190,11 +183,11 @@ def connection_limit(wanted: int, warn: bool = True) -> int:
     effective = max(1, limit - SPARE_DESCRIPTORS)
     if warn:
         _log.warn(
-            "open files limit is {limit}: serving at most {effective} connections at "
+            "open files limit is {limit}: serving at most {effective} at "
             "once, not --max-connections {wanted} (raise the limit, e.g. 'ulimit -n' "
             "or LimitNOFILE=, to serve more)",
             limit=limit,
-            effective=effective,
+            effective=plural(effective, "connection"),
             wanted=wanted,
         )
     return effective
@@ -239,9 +232,9 @@ def metrics_listener(config: Mapping[str, Any], reactor: Any, metrics: Metrics) 
     """
     from primecount.metrics.http import metricsSite
 
-    description = tcp_description(config["metrics-port"], config["interface"])
+    label, description, option = metrics_wanted(config["metrics-port"], config["interface"])
     endpoint = endpoints.serverFromString(reactor, description)
-    return Listener(METRICS, description, endpoint, metricsSite(metrics))
+    return Listener(label, description, endpoint, metricsSite(metrics), option)
 
 
 def serve(
@@ -312,11 +305,15 @@ def serve(
         )
 
     if adopted is None:
-        for label, description in descriptions(
-            config["listen"], config["range-port"], config["interface"], config["range-listen"]
+        for label, description, option in descriptions(
+            config["listen"],
+            config["range-port"],
+            config["interface"],
+            config["range-listen"],
+            config["port"],
         ):
             endpoint = endpoints.serverFromString(refusing(label), description)
-            top.addListener(Listener(label, description, endpoint, factories[label]))
+            top.addListener(Listener(label, description, endpoint, factories[label], option))
     else:
         for label, fd, family in adopted:
             top.addListener(Listener.adopted(refusing(label), label, fd, family, factories[label]))

@@ -15,12 +15,13 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from primecount import __version__
 from primecount.journal import for_worker
 from primecount.server.connections import Connections
-from primecount.server.listeners import descriptions
+from primecount.server.listeners import Listener, descriptions
 from primecount.server.service import (
     PrimecountService,
     connection_limit,
@@ -47,7 +48,8 @@ def single(options: MutableMapping[str, Any], reactor: Any) -> service.MultiServ
     metrics = metrics_recorder(options, reactor)
     top = serve(options, reactor, connections, metrics=metrics)
     if metrics is not None:
-        metrics_listener(options, reactor, metrics).setServiceParent(top)
+        # Added as a listener: the start's log line names it too.
+        top.addListener(metrics_listener(options, reactor, metrics))
     return top
 
 
@@ -96,7 +98,11 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
     bound = bind(
         reactor,
         descriptions(
-            options["listen"], options["range-port"], options["interface"], options["range-listen"]
+            options["listen"],
+            options["range-port"],
+            options["interface"],
+            options["range-listen"],
+            options["port"],
         ),
     )
     scratch = Scratch()
@@ -105,6 +111,7 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
     bound.setServiceParent(top)
     env: dict[str, str] = {}
     metrics: Metrics | None = None
+    listening: list[Listener] = []
     if options["metrics-port"] is not None:
         from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY, Metrics
 
@@ -113,7 +120,8 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
         # Before the first Metrics in this process; the workers inherit it.
         os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
         metrics = Metrics(clock=reactor)
-        metrics_listener(options, reactor, metrics).setServiceParent(top)
+        listening.append(metrics_listener(options, reactor, metrics))
+        listening[-1].setServiceParent(top)
     Supervisor(
         reactor,
         options["workers"],
@@ -126,13 +134,16 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
         stopTimeout=options["shutdown-timeout"] + 5 if options["shutdown-timeout"] else None,
         metrics=metrics,
     ).setServiceParent(top)
-    reactor.callWhenRunning(
-        _log.info,
-        "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
-        version=__version__,
-        addresses=", ".join(bound.addresses),
-        n=options["workers"],
-        settings=settings_text(options),
+    addresses = defer.gatherResults([listener.address() for listener in listening])
+    addresses.addCallback(
+        lambda found: reactor.callWhenRunning(
+            _log.info,
+            "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
+            version=__version__,
+            addresses=", ".join(bound.addresses + found),
+            n=options["workers"],
+            settings=settings_text(options),
+        )
     )
     reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
     return top

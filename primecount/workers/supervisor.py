@@ -36,12 +36,12 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
-from primecount.server.connections import address_text
+from primecount.server.listeners import Wanted, cannot_listen, listener_text
 from primecount.workers.environment import (
     FIRST_FD,
     SYSTEMD_ENV,
@@ -285,7 +285,8 @@ class BoundSockets(service.Service):
     @ivar ports: the listening ports, not accepting in this process.
     @ivar sockets: label (made unique by a number) -> (fd, address family),
         for the workers to inherit.
-    @ivar addresses: where each listens, as text (C{count 127.0.0.1:5050}).
+    @ivar addresses: where each listens, as text (C{count 127.0.0.1:5050},
+        L{listener_text}).
     """
 
     def __init__(self) -> None:
@@ -298,25 +299,30 @@ class BoundSockets(service.Service):
         return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
 
 
-def bind(reactor: Any, descriptions: Iterable[tuple[str, str]]) -> BoundSockets:
+def bind(reactor: Any, wanted: Iterable[Wanted]) -> BoundSockets:
     """
-    Bind a listening socket for each (label, endpoint description) and take
+    Bind a listening socket for each listener the options ask for and take
     it out of this reactor, for the workers to accept on.
 
-    @raise SystemExit: with one line saying which could not be bound.
+    @raise SystemExit: with one line saying which could not be bound, in
+        the words a single process logs (L{cannot_listen}).
     """
     bound = BoundSockets()
-    for n, (label, description) in enumerate(descriptions):
+    for n, (label, description, option) in enumerate(wanted):
         endpoint = endpoints.serverFromString(reactor, description)
         result: list[Any] = []
         placeholder = protocol.Factory()
         placeholder.noisy = False  # never accepts: the workers do
         endpoint.listen(placeholder).addCallbacks(result.append, result.append)
         if not result or isinstance(result[0], Failure):
-            why = result[0].getErrorMessage() if result else "not bound at once"
-            raise SystemExit(f"twistd primecount: error: cannot listen on {description}: {why}")
+            if result and result[0].check(CannotListenError, OSError):
+                why = cannot_listen(option, result[0].value)
+            else:
+                failed = result[0].getErrorMessage() if result else "not bound at once"
+                why = f"{option}: cannot listen on {description}: {failed}"
+            raise SystemExit(f"twistd primecount: error: {why}")
         port = result[0]
         bound.ports.append(port)
         bound.sockets[f"{label}{n}"] = listening_socket(port)
-        bound.addresses.append(f"{label} {address_text(port.getHost())}")
+        bound.addresses.append(listener_text(label, description, port.getHost()))
     return bound

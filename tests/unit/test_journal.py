@@ -289,7 +289,7 @@ class URLTests(SynchronousTestCase):
 
     def test_unknownScheme(self) -> None:
         self.assertRaises(JournalURLError, parse_url, "mysql://db/primecount")
-        self.assertRaises(JournalURLError, parse_url, "primecount.sqlite3")
+        self.assertRaises(JournalURLError, parse_url, "sqlite3:/srv/j.sqlite3")
         self.assertRaises(JournalURLError, parse_url, "sqlite:")
 
     def test_unwritablePathFailsClearly(self) -> None:

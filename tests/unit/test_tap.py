@@ -27,7 +27,7 @@ from primecount.core.fdlimit import raise_open_files_limit
 from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 from primecount.server.listeners import Listener
-from primecount.server.service import STOP_SIGNALS, OneStopSignal, _plural
+from primecount.server.service import STOP_SIGNALS, OneStopSignal
 
 
 def declared_options() -> set[str]:
@@ -378,12 +378,14 @@ class ListenerTests(SynchronousTestCase):
         events: list[dict[str, object]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        listener = Listener("count", "tcp:5050", Taken(), object())
+        listener = Listener("count", "tcp:5050", Taken(), object(), "--port 5050")
         e = self.assertRaises(SystemExit, listener.privilegedStartService)
         self.assertEqual(e.code, 1)
         critical = [ev for ev in events if ev.get("log_level") == LogLevel.critical]
         self.assertEqual(len(critical), 1)
-        self.assertIn("cannot listen on tcp:5050: in use", formatEvent(critical[0]))
+        self.assertEqual(
+            formatEvent(critical[0]), "--port 5050: cannot listen on 127.0.0.1:5050: in use"
+        )
 
     def test_addressOnceBound(self) -> None:
         bound: defer.Deferred[object] = defer.Deferred()
@@ -426,17 +428,6 @@ class OpenFilesTests(SynchronousTestCase):
         wanted = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
         self.assertEqual(raise_open_files_limit(wanted), wanted)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
-
-
-class StopLogTests(SynchronousTestCase):
-    """
-    The stop's log lines count things in good English.
-    """
-
-    def test_plural(self) -> None:
-        self.assertEqual(_plural(1, "open connection"), "1 open connection")
-        self.assertEqual(_plural(0, "record"), "0 records")
-        self.assertEqual(_plural(2, "record"), "2 records")
 
 
 class FakeSignalReactor:
