@@ -302,3 +302,47 @@ class ListenerTests(MessagesTestCase):
                 "twistd primecount: error: port 5058 is given twice: --port 5058 and "
                 "--range-port 5058 (each listener needs a port of its own)",
             )
+
+
+class LogLineTests(MessagesTestCase):
+    """
+    The start's line names every listener with its kind and the metrics
+    port; the stop's line counts in good English. Before: TLS and UNIX
+    listeners looked like plain ones, the metrics port was missing, and
+    one transaction was C{1 transactions}.
+    """
+
+    def test_startLineNamesEveryListener(self) -> None:
+        directory = self.scratch()
+        socket_path = os.path.join(directory, "pc.sock")
+        for workers in ("1", "2"):
+            server = ServerProcess(
+                "--journal", "none", "--workers", workers, "--metrics-port", "0",
+                "--listen", "tcp:0:interface=127.0.0.1",
+                "--listen", "haproxy:tcp:0:interface=127.0.0.1",
+                *(["--listen", f"unix:{socket_path}"] if workers == "1" else []),
+                cwd=directory,
+            )  # fmt: skip
+            self.addCleanup(server.stop)
+            line = server.log.decode().split("listening on ")[1].split(";")[0]
+            expected = [
+                f"count 127.0.0.1:{server.ports['count']}",
+                f"count 127.0.0.1:{server.ports['proxy']} (PROXY header)",
+                *([f"count {socket_path} (UNIX)"] if workers == "1" else []),
+                f"metrics http://127.0.0.1:{server.ports['metrics']}/metrics",
+            ]
+            self.assertEqual(line.split(", "), expected)
+            server.stop()
+
+    def test_oneTransaction(self) -> None:
+        directory = self.scratch()
+        server = ServerProcess("--journal", "sqlite:j.sqlite3", cwd=directory)
+        self.addCleanup(server.stop)
+        with server.connect() as sock:
+            sock.sendall(b"abc2a\n")
+            self.assertEqual(recv_lines(sock, 1), ["2 sí\n".encode()])
+        server.stop()
+        self.assertIn(
+            b"journal closed: 1 record committed since the start, in 1 transaction\n",
+            server.log,
+        )
