@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from primecount.core.wording import plural
 from primecount.journal import JournalUnavailable
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
@@ -259,8 +260,9 @@ class ThreadedJournal(Service):
             self._failing = False
             self._say(
                 self._log.info,
-                "writable again; {failed} requests were answered ERR journal unavailable meanwhile",
+                "writable again; {requests} answered ERR journal unavailable meanwhile",
                 failed=self._failedInEpisode,
+                requests=plural(self._failedInEpisode, "request"),
             )
             self._failedInEpisode = 0
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from primecount.journal import JournalUnavailable, schema
@@ -185,6 +185,28 @@ class FailFastTests(TestCase):
         self.assertIn("writable again", said[1])
         ended = [e for e in self.events if "writable again" in e.get("log_format", "")]
         self.assertGreaterEqual(ended[0]["failed"], 11)
+
+    @defer.inlineCallbacks
+    def test_oneRequestInTheEpisodeIsOneRequest(self) -> Any:
+        """
+        The end of an episode in which one request failed says so in good
+        English (it said C{1 requests were answered}).
+        """
+        self.journal.commit([record(0)])
+        self.control.locked = True
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
+        self.control.locked = False
+        deadline = time.monotonic() + 5
+        while self.journal._blocked is not None and time.monotonic() < deadline:
+            yield deferLater(0.01)
+        self.journal.commit([record(2)])
+        yield deferLater(0)
+        ended = [e for e in self.events if "writable again" in e.get("log_format", "")]
+        said = formatEvent(ended[0])
+        self.assertTrue(
+            said.endswith("writable again; 1 request answered ERR journal unavailable meanwhile"),
+            said,
+        )
 
 
 class HurryTests(TestCase):
