@@ -17,15 +17,17 @@ import socketserver
 import sys
 import tempfile
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from primecount.cli import bench
+from primecount.cli.bench import report
 from primecount.cli.bench.load import measure
 from primecount.cli.bench.plan import Plan
 from primecount.cli.bench.stats import (
     BIN_EDGES,
     Recorder,
     Result,
+    Second,
     bin_percentile_ms,
     percentiles_ms,
 )
@@ -401,3 +403,184 @@ class CommandLineTests(BenchTestCase):
         )
         self.assertEqual(status, 2)
         self.assertEqual(len(err.splitlines()), 1)
+
+
+def failed_run(ok: int = 0, wrong: int = 0, sample: bytes | None = None, **errors: int) -> Result:
+    """
+    A result with these counts (and one second of timeline).
+    """
+    result = Result(elapsed=1.0, ok=ok, wrong=wrong, wrong_sample=sample)
+    result.errors.update(errors)
+    return result
+
+
+class AdoptionTests(BenchTestCase):
+    """
+    What a newcomer meets: the range protocol's port, the defaults in
+    C{--help}, a line saying why a run failed, and the plot.
+    """
+
+    def args(self, *argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser(prog="primecount bench")
+        bench.add_arguments(parser)
+        return parser.parse_args(list(argv))
+
+    def test_rangeProtocolAimsAtTheRangePort(self) -> None:
+        """
+        C{--protocol range} without C{--port} used to aim at 5050, the count
+        port: every request timed out.
+        """
+        asked: list[int] = []
+        self.patch(bench, "_resolve", lambda host, port, *rest: asked.append(port) or host)
+        self.assertEqual(bench.plan_from(self.args("--protocol", "range")).port, 5051)
+        self.assertEqual(bench.plan_from(self.args()).port, 5050)
+        self.assertEqual(bench.plan_from(self.args("--protocol", "range", "--port", "7")).port, 7)
+        self.assertEqual(asked, [5051, 5050, 7])
+
+    def test_helpShowsEveryDefault(self) -> None:
+        """
+        Every option's help says its default: the value, or what happens
+        without it.
+        """
+        parser = argparse.ArgumentParser(prog="primecount bench")
+        bench.add_arguments(parser)
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            text = (action.help or "") % {"default": action.default}
+            self.assertIn("default", text, action.dest)
+            default = action.default
+            if isinstance(default, tuple):
+                default = ":".join(map(str, default))
+            if default not in (None, False):
+                self.assertIn(f"{default:g}" if isinstance(default, float) else str(default), text)
+
+    def test_diagnosisNamesTheLikelyCause(self) -> None:
+        plan = self.plan(5050, protocol="range")
+        self.assertEqual(
+            report.diagnosis(failed_run(timeout=2), plan),
+            "every range request got no reply within --timeout 2 s: is 127.0.0.1:5050 the "
+            "server's --range-port? (a count port waits for a newline the range protocol "
+            "never sends)",
+        )
+        plan = self.plan(5051)
+        self.assertEqual(
+            report.diagnosis(failed_run(wrong=21, sample=b"\x00\x00\x00\x19"), plan),
+            "every reply was wrong (the first: b'\\x00\\x00\\x00\\x19'): is 127.0.0.1:5051 a "
+            "count port? (--protocol range for the server's --range-port)",
+        )
+        self.assertEqual(
+            report.diagnosis(failed_run(ok=290, reset=580), self.plan(5050)),
+            "the server closed the connection after each reply (580 resets, 290 correct "
+            "replies): is it running with --framing read or --close-after-reply? Then use "
+            "--framing read or --connection-per-request",
+        )
+        read = self.plan(5050, per_request=True, framing="read", timeout=5.0)
+        self.assertIn(
+            "is the server running with --framing read?",
+            report.diagnosis(failed_run(timeout=10), read) or "",
+        )
+        self.assertIn(
+            "the server refused the requests; its log says why",
+            report.diagnosis(failed_run(wrong=3, sample=b"ERR journal unavailable"), plan) or "",
+        )
+        # A run that mostly worked needs no explanation.
+        self.assertIsNone(report.diagnosis(failed_run(ok=100, timeout=3), plan))
+        self.assertIsNone(report.diagnosis(failed_run(ok=100), plan))
+
+    def test_everyRequestFailedSaysWhyInOneLine(self) -> None:
+        """
+        A range run against a count port: each request waits for a newline
+        that never comes. Before, the summary said C{timeout 2} and nothing
+        more.
+        """
+        port = self.serve(correct)
+        status, out, err = self.run_bench(
+            "--protocol", "range", "--port", str(port), "--requests", "2",
+            "--clients", "2", "--timeout", "0.5", "--quiet",
+        )  # fmt: skip
+        self.assertEqual(status, 3)
+        self.assertEqual(out, "")
+        self.assertEqual(
+            err.splitlines(),
+            [
+                "primecount bench: every range request got no reply within --timeout 0.5 s: "
+                f"is 127.0.0.1:{port} the server's --range-port? (a count port waits for a "
+                "newline the range protocol never sends)"
+            ],
+        )
+
+    def test_wrongReplyIsKept(self) -> None:
+        port = self.serve(wrong)
+        result = measure(self.plan(port, requests=5))
+        self.assertEqual((result.wrong, result.wrong_sample), (5, b"0 no"))
+
+    def test_summarySaysWhyARunTookLonger(self) -> None:
+        plan = self.plan(5050, duration=2.0, requests=None, timeout=5.0)
+        lines = report.summary_lines(failed_run(timeout=2), "title", plan)
+        self.assertIn(
+            "elapsed      1.00 s",
+            lines,
+        )
+        late = failed_run(timeout=2)
+        late.elapsed = 5.0
+        self.assertIn(
+            "elapsed      5.00 s (2 s of requests, then up to --timeout 5 s for the replies "
+            "still due)",
+            report.summary_lines(late, "title", plan),
+        )
+
+    def test_countsInGoodEnglish(self) -> None:
+        plan = self.plan(5050, clients=1, requests=1)
+        self.assertIn(": 1 client, ", bench.describe(plan, 1))
+        self.assertTrue(bench.describe(plan, 1).endswith(", 1 request, 1 process"))
+        self.assertIn(
+            "WRONG REPLIES: 1 reply differs from the expected ones",
+            report.summary_lines(failed_run(wrong=1), "title"),
+        )
+
+
+class PlotTests(TestCase):
+    """
+    L{report.draw}: headroom above the peak, legends beside the plots, and
+    failed requests on an axis of their own.
+    """
+
+    def setUp(self) -> None:
+        try:
+            report.check_plot()
+        except report.PlotUnavailable as e:
+            raise SkipTest(str(e)) from None
+        import matplotlib
+
+        matplotlib.use("Agg")
+
+    def result(self) -> Result:
+        """
+        Three seconds at a flat 2,000 replies a second, two requests
+        failing in the drain after them (a last second of 0.1 s).
+        """
+        result = Result(elapsed=3.1)
+        for n in range(4):
+            second = Second(ok=2000 if n < 3 else 0, errors=2 if n == 3 else 0)
+            second.bins[10] = second.ok
+            result.timeline.append(second)
+        result.ok, result.errors["timeout"] = 6000, 2
+        return result
+
+    def test_figure(self) -> None:
+        import matplotlib.pyplot as plt
+
+        figure = report.draw(self.result(), "a run")
+        self.addCleanup(plt.close, figure)
+        figure.canvas.draw()
+        top, bottom, failures = figure.axes
+        # The flat rate is not drawn on the frame.
+        self.assertGreaterEqual(top.get_ylim()[1], 2000 * 1.15)
+        # The two failures of the drain are drawn, on their own scale.
+        self.assertEqual([round(p.get_height()) for p in failures.patches], [0, 0, 0, 2])
+        self.assertGreaterEqual(failures.get_ylim()[1], 2 * 1.15)
+        # Each legend stands right of its plot, over no curve.
+        for axes, legend in ((top, top.get_legend()), (bottom, bottom.get_legend())):
+            box = legend.get_window_extent()
+            self.assertGreater(box.x0, failures.get_window_extent().x1 - 1, axes)

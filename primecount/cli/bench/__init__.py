@@ -35,6 +35,7 @@ from primecount.cli.bench.plan import DEFAULT_MESSAGES, Plan
 from primecount.cli.bench.report import (
     PlotUnavailable,
     check_plot,
+    diagnosis,
     plot,
     summary_lines,
     write_json,
@@ -42,8 +43,18 @@ from primecount.cli.bench.report import (
 from primecount.cli.bench.stats import Result
 from primecount.core.options import number, positive
 from primecount.core.rangecodec import STRIDE
+from primecount.core.wording import plural
 
 __all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
+
+
+#: The server's default count port, and the range port its documentation
+#: uses (C{--range-port} has no default: the range protocol is off unless
+#: asked for).
+COUNT_PORT, RANGE_PORT = 5050, 5051
+
+#: Seconds a run lasts unless C{--duration} or C{--requests} says otherwise.
+DEFAULT_DURATION = 10.0
 
 
 class BenchError(Exception):
@@ -101,23 +112,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=("count", "range"),
         default="count",
-        help="count (default) or range (then --port is the server's --range-port)",
+        help="count or range (default %(default)s)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="server address")
-    parser.add_argument("--port", type=_port, default=5050, help="server port")
-    parser.add_argument("--clients", type=_positive_int, default=10, help="concurrent clients")
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=_port,
+        help=f"server port (default {COUNT_PORT}, the count port; with --protocol range "
+        f"{RANGE_PORT}, the port the server's --range-port usually names)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=10,
+        help="concurrent clients (default %(default)s)",
+    )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
         "--duration",
         type=_positive_float,
         metavar="S",
-        help="seconds to run (default 10)",
+        help=f"seconds to run (default {DEFAULT_DURATION:g}, unless --requests is given)",
     )
-    amount.add_argument("--requests", type=_positive_int, metavar="N", help="requests to send")
+    amount.add_argument(
+        "--requests",
+        type=_positive_int,
+        metavar="N",
+        help="requests to send, instead of a --duration (default: none)",
+    )
     parser.add_argument(
         "--connection-per-request",
         action="store_true",
-        help="connect, send one line, read the reply, close (the original's mode)",
+        help="connect, send one line, read the reply, close (the original's mode; "
+        "default: persistent connections)",
     )
     parser.add_argument(
         "--framing",
@@ -133,27 +160,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=1,
         metavar="K",
-        help="requests in flight per persistent connection",
+        help="requests in flight per persistent connection (default %(default)s)",
     )
     parser.add_argument(
         "--rate",
         type=_positive_float,
         metavar="R",
-        help="open loop: R requests per second in all, latency from the due time",
+        help="open loop: R requests per second in all, latency from the due time "
+        "(default: closed loop, each client sends when its reply is in)",
     )
     parser.add_argument(
         "--processes",
         type=_positive_int,
         default=1,
         metavar="P",
-        help="generator processes sharing the clients",
+        help="generator processes sharing the clients (default %(default)s)",
     )
     parser.add_argument(
         "--idle",
         type=_count,
         default=0,
         metavar="N",
-        help="extra connections held open, silent, during the run",
+        help="extra connections held open, silent, during the run (default %(default)s)",
     )
     parser.add_argument(
         "--message",
@@ -174,17 +202,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=5.0,
         metavar="S",
-        help="seconds a request may wait for its reply (default 5)",
+        help="seconds a request may wait for its reply (default %(default)g)",
     )
     parser.add_argument(
         "--loop",
         choices=("auto", "uvloop", "asyncio"),
         default="auto",
-        help="event loop of the generator (auto: uvloop when installed)",
+        help="event loop of the generator (default %(default)s: uvloop when installed)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write the whole result here")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    parser.add_argument(
+        "--json", metavar="FILE", help="write the whole result here (default: no file)"
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput, failed requests and latency over time (default: no plot)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no summary (default: a progress bar on stderr, the "
+        "summary on stdout)",
+    )
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
@@ -211,12 +250,15 @@ def plan_from(args: argparse.Namespace) -> Plan:
         messages = DEFAULT_MESSAGES
     duration = args.duration
     if duration is None and args.requests is None:
-        duration = 10.0
+        duration = DEFAULT_DURATION
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise BenchError(f"--plot wants a .png file name: {args.plot}")
+    port = args.port
+    if port is None:
+        port = RANGE_PORT if args.protocol == "range" else COUNT_PORT
     return Plan(
-        host=_resolve(args.host, args.port, args.timeout),
-        port=args.port,
+        host=_resolve(args.host, port, args.timeout, args.protocol),
+        port=port,
         clients=args.clients,
         duration=duration,
         requests=args.requests,
@@ -235,11 +277,12 @@ def plan_from(args: argparse.Namespace) -> Plan:
     )
 
 
-def _resolve(host: str, port: int, timeout: float) -> str:
+def _resolve(host: str, port: int, timeout: float, protocol: str = "count") -> str:
     """
     The address of C{host}, checked to accept a connection on C{port}.
 
-    @raise BenchError: when it cannot be resolved or reached.
+    @raise BenchError: when it cannot be resolved or reached, in one line
+        that says which server was expected there.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -256,7 +299,12 @@ def _resolve(host: str, port: int, timeout: float) -> str:
             continue
         return str(address[0])
     reason = last.strerror or str(last) if last is not None else "no address"
-    raise BenchError(f"cannot connect to {host} port {port}: {reason}")
+    expected = (
+        f"is the server running with --range-port {port}?"
+        if protocol == "range"
+        else "is the server running (twistd -n primecount)?"
+    )
+    raise BenchError(f"cannot connect to {host} port {port}: {reason}; {expected}")
 
 
 def describe(plan: Plan, processes: int) -> str:
@@ -266,15 +314,17 @@ def describe(plan: Plan, processes: int) -> str:
     mode = "connection per request" if plan.per_request else f"persistent, pipeline {plan.pipeline}"
     if plan.framing == "read":
         mode = "connection per request, read framing (no newline, reply until close)"
-    amount = f"{plan.requests} requests" if plan.requests is not None else f"{plan.duration:g} s"
+    amount = (
+        plural(plan.requests, "request") if plan.requests is not None else f"{plan.duration:g} s"
+    )
     load = f"open loop {plan.rate:g} req/s" if plan.rate else "closed loop"
     if plan.protocol == "range":
         a, b = plan.ranges[0]
         mode = f"range protocol [{a}, {b}]+{STRIDE}i, {mode}"
     idle = f", {plan.idle} idle" if plan.idle else ""
     return (
-        f"primecount bench {plan.host}:{plan.port}: {plan.clients} clients{idle}, "
-        f"{mode}, {load}, {amount}, {processes} process(es)"
+        f"primecount bench {plan.host}:{plan.port}: {plural(plan.clients, 'client')}{idle}, "
+        f"{mode}, {load}, {amount}, {plural(processes, 'process', 'processes')}"
     )
 
 
@@ -390,8 +440,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if not args.quiet or interrupted:
-        for line in summary_lines(result, title):
+        for line in summary_lines(result, title, plan):
             print(line)
+    why = diagnosis(result, plan)
+    if why is not None:
+        print(f"primecount bench: {why}", file=sys.stderr)
     if interrupted:
         return 130
     return 0 if result.wrong == 0 and result.error_count == 0 else 3

@@ -332,12 +332,14 @@ class LoadGenerator:
         for line in lines:
             if not inflight:
                 # A line nobody asked for: the server is wrong.
-                self.recorder.unsolicited()
+                self.recorder.unsolicited(line)
                 continue
             index, due, _sent = inflight.popleft()
             self.outstanding -= 1
             correct = line == expected[index]
             record(now - due, correct)
+            if not correct:
+                self.recorder.sample(line)
             if self.range:
                 sums.append(self.work.range_sum(index, line, correct))
         if sums:
@@ -366,6 +368,8 @@ class LoadGenerator:
             _index, due, _sent = client.inflight.popleft()
             self.outstanding -= 1
             self.recorder.reply(time.monotonic() - due, False)
+            if client.conn is not None:
+                self.recorder.sample(bytes(client.conn.buffer))
         self._fail(client, "reset")
 
     def lost(self, client: _Client, conn: _Connection) -> None:
@@ -381,6 +385,7 @@ class LoadGenerator:
             _index, due, _sent = client.inflight.popleft()
             self.outstanding -= 1
             self.recorder.reply(time.monotonic() - due, False)
+            self.recorder.sample(bytes(conn.buffer))
         self._drop_inflight(client, "reset")
         self._resume(client)
 

@@ -40,6 +40,9 @@ BIN_EDGES = np.logspace(0, np.log10(HIGHEST_US), num=24 * 8 + 1)
 #: The kinds of failed requests.
 ERROR_KINDS = ("connect", "reset", "timeout")
 
+#: How much of the first wrong reply a result keeps.
+SAMPLE_BYTES = 60
+
 
 def new_histogram() -> HdrHistogram:
     """
@@ -140,6 +143,8 @@ class Result:
     @ivar timeline: one L{Second} per second of the run.
     @ivar idle: counters of the extra idle connections: C{open} at the end,
         C{reopened} after the server closed them, C{failed} to connect.
+    @ivar wrong_sample: the first wrong reply (up to L{SAMPLE_BYTES} bytes),
+        to show what the server said instead (L{None} when none was wrong).
     """
 
     elapsed: float = 0.0
@@ -149,6 +154,7 @@ class Result:
     histogram: HdrHistogram = field(default_factory=new_histogram)
     timeline: list[Second] = field(default_factory=list)
     idle: dict[str, int] = field(default_factory=lambda: {"open": 0, "reopened": 0, "failed": 0})
+    wrong_sample: bytes | None = None
 
     @property
     def error_count(self) -> int:
@@ -188,6 +194,8 @@ class Result:
                 self.timeline.append(second)
         for key, n in other.idle.items():
             self.idle[key] = self.idle.get(key, 0) + n
+        if self.wrong_sample is None:
+            self.wrong_sample = other.wrong_sample
 
     def to_wire(self) -> dict[str, Any]:
         """
@@ -201,6 +209,7 @@ class Result:
             "histogram": self.histogram.encode(),
             "timeline": [(s.ok, s.wrong, s.errors, s.maximum_us, s.bins) for s in self.timeline],
             "idle": dict(self.idle),
+            "wrong_sample": self.wrong_sample,
         }
 
     @classmethod
@@ -218,6 +227,7 @@ class Result:
             histogram=histogram,
             timeline=[Second(*entry) for entry in wire["timeline"]],
             idle=dict(wire["idle"]),
+            wrong_sample=wire.get("wrong_sample"),
         )
 
     def timeline_summary(self) -> list[dict[str, Any]]:
@@ -244,6 +254,11 @@ class Result:
             "throughput": round(self.throughput, 3),
             "latency_ms": percentiles_ms(self.histogram),
             "idle": dict(self.idle),
+            "first_wrong_reply": (
+                None
+                if self.wrong_sample is None
+                else self.wrong_sample.decode("utf-8", "backslashreplace")
+            ),
             "timeline": self.timeline_summary(),
             "histogram": self.histogram.encode().decode("ascii"),
         }
@@ -275,11 +290,19 @@ class Recorder:
         else:
             self._current.wrong += 1
 
-    def unsolicited(self) -> None:
+    def sample(self, reply: bytes) -> None:
+        """
+        Keep C{reply}, a wrong one, if it is the first.
+        """
+        if self.result.wrong_sample is None:
+            self.result.wrong_sample = bytes(reply[:SAMPLE_BYTES])
+
+    def unsolicited(self, reply: bytes = b"") -> None:
         """
         Record a reply nobody asked for: wrong, and without a latency.
         """
         self._current.wrong += 1
+        self.sample(reply)
 
     def error(self, kind: str, n: int = 1) -> None:
         """
