@@ -103,6 +103,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from primecount.core.wording import plural
 from primecount.workers.environment import primecount_argv
 
 HERE = Path(__file__).resolve().parent
@@ -1098,10 +1099,11 @@ def compare(args: argparse.Namespace) -> int:
             if outcome is not None:
                 measured[placement] = outcome
     extra = f", primecount args {args.primecount_args!r}" if args.primecount_args else ""
+    n = args.generator_processes
     load = (
-        f"generator cload (C, {args.generator_processes} thread(s), {args.settle:g} s settle)"
+        f"generator cload (C, {plural(n, 'thread')}, {args.settle:g} s settle)"
         if generator.program is not None
-        else f"generator primecount.cli.bench (Python, {args.generator_processes} process(es))"
+        else f"generator primecount.cli.bench (Python, {plural(n, 'process', 'processes')})"
     )
     sections = [
         f"### Benchmark {stamp}\n\n"
