@@ -6,8 +6,10 @@ programs. The test doubles are in L{tests.doubles}.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -16,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from unittest import SkipTest
 
 from primecount.workers.environment import primecount_argv, twistd_argv
@@ -37,6 +40,40 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+#: Linux's C{prctl} request that takes a capability out of the bounding
+#: set: a program C{exec}ed afterwards, root or not, does without it.
+PR_CAPBSET_DROP = 24
+
+#: Capabilities by number (C{linux/capability.h}): those that let root
+#: ignore file permissions, and the one that lets it raise a hard limit.
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_SYS_RESOURCE = 1, 2, 3, 24
+
+
+def restricted(
+    capabilities: Sequence[int] = (), open_files: int | None = None
+) -> Callable[[], None]:
+    """
+    A C{preexec_fn} for a child that must meet limits root steps over: it
+    runs without C{capabilities} (when the tests run as root; other users
+    have none to drop) and, with C{open_files}, under that open-files hard
+    limit (or the current one, if lower).
+    """
+
+    def apply() -> None:
+        if open_files is not None:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard == resource.RLIM_INFINITY or hard > open_files:
+                hard = open_files
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+        if os.geteuid() == 0 and capabilities:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for capability in capabilities:
+                if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return apply
 
 
 def free_port() -> int:
@@ -195,6 +232,64 @@ class ServerProcess:
         status = self.wait()
         self.process.stdout.close()
         return status
+
+
+#: The shipped HAProxy configuration.
+HAPROXY_CFG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "haproxy.cfg"
+)
+
+#: An open-files hard limit many containers start with: the shipped
+#: HAProxy configuration must start under it.
+CONTAINER_OPEN_FILES = 20000
+
+
+def start_shipped_haproxy(
+    case: Any, haproxy: str, hosts: Sequence[int]
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """
+    Run C{deploy/haproxy.cfg} as shipped (C{haproxy -db}) in front of
+    primecount hosts on 127.0.0.1, the addresses given the way the file
+    documents (its environment variables): clients and HAProxy's metrics on
+    free ports of 127.0.0.1. It runs under an open-files hard limit of
+    L{CONTAINER_OPEN_FILES}, which it may not raise (as root, it runs
+    without C{CAP_SYS_RESOURCE}).
+
+    @param case: the test case: it stops HAProxy at cleanup, and fails if
+        HAProxy does not listen within 20 s.
+    @param hosts: the ports of the hosts' C{haproxy:} listeners (two).
+    @return: the process, the clients' port, the path of HAProxy's log.
+    """
+    front = free_port()
+    env = dict(
+        os.environ,
+        PRIMECOUNT_BIND=f"127.0.0.1:{front}",
+        PRIMECOUNT_STATS_BIND=f"127.0.0.1:{free_port()}",
+        **{f"PRIMECOUNT_HOST{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(hosts)},
+    )
+    log_path = os.path.abspath(case.mktemp())
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by cleanup
+    case.addCleanup(log.close)
+    process = subprocess.Popen(
+        [haproxy, "-db", "-f", HAPROXY_CFG],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=restricted((CAP_SYS_RESOURCE,), open_files=CONTAINER_OPEN_FILES),
+    )
+    case.addCleanup(stop_process, process)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", front), timeout=1).close()
+            return process, front, log_path
+        except OSError:
+            time.sleep(0.05)
+    with open(log_path, "rb") as f:
+        said = f.read().decode(errors="replace")
+    case.fail(f"haproxy did not start listening (exit status {process.poll()}):\n{said}")
+    raise AssertionError("unreachable")
 
 
 def recv_lines(sock: socket.socket, n: int, timeout: float = 10.0) -> list[bytes]:

@@ -11,7 +11,6 @@ anything) the commands run without root's power over file permissions.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import shutil
@@ -25,33 +24,27 @@ from collections.abc import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.journal import schema
-from tests.helpers import TWISTD, ServerProcess, recv_lines
-
-#: Linux's C{prctl} request that removes a capability from the bounding
-#: set, and the capabilities that let root ignore file permissions
-#: (C{CAP_DAC_OVERRIDE}, C{CAP_DAC_READ_SEARCH}, C{CAP_FOWNER}).
-PR_CAPBSET_DROP = 24
-PERMISSION_CAPABILITIES = (1, 2, 3)
+from tests.helpers import (
+    CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH,
+    CAP_FOWNER,
+    TWISTD,
+    ServerProcess,
+    recv_lines,
+    restricted,
+)
 
 
 def unprivileged() -> Callable[[], None] | None:
     """
     A C{preexec_fn} that takes from root the capabilities that let it read
-    and write every file (after C{exec}, root keeps only what its bounding
-    set allows), so that it meets file permissions as any user does; or
-    L{None} when the tests do not run as root. Root keeps its uid: the
-    interpreter may live where only root can reach it.
+    and write every file, so that it meets file permissions as any user
+    does; or L{None} when the tests do not run as root. Root keeps its uid:
+    the interpreter may live where only root can reach it.
     """
     if os.geteuid() != 0:
         return None
-
-    def drop() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for capability in PERMISSION_CAPABILITIES:
-            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-    return drop
+    return restricted((CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER))
 
 
 def user_name() -> str:

@@ -4,9 +4,10 @@ sharing one PostgreSQL journal; one host is killed (SIGKILL) under load.
 
 Real components, started by the test: a throwaway PostgreSQL cluster
 (L{pgcluster}), two C{twistd -n primecount} processes listening behind
-HAProxy (PROXY protocol version 2), and C{haproxy -db}. Clients connect
-from 127.0.0.2 and HAProxy from 127.0.0.1, so the journal shows whose
-address it kept.
+HAProxy (PROXY protocol version 2), and C{haproxy -db} with the shipped
+C{deploy/haproxy.cfg} (its addresses from its environment variables, under
+a container's open-files limit). Clients connect from 127.0.0.2 and HAProxy
+from 127.0.0.1, so the journal shows whose address it kept.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.core.count import evaluate
 from tests import pgcluster
-from tests.helpers import ServerProcess, free_port, require_program, stop_process
+from tests.helpers import ServerProcess, require_program, start_shipped_haproxy
 from tests.system.test_pgjournal_process import stored
 
 #: The client side of every connection: not HAProxy's 127.0.0.1.
@@ -101,51 +101,13 @@ class SeveralHostsTests(SynchronousTestCase):
         self.addCleanup(server.stop)
         return server
 
-    def start_haproxy(self, ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
-        front = free_port()
-        config = self.mktemp()
-        servers = "".join(
-            f"    server host{i} 127.0.0.1:{port} send-proxy-v2 check inter 200ms fall 2 rise 1\n"
-            for i, port in enumerate(ports)
-        )
-        with open(config, "w") as f:
-            f.write(
-                "global\n"
-                "    nbthread 1\n"
-                "defaults\n"
-                "    mode tcp\n"
-                "    timeout connect 2s\n"
-                "    timeout client 30s\n"
-                "    timeout server 30s\n"
-                "    retries 3\n"
-                "    option redispatch\n"
-                "frontend in\n"
-                f"    bind 127.0.0.1:{front}\n"
-                "    default_backend hosts\n"
-                "backend hosts\n"
-                "    balance roundrobin\n" + servers
-            )
-        log = open(self.mktemp(), "wb")  # noqa: SIM115 - closed by cleanup
-        self.addCleanup(log.close)
-        process = subprocess.Popen(
-            [self.haproxy, "-db", "-f", config],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.addCleanup(stop_process, process)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", front), timeout=1).close()
-                return process, front
-            except OSError:
-                time.sleep(0.05)
-        self.fail("haproxy did not start listening")
-
     def test_hostKilledUnderLoadLosesNothingAcknowledged(self) -> None:
         first, second = self.host("a"), self.host("b")
-        _, front = self.start_haproxy([first.ports["proxy"], second.ports["proxy"]])
+        # The shipped configuration, as shipped: only the addresses come
+        # from its environment variables.
+        _, front, _ = start_shipped_haproxy(
+            self, self.haproxy, [first.ports["proxy"], second.ports["proxy"]]
+        )
         deadline = time.monotonic() + 60
         clients = [Client(f"c{i}", front, deadline) for i in range(6)]
         for client in clients:
