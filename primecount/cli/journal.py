@@ -108,8 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal",
         default=DEFAULT_URL,
         metavar="URL",
-        help="the journal to read: sqlite:PATH (with the files PATH.worker0, "
-        "PATH.worker1, ... that --workers N writes, read as one) or "
+        help="the journal to read: an SQLite file, PATH or sqlite:PATH (with the files "
+        "PATH.worker0, PATH.worker1, ... that --workers N writes, read as one), or "
         f"postgresql://USER@HOST:PORT/DB (default {DEFAULT_URL})",
     )
     parser.add_argument(
