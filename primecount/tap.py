@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from primecount.core import options as coerce
+from primecount.core.proxyheader import DEFAULT_TRUSTED, TrustedProxies
 from primecount.journal import (
     DEFAULT_URL,
     JournalURL,
@@ -28,6 +29,7 @@ from primecount.journal import (
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import check_description, tcp_description
+from primecount.server.proxy import check_trusted
 from primecount.server.service import OneStopSignal
 from primecount.workers import compose
 from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
@@ -53,6 +55,21 @@ def _cpus(value: str) -> placement.Placement:
 _cpus.coerceDoc = (  # type: ignore[attr-defined]
     "auto: each serving process on its own CPU; none: leave it to the scheduler; "
     "or CPU numbers such as 0,1 or 0-3."
+)
+
+
+def _trusted(value: str) -> TrustedProxies:
+    try:
+        return TrustedProxies.parse(value)
+    except ValueError as e:
+        raise ValueError(f"--trusted-proxies: {e}") from None
+
+
+_trusted.coerceDoc = (  # type: ignore[attr-defined]
+    "Comma-separated IP addresses and networks (CIDR, e.g. 10.0.0.0/8), and "
+    "'unix' to trust connections on UNIX sockets (whoever the socket's "
+    "permissions let connect). Connections to a haproxy: listener from any "
+    "other address get ERR untrusted proxy (the range protocol: closed)."
 )
 
 
@@ -183,6 +200,14 @@ class PrimecountOptions(usage.Options):
             "TCP port of the range protocol, bound on --interface (default: off)",
             coerce.port("range-port"),
         ],
+        [
+            "trusted-proxies",
+            None,
+            DEFAULT_TRUSTED,
+            "The proxies allowed to name the client in a PROXY header on haproxy: "
+            "listeners (default: HAProxy on this host, over loopback).",
+            _trusted,
+        ],
     ]
 
     compData = usage.Completions(
@@ -233,6 +258,8 @@ class PrimecountOptions(usage.Options):
             raise usage.UsageError(f"--cpu-affinity: {e}") from None
         if isinstance(self["framing"], str):
             self["framing"] = _framing(self["framing"])
+        if isinstance(self["trusted-proxies"], str):
+            self["trusted-proxies"] = _trusted(self["trusted-proxies"])
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         if os.environ.get(WORKER_ENV):
@@ -241,11 +268,12 @@ class PrimecountOptions(usage.Options):
             return
         checked = [("listen", d) for d in self["listen"]]
         checked += [("range-listen", d) for d in self["range-listen"]]
-        for option, description in checked:
-            try:
+        try:
+            for option, description in checked:
                 check_description(option, description)
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+            check_trusted(checked, self["trusted-proxies"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         journals = [self["journal"]]
         if self["workers"] > 1 and self["journal"].scheme == "sqlite":
             # Each worker writes its own part: one an earlier run left

@@ -281,6 +281,7 @@ def serve(
             connections=connections,
             metrics=metrics,
             proxyHeader=label == PROXY,
+            trustedProxies=config["trusted-proxies"],
             framing=config["framing"][0],
             readWindow=config["framing"][1],
         )
@@ -296,6 +297,7 @@ def serve(
             timeout=config["timeout"],
             connections=connections,
             metrics=metrics,
+            trustedProxies=config["trusted-proxies"],
         )
         # One pool of range job slots for both.
         factories[RANGE_PROXY] = factories[RANGE].behindProxy()
