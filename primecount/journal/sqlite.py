@@ -56,6 +56,8 @@ def check_writable(url: JournalURL) -> None:
             conn.close()
     except sqlite3.Error as e:
         raise JournalURLError(f"cannot write journal {url.path}: {e}") from None
+    except OSError as e:
+        raise JournalURLError(f"cannot write journal {url.path}: {e.strerror}") from None
 
 
 #: Seconds between the writer thread's WAL checkpoints.
