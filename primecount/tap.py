@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from primecount.core import options as coerce
+from primecount.core.privileges import Owner, acting_as, switched_to
 from primecount.core.proxyheader import DEFAULT_TRUSTED, TrustedProxies
 from primecount.journal import (
     DEFAULT_URL,
@@ -26,6 +27,7 @@ from primecount.journal import (
     for_worker,
     parse_url,
 )
+from primecount.journal.sqlite import check_writable
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import check_description, tcp_description
@@ -71,6 +73,18 @@ _trusted.coerceDoc = (  # type: ignore[attr-defined]
     "permissions let connect). Connections to a haproxy: listener from any "
     "other address get ERR untrusted proxy (the range protocol: closed)."
 )
+
+
+def _owner(options: usage.Options) -> Owner | None:
+    """
+    Whom twistd switches to after binding (C{twistd --uid U --gid G
+    primecount}): our options are a twistd subcommand, whose parent holds
+    twistd's own options, parsed before ours.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    return switched_to(parent.get("uid"), parent.get("gid"))
 
 
 def _framing(value: str) -> tuple[str, float]:
@@ -214,6 +228,10 @@ class PrimecountOptions(usage.Options):
         optActions={"interface": usage.CompleteHostnames()},
     )
 
+    #: Whom twistd runs the server as after binding (C{--uid/--gid}), if
+    #: anyone: what the start creates is created as that user.
+    owner: Owner | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
@@ -260,6 +278,7 @@ class PrimecountOptions(usage.Options):
             self["framing"] = _framing(self["framing"])
         if isinstance(self["trusted-proxies"], str):
             self["trusted-proxies"] = _trusted(self["trusted-proxies"])
+        self.owner = _owner(self)
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         if os.environ.get(WORKER_ENV):
@@ -281,7 +300,15 @@ class PrimecountOptions(usage.Options):
             journals += [for_worker(self["journal"], i) for i in range(self["workers"])]
         try:
             for url in journals:
-                check_journal(url)
+                if url.scheme == "sqlite":
+                    # As the user twistd switches to: the file is created as
+                    # that user's, and what that user cannot write stops the
+                    # start here (its code is loaded: it may not be readable
+                    # by that user, twistd --chroot or a root-only Python).
+                    with acting_as(self.owner):
+                        check_writable(url)
+                else:
+                    check_journal(url)
         except JournalURLError as e:
             raise usage.UsageError(str(e)) from None
 

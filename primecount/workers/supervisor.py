@@ -40,6 +40,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from primecount.core.privileges import Owner, acting_as
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import address_text
 from primecount.workers.environment import (
@@ -163,8 +164,20 @@ class Supervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        for index in range(self.count):
-            self.spawn(index)
+        try:
+            for index in range(self.count):
+                self.spawn(index)
+        except OSError as e:
+            # After twistd --uid/--gid: that user cannot run this Python.
+            self._log.critical(
+                "cannot start worker processes: {why} (as uid {uid}, gid {gid}: "
+                "with twistd --uid/--gid, that user must be able to run {python})",
+                why=e,
+                uid=os.getuid(),
+                gid=os.getgid(),
+                python=sys.executable,
+            )
+            raise SystemExit(1) from None
 
     def spawn(self, index: int) -> None:
         """
@@ -298,11 +311,16 @@ class BoundSockets(service.Service):
         return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
 
 
-def bind(reactor: Any, descriptions: Iterable[tuple[str, str]]) -> BoundSockets:
+def bind(
+    reactor: Any, descriptions: Iterable[tuple[str, str]], owner: Owner | None = None
+) -> BoundSockets:
     """
     Bind a listening socket for each (label, endpoint description) and take
     it out of this reactor, for the workers to accept on.
 
+    @param owner: whom twistd switches to after binding (C{--uid}): a UNIX
+        socket (and its lock file) is made as that user, who removes it at
+        the stop; ports are bound with this process's privileges.
     @raise SystemExit: with one line saying which could not be bound.
     """
     bound = BoundSockets()
@@ -311,7 +329,9 @@ def bind(reactor: Any, descriptions: Iterable[tuple[str, str]]) -> BoundSockets:
         result: list[Any] = []
         placeholder = protocol.Factory()
         placeholder.noisy = False  # never accepts: the workers do
-        endpoint.listen(placeholder).addCallbacks(result.append, result.append)
+        unix = isinstance(endpoint, endpoints.UNIXServerEndpoint)
+        with acting_as(owner if unix else None):
+            endpoint.listen(placeholder).addCallbacks(result.append, result.append)
         if not result or isinstance(result[0], Failure):
             why = result[0].getErrorMessage() if result else "not bound at once"
             raise SystemExit(f"twistd primecount: error: cannot listen on {description}: {why}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 from twisted.python.threadpool import ThreadPool
+from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
@@ -328,6 +330,25 @@ class OptionsTests(SynchronousTestCase):
         self.parse("--listen", description, "--trusted-proxies", "127.0.0.1,unix")
         # A plain UNIX-socket listener reads no header: nothing to trust.
         self.parse("--listen", "unix:/run/pc.sock")
+
+    def test_ownerIsWhomTwistdSwitchesTo(self) -> None:
+        """
+        Our options are a twistd subcommand: twistd's C{--uid}/C{--gid},
+        parsed first, say whom the server runs as after binding; without
+        C{--gid}, the user's own group, as twistd does.
+        """
+        nobody = pwd.getpwnam("nobody")
+        for twistd, gid in (
+            (["--uid", "nobody"], nobody.pw_gid),
+            (["--uid", str(nobody.pw_uid), "--gid", "0"], 0),
+        ):
+            config = ServerOptions()
+            config.parseOptions([*twistd, "primecount", "--journal", "none"])
+            owner = config.subOptions.owner
+            self.assertEqual((owner.uid, owner.gid), (nobody.pw_uid, gid), twistd)
+        config = ServerOptions()
+        config.parseOptions(["primecount", "--journal", "none"])
+        self.assertIsNone(config.subOptions.owner)
 
     def test_makeServiceComposesListeners(self) -> None:
         service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
