@@ -382,3 +382,82 @@ class PrivateJournalTests(TestCase):
             for name in files:
                 self.assertEqual(owned(os.path.join(directory, name))[2], 0o600, (workers, name))
             server.stop()
+
+
+#: This page's PostgreSQL grants are run by L{PostgresGrantsTests}, as written.
+SECURITY_PAGE = os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, "docs", "operations", "security.md"
+)
+
+
+def documented_grants() -> str:
+    """
+    The C{sql} block of the security page: the grants of the writer and
+    reader roles.
+    """
+    with open(SECURITY_PAGE, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("```sql\n") + len("```sql\n")
+    return "\n".join(line.strip() for line in text[start : text.index("```", start)].splitlines())
+
+
+class PostgresGrantsTests(TestCase):
+    """
+    The PostgreSQL grants the security page documents are enough for the
+    hosts and the reader, and no more: run as written on a throwaway
+    cluster (L{tests.pgcluster}).
+    """
+
+    def test_documentedGrantsServeAndNoMore(self) -> None:
+        import psycopg
+
+        from tests import pgcluster
+
+        cluster = pgcluster.shared()
+        url = pgcluster.database(cluster)
+        base, name = url.rsplit("/", 1)
+        roles = {role: f"pc{os.getpid()}_{name}_{role}" for role in ("owner", "writer", "reader")}
+
+        def as_role(role: str) -> str:
+            return base.replace("postgres@", f"{roles[role]}@") + "/" + name
+
+        for role in roles.values():
+            cluster.execute(f"CREATE ROLE {role} LOGIN")
+        cluster.execute(f"ALTER DATABASE {name} OWNER TO {roles['owner']}")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        # The owner's first start creates the tables.
+        ServerProcess("--journal", as_role("owner"), cwd=directory).stop()
+        grants = documented_grants()
+        for role in roles:
+            grants = grants.replace(f"primecount_{role}", roles[role])
+        with psycopg.connect(as_role("owner"), autocommit=True) as conn:
+            conn.execute(grants.encode())
+        server = ServerProcess("--journal", as_role("writer"), "--range-port", "0", cwd=directory)
+        self.addCleanup(server.stop)
+        with server.connect(timeout=DEADLINE) as client:
+            self.assertEqual(ask(client, b"abc2a\n"), ["2 sí\n".encode()])
+        from primecount.cli.multiclient import fetch, send_sum
+
+        with socket.create_connection(("127.0.0.1", server.ports["range"]), DEADLINE) as client:
+            send_sum(client, fetch(client, 10, 30))
+        self.assertEqual(server.stop(), -15)
+        self.assertNotIn(b"journal unavailable", server.log)
+        read = subprocess.run(
+            [sys.executable, "-m", "primecount", "journal", "--journal", as_role("reader"),
+             "--format", "jsonl"],
+            capture_output=True, text=True, timeout=60, cwd=directory,
+        )  # fmt: skip
+        self.assertEqual(read.returncode, 0, read.stderr)
+        records = [line for line in read.stdout.splitlines() if line]
+        self.assertEqual(len(records), 2, read.stdout)
+        self.assertIn('"sum_ok":true', records[1])
+        for role, statement in (
+            ("writer", "DELETE FROM primecount_requests"),
+            ("writer", "DROP TABLE primecount_requests"),
+            ("reader", "INSERT INTO primecount_requests (time, host, port, protocol) "
+             "VALUES (now(), '6.6.6.6', 1, 'count')"),
+            ("reader", "UPDATE primecount_requests SET host = '6.6.6.6'"),
+        ):  # fmt: skip
+            with psycopg.connect(as_role(role), autocommit=True) as conn:
+                self.assertRaises(psycopg.errors.InsufficientPrivilege, conn.execute, statement)
