@@ -225,12 +225,13 @@ def nobody_python() -> tuple[str, dict[str, str]] | None:
     """
     import twisted
 
+    # Where primecount and its dependencies are; not this Python's own
+    # library (trial -j passes its sys.path down in PYTHONPATH).
     where = [os.path.dirname(os.path.dirname(m.__file__ or "")) for m in (primecount, twisted)]
     system = shutil.which("python3", path="/usr/bin:/bin")
     candidates: list[tuple[str, dict[str, str]]] = [(sys.executable, {})]
     if system:
-        paths = [*where, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
-        candidates.append((system, {"PYTHONPATH": os.pathsep.join(filter(None, paths))}))
+        candidates.append((system, {"PYTHONPATH": os.pathsep.join(dict.fromkeys(where))}))
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     for python, env in candidates:
         probe = (
