@@ -17,12 +17,16 @@ import sqlite3
 import stat
 import tempfile
 
+from twisted.internet import endpoints
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
 from primecount.core.privileges import Owner, acting_as, give, switched_to
 from primecount.journal import schema
+from primecount.server.listeners import Listener
 from primecount.workers.shared import SCRATCH_PREFIX, Scratch
 from tests.helpers import require_root
 
@@ -277,3 +281,25 @@ class ScratchTests(SynchronousTestCase):
             [n for n in os.listdir(base) if n.startswith(SCRATCH_PREFIX)],
             [os.path.basename(second.path)],
         )
+
+
+class UnixListenerTests(SynchronousTestCase):
+    """
+    A UNIX-socket listener binds after twistd's switch (C{startService}),
+    as the user that serves on it and removes it at the stop; a TCP
+    listener before it (C{privilegedStartService}: a port below 1024).
+    """
+
+    def test_unixAfterTheSwitchTcpBefore(self) -> None:
+        reactor = MemoryReactorClock()
+        unix = Listener(
+            "count", "unix:/run/pc.sock", endpoints.UNIXServerEndpoint(reactor, "/run/pc.sock"),
+            Factory(),
+        )  # fmt: skip
+        tcp = Listener("count", "tcp:80", endpoints.TCP4ServerEndpoint(reactor, 80), Factory())
+        for listener in (unix, tcp):
+            listener.privilegedStartService()
+        self.assertEqual((len(reactor.unixServers), len(reactor.tcpServers)), (0, 1))
+        for listener in (unix, tcp):
+            listener.startService()
+        self.assertEqual((len(reactor.unixServers), len(reactor.tcpServers)), (1, 1))
