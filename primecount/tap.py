@@ -219,7 +219,7 @@ class PrimecountOptions(usage.Options):
             None,
             DEFAULT_TRUSTED,
             "The proxies allowed to name the client in a PROXY header on haproxy: "
-            "listeners (default: HAProxy on this host, over loopback).",
+            "listeners; by default HAProxy on this host, over loopback.",
             _trusted,
         ],
     ]
