@@ -31,6 +31,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 import primecount
 from primecount.core import rangecodec
 from primecount.journal.schema import part_paths
+from primecount.workers.shared import SCRATCH_PREFIX
 from tests.helpers import (
     TWISTD,
     ServerProcess,
@@ -304,9 +305,10 @@ class PrivilegeDropTests(TestCase):
 
     def test_workersServeAsNobody(self) -> None:
         """
-        With C{--workers 2}: every worker part, the supervisor's shared
-        counts and metric files are nobody's, so the workers (started after
-        the switch) serve, and the supervisor's C{/metrics} sums them.
+        With C{--workers 2}: every worker part, the supervisor's scratch
+        directory, shared counts and metric files are nobody's, so the
+        workers (started after the switch) serve, the supervisor's
+        C{/metrics} sums them, and the stop removes the scratch directory.
         """
         found = nobody_python()
         if found is None:
@@ -314,6 +316,18 @@ class PrivilegeDropTests(TestCase):
                 "SKIPPED, NOT TESTED: no Python that nobody can run imports primecount here"
             )
         python, env = found
+
+        def scratch() -> set[str]:
+            # The supervisors' scratch directories that are nobody's.
+            base = tempfile.gettempdir()
+            return {
+                path
+                for path in (os.path.join(base, n) for n in os.listdir(base))
+                if os.path.basename(path).startswith(SCRATCH_PREFIX)
+                and os.lstat(path).st_uid == self.nobody.pw_uid
+            }
+
+        before = scratch()
         metricsPort = free_port()
         server = ServerProcess(
             "--journal", f"sqlite:{self.journal}", "--workers", "2",
@@ -332,7 +346,11 @@ class PrivilegeDropTests(TestCase):
         parts = part_paths(self.journal)
         self.assertEqual(len(parts), 2)
         self.assertNobodys(self.journal, *parts)
+        [made] = scratch() - before
+        self.assertNobodys(made, mode=0o700)
+        self.assertNobodys(*(os.path.join(made, n) for n in ("connections", "owner")))
         self.assertEqual(server.stop(), -15)
+        self.assertFalse(os.path.exists(made))  # removed by nobody at the stop
         self.assertNotIn(b"cannot", server.log)
         self.assertEqual(sorted(m for _, _, m in rows(self.journal)), sorted(messages))
 
