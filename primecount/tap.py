@@ -17,6 +17,8 @@ from twisted.application import service
 from twisted.python import usage
 
 from primecount.core import options as coerce
+from primecount.core.privileges import Owner, acting_as, switched_to
+from primecount.core.proxyheader import DEFAULT_TRUSTED, TrustedProxies
 from primecount.journal import (
     DEFAULT_URL,
     JournalURL,
@@ -25,6 +27,7 @@ from primecount.journal import (
     for_worker,
     parse_url,
 )
+from primecount.journal.sqlite import check_writable
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import (
@@ -34,6 +37,7 @@ from primecount.server.listeners import (
     repeated_port,
     tcp_description,
 )
+from primecount.server.proxy import check_trusted
 from primecount.server.service import OneStopSignal
 from primecount.workers import compose
 from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
@@ -62,6 +66,33 @@ _cpus.coerceDoc = (  # type: ignore[attr-defined]
     "auto: each serving process on its own CPU; none: leave it to the scheduler; "
     "or CPU numbers such as 0,1 or 0-3."
 )
+
+
+def _trusted(value: str) -> TrustedProxies:
+    try:
+        return TrustedProxies.parse(value)
+    except ValueError as e:
+        raise ValueError(f"--trusted-proxies: {e}") from None
+
+
+_trusted.coerceDoc = (  # type: ignore[attr-defined]
+    "Comma-separated IP addresses and networks (CIDR, e.g. 10.0.0.0/8), and "
+    "'unix' to trust connections on UNIX sockets (whoever the socket's "
+    "permissions let connect). Connections to a haproxy: listener from any "
+    "other address get ERR untrusted proxy (the range protocol: closed)."
+)
+
+
+def _owner(options: usage.Options) -> Owner | None:
+    """
+    Whom twistd switches to after binding (C{twistd --uid U --gid G
+    primecount}): our options are a twistd subcommand, whose parent holds
+    twistd's own options, parsed before ours.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    return switched_to(parent.get("uid"), parent.get("gid"))
 
 
 def _framing(value: str) -> tuple[str, float]:
@@ -191,11 +222,23 @@ class PrimecountOptions(usage.Options):
             "TCP port of the range protocol, bound on --interface (default: off)",
             coerce.port("range-port"),
         ],
+        [
+            "trusted-proxies",
+            None,
+            DEFAULT_TRUSTED,
+            "The proxies allowed to name the client in a PROXY header on haproxy: "
+            "listeners; by default HAProxy on this host, over loopback.",
+            _trusted,
+        ],
     ]
 
     compData = usage.Completions(
         optActions={"interface": usage.CompleteHostnames()},
     )
+
+    #: Whom twistd runs the server as after binding (C{--uid/--gid}), if
+    #: anyone: what the start creates is created as that user.
+    owner: Owner | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -241,6 +284,9 @@ class PrimecountOptions(usage.Options):
             raise usage.UsageError(f"--cpu-affinity: {e}") from None
         if isinstance(self["framing"], str):
             self["framing"] = _framing(self["framing"])
+        if isinstance(self["trusted-proxies"], str):
+            self["trusted-proxies"] = _trusted(self["trusted-proxies"])
+        self.owner = _owner(self)
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         if os.environ.get(WORKER_ENV):
@@ -249,11 +295,12 @@ class PrimecountOptions(usage.Options):
             return
         checked = [("listen", d) for d in self["listen"]]
         checked += [("range-listen", d) for d in self["range-listen"]]
-        for option, description in checked:
-            try:
+        try:
+            for option, description in checked:
                 check_description(option, description)
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+            check_trusted(checked, self["trusted-proxies"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         wanted = descriptions(
             self["listen"],
             self["range-port"],
@@ -273,7 +320,15 @@ class PrimecountOptions(usage.Options):
             journals += [for_worker(self["journal"], i) for i in range(self["workers"])]
         try:
             for url in journals:
-                check_journal(url)
+                if url.scheme == "sqlite":
+                    # As the user twistd switches to: the file is created as
+                    # that user's, and what that user cannot write stops the
+                    # start here (its code is loaded: it may not be readable
+                    # by that user, twistd --chroot or a root-only Python).
+                    with acting_as(self.owner):
+                        check_writable(url)
+                else:
+                    check_journal(url)
         except JournalURLError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from primecount.core.proxyheader import TrustedProxies
 from primecount.journal import JournalUnavailable
 from primecount.journal.records import Record
 from primecount.server.connections import Connections
@@ -196,6 +197,12 @@ class FakeJournal:
         return d
 
 
+#: Where a L{Harness}'s connections come from unless the test says
+#: otherwise; behind HAProxy (C{proxyHeader=True}) it is HAProxy's address,
+#: which the harness trusts unless the test passes C{trustedProxies}.
+HARNESS_PEER = "192.0.2.7"
+
+
 class Harness:
     """
     One L{CountProtocol} on a L{StringTransport}, with a fake reactor, a
@@ -205,6 +212,8 @@ class Harness:
     def __init__(
         self, maxConnections: int = 10000, maxPerPeer: int | None = None, **factoryArgs: Any
     ) -> None:
+        if factoryArgs.get("proxyHeader"):
+            factoryArgs.setdefault("trustedProxies", TrustedProxies.parse(HARNESS_PEER))
         self.reactor = FakeReactor()
         self.pool = SyncPool(self.reactor)
         self.journal = FakeJournal()
@@ -215,7 +224,7 @@ class Harness:
         )
         self.transport, self.protocol = self.connect()
 
-    def connect(self, host: str = "192.0.2.7") -> tuple[StringTransport, CountProtocol]:
+    def connect(self, host: str = HARNESS_PEER) -> tuple[StringTransport, CountProtocol]:
         """
         Open one more connection.
         """

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from unittest import SkipTest
 
@@ -103,6 +103,22 @@ def require_program(name: str, package: str) -> str:
     raise SkipTest(f"SKIPPED, NOT TESTED: {message}")
 
 
+def require_root(why: str) -> None:
+    """
+    Go on only as root (C{why}: what the test does that needs it).
+
+    @raise SkipTest: when not root, outside CI.
+    @raise AssertionError: when not root and C{CI=true}: CI runs as root
+        and must run the test, never skip it.
+    """
+    if os.geteuid() == 0:
+        return
+    message = f"needs root to {why}"
+    if os.environ.get("CI") == "true":
+        raise AssertionError(f"CI=true and not root: {message}")
+    raise SkipTest(f"SKIPPED, NOT TESTED: {message}")
+
+
 _LISTENING = re.compile(rb"listening on (.*?);")
 _ADDRESS = re.compile(r"([a-z]+) (?:http://)?([0-9.:a-f\[\]]+):(\d+)(?:/metrics)?(?: \((.*)\))?")
 
@@ -143,14 +159,26 @@ class ServerProcess:
         preexec_fn: Callable[[], None] | None = None,
         launcher: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
+        twistdOptions: Sequence[str] = (),
+        python: str | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         """
         @param launcher: a command that runs the rest of the command line
             (twistd) in its own process, with the same pid (by C{exec}).
         @param pass_fds: descriptors the server inherits.
+        @param twistdOptions: twistd's own options (before C{primecount}),
+            e.g. C{--uid}.
+        @param python: the interpreter to run twistd with, if not this one.
+        @param environment: more environment variables for the server.
         """
-        argv = [*launcher, *primecount_argv("--port", "0", "--interface", "127.0.0.1", *args)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        command = primecount_argv("--port", "0", "--interface", "127.0.0.1", *args)
+        at = len(TWISTD)  # after the interpreter and its program: twistd's options
+        command[at:at] = twistdOptions
+        if python is not None:
+            command[0] = python
+        argv = [*launcher, *command]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(environment or {}))
         self.process = subprocess.Popen(
             argv,
             cwd=cwd,

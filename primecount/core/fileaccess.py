@@ -124,12 +124,15 @@ def access_problem(path: str, *, write: bool) -> str | None:
 
 def explain(path: str, error: BaseException, *, write: bool) -> str:
     """
-    The cause of C{error}, an C{sqlite3.Error} from opening or writing the
-    database at C{path}: L{access_problem}'s words when the error is about
-    access and they find the cause, else SQLite's own message.
+    The cause of C{error}, an C{sqlite3.Error} or C{OSError} from creating,
+    opening or writing the database at C{path}: L{access_problem}'s words
+    when the error is about access and they find the cause, else the
+    error's own message.
     """
-    if is_access_error(error):
+    if isinstance(error, OSError) or is_access_error(error):
         found = access_problem(path, write=write)
         if found is not None:
             return found
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
     return str(error)

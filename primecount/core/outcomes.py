@@ -57,6 +57,9 @@ INVALID_UTF8 = Outcome("invalid UTF-8", "invalid_utf8")
 LINE_TOO_LONG = Outcome("line too long", "line_too_long")
 JOURNAL_UNAVAILABLE = Outcome("journal unavailable", "journal_unavailable")
 BAD_PROXY_HEADER = Outcome("bad PROXY header", "bad_proxy_header")
+# Either protocol: a connection on a haproxy: listener from an address
+# that is not one of --trusted-proxies (the range protocol closes it).
+UNTRUSTED_PROXY = Outcome("untrusted proxy", "untrusted_proxy")
 
 # The range protocol: it has no error message; these are journalled.
 BAD_SUM = Outcome("bad sum", "bad_sum")
@@ -77,6 +80,7 @@ OUTCOMES: tuple[Outcome, ...] = (
     LINE_TOO_LONG,
     JOURNAL_UNAVAILABLE,
     BAD_PROXY_HEADER,
+    UNTRUSTED_PROXY,
     BAD_SUM,
     DISCONNECTED_BEFORE_REPLY,
     DISCONNECTED_MID_STREAM,

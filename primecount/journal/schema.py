@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -282,15 +283,20 @@ def connect(
     C{timeout} is SQLite's busy timeout: how long a write waits for another
     writer (another worker's group commit, a prune) before failing.
 
-    A writable connection creates the schema and switches the file to WAL,
-    so readers never block the writer. A read-only connection fails with
-    L{sqlite3.OperationalError} when the file does not exist.
+    A writable connection creates the file when it is missing, readable
+    and writable by its owner only (L{create_private}), then the schema,
+    and switches the file to WAL, so readers never block the writer. A
+    read-only connection fails with L{sqlite3.OperationalError} when the
+    file does not exist.
+
+    @raise OSError: when the missing file cannot be created.
     """
     if readonly:
         conn = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
         )
         return conn
+    create_private(path)
     conn = sqlite3.connect(
         path,
         timeout=timeout,
@@ -301,3 +307,27 @@ def connect(
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(CREATE)
     return conn
+
+
+#: The mode of a journal file primecount creates: its owner's alone. The
+#: journal holds every client's address and message.
+FILE_MODE = 0o600
+
+
+def create_private(path: str) -> None:
+    """
+    Create the journal file at C{path}, empty and L{FILE_MODE}, unless
+    something is there already. SQLite would create it 0644 (less the
+    umask): readable by every local user. It gives the C{-wal} and C{-shm}
+    files it creates later the mode and owner of the database file, so
+    they are private too (checked by
+    L{tests.unit.test_privileges.JournalFileTests}).
+
+    @raise OSError: when it cannot be created (no such directory, no
+        permission).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)

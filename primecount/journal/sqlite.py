@@ -58,7 +58,7 @@ def check_writable(url: JournalURL) -> None:
             conn.execute("ROLLBACK")
         finally:
             conn.close()
-    except sqlite3.Error as e:
+    except (sqlite3.Error, OSError) as e:
         why = explain(url.path, e, write=True)
         raise JournalURLError(f"cannot write journal {url.path}: {why}") from None
 

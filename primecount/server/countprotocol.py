@@ -34,6 +34,7 @@ from zope.interface import implementer
 from primecount.core import count
 from primecount.core.count import Evaluation
 from primecount.core.outcomes import LINE_TOO_LONG, SERVER_BUSY, Outcome
+from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal.records import PROTOCOL_COUNT
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.connections import Connections, no_delay, peer_of
@@ -130,8 +131,9 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._seconds = factory.reactor.seconds
         factory.idle.watch(self)
         if factory.proxyHeader:
-            # Admitted once the PROXY line names the real client.
-            self._awaitingProxy = True
+            # Admitted once the PROXY line names the real client (if it
+            # comes from a trusted proxy at all).
+            self._awaitProxy()
             return
         self._admitted()
 
@@ -428,6 +430,7 @@ class CountFactory(Factory):
         connections: Connections | None = None,
         metrics: MetricsRecorder | None = None,
         proxyHeader: bool = False,
+        trustedProxies: TrustedProxies = TRUSTED_BY_DEFAULT,
         framing: str = LINE,
         readWindow: float = READ_WINDOW,
     ) -> None:
@@ -438,6 +441,9 @@ class CountFactory(Factory):
         @param proxyHeader: connections start with a PROXY protocol v1 line
             (behind HAProxy's C{send-proxy}); limits and the journal use the
             client address it names.
+        @param trustedProxies: with C{proxyHeader}, the only addresses
+            whose connections are served; others get C{ERR untrusted
+            proxy}.
         @param framing: L{LINE} (a request per line) or L{READ} (one
             request per connection: its first read, see L{READ_WINDOW}).
         @param readWindow: with L{READ} framing, the seconds after the
@@ -455,6 +461,7 @@ class CountFactory(Factory):
         self.connections = connections if connections is not None else Connections()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
+        self.trustedProxies = trustedProxies
         self.framing = framing
         self.readWindow = readWindow
 

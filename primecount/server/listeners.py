@@ -355,9 +355,12 @@ class Listener(service.Service):
         return cls(label, f"fd:{fd}", endpoint, factory)
 
     def privilegedStartService(self) -> None:
-        # Bind before twistd drops privileges (a port below 1024).
+        # Bind before twistd drops privileges (a port below 1024); a UNIX
+        # socket after, as the user who serves on it and removes it at the
+        # stop (twistd --uid).
         super().privilegedStartService()
-        self._listen()
+        if not isinstance(self.endpoint, endpoints.UNIXServerEndpoint):
+            self._listen()
 
     def startService(self) -> None:
         super().startService()

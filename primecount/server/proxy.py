@@ -1,18 +1,54 @@
 # -*- test-case-name: tests.unit.test_proxyheader -*-
 """
 Connections behind HAProxy: L{ProxyHeaderReceiver}, mixed into the count and
-range protocols, reads the PROXY protocol header before a connection's own
-bytes and admits the connection under the client address it names.
+range protocols, refuses a connection that does not come from a trusted
+proxy (C{--trusted-proxies}), reads the PROXY protocol header before a
+connection's own bytes and admits the connection under the client address
+it names.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet.address import UNIXAddress
+from twisted.logger import LogLevel
+
 from primecount.core import proxyheader
-from primecount.core.outcomes import BAD_PROXY_HEADER, SERVER_BUSY, Outcome
+from primecount.core.outcomes import BAD_PROXY_HEADER, SERVER_BUSY, UNTRUSTED_PROXY, Outcome
 from primecount.journal.records import PROTOCOL_COUNT
+from primecount.server.listeners import HAPROXY
+
+#: An endpoint description (after C{haproxy:}) of a UNIX socket: C{unix:…},
+#: or a socket systemd passes with C{domain=UNIX}.
+_UNIX_DESCRIPTION = re.compile(r"unix:|systemd:(.*:)?domain=UNIX(:|$)")
+
+
+def check_trusted(
+    descriptions: Iterable[tuple[str, str]], trusted: proxyheader.TrustedProxies
+) -> None:
+    """
+    Refuse at start a C{haproxy:} listener on a UNIX socket unless
+    C{--trusted-proxies} trusts UNIX sockets: every connection to it would
+    be refused (its peers have no address to trust), and trusting them is
+    the operator's statement that the socket's permissions let only the
+    proxy connect.
+
+    @param descriptions: (option, endpoint description) of every listener.
+    @raise ValueError: in one line naming the listener and what to do.
+    """
+    if trusted.unix:
+        return
+    for option, description in descriptions:
+        if description.startswith(HAPROXY) and _UNIX_DESCRIPTION.match(description[len(HAPROXY) :]):
+            raise ValueError(
+                f"--{option} {description}: a UNIX-socket peer has no address to trust; "
+                f"add {proxyheader.UNIX!r} to --trusted-proxies once the socket's "
+                "permissions (mode=660 and its directory) let only the proxy connect"
+            )
 
 
 def proxy_peer(source: tuple[str, int]) -> tuple[str, int]:
@@ -36,14 +72,18 @@ class ProxyHeaderReceiver:
     C{--range-listen haproxy:…}), takes the client's address from it, and
     only then admits the connection, under that address (C{--max-per-peer},
     the journal). A C{LOCAL} header (HAProxy's own health check) and
-    C{PROXY UNKNOWN} keep the connection's own address.
+    C{PROXY UNKNOWN} keep the connection's own address. A connection whose
+    own address is not a trusted proxy's (the factory's C{trustedProxies})
+    is refused before a byte of it is read: it could name any client.
 
-    Mixed into a protocol, which sets C{_awaitingProxy} when a connection
-    behind HAProxy is made, passes every read to L{_proxyHeader} while it is
-    set, and provides C{factory} (with C{connections} and C{metrics}), the
-    C{peer} and C{port} of the client, C{_admitted()} (count the connection
-    open) and C{_refuse(outcome)} (say why if the protocol can, and close).
-    A refused connection is logged once per episode, never counted open.
+    Mixed into a protocol, which calls L{_awaitProxy} when a connection
+    behind HAProxy is made, passes every read to L{_proxyHeader} while
+    C{_awaitingProxy} is set, and provides C{factory} (with C{connections},
+    C{metrics} and C{trustedProxies}), C{transport}, the C{peer} and C{port}
+    of the client, C{_admitted()} (count the connection open) and
+    C{_refuse(outcome)} (say why if the protocol can, and close). A refused
+    connection is logged once per episode, never counted open, never
+    journalled.
 
     @cvar metricsProtocol: the protocol's name in metrics (L{PROTOCOL_COUNT}, ...).
     @cvar refusals: how the episodes of refusals are named, before the
@@ -53,6 +93,7 @@ class ProxyHeaderReceiver:
     metricsProtocol = PROTOCOL_COUNT
     refusals = "connections closed with ERR"
     factory: Any
+    transport: Any
     peer: str
     port: int
     _awaitingProxy = False  # behind HAProxy, before its header
@@ -64,6 +105,30 @@ class ProxyHeaderReceiver:
 
     def _refuse(self, outcome: Outcome) -> None:
         raise NotImplementedError
+
+    def _awaitProxy(self) -> bool:
+        """
+        A connection on a listener behind HAProxy is made: wait for its
+        header if it comes from a trusted proxy, else refuse it (C{ERR
+        untrusted proxy} on the count protocol, a close on the range
+        protocol).
+
+        @return: whether the connection waits for its header.
+        """
+        self._awaitingProxy = True
+        trusted = self.factory.trustedProxies
+        own = self.transport.getPeer()
+        if trusted.trusts(None if isinstance(own, UNIXAddress) else self.peer):
+            return True
+        self.factory.metrics.requests(self.metricsProtocol, UNTRUSTED_PROXY)
+        self._proxyRefuse(
+            UNTRUSTED_PROXY,
+            "{peer}:{port} is not a trusted proxy (--trusted-proxies {trusted}); refusing"
+            " its connection before reading a PROXY header (more such are counted, not logged)",
+            LogLevel.warn,
+            trusted=str(trusted),
+        )
+        return False
 
     def _proxyHeader(self, data: bytes) -> bytes:
         """
@@ -93,17 +158,27 @@ class ProxyHeaderReceiver:
         self._admitted()
         return result.rest
 
-    def _proxyRefuse(self, outcome: Outcome) -> None:
+    def _proxyRefuse(
+        self,
+        outcome: Outcome,
+        text: str = "{peer}:{port}: {reason}; closing (more such are counted, not logged)",
+        level: LogLevel = LogLevel.info,
+        **fields: object,
+    ) -> None:
         """
         Refuse the connection before admitting it (C{_awaitingProxy} stays
-        set: connectionLost has nothing to release).
+        set: connectionLost has nothing to release), logging once per
+        episode C{text} at C{level} with the peer, its port, the C{reason}
+        and C{fields}.
         """
         self._proxyRefused = True
         self.factory.connections.episodes.event(
             f"{self.refusals} {outcome.text}",
-            "{peer}:{port}: {reason}; closing (more such are counted, not logged)",
+            text,
+            level,
             peer=self.peer,
             port=self.port,
             reason=outcome.text,
+            **fields,
         )
         self._refuse(outcome)

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from primecount.core.outcomes import SERVER_BUSY
 from primecount.core.primes import SEGMENT_SIZE
+from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE, Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
@@ -69,6 +70,7 @@ class RangeFactory(Factory):
         connections: Connections | None = None,
         metrics: MetricsRecorder | None = None,
         proxyHeader: bool = False,
+        trustedProxies: TrustedProxies = TRUSTED_BY_DEFAULT,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -86,6 +88,8 @@ class RangeFactory(Factory):
         @param proxyHeader: connections start with a PROXY protocol header
             (behind HAProxy's C{send-proxy-v2} or C{send-proxy}); limits
             and the journal use the client address it names.
+        @param trustedProxies: with C{proxyHeader} (or L{behindProxy}), the
+            only addresses whose connections are served; others are closed.
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -101,6 +105,7 @@ class RangeFactory(Factory):
         self.connections = connections if connections is not None else Connections()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
+        self.trustedProxies = trustedProxies
 
     def behindProxy(self) -> RangeFactory:
         """

@@ -106,8 +106,9 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
 
     Behind HAProxy (L{RangeFactory.proxyHeader}) the connection starts with
     a PROXY protocol header, read before the first request: the client it
-    names is the one the limits count and the journal records. A bad header
-    closes the connection (the binary protocol has no error message).
+    names is the one the limits count and the journal records. A bad header,
+    or a connection from an address not in the factory's C{trustedProxies},
+    is closed (the binary protocol has no error message).
 
     @ivar factory: the L{RangeFactory} that made this protocol.
     @ivar peer: the client's address. @ivar port: the client's port.
@@ -146,10 +147,10 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         transport: Any = self.transport
         self.peer, self.port = peer_of(transport.getPeer(), transport.getHost())
         no_delay(transport)
-        if self.factory.proxyHeader:
-            self._awaitingProxy = True
-        else:
+        if not self.factory.proxyHeader:
             self._admitted()
+        elif not self._awaitProxy():
+            return  # not from a trusted proxy: closed
         self._waitForClient()
 
     def _admitted(self) -> None:

@@ -274,6 +274,7 @@ def serve(
             connections=connections,
             metrics=metrics,
             proxyHeader=label == PROXY,
+            trustedProxies=config["trusted-proxies"],
             framing=config["framing"][0],
             readWindow=config["framing"][1],
         )
@@ -289,6 +290,7 @@ def serve(
             timeout=config["timeout"],
             connections=connections,
             metrics=metrics,
+            trustedProxies=config["trusted-proxies"],
         )
         # One pool of range job slots for both.
         factories[RANGE_PROXY] = factories[RANGE].behindProxy()

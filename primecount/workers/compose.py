@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from primecount import __version__
+from primecount.core.privileges import acting_as, give
 from primecount.journal import for_worker
 from primecount.server.connections import Connections
 from primecount.server.listeners import Listener, descriptions
@@ -92,7 +93,9 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
     C{--workers N}: bind the sockets here, serve in N worker processes.
 
     @param options: the parsed options, with C{argv}, the command line each
-        worker is started with.
+        worker is started with, and C{owner}, whom twistd switches to
+        (C{--uid/--gid}) before the workers start: what they share is made
+        as that user.
     """
     options["max-connections"] = connection_limit(options["max-connections"])
     bound = bind(
@@ -104,22 +107,28 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
             options["range-listen"],
             options["port"],
         ),
+        owner=options.owner,
     )
-    scratch = Scratch()
-    counts = SharedCounts(os.path.join(scratch.path, "connections"), options["workers"])
     top = service.MultiService()
     bound.setServiceParent(top)
     env: dict[str, str] = {}
     metrics: Metrics | None = None
     listening: list[Listener] = []
+    with acting_as(options.owner):
+        scratch = Scratch()
+        counts = SharedCounts(os.path.join(scratch.path, "connections"), options["workers"])
+        shared = os.path.join(scratch.path, "metrics")
+        if options["metrics-port"] is not None:
+            os.makedirs(shared)
     if options["metrics-port"] is not None:
         from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY, Metrics
 
-        shared = os.path.join(scratch.path, "metrics")
-        os.makedirs(shared)
         # Before the first Metrics in this process; the workers inherit it.
         os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
         metrics = Metrics(clock=reactor)
+        # Its first files, made before twistd switches user (importing
+        # prometheus_client as that user may fail: the code may be root's).
+        give(shared, options.owner)
         listening.append(metrics_listener(options, reactor, metrics))
         listening[-1].setServiceParent(top)
     Supervisor(

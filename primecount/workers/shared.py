@@ -1,7 +1,9 @@
 """
 What the supervisor and its workers share on disk: the connection counts
 (a shared memory file) and the supervisor's scratch directory that holds
-it.
+it. Both are its owner's alone (0700, 0600). Under twistd's C{--uid} the
+supervisor makes them as that user (see L{primecount.core.privileges}), so
+that its workers, started after the switch, can open them.
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ class Scratch:
 def remove_stale_scratch(base: str) -> list[str]:
     """
     Remove the scratch directories in C{base} whose supervisor is gone
-    (their L{OWNER} file is not locked).
+    (their L{OWNER} file is not locked) and that belong to this process's
+    effective user (the user the supervisor makes them as).
 
     @return: the directories removed.
     """
@@ -179,7 +182,7 @@ def remove_stale_scratch(base: str) -> list[str]:
         path = os.path.join(base, name)
         try:
             info = os.lstat(path)
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
                 continue
             fd = os.open(os.path.join(path, OWNER), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:

@@ -40,6 +40,7 @@ from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from primecount.core.privileges import Owner, acting_as
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.listeners import Wanted, cannot_listen, listener_text
 from primecount.workers.environment import (
@@ -163,8 +164,20 @@ class Supervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        for index in range(self.count):
-            self.spawn(index)
+        try:
+            for index in range(self.count):
+                self.spawn(index)
+        except OSError as e:
+            # After twistd --uid/--gid: that user cannot run this Python.
+            self._log.critical(
+                "cannot start worker processes: {why} (as uid {uid}, gid {gid}: "
+                "with twistd --uid/--gid, that user must be able to run {python})",
+                why=e,
+                uid=os.getuid(),
+                gid=os.getgid(),
+                python=sys.executable,
+            )
+            raise SystemExit(1) from None
 
     def spawn(self, index: int) -> None:
         """
@@ -299,11 +312,14 @@ class BoundSockets(service.Service):
         return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
 
 
-def bind(reactor: Any, wanted: Iterable[Wanted]) -> BoundSockets:
+def bind(reactor: Any, wanted: Iterable[Wanted], owner: Owner | None = None) -> BoundSockets:
     """
     Bind a listening socket for each listener the options ask for and take
     it out of this reactor, for the workers to accept on.
 
+    @param owner: whom twistd switches to after binding (C{--uid}): a UNIX
+        socket (and its lock file) is made as that user, who removes it at
+        the stop; ports are bound with this process's privileges.
     @raise SystemExit: with one line saying which could not be bound, in
         the words a single process logs (L{cannot_listen}).
     """
@@ -313,7 +329,9 @@ def bind(reactor: Any, wanted: Iterable[Wanted]) -> BoundSockets:
         result: list[Any] = []
         placeholder = protocol.Factory()
         placeholder.noisy = False  # never accepts: the workers do
-        endpoint.listen(placeholder).addCallbacks(result.append, result.append)
+        unix = isinstance(endpoint, endpoints.UNIXServerEndpoint)
+        with acting_as(owner if unix else None):
+            endpoint.listen(placeholder).addCallbacks(result.append, result.append)
         if not result or isinstance(result[0], Failure):
             if result and result[0].check(CannotListenError, OSError):
                 why = cannot_listen(option, result[0].value)

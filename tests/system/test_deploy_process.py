@@ -207,6 +207,33 @@ def execStart(unit: str) -> list[str]:
     return shlex.split(line[len("ExecStart=") :])
 
 
+def environment(unit: str) -> dict[str, str]:
+    """
+    The variables a unit file's C{Environment=} lines set (its defaults).
+    """
+    return dict(
+        line[len("Environment=") :].split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+    )
+
+
+def expand(words: list[str], variables: dict[str, str]) -> list[str]:
+    """
+    C{words} with each C{${NAME}} replaced by its value, as systemd does
+    (C{$NAME} words, split at spaces, are dropped: the tests leave
+    C{PRIMECOUNT_OPTIONS} empty).
+    """
+    expanded = []
+    for word in words:
+        if word.startswith("$") and not word.startswith("${"):
+            continue
+        for name, value in variables.items():
+            word = word.replace("${" + name + "}", value)
+        expanded.append(word)
+    return expanded
+
+
 class SystemdTests(TestCase):
     """
     C{deploy/primecount.service} and C{deploy/primecount.socket}.
@@ -253,6 +280,34 @@ class SystemdTests(TestCase):
         self.assertIn(f"domain={domain}", description)
         self.assertIn("FileDescriptorName=count", socketUnit)
 
+    def test_onlyHAProxyIsTrusted(self) -> None:
+        """
+        The service believes PROXY headers only from HAProxy's address, and
+        the socket unit lets only that address connect: the same address,
+        not loopback (HAProxy runs on another machine), not any.
+        """
+        service = (DEPLOY / "primecount.service").read_text()
+        socketUnit = (DEPLOY / "primecount.socket").read_text()
+        argv = execStart(service)
+        self.assertEqual(argv[argv.index("--trusted-proxies") + 1], "${PRIMECOUNT_TRUSTED_PROXIES}")
+        trusted = environment(service)["PRIMECOUNT_TRUSTED_PROXIES"]
+        self.assertEqual(trusted, "192.0.2.10")
+        self.assertIn("\nIPAddressDeny=any\n", socketUnit)
+        self.assertIn(f"\nIPAddressAllow={trusted}\n", socketUnit)
+
+    def test_filesArePrivateAndMetricsBindLoopback(self) -> None:
+        """
+        What the service creates is its user's alone (the journal holds
+        every client's address and message), and the metrics port binds
+        loopback unless told otherwise.
+        """
+        service = (DEPLOY / "primecount.service").read_text()
+        self.assertIn("\nUMask=0077\n", service)
+        self.assertIn("\nStateDirectoryMode=0700\n", service)
+        argv = execStart(service)
+        self.assertEqual(argv[argv.index("--interface") + 1], "${PRIMECOUNT_METRICS_INTERFACE}")
+        self.assertEqual(environment(service)["PRIMECOUNT_METRICS_INTERFACE"], "127.0.0.1")
+
     def test_execStartOptions(self) -> None:
         """
         primecount accepts the options of C{ExecStart} (with a socket handed
@@ -264,14 +319,13 @@ class SystemdTests(TestCase):
         service = (DEPLOY / "primecount.service").read_text()
         argv = execStart(service)
         self.assertEqual(argv[:4], ["/opt/primecount/bin/twistd", "-n", "--pidfile=", "primecount"])
-        journal = re.search(r"^Environment=PRIMECOUNT_JOURNAL=(.*)$", service, re.M)
-        assert journal is not None
         scratch = os.path.abspath(self.mktemp())
         os.mkdir(scratch)
-        substitutions = {
-            "${PRIMECOUNT_JOURNAL}": journal.group(1).replace("/var/lib/primecount", scratch),
-        }
-        args = [substitutions.get(word, word) for word in argv[4:] if word != "$PRIMECOUNT_OPTIONS"]
+        variables = environment(service)
+        variables["PRIMECOUNT_JOURNAL"] = variables["PRIMECOUNT_JOURNAL"].replace(
+            "/var/lib/primecount", scratch
+        )
+        args = expand(argv[4:], variables)
         listening = socket.socket()
         self.addCleanup(listening.close)
         listening.bind(("127.0.0.1", 0))
@@ -284,6 +338,8 @@ class SystemdTests(TestCase):
         options.parseOptions(args)
         self.assertEqual(options["listen"], ["haproxy:systemd:domain=INET:index=0"])
         self.assertEqual(options["metrics-port"], 9100)
+        self.assertEqual(options["interface"], "127.0.0.1")  # the metrics port's
+        self.assertEqual(str(options["trusted-proxies"]), "192.0.2.10")
         self.assertEqual(str(options["journal"].path), os.path.join(scratch, "primecount.sqlite3"))
 
 
@@ -313,17 +369,16 @@ class SocketActivationTests(TestCase):
         ephemeral port on 127.0.0.1, the journal to a scratch directory.)
         """
         service = (DEPLOY / "primecount.service").read_text()
-        argv = execStart(service)
-        journal = re.search(r"^Environment=PRIMECOUNT_JOURNAL=(.*)$", service, re.M)
-        assert journal is not None
         scratch = os.path.abspath(self.mktemp())
         os.mkdir(scratch)
-        substitutions = {
-            "${PRIMECOUNT_JOURNAL}": journal.group(1).replace("/var/lib/primecount", scratch),
-            "9100": "0",
-            "0.0.0.0": "127.0.0.1",
-        }
-        args = [substitutions.get(word, word) for word in argv if word != "$PRIMECOUNT_OPTIONS"]
+        # As /etc/default/primecount would set them on a host whose HAProxy
+        # connects from 127.0.0.1.
+        variables = dict(
+            environment(service),
+            PRIMECOUNT_JOURNAL=f"sqlite:{scratch}/primecount.sqlite3",
+            PRIMECOUNT_TRUSTED_PROXIES="127.0.0.1",
+        )
+        args = [word if word != "9100" else "0" for word in expand(execStart(service), variables)]
         listening = socket.socket()
         self.addCleanup(listening.close)
         listening.bind(("127.0.0.1", 0))
@@ -349,6 +404,16 @@ class SocketActivationTests(TestCase):
                     process.wait(10)
 
         self.addCleanup(stop)
+        # Not HAProxy: refused, whatever client its header names.
+        forger = socket.socket()
+        self.addCleanup(forger.close)
+        forger.settimeout(30)
+        forger.bind(("127.0.0.3", 0))
+        forger.connect(listening.getsockname())
+        forger.sendall(b"PROXY TCP4 6.6.6.6 127.0.0.1 1111 5050\r\nabc2a\n")
+        refused = recv_lines(forger, 1, timeout=60)
+        log.seek(0)
+        self.assertEqual(refused, [b"ERR untrusted proxy\n"], log.read().decode(errors="replace"))
         client = socket.create_connection(listening.getsockname(), timeout=30)
         self.addCleanup(client.close)
         # Version 1: what primecount reads today on haproxy: listeners.

@@ -133,6 +133,7 @@ class OutcomeTableTests(SynchronousTestCase):
                 (b"ERR line too long\n", "line too long", "line_too_long"),
                 (b"ERR journal unavailable\n", "journal unavailable", "journal_unavailable"),
                 (b"ERR bad PROXY header\n", "bad PROXY header", "bad_proxy_header"),
+                (b"ERR untrusted proxy\n", "untrusted proxy", "untrusted_proxy"),
                 (b"ERR bad sum\n", "bad sum", "bad_sum"),
                 (
                     b"ERR client disconnected before the reply\n",

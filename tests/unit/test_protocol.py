@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.address import UNIXAddress
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
+from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal.records import PROTOCOL_COUNT
 from primecount.server import countprotocol as protocolModule
 from primecount.server.pipeline import evaluate_batch
@@ -539,6 +542,88 @@ class ProxyHeaderTests(SynchronousTestCase):
         h.send(v2_unix(b"/run/client.sock", b"/run/haproxy.sock") + b"a\n")
         record = h.journal.records[0]
         self.assertEqual((record.peer, record.port), ("unix:/run/client.sock", 0))
+
+    FORGED = b"PROXY TCP4 6.6.6.6 1.2.3.4 1111 2222\r\nabc2a\n"
+
+    def test_untrustedProxyIsRefused(self) -> None:
+        """
+        A connection to a C{haproxy:} listener from an address that is not
+        a trusted proxy gets C{ERR untrusted proxy} and is closed: nothing
+        it sends is read, nothing is journalled, it is never counted open,
+        and the refusal is counted in the metrics.
+        """
+        from primecount.metrics.prometheus import Metrics
+        from tests.unit.test_metrics import scrape, value
+
+        metrics = Metrics()
+        h = Harness(proxyHeader=True, metrics=metrics, maxPerPeer=1)
+        for n in range(3):
+            transport, protocol = h.connect("203.0.113.9")
+            h.send(self.FORGED.replace(b"6.6.6.6", f"6.6.6.{n}".encode()), protocol)
+            self.assertEqual(h.replies(transport), [b"ERR untrusted proxy\n"])
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(None)
+        self.assertEqual(h.journal.records, [])
+        self.assertEqual(len(h.connections), 0)
+        samples = scrape(metrics)
+        count = value(
+            samples, "primecount_requests_total", protocol="count", outcome="untrusted_proxy"
+        )
+        self.assertEqual(count, 3)
+
+    def test_byDefaultOnlyLoopbackIsTrusted(self) -> None:
+        """
+        The issue's forgery: from 127.0.0.3 a header naming 6.6.6.6 is
+        refused under the default C{--trusted-proxies}; the same bytes from
+        127.0.0.1 (HAProxy on this host) are served and journalled under the
+        client the header names.
+        """
+        h = Harness(proxyHeader=True, trustedProxies=TRUSTED_BY_DEFAULT)
+        forger, protocol = h.connect("127.0.0.3")
+        h.send(self.FORGED, protocol)
+        self.assertEqual(h.replies(forger), [b"ERR untrusted proxy\n"])
+        proxy, protocol = h.connect("127.0.0.1")
+        h.send(self.FORGED, protocol)
+        self.assertEqual(h.replies(proxy), ["2 sí\n".encode()])
+        self.assertEqual(
+            [(r.peer, r.port, r.message) for r in h.journal.records],
+            [("6.6.6.6", 1111, "abc2a")],
+        )
+
+    def test_untrustedRefusalsAreLoggedOncePerEpisode(self) -> None:
+        """
+        Many refusals make one warning, naming the address and the option.
+        """
+        from tests.unit.test_episodes import capture, misbehaviour_lines
+
+        events = capture(self)
+        h = Harness(proxyHeader=True)  # trusts its own peer, 192.0.2.7
+        for _ in range(50):
+            _, protocol = h.connect("127.0.0.3")
+            h.send(self.FORGED, protocol)
+        said = misbehaviour_lines(events)
+        self.assertEqual(len(said), 1, said)
+        text = said[0]["log_format"].format(**said[0])
+        self.assertIn("127.0.0.3", text)
+        self.assertIn("--trusted-proxies 192.0.2.7", text)
+        self.assertEqual(said[0]["log_level"], LogLevel.warn)
+
+    def test_unixSocketPeersNeedTheUnixWord(self) -> None:
+        """
+        On a UNIX-socket listener the peer has no address: it is trusted
+        only when C{--trusted-proxies} says C{unix}.
+        """
+        for words, replies in (
+            ("127.0.0.1,::1", [b"ERR untrusted proxy\n"]),
+            ("unix", ["2 sí\n".encode()]),
+        ):
+            h = Harness(proxyHeader=True, trustedProxies=TrustedProxies.parse(words))
+            peer = UNIXAddress(None)
+            protocol = h.factory.buildProtocol(peer)
+            transport = StringTransport(peerAddress=peer, hostAddress=UNIXAddress(b"/run/pc.sock"))
+            protocol.makeConnection(transport)
+            h.send(self.FORGED, protocol)
+            self.assertEqual(h.replies(transport), replies, words)
 
     def test_hostileVersion2IsRefused(self) -> None:
         from tests.unit.test_proxyheader import v2

@@ -21,12 +21,14 @@ from primecount.core.proxyheader import (
     LOCAL,
     MAX_LENGTH,
     PROXY,
+    TRUSTED_BY_DEFAULT,
     V1_MAX_LENGTH,
     V2_MAX_LENGTH,
     V2_SIGNATURE,
     Bad,
     Header,
     Incomplete,
+    TrustedProxies,
     parse,
 )
 from tests.helpers import require_program
@@ -411,6 +413,77 @@ class PropertyTests(TestCase):
         self.assertEqual(
             parse(header + rest), Header(2 if binary else 1, PROXY, source, destination, rest)
         )
+
+
+class TrustedProxiesTests(TestCase):
+    """
+    L{TrustedProxies} (C{--trusted-proxies}): who may send a PROXY header.
+    """
+
+    def test_defaultIsHAProxyOnThisHost(self) -> None:
+        """
+        By default only loopback's own addresses are trusted: not another
+        loopback address (the issue's forger connected from 127.0.0.3), not
+        a UNIX socket, not anything that is no address.
+        """
+        trusted = TRUSTED_BY_DEFAULT
+        self.assertEqual(str(trusted), "127.0.0.1,::1")
+        for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+            self.assertTrue(trusted.trusts(host), host)
+        for host in ("127.0.0.3", "192.0.2.7", "::2", "unix:/run/pc.sock", "", None):
+            self.assertFalse(trusted.trusts(host), host)
+
+    def test_addressesAndNetworks(self) -> None:
+        trusted = TrustedProxies.parse("192.0.2.10, 10.0.0.0/8,2001:db8::/32")
+        for host in ("192.0.2.10", "10.0.0.1", "10.255.255.255", "2001:db8::7", "::ffff:10.1.2.3"):
+            self.assertTrue(trusted.trusts(host), host)
+        for host in ("192.0.2.11", "11.0.0.1", "2001:db9::7", "127.0.0.1", "::1"):
+            self.assertFalse(trusted.trusts(host), host)
+
+    def test_unixIsTrustedOnlyWhenNamed(self) -> None:
+        """
+        A peer on a UNIX socket (L{None}: it has no address) is trusted by
+        the word C{unix}, and only by it.
+        """
+        self.assertTrue(TrustedProxies.parse("unix").trusts(None))
+        self.assertFalse(TrustedProxies.parse("unix").trusts("127.0.0.1"))
+        self.assertFalse(TrustedProxies.parse("0.0.0.0/0,::/0").trusts(None))
+
+    def test_writtenAsParsed(self) -> None:
+        for text in ("127.0.0.1,::1", "10.0.0.0/8,unix", "unix", "2001:db8::/32,192.0.2.10"):
+            self.assertEqual(str(TrustedProxies.parse(text)), text)
+
+    def test_badValuesSayWhy(self) -> None:
+        for value, why in (
+            ("", "names no proxy"),
+            (" , ", "names no proxy"),
+            ("haproxy.example", "not an IP address, a network (CIDR) or 'unix'"),
+            ("10.0.0.1/33", "not an IP address"),
+            ("10.0.0.1,,10.0.0.2", "'' is not an IP address"),
+            ("10.0.0.1/8", "host bits set: did you mean 10.0.0.0/8?"),
+        ):
+            e = self.assertRaises(ValueError, TrustedProxies.parse, value)
+            self.assertIn(why, str(e))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.ip_addresses(), st.ip_addresses(), st.data())
+    def test_trustsExactlyTheNetwork(
+        self,
+        proxy: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        peer: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        data: st.DataObject,
+    ) -> None:
+        """
+        A peer is trusted exactly when it is in the network (compared with
+        L{ipaddress}'s own test, written the way the socket API writes it).
+        """
+        prefix = data.draw(st.integers(0, proxy.max_prefixlen), label="prefix")
+        network = ipaddress.ip_network(f"{proxy}/{prefix}", strict=False)
+        trusted = TrustedProxies.parse(str(network))
+        family = socket.AF_INET if peer.version == 4 else socket.AF_INET6
+        written = socket.inet_ntop(family, peer.packed)
+        mapped = peer.ipv4_mapped if isinstance(peer, ipaddress.IPv6Address) else None
+        self.assertEqual(trusted.trusts(written), (mapped or peer) in network)
 
 
 class RequireProgramTests(TestCase):

@@ -33,6 +33,7 @@ from primecount.core.outcomes import (
     STOPPED_READING,
 )
 from primecount.core.primes import primes_between
+from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal import JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE
 from primecount.server import primestream
@@ -526,6 +527,7 @@ class ProxyHeaderTests(TestCase):
             self.journal,
             segmentSize=1000,
             connections=self.connections,
+            trustedProxies=TrustedProxies.parse(PEER.host),
         ).behindProxy()
 
     def connect(self) -> tuple[RangeProtocol, StringTransport]:
@@ -614,6 +616,34 @@ class ProxyHeaderTests(TestCase):
         said = [e for e in events if e.get("reason") == "bad PROXY header"]
         self.assertEqual(len(said), 1, said)
 
+    def test_untrustedProxyIsClosedSilentlyAndLoggedOnce(self) -> None:
+        """
+        A connection from an address that is not a trusted proxy is closed
+        at once with nothing written (the binary protocol has no error
+        message): its forged header and request are never read, nothing is
+        journalled, it is never counted open; many make one warning.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        forger = IPv4Address("TCP", "127.0.0.3", 4321)
+        for _ in range(20):
+            proto = self.factory.buildProtocol(forger)
+            transport = StringTransport(peerAddress=forger)
+            proto.makeConnection(transport)
+            self.assertTrue(transport.disconnecting)
+            proto.dataReceived(v1(("6.6.6.6", 1111), self.DESTINATION))
+            proto.dataReceived(rangecodec.encode_request(10, 30))
+            self.reactor.advance(0)
+            self.assertEqual(transport.value(), b"")
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(60)
+        self.assertEqual(self.journal.records, [])
+        self.assertEqual(len(self.connections), 0)
+        said = [e for e in events if e.get("reason") == "untrusted proxy"]
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("127.0.0.3", said[0]["log_format"].format(**said[0]))
+
     def test_perPeerLimitUsesTheHeaderAddress(self) -> None:
         """
         Every connection comes from HAProxy; C{--max-per-peer 1} counts
@@ -654,6 +684,7 @@ class ProxyHeaderTests(TestCase):
         proxied = direct.behindProxy()
         self.assertIs(proxied._slots, direct._slots)
         self.assertEqual((direct.proxyHeader, proxied.proxyHeader), (False, True))
+        self.assertIs(proxied.trustedProxies, TRUSTED_BY_DEFAULT)
 
 
 class RangeListenOptionTests(TestCase):
@@ -680,6 +711,23 @@ class RangeListenOptionTests(TestCase):
         self.assertEqual(
             (listeners["range"].proxyHeader, listeners["range-proxy"].proxyHeader),
             (False, True),
+        )
+
+    def test_trustedProxiesReachTheFactories(self) -> None:
+        """
+        C{--trusted-proxies} is what both protocols' factories trust.
+        """
+        options = self.parse(
+            "--listen", "haproxy:tcp:0:interface=127.0.0.1",
+            "--range-listen", "haproxy:tcp:0:interface=127.0.0.1",
+            "--trusted-proxies", "192.0.2.10,unix",
+        )  # fmt: skip
+        top = tap.makeService(options)
+        factories = {lsn.label: lsn.factory for lsn in top if hasattr(lsn, "factory")}
+        wanted = TrustedProxies.parse("192.0.2.10,unix")
+        self.assertEqual(
+            {label: factories[label].trustedProxies for label in ("proxy", "range-proxy")},
+            {"proxy": wanted, "range-proxy": wanted},
         )
 
     def test_badDescriptionNamesTheOption(self) -> None:

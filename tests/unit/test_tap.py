@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import signal
 import socket
 import sys
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
+from twisted.python.systemd import ListenFDs
 from twisted.python.threadpool import ThreadPool
+from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
 from primecount.core.fdlimit import raise_open_files_limit
+from primecount.core.proxyheader import TrustedProxies
 from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 from primecount.server.listeners import Listener
@@ -80,6 +84,11 @@ EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] 
     "journal-fsync": (
         ["--journal-fsync"], 1, ["--journal-fsync=yes"], "must not have an argument",
     ),
+    "trusted-proxies": (
+        ["--trusted-proxies", "192.0.2.10,2001:db8::/32,unix"],
+        TrustedProxies.parse("192.0.2.10,2001:db8::/32,unix"),
+        ["--trusted-proxies", "haproxy.example"], "not an IP address, a network (CIDR)",
+    ),
 }  # fmt: skip
 
 
@@ -113,6 +122,7 @@ class OptionsTests(SynchronousTestCase):
                     "shutdown-timeout",
                     "range-port",
                     "cpu-affinity",
+                    "trusted-proxies",
                 )
             },
             {
@@ -127,6 +137,7 @@ class OptionsTests(SynchronousTestCase):
                 "shutdown-timeout": 10.0,
                 "range-port": None,
                 "cpu-affinity": placement.Placement("auto"),
+                "trusted-proxies": TrustedProxies.parse("127.0.0.1,::1"),
             },
         )
         self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0:backlog=4096"])
@@ -299,6 +310,45 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("j.sqlite3.worker1", str(e))
         # One process writes only the file it was given.
         tap.PrimecountOptions().parseOptions(["--journal", f"sqlite:{base}/j.sqlite3"])
+
+    def test_haproxyOnAUnixSocketNeedsUnixTrusted(self) -> None:
+        """
+        A C{haproxy:} listener on a UNIX socket (bound, or passed by
+        systemd) stops the start unless C{--trusted-proxies} trusts UNIX
+        sockets: its peers have no address to trust.
+        """
+        for option, description in (
+            ("listen", "haproxy:unix:/run/pc.sock"),
+            ("range-listen", "haproxy:unix:/run/pc-range.sock:mode=660"),
+        ):
+            e = self.assertRaises(usage.UsageError, self.parse, f"--{option}", description)
+            self.assertTrue(str(e).startswith(f"--{option} {description}: "), str(e))
+            self.assertIn("add 'unix' to --trusted-proxies", str(e))
+        self.patch(endpoints._SystemdParser, "_sddaemon", ListenFDs([0], ["pc"]))
+        description = "haproxy:systemd:domain=UNIX:index=0"
+        self.assertRaises(usage.UsageError, self.parse, "--listen", description)
+        self.parse("--listen", description, "--trusted-proxies", "127.0.0.1,unix")
+        # A plain UNIX-socket listener reads no header: nothing to trust.
+        self.parse("--listen", "unix:/run/pc.sock")
+
+    def test_ownerIsWhomTwistdSwitchesTo(self) -> None:
+        """
+        Our options are a twistd subcommand: twistd's C{--uid}/C{--gid},
+        parsed first, say whom the server runs as after binding; without
+        C{--gid}, the user's own group, as twistd does.
+        """
+        nobody = pwd.getpwnam("nobody")
+        for twistd, gid in (
+            (["--uid", "nobody"], nobody.pw_gid),
+            (["--uid", str(nobody.pw_uid), "--gid", "0"], 0),
+        ):
+            config = ServerOptions()
+            config.parseOptions([*twistd, "primecount", "--journal", "none"])
+            owner = config.subOptions.owner
+            self.assertEqual((owner.uid, owner.gid), (nobody.pw_uid, gid), twistd)
+        config = ServerOptions()
+        config.parseOptions(["primecount", "--journal", "none"])
+        self.assertIsNone(config.subOptions.owner)
 
     def test_makeServiceComposesListeners(self) -> None:
         service = tap.makeService(self.parse("--listen", "tcp:0", "--listen", "tcp:0"))
