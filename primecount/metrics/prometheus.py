@@ -194,7 +194,7 @@ class _WorkerGauges:
     gauge: the page shows one sample per live worker (label C{pid}).
 
     @ivar requests: replies sent by this process since it started.
-    @ivar connections: connections open in this process (sampled).
+    @ivar connections: connections open in this process.
     """
 
     def __init__(self, started: float) -> None:
@@ -337,7 +337,6 @@ class Metrics:
         self._unavailableSince = 0.0
         # This worker's own figures (multiprocess mode, serving processes).
         self._worker: _WorkerGauges | None = None
-        self._openHere = 0
 
         if own is None:
             from prometheus_client.multiprocess import MultiProcessCollector
@@ -418,7 +417,8 @@ class Metrics:
         @param protocol: as for L{requests}.
         """
         self._connectionGauge(protocol).inc()
-        self._openHere += 1
+        if self._worker is not None:
+            self._worker.connections.inc()
 
     def connectionClosed(self, protocol: str) -> None:
         """
@@ -427,7 +427,8 @@ class Metrics:
         @param protocol: as for L{requests}.
         """
         self._connectionGauge(protocol).dec()
-        self._openHere -= 1
+        if self._worker is not None:
+            self._worker.connections.dec()
 
     def journalCommit(self, records: int, seconds: float) -> None:
         """
@@ -499,7 +500,7 @@ class Metrics:
         the scrape happens in the supervisor, so each process samples its
         pools into live gauges every C{sampleInterval} seconds instead; the
         first call also starts this process's C{primecount_worker_*}
-        gauges (its open connections are sampled with the pools).
+        gauges.
 
         @param pool: a Twisted thread pool, such as the reactor's; watched
             for the life of the process.
@@ -519,14 +520,11 @@ class Metrics:
 
     def _samplePools(self) -> None:
         """
-        Copy the watched pools' load, and this process's open connections,
-        into the multiprocess gauges.
+        Copy the watched pools' load into the multiprocess gauges.
         """
         backlog, busy = _poolLoad(self._pools.pools)
         self._queueDepth.set(backlog)
         self._busyThreads.set(busy)
-        if self._worker is not None:
-            self._worker.connections.set(self._openHere)
 
     def mark_process_dead(self, pid: int) -> None:
         """

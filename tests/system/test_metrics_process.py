@@ -150,9 +150,6 @@ class MultiProcessTests(SynchronousTestCase):
         clock.advance(30)
         serving(1002, connections=1, requests=500, failing=True)
         supervisor = self.asProcess(1000, Metrics)
-        # The samplers of both "processes" run on this clock, each writing
-        # its open connections to its own files.
-        clock.advance(1.0)
         samples = scrape(supervisor)
         for pid, requests, connections, start, since in (
             ("1001", 11, 2, 1_800_000_000, 0),
