@@ -6,8 +6,8 @@ Builds a journal of C{--records} records (10 million by default) with bulk
 SQL (a recursive CTE in SQLite, C{generate_series} in PostgreSQL), not
 through the server, then runs C{primecount journal --stats} on it as a
 user would (a subprocess, its output thrown away) once per output format,
-and prints the wall time and the peak resident memory of each run
-(C{getrusage} of the child). The journal is deleted afterwards.
+and prints the wall time, the CPU time and the peak resident memory of
+each run (C{getrusage} of the child). The journal is deleted afterwards.
 
 The content is made to look like a busy day: one record a millisecond,
 half of them from 10 heavy peers and the rest spread over about 64,000
@@ -113,18 +113,20 @@ def drop_postgresql(url: str) -> None:
         conn.execute(f"DROP TABLE {pgschema.TABLE}, primecount_schema".encode())
 
 
-def run_stats(journal: str, fmt: str) -> tuple[float, float]:
+def run_stats(journal: str, fmt: str) -> tuple[float, float, float]:
     """
-    Run C{primecount journal --stats} once; its wall seconds and peak
+    Run C{primecount journal --stats} once; its wall seconds, CPU seconds
+    (user and system: what a loaded machine does not inflate) and peak
     resident memory in MiB.
     """
     started = time.perf_counter()
-    # A wrapper process per run reports its child's peak: this process's
-    # RUSAGE_CHILDREN would give the largest of all runs so far.
+    # A wrapper process per run reports its child's use: this process's
+    # RUSAGE_CHILDREN would give the largest peak of all runs so far.
     wrapper = (
         "import resource, subprocess, sys\n"
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "used = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(used.ru_utime + used.ru_stime, used.ru_maxrss)\n"
     )
     command = [sys.executable, "-m", "primecount", "journal", "--journal", journal, "--stats"]
     done = subprocess.run(
@@ -134,7 +136,8 @@ def run_stats(journal: str, fmt: str) -> tuple[float, float]:
         text=True,
     )
     seconds = time.perf_counter() - started
-    return seconds, int(done.stdout.strip()) / 1024
+    cpu, peak = done.stdout.split()
+    return seconds, float(cpu), int(peak) / 1024
 
 
 def main() -> None:
@@ -167,8 +170,11 @@ def main() -> None:
     )
     try:
         for fmt in ("seed", "csv", "jsonl"):
-            seconds, peak = run_stats(journal, fmt)
-            print(f"--stats --format {fmt:<5}  {seconds:6.1f} s   peak RSS {peak:6.1f} MiB")
+            seconds, cpu, peak = run_stats(journal, fmt)
+            print(
+                f"--stats --format {fmt:<5}  {seconds:6.1f} s   CPU {cpu:6.1f} s   "
+                f"peak RSS {peak:6.1f} MiB"
+            )
     finally:
         cleanup()
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -170,6 +171,35 @@ class OnceTests(SynchronousTestCase):
         self.assertEqual(len([line for line in lines if line.startswith("  pid ")]), 4)
         self.assertIn(f"{down.split('/')[2]} down since ", done.stdout)
         self.assertRegex(done.stdout, r"down since \d\d:\d\d:\d\d: connection refused\n")
+
+
+class JSONLinesTests(SynchronousTestCase):
+    """
+    C{primecount top --json}: a line per interval until interrupted.
+    """
+
+    def test_aLinePerIntervalUntilCtrlC(self) -> None:
+        _, url = server(self)
+        top = subprocess.Popen(
+            top_argv("--json", "--interval", "0.3", url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(stop_process, top)  # type: ignore[arg-type]
+        assert top.stdout is not None
+        lines = [json.loads(top.stdout.readline()) for _ in range(3)]
+        top.send_signal(signal.SIGINT)
+        _, err = top.communicate(timeout=30)
+        self.assertEqual((top.returncode, err), (0, ""))
+        for line in lines:
+            (host,) = line["hosts"]
+            self.assertTrue(host["up"])
+            # No request yet: a rate of 0, and no latency to speak of.
+            self.assertEqual(host["requests_per_second"], 0.0)
+            self.assertIsNone(host["latency_p99_seconds"])
+        times = [line["time"] for line in lines]
+        self.assertEqual(sorted(set(times)), times)
 
 
 class TwoHostsTests(SynchronousTestCase):
