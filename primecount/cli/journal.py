@@ -123,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=FORMATS[0],
         choices=FORMATS,
         help="seed: the original log lines (default); jsonl: one JSON object "
-        "per line; csv: a header row, then one row per record",
+        "per line; csv: a header row, then one row per record (with --stats: "
+        "see there)",
     )
     parser.add_argument(
         "--since",

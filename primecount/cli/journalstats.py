@@ -107,7 +107,8 @@ def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, w
             out.write(f"  {error:<{wide - 2}}{count:>14,} {_share(count, n)}\n")
     if summary.range_requests:
         out.write(
-            f"{'range protocol':<{wide}}{summary.range_requests:>14,} requests, "
+            f"{'range protocol':<{wide}}{summary.range_requests:>14,} "
+            f"request{'' if summary.range_requests == 1 else 's'}, "
             f"{summary.bad_sums:,} bad sum{'' if summary.bad_sums == 1 else 's'}\n"
         )
     if summary.by_requests:

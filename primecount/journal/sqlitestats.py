@@ -55,51 +55,59 @@ def _where(conn: sqlite3.Connection, query: Query, condition: str = "") -> tuple
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _in_thread(rows: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+class _Ahead:
     """
-    The rows C{rows()} gives, produced by a thread of its own up to four
-    chunks of L{CHUNK} ahead; an error there is raised here, and the thread
-    ends when this generator does.
+    The rows C{rows()} gives, produced by a thread of its own, started at
+    once, up to four chunks of L{CHUNK} ahead of the reader; an error there
+    is raised to the reader.
     """
-    chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
-    stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, rows: Callable[[], Iterable[Any]]) -> None:
+        self._rows = rows
+        self._chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="journal stats", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                chunks.put(item, timeout=0.1)
+                self._chunks.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
             chunk: list[Any] = []
-            for row in rows():
+            for row in self._rows():
                 chunk.append(row)
                 if len(chunk) >= CHUNK:
-                    if not put(chunk):
+                    if not self._put(chunk):
                         return
                     chunk = []
-            if put(chunk):
-                put(None)
+            if self._put(chunk):
+                self._put(None)
         except Exception as e:
-            put(e)
+            self._put(e)
 
-    thread = threading.Thread(target=produce, name="journal stats", daemon=True)
-    thread.start()
-    try:
+    def __iter__(self) -> Iterator[Any]:
         while True:
-            item = chunks.get()
+            item = self._chunks.get()
             if item is None:
                 return
             if isinstance(item, Exception):
                 raise item
             yield from item
-    finally:
-        stop.set()
-        thread.join()
+
+    def close(self) -> None:
+        """
+        Stop the thread (at its next chunk) and wait for it: its statement
+        may be running still.
+        """
+        self._stop.set()
+        self._thread.join()
 
 
 class FileSource:
@@ -109,30 +117,41 @@ class FileSource:
 
     def __init__(self, files: JournalFiles) -> None:
         self._conns = list(files.conns.values())
+        self._ahead: list[_Ahead] = []
         self.files = len(self._conns)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
         """
         A read transaction on every file (WAL: it holds no lock the
-        server's writer waits for).
+        server's writer waits for); the files' threads are stopped before
+        it ends.
         """
         for conn in self._conns:
             conn.execute("BEGIN")
         try:
             yield
         finally:
+            self._close()
             for conn in self._conns:
                 conn.execute("ROLLBACK")
 
+    def _close(self) -> None:
+        for ahead in self._ahead:
+            ahead.close()
+        self._ahead.clear()
+
     def _each(self, rows: Callable[[sqlite3.Connection], Iterable[Any]]) -> list[Iterator[Any]]:
         """
-        C{rows(conn)} of each file as a stream, each in a thread of its own
-        when there are several files.
+        C{rows(conn)} of each file as a stream; each file in a thread of its
+        own, all started at once, when there are several files.
         """
         if len(self._conns) == 1:
             return [iter(rows(self._conns[0]))]
-        return [_in_thread(functools.partial(rows, conn)) for conn in self._conns]
+        self._close()
+        ahead = [_Ahead(functools.partial(rows, conn)) for conn in self._conns]
+        self._ahead.extend(ahead)
+        return [iter(a) for a in ahead]
 
     def buckets(self, query: Query, seconds: int) -> Iterator[tuple[int, int, int]]:
         def rows(conn: sqlite3.Connection) -> Iterable[tuple[int, int, int]]:

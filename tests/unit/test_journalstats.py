@@ -16,7 +16,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
+import threading
 from array import array
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +28,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.cli import journalstats
-from primecount.journal import schema
+from primecount.journal import schema, sqlitestats
 from primecount.journal.reader import JournalFiles, Query
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
 from primecount.journal.stats import Peer, buckets, merged_sums, summarize, top_peers
@@ -380,3 +383,48 @@ class MergeTests(SynchronousTestCase):
         self.addCleanup(files.close)
         summary = summarize(files, Query())
         self.assertEqual((summary.requests, summary.first, summary.by_requests), (0, None, []))
+
+
+class AheadTests(SynchronousTestCase):
+    """
+    A worker file read in a thread of its own
+    (L{primecount.journal.sqlitestats._Ahead}).
+    """
+
+    def test_startsAtOnce(self) -> None:
+        """
+        The thread starts when the stream is made, not when it is first
+        read: the merge reads the files' streams one after the other, so
+        a lazy start would sum the files one after the other too.
+        """
+        started = threading.Event()
+
+        def rows() -> list[int]:
+            started.set()
+            return [1, 2, 3]
+
+        ahead = sqlitestats._Ahead(rows)
+        self.addCleanup(ahead.close)
+        self.assertTrue(started.wait(10))
+        self.assertEqual(list(ahead), [1, 2, 3])
+
+    def test_manyRowsInOrder(self) -> None:
+        ahead = sqlitestats._Ahead(lambda: range(sqlitestats.CHUNK * 10 + 7))
+        self.addCleanup(ahead.close)
+        self.assertEqual(list(ahead), list(range(sqlitestats.CHUNK * 10 + 7)))
+
+    def test_errorRaisedToTheReader(self) -> None:
+        def rows() -> Iterator[int]:
+            yield 1
+            raise sqlite3.OperationalError("database disk image is malformed")
+
+        ahead = sqlitestats._Ahead(rows)
+        self.addCleanup(ahead.close)
+        e = self.assertRaises(sqlite3.OperationalError, list, ahead)
+        self.assertEqual(str(e), "database disk image is malformed")
+
+    def test_closeStopsAReaderLeftBehind(self) -> None:
+        ahead = sqlitestats._Ahead(lambda: range(sqlitestats.CHUNK * 100))
+        next(iter(ahead))
+        ahead.close()
+        self.assertFalse(ahead._thread.is_alive())
