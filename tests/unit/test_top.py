@@ -538,10 +538,27 @@ class ViewTests(SynchronousTestCase):
                 "TOTAL       unavailable 12s (1/3)           -      -         0",
                 "",
                 "busy:9100 errors: empty_message 5.0/s",
+                "quiet:9100 journal unavailable since 23:59:48 (12s)",
                 "quiet:9100 errors: journal_unavailable 2.0/s",
                 "down:9100 down since 23:59:55: connection refused",
+                "TOTAL errors: empty_message 5.0/s, journal_unavailable 2.0/s",
             ],
         )
+
+    def test_oneWorkersJournalFailing(self) -> None:
+        """
+        When one worker's journal fails, the host's does, and the line
+        below the tables says since when and how many.
+        """
+        busy = snapshot().hosts[2]
+        assert busy.figures is not None
+        failing = dataclasses.replace(busy.figures, journal=JournalState(SERVED - 5, 1, 2, 5.0))
+        shown = view.Snapshot(SERVED, 1.0, [dataclasses.replace(busy, figures=failing)], failing)
+        lines = view.as_text(shown, "name").splitlines()
+        self.assertIn(
+            "busy:9100   unavailable 5s (1/2)      1.20ms   45.1         0   1h02m", lines
+        )
+        self.assertIn("busy:9100 journal unavailable since 23:59:55 (5s, 1 of 2 journals)", lines)
 
     def test_fitsEightyColumns(self) -> None:
         for sort in view.SORTS:

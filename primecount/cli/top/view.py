@@ -319,9 +319,22 @@ def render(snapshot: Snapshot, sort: str, *, keys: bool = False) -> Any:
             since = "" if host.down_since is None else f" since {_clock(host.down_since)}"
             lines.append(Text(f"{host.name} down{since}: {host.error}", style="red"))
             continue
+        state = host.figures.journal
+        if state is not None and state.since is not None:
+            some = f", {state.failing} of {state.of} journals" if state.of > 1 else ""
+            lines.append(
+                Text(
+                    f"{host.name} journal unavailable since {_clock(state.since)} "
+                    f"({age_text(state.age)}{some})",
+                    style="red",
+                )
+            )
         text = _errors_text(host.figures.outcomes)
         if text:
             lines.append(Text(f"{host.name} errors: {text}", style="yellow"))
+    text = _errors_text(snapshot.total.outcomes) if several else ""
+    if text:
+        lines.append(Text(f"TOTAL errors: {text}", style="yellow"))
     if lines:
         parts.append(Text(""))
         parts.extend(lines)
