@@ -560,6 +560,25 @@ class ViewTests(SynchronousTestCase):
         )
         self.assertIn("busy:9100 journal unavailable since 23:59:55 (5s, 1 of 2 journals)", lines)
 
+    def test_notScrapedYet(self) -> None:
+        """
+        A host whose first scrape has not come back yet is waiting, not
+        down.
+        """
+        shown = view.build([view.HostState("http://h:1/metrics", "h:1")], SERVED, 1.0)
+        lines = view.as_text(shown, "name").splitlines()
+        self.assertEqual(
+            lines[2:],
+            [
+                "HOST    REQ/S  ERR/S  P50  P99  CONN  BUSY  QUEUE",
+                "h:1   waiting",
+                "",
+                "HOST  JOURNAL  COMMIT P99  BATCH  RESTARTS  UPTIME",
+                "h:1   waiting",
+            ],
+        )
+        self.assertEqual(view.as_json(shown)["hosts"][0]["error"], None)
+
     def test_fitsEightyColumns(self) -> None:
         for sort in view.SORTS:
             for line in view.as_text(snapshot(), sort).splitlines():

@@ -50,7 +50,8 @@ class HostView:
     """
     One host as the view shows it.
 
-    @ivar figures: its figures, L{None} when it is down.
+    @ivar figures: its figures, L{None} when it is down (or not scraped yet).
+    @ivar error: why it is down; L{None} when it is up, or not scraped yet.
     @ivar workers: the figures of each of its worker processes, by pid.
     """
 
@@ -97,7 +98,7 @@ def build(states: list[HostState], taken: float, interval: float) -> Snapshot:
                     state.url,
                     state.name,
                     None,
-                    error=state.error or "no answer yet",
+                    error=state.error,
                     down_since=state.down_since,
                 )
             )
@@ -209,9 +210,16 @@ def journal_text(state: JournalState | None) -> str:
 # -- tables -------------------------------------------------------------------
 
 
-def _requests_row(name: str, f: Figures | None) -> list[str]:
+def _status(host: HostView) -> str:
+    """
+    What a host without figures is: down, or not scraped yet.
+    """
+    return "down" if host.error is not None else "waiting"
+
+
+def _requests_row(name: str, f: Figures | None, status: str = "down") -> list[str]:
     if f is None:
-        return [name, "down", "", "", "", "", "", ""]
+        return [name, status, "", "", "", "", "", ""]
     return [
         name,
         rate_text(f.rate),
@@ -224,9 +232,9 @@ def _requests_row(name: str, f: Figures | None) -> list[str]:
     ]
 
 
-def _journal_row(name: str, f: Figures | None) -> list[str]:
+def _journal_row(name: str, f: Figures | None, status: str = "down") -> list[str]:
     if f is None:
-        return [name, "down", "", "", "", ""]
+        return [name, status, "", "", "", ""]
     return [
         name,
         journal_text(f.journal),
@@ -280,12 +288,12 @@ def render(snapshot: Snapshot, sort: str, *, keys: bool = False) -> Any:
     requests = table("HOST", "REQ/S", "ERR/S", "P50", "P99", "CONN", "BUSY", "QUEUE")
     journal = table("HOST", "JOURNAL", "COMMIT P99", "BATCH", "RESTARTS", "UPTIME")
     for host in hosts:
-        style = None if host.up else "red"
+        style = "red" if host.error is not None else None if host.up else "dim"
         if host.figures is not None and host.figures.errors:
             style = "yellow"
-        requests.add_row(*_requests_row(host.name, host.figures), style=style)
-        journal_style = "red" if not host.up or _failing(host.figures) else None
-        journal.add_row(*_journal_row(host.name, host.figures), style=journal_style)
+        requests.add_row(*_requests_row(host.name, host.figures, _status(host)), style=style)
+        journal_style = "red" if host.error is not None or _failing(host.figures) else None
+        journal.add_row(*_journal_row(host.name, host.figures, _status(host)), style=journal_style)
         for pid, worker in sorted(host.workers.items(), key=lambda item: int(item[0])):
             requests.add_row(
                 _worker_name(pid),
@@ -316,6 +324,8 @@ def render(snapshot: Snapshot, sort: str, *, keys: bool = False) -> Any:
     lines = []
     for host in hosts:
         if host.figures is None:
+            if host.error is None:
+                continue
             since = "" if host.down_since is None else f" since {_clock(host.down_since)}"
             lines.append(Text(f"{host.name} down{since}: {host.error}", style="red"))
             continue
