@@ -340,12 +340,10 @@ def worker_figures(old: Scrape | None, new: Scrape) -> dict[str, Figures]:
     pids.discard("")
     if not pids:
         return {}
-    seconds = None if old is None else new.at - old.at
-    grown = (
-        None
-        if old is None or not seconds or seconds <= 0
-        else (_grouped(increases(old, new, WORKER_REQUESTS) or {}, "pid"))
-    )
+    seconds = 0.0 if old is None else new.at - old.at
+    grown = None
+    if old is not None and seconds > 0:
+        grown = _grouped(increases(old, new, WORKER_REQUESTS) or {}, "pid")
     connections = _grouped(new.series(WORKER_CONNECTIONS), "pid")
     starts = _grouped(new.series(WORKER_START), "pid")
     states = {dict(labels).get("pid", ""): v for labels, v in new.series(JOURNAL).items()}
@@ -361,7 +359,7 @@ def worker_figures(old: Scrape | None, new: Scrape) -> dict[str, Figures]:
                 None if since is None else max(0.0, new.served - since),
             )
         found[pid] = Figures(
-            rate=None if grown is None or seconds is None else grown.get(pid, 0.0) / seconds,
+            rate=None if grown is None else grown.get(pid, 0.0) / seconds,
             connections=connections.get(pid),
             journal=state,
             uptime=max(0.0, new.served - starts[pid]),
