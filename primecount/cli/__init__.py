@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.system.test_cli -*-
 """
-The C{primecount} command: C{ask}, C{primes}, C{bench} and C{journal}.
+The C{primecount} command: C{ask}, C{primes}, C{bench}, C{journal} and C{top}.
 
 Every subcommand lives in its own module exposing C{add_arguments(parser)}
 and C{run(args) -> int}; this module only dispatches. Any failure the user
@@ -23,7 +23,8 @@ SUBCOMMANDS = {
     "ask": ("primecount.cli.ask", "send messages to the count protocol and print the replies"),
     "primes": ("primecount.cli.multiclient", "the seed's multi-client for the range protocol"),
     "bench": ("primecount.cli.bench", "load generator for both protocols"),
-    "journal": ("primecount.cli.journal", "read, follow or prune the request journal"),
+    "journal": ("primecount.cli.journal", "read, follow, sum up or prune the request journal"),
+    "top": ("primecount.cli.top", "live view of running servers, from their metrics endpoints"),
 }
 
 

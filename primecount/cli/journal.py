@@ -1,10 +1,13 @@
 # -*- test-case-name: tests.unit.test_journalcli,tests.system.test_journalcli_process -*-
 """
-C{primecount journal}: read the request journal back, follow it, prune it.
+C{primecount journal}: read the request journal back, follow it, sum it
+up (C{--stats}), prune it.
 
 The options are declared and checked here; reading is
 L{primecount.journal.reader} (SQLite) or L{primecount.journal.pgreader}
-(PostgreSQL), the output formats are L{primecount.journal.formats}.
+(PostgreSQL), the output formats are L{primecount.journal.formats}; the
+sums are L{primecount.journal.stats}, written by
+L{primecount.cli.journalstats}.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import ipaddress
 import os
 import re
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -21,6 +25,7 @@ from typing import TextIO
 from primecount.journal import DEFAULT_URL
 from primecount.journal.formats import FORMATS, format_iso_time
 from primecount.journal.reader import JournalError, Query, backend
+from primecount.journal.stats import TOP
 
 #: How many records C{--follow} shows before waiting for new ones, unless
 #: C{--limit} says otherwise (as C{tail -f} does).
@@ -61,14 +66,15 @@ def parse_time(text: str, now: float | None = None) -> float:
         ) from None
 
 
-def parse_limit(text: str) -> int:
+def parse_limit(text: str, what: str = "record count") -> int:
     """
-    The value of C{--limit}: a whole number, zero or more.
+    The value of C{--limit} (or C{--top}, a C{what} of another kind): a
+    whole number, zero or more.
 
     @raise JournalError: otherwise.
     """
     if not (text.strip().isascii() and text.strip().isdigit()):
-        raise JournalError(f"not a record count: {text!r} (expected 0 or more)")
+        raise JournalError(f"not a {what}: {text!r} (expected 0 or more)")
     return int(text)
 
 
@@ -117,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=FORMATS[0],
         choices=FORMATS,
         help="seed: the original log lines (default); jsonl: one JSON object "
-        "per line; csv: a header row, then one row per record",
+        "per line; csv: a header row, then one row per record (with --stats: "
+        "see there)",
     )
     parser.add_argument(
         "--since",
@@ -142,6 +149,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"like tail -f: after the last {FOLLOW_BACKLOG} matching records "
         "(or --limit N), print new ones as they are committed; Ctrl-C stops",
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="sum up the matching records instead of listing them: totals by "
+        "outcome, error share, top peers, range bad sums, requests per minute "
+        "(seed: a report with a sparkline; jsonl: one JSON object with the "
+        "per-minute series; csv: the per-minute series); counted by the database",
+    )
+    parser.add_argument(
+        "--top",
+        metavar="N",
+        help=f"with --stats: how many peers each top list shows (default {TOP})",
     )
     parser.add_argument(
         "--prune-before",
@@ -175,6 +195,16 @@ def _check(args: argparse.Namespace) -> None:
         raise JournalError("--vacuum only goes with --prune-before")
     if args.follow and args.until is not None:
         raise JournalError("--follow cannot be combined with --until")
+    if args.stats:
+        for option, value in (
+            ("--limit", args.limit),
+            ("--follow", args.follow or None),
+            ("--prune-before", args.prune_before),
+        ):
+            if value is not None:
+                raise JournalError(f"--stats cannot be combined with {option}")
+    elif args.top is not None:
+        raise JournalError("--top only goes with --stats")
 
 
 def query_of(args: argparse.Namespace) -> Query:
@@ -209,8 +239,15 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"pruned {count} records older than {format_iso_time(before)}\n")
         return 0
     query = query_of(args)
+    top = TOP if args.top is None else parse_limit(args.top, "peer count")
     conn = reader.connect(True)
     try:
+        if args.stats:
+            from primecount.cli import journalstats
+
+            width = shutil.get_terminal_size().columns
+            journalstats.write(conn, query, args.format, reader.shown, out, top=top, width=width)
+            return 0
         reader.show(conn, query, args.format, out, follow=args.follow)
     except KeyboardInterrupt:
         if args.follow:

@@ -70,7 +70,11 @@ def first_id_since(conn: sqlite3.Connection, when: float) -> int:
     search over ids, each probe one rowid look-up: no index on time needed.
     """
     bound = when - TIME_SLACK
-    low, high = conn.execute("SELECT min(id), max(id) FROM requests").fetchone()
+    # Two subqueries: SQLite takes min() or max() from the b-tree's ends
+    # only when it is the query's one aggregate; together they scan.
+    low, high = conn.execute(
+        "SELECT (SELECT min(id) FROM requests), (SELECT max(id) FROM requests)"
+    ).fetchone()
     if low is None:
         return 1
     high += 1

@@ -21,8 +21,23 @@ Families (labels in braces)::
     primecount_worker_restarts_total                    counter
     primecount_threadpool_queue_depth                   gauge (livesum)
     primecount_threadpool_busy_threads                  gauge (livesum)
+    primecount_journal_unavailable_since_seconds        gauge (liveall)
+
+and, with several processes only, one sample per worker process (label
+C{pid}) of::
+
+    primecount_worker_requests                          gauge (liveall)
+    primecount_worker_open_connections                  gauge (liveall)
+    primecount_worker_start_time_seconds                gauge (liveall)
 
 plus C{process_*} and C{python_*} of the process serving C{/metrics}.
+
+C{primecount_journal_unavailable_since_seconds} is the journal's state: 0
+while it commits, the time (seconds since the epoch) its current failure
+episode began while commits fail (requests answered C{ERR journal
+unavailable}). It follows L{Metrics.journalCommit} and
+L{Metrics.journalFailed}, which the journal calls anyway, and appears
+with the journal's first commit or failure (never with C{--journal none}).
 
 Label values are bounded: C{protocol} is a constant from code
 (L{primecount.journal.records.PROTOCOL_COUNT}, L{primecount.journal.records.PROTOCOL_RANGE}), and C{outcome}
@@ -43,13 +58,22 @@ L{Metrics.mark_process_dead} with its pid, which drops that worker's
 live gauges (its open connections, its pool) while its counters keep
 counting in the totals. The directory belongs to the supervisor: create it
 empty at start and remove it at exit.
+
+The sums hide how the work spreads over the workers (the kernel hands new
+connections to whichever worker accepts first). So each serving process
+also keeps the C{primecount_worker_*} gauges and its journal's state in
+C{liveall} mode: one sample per live worker, labelled with its C{pid}
+(C{primecount top} shows them as rows under their host). They appear
+when the process starts watching its thread pool (L{Metrics.watchThreadPool}):
+the supervisor serves nothing and has none.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -164,6 +188,42 @@ class _PoolCollector:
         )
 
 
+class _WorkerGauges:
+    """
+    The figures of one serving process among several, each a C{liveall}
+    gauge: the page shows one sample per live worker (label C{pid}).
+
+    @ivar requests: replies sent by this process since it started.
+    @ivar connections: connections open in this process.
+    """
+
+    def __init__(self, started: float) -> None:
+        """
+        @param started: when this process started, seconds since the epoch.
+        """
+        from prometheus_client import Gauge
+
+        self.requests = Gauge(
+            "primecount_worker_requests",
+            "Replies sent by this worker process since it started.",
+            multiprocess_mode="liveall",
+            registry=None,
+        )
+        self.connections = Gauge(
+            "primecount_worker_open_connections",
+            "Connections open in this worker process.",
+            multiprocess_mode="liveall",
+            registry=None,
+        )
+        start = Gauge(
+            "primecount_worker_start_time_seconds",
+            "When this worker process started, seconds since the epoch.",
+            multiprocess_mode="liveall",
+            registry=None,
+        )
+        start.set(started)
+
+
 class Metrics:
     """
     The C{primecount_*} metric families of this process.
@@ -186,10 +246,12 @@ class Metrics:
 
     def __init__(self, clock: IReactorTime | None = None, sampleInterval: float = 1.0) -> None:
         """
-        @param clock: used only in multiprocess mode, to sample watched thread
-            pools every C{sampleInterval} seconds (the supervisor that serves
-            C{/metrics} cannot see a worker's pools): the reactor the
-            process runs on; L{None} in a process that watches no pool.
+        @param clock: the reactor the process runs on; L{None} in a process
+            that watches no pool. In multiprocess mode it samples watched
+            thread pools every C{sampleInterval} seconds (the supervisor
+            that serves C{/metrics} cannot see a worker's pools); in either
+            mode it dates the start of a journal failure episode (without
+            it, L{time.time}).
         @param sampleInterval: seconds between thread-pool samples in
             multiprocess mode.
         @raise RuntimeError: C{PROMETHEUS_MULTIPROC_DIR} was set after
@@ -214,6 +276,11 @@ class Metrics:
         self.multiprocess = bool(directory)
         self._directory = directory
         self._clock = clock
+        # The epoch seconds of that clock (zope interfaces confuse mypy's
+        # view of its bound methods).
+        self._wallClock: Callable[[], float] = (
+            time.time if clock is None else clock.seconds  # type: ignore[misc]
+        )
         self._sampleInterval = sampleInterval
         own: CollectorRegistry | None = None if self.multiprocess else CollectorRegistry()
 
@@ -264,6 +331,12 @@ class Metrics:
         self._connectionsBy: dict[str, Gauge] = {}
         self._pools = _PoolCollector()
         self._sampler: LoopingCall | None = None
+        self._registry = own
+        # The journal's state: made at its first commit or failure.
+        self._journalState: Gauge | None = None
+        self._unavailableSince = 0.0
+        # This worker's own figures (multiprocess mode, serving processes).
+        self._worker: _WorkerGauges | None = None
 
         if own is None:
             from prometheus_client.multiprocess import MultiProcessCollector
@@ -308,6 +381,8 @@ class Metrics:
         if child is None:
             child = self._requestsBy[key] = self._requests.labels(*key)
         child.inc(n)
+        if self._worker is not None:
+            self._worker.requests.inc(n)
 
     def latency(self, protocol: str, seconds: float, n: int = 1) -> None:
         """
@@ -342,6 +417,8 @@ class Metrics:
         @param protocol: as for L{requests}.
         """
         self._connectionGauge(protocol).inc()
+        if self._worker is not None:
+            self._worker.connections.inc()
 
     def connectionClosed(self, protocol: str) -> None:
         """
@@ -350,6 +427,8 @@ class Metrics:
         @param protocol: as for L{requests}.
         """
         self._connectionGauge(protocol).dec()
+        if self._worker is not None:
+            self._worker.connections.dec()
 
     def journalCommit(self, records: int, seconds: float) -> None:
         """
@@ -361,6 +440,9 @@ class Metrics:
         """
         _observe(self._batchSize, records, 1)
         _observe(self._commitSeconds, seconds, 1)
+        if self._unavailableSince or self._journalState is None:
+            self._unavailableSince = 0.0
+            self._journalStateGauge().set(0.0)
 
     def journalFailed(self, records: int) -> None:
         """
@@ -371,6 +453,35 @@ class Metrics:
         """
         if records > 0:
             self._journalFailed.inc(records)
+        if not self._unavailableSince:
+            self._unavailableSince = self._now()
+            self._journalStateGauge().set(self._unavailableSince)
+
+    def _now(self) -> float:
+        """
+        The wall-clock time, seconds since the epoch: the clock's, when
+        there is one.
+        """
+        return self._wallClock()
+
+    def _journalStateGauge(self) -> Gauge:
+        """
+        C{primecount_journal_unavailable_since_seconds}, made at the first
+        call: a process without a journal shows no journal state. The
+        journal calls L{journalCommit} and L{journalFailed} from one thread
+        at a time (its commit lock), so it is made once.
+        """
+        if self._journalState is None:
+            from prometheus_client import Gauge
+
+            self._journalState = Gauge(
+                "primecount_journal_unavailable_since_seconds",
+                "0 while the journal commits; while its commits fail, when "
+                "that began (seconds since the epoch).",
+                multiprocess_mode="liveall",
+                registry=self._registry,
+            )
+        return self._journalState
 
     def workerRestarted(self) -> None:
         """
@@ -387,7 +498,9 @@ class Metrics:
 
         A single process reads the pools when scraped. In multiprocess mode
         the scrape happens in the supervisor, so each process samples its
-        pools into live gauges every C{sampleInterval} seconds instead.
+        pools into live gauges every C{sampleInterval} seconds instead; the
+        first call also starts this process's C{primecount_worker_*}
+        gauges.
 
         @param pool: a Twisted thread pool, such as the reactor's; watched
             for the life of the process.
@@ -400,6 +513,7 @@ class Metrics:
         if clock is not None and self.multiprocess and self._sampler is None:
             from twisted.internet.task import LoopingCall
 
+            self._worker = _WorkerGauges(self._now())
             self._sampler = LoopingCall(self._samplePools)
             self._sampler.clock = clock
             self._sampler.start(self._sampleInterval, now=True)

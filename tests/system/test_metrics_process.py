@@ -120,6 +120,60 @@ class MultiProcessTests(SynchronousTestCase):
         self.asProcess(1001, lambda: clock.advance(1.0))
         self.assertEqual(value(scrape(metrics), "primecount_threadpool_queue_depth"), 3)
 
+    def test_eachWorkerApart(self) -> None:
+        """
+        Besides the sums, each serving process has its own sample (label
+        C{pid}) of its requests, open connections, start time and journal
+        state; the supervisor, which serves nothing, has none; a dead
+        worker's samples go (its requests stay in the sum).
+        """
+        clock = Clock()
+        clock.advance(1_800_000_000)
+
+        def serving(pid: int, connections: int, requests: int, failing: bool) -> Metrics:
+            def act() -> Metrics:
+                metrics = Metrics(clock=clock, sampleInterval=1.0)
+                metrics.watchThreadPool(FakePool(busy=0, backlog=0))  # type: ignore[arg-type]
+                for _ in range(connections):
+                    metrics.connectionOpened(PROTOCOL_COUNT)
+                metrics.connectionClosed(PROTOCOL_COUNT)
+                metrics.requests(PROTOCOL_COUNT, OK, requests)
+                metrics.requests(PROTOCOL_COUNT, INVALID_UTF8)
+                metrics.journalCommit(requests, 0.001)
+                if failing:
+                    metrics.journalFailed(1)
+                return metrics
+
+            return self.asProcess(pid, act)
+
+        serving(1001, connections=3, requests=10, failing=False)
+        clock.advance(30)
+        serving(1002, connections=1, requests=500, failing=True)
+        supervisor = self.asProcess(1000, Metrics)
+        samples = scrape(supervisor)
+        for pid, requests, connections, start, since in (
+            ("1001", 11, 2, 1_800_000_000, 0),
+            ("1002", 501, 0, 1_800_000_030, 1_800_000_030),
+        ):
+            self.assertEqual(value(samples, "primecount_worker_requests", pid=pid), requests)
+            self.assertEqual(
+                value(samples, "primecount_worker_open_connections", pid=pid), connections
+            )
+            self.assertEqual(value(samples, "primecount_worker_start_time_seconds", pid=pid), start)
+            state = "primecount_journal_unavailable_since_seconds"
+            self.assertEqual(value(samples, state, pid=pid), since)
+        self.assertIsNone(value(samples, "primecount_worker_requests", pid="1000"))
+        self.assertEqual(
+            value(samples, "primecount_requests_total", protocol="count", outcome="ok"), 510
+        )
+        supervisor.mark_process_dead(1002)
+        samples = scrape(supervisor)
+        self.assertIsNone(value(samples, "primecount_worker_requests", pid="1002"))
+        self.assertEqual(value(samples, "primecount_worker_requests", pid="1001"), 11)
+        self.assertEqual(
+            value(samples, "primecount_requests_total", protocol="count", outcome="ok"), 510
+        )
+
     def test_threadPoolsNeedAClock(self) -> None:
         """
         In multiprocess mode, watching a pool without a clock is refused

@@ -20,6 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -217,6 +218,40 @@ class SingleProcessTests(SynchronousTestCase):
         self.assertEqual(value(samples, "primecount_journal_commit_seconds_bucket", le="0.0025"), 2)
         self.assertEqual(value(samples, "primecount_journal_failed_records_total"), 5)
 
+    def test_journalState(self) -> None:
+        """
+        C{primecount_journal_unavailable_since_seconds} is 0 while the
+        journal commits and, from its first failure until a commit
+        succeeds again, the time that episode began; it appears with the
+        journal's first commit or failure.
+        """
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        metrics = Metrics(clock=clock)
+        state = "primecount_journal_unavailable_since_seconds"
+        self.assertIsNone(value(scrape(metrics), state))
+        metrics.journalCommit(3, 0.001)
+        self.assertEqual(value(scrape(metrics), state), 0)
+        clock.advance(5)
+        metrics.journalFailed(2)
+        clock.advance(7)
+        metrics.journalFailed(4)
+        self.assertEqual(value(scrape(metrics), state), 1_800_000_005)
+        metrics.journalCommit(1, 0.001)
+        self.assertEqual(value(scrape(metrics), state), 0)
+        clock.advance(1)
+        metrics.journalFailed(1)
+        self.assertEqual(value(scrape(metrics), state), 1_800_000_013)
+
+    def test_journalStateFromTheFirstFailure(self) -> None:
+        """
+        A journal that fails from the start shows its state at once.
+        """
+        self.metrics.journalFailed(0)
+        found = value(scrape(self.metrics), "primecount_journal_unavailable_since_seconds")
+        assert found is not None
+        self.assertGreater(found, 1_700_000_000)
+
     def test_workerRestarts(self) -> None:
         self.metrics.workerRestarted()
         self.metrics.workerRestarted()
@@ -269,10 +304,12 @@ class SingleProcessTests(SynchronousTestCase):
         )
         self.assertEqual(value(after, "primecount_open_connections", protocol="count"), 1)
 
-    def test_theNineDocumentedFamilies(self) -> None:
+    def test_theTenDocumentedFamilies(self) -> None:
         """
-        Exactly the nine C{primecount_*} families the module documents.
+        Exactly the ten C{primecount_*} families the module documents for
+        one process (the journal's state once it committed).
         """
+        self.metrics.journalCommit(1, 0.001)
         text = generate_latest(self.metrics.registry).decode()
         # The text format shows a counter's or histogram's creation time as
         # a gauge of its own, NAME_created: not a family of ours.
@@ -293,6 +330,7 @@ class SingleProcessTests(SynchronousTestCase):
                 "primecount_worker_restarts",
                 "primecount_threadpool_queue_depth",
                 "primecount_threadpool_busy_threads",
+                "primecount_journal_unavailable_since_seconds",
             },
         )
 
