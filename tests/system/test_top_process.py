@@ -24,8 +24,13 @@ from collections.abc import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import pgcluster
-from tests.helpers import ServerProcess, free_port, require_program, stop_process
-from tests.system import test_several_hosts
+from tests.helpers import (
+    ServerProcess,
+    free_port,
+    require_program,
+    start_shipped_haproxy,
+    stop_process,
+)
 
 #: Seconds a server may take to show load in its metrics on a loaded machine.
 SETTLE = 60.0
@@ -223,9 +228,8 @@ class TwoHostsTests(SynchronousTestCase):
             server(self, "--journal", self.url, "--listen", "haproxy:tcp:0:interface=127.0.0.1")
             for _ in range(2)
         ]
-        _, front = test_several_hosts.SeveralHostsTests.start_haproxy(
-            self,  # type: ignore[arg-type]
-            [process.ports["proxy"] for process, _ in hosts],
+        _, front, _ = start_shipped_haproxy(
+            self, self.haproxy, [process.ports["proxy"] for process, _ in hosts]
         )
         load(self, front)
         urls = [url for _, url in hosts]
