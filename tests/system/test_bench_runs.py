@@ -268,7 +268,12 @@ class InterruptAndPlotTests(BenchTestCase):
         self.assertIn("matplotlib", err)
         self.assertIn(".[bench]", err)
 
-    def interrupted(self, *argv: str) -> tuple[int, str, str]:
+    def interrupted(self, *argv: str, early: bool = False) -> tuple[int, str, str]:
+        """
+        Run C{primecount bench ARGV} and press Ctrl-C: 2.5 s in, or with
+        C{early}, as soon as its generator processes exist (while they are
+        still starting).
+        """
         port = self.serve(correct)
         process = subprocess.Popen(
             [sys.executable, "-m", "primecount", "bench", "--port", str(port), *argv],
@@ -279,7 +284,13 @@ class InterruptAndPlotTests(BenchTestCase):
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
-            time.sleep(2.5)
+            if early:
+                deadline = time.monotonic() + 30
+                while not _children_of(process.pid) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                self.assertTrue(_children_of(process.pid), "no generator process started")
+            else:
+                time.sleep(2.5)
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=30)
         finally:
@@ -296,6 +307,20 @@ class InterruptAndPlotTests(BenchTestCase):
         self.assertIn("p99.9", out)
         self.assertNotIn("Traceback", err)
 
+    def test_ctrlCWhileGeneratorProcessesStart(self) -> None:
+        """
+        Ctrl-C while the generator processes are still starting (importing)
+        ends the run with the partial summary, not with a generator process
+        dying in its imports.
+        """
+        status, out, err = self.interrupted(
+            "--duration", "60", "--rate", "200", "--clients", "2", "--processes", "2", early=True
+        )
+        self.assertEqual(status, 130, err)
+        self.assertIn("interrupted after", err)
+        self.assertIn("throughput", out)
+        self.assertNotIn("Traceback", err)
+
     def test_ctrlCWithProcessesPrintsPartialSummary(self) -> None:
         status, out, err = self.interrupted(
             "--duration", "60", "--rate", "200", "--clients", "2", "--processes", "2"
@@ -304,6 +329,17 @@ class InterruptAndPlotTests(BenchTestCase):
         self.assertIn("interrupted after", err)
         self.assertIn("throughput", out)
         self.assertNotIn("Traceback", err)
+
+
+def _children_of(pid: int) -> list[int]:
+    """
+    The pids of the processes whose parent is C{pid} (Linux).
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
 
 
 _MISSING = object()

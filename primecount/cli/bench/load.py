@@ -45,6 +45,11 @@ from primecount.cli.bench.stats import Result
 #: The generator processes this process started (see L{interrupt}).
 _children: list[Any] = []
 
+#: Whether L{interrupt} was called during the current L{measure}: a Ctrl-C
+#: that came while the generator processes were still starting is passed
+#: on to them once they are ready for it.
+_interrupted: list[bool] = []
+
 
 def interrupt() -> None:
     """
@@ -52,6 +57,7 @@ def interrupt() -> None:
     generator processes, so that their partial results are returned. Safe
     to call from a signal handler.
     """
+    _interrupted.append(True)
     for generator, loop in list(running):
         with contextlib.suppress(RuntimeError):  # the loop is closed
             loop.call_soon_threadsafe(generator.interrupt)
@@ -79,6 +85,7 @@ def _process_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> No
     # Ctrl-C reaches every process of the terminal's group: end early and
     # report, as the parent does (see primecount.cli.bench.run).
     signal.signal(signal.SIGINT, lambda signum, frame: interrupt())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         result = run_generator(plan, gate, progress)
     except BaseException as e:  # the parent reports it as one line
@@ -112,18 +119,27 @@ def measure(
     context = multiprocessing.get_context("spawn")
     pipes = []
     children = []
-    for index in range(processes):
-        parent_end, child_end = context.Pipe()
-        child = context.Process(
-            target=_process_main,
-            args=(plan.share(index, processes), child_end),
-            daemon=True,
-        )
-        child.start()
-        _children.append(child)
-        child_end.close()
-        pipes.append(parent_end)
-        children.append(child)
+    _interrupted.clear()
+    # A child starts with Ctrl-C blocked (the signal mask survives exec)
+    # until _process_main handles it: one arriving while it imports would
+    # end it with a traceback instead of a partial result. Here it is held
+    # back only while the children start, then handled as usual.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for index in range(processes):
+            parent_end, child_end = context.Pipe()
+            child = context.Process(
+                target=_process_main,
+                args=(plan.share(index, processes), child_end),
+                daemon=True,
+            )
+            child.start()
+            _children.append(child)
+            child_end.close()
+            pipes.append(parent_end)
+            children.append(child)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         return _orchestrate(plan, pipes, progress)
     finally:
@@ -156,6 +172,9 @@ def _orchestrate(
     start = time.monotonic() + 0.05
     for pipe in pipes:
         pipe.send(("go", start))
+    if _interrupted:
+        # Ctrl-C came while they were starting: every one handles it now.
+        interrupt()
     counts = [(0, 0)] * len(pipes)
     results: dict[int, Result] = {}
     while len(results) < len(pipes):
