@@ -26,6 +26,7 @@ from primecount.journal import (
     parse_url,
 )
 from primecount.server import placement
+from primecount.server.budget import parse_size
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import check_description, tcp_description
 from primecount.server.service import OneStopSignal
@@ -69,6 +70,19 @@ _framing.coerceDoc = (  # type: ignore[attr-defined]
     "the first byte for more segments of the message, unless a LF or the "
     "client's half-close ends it."
 )
+
+
+def _maxMemory(value: str) -> int:
+    return parse_size(value)
+
+
+_maxMemory.coerceDoc = (  # type: ignore[attr-defined]
+    "MiB, or a size with a unit: 512K, 256M, 1G. What each serving process may hold "
+    "for its clients (unread input, unanswered requests, unsent replies), all "
+    "connections together; past it, the connections holding the most are not read "
+    "until it drains."
+)
+
 
 #: How twistd's option parser prefixes a coercer's error; our coercers name
 #: the option themselves.
@@ -140,6 +154,13 @@ class PrimecountOptions(usage.Options):
             coerce.positive("max-connections"),
         ],
         ["journal", None, DEFAULT_URL, "Where requests are recorded.", _journal],
+        [
+            "max-memory",
+            None,
+            "96",
+            "Memory budget for what clients make the server hold.",
+            _maxMemory,
+        ],
         [
             "max-per-peer",
             None,
@@ -233,6 +254,8 @@ class PrimecountOptions(usage.Options):
             raise usage.UsageError(f"--cpu-affinity: {e}") from None
         if isinstance(self["framing"], str):
             self["framing"] = _framing(self["framing"])
+        if isinstance(self["max-memory"], str):
+            self["max-memory"] = _maxMemory(self["max-memory"])
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
         if os.environ.get(WORKER_ENV):

@@ -24,6 +24,7 @@ from primecount.core.primes import SEGMENT_SIZE
 from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE, Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
+from primecount.server.budget import MemoryBudget
 from primecount.server.connections import Connections, peer_of
 from primecount.server.primestream import PrimeStream
 from primecount.server.rangeprotocol import RangeProtocol
@@ -69,6 +70,7 @@ class RangeFactory(Factory):
         connections: Connections | None = None,
         metrics: MetricsRecorder | None = None,
         proxyHeader: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -86,6 +88,8 @@ class RangeFactory(Factory):
         @param proxyHeader: connections start with a PROXY protocol header
             (behind HAProxy's C{send-proxy-v2} or C{send-proxy}); limits
             and the journal use the client address it names.
+        @param budget: the memory the process's connections may hold for
+            their clients, shared with the count protocol's factory.
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -101,6 +105,7 @@ class RangeFactory(Factory):
         self.connections = connections if connections is not None else Connections()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
+        self.budget = budget if budget is not None else MemoryBudget()
 
     def behindProxy(self) -> RangeFactory:
         """

@@ -22,6 +22,7 @@ from primecount.core.fdlimit import raise_open_files_limit
 from primecount.core.outcomes import SERVER_BUSY
 from primecount.journal import Journal, JournalURL, open_journal
 from primecount.metrics.recorder import NullMetrics
+from primecount.server.budget import MemoryBudget, size_text
 from primecount.server.connections import Connections, RefusingReactor
 from primecount.server.countprotocol import CountFactory
 from primecount.server.listeners import (
@@ -214,6 +215,7 @@ def settings_text(config: Mapping[str, Any]) -> str:
         f"threads={config['threads']} timeout={config['timeout']:g} "
         f"max-line={config['max-line']} max-connections={config['max-connections']} "
         f"max-per-peer={config['max-per-peer'] or 'off'} "
+        f"max-memory={size_text(config['max-memory']).replace(' ', '')} "
         f"cpu-affinity={config['cpu-affinity']} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
         f"framing={_framing_text(config['framing'])} "
@@ -271,6 +273,7 @@ def serve(
         config["journal"], reactor, fsync=config["journal-fsync"], metrics=metrics
     )
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
+    budget = MemoryBudget(config["max-memory"], connections.episodes)
     factories: dict[str, Any] = {
         label: CountFactory(
             reactor,
@@ -283,6 +286,7 @@ def serve(
             proxyHeader=label == PROXY,
             framing=config["framing"][0],
             readWindow=config["framing"][1],
+            budget=budget,
         )
         for label in (COUNT, PROXY)
     }
@@ -296,6 +300,7 @@ def serve(
             timeout=config["timeout"],
             connections=connections,
             metrics=metrics,
+            budget=budget,
         )
         # One pool of range job slots for both.
         factories[RANGE_PROXY] = factories[RANGE].behindProxy()

@@ -57,6 +57,9 @@ EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] 
     "journal": (
         ["--journal", "none"], JournalURL("none"), ["--journal", "mysql://x"], "expected sqlite:",
     ),
+    "max-memory": (
+        ["--max-memory", "64M"], 64 << 20, ["--max-memory", "lots"], "--max-memory wants MiB",
+    ),
     "max-per-peer": (
         ["--max-per-peer", "2"], 2, ["--max-per-peer", "many"], "a whole number, at least 1",
     ),
@@ -110,6 +113,7 @@ class OptionsTests(SynchronousTestCase):
                     "close-after-reply",
                     "max-connections",
                     "max-per-peer",
+                    "max-memory",
                     "shutdown-timeout",
                     "range-port",
                     "cpu-affinity",
@@ -124,6 +128,7 @@ class OptionsTests(SynchronousTestCase):
                 "close-after-reply": 0,
                 "max-connections": 10000,
                 "max-per-peer": None,
+                "max-memory": 96 << 20,
                 "shutdown-timeout": 10.0,
                 "range-port": None,
                 "cpu-affinity": placement.Placement("auto"),
