@@ -194,8 +194,16 @@ class PrimecountOptions(usage.Options):
             "metrics-port",
             None,
             None,
-            "HTTP port serving Prometheus metrics at /metrics, bound on --interface (default: off)",
+            "HTTP port serving Prometheus metrics at /metrics, bound on --metrics-interface "
+            "(default: off)",
             coerce.port("metrics-port"),
+        ],
+        [
+            "metrics-interface",
+            None,
+            "127.0.0.1",
+            "Address the metrics port binds: this machine only by default; 0.0.0.0 (or an "
+            "address of the monitoring network) for a Prometheus elsewhere.",
         ],
         [
             "range-port",
@@ -207,7 +215,10 @@ class PrimecountOptions(usage.Options):
     ]
 
     compData = usage.Completions(
-        optActions={"interface": usage.CompleteHostnames()},
+        optActions={
+            "interface": usage.CompleteHostnames(),
+            "metrics-interface": usage.CompleteHostnames(),
+        },
     )
 
     def __init__(self) -> None:

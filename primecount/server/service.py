@@ -35,6 +35,8 @@ from primecount.server.listeners import (
     descriptions,
     tcp_description,
 )
+from primecount.server.metricsport import BUSY as METRICS_BUSY
+from primecount.server.metricsport import METRICS_CONNECTIONS, MetricsGate
 from primecount.server.pipeline import Pipeline
 from primecount.server.placement import PlacementService
 
@@ -178,17 +180,22 @@ HURRY_BEFORE = 0.5
 SPARE_DESCRIPTORS = 64
 
 
-def connection_limit(wanted: int, warn: bool = True) -> int:
+def connection_limit(wanted: int, warn: bool = True, others: int = 0) -> int:
     """
     The most connections this process can hold at once: C{wanted}
     (C{--max-connections}), or fewer when the open-files limit, raised as
-    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS}; then
-    one warning names both numbers.
+    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS} plus
+    C{others}; then one warning names both numbers.
+
+    @param others: connections of other ports this process serves (the
+        metrics port's L{METRICS_CONNECTIONS}), whose descriptors are set
+        aside first.
     """
-    limit = raise_open_files_limit(wanted + SPARE_DESCRIPTORS)
-    if limit == resource.RLIM_INFINITY or limit >= wanted + SPARE_DESCRIPTORS:
+    spare = SPARE_DESCRIPTORS + others
+    limit = raise_open_files_limit(wanted + spare)
+    if limit == resource.RLIM_INFINITY or limit >= wanted + spare:
         return wanted
-    effective = max(1, limit - SPARE_DESCRIPTORS)
+    effective = max(1, limit - spare)
     if warn:
         _log.warn(
             "open files limit is {limit}: serving at most {effective} connections at "
@@ -237,13 +244,24 @@ def metrics_recorder(config: Mapping[str, Any], reactor: Any) -> Metrics | None:
 def metrics_listener(config: Mapping[str, Any], reactor: Any, metrics: Metrics) -> Listener:
     """
     The listener of C{--metrics-port}: C{/metrics} over HTTP, on
-    C{--interface}.
+    C{--metrics-interface}, behind its own limits (L{MetricsGate}); out of
+    descriptors, it answers C{503} with the reserve descriptor.
     """
     from primecount.metrics.http import metricsSite
 
-    description = tcp_description(config["metrics-port"], config["interface"])
-    endpoint = endpoints.serverFromString(reactor, description)
-    return Listener(METRICS, description, endpoint, metricsSite(metrics))
+    gate = MetricsGate(metricsSite(metrics, reactor), reactor)
+    description = tcp_description(config["metrics-port"], config["metrics-interface"])
+    refusing = RefusingReactor(reactor, METRICS_BUSY, gate.episodes)
+    endpoint = endpoints.serverFromString(refusing, description)
+    return Listener(METRICS, description, endpoint, gate)
+
+
+def metrics_connections(config: Mapping[str, Any]) -> int:
+    """
+    The descriptors this process sets aside for the metrics port's
+    connections (see L{connection_limit}).
+    """
+    return METRICS_CONNECTIONS if config["metrics-port"] is not None else 0
 
 
 def serve(

@@ -74,6 +74,7 @@ EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] 
     "metrics-port": (
         ["--metrics-port", "0"], 0, ["--metrics-port", "abc"], "a whole number from 0 to 65535",
     ),
+    "metrics-interface": (["--metrics-interface", "0.0.0.0"], "0.0.0.0", None, None),
     "range-port": (
         ["--range-port", "5051"], 5051, ["--range-port", "-1"], "a whole number from 0 to 65535",
     ),
@@ -117,6 +118,7 @@ class OptionsTests(SynchronousTestCase):
                     "shutdown-timeout",
                     "range-port",
                     "cpu-affinity",
+                    "metrics-interface",
                 )
             },
             {
@@ -132,6 +134,7 @@ class OptionsTests(SynchronousTestCase):
                 "shutdown-timeout": 10.0,
                 "range-port": None,
                 "cpu-affinity": placement.Placement("auto"),
+                "metrics-interface": "127.0.0.1",
             },
         )
         self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0:backlog=4096"])
@@ -336,16 +339,16 @@ class MakeServiceTests(SynchronousTestCase):
     """
 
     def test_listenersOnTheGivenReactor(self) -> None:
-        from twisted.web.server import Site
-
         from primecount.server.countprotocol import CountFactory
+        from primecount.server.metricsport import MetricsGate
         from primecount.server.rangefactory import RangeFactory
 
         options = tap.PrimecountOptions()
         options.parseOptions(
             ["--journal", "none", "--interface", "127.0.0.1", "--port", "5151",
              "--range-port", "5152", "--metrics-port", "5153", "--threads", "3",
-             "--cpu-affinity", "none", "--shutdown-timeout", "4"]
+             "--cpu-affinity", "none", "--shutdown-timeout", "4",
+             "--metrics-interface", "::1"]
         )  # fmt: skip
         reactor = ThreadedMemoryReactor()
         top = tap.makeService(options, reactor)
@@ -354,10 +357,10 @@ class MakeServiceTests(SynchronousTestCase):
         top.startService()
         self.assertEqual(
             [(port, backlog, interface) for port, _f, backlog, interface in reactor.tcpServers],
-            [(5151, 4096, "127.0.0.1"), (5152, 4096, "127.0.0.1"), (5153, 4096, "127.0.0.1")],
+            [(5151, 4096, "127.0.0.1"), (5152, 4096, "127.0.0.1"), (5153, 4096, "::1")],
         )
         for (_p, factory, _b, _i), kind in zip(
-            reactor.tcpServers, (CountFactory, RangeFactory, Site), strict=True
+            reactor.tcpServers, (CountFactory, RangeFactory, MetricsGate), strict=True
         ):
             self.assertIsInstance(factory, kind)
         self.assertEqual(reactor.poolSize, 3)
