@@ -79,7 +79,7 @@ class _Watched(ProtocolWrapper):
         self.lastActive = self.factory.idle.now()
         super().dataReceived(data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         self.factory.idle.unwatch(self)
         super().connectionLost(reason)
 
@@ -88,12 +88,13 @@ class _Watched(ProtocolWrapper):
         Nothing came for L{METRICS_TIMEOUT} seconds: drop it (a response
         the client does not read would keep a graceful close waiting).
         """
+        transport: Any = self.transport
         self.factory.episodes.event(
             "idle metrics connections closed",
             "closing idle metrics connection from {peer} (more such are counted, not logged)",
-            peer=address_text(self.transport.getPeer()),
+            peer=address_text(transport.getPeer()),
         )
-        self.transport.abortConnection()
+        transport.abortConnection()
 
 
 class MetricsGate(WrappingFactory):
