@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ import primecount
 from primecount.core.count import expected_reply
 from primecount.workers.environment import primecount_argv
 
-_LISTENING = re.compile(rb"count [0-9.]+:(\d+)")
+_LISTENING = re.compile(rb"listening on (.*?);")
+_ADDRESS = re.compile(r"([a-z-]+) [0-9.]+:(\d+)")
 
 
 def rss_by_process(pid: int) -> dict[int, int]:
@@ -83,12 +85,17 @@ def _pythonpath() -> str:
 
 
 def start_server(
-    args: list[str], cwd: str, timeout: float = 30.0
-) -> tuple[subprocess.Popen[bytes], int]:
+    args: list[str],
+    cwd: str,
+    timeout: float = 30.0,
+    preexec_fn: Callable[[], None] | None = None,
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     """
     Start C{twistd -n primecount --port 0} with C{args} in C{cwd}; its
-    process and the count port it listens on. Its log goes to C{server.log}
-    in C{cwd}.
+    process and the ports it listens on, by label (C{count}, C{metrics},
+    ...). Its log goes to C{server.log} in C{cwd}.
+
+    @param preexec_fn: run in the server's process before it starts.
     """
     log = os.path.join(cwd, "server.log")
     with open(log, "wb") as out:
@@ -98,13 +105,15 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath()),
+            preexec_fn=preexec_fn,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open(log, "rb") as f:
             found = _LISTENING.search(f.read())
         if found:
-            return process, int(found.group(1))
+            listeners = _ADDRESS.findall(found.group(1).decode())
+            return process, {label: int(port) for label, port in listeners}
         if process.poll() is not None:
             break
         time.sleep(0.1)
@@ -233,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     serverArgs = shlex.split(args.server_args)
     with tempfile.TemporaryDirectory(prefix="pc-memory-") as work:
-        process, port = start_server(serverArgs, work)
+        process, ports = start_server(serverArgs, work)
+        port = ports["count"]
         try:
             before = rss_kib(process.pid)
             result = attack(

@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from primecount import __version__
@@ -49,7 +50,7 @@ def single(options: MutableMapping[str, Any], reactor: Any) -> service.MultiServ
     metrics = metrics_recorder(options, reactor)
     top = serve(options, reactor, connections, metrics=metrics)
     if metrics is not None:
-        metrics_listener(options, reactor, metrics).setServiceParent(top)
+        top.addListener(metrics_listener(options, reactor, metrics))
     return top
 
 
@@ -107,6 +108,7 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
     bound.setServiceParent(top)
     env: dict[str, str] = {}
     metrics: Metrics | None = None
+    listeners = []
     if options["metrics-port"] is not None:
         from primecount.metrics.prometheus import MULTIPROCESS_DIRECTORY, Metrics
 
@@ -115,7 +117,8 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
         # Before the first Metrics in this process; the workers inherit it.
         os.environ[MULTIPROCESS_DIRECTORY] = env[MULTIPROCESS_DIRECTORY] = shared
         metrics = Metrics(clock=reactor)
-        metrics_listener(options, reactor, metrics).setServiceParent(top)
+        listeners.append(metrics_listener(options, reactor, metrics))
+        listeners[-1].setServiceParent(top)
     Supervisor(
         reactor,
         options["workers"],
@@ -128,13 +131,16 @@ def supervisor(options: Any, reactor: Any) -> service.MultiService:
         stopTimeout=options["shutdown-timeout"] + 5 if options["shutdown-timeout"] else None,
         metrics=metrics,
     ).setServiceParent(top)
-    reactor.callWhenRunning(
-        _log.info,
-        "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
-        version=__version__,
-        addresses=", ".join(bound.addresses),
-        n=options["workers"],
-        settings=settings_text(options),
+    announced = defer.gatherResults([listener.address() for listener in listeners])
+    announced.addCallback(
+        lambda found: reactor.callWhenRunning(
+            _log.info,
+            "primecount {version} listening on {addresses}; {n} worker processes; {settings}",
+            version=__version__,
+            addresses=", ".join(bound.addresses + found),
+            n=options["workers"],
+            settings=settings_text(options),
+        )
     )
     reactor.addSystemEventTrigger("after", "shutdown", _cleanup, scratch, counts)
     return top
