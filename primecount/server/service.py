@@ -346,19 +346,29 @@ def serve(
     return top
 
 
-#: The signals Twisted answers with C{reactor.stop()}.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: The signals that stop the server in order: Twisted's (SIGTERM, SIGINT)
+#: and SIGHUP, which L{OneStopSignal} gives the same meaning.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class OneStopSignal(service.Service):
     """
-    Makes the first stop signal (SIGTERM, SIGINT) the only one.
+    Makes SIGHUP a stop signal like SIGTERM, and the first stop signal
+    (SIGTERM, SIGINT, SIGHUP) the only one.
+
+    SIGHUP's default action is instant death: a closed terminal sends it to
+    a foreground twistd and its workers, and clients were reset, the
+    journal's last batch lost, a supervisor's scratch directory left
+    behind. Here it stops the server in order, as SIGTERM does (twistd
+    then re-raises it, as it does SIGTERM). Log rotation is not SIGHUP's
+    job: twistd reopens its C{--logfile} on SIGUSR1. A SIGHUP already
+    ignored (C{nohup}) stays ignored.
 
     Twisted's handlers call C{reactor.stop()} for every signal, and a second
     one while the orderly stop runs raises C{ReactorNotRunning}, logged as a
     traceback. That is what an operator gets from C{pkill -f primecount}, or
     systemd signalling a whole process group: each worker is signalled by
-    them and by its supervisor. Once the reactor runs, Twisted's handlers are
+    them and by its supervisor. Once the reactor runs, its handlers are
     wrapped so that the first signal ignores the next ones before it stops
     the reactor; the stop itself stays bounded by C{--shutdown-timeout}.
     Handlers that are not this reactor's (a debugger's, a test runner's) are
@@ -374,14 +384,39 @@ class OneStopSignal(service.Service):
 
     def install(self) -> None:
         """
-        Wrap this reactor's stop-signal handlers (main thread only).
+        Handle SIGHUP; wrap this reactor's stop-signal handlers (main thread
+        only).
         """
         if threading.current_thread() is not threading.main_thread():
             return
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, _first_only(self.hangUp))
         for signum in STOP_SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler) and getattr(handler, "__self__", None) is self._reactor:
                 signal.signal(signum, _first_only(handler))
+
+    def hangUp(self, signum: int, frame: Any) -> None:
+        """
+        SIGHUP: stop as on SIGTERM (what Twisted's own handler does, under
+        this signal's name).
+        """
+        _log.info("Received SIGHUP, shutting down.")
+        self._reactor.callFromThread(self._reactor.stop)
+        # What twistd re-raises once the reactor has stopped.
+        self._reactor._exitSignal = signum
+
+
+def ignored(signum: int, frame: Any) -> None:
+    """
+    The handler of every stop signal once one came: nothing to do.
+
+    Not C{SIG_IGN}: a signal that arrived before the first one's handler
+    ran (the supervisor's SIGTERM and the terminal's SIGHUP, together) is
+    handled after it, and Python raises C{OSError} ("Signal 15 ignored due
+    to race condition") into whatever the main thread runs when the handler
+    it finds then is C{SIG_IGN}.
+    """
 
 
 def _first_only(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
@@ -392,7 +427,7 @@ def _first_only(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None
 
     def first(signum: int, frame: Any) -> None:
         for other in STOP_SIGNALS:
-            signal.signal(other, signal.SIG_IGN)
+            signal.signal(other, ignored)
         handler(signum, frame)
 
     return first

@@ -27,7 +27,7 @@ from primecount.core.fdlimit import raise_open_files_limit
 from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 from primecount.server.listeners import Listener
-from primecount.server.service import STOP_SIGNALS, OneStopSignal, _plural
+from primecount.server.service import STOP_SIGNALS, OneStopSignal, _plural, ignored
 
 
 def declared_options() -> set[str]:
@@ -466,6 +466,12 @@ class FakeSignalReactor:
     def callWhenRunning(self, f: Any) -> None:
         self.whenRunning.append(f)
 
+    def callFromThread(self, f: Any) -> None:
+        f()
+
+    def stop(self) -> None:
+        self.stops.append(0)
+
 
 class OneStopSignalTests(SynchronousTestCase):
     """
@@ -478,6 +484,7 @@ class OneStopSignalTests(SynchronousTestCase):
         self.reactor = FakeSignalReactor()
         signal.signal(signal.SIGTERM, self.reactor.sigTerm)
         signal.signal(signal.SIGINT, self.reactor.sigInt)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     def test_secondSignalIgnored(self) -> None:
         """
@@ -489,8 +496,29 @@ class OneStopSignalTests(SynchronousTestCase):
         install()
         signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # type: ignore[operator]
         self.assertEqual(self.reactor.stops, [signal.SIGTERM])
-        self.assertEqual(signal.getsignal(signal.SIGTERM), signal.SIG_IGN)
-        self.assertEqual(signal.getsignal(signal.SIGINT), signal.SIG_IGN)
+        for signum in STOP_SIGNALS:
+            self.assertIs(signal.getsignal(signum), ignored)
+
+    def test_sighupStopsAsSigtermDoes(self) -> None:
+        """
+        SIGHUP, instant death by default, stops the reactor (in order), is
+        what twistd re-raises once it has stopped, and makes the later stop
+        signals ignored.
+        """
+        OneStopSignal(self.reactor).install()
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)  # type: ignore[operator]
+        self.assertEqual(self.reactor.stops, [0])
+        self.assertEqual(self.reactor._exitSignal, signal.SIGHUP)  # type: ignore[attr-defined]
+        for signum in STOP_SIGNALS:
+            self.assertIs(signal.getsignal(signum), ignored)
+
+    def test_sighupIgnoredStaysIgnored(self) -> None:
+        """
+        Under C{nohup} SIGHUP is ignored, and stays so.
+        """
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        OneStopSignal(self.reactor).install()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
 
     def test_otherHandlersLeftAlone(self) -> None:
         """
