@@ -594,7 +594,7 @@ class CountFactory(Factory):
         self.idle = IdleSweep(reactor, timeout)
         self.maxLine = maxLine
         self.closeAfterReply = closeAfterReply
-        self.connections = connections if connections is not None else Connections()
+        self.connections = connections if connections is not None else Connections(clock=reactor)
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
         self.framing = framing
