@@ -12,14 +12,14 @@ holds for its client:
   - pending requests: each unanswered line, plus L{REQUEST_OVERHEAD} for the
     objects that carry it through the pipeline;
   - unsent replies: what the transport still buffers once the client stops
-    reading (and, on the range protocol, each segment of primes written
-    until it is sent).
+    reading (its buffer passed Twisted's 64 KiB high-water mark); on the
+    range protocol, the primes written and not yet sent, likewise.
 
 When the total passes the budget, a connection that reads more while it
 holds more than its share (the budget divided among the connections that
 count against it) stops being read; it is read again once it holds less
-than half its share, or once the total drains below three quarters of the
-budget. So the clients that hold the most wait, and the rest are still
+than half its share or has answered everything, or once the total drains
+below three quarters of the budget. So the clients that hold the most wait, and the rest are still
 served. Nothing is dropped: a paused connection keeps its requests, which
 are answered in order, and what its client sends meanwhile waits in the
 kernel's socket buffer (and then the client's), not in this process.

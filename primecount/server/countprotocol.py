@@ -134,8 +134,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._memoryPaused = False  # the memory budget is spent
         self._unparsed = False  # _buffer holds whole lines beyond MAX_PENDING
         self._producing = False  # registered as the transport's producer
-        self.held = 0  # charged to the budget: the three below
-        self._inputHeld = 0  # len(self._buffer), as charged
+        self.held = 0  # charged to the budget: len(_buffer) and the two below
         self._requestsHeld = 0  # the sizes of the unanswered requests
         self._outputHeld = 0  # unsent replies, while the transport is full
         self._window: Any = None  # READ framing: the read window's end
