@@ -168,23 +168,45 @@ class MemoryBudget:
         """
         C{holder} took on C{n} more bytes; past the limit, stop reading from
         it if it holds more than its share.
+
+        (A connection on the hot path may do this arithmetic itself and
+        call L{overLimit} only when C{held} passed C{limit}.)
         """
         holder.held += n
         self.held += n
-        if self.held > self.limit and holder.held > self.share() and holder not in self.paused:
-            self._pause(holder)
+        if self.held > self.limit:
+            self.overLimit(holder)
 
     def release(self, holder: Holder, n: int) -> None:
         """
         C{holder} let C{n} bytes go; read again from what waited.
+
+        (A connection on the hot path may do this arithmetic itself and
+        call L{eased} only while something is C{paused}.)
         """
         holder.held -= n
         self.held -= n
         if self.paused:
-            if self.held <= self._resumeAt:
-                self._resumeAll()
-            elif holder.held <= self.share() // 2:
-                self.resume(holder)
+            self.eased(holder)
+
+    def overLimit(self, holder: Holder) -> None:
+        """
+        The total is over the limit after C{holder} took on more: stop
+        reading from it if it holds more than its share.
+        """
+        if holder.held > self.share() and holder not in self.paused:
+            self._pause(holder)
+
+    def eased(self, holder: Holder) -> None:
+        """
+        C{holder} let bytes go while connections are paused: read again from
+        all of them once the total is down to three quarters of the limit,
+        or from C{holder} once it holds less than half its share.
+        """
+        if self.held <= self._resumeAt:
+            self._resumeAll()
+        elif holder.held <= self.share() // 2:
+            self.resume(holder)
 
     def resume(self, holder: Holder) -> None:
         """

@@ -298,13 +298,20 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         if lines:
             self._active()
         maxLength = self.MAX_LENGTH
+        closeAfterReply = self.factory.closeAfterReply
+        pendings, parsed, held = self._pending, self._parsed, 0
         for line in lines:
             n = len(line)
             if n > maxLength:
                 self.lineLengthExceeded(line)
                 break
-            self._request(line, n)
-            if self.factory.closeAfterReply:
+            # What _request does, inline: this runs for every request.
+            pending = _Pending()
+            pending.size = size = n + REQUEST_OVERHEAD
+            held += size
+            pendings.append(pending)
+            parsed.append((line, self, pending))
+            if closeAfterReply:
                 # The rest of what it sent goes unanswered.
                 self._buffer = b""
                 self._unparsed = False
@@ -313,6 +320,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         else:
             if not self._unparsed and len(self._buffer) > maxLength:
                 self.lineLengthExceeded(self._buffer)
+        self._requestsHeld += held
         self._send()
         self._account()
 
@@ -458,13 +466,19 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
 
     def _account(self) -> None:
         """
-        Tell the budget what this connection holds now.
+        Tell the budget what this connection holds now (its arithmetic done
+        here: this runs for every read and every reply written).
         """
-        delta = len(self._buffer) + self._requestsHeld + self._outputHeld - self.held
+        held = len(self._buffer) + self._requestsHeld + self._outputHeld
+        delta = held - self.held
+        self.held = held
+        budget = self._budget
+        budget.held += delta
         if delta > 0:
-            self._budget.charge(self, delta)
-        elif delta < 0:
-            self._budget.release(self, -delta)
+            if budget.held > budget.limit:
+                budget.overLimit(self)
+        elif budget.paused:
+            budget.eased(self)
 
     def _setOutput(self, held: int) -> None:
         """
