@@ -158,7 +158,7 @@ class PrimecountOptions(usage.Options):
             "max-memory",
             None,
             "96",
-            "Memory budget for what clients make the server hold.",
+            "Memory budget for what clients make a serving process hold.",
             _maxMemory,
         ],
         [
@@ -172,7 +172,8 @@ class PrimecountOptions(usage.Options):
             "shutdown-timeout",
             None,
             10.0,
-            "On SIGTERM, seconds to finish what was received before closing anyway.",
+            "On SIGTERM (or SIGINT, SIGHUP), seconds to finish what was received before "
+            "closing anyway.",
             coerce.seconds("shutdown-timeout", "0 waits as long as it takes"),
         ],
         [
