@@ -29,6 +29,7 @@ from primecount.journal import (
 )
 from primecount.journal.sqlite import check_writable
 from primecount.server import placement
+from primecount.server.budget import parse_size
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import (
     check_description,
@@ -109,6 +110,19 @@ _framing.coerceDoc = (  # type: ignore[attr-defined]
     "client's half-close ends it."
 )
 
+
+def _maxMemory(value: str) -> int:
+    return parse_size(value)
+
+
+_maxMemory.coerceDoc = (  # type: ignore[attr-defined]
+    "MiB, or a size with a unit: 512K, 256M, 1G. What each serving process may hold "
+    "for its clients (unread input, unanswered requests, unsent replies), all "
+    "connections together; past it, the connections holding the most are not read "
+    "until it drains."
+)
+
+
 #: How twistd's option parser prefixes a coercer's error; our coercers name
 #: the option themselves.
 _COERCE_FAILED = "Parameter type enforcement failed: "
@@ -180,6 +194,13 @@ class PrimecountOptions(usage.Options):
         ],
         ["journal", None, DEFAULT_URL, "Where requests are recorded.", _journal],
         [
+            "max-memory",
+            None,
+            "96",
+            "Memory budget for what clients make a serving process hold.",
+            _maxMemory,
+        ],
+        [
             "max-per-peer",
             None,
             None,
@@ -190,7 +211,8 @@ class PrimecountOptions(usage.Options):
             "shutdown-timeout",
             None,
             10.0,
-            "On SIGTERM, seconds to finish what was received before closing anyway.",
+            "On SIGTERM (or SIGINT, SIGHUP), seconds to finish what was received before "
+            "closing anyway.",
             coerce.seconds("shutdown-timeout", "0 waits as long as it takes"),
         ],
         [
@@ -212,8 +234,16 @@ class PrimecountOptions(usage.Options):
             "metrics-port",
             None,
             None,
-            "HTTP port serving Prometheus metrics at /metrics, bound on --interface (default: off)",
+            "HTTP port serving Prometheus metrics at /metrics, bound on --metrics-interface "
+            "(default: off)",
             coerce.port("metrics-port"),
+        ],
+        [
+            "metrics-interface",
+            None,
+            "127.0.0.1",
+            "Address the metrics port binds: this machine only by default; 0.0.0.0 (or an "
+            "address of the monitoring network) for a Prometheus elsewhere.",
         ],
         [
             "range-port",
@@ -233,7 +263,10 @@ class PrimecountOptions(usage.Options):
     ]
 
     compData = usage.Completions(
-        optActions={"interface": usage.CompleteHostnames()},
+        optActions={
+            "interface": usage.CompleteHostnames(),
+            "metrics-interface": usage.CompleteHostnames(),
+        },
     )
 
     #: Whom twistd runs the server as after binding (C{--uid/--gid}), if
@@ -286,6 +319,8 @@ class PrimecountOptions(usage.Options):
             self["framing"] = _framing(self["framing"])
         if isinstance(self["trusted-proxies"], str):
             self["trusted-proxies"] = _trusted(self["trusted-proxies"])
+        if isinstance(self["max-memory"], str):
+            self["max-memory"] = _maxMemory(self["max-memory"])
         self.owner = _owner(self)
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
@@ -309,7 +344,7 @@ class PrimecountOptions(usage.Options):
             self["port"],
         )
         if self["metrics-port"] is not None:
-            wanted.append(metrics_wanted(self["metrics-port"], self["interface"]))
+            wanted.append(metrics_wanted(self["metrics-port"], self["metrics-interface"]))
         twice = repeated_port(wanted)
         if twice is not None:
             raise usage.UsageError(twice)

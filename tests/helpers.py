@@ -356,12 +356,18 @@ def _recv_until(sock: socket.socket, timeout: float, enough: Callable[[bytearray
 
 
 def sigterm_in_flight(
-    server: ServerProcess, clients: int = 6, requests: int = 300, tag: str = "c"
+    server: ServerProcess,
+    clients: int = 6,
+    requests: int = 300,
+    tag: str = "c",
+    signum: int = signal.SIGTERM,
+    group: bool = False,
 ) -> tuple[int, list[str]]:
     """
     Pipeline C{requests} lines on each of C{clients} connections, send
-    SIGTERM once the server has read from every one (its first reply is
-    back), then read every connection to its end.
+    SIGTERM (or C{signum}; to the server's whole process group if C{group},
+    as a closed terminal sends SIGHUP) once the server has read from every
+    one (its first reply is back), then read every connection to its end.
 
     Checks that what each connection got is a correct, in-order prefix of
     its replies; returns the server's exit status and the messages answered.
@@ -375,7 +381,10 @@ def sigterm_in_flight(
         sock.sendall("".join(m + "\n" for m in messages).encode())
         sent.append(messages)
     firsts = [recv_lines(sock, 1) for sock in sockets]
-    server.signal(signal.SIGTERM)
+    if group:
+        os.killpg(server.process.pid, signum)
+    else:
+        server.signal(signum)
     received = [b""] * clients
 
     def read(n: int) -> None:

@@ -2,10 +2,14 @@
 """
 The C{/metrics} page: the HTTP site that serves a
 L{primecount.metrics.prometheus.Metrics} registry, 404 elsewhere.
+
+The port's connection limit and idle timeout are the server's
+(L{primecount.server.metricsport}); the site itself keeps no request body.
 """
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
 from twisted.web import http, pages
@@ -56,12 +60,40 @@ class MetricsResource(_NotFound):
         return encoder(self._registry)
 
 
+class _Discarded(io.BytesIO):
+    """
+    A request body nobody reads: its bytes are dropped as they arrive.
+    """
+
+    def write(self, data: Any) -> int:
+        """
+        Drop C{data}.
+        """
+        return len(data)
+
+
+class BodilessRequest(Request):
+    """
+    A request whose body is dropped: C{/metrics} is only read with GET, and
+    Twisted would keep a body in memory or, past 100 kB, in a temporary file
+    (a client could fill the disk through the metrics port).
+    """
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        Whatever the body's length, keep none of it.
+        """
+        self.content = _Discarded()
+
+
 class QuietSite(Site):
     """
-    A site that writes no access log line per scrape.
+    A site that writes no access log line per scrape and keeps no request
+    body.
     """
 
     noisy = False
+    requestFactory = BodilessRequest
 
     def log(self, request: http.Request) -> None:
         """
@@ -69,11 +101,16 @@ class QuietSite(Site):
         """
 
 
-def metricsSite(metrics: Metrics) -> QuietSite:
+def metricsSite(metrics: Metrics, clock: Any = None) -> QuietSite:
     """
     The HTTP site serving C{metrics} at C{/metrics}, 404 elsewhere.
+
+    @param clock: the reactor the site runs on (the global one when
+        L{None}).
     """
     root = _NotFound()
     # No mypy-zope here: mypy cannot see the classes' @implementer.
     root.putChild(b"metrics", MetricsResource(metrics.registry))  # type: ignore[arg-type]
-    return QuietSite(root)
+    # No idle timeout of the site's own (12 hours by default, and a log line
+    # each): the server's gate closes idle connections.
+    return QuietSite(root, timeout=None, reactor=clock)

@@ -150,6 +150,7 @@ class Connections:
     @ivar maxConnections: the most open connections, all protocols together.
     @ivar maxPerPeer: the most open connections from one address, or L{None}.
     @ivar episodes: logs what clients do wrong once per episode, with counts.
+    @ivar refused: connections refused at the limits since the start.
     """
 
     _log = Logger()
@@ -170,7 +171,6 @@ class Connections:
         self._counts: Counts = counts if counts is not None else LocalCounts()
         self._open: dict[Closable, str] = {}
         self._empty: list[Deferred[None]] = []
-        self._refusing = False
         self.refused = 0
         self.closing = False
         self.episodes = Episodes(self._log, clock)
@@ -184,27 +184,28 @@ class Connections:
     def admit(self, peer: str) -> bool:
         """
         Whether a new connection from C{peer} may be served; counts it if so.
-        A refusal is logged once per episode, not once per connection.
+        A refusal is logged once per episode, which ends once no connection
+        was refused for L{Episodes.quiet} seconds (not at the next one let
+        in: clients knocking at a full server are let in as others leave),
+        with how many were refused.
         """
         if not self.closing and self._counts.acquire(peer, self.maxConnections, self.maxPerPeer):
-            if self._refusing:
-                self._refusing = False
-                self._log.info(
-                    "accepting connections again ({refused} refused meanwhile)",
-                    refused=self.refused,
-                )
-                self.refused = 0
             return True
         self.refused += 1
-        if not self._refusing and not self.closing:
-            self._refusing = True
-            self._log.warn(
-                "refusing connections with ERR server busy: limit of {total} open "
-                "{connections}{perPeer} reached (first refused: {peer})",
-                total=self.maxConnections,
+        if not self.closing:
+            self.episodes.event(
+                "connections refused at the connection limit",
+                "refusing connections with ERR server busy: limit of {limit} open "
+                "{connections}{perPeer} reached (first refused: {peer}; more are counted, "
+                "not logged)",
+                level=LogLevel.warn,
+                ended="connections refused at the connection limit: {total} in {seconds:.0f} s; "
+                "none for {quiet:g} s now",
+                limit=self.maxConnections,
                 connections="connection" if self.maxConnections == 1 else "connections",
                 perPeer=f", {self.maxPerPeer} per address" if self.maxPerPeer else "",
                 peer=peer,
+                quiet=self.episodes.quiet,
             )
         return False
 

@@ -37,15 +37,17 @@ from primecount.core.outcomes import LINE_TOO_LONG, SERVER_BUSY, Outcome
 from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal.records import PROTOCOL_COUNT
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
+from primecount.server.budget import REQUEST_OVERHEAD, MemoryBudget
 from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.idle import IdleSweep
 from primecount.server.pipeline import PendingReply, Pipeline, Request
 from primecount.server.proxy import ProxyHeaderReceiver
-from primecount.server.transport import write_now
+from primecount.server.transport import buffered, write_now
 
 #: Stop reading from a client with this many unanswered requests; read again
-#: when fewer than half remain. Bounds the memory a pipelining client can
-#: claim whatever it sends.
+#: when fewer than half remain. Lines read beyond it stay unparsed bytes
+#: until there is room: a parsed request costs far more than its line
+#: (L{REQUEST_OVERHEAD}), and one read can hold 65,536 empty lines.
 MAX_PENDING = 1024
 
 #: C{--framing}: one request per LF-terminated line (the default).
@@ -89,6 +91,18 @@ def parse_framing(value: str) -> tuple[str, float]:
     return kind, ms / 1000
 
 
+class _Pending(PendingReply):
+    """
+    A L{PendingReply} that knows what its request costs the memory budget.
+
+    @ivar size: the bytes charged for the request, released with its reply.
+    """
+
+    __slots__ = ("size",)
+
+    size: int
+
+
 @implementer(interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
 class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     """
@@ -97,7 +111,13 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     It is registered as the transport's producer so that when the client
     stops reading replies, the server stops reading requests.
 
+    What it holds for its client counts against the process's
+    L{MemoryBudget} (see L{primecount.server.budget}): its unread input,
+    each unanswered request, and its unsent replies once the transport's
+    buffer is full; over budget, it may be paused.
+
     @ivar peer: the client's address. @ivar port: the client's port.
+    @ivar held: the bytes charged to the memory budget.
     """
 
     delimiter = b"\n"
@@ -106,13 +126,18 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
     _log = Logger()
 
     def __init__(self) -> None:
-        self._pending: deque[PendingReply] = deque()
+        self._pending: deque[_Pending] = deque()
         self._parsed: list[Request] = []  # not yet submitted to the pipeline
         self._closing = False  # answer what is queued, then close
         self._lost = False
         self._readPaused = False  # too many unanswered requests
         self._writePaused = False  # the client is not reading replies
+        self._memoryPaused = False  # the memory budget is spent
+        self._unparsed = False  # _buffer holds whole lines beyond MAX_PENDING
         self._producing = False  # registered as the transport's producer
+        self.held = 0  # charged to the budget: len(_buffer) and the two below
+        self._requestsHeld = 0  # the sizes of the unanswered requests
+        self._outputHeld = 0  # unsent replies, while the transport is full
         self._window: Any = None  # READ framing: the read window's end
         self.lastActive: float | None = None  # read by the factory's IdleSweep
         self.peer = ""
@@ -129,6 +154,8 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self.transport.registerProducer(self, True)
         self._producing = True
         self._seconds = factory.reactor.seconds
+        self._budget = factory.budget
+        self._budget.join(self)
         factory.idle.watch(self)
         if factory.proxyHeader:
             # Admitted once the PROXY line names the real client (if it
@@ -145,7 +172,14 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._lost = True
         self.factory.idle.unwatch(self)
         self._endWindow()
-        self._pending.clear()
+        # The input and the transport's buffers go now; the requests in the
+        # pipeline stay charged until they are answered (see replyReady).
+        self._buffer = b""
+        self._unparsed = False
+        self._account()
+        self._setOutput(0)
+        if not self._pending:
+            self._budget.leave(self)
         if not self._awaitingProxy:
             self.factory.connections.closed(self)
             self.factory.metrics.connectionClosed(PROTOCOL_COUNT)
@@ -156,10 +190,13 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         (with L{READ} framing: the message, if any byte came).
         """
         self._endWindow()
+        if self._unparsed:
+            self._parse(b"", capped=False)
         rest, self._buffer = self._buffer, b""
         if rest:
-            self._request(rest)
+            self._request(rest, len(rest))
             self._send()
+        self._account()
         self.closeWhenDone()
 
     def writeConnectionLost(self) -> None:
@@ -225,9 +262,8 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         L{LineReceiver.dataReceived} re-copies the rest of the buffer for
         every line, which is quadratic in the lines per read; a client
         pipelining short lines would make each read cost milliseconds of
-        the reactor's time. This keeps L{LineReceiver}'s interface
-        (C{lineReceived}, C{lineLengthExceeded}, C{MAX_LENGTH}) but splits
-        once per read.
+        the reactor's time. This keeps L{LineReceiver}'s C{MAX_LENGTH} and
+        C{lineLengthExceeded} but splits once per read (L{_parse}).
         """
         if self._closing:
             return
@@ -237,20 +273,58 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
                 return
         if self.factory.framing == READ:
             self._readMessage(data)
+            self._account()  # a message waiting for its read window
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes, capped: bool = True) -> None:
+        """
+        Take the lines of the buffer and C{data} as requests, charge them
+        to the budget, submit them to the pipeline.
+
+        @param capped: whether to stop at L{MAX_PENDING} unanswered
+            requests, keeping the other lines as bytes in the buffer.
+        """
         lines = (self._buffer + data).split(self.delimiter)
-        self._buffer = lines.pop()
+        rest = lines.pop()
+        room = MAX_PENDING - len(self._pending)
+        if capped and len(lines) > room:
+            room = max(room, 0)
+            lines.append(rest)
+            rest = self.delimiter.join(lines[room:])
+            del lines[room:]
+            self._unparsed = True
+        else:
+            self._unparsed = False
+        self._buffer = rest
+        if lines:
+            self._active()
+        maxLength = self.MAX_LENGTH
+        closeAfterReply = self.factory.closeAfterReply
+        pendings, parsed, held = self._pending, self._parsed, 0
         for line in lines:
-            if len(line) > self.MAX_LENGTH:
+            n = len(line)
+            if n > maxLength:
                 self.lineLengthExceeded(line)
                 break
-            self.lineReceived(line)
-            if self._closing:
+            # What _request does, inline: this runs for every request.
+            pending = _Pending()
+            pending.size = size = n + REQUEST_OVERHEAD
+            held += size
+            pendings.append(pending)
+            parsed.append((line, self, pending))
+            if closeAfterReply:
+                # The rest of what it sent goes unanswered.
+                self._buffer = b""
+                self._unparsed = False
+                self.closeWhenDone()
                 break
         else:
-            if len(self._buffer) > self.MAX_LENGTH:
+            if not self._unparsed and len(self._buffer) > maxLength:
                 self.lineLengthExceeded(self._buffer)
+        self._requestsHeld += held
         self._send()
+        self._account()
 
     def _readMessage(self, data: bytes) -> None:
         """
@@ -292,20 +366,15 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         self._endWindow()
         self._active()
-        self._request(message)
+        self._request(message, len(message))
         self.closeWhenDone()
         self._send()
+        self._account()
 
     def _refuse(self, outcome: Outcome) -> None:
         self._closing = True
         self.transport.write(outcome.reply())
         self._close()
-
-    def lineReceived(self, line: bytes) -> None:
-        self._active()
-        self._request(line)
-        if self.factory.closeAfterReply:
-            self.closeWhenDone()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
@@ -321,11 +390,17 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             limit=self.MAX_LENGTH,
         )
         self._buffer = b""
-        self._request(Evaluation(count.excerpt(line), outcome=LINE_TOO_LONG))
+        self._unparsed = False
+        self._request(Evaluation(count.excerpt(line), outcome=LINE_TOO_LONG), 0)
         self.closeWhenDone()
 
-    def _request(self, item: bytes | Evaluation) -> None:
-        pending = PendingReply()
+    def _request(self, item: bytes | Evaluation, size: int) -> None:
+        """
+        Queue a request: C{item}, whose line is C{size} bytes long.
+        """
+        pending = _Pending()
+        pending.size = size + REQUEST_OVERHEAD
+        self._requestsHeld += pending.size
         self._pending.append(pending)
         self._parsed.append((item, self, pending))
 
@@ -343,6 +418,10 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         if self._lost:
             return
+        if self._unparsed and not self._closing:
+            # Whole lines read but held back by MAX_PENDING were received
+            # too: they are answered before the connection closes.
+            self._parse(b"", capped=False)
         self._closing = True
         self.transport.pauseProducing()
         if not self._pending:
@@ -354,45 +433,118 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         Write every reply at the head of the queue that is ready.
         """
-        if self._lost:
-            return
         ready: list[bytes] = []
+        freed = 0
         pending = self._pending
         while pending and (reply := pending[0].reply) is not None:
-            pending.popleft()
+            freed += pending.popleft().size
             ready.append(reply)
         if not ready:
             return
+        self._requestsHeld -= freed
+        if self._lost:
+            # Answered after its client left: only the memory is let go.
+            self._account()
+            if not pending:
+                self._budget.leave(self)
+            return
         write_now(self.transport, b"".join(ready))
+        if self._writePaused:
+            self._outputHeld = buffered(self.transport)
+        self._account()
         if self._closing:
             if not pending:
                 self._close()
             return
         self._active()
+        if self._memoryPaused and not pending:
+            # Everything it held is answered: pausing it frees no more.
+            self._budget.resume(self)
         if self._readPaused and len(pending) < MAX_PENDING // 2:
             self._readPaused = False
             self._updateReading()
 
+    # -- memory (see primecount.server.budget) -------------------------------
+
+    def _account(self) -> None:
+        """
+        Tell the budget what this connection holds now (its arithmetic done
+        here: this runs for every read and every reply written).
+        """
+        held = len(self._buffer) + self._requestsHeld + self._outputHeld
+        delta = held - self.held
+        self.held = held
+        budget = self._budget
+        budget.held += delta
+        if delta > 0:
+            if budget.held > budget.limit:
+                budget.overLimit(self)
+        elif budget.paused:
+            budget.eased(self)
+
+    def _setOutput(self, held: int) -> None:
+        """
+        The transport holds C{held} bytes of unsent replies.
+        """
+        self._outputHeld = held
+        self._account()
+
+    def pauseForMemory(self) -> bool:
+        """
+        The budget is spent and this connection holds more than its share:
+        stop reading until it drains, unless it has nothing to answer.
+        """
+        if not self._pending or self._closing or self._lost:
+            return False
+        self._memoryPaused = True
+        self._updateReading()
+        return True
+
+    def resumeForMemory(self) -> None:
+        """
+        The budget has room again: read, unless something else stops it.
+        """
+        self._memoryPaused = False
+        self._updateReading()
+
     # -- flow control (IPushProducer, driven by the transport) ---------------
 
     def pauseProducing(self) -> None:
+        """
+        The client stopped reading its replies: stop reading its requests;
+        what the transport holds for it counts against the budget.
+        """
         self._writePaused = True
+        if not self._lost:
+            self._setOutput(buffered(self.transport))
         self._updateReading()
 
     def resumeProducing(self) -> None:
+        """
+        The transport sent everything: read again.
+        """
         self._writePaused = False
+        self._setOutput(0)
         self._updateReading()
 
     def stopProducing(self) -> None:
         pass
 
     def _updateReading(self) -> None:
+        """
+        Read from the client unless something stops it; lines held back by
+        L{MAX_PENDING} are taken before anything more is read.
+        """
         if self._closing or self._lost:
             return
-        if self._readPaused or self._writePaused:
+        if self._readPaused or self._writePaused or self._memoryPaused:
             self.transport.pauseProducing()
-        else:
-            self.transport.resumeProducing()
+            return
+        if self._unparsed:
+            self._parse(b"")
+            if self._closing or self._readPaused or self._memoryPaused:
+                return
+        self.transport.resumeProducing()
 
 
 class BusyProtocol(Protocol):
@@ -433,10 +585,13 @@ class CountFactory(Factory):
         trustedProxies: TrustedProxies = TRUSTED_BY_DEFAULT,
         framing: str = LINE,
         readWindow: float = READ_WINDOW,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """
         @param connections: the process's open connections and their limits,
             shared with the range protocol's factory.
+        @param budget: the memory the process's connections may hold for
+            their clients, shared with the range protocol's factory.
         @param metrics: counts open connections and refusals.
         @param proxyHeader: connections start with a PROXY protocol v1 line
             (behind HAProxy's C{send-proxy}); limits and the journal use the
@@ -458,12 +613,13 @@ class CountFactory(Factory):
         self.idle = IdleSweep(reactor, timeout)
         self.maxLine = maxLine
         self.closeAfterReply = closeAfterReply
-        self.connections = connections if connections is not None else Connections()
+        self.connections = connections if connections is not None else Connections(clock=reactor)
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
         self.trustedProxies = trustedProxies
         self.framing = framing
         self.readWindow = readWindow
+        self.budget = budget if budget is not None else MemoryBudget()
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.proxyHeader:

@@ -103,7 +103,7 @@ def descriptions(
 
 def metrics_wanted(port: int, interface: str) -> Wanted:
     """
-    The listener of C{--metrics-port}, on C{--interface}.
+    The listener of C{--metrics-port}, on C{--metrics-interface}.
     """
     return Wanted(METRICS, tcp_description(port, interface), f"--metrics-port {port}")
 

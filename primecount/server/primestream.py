@@ -47,7 +47,12 @@ class PrimeStream:
     @ivar done: fires with C{(count, total)}, the number and sum of the
         primes written, after the last write; errbacks if a sieve job fails;
         never fires once the stream is stopped.
+    @ivar lookahead: whether a segment is requested while the one just
+        written is still being sent (see L{_next}); off, a paused stream
+        holds one segment instead of two (the memory budget is spent).
     """
+
+    lookahead = True
 
     def __init__(
         self,
@@ -159,7 +164,7 @@ class PrimeStream:
         paused = self._paused
         if data:
             self._consumer.write(data)
-        self._next(lookahead=not paused)
+        self._next(lookahead=self.lookahead and not paused)
         self._finishIfDone()
 
     def _finishIfDone(self) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, ClassVar
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorCore
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -25,6 +25,7 @@ from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE, Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
+from primecount.server.budget import MemoryBudget
 from primecount.server.connections import Connections, peer_of
 from primecount.server.primestream import PrimeStream
 from primecount.server.rangeprotocol import RangeProtocol
@@ -55,7 +56,6 @@ class RangeFactory(Factory):
     @ivar maxJobs: how many range jobs may run in the pool at once.
     """
 
-    _log: ClassVar[Logger] = Logger()
     protocol = RangeProtocol  # type: ignore[assignment]
     noisy = False
 
@@ -71,6 +71,7 @@ class RangeFactory(Factory):
         metrics: MetricsRecorder | None = None,
         proxyHeader: bool = False,
         trustedProxies: TrustedProxies = TRUSTED_BY_DEFAULT,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -90,6 +91,8 @@ class RangeFactory(Factory):
             and the journal use the client address it names.
         @param trustedProxies: with C{proxyHeader} (or L{behindProxy}), the
             only addresses whose connections are served; others are closed.
+        @param budget: the memory the process's connections may hold for
+            their clients, shared with the count protocol's factory.
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -101,11 +104,11 @@ class RangeFactory(Factory):
             maxJobs = max(1, min(os.cpu_count() or 1, threads - 1))
         self.maxJobs = maxJobs
         self._slots = DeferredSemaphore(maxJobs)
-        self._journalDown = False
-        self.connections = connections if connections is not None else Connections()
+        self.connections = connections if connections is not None else Connections(clock=reactor)
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.proxyHeader = proxyHeader
         self.trustedProxies = trustedProxies
+        self.budget = budget if budget is not None else MemoryBudget()
 
     def behindProxy(self) -> RangeFactory:
         """
@@ -161,13 +164,14 @@ class RangeFactory(Factory):
     def _journal(self, write: Any, record: Record) -> Deferred[bool]:
         """
         C{write([record])} to the journal. The journal logs its own outages
-        (L{JournalUnavailable}); any other failure is logged here once, when
-        it starts, and once more when the journal works again.
+        (L{JournalUnavailable}); any other failure is logged here once per
+        episode, which ends once none failed for a while (a journal that
+        fails every other write is one episode, not a line per write).
 
         @return: fires with whether it worked; never errbacks.
         """
         d = maybeDeferred(write, [record])
-        d.addCallbacks(self._journalUp, self._journalFailed)
+        d.addCallbacks(lambda _: True, self._journalFailed)
         return d
 
     def journalAppend(self, record: Record) -> Deferred[bool]:
@@ -183,24 +187,19 @@ class RangeFactory(Factory):
         """
         return self._journal(self.journal.settle, record)
 
-    def _journalUp(self, _: object) -> bool:
-        """
-        A record was committed.
-        """
-        if self._journalDown:
-            self._journalDown = False
-            self._log.info("Journal available again; range requests are recorded")
-        return True
-
     def _journalFailed(self, failure: Failure) -> bool:
         """
-        A record could not be committed: log it if it is the first failure
-        that the journal did not log itself.
+        A record could not be committed: log it, once per episode, unless
+        the journal logged it itself.
         """
-        if not self._journalDown and not failure.check(JournalUnavailable):
-            self._journalDown = True
-            self._log.error(
+        if not failure.check(JournalUnavailable):
+            self.connections.episodes.event(
+                "range records the journal failed to write",
                 "Journal unavailable ({why}); range requests are refused until it recovers",
+                level=LogLevel.error,
+                ended="range records the journal failed to write: {total} in {seconds:.0f} s; "
+                "none for {quiet:g} s now",
                 why=failure.getErrorMessage(),
+                quiet=self.connections.episodes.quiet,
             )
         return False

@@ -54,6 +54,7 @@ from primecount.journal.records import PROTOCOL_RANGE, Record, now
 from primecount.server.connections import no_delay, peer_of
 from primecount.server.primestream import PrimeStream
 from primecount.server.proxy import ProxyHeaderReceiver
+from primecount.server.transport import buffered
 
 if TYPE_CHECKING:
     from primecount.server.rangefactory import RangeFactory
@@ -110,8 +111,15 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
     or a connection from an address not in the factory's C{trustedProxies},
     is closed (the binary protocol has no error message).
 
+    What it holds for its client counts against the process's memory
+    budget (L{primecount.server.budget}): its unread input, and the primes
+    the transport has not sent yet once its buffer is full. Over budget,
+    a stream whose client is behind sieves nothing ahead (see
+    L{PrimeStream.lookahead}) until the transport has sent what it holds.
+
     @ivar factory: the L{RangeFactory} that made this protocol.
     @ivar peer: the client's address. @ivar port: the client's port.
+    @ivar held: the bytes charged to the memory budget.
     """
 
     _log: ClassVar[Logger] = Logger()
@@ -132,6 +140,10 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._total = 0
         self._stream: PrimeStream | None = None
         self._readingPaused = False
+        self._writePaused = False  # the transport's buffer is full
+        self._memoryPaused = False  # the memory budget is spent
+        self.held = 0  # charged to the budget: unread input, unsent primes
+        self._outputHeld = 0
         self._lost = False
         self._timeoutError: Outcome | None = None
         self.peer, self.port = "", 0
@@ -147,6 +159,8 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         transport: Any = self.transport
         self.peer, self.port = peer_of(transport.getPeer(), transport.getHost())
         no_delay(transport)
+        self._budget = self.factory.budget
+        self._budget.join(self)
         if not self.factory.proxyHeader:
             self._admitted()
         elif not self._awaitProxy():
@@ -198,6 +212,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             acknowledge_now(self.transport)
             self._summed(rangecodec.decode_sum(data))
         self._throttle()
+        self._account()
 
     def _throttle(self) -> None:
         """
@@ -263,15 +278,24 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
     def pauseProducing(self) -> None:
         """
         The client stopped reading: pause the stream, and start the timeout.
+        What the transport holds counts against the memory budget.
         """
         if self._stream is not None:
+            self._writePaused = True
             self._stream.pauseProducing()
             self._waitForClient()
+            self._setOutput(buffered(self.transport))
 
     def resumeProducing(self) -> None:
         """
-        The client reads again: resume the stream, stop the timeout.
+        The client reads again (the transport sent everything): resume the
+        stream, stop the timeout.
         """
+        self._writePaused = False
+        self._setOutput(0)
+        if self._memoryPaused:
+            # Holding nothing but its input now: pausing it frees no more.
+            self._budget.resume(self)
         if self._stream is not None:
             self.setTimeout(None)
             self._stream.resumeProducing()
@@ -283,12 +307,53 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         if self._stream is not None:
             self._stream.stopProducing()
 
+    def _account(self) -> None:
+        """
+        Tell the budget what this connection holds now.
+        """
+        delta = len(self._buffer) + self._outputHeld - self.held
+        if delta > 0:
+            self._budget.charge(self, delta)
+        elif delta < 0:
+            self._budget.release(self, -delta)
+
+    def _setOutput(self, held: int) -> None:
+        """
+        The transport holds C{held} bytes of primes not sent yet.
+        """
+        self._outputHeld = held
+        self._account()
+
+    def pauseForMemory(self) -> bool:
+        """
+        The budget is spent and this connection holds more than its share:
+        sieve nothing ahead while the client is behind, so that it holds one
+        segment, not two, until the transport has sent it (only a stream
+        the transport paused holds anything worth pausing).
+        """
+        if self._stream is None or not self._writePaused or self._lost:
+            return False
+        self._memoryPaused = True
+        self._stream.lookahead = False
+        return True
+
+    def resumeForMemory(self) -> None:
+        """
+        The budget has room again: sieve ahead again.
+        """
+        self._memoryPaused = False
+        if self._stream is not None:
+            self._stream.lookahead = True
+
     def _streamed(self, result: tuple[int, int]) -> None:
         """
         Every prime is written: wait for the client's sum.
         """
         count, total = result
         self._stream = None
+        # Unregistered: the transport no longer says when it drained.
+        self._writePaused = False
+        self._budget.resume(self)
         if count != self._count:
             self._log.error(
                 "Sent {sent} for [{a}, {b}] after announcing {count}",
@@ -311,6 +376,8 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         The client's sum arrived: journal the request, then read the next.
         """
         self.setTimeout(None)
+        # The client read the primes it summed.
+        self._setOutput(buffered(self.transport))
         ok = total == self._total
         d = self._record(OK if ok else BAD_SUM, sum_ok=ok)
         self._state = _JOURNALLING
@@ -377,6 +444,10 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         self.setTimeout(None)
         self._lost = True
+        incomplete = bool(self._buffer)
+        self._buffer.clear()
+        self._setOutput(0)
+        self._budget.leave(self)
         if self._awaitingProxy:
             return  # never admitted: nothing counted, no request to journal
         self.factory.metrics.connectionClosed(PROTOCOL_RANGE)
@@ -389,7 +460,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             self._record(self._timeoutError or DISCONNECTED_MID_STREAM)
         elif self._state == _AWAITING_SUM:
             self._record(self._timeoutError or DISCONNECTED_BEFORE_SUM)
-        elif self._state == _IDLE and self._buffer:
+        elif self._state == _IDLE and incomplete:
             self._a = self._b = None
             self._record(INCOMPLETE_REQUEST)
         self._state = _JOURNALLING

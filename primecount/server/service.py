@@ -23,6 +23,7 @@ from primecount.core.outcomes import SERVER_BUSY
 from primecount.core.wording import plural
 from primecount.journal import Journal, JournalURL, open_journal
 from primecount.metrics.recorder import NullMetrics
+from primecount.server.budget import MemoryBudget, size_text
 from primecount.server.connections import Connections, RefusingReactor
 from primecount.server.countprotocol import CountFactory
 from primecount.server.listeners import (
@@ -34,6 +35,8 @@ from primecount.server.listeners import (
     descriptions,
     metrics_wanted,
 )
+from primecount.server.metricsport import BUSY as METRICS_BUSY
+from primecount.server.metricsport import METRICS_CONNECTIONS, MetricsGate
 from primecount.server.pipeline import Pipeline
 from primecount.server.placement import PlacementService
 
@@ -170,17 +173,22 @@ HURRY_BEFORE = 0.5
 SPARE_DESCRIPTORS = 64
 
 
-def connection_limit(wanted: int, warn: bool = True) -> int:
+def connection_limit(wanted: int, warn: bool = True, others: int = 0) -> int:
     """
     The most connections this process can hold at once: C{wanted}
     (C{--max-connections}), or fewer when the open-files limit, raised as
-    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS}; then
-    one warning names both numbers.
+    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS} plus
+    C{others}; then one warning names both numbers.
+
+    @param others: connections of other ports this process serves (the
+        metrics port's L{METRICS_CONNECTIONS}), whose descriptors are set
+        aside first.
     """
-    limit = raise_open_files_limit(wanted + SPARE_DESCRIPTORS)
-    if limit == resource.RLIM_INFINITY or limit >= wanted + SPARE_DESCRIPTORS:
+    spare = SPARE_DESCRIPTORS + others
+    limit = raise_open_files_limit(wanted + spare)
+    if limit == resource.RLIM_INFINITY or limit >= wanted + spare:
         return wanted
-    effective = max(1, limit - SPARE_DESCRIPTORS)
+    effective = max(1, limit - spare)
     if warn:
         _log.warn(
             "open files limit is {limit}: serving at most {effective} at "
@@ -207,6 +215,7 @@ def settings_text(config: Mapping[str, Any]) -> str:
         f"threads={config['threads']} timeout={config['timeout']:g} "
         f"max-line={config['max-line']} max-connections={config['max-connections']} "
         f"max-per-peer={config['max-per-peer'] or 'off'} "
+        f"max-memory={size_text(config['max-memory']).replace(' ', '')} "
         f"cpu-affinity={config['cpu-affinity']} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
         f"framing={_framing_text(config['framing'])} "
@@ -228,13 +237,24 @@ def metrics_recorder(config: Mapping[str, Any], reactor: Any) -> Metrics | None:
 def metrics_listener(config: Mapping[str, Any], reactor: Any, metrics: Metrics) -> Listener:
     """
     The listener of C{--metrics-port}: C{/metrics} over HTTP, on
-    C{--interface}.
+    C{--metrics-interface}, behind its own limits (L{MetricsGate}); out of
+    descriptors, it answers C{503} with the reserve descriptor.
     """
     from primecount.metrics.http import metricsSite
 
-    label, description, option = metrics_wanted(config["metrics-port"], config["interface"])
-    endpoint = endpoints.serverFromString(reactor, description)
-    return Listener(label, description, endpoint, metricsSite(metrics), option)
+    gate = MetricsGate(metricsSite(metrics, reactor), reactor)
+    label, description, option = metrics_wanted(config["metrics-port"], config["metrics-interface"])
+    refusing = RefusingReactor(reactor, METRICS_BUSY, gate.episodes)
+    endpoint = endpoints.serverFromString(refusing, description)
+    return Listener(label, description, endpoint, gate, option)
+
+
+def metrics_connections(config: Mapping[str, Any]) -> int:
+    """
+    The descriptors this process sets aside for the metrics port's
+    connections (see L{connection_limit}).
+    """
+    return METRICS_CONNECTIONS if config["metrics-port"] is not None else 0
 
 
 def serve(
@@ -264,6 +284,7 @@ def serve(
         config["journal"], reactor, fsync=config["journal-fsync"], metrics=metrics
     )
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
+    budget = MemoryBudget(config["max-memory"], connections.episodes)
     factories: dict[str, Any] = {
         label: CountFactory(
             reactor,
@@ -277,6 +298,7 @@ def serve(
             trustedProxies=config["trusted-proxies"],
             framing=config["framing"][0],
             readWindow=config["framing"][1],
+            budget=budget,
         )
         for label in (COUNT, PROXY)
     }
@@ -291,6 +313,7 @@ def serve(
             connections=connections,
             metrics=metrics,
             trustedProxies=config["trusted-proxies"],
+            budget=budget,
         )
         # One pool of range job slots for both.
         factories[RANGE_PROXY] = factories[RANGE].behindProxy()
@@ -322,19 +345,29 @@ def serve(
     return top
 
 
-#: The signals Twisted answers with C{reactor.stop()}.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: The signals that stop the server in order: Twisted's (SIGTERM, SIGINT)
+#: and SIGHUP, which L{OneStopSignal} gives the same meaning.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class OneStopSignal(service.Service):
     """
-    Makes the first stop signal (SIGTERM, SIGINT) the only one.
+    Makes SIGHUP a stop signal like SIGTERM, and the first stop signal
+    (SIGTERM, SIGINT, SIGHUP) the only one.
+
+    SIGHUP's default action is instant death: a closed terminal sends it to
+    a foreground twistd and its workers, and clients were reset, the
+    journal's last batch lost, a supervisor's scratch directory left
+    behind. Here it stops the server in order, as SIGTERM does (twistd
+    then re-raises it, as it does SIGTERM). Log rotation is not SIGHUP's
+    job: twistd reopens its C{--logfile} on SIGUSR1. A SIGHUP already
+    ignored (C{nohup}) stays ignored.
 
     Twisted's handlers call C{reactor.stop()} for every signal, and a second
     one while the orderly stop runs raises C{ReactorNotRunning}, logged as a
     traceback. That is what an operator gets from C{pkill -f primecount}, or
     systemd signalling a whole process group: each worker is signalled by
-    them and by its supervisor. Once the reactor runs, Twisted's handlers are
+    them and by its supervisor. Once the reactor runs, its handlers are
     wrapped so that the first signal ignores the next ones before it stops
     the reactor; the stop itself stays bounded by C{--shutdown-timeout}.
     Handlers that are not this reactor's (a debugger's, a test runner's) are
@@ -350,14 +383,39 @@ class OneStopSignal(service.Service):
 
     def install(self) -> None:
         """
-        Wrap this reactor's stop-signal handlers (main thread only).
+        Handle SIGHUP; wrap this reactor's stop-signal handlers (main thread
+        only).
         """
         if threading.current_thread() is not threading.main_thread():
             return
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, _first_only(self.hangUp))
         for signum in STOP_SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler) and getattr(handler, "__self__", None) is self._reactor:
                 signal.signal(signum, _first_only(handler))
+
+    def hangUp(self, signum: int, frame: Any) -> None:
+        """
+        SIGHUP: stop as on SIGTERM (what Twisted's own handler does, under
+        this signal's name).
+        """
+        _log.info("Received SIGHUP, shutting down.")
+        self._reactor.callFromThread(self._reactor.stop)
+        # What twistd re-raises once the reactor has stopped.
+        self._reactor._exitSignal = signum
+
+
+def ignored(signum: int, frame: Any) -> None:
+    """
+    The handler of every stop signal once one came: nothing to do.
+
+    Not C{SIG_IGN}: a signal that arrived before the first one's handler
+    ran (the supervisor's SIGTERM and the terminal's SIGHUP, together) is
+    handled after it, and Python raises C{OSError} ("Signal 15 ignored due
+    to race condition") into whatever the main thread runs when the handler
+    it finds then is C{SIG_IGN}.
+    """
 
 
 def _first_only(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
@@ -368,7 +426,7 @@ def _first_only(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], None
 
     def first(signum: int, frame: Any) -> None:
         for other in STOP_SIGNALS:
-            signal.signal(other, signal.SIG_IGN)
+            signal.signal(other, ignored)
         handler(signum, frame)
 
     return first

@@ -45,3 +45,20 @@ def write_now(transport: Any, data: bytes) -> None:
         if not data:
             return
     transport.write(data)
+
+
+#: What L{buffered} assumes a transport it cannot look into holds once it
+#: has paused its producer: Twisted's high-water mark (C{bufferSize}).
+HIGH_WATER = 1 << 16
+
+
+def buffered(transport: Any) -> int:
+    """
+    The bytes written to C{transport} and not yet sent: what a
+    C{FileDescriptor} (TCP, UNIX) holds in its buffers; for any other
+    transport (TLS), its high-water mark, L{HIGH_WATER}.
+    """
+    data = getattr(transport, "dataBuffer", None)
+    if data is None:
+        return HIGH_WATER
+    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)

@@ -26,6 +26,7 @@ from primecount.server.listeners import Listener, descriptions
 from primecount.server.service import (
     PrimecountService,
     connection_limit,
+    metrics_connections,
     metrics_listener,
     metrics_recorder,
     serve,
@@ -45,7 +46,8 @@ def single(options: MutableMapping[str, Any], reactor: Any) -> service.MultiServ
     """
     One serving process: it binds its own sockets.
     """
-    connections = _connections(options, reactor, connection_limit(options["max-connections"]))
+    limit = connection_limit(options["max-connections"], others=metrics_connections(options))
+    connections = _connections(options, reactor, limit)
     metrics = metrics_recorder(options, reactor)
     top = serve(options, reactor, connections, metrics=metrics)
     if metrics is not None:

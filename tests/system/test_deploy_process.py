@@ -305,7 +305,9 @@ class SystemdTests(TestCase):
         self.assertIn("\nUMask=0077\n", service)
         self.assertIn("\nStateDirectoryMode=0700\n", service)
         argv = execStart(service)
-        self.assertEqual(argv[argv.index("--interface") + 1], "${PRIMECOUNT_METRICS_INTERFACE}")
+        self.assertEqual(
+            argv[argv.index("--metrics-interface") + 1], "${PRIMECOUNT_METRICS_INTERFACE}"
+        )
         self.assertEqual(environment(service)["PRIMECOUNT_METRICS_INTERFACE"], "127.0.0.1")
 
     def test_execStartOptions(self) -> None:

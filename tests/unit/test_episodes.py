@@ -41,7 +41,7 @@ class EpisodesTests(SynchronousTestCase):
 
         return [formatEvent(e) for e in self.lines if e.get("log_namespace") == "test.episodes"]
 
-    def test_firstLoggedThenCountedPerInterval(self) -> None:
+    def test_firstLoggedThenCountedPerIntervalThenEndedWhenQuiet(self) -> None:
         for n in range(1000):
             self.episodes.event("lines too long", "client {n} sent a long line", n=n)
             self.clock.advance(0.1)  # 100 s in all
@@ -49,13 +49,55 @@ class EpisodesTests(SynchronousTestCase):
             self.said(),
             ["client 0 sent a long line", "lines too long: 599 more in the last 60 s"],
         )
-        self.clock.advance(60)
-        self.assertEqual(self.said()[2:], ["lines too long: 400 more in the last 60 s"])
-        # A quiet interval ends the episode: the next event is logged in full.
-        self.clock.advance(60)
-        self.assertEqual(len(self.said()), 3)
+        # Ten quiet seconds end it, with the count since the last line.
+        for _ in range(20):
+            self.clock.advance(1)
+        self.assertEqual(self.said()[2:], ["lines too long: 400 more in the last 50 s"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.episodes.event("lines too long", "client {n} sent a long line", n=7)
         self.assertEqual(self.said()[3:], ["client 7 sent a long line"])
+
+    def test_gapsShorterThanQuietAreOneEpisode(self) -> None:
+        """
+        Events that stop and start again within C{quiet} seconds (clients
+        refused, let in, refused again) are one episode: one line to start
+        it, one to end it.
+        """
+        for t in range(200):
+            if t % 9 == 0 and t <= 180:
+                self.episodes.event("refused", "refused at {t}", t=t)
+            self.clock.advance(1)
+        self.assertEqual(
+            self.said(),
+            [
+                "refused at 0",
+                "refused: 6 more in the last 60 s",
+                "refused: 7 more in the last 60 s",
+                "refused: 6 more in the last 60 s",
+                "refused: 1 more in the last 10 s",
+            ],
+        )
+
+    def test_endedLineOfTheKindsOwn(self) -> None:
+        for _ in range(5):
+            self.episodes.event(
+                "refused",
+                "refusing {what}",
+                ended="{what}: {total} refused in {seconds:.0f} s ({more} since the last line)",
+                what="connections",
+            )
+            self.clock.advance(2)
+        self.clock.advance(10)
+        self.assertEqual(
+            self.said(),
+            ["refusing connections", "connections: 5 refused in 8 s (4 since the last line)"],
+        )
+
+    def test_endWithoutMoreSaysNothing(self) -> None:
+        self.episodes.event("a", "first a")
+        self.clock.advance(10)
+        self.assertEqual(self.said(), ["first a"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_kindsAreSeparateEpisodes(self) -> None:
         self.episodes.event("a", "first a")
@@ -70,7 +112,7 @@ class EpisodesTests(SynchronousTestCase):
         self.assertEqual(self.said(), ["first a", "a: 1 more in the last 0 s"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_withoutClockSummaryComesWithTheNextEvent(self) -> None:
+    def test_withoutClockLinesComeWithTheNextEvent(self) -> None:
         now = [0.0]
         episodes = Episodes(self.log, None, interval=60)
         episodes._now = lambda: now[0]  # type: ignore[method-assign]
@@ -102,7 +144,7 @@ class ProtocolTests(SynchronousTestCase):
             self.assertEqual(h.replies(transport), [b"ERR line too long\n"])
             h.reactor.advance(0.01)
         self.assertEqual(len(misbehaviour_lines(events)), 1, misbehaviour_lines(events))
-        h.reactor.advance(60)
+        h.reactor.advance(10)
         said = misbehaviour_lines(events)
         self.assertEqual(len(said), 2)
         self.assertIn("2999 more", said[1]["log_format"].format(**said[1]))

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -327,6 +327,35 @@ class ProtocolTests(TestCase):
         proto.dataReceived(rangecodec.encode_request(2, 3))
         self.reactor.advance(0)
         self.assertEqual(transport.value(), wire(2, 3))
+
+    def test_flappingJournalIsOneEpisode(self) -> None:
+        """
+        A journal failing every other write is one episode: one line when it
+        starts, one with the count once writes stopped failing for a while
+        (not two lines per failure).
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.connect()
+        for n in range(20):
+            failing = n % 2 == 0
+            self.journal.result = (
+                (lambda: fail(OSError("disk full"))) if failing else (lambda: succeed(None))
+            )
+            proto = self.factory.buildProtocol(PEER)
+            proto.makeConnection(StringTransport(peerAddress=PEER))
+            proto.dataReceived(rangecodec.encode_request(2, 3))
+            self.reactor.advance(1)
+        self.reactor.advance(10)
+        said = [formatEvent(e) for e in events if "ournal" in e.get("log_format", "")]
+        self.assertEqual(
+            said,
+            [
+                "Journal unavailable (disk full); range requests are refused until it recovers",
+                "range records the journal failed to write: 10 in 18 s; none for 10 s now",
+            ],
+        )
 
     def test_journalOutageIsLoggedByTheJournalOnly(self) -> None:
         """

@@ -31,7 +31,7 @@ from primecount.core.proxyheader import TrustedProxies
 from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
 from primecount.server.listeners import Listener
-from primecount.server.service import STOP_SIGNALS, OneStopSignal
+from primecount.server.service import STOP_SIGNALS, OneStopSignal, ignored
 
 
 def declared_options() -> set[str]:
@@ -61,6 +61,9 @@ EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] 
     "journal": (
         ["--journal", "none"], JournalURL("none"), ["--journal", "mysql://x"], "expected sqlite:",
     ),
+    "max-memory": (
+        ["--max-memory", "64M"], 64 << 20, ["--max-memory", "lots"], "--max-memory wants MiB",
+    ),
     "max-per-peer": (
         ["--max-per-peer", "2"], 2, ["--max-per-peer", "many"], "a whole number, at least 1",
     ),
@@ -75,6 +78,7 @@ EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] 
     "metrics-port": (
         ["--metrics-port", "0"], 0, ["--metrics-port", "abc"], "a whole number from 0 to 65535",
     ),
+    "metrics-interface": (["--metrics-interface", "0.0.0.0"], "0.0.0.0", None, None),
     "range-port": (
         ["--range-port", "5051"], 5051, ["--range-port", "-1"], "a whole number from 0 to 65535",
     ),
@@ -119,10 +123,12 @@ class OptionsTests(SynchronousTestCase):
                     "close-after-reply",
                     "max-connections",
                     "max-per-peer",
+                    "max-memory",
                     "shutdown-timeout",
                     "range-port",
                     "cpu-affinity",
                     "trusted-proxies",
+                    "metrics-interface",
                 )
             },
             {
@@ -134,10 +140,12 @@ class OptionsTests(SynchronousTestCase):
                 "close-after-reply": 0,
                 "max-connections": 10000,
                 "max-per-peer": None,
+                "max-memory": 96 << 20,
                 "shutdown-timeout": 10.0,
                 "range-port": None,
                 "cpu-affinity": placement.Placement("auto"),
                 "trusted-proxies": TrustedProxies.parse("127.0.0.1,::1"),
+                "metrics-interface": "127.0.0.1",
             },
         )
         self.assertEqual(options["listen"], ["tcp:5050:interface=0.0.0.0:backlog=4096"])
@@ -381,16 +389,16 @@ class MakeServiceTests(SynchronousTestCase):
     """
 
     def test_listenersOnTheGivenReactor(self) -> None:
-        from twisted.web.server import Site
-
         from primecount.server.countprotocol import CountFactory
+        from primecount.server.metricsport import MetricsGate
         from primecount.server.rangefactory import RangeFactory
 
         options = tap.PrimecountOptions()
         options.parseOptions(
             ["--journal", "none", "--interface", "127.0.0.1", "--port", "5151",
              "--range-port", "5152", "--metrics-port", "5153", "--threads", "3",
-             "--cpu-affinity", "none", "--shutdown-timeout", "4"]
+             "--cpu-affinity", "none", "--shutdown-timeout", "4",
+             "--metrics-interface", "::1"]
         )  # fmt: skip
         reactor = ThreadedMemoryReactor()
         top = tap.makeService(options, reactor)
@@ -399,10 +407,10 @@ class MakeServiceTests(SynchronousTestCase):
         top.startService()
         self.assertEqual(
             [(port, backlog, interface) for port, _f, backlog, interface in reactor.tcpServers],
-            [(5151, 4096, "127.0.0.1"), (5152, 4096, "127.0.0.1"), (5153, 4096, "127.0.0.1")],
+            [(5151, 4096, "127.0.0.1"), (5152, 4096, "127.0.0.1"), (5153, 4096, "::1")],
         )
         for (_p, factory, _b, _i), kind in zip(
-            reactor.tcpServers, (CountFactory, RangeFactory, Site), strict=True
+            reactor.tcpServers, (CountFactory, RangeFactory, MetricsGate), strict=True
         ):
             self.assertIsInstance(factory, kind)
         self.assertEqual(reactor.poolSize, 3)
@@ -499,6 +507,12 @@ class FakeSignalReactor:
     def callWhenRunning(self, f: Any) -> None:
         self.whenRunning.append(f)
 
+    def callFromThread(self, f: Any) -> None:
+        f()
+
+    def stop(self) -> None:
+        self.stops.append(0)
+
 
 class OneStopSignalTests(SynchronousTestCase):
     """
@@ -511,6 +525,7 @@ class OneStopSignalTests(SynchronousTestCase):
         self.reactor = FakeSignalReactor()
         signal.signal(signal.SIGTERM, self.reactor.sigTerm)
         signal.signal(signal.SIGINT, self.reactor.sigInt)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     def test_secondSignalIgnored(self) -> None:
         """
@@ -522,8 +537,29 @@ class OneStopSignalTests(SynchronousTestCase):
         install()
         signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # type: ignore[operator]
         self.assertEqual(self.reactor.stops, [signal.SIGTERM])
-        self.assertEqual(signal.getsignal(signal.SIGTERM), signal.SIG_IGN)
-        self.assertEqual(signal.getsignal(signal.SIGINT), signal.SIG_IGN)
+        for signum in STOP_SIGNALS:
+            self.assertIs(signal.getsignal(signum), ignored)
+
+    def test_sighupStopsAsSigtermDoes(self) -> None:
+        """
+        SIGHUP, instant death by default, stops the reactor (in order), is
+        what twistd re-raises once it has stopped, and makes the later stop
+        signals ignored.
+        """
+        OneStopSignal(self.reactor).install()
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)  # type: ignore[operator]
+        self.assertEqual(self.reactor.stops, [0])
+        self.assertEqual(self.reactor._exitSignal, signal.SIGHUP)  # type: ignore[attr-defined]
+        for signum in STOP_SIGNALS:
+            self.assertIs(signal.getsignal(signum), ignored)
+
+    def test_sighupIgnoredStaysIgnored(self) -> None:
+        """
+        Under C{nohup} SIGHUP is ignored, and stays so.
+        """
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        OneStopSignal(self.reactor).install()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
 
     def test_otherHandlersLeftAlone(self) -> None:
         """
