@@ -10,6 +10,7 @@ L{tests.unit.test_bench}.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
@@ -272,7 +273,8 @@ class InterruptAndPlotTests(BenchTestCase):
         """
         Run C{primecount bench ARGV} and press Ctrl-C: 2.5 s in, or with
         C{early}, as soon as its generator processes exist (while they are
-        still starting).
+        still starting). The signal goes to its whole process group, as a
+        terminal's Ctrl-C does.
         """
         port = self.serve(correct)
         process = subprocess.Popen(
@@ -282,16 +284,18 @@ class InterruptAndPlotTests(BenchTestCase):
             text=True,
             # Default Ctrl-C handling, whatever the test runner's.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            start_new_session=True,
         )
         try:
             if early:
+                # Started, and still importing.
                 deadline = time.monotonic() + 30
-                while not _children_of(process.pid) and time.monotonic() < deadline:
+                while not _started(process.pid) and time.monotonic() < deadline:
                     time.sleep(0.005)
-                self.assertTrue(_children_of(process.pid), "no generator process started")
+                self.assertTrue(_started(process.pid), "no generator process started")
             else:
                 time.sleep(2.5)
-            process.send_signal(signal.SIGINT)
+            os.killpg(process.pid, signal.SIGINT)
             out, err = process.communicate(timeout=30)
         finally:
             if process.poll() is None:
@@ -331,15 +335,22 @@ class InterruptAndPlotTests(BenchTestCase):
         self.assertNotIn("Traceback", err)
 
 
-def _children_of(pid: int) -> list[int]:
+def _started(pid: int, generators: int = 2) -> bool:
     """
-    The pids of the processes whose parent is C{pid} (Linux).
+    Whether process C{pid} (C{primecount bench --processes 2}) has started
+    its C{generators} generator processes (Linux; multiprocessing's own
+    resource tracker is not one).
     """
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(child) for child in f.read().split()]
+            children = f.read().split()
+        started = 0
+        for child in children:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                started += b"spawn_main" in f.read()
+        return started >= generators
     except OSError:
-        return []
+        return False
 
 
 _MISSING = object()

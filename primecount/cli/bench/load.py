@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import signal
 import time
@@ -44,6 +45,10 @@ from primecount.cli.bench.stats import Result
 
 #: The generator processes this process started (see L{interrupt}).
 _children: list[Any] = []
+
+#: The pids of those that are ready for a Ctrl-C: they handle SIGINT (one
+#: still starting would die of it in its imports, with a traceback).
+_ready: set[int] = set()
 
 #: Whether L{interrupt} was called during the current L{measure}: a Ctrl-C
 #: that came while the generator processes were still starting is passed
@@ -62,7 +67,7 @@ def interrupt() -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed
             loop.call_soon_threadsafe(generator.interrupt)
     for child in list(_children):
-        if child.pid is not None and child.is_alive():
+        if child.pid in _ready and child.is_alive():
             with contextlib.suppress(OSError):
                 os.kill(child.pid, signal.SIGINT)
 
@@ -82,7 +87,7 @@ def _process_main(plan: Plan, pipe: multiprocessing.connection.Connection) -> No
     def progress(resolved: int, errors: int) -> None:
         pipe.send(("progress", resolved, errors))
 
-    # Ctrl-C reaches every process of the terminal's group: end early and
+    # Ctrl-C (the terminal's, or passed on by the parent): end early and
     # report, as the parent does (see primecount.cli.bench.run).
     signal.signal(signal.SIGINT, lambda signum, frame: interrupt())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -120,10 +125,13 @@ def measure(
     pipes = []
     children = []
     _interrupted.clear()
-    # A child starts with Ctrl-C blocked (the signal mask survives exec)
-    # until _process_main handles it: one arriving while it imports would
-    # end it with a traceback instead of a partial result. Here it is held
-    # back only while the children start, then handled as usual.
+    # A child starts with Ctrl-C blocked (the signal mask survives fork and
+    # exec) until _process_main handles it: a terminal's Ctrl-C reaches the
+    # whole process group, and one arriving while a child imports would end
+    # it with a traceback instead of a partial result. This process holds it
+    # back only while its children start, then handles it as usual. The
+    # resource tracker, started first, would unblock it on its own start.
+    multiprocessing.resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         for index in range(processes):
@@ -141,9 +149,10 @@ def measure(
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
-        return _orchestrate(plan, pipes, progress)
+        return _orchestrate(plan, pipes, children, progress)
     finally:
         for child in children:
+            _ready.discard(child.pid)
             _children.remove(child)
             child.join(timeout=5)
             if child.is_alive():
@@ -154,6 +163,7 @@ def measure(
 def _orchestrate(
     plan: Plan,
     pipes: list[multiprocessing.connection.Connection],
+    children: list[Any],
     progress: Callable[[int, int], None] | None,
 ) -> Result:
     """
@@ -169,6 +179,7 @@ def _orchestrate(
             message = _receive(pipe)
             if message[0] == "ready":
                 ready += 1
+                _ready.add(children[pipes.index(pipe)].pid)  # type: ignore[arg-type]
     start = time.monotonic() + 0.05
     for pipe in pipes:
         pipe.send(("go", start))
