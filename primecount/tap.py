@@ -18,12 +18,15 @@ from twisted.python import usage
 
 from primecount.core import options as coerce
 from primecount.journal import (
+    DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    DURABILITIES,
     JournalURL,
     JournalURLError,
     check_journal,
     for_worker,
     parse_url,
+    resolve_durability,
 )
 from primecount.server import placement
 from primecount.server.countprotocol import parse_framing
@@ -41,6 +44,22 @@ def _journal(value: str) -> JournalURL:
 
 
 _journal.coerceDoc = "sqlite:PATH, postgresql://USER@HOST:PORT/DB?... or none."  # type: ignore[attr-defined]
+
+
+def _durability(value: str) -> str:
+    if value not in DURABILITIES:
+        raise ValueError(
+            f"--journal-durability wants one of {', '.join(DURABILITIES)}; got {value!r}"
+        )
+    return value
+
+
+_durability.coerceDoc = (  # type: ignore[attr-defined]
+    "What an acknowledged record survives. process: primecount being killed; "
+    "disk: also a crash or power loss of the database's host; standby: also a "
+    "failover to a synchronous standby (PostgreSQL only). Default: process for "
+    "SQLite, standby for PostgreSQL."
+)
 
 
 def _cpus(value: str) -> placement.Placement:
@@ -97,7 +116,7 @@ class PrimecountOptions(usage.Options):
         [
             "journal-fsync",
             None,
-            "fsync every journal commit: survives power loss, not only a crash.",
+            "The older spelling of --journal-durability disk (SQLite) or standby (PostgreSQL).",
         ],
     ]
 
@@ -140,6 +159,17 @@ class PrimecountOptions(usage.Options):
             coerce.positive("max-connections"),
         ],
         ["journal", None, DEFAULT_URL, "Where requests are recorded.", _journal],
+        ["journal-durability", None, None, "", _durability],
+        [
+            "journal-timeout",
+            None,
+            DEFAULT_TIMEOUT,
+            "Seconds a journal commit may take (a frozen database or file system, a "
+            "table lock) before its requests are answered ERR journal unavailable.",
+            coerce.number(
+                float, "a number of seconds, at least 0.1", 0.1, option="journal-timeout"
+            ),
+        ],
         [
             "max-per-peer",
             None,
@@ -224,6 +254,12 @@ class PrimecountOptions(usage.Options):
     def postOptions(self) -> None:
         if isinstance(self["journal"], str):  # the default, not yet coerced
             self["journal"] = _journal(self["journal"])
+        try:
+            self["journal-durability"] = resolve_durability(
+                self["journal"].scheme, self["journal-durability"], bool(self["journal-fsync"])
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if isinstance(self["cpu-affinity"], str):
             self["cpu-affinity"] = _cpus(self["cpu-affinity"])
         try:

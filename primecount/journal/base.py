@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from primecount.journal import JournalUnavailable
+from primecount.journal import DEFAULT_TIMEOUT, JournalUnavailable
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 
@@ -78,13 +78,21 @@ class ThreadedJournal(Service):
     #: The writer thread's name.
     _threadName: ClassVar[str] = "primecount-journal"
 
-    def __init__(self, reactor: Any, *, metrics: MetricsRecorder | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        metrics: MetricsRecorder | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         """
         @param reactor: used to hand results back to the reactor thread.
+        @param timeout: seconds a commit may take before it is given up.
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
         self._reactor = reactor
+        self.timeout = timeout
         self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None

@@ -12,12 +12,15 @@ grouped (leader/follower): one group is ONE binary C{COPY} in its own
 transaction (autocommit: the COPY is the transaction, no BEGIN/COMMIT round
 trips), on the one connection the journal's commit lock guards.
 
-Durability: C{--journal-fsync} sets C{synchronous_commit=on}: a reply waits
-until PostgreSQL has flushed the commit to disk, so it survives a crash of
-PostgreSQL or of its host. Without it, C{synchronous_commit=off}: a commit is
-acknowledged once PostgreSQL has it in memory; it survives primecount being
-killed, but a crash of PostgreSQL or its host loses up to three
-C{wal_writer_delay}s (600 ms by default) of acknowledged records.
+Durability (L{SYNCHRONOUS_COMMIT}): by default (C{standby}),
+C{synchronous_commit=on}: a reply waits until PostgreSQL has flushed the
+commit to disk and, where the cluster replicates synchronously, until its
+synchronous standby has it too, so it survives a crash of PostgreSQL or of
+its host and a failover to that standby. C{disk} (C{local}) waits for the
+local flush only; C{process} (C{off}) acknowledges a commit once PostgreSQL
+has it in memory: it survives primecount being killed, but a crash of
+PostgreSQL or its host loses up to three C{wal_writer_delay}s (600 ms by
+default) of acknowledged records.
 
 Faults: the connection has a connect timeout, a TCP user timeout and
 keepalives (L{pgschema.CONNECTION_DEFAULTS}, each overridable in the URL), so a
@@ -49,7 +52,15 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from primecount.journal import JournalURL, JournalURLError, mask_password
+from primecount.journal import (
+    DEFAULT_TIMEOUT,
+    DISK,
+    PROCESS,
+    STANDBY,
+    JournalURL,
+    JournalURLError,
+    mask_password,
+)
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.pgschema import (
     CHANNEL,
@@ -63,6 +74,9 @@ from primecount.journal.pgschema import (
 )
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
+
+#: PostgreSQL's C{synchronous_commit} for each durability.
+SYNCHRONOUS_COMMIT = {PROCESS: "off", DISK: "local", STANDBY: "on"}
 
 #: The server-side bound on one statement, in milliseconds (a COPY waiting
 #: on a lock, a settle waiting for a prune).
@@ -117,22 +131,25 @@ class PostgresJournal(ThreadedJournal):
         url: str,
         reactor: Any,
         *,
-        fsync: bool = False,
+        durability: str = STANDBY,
+        timeout: float = DEFAULT_TIMEOUT,
         connect: Callable[[str], psycopg.Connection[Any]] = connect,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param url: the C{postgresql://} URL.
         @param reactor: used to hand results back to the reactor thread.
-        @param fsync: C{synchronous_commit=on} (survives a database crash).
+        @param durability: one of L{primecount.journal.DURABILITIES}
+            (L{SYNCHRONOUS_COMMIT}).
+        @param timeout: seconds a commit may take before it is given up.
         @param connect: opens a connection (tests hand in failing ones).
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
-        super().__init__(reactor, metrics=metrics)
+        super().__init__(reactor, metrics=metrics, timeout=timeout)
         self.url = url
         self.shown = mask_password(url)
-        self._fsync = fsync
+        self.durability = durability
         self._connect = connect
         # Guarded by _commitLock: one statement at a time on it.
         self._conn: psycopg.Connection[Any] | None = None
@@ -258,7 +275,7 @@ class PostgresJournal(ThreadedJournal):
             conn.execute(
                 "SELECT set_config('synchronous_commit', %s, false), "
                 "set_config('statement_timeout', %s, false)",
-                ("on" if self._fsync else "off", str(STATEMENT_TIMEOUT_MS)),
+                (SYNCHRONOUS_COMMIT[self.durability], str(STATEMENT_TIMEOUT_MS)),
             )
         except BaseException:
             _close_quietly(conn)

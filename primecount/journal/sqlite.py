@@ -10,10 +10,11 @@ transaction holding its records has committed: the request path writes a
 reply only then, so a C{kill -9} can never lose a request whose answer a
 client received.
 
-Durability: the database is in WAL mode. By default (C{synchronous=NORMAL})
-a commit survives the server process being killed; with C{fsync=True}
-(C{synchronous=FULL}) every group commit is also flushed to disk and
-survives a power loss, at the cost of one fsync per group.
+Durability: the database is in WAL mode. By default (durability
+C{process}, C{synchronous=NORMAL}) a commit survives the server process
+being killed; with C{disk} (C{synchronous=FULL}) every group commit is also
+flushed to disk and survives a crash or power loss of the host, at the cost
+of one fsync per group. There is no C{standby} for SQLite.
 
 Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
 commit fails, later ones fail at once while the writer thread probes for
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from primecount.journal import JournalURL, JournalURLError, schema
+from primecount.journal import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError, schema
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
@@ -57,6 +58,9 @@ def check_writable(url: JournalURL) -> None:
     except sqlite3.Error as e:
         raise JournalURLError(f"cannot write journal {url.path}: {e}") from None
 
+
+#: SQLite's C{synchronous} setting for each durability.
+SYNCHRONOUS = {PROCESS: "NORMAL", DISK: "FULL"}
 
 #: Seconds between the writer thread's WAL checkpoints.
 CHECKPOINT_INTERVAL = 0.5
@@ -109,21 +113,28 @@ class SQLiteJournal(ThreadedJournal):
         path: str,
         reactor: Any,
         *,
-        fsync: bool = False,
+        durability: str = PROCESS,
+        timeout: float = DEFAULT_TIMEOUT,
         connect: Callable[[str], sqlite3.Connection] = schema.connect,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param path: the database file.
         @param reactor: used to hand results back to the reactor thread.
-        @param fsync: flush every group commit to disk (power-loss safe).
+        @param durability: L{PROCESS} or L{DISK} (flush every group commit
+            to disk: power-loss safe).
+        @param timeout: seconds a commit may take before it is given up.
         @param connect: opens the database (tests hand in failing ones).
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
-        super().__init__(reactor, metrics=metrics)
+        if durability not in (PROCESS, DISK):
+            raise ValueError(
+                f"an SQLite journal offers durability process or disk, not {durability}"
+            )
+        super().__init__(reactor, metrics=metrics, timeout=timeout)
         self.path = path
-        self._fsync = fsync
+        self.durability = durability
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file _conn has open.
@@ -315,7 +326,7 @@ class SQLiteJournal(ThreadedJournal):
             _close_quietly(conn)
             raise
         self._identity = (found.st_dev, found.st_ino)
-        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.durability]}")
         # No checkpoint inside a commit (its fsyncs would hold up every
         # request waiting for the commit lock): the writer thread runs them.
         conn.execute("PRAGMA wal_autocheckpoint=0")

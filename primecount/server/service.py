@@ -217,7 +217,8 @@ def settings_text(config: Mapping[str, Any]) -> str:
         f"cpu-affinity={config['cpu-affinity']} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
         f"framing={_framing_text(config['framing'])} "
-        f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
+        f"journal={url}"
+        + (f" durability={config['journal-durability']}" if url.scheme != "none" else "")
     )
 
 
@@ -268,7 +269,11 @@ def serve(
         metrics = NullMetrics()
     metrics.watchThreadPool(threadpool)
     journal = open_journal(
-        config["journal"], reactor, fsync=config["journal-fsync"], metrics=metrics
+        config["journal"],
+        reactor,
+        durability=config["journal-durability"],
+        timeout=config["journal-timeout"],
+        metrics=metrics,
     )
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
     factories: dict[str, Any] = {

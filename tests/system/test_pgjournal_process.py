@@ -159,9 +159,15 @@ class WriterTests(_Database, TestCase):
             ),
         )
 
-    def test_fsyncMeansSynchronousCommit(self) -> None:
-        for fsync, expected in ((True, "on"), (False, "off")):
-            journal = self.journal(fsync=fsync)
+    def test_durabilityMeansSynchronousCommit(self) -> None:
+        for durability, expected in (
+            (None, "on"),
+            ("standby", "on"),
+            ("disk", "local"),
+            ("process", "off"),
+        ):
+            kw = {} if durability is None else {"durability": durability}
+            journal = self.journal(**kw)
             journal.commit([record(0)])
             assert journal._conn is not None
             (setting,) = journal._conn.execute("SHOW synchronous_commit").fetchone()
@@ -219,9 +225,9 @@ class FaultTests(_Database, TestCase):
         self.addCleanup(self.ensureRunning)
 
     def journal(self, **kw: Any) -> Any:
-        # synchronous_commit=on: what was acknowledged survives the
-        # immediate stop (a crash) of PostgreSQL.
-        return super().journal(fsync=True, **kw)
+        # The default, synchronous_commit=on: what was acknowledged
+        # survives the immediate stop (a crash) of PostgreSQL.
+        return super().journal(**kw)
 
     def ensureRunning(self) -> None:
         if not self.pg.running():
@@ -501,7 +507,7 @@ class ServerTests(_Database, SynchronousTestCase):
         ranges = [(r.a, r.b, r.count, r.sum_ok) for r in found if r.protocol == PROTOCOL_RANGE]
         self.assertEqual(ranges, [(10, 20, 4, True)])
         log = server.log.decode("utf-8", "replace")
-        self.assertIn(f"journal={self.url}", log)
+        self.assertIn(f"journal={self.url} durability=standby", log)
 
     def test_unreachableStopsTheStartInOneLine(self) -> None:
         import subprocess
