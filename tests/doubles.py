@@ -129,8 +129,10 @@ class FakeJournal:
     """
 
     keepsRecords = True
+    stuck = False
 
     def __init__(self) -> None:
+        self.abandoned: list[Callable[[frozenset[int]], None]] = []
         self.records: list[Record] = []
         self.failing = False
         self.result: Callable[[], Deferred[None]] = lambda: succeed(None)
@@ -143,6 +145,13 @@ class FakeJournal:
         if self.failing:
             raise JournalUnavailable("test says no")
         self._keep(records)
+
+    def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """
+        Keep C{callback}: a test calls the callbacks in L{abandoned} to say
+        a commit was given up.
+        """
+        self.abandoned.append(callback)
 
     def append(self, records: Sequence[Record]) -> Deferred[None]:
         """

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,12 +101,15 @@ class Journal(Protocol):
     @ivar running: whether the service is started.
     @ivar committed: how many records were committed.
     @ivar batches: how many transactions committed them.
+    @ivar stuck: whether a thread is still inside a commit that was given
+        up (see L{onAbandon}): it may keep the process from exiting.
     """
 
     keepsRecords: bool
     running: bool | int
     committed: int
     batches: int
+    stuck: bool
 
     def commit(self, records: Sequence[Record]) -> None:
         """
@@ -148,6 +151,14 @@ class Journal(Protocol):
         The stop's deadline is near: wait for the database no longer.
         """
 
+    def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """
+        Call C{callback} (reactor thread) each time a commit in progress is
+        given up for taking longer than the journal's timeout, with the ids
+        of the threads whose L{commit}s were given up: whoever waits for
+        such a commit answers its requests then.
+        """
+
 
 class NullJournal(Service):
     """
@@ -157,6 +168,7 @@ class NullJournal(Service):
     keepsRecords = False
     committed = 0
     batches = 0
+    stuck = False
 
     def commit(self, records: Sequence[Record]) -> None:
         """
@@ -178,6 +190,11 @@ class NullJournal(Service):
     def hurry(self) -> None:
         """
         Nothing waits for a database here.
+        """
+
+    def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """
+        Nothing is ever given up here.
         """
 
 

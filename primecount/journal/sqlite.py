@@ -17,11 +17,28 @@ flushed to disk and survives a crash or power loss of the host, at the cost
 of one fsync per group. There is no C{standby} for SQLite.
 
 Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
-commit fails, later ones fail at once while the writer thread probes for
-the end of the episode; after every transaction the path is checked to
-still name the open file (a deleted or replaced journal is reopened at the
-path before anything is acknowledged); L{SQLiteJournal.hurry} stops waiting
-for other writers' locks so that a stop keeps its deadline.
+commit fails, later ones fail at once while a probe looks for the end of
+the episode with a real write; a commit that takes longer than the
+journal's timeout is given up (L{primecount.journal.base}); after every
+transaction the path is checked to still name the open file, and a
+deleted, renamed or replaced journal is left only once nothing of it is
+left behind in the C{-wal} named after the path (L{SQLiteJournal._switch});
+L{SQLiteJournal.hurry} stops waiting for other writers' locks so that a
+stop keeps its deadline.
+
+Rotation (C{mv PATH PATH.old} while the server runs): SQLite names the
+C{-wal} and C{-shm} files after the path it opened, so after the rename
+the old file's recent commits are still in C{PATH-wal}, and a new journal
+opened at C{PATH} would take that file over (and a reader of C{PATH.old}
+would not see them). So the group whose commit notices the rename counts
+in the old file (it is never written again to the new one), and the
+journal keeps writing the old file until a C{TRUNCATE} checkpoint has
+copied every frame of C{PATH-wal} into it (a reader's snapshot can hold
+that back: the checkpoint is retried after each commit); only then are its
+connections closed and the old C{PATH-wal} and C{PATH-shm} unlinked, so
+the new journal at C{PATH} starts with files of its own. A deleted journal
+(no link left) has nothing to keep: its group is written again at the
+path.
 """
 
 from __future__ import annotations
@@ -77,7 +94,7 @@ WAL_LIMIT = 4 << 20
 #: process is in the way and tries again at the next interval.
 LOCKED_CHECKPOINT_BUSY_MS = 100
 
-#: Seconds between the writer thread's probes while commits fail.
+#: Seconds between probes while commits fail.
 PROBE_INTERVAL = 0.25
 
 #: SQLite's busy timeout, in milliseconds, for a probe.
@@ -137,12 +154,19 @@ class SQLiteJournal(ThreadedJournal):
         self.durability = durability
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
-        # (st_dev, st_ino) of the file _conn has open.
+        # (st_dev, st_ino) of the file _conn has open, a descriptor of it
+        # (its link count says deleted or renamed), and the identities of
+        # the -wal and -shm files it uses.
         self._identity: tuple[int, int] | None = None
+        self._fileFd: int | None = None
+        self._sidecars: dict[str, tuple[int, int]] = {}
+        # The last group id given out (ids grow within a file).
+        self._group = 0
         # The writer thread's checkpointing connection; _checkpointLock
         # guards it (taken after _commitLock when both are needed).
         self._checkpointLock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
+        self._switchPending = False
         self._sinceCheckpoint = 0
         self._checkpointDue = False
         self._nextCheckpoint: float | None = None
@@ -164,15 +188,28 @@ class SQLiteJournal(ThreadedJournal):
     def _probeInterval(self) -> float:
         return PROBE_INTERVAL
 
-    def _write(self, records: list[Record]) -> str | None:
-        statements = list(schema.inserts(records))
+    def _write(self, records: list[Record], group: int) -> str | None:
+        statements = list(schema.inserts(records, group))
 
         def insert(conn: sqlite3.Connection) -> None:
             for sql, params in statements:
                 conn.execute(sql, params)
 
         # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
-        return self._transaction(insert, single=len(statements) == 1)
+        return self._transaction(insert, single=len(statements) == 1, rewrite=True)
+
+    def _groupId(self) -> int:
+        self._group += 1
+        return self._group
+
+    def _abandonConnection(self) -> None:
+        # The stuck thread closes its connection when it returns; the
+        # checkpointing one may be the stuck one.
+        self._conn = None
+        self._identity = None
+        self._closeFileFd()
+        self._checkpointLock = threading.Lock()
+        self._checkpointer = None
 
     def _settleRecords(self, records: Sequence[Record]) -> str | None:
         rows = [schema.settle_row(r) for r in records]
@@ -209,11 +246,31 @@ class SQLiteJournal(ThreadedJournal):
         if self._conn is not None:
             _close_quietly(self._conn)
             self._conn = None
+        self._closeFileFd()
+
+    def _dropIf(self, conn: sqlite3.Connection) -> None:
+        """
+        Close C{conn}; forget it if it is still the journal's (a connection
+        given up meanwhile is no longer, see L{_abandonConnection}).
+        """
+        if self._conn is conn:
+            self._drop()
+        else:
+            _close_quietly(conn)
+
+    def _closeFileFd(self) -> None:
+        if self._fileFd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fileFd)
+            self._fileFd = None
 
     # -- transactions ---------------------------------------------------------------
 
     def _transaction(
-        self, write: Callable[[sqlite3.Connection], object], single: bool = False
+        self,
+        write: Callable[[sqlite3.Connection], object],
+        single: bool = False,
+        rewrite: bool = False,
     ) -> str | None:
         """
         Run C{write} in one transaction on the journal's connection (the
@@ -222,8 +279,9 @@ class SQLiteJournal(ThreadedJournal):
         itself (the connection is in autocommit mode).
 
         Then, before anything is acknowledged, check that the path still
-        names the file written to: if it was deleted, or renamed and
-        replaced, open a journal at the path and run C{write} again there.
+        names the file written to (L{_switch}): a renamed file keeps what
+        was committed to it; when it was deleted, C{write} (with
+        C{rewrite}) runs again in a new journal at the path.
 
         @return: L{None} once committed, else why it failed (rolled back,
             and the connection dropped so the next one starts afresh: the
@@ -233,8 +291,12 @@ class SQLiteJournal(ThreadedJournal):
             return "journal is stopped"
         error = self._attempt(write, single)
         if error is None and self._replaced():
-            self._reopen()
-            error = self._attempt(write, single)
+            try:
+                deleted = self._switch()
+            except OSError as e:
+                return str(e)
+            if deleted and rewrite:
+                error = self._attempt(write, single)
         return error
 
     def _attempt(
@@ -243,24 +305,31 @@ class SQLiteJournal(ThreadedJournal):
         """
         One try of L{_transaction}'s C{write}.
         """
+        conn = None
         try:
             if self._conn is None:
                 self._conn = self._open()
             conn = self._conn
             if single:
                 self._patiently(lambda: write(conn))
-                return None
-            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
-            try:
-                write(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            else:
+                self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
+                try:
+                    write(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except Exception as e:
-            self._drop()
+            if conn is not None:
+                self._dropIf(conn)
+            else:
+                self._drop()
             return str(e) or type(e).__name__
+        if self._conn is not conn:
+            # Given up while it ran (see base): it is no longer ours.
+            _close_quietly(conn)
         return None
 
     def _patiently(self, step: Callable[[], object]) -> None:
@@ -294,38 +363,93 @@ class SQLiteJournal(ThreadedJournal):
             return True
         return (found.st_dev, found.st_ino) != self._identity
 
-    def _reopen(self) -> None:
+    def _switch(self) -> bool:
         """
-        The path names another file, or none: say so, and close both
-        connections to the old file so that the next transaction opens a
-        journal at the path. The old WAL is checkpointed into the old file
-        and emptied first, so no frame of it can be applied to a new file.
-        Holds C{_commitLock}.
+        The path names another file, or none: leave the old file once
+        nothing of it is left in the C{-wal} named after the path. Holds
+        C{_commitLock}.
+
+        A renamed file (it still has a link) keeps what was committed to
+        it: a C{TRUNCATE} checkpoint copies every frame of the WAL into it;
+        while a reader's snapshot holds that back, the journal keeps
+        writing the old file and tries again after the next commit. A
+        deleted file has nothing to keep. Then both connections are closed
+        and the old C{-wal} and C{-shm} unlinked (they would otherwise
+        become the new journal's), so that the next transaction opens a
+        journal of its own at the path.
+
+        @return: whether the old file was deleted (its last group must be
+            written again at the path); L{False} also when it is kept for
+            now.
         """
+        conn = self._conn
+        assert conn is not None and self._fileFd is not None
+        deleted = os.fstat(self._fileFd).st_nlink == 0
+        if not deleted and not self._checkpointed(conn):
+            if not self._switchPending:
+                self._switchPending = True
+                self._reactor.callFromThread(
+                    self._log.warn,
+                    "journal {path} was renamed while a reader holds a snapshot of it; "
+                    "writing it until its WAL can be checkpointed into it",
+                    path=self.path,
+                )
+            return False
         self._reactor.callFromThread(
             self._log.error,
-            "journal {path} was deleted or replaced while in use; records "
-            "from now on go to a new journal at {path}",
+            "journal {path} was {how} while in use; records from now on go to a new "
+            "journal at {path}",
             path=self.path,
+            how="deleted" if deleted else "renamed or replaced",
         )
+        self._switchPending = False
         with self._checkpointLock:
             if self._checkpointer is not None:
                 _close_quietly(self._checkpointer)
                 self._checkpointer = None
-        old, self._conn, self._identity = self._conn, None, None
-        if old is not None:
+        sidecars, self._sidecars = self._sidecars, {}
+        self._drop()
+        self._identity = None
+        for suffix, identity in sidecars.items():
+            _unlink_if(self.path + suffix, identity)
+        return deleted
+
+    @staticmethod
+    def _checkpointed(conn: sqlite3.Connection) -> bool:
+        """
+        Whether a C{TRUNCATE} checkpoint on C{conn} copied every frame of
+        its WAL into its database and emptied the WAL (not when a reader's
+        snapshot still needs frames: SQLite then answers busy at once).
+        """
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        finally:
             with contextlib.suppress(sqlite3.Error):
-                old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            _close_quietly(old)
+                conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+        return busy == 0 and log == done
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect(self.path)
         try:
-            found = os.stat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             _close_quietly(conn)
             raise
+        found = os.fstat(fd)
+        self._closeFileFd()
+        self._fileFd = fd
         self._identity = (found.st_dev, found.st_ino)
+        self._sidecars = {}
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                side = os.stat(self.path + suffix)
+                self._sidecars[suffix] = (side.st_dev, side.st_ino)
+        row = conn.execute("SELECT group_id FROM requests ORDER BY id DESC LIMIT 1").fetchone()
+        if row is not None and row[0] is not None:
+            self._group = max(self._group, row[0])
         conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.durability]}")
         # No checkpoint inside a commit (its fsyncs would hold up every
         # request waiting for the commit lock): the writer thread runs them.
@@ -393,39 +517,76 @@ class SQLiteJournal(ThreadedJournal):
             return None
         return pageSize, logFrames
 
-    def _probe(self) -> None:
+    def _probe(self, doubtful: list[int]) -> bool:
         """
-        During a failure episode, try whether the journal takes writes
-        again: C{BEGIN IMMEDIATE} (with a short busy timeout) then
-        C{ROLLBACK}, on the checkpointing connection so that the request
-        path never waits for it. That connection is opened afresh at the
-        path, so a probe tests the file the path names now (it may have
-        been deleted or replaced during the episode). Success lets commits
-        try SQLite again (a full disk, say, is only known by trying).
-        Writer thread.
+        During a failure episode, try whether the journal takes a real write
+        again: a transaction that records the groups in doubt and rewrites
+        the C{probe} row, with a short busy timeout, on a connection of its
+        own opened afresh at the path (so a probe tests the file the path
+        names now), or on the journal's while it still writes a renamed
+        file (L{_switch}). Success lets commits try SQLite again (a full
+        disk, say, is only known by trying). The prober thread.
         """
         with self._commitLock:
-            # Never beside a connection to a file the path no longer names.
-            if self._replaced():
-                self._reopen()
-        with self._checkpointLock:
-            if self._checkpointer is not None:
-                _close_quietly(self._checkpointer)
-            conn = self._checkpointer = None
             try:
-                conn = self._checkpointer = self._connect(self.path)
-                conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.execute("ROLLBACK")
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
+                if self._conn is not None and self._replaced():
+                    self._switch()
+                if self._conn is not None and self._switchPending:
+                    return _probe_write(self._conn, doubtful)
             except Exception:
-                if conn is not None:
-                    _close_quietly(conn)
-                self._checkpointer = None
-                return
-        self._blocked = None
+                return False
+        conn = None
+        try:
+            conn = self._connect(self.path)
+            return _probe_write(conn, doubtful)
+        except Exception:
+            return False
+        finally:
+            if conn is not None:
+                _close_quietly(conn)
+
+
+def _probe_write(conn: sqlite3.Connection, doubtful: list[int]) -> bool:
+    """
+    The probe's transaction on C{conn}: C{BEGIN IMMEDIATE} (waiting at most
+    L{PROBE_BUSY_MS} for another writer), the group ids C{doubtful} into
+    C{failed_groups}, the C{probe} row rewritten, C{COMMIT}.
+
+    @return: whether it committed.
+    """
+    conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            conn.executemany(
+                "INSERT OR IGNORE INTO failed_groups (group_id, time) VALUES (?, ?)",
+                [(group, now) for group in doubtful],
+            )
+            conn.execute("INSERT OR REPLACE INTO probe (id, time) VALUES (1, ?)", (now,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        return False
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+    return True
+
+
+def _unlink_if(path: str, identity: tuple[int, int]) -> None:
+    """
+    Remove the file at C{path} if it is still the one of C{identity}
+    (C{st_dev}, C{st_ino}): an old journal's C{-wal} or C{-shm}, never a
+    new journal's.
+    """
+    with contextlib.suppress(OSError):
+        found = os.stat(path)
+        if (found.st_dev, found.st_ino) == identity:
+            os.unlink(path)
 
 
 def _size(path: str) -> int:
