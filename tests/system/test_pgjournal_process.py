@@ -212,6 +212,58 @@ class WriterTests(_Database, TestCase):
         self.assertEqual(stored(self.url), [record(0)])
 
 
+class TableLockTests(_Database, TestCase):
+    """
+    Another session holds C{LOCK TABLE … ACCESS EXCLUSIVE}: one episode,
+    not a stall per batch (the probe must take the table's lock, not merely
+    connect).
+    """
+
+    @defer.inlineCallbacks
+    def test_tableLockIsOneEpisode(self) -> Any:
+        import psycopg
+        from twisted.internet.threads import deferToThread
+
+        from primecount.journal import postgresql
+
+        self.patch(postgresql, "PROBE_INTERVAL", 0.05)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        journal = self.journal(timeout=1.0)
+        journal.commit([record(0)])
+        locker = psycopg.connect(self.url)
+        self.addCleanup(locker.close)
+        locker.execute("LOCK TABLE primecount_requests IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with self.assertRaises(JournalUnavailable):
+            yield deferToThread(journal.commit, [record(1)])
+        self.assertLess(time.monotonic() - started, 5)
+        # While the lock is held, every commit fails at once: the probe
+        # never ends the episode.
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            started = time.monotonic()
+            with self.assertRaises(JournalUnavailable):
+                yield deferToThread(journal.commit, [record(2)])
+            self.assertLess(time.monotonic() - started, 0.5)
+            yield deferLater(reactor, 0.05, lambda: None)
+        locker.rollback()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                yield deferToThread(journal.commit, [record(3)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery within 30 s")
+                yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.1, lambda: None)
+        said = [e.get("log_format", "") for e in events]
+        self.assertEqual(len([f for f in said if "cannot commit" in f]), 1, said)
+        self.assertEqual(len([f for f in said if "writable again" in f]), 1, said)
+        self.assertEqual([r.port for r in stored(self.url)], [1000, 1003])
+
+
 class FaultTests(_Database, TestCase):
     """
     The database going away and coming back (its own cluster, as these
