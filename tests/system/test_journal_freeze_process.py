@@ -11,6 +11,7 @@ documented margin. The in-process half is L{tests.unit.test_journal_timeout}.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -169,10 +170,8 @@ class PostgresFreezeTests(_Freeze, SynchronousTestCase):
 
     def thaw(self) -> None:
         for pid in self.frozen:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
     def test_repliesBoundedDuringAFreeze(self) -> None:
         server = self.server(self.url)

@@ -105,8 +105,16 @@ class RotationWithReaderTests(SynchronousTestCase):
             client.start()
         time.sleep(1.0)
         export = subprocess.Popen(
-            [sys.executable, "-m", "primecount", "journal", "--journal", f"sqlite:{path}"]
-            + ["--format", "csv"],
+            [
+                sys.executable,
+                "-m",
+                "primecount",
+                "journal",
+                "--journal",
+                f"sqlite:{path}",
+                "--format",
+                "csv",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
