@@ -6,6 +6,7 @@ them, and a scripted line server on a real socket for the load generators.
 
 from __future__ import annotations
 
+import contextlib
 import socketserver
 import threading
 from collections.abc import Callable, Sequence
@@ -294,3 +295,70 @@ def serve_in_thread(test: Any, server: socketserver.BaseServer) -> int:
 
     test.addCleanup(stop)
     return int(server.server_address[1])  # type: ignore[index]
+
+
+class CopyCuttingRelay:
+    """
+    A TCP relay to a PostgreSQL server that, once L{armed}, cuts the
+    connection right after it forwards the end of a COPY (the client's
+    C{CopyDone} message): the server may commit, the client never hears.
+    Every other connection and byte passes through.
+
+    @ivar port: the relay's port on 127.0.0.1.
+    @ivar armed: cut at the next C{CopyDone}; cleared when it has cut.
+    @ivar cuts: how many connections it cut.
+    """
+
+    #: The frontend's CopyDone message: C{c}, then its length, 4.
+    COPY_DONE = b"c\x00\x00\x00\x04"
+
+    def __init__(self, target: int) -> None:
+        import socket
+
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.armed = False
+        self.cuts = 0
+        self._open: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            self._open += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any, upstream: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+                if upstream and self.armed and self.COPY_DONE in data:
+                    self.armed = False
+                    self.cuts += 1
+                    break
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+            sock.close()
+
+    def close(self) -> None:
+        """
+        Stop accepting and close every connection.
+        """
+        self._listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.close()

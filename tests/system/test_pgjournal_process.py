@@ -264,6 +264,51 @@ class TableLockTests(_Database, TestCase):
         self.assertEqual([r.port for r in stored(self.url)], [1000, 1003])
 
 
+class InDoubtTests(_Database, TestCase):
+    """
+    The connection cut right after the end of a COPY was sent: the client
+    is told ERR, and once the database answers again the record (if it was
+    committed) reads back with that error.
+    """
+
+    @defer.inlineCallbacks
+    def test_cutAtCopyEndIsRecordedAsFailed(self) -> Any:
+        from twisted.internet.threads import deferToThread
+
+        from primecount.journal import postgresql
+        from tests.doubles import CopyCuttingRelay
+
+        self.patch(postgresql, "PROBE_INTERVAL", 0.05)
+        relay = CopyCuttingRelay(self.pg.port)
+        self.addCleanup(relay.close)
+        through = self.url.replace(f":{self.pg.port}/", f":{relay.port}/")
+        from primecount.journal.postgresql import PostgresJournal
+
+        journal = PostgresJournal(through, reactor)
+        journal.startService()
+        self.addCleanup(journal.stopService)
+        yield deferToThread(journal.commit, [record(0)])
+        relay.armed = True
+        with self.assertRaises(JournalUnavailable):
+            yield deferToThread(journal.commit, [record(1)])
+        self.assertEqual(relay.cuts, 1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                yield deferToThread(journal.commit, [record(2)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery within 30 s")
+                yield deferLater(reactor, 0.05, lambda: None)
+        found = {r.port: r.error for r in stored(self.url)}
+        # PostgreSQL got the whole COPY: it committed the group, whose
+        # client was told ERR; the reader says so.
+        self.assertEqual(found, {1000: None, 1001: "journal unavailable", 1002: None})
+        status, out, _ = run_journal("--journal", self.url, "--format", "jsonl")
+        self.assertEqual(status, 0)
+        self.assertIn('"error":"journal unavailable"', out.splitlines()[1])
+
+
 class FaultTests(_Database, TestCase):
     """
     The database going away and coming back (its own cluster, as these
