@@ -55,10 +55,9 @@ def _durability(value: str) -> str:
 
 
 _durability.coerceDoc = (  # type: ignore[attr-defined]
-    "What an acknowledged record survives. process: primecount being killed; "
-    "disk: also a crash or power loss of the database's host; standby: also a "
-    "failover to a synchronous standby (PostgreSQL only). Default: process for "
-    "SQLite, standby for PostgreSQL."
+    "process: primecount being killed; disk: also a crash or power loss of the "
+    "database's host; standby: also a failover to a synchronous standby "
+    "(PostgreSQL only)."
 )
 
 
@@ -159,7 +158,14 @@ class PrimecountOptions(usage.Options):
             coerce.positive("max-connections"),
         ],
         ["journal", None, DEFAULT_URL, "Where requests are recorded.", _journal],
-        ["journal-durability", None, None, "", _durability],
+        [
+            "journal-durability",
+            None,
+            None,
+            "What an acknowledged record survives (default: process for SQLite, "
+            "standby for PostgreSQL)",
+            _durability,
+        ],
         [
             "journal-timeout",
             None,
