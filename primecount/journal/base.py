@@ -172,6 +172,8 @@ class ThreadedJournal(Service):
         self._watching: Any = None
         self._prober: threading.Thread | None = None
         self._wakeProber = threading.Event()
+        # The generation whose commit lock this thread holds (see _givenUp).
+        self._holding = threading.local()
         self.batches = 0
         self.committed = 0
         self.failed = 0
@@ -265,6 +267,24 @@ class ThreadedJournal(Service):
         The writer thread is about to close the connection and end.
         """
 
+    def _close(self) -> None:
+        """
+        The writer thread's last act: close whatever the journal holds;
+        holds C{_commitLock}. By default, L{_drop}.
+        """
+        self._drop()
+
+    def _givenUp(self) -> bool:
+        """
+        Whether the work this thread does under C{_commitLock} (a commit, a
+        settle or a probe) belongs to a generation given up meanwhile
+        (L{_abandon}): its requests were answered, and from now on it must
+        touch nothing of the journal's but its own connection. For
+        backends, from inside L{_write}, L{_settleRecords} and L{_probe}.
+        """
+        held = getattr(self._holding, "generation", None)
+        return held is not None and held != self._generation
+
     # -- service --------------------------------------------------------------
 
     def startService(self) -> None:
@@ -357,8 +377,11 @@ class ThreadedJournal(Service):
         failure episode, and move to a new generation: a new commit lock
         and no connection, so nothing waits behind the stuck thread.
         """
-        self._block(why)
         with self._waitingLock:
+            # Blocked in the same step as the new generation begins, so a
+            # probe of the old one cannot unblock the new one (L{_probing}).
+            if self._blocked is None:
+                self._blocked = why
             self._generation += 1
             self._commitLock = threading.Lock()
             self._abandonConnection()
@@ -369,6 +392,7 @@ class ThreadedJournal(Service):
                 self._writing = None
                 self._doubtful.append(group)
                 given += waiters
+        self._block(why)
         n = 0
         threads = set()
         for w in given:
@@ -402,25 +426,34 @@ class ThreadedJournal(Service):
         """
         # In a failure episode, fail at once, before any lock (a stuck
         # commit may hold one): the probe says when to try again.
-        blocked = self._blocked
+        waiting = _Waiting(records)
+        with self._waitingLock:
+            # The generation, its queue and its lock are taken in one step:
+            # a waiter of one generation never waits in another's queue.
+            blocked = self._blocked
+            if blocked is None:
+                generation = self._generation
+                self._waiting.append(waiting)
+                lock = self._commitLock
+                busy = _Busy(generation)
+                key = id(busy)
+                self._busy[key] = busy
         if blocked is not None:
             self._failedCount(len(records))
             raise JournalUnavailable(blocked)
-        waiting = _Waiting(records)
-        busy = _Busy(self._generation)
-        key = id(busy)
-        self._busy[key] = busy
         try:
-            with self._waitingLock:
-                self._waiting.append(waiting)
-                lock = self._commitLock
             with lock:
                 if not waiting.done:
-                    self._commitWaiting(busy.generation)
+                    self._commitWaiting(generation)
         finally:
             del self._busy[key]
         if waiting.error is not None:
             raise JournalUnavailable(waiting.error)
+        if not waiting.done:
+            # Nobody committed it (never expected: a given-up commit is
+            # answered by _abandon): not acknowledged.
+            self._failedCount(len(records))
+            raise JournalUnavailable("commit was given up")
 
     def _commitWaiting(self, generation: int) -> None:
         """
@@ -428,18 +461,23 @@ class ThreadedJournal(Service):
         of C{generation}.
         """
         with self._waitingLock:
-            if generation != self._generation:
+            if generation != self._generation or not self._waiting:
                 return
             group, self._waiting = self._waiting, []
-        if not group:
-            return
+            error = self._blocked
+            if error is None:
+                # In the same step: a group leaves the queue only to be
+                # written, where _abandon finds it.
+                groupId = self._groupId()
+                self._writing = (groupId, group)
         n = sum(len(w.records) for w in group)
         started = time.monotonic()
-        error = self._blocked
         if error is None:
-            groupId = self._groupId()
-            self._writing = (groupId, group)
-            error = self._write([r for w in group for r in w.records], groupId)
+            self._holding.generation = generation
+            try:
+                error = self._write([r for w in group for r in w.records], groupId)
+            finally:
+                self._holding.generation = None
             with self._waitingLock:
                 if generation != self._generation:
                     # Given up meanwhile: its requests were answered.
@@ -493,8 +531,9 @@ class ThreadedJournal(Service):
         Commits fail at once from now on, until a probe succeeds; the first
         failure of an episode is logged and starts the prober.
         """
-        if self._blocked is None:
-            self._blocked = why
+        with self._waitingLock:
+            if self._blocked is None:
+                self._blocked = why
         if not self._failing:
             self._failing = True
             self._say(
@@ -520,11 +559,11 @@ class ThreadedJournal(Service):
         with self._waitingLock:
             if self._prober is not None or self._closed:
                 return
-            self._prober = threading.Thread(
+            prober = self._prober = threading.Thread(
                 target=self._probing, name=self._threadName + "-probe", daemon=True
             )
         self._wakeProber.clear()
-        self._prober.start()
+        prober.start()
 
     def _probing(self) -> None:
         """
@@ -535,18 +574,29 @@ class ThreadedJournal(Service):
         """
         try:
             while not self._closed and self._blocked is not None:
-                generation = self._generation
                 with self._waitingLock:
+                    generation = self._generation
                     doubtful = list(self._doubtful)
-                if self._probe(doubtful) and generation == self._generation:
+                self._holding.generation = generation
+                try:
+                    probed = self._probe(doubtful)
+                finally:
+                    self._holding.generation = None
+                if probed:
                     with self._waitingLock:
-                        del self._doubtful[: len(doubtful)]
-                    self._blocked = None
-                    return
+                        # Only a probe of the current generation ends the
+                        # block, and the prober ends in the same step: a
+                        # block set after this starts a new prober.
+                        if generation == self._generation:
+                            del self._doubtful[: len(doubtful)]
+                            self._blocked = None
+                            self._prober = None
+                            return
                 self._wakeProber.wait(self._probeInterval())
         finally:
             with self._waitingLock:
-                self._prober = None
+                if self._prober is threading.current_thread():
+                    self._prober = None
 
     # -- reactor side -----------------------------------------------------------
 
@@ -584,14 +634,22 @@ class ThreadedJournal(Service):
 
         @raise JournalUnavailable: when they could not be applied.
         """
-        error = self._blocked
-        if error is None:
+        with self._waitingLock:
+            error = self._blocked
             generation = self._generation
-            with self._commitLock:
+            lock = self._commitLock
+        if error is None:
+            with lock:
                 error = self._blocked
-                if error is None and generation == self._generation:
-                    error = self._settleRecords(records)
-                    if error is not None:
+                if error is None and generation != self._generation:
+                    error = "settle was given up"
+                if error is None:
+                    self._holding.generation = generation
+                    try:
+                        error = self._settleRecords(records)
+                    finally:
+                        self._holding.generation = None
+                    if error is not None and generation == self._generation:
                         self._settleFailed(error)
         if error is not None:
             raise JournalUnavailable(error)
@@ -668,7 +726,7 @@ class ThreadedJournal(Service):
         try:
             self._finishing()
             with self._commitLock:
-                self._drop()
+                self._close()
         finally:
             self._idle(busy)
         self._reactor.callFromThread(self._finished)

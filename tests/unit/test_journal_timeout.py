@@ -38,7 +38,8 @@ class BlockingConnection:
     """
     A real SQLite connection whose INSERTs wait, while C{gate} is clear,
     until it is set: a write stuck in a frozen file system, released at
-    will.
+    will. The probe's writes too: the file system is frozen for every
+    connection.
     """
 
     def __init__(self, path: str, gate: threading.Event) -> None:
@@ -46,7 +47,7 @@ class BlockingConnection:
         self._gate = gate
 
     def execute(self, sql: str, params: Any = ()) -> Any:
-        if sql.startswith("INSERT INTO requests"):
+        if sql.startswith("INSERT"):
             self._gate.wait(30)
         return self._conn.execute(sql, params)
 
@@ -165,6 +166,82 @@ class StuckCommitTests(TestCase):
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertTrue(self.journal.stuck)
         yield appended
+
+
+class InterleavedLock:
+    """
+    A lock that runs C{before()} once, in the thread and right before the
+    first acquisition for which C{when()} is true: the reactor's give-up,
+    or another thread's failure, at the worst moment of a thread's work.
+    """
+
+    def __init__(self, when: Any, before: Any) -> None:
+        self._lock = threading.Lock()
+        self._when = when
+        self._before = before
+        self.fired = False
+
+    def __enter__(self) -> bool:
+        if not self.fired and self._when():
+            self.fired = True
+            self._before()
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+class GenerationRaceTests(TestCase):
+    """
+    The give-up of a commit (L{SQLiteJournal._abandon}, from the reactor)
+    and the end of a probe interleaved with other threads' work at the
+    worst moment: a commit returns only once its records are committed,
+    and a new failure always has a probe looking for its end.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "PROBE_INTERVAL", 0.02)
+        self.journal = SQLiteJournal(self.path, reactor)
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+
+    def test_commitGivenUpAsItQueuesIsNotAcknowledged(self) -> None:
+        committer = threading.current_thread()
+        armed = threading.Event()
+        self.journal._waitingLock = InterleavedLock(  # type: ignore[assignment]
+            lambda: armed.is_set() and threading.current_thread() is committer,
+            lambda: self.journal._abandon("commit did not finish within 5 s"),
+        )
+        self.journal.startService()
+        self.journal.commit([record(0)])
+        armed.set()
+        with self.assertRaises(JournalUnavailable):
+            self.journal.commit([record(1)])
+        self.assertEqual([r.message for r in stored(self.path)], ["m0"])
+
+    @defer.inlineCallbacks
+    def test_failureAsTheProbeEndsStillProbed(self) -> Any:
+        journal = self.journal
+
+        def probing() -> bool:
+            return threading.current_thread().name.endswith("-probe") and journal._blocked is None
+
+        journal._waitingLock = InterleavedLock(  # type: ignore[assignment]
+            probing, lambda: journal._block("database is locked")
+        )
+        journal.startService()
+        journal.commit([record(0)])
+        journal._block("database is locked")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                journal.commit([record(1)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "blocked with no probe")
+                yield later(0.02)
+        self.assertTrue(journal._waitingLock.fired)  # type: ignore[attr-defined]
+        self.assertEqual([r.message for r in stored(self.path)], ["m0", "m1"])
 
 
 class StopLogsOpenEpisodeTests(TestCase):
