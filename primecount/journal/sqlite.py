@@ -20,11 +20,19 @@ Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
 commit fails, later ones fail at once while a probe looks for the end of
 the episode with a real write; a commit that takes longer than the
 journal's timeout is given up (L{primecount.journal.base}); after every
-transaction the path is checked to still name the open file, and a
+transaction, and before any new connection, the path is checked to still
+name the journal's file, and a
 deleted, renamed or replaced journal is left only once nothing of it is
 left behind in the C{-wal} named after the path (L{SQLiteJournal._switch});
 L{SQLiteJournal.hurry} stops waiting for other writers' locks so that a
 stop keeps its deadline.
+
+The journal's file outlives its connections: a failed or given-up
+connection is dropped, but the journal keeps its checkpointing connection
+and a descriptor of the file until it leaves the file, so that a rename
+noticed later can still be checkpointed into the old file, and so that
+SQLite's locks on the file hold (closing any descriptor of a file drops
+all of the process's locks on it; see L{SQLiteJournal._hold}).
 
 Rotation (C{mv PATH PATH.old} while the server runs): SQLite names the
 C{-wal} and C{-shm} files after the path it opened, so after the rename
@@ -154,9 +162,11 @@ class SQLiteJournal(ThreadedJournal):
         self.durability = durability
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
-        # (st_dev, st_ino) of the file _conn has open, a descriptor of it
-        # (its link count says deleted or renamed), and the identities of
-        # the -wal and -shm files it uses.
+        # The journal's file (see _hold): its (st_dev, st_ino), a
+        # descriptor of it (its link count says deleted or renamed), and
+        # the identities of the -wal and -shm files it uses. Kept across
+        # dropped and given-up connections, until the journal leaves the
+        # file (_leave) or stops.
         self._identity: tuple[int, int] | None = None
         self._fileFd: int | None = None
         self._sidecars: dict[str, tuple[int, int]] = {}
@@ -203,13 +213,16 @@ class SQLiteJournal(ThreadedJournal):
         return self._group
 
     def _abandonConnection(self) -> None:
-        # The stuck thread closes its connection when it returns; the
-        # checkpointing one may be the stuck one.
+        # The stuck thread closes its connection when it returns. The
+        # checkpointing connection is given up too only when it is in use
+        # (it may be the stuck one); the journal's file stays held (its
+        # descriptor must outlive every connection to it, see _hold).
         self._conn = None
-        self._identity = None
-        self._closeFileFd()
-        self._checkpointLock = threading.Lock()
-        self._checkpointer = None
+        if self._checkpointLock.acquire(blocking=False):
+            self._checkpointLock.release()
+        else:
+            self._checkpointLock = threading.Lock()
+            self._checkpointer = None
 
     def _settleRecords(self, records: Sequence[Record]) -> str | None:
         rows = [schema.settle_row(r) for r in records]
@@ -243,10 +256,15 @@ class SQLiteJournal(ThreadedJournal):
                 self._checkpointer = None
 
     def _drop(self) -> None:
+        # The connection only: the checkpointing one and the descriptor
+        # stay with the file (see _hold).
         if self._conn is not None:
             _close_quietly(self._conn)
             self._conn = None
-        self._closeFileFd()
+
+    def _close(self) -> None:
+        self._drop()
+        self._release()
 
     def _dropIf(self, conn: sqlite3.Connection) -> None:
         """
@@ -258,11 +276,43 @@ class SQLiteJournal(ThreadedJournal):
         else:
             _close_quietly(conn)
 
-    def _closeFileFd(self) -> None:
+    def _hold(self) -> None:
+        """
+        Make the file the path names the journal's file: remember its
+        identity, its C{-wal} and C{-shm}, and keep a descriptor of it (its
+        link count tells a deleted file from a renamed one). Holds
+        C{_commitLock}, right after a connection to it was opened.
+
+        The descriptor is closed only once no connection of the journal's
+        uses the file any more (L{_release}): closing any descriptor of a
+        file drops every POSIX lock the process holds on it, SQLite's
+        included, and without its shared lock another process that closes
+        its connection believes it is the file's last user, checkpoints,
+        and deletes the C{-wal} and C{-shm} the journal is still writing:
+        every later commit would go to a deleted WAL.
+        """
+        if self._fileFd is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            found = os.fstat(fd)
+            self._fileFd = fd
+            self._identity = (found.st_dev, found.st_ino)
+        self._sidecars = {}
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                side = os.stat(self.path + suffix)
+                self._sidecars[suffix] = (side.st_dev, side.st_ino)
+
+    def _release(self) -> None:
+        """
+        Forget the journal's file and close its descriptor: no connection
+        of the journal's uses it any more (the journal left it, or stops).
+        """
         if self._fileFd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fileFd)
             self._fileFd = None
+        self._identity = None
+        self._sidecars = {}
 
     # -- transactions ---------------------------------------------------------------
 
@@ -290,6 +340,9 @@ class SQLiteJournal(ThreadedJournal):
         if self._closed:
             return "journal is stopped"
         error = self._attempt(write, single)
+        if self._givenUp():
+            # Answered already; the journal is another generation's now.
+            return error
         if error is None and self._replaced():
             try:
                 deleted = self._switch()
@@ -352,10 +405,11 @@ class SQLiteJournal(ThreadedJournal):
 
     def _replaced(self) -> bool:
         """
-        Whether the journal's path no longer names the file its connection
-        has open (one C{stat} per transaction).
+        Whether the journal's path no longer names the journal's file (one
+        C{stat} per transaction), whether or not a connection to it is open
+        right now.
         """
-        if self._conn is None or self._identity is None:
+        if self._identity is None:
             return False
         try:
             found = os.stat(self.path)
@@ -365,36 +419,40 @@ class SQLiteJournal(ThreadedJournal):
 
     def _switch(self) -> bool:
         """
-        The path names another file, or none: leave the old file once
+        The path names another file, or none: leave the journal's file once
         nothing of it is left in the C{-wal} named after the path. Holds
         C{_commitLock}.
 
         A renamed file (it still has a link) keeps what was committed to
         it: a C{TRUNCATE} checkpoint copies every frame of the WAL into it;
         while a reader's snapshot holds that back, the journal keeps
-        writing the old file and tries again after the next commit. A
-        deleted file has nothing to keep. Then both connections are closed
-        and the old C{-wal} and C{-shm} unlinked (they would otherwise
-        become the new journal's), so that the next transaction opens a
-        journal of its own at the path.
+        writing the old file (when its connection is open) and tries again
+        after the next commit or probe. A deleted file has nothing to keep.
+        Then both connections are closed and the old C{-wal} and C{-shm}
+        unlinked (they would otherwise become the new journal's), so that
+        the next transaction opens a journal of its own at the path.
 
         @return: whether the old file was deleted (its last group must be
             written again at the path); L{False} also when it is kept for
-            now.
+            now (the journal still holds it).
         """
-        conn = self._conn
-        assert conn is not None and self._fileFd is not None
+        assert self._fileFd is not None
         deleted = os.fstat(self._fileFd).st_nlink == 0
-        if not deleted and not self._checkpointed(conn):
-            if not self._switchPending:
-                self._switchPending = True
-                self._reactor.callFromThread(
-                    self._log.warn,
-                    "journal {path} was renamed while a reader holds a snapshot of it; "
-                    "writing it until its WAL can be checkpointed into it",
-                    path=self.path,
-                )
-            return False
+        if not deleted:
+            checkpointed = self._checkpointedAll()
+            if self._givenUp():
+                # Given up while it checkpointed: another generation's now.
+                return False
+            if not checkpointed:
+                if not self._switchPending:
+                    self._switchPending = True
+                    self._reactor.callFromThread(
+                        self._log.warn,
+                        "journal {path} was renamed while a reader holds a snapshot of it; "
+                        "writing it until its WAL can be checkpointed into it",
+                        path=self.path,
+                    )
+                return False
         self._reactor.callFromThread(
             self._log.error,
             "journal {path} was {how} while in use; records from now on go to a new "
@@ -407,12 +465,33 @@ class SQLiteJournal(ThreadedJournal):
             if self._checkpointer is not None:
                 _close_quietly(self._checkpointer)
                 self._checkpointer = None
-        sidecars, self._sidecars = self._sidecars, {}
+        sidecars = self._sidecars
         self._drop()
-        self._identity = None
         for suffix, identity in sidecars.items():
             _unlink_if(self.path + suffix, identity)
+        self._release()
         return deleted
+
+    def _checkpointedAll(self) -> bool:
+        """
+        Whether a C{TRUNCATE} checkpoint, on the journal's connection or
+        else on the checkpointing one, emptied the journal's file's WAL
+        into it (L{_checkpointed}). With neither left (the checkpointing
+        one was given up, stuck), nothing can be checkpointed any more:
+        the file is left as it is, and that is logged.
+        """
+        if self._conn is not None:
+            return self._checkpointed(self._conn)
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                return self._checkpointed(self._checkpointer)
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path} was renamed while no connection to it could checkpoint its WAL; "
+            "its last commits may be missing from the renamed file",
+            path=self.path,
+        )
+        return True
 
     @staticmethod
     def _checkpointed(conn: sqlite3.Connection) -> bool:
@@ -432,30 +511,68 @@ class SQLiteJournal(ThreadedJournal):
         return busy == 0 and log == done
 
     def _open(self) -> sqlite3.Connection:
+        """
+        A new connection to the journal's file at the path, and the
+        checkpointing one if there is none. Holds C{_commitLock}.
+
+        When the path no longer names the journal's file (it was renamed or
+        deleted while no connection to it was open), the journal leaves that
+        file first (L{_switch}): a connection opened at the path meanwhile
+        would take the old file's C{-wal} for its own. While a renamed
+        file's WAL cannot be checkpointed yet this fails, and the probe
+        tries again.
+        """
+        if self._replaced():
+            self._switch()
+            if self._identity is not None:
+                raise sqlite3.OperationalError(
+                    "journal file was renamed; its WAL is not checkpointed into it yet"
+                )
         conn = self._connect(self.path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            if self._replaced():
+                raise sqlite3.OperationalError("journal file was replaced while it was opened")
+            self._hold()
+            row = conn.execute("SELECT group_id FROM requests ORDER BY id DESC LIMIT 1").fetchone()
+            if row is not None and row[0] is not None:
+                self._group = max(self._group, row[0])
+            conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.durability]}")
+            # No checkpoint inside a commit (its fsyncs would hold up every
+            # request waiting for the commit lock): the writer thread runs them.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+        except BaseException:
             _close_quietly(conn)
             raise
-        found = os.fstat(fd)
-        self._closeFileFd()
-        self._fileFd = fd
-        self._identity = (found.st_dev, found.st_ino)
-        self._sidecars = {}
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                side = os.stat(self.path + suffix)
-                self._sidecars[suffix] = (side.st_dev, side.st_ino)
-        row = conn.execute("SELECT group_id FROM requests ORDER BY id DESC LIMIT 1").fetchone()
-        if row is not None and row[0] is not None:
-            self._group = max(self._group, row[0])
-        conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.durability]}")
-        # No checkpoint inside a commit (its fsyncs would hold up every
-        # request waiting for the commit lock): the writer thread runs them.
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+        with self._checkpointLock:
+            self._openCheckpointer()
+        return conn
+
+    def _openCheckpointer(self) -> sqlite3.Connection | None:
+        """
+        The checkpointing connection, opened if there is none, but only to
+        the journal's file while the path names it; holds
+        C{_checkpointLock}. Besides checkpointing, it keeps a connection to
+        the file open whatever happens to the journal's, so that a rename
+        noticed later can still be checkpointed into the old file.
+
+        @return: it, or L{None} when there is none.
+        """
+        if self._checkpointer is not None:
+            return self._checkpointer
+        if self._identity is None or self._replaced():
+            return None
+        try:
+            conn = self._connect(self.path)
+        except Exception:
+            return None
+        if self._replaced():
+            _close_quietly(conn)
+            return None
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        self._checkpointer = conn
         return conn
 
     def _checkpoint(self) -> None:
@@ -491,17 +608,12 @@ class SQLiteJournal(ThreadedJournal):
 
         @return: (page size, frames in the WAL), or L{None} when it failed
             (busy, or unwritable: commit failures are what gets reported).
+            The connection stays open either way (L{_openCheckpointer}).
         """
-        conn = self._checkpointer
-        if conn is None and self._replaced():
-            # Not beside a connection to the file the path named before
-            # (they would share the -shm at the path): the next commit
-            # reopens first.
+        conn = self._openCheckpointer()
+        if conn is None:
             return None
         try:
-            if conn is None:
-                conn = self._checkpointer = self._connect(self.path)
-                conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             if busyMs is not None:
                 conn.execute(f"PRAGMA busy_timeout={busyMs}")
             try:
@@ -511,10 +623,12 @@ class SQLiteJournal(ThreadedJournal):
                 if busyMs is not None:
                     conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
         except Exception:
-            if conn is not None:
-                _close_quietly(conn)
-            self._checkpointer = None
             return None
+        finally:
+            if self._checkpointer is not conn:
+                # Given up while it ran (see _abandonConnection): no longer
+                # the journal's.
+                _close_quietly(conn)
         return pageSize, logFrames
 
     def _probe(self, doubtful: list[int]) -> bool:
@@ -529,16 +643,18 @@ class SQLiteJournal(ThreadedJournal):
         """
         with self._commitLock:
             try:
-                if self._conn is not None and self._replaced():
+                if self._replaced():
                     self._switch()
-                if self._conn is not None and self._switchPending:
-                    return _probe_write(self._conn, doubtful)
+                if self._replaced():
+                    # Still the renamed file's, until its WAL is emptied.
+                    return self._conn is not None and _probe_write(self._conn, doubtful)
             except Exception:
                 return False
         conn = None
         try:
             conn = self._connect(self.path)
-            return _probe_write(conn, doubtful)
+            # Not a file the path named only while it was opened.
+            return not self._replaced() and _probe_write(conn, doubtful)
         except Exception:
             return False
         finally:
