@@ -19,9 +19,10 @@ of one fsync per group. There is no C{standby} for SQLite.
 Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
 commit fails, later ones fail at once while a probe looks for the end of
 the episode with a real write; a commit that takes longer than the
-journal's timeout is given up (L{primecount.journal.base}); after every
-transaction, and before any new connection, the path is checked to still
-name the journal's file, and a
+journal's timeout is given up (L{primecount.journal.base}), but a lock
+held by another writer fails a commit cleanly before that
+(L{LOCK_WAIT_SHARE}); after every transaction, and before any new
+connection, the path is checked to still name the journal's file, and a
 deleted, renamed or replaced journal is left only once nothing of it is
 left behind in the C{-wal} named after the path (L{SQLiteJournal._switch});
 L{SQLiteJournal.hurry} stops waiting for other writers' locks so that a
@@ -113,6 +114,13 @@ PROBE_BUSY_MS = 100
 #: L{schema.BUSY_TIMEOUT} in all, so that L{SQLiteJournal.hurry} can cut the
 #: wait short (SQLite's own wait cannot be interrupted).
 BUSY_STEP_MS = 50
+
+#: The share of the journal's timeout a commit waits for another writer's
+#: lock (at most L{schema.BUSY_TIMEOUT}): a lock held longer fails the
+#: commit with "database is locked", nothing written, before the watchdog
+#: would give the commit up (and leave it in doubt, see
+#: L{primecount.journal.base}).
+LOCK_WAIT_SHARE = 0.8
 
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
@@ -388,10 +396,11 @@ class SQLiteJournal(ThreadedJournal):
     def _patiently(self, step: Callable[[], object]) -> None:
         """
         Run C{step}, a statement that takes the write lock, again while
-        another writer holds that lock, up to L{schema.BUSY_TIMEOUT} (or
-        until L{hurry}). A statement that fails busy has done nothing.
+        another writer holds that lock, up to L{schema.BUSY_TIMEOUT} or
+        L{LOCK_WAIT_SHARE} of the journal's timeout, whichever is shorter
+        (or until L{hurry}). A statement that fails busy has done nothing.
         """
-        deadline = time.monotonic() + schema.BUSY_TIMEOUT
+        deadline = time.monotonic() + min(schema.BUSY_TIMEOUT, self.timeout * LOCK_WAIT_SHARE)
         while True:
             try:
                 step()

@@ -168,6 +168,47 @@ class StuckCommitTests(TestCase):
         yield appended
 
 
+class LockWaitTests(TestCase):
+    """
+    Another process holds the write lock longer than the journal's timeout:
+    the commit fails as locked, with nothing written, before it would be
+    given up and left in doubt (written after all once the lock goes).
+    """
+
+    @defer.inlineCallbacks
+    def test_lockedCommitFailsCleanlyWithinTheTimeout(self) -> Any:
+        path = os.path.abspath(self.mktemp())
+        journal = SQLiteJournal(path, reactor, timeout=0.5)
+        journal.startService()
+        self.addCleanup(journal.stopService)
+        abandoned: list[frozenset[int]] = []
+        journal.onAbandon(abandoned.append)
+        journal.commit([record(0)])
+        locker = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(locker.close)
+        locker.execute("BEGIN EXCLUSIVE")
+        outcome: list[BaseException | None] = []
+
+        def commit() -> None:
+            try:
+                journal.commit([record(1)])
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        committing = threading.Thread(target=commit)
+        committing.start()
+        # The lock is held past the timeout and its watch, then released.
+        yield later(0.5 + 2 * 0.125 + 0.2)
+        locker.execute("ROLLBACK")
+        committing.join(10)
+        self.assertEqual(abandoned, [])
+        self.assertIsInstance(outcome[0], JournalUnavailable)
+        self.assertIn("locked", str(outcome[0]))
+        yield later(0.3)
+        self.assertEqual([r.message for r in stored(path)], ["m0"])
+
+
 class InterleavedLock:
     """
     A lock that runs C{before()} once, in the thread and right before the
