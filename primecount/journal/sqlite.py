@@ -174,7 +174,7 @@ class SQLiteJournal(ThreadedJournal):
         # descriptor of it (its link count says deleted or renamed), and
         # the identities of the -wal and -shm files it uses. Kept across
         # dropped and given-up connections, until the journal leaves the
-        # file (_leave) or stops.
+        # file (_switch) or stops (_close).
         self._identity: tuple[int, int] | None = None
         self._fileFd: int | None = None
         self._sidecars: dict[str, tuple[int, int]] = {}
@@ -554,8 +554,13 @@ class SQLiteJournal(ThreadedJournal):
         except BaseException:
             _close_quietly(conn)
             raise
-        with self._checkpointLock:
-            self._openCheckpointer()
+        # Not behind the writer thread's checkpoint: if it holds the lock,
+        # it opens the connection itself.
+        if self._checkpointLock.acquire(blocking=False):
+            try:
+                self._openCheckpointer()
+            finally:
+                self._checkpointLock.release()
         return conn
 
     def _openCheckpointer(self) -> sqlite3.Connection | None:
