@@ -122,6 +122,10 @@ BUSY_STEP_MS = 50
 #: L{primecount.journal.base}).
 LOCK_WAIT_SHARE = 0.8
 
+#: Seconds the stop still tries to leave a renamed journal file whose WAL a
+#: reader held back (see L{SQLiteJournal._switchBeforeStop}).
+SWITCH_AT_STOP = 1.0
+
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
 #: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
@@ -258,10 +262,40 @@ class SQLiteJournal(ThreadedJournal):
 
     def _finishing(self) -> None:
         self._nextCheckpoint = None
+        with self._commitLock:
+            if self._replaced():
+                self._switchBeforeStop()
         with self._checkpointLock:
             if self._checkpointer is not None:
                 _close_quietly(self._checkpointer)
                 self._checkpointer = None
+
+    def _switchBeforeStop(self) -> None:
+        """
+        The journal stops while its file was renamed and not yet left (a
+        reader's snapshot held the checkpoint back): until a C{TRUNCATE}
+        checkpoint copies the WAL into it, the renamed file is not readable
+        by itself (a partial checkpoint leaves pages only in the WAL named
+        after the path), and a journal opened at the path later would take
+        that WAL over. So try again for up to L{SWITCH_AT_STOP} seconds
+        (less once hurried), and say so when it still cannot. Writer
+        thread, holding C{_commitLock}.
+        """
+        deadline = time.monotonic() + SWITCH_AT_STOP
+        while True:
+            with contextlib.suppress(OSError):
+                self._switch()
+            if self._identity is None or self._hurry or time.monotonic() >= deadline:
+                break
+            time.sleep(PROBE_INTERVAL / 5)
+        if self._identity is not None:
+            self._reactor.callFromThread(
+                self._log.error,
+                "journal {path} was renamed and a reader still holds its WAL at the stop: "
+                "its last commits are only in {wal}, which belongs to the renamed file",
+                path=self.path,
+                wal=self.path + "-wal",
+            )
 
     def _drop(self) -> None:
         # The connection only: the checkpointing one and the descriptor

@@ -345,3 +345,33 @@ class RenameDuringEpisodeTests(TestCase):
         yield self.journal.stopService()
         self.assertEqual(messagesIn(self.path + ".old"), [record(0).message])
         self.assertEqual(messagesIn(self.path), [record(2).message])
+
+
+class RenamePendingAtStopTests(TestCase):
+    """
+    The journal file renamed while a reader's snapshot holds its WAL back,
+    and the journal stopped before the next commit: what was committed to
+    the old file is in it, although it was still in the C{-wal} named
+    after the path.
+    """
+
+    @defer.inlineCallbacks
+    def test_stopCheckpointsTheRenamedFile(self) -> Any:
+        path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+        journal = SQLiteJournal(path, reactor)
+        journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        journal.commit([record(0)])
+        reader = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(reader.close)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM requests").fetchall()
+        journal.commit([record(1)])
+        os.rename(path, path + ".old")
+        # Noticed; the reader's snapshot holds the checkpoint back.
+        journal.commit([record(2)])
+        reader.execute("COMMIT")
+        reader.close()
+        yield journal.stopService()
+        self.assertEqual(messagesIn(path + ".old"), [record(i).message for i in range(3)])
