@@ -107,8 +107,9 @@ class ThreadedJournal(Service):
 
     Subclasses implement L{_write}, L{_settleRecords}, L{_probe},
     L{_probeInterval}, L{_drop} and L{_abandonConnection}, and may extend
-    L{_tick}, L{_afterCommit}, L{_settleFailed}, L{_groupId} and
-    L{_finishing}.
+    L{_tick}, L{_afterCommit}, L{_settleFailed}, L{_groupId},
+    L{_finishing} and L{_close}; work that may have been given up asks
+    L{_givenUp} before it touches anything but its own connection.
 
     @ivar batches: how many transactions were committed.
     @ivar committed: how many records were committed.
