@@ -333,20 +333,27 @@ class CopyCuttingRelay:
                 return
             server = socket.create_connection(("127.0.0.1", self._target))
             self._open += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            # Set before the CopyDone goes on: from then on the server's
+            # answer is never passed back, however fast it comes.
+            cut = threading.Event()
+            for source, sink, upstream in ((client, server, True), (server, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, upstream, cut), daemon=True
+                ).start()
 
-    def _pump(self, source: Any, sink: Any, upstream: bool) -> None:
+    def _pump(self, source: Any, sink: Any, upstream: bool, cut: threading.Event) -> None:
         try:
             while True:
                 data = source.recv(65536)
-                if not data:
+                if not data or cut.is_set():
                     break
-                sink.sendall(data)
                 if upstream and self.armed and self.COPY_DONE in data:
                     self.armed = False
                     self.cuts += 1
+                    cut.set()
+                    sink.sendall(data)
                     break
+                sink.sendall(data)
         except OSError:
             pass
         for sock in (source, sink):
