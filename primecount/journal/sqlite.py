@@ -519,13 +519,16 @@ class SQLiteJournal(ThreadedJournal):
         """
         Whether a C{TRUNCATE} checkpoint, on the journal's connection or
         else on the checkpointing one, emptied the journal's file's WAL
-        into it (L{_checkpointed}). With neither left (the checkpointing
-        one was given up, stuck), nothing can be checkpointed any more:
-        the file is left as it is, and that is logged.
+        into it (L{_checkpointed}). It waits for the writer thread's
+        checkpoint in progress (SQLite would answer busy at once): only a
+        reader's snapshot holds the switch back. With neither connection
+        left (the checkpointing one was given up, stuck), nothing can be
+        checkpointed any more: the file is left as it is, and that is
+        logged.
         """
-        if self._conn is not None:
-            return self._checkpointed(self._conn)
         with self._checkpointLock:
+            if self._conn is not None:
+                return self._checkpointed(self._conn)
             if self._checkpointer is not None:
                 return self._checkpointed(self._checkpointer)
         self._reactor.callFromThread(

@@ -375,3 +375,31 @@ class RenamePendingAtStopTests(TestCase):
         reader.close()
         yield journal.stopService()
         self.assertEqual(messagesIn(path + ".old"), [record(i).message for i in range(3)])
+
+
+class RenameBesideCheckpointsTests(TestCase):
+    """
+    The journal file renamed again and again while the writer thread
+    checkpoints without a pause: the journal's own checkpoints never hold
+    its switch back (only a reader's snapshot may), so the commit that
+    notices a rename is the old file's last, and the next one makes a new
+    file at the path.
+    """
+
+    @defer.inlineCallbacks
+    def test_commitThatNoticesIsTheOldFilesLast(self) -> Any:
+        path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 0)
+        journal = SQLiteJournal(path, reactor)
+        journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        rounds = 50
+        for n in range(rounds):
+            journal.commit([record(2 * n)])
+            self.assertTrue(os.path.exists(path), f"round {n}: still writing the renamed file")
+            os.rename(path, f"{path}.{n}")
+            journal.commit([record(2 * n + 1)])
+        yield journal.stopService()
+        kept = [messagesIn(f"{path}.{n}") for n in range(rounds)]
+        expected = [[record(2 * n).message, record(2 * n + 1).message] for n in range(rounds)]
+        self.assertEqual(kept, expected)
