@@ -393,7 +393,7 @@ class RenameBesideCheckpointsTests(TestCase):
         journal = SQLiteJournal(path, reactor)
         journal.startService()
         self.addCleanup(lambda: journal.stopService() if journal.running else None)
-        rounds = 50
+        rounds = 30
         for n in range(rounds):
             journal.commit([record(2 * n)])
             self.assertTrue(os.path.exists(path), f"round {n}: still writing the renamed file")
