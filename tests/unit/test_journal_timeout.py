@@ -178,7 +178,7 @@ class LockWaitTests(TestCase):
     @defer.inlineCallbacks
     def test_lockedCommitFailsCleanlyWithinTheTimeout(self) -> Any:
         path = os.path.abspath(self.mktemp())
-        journal = SQLiteJournal(path, reactor, timeout=0.5)
+        journal = SQLiteJournal(path, reactor, timeout=1.0)
         journal.startService()
         self.addCleanup(journal.stopService)
         abandoned: list[frozenset[int]] = []
@@ -199,7 +199,7 @@ class LockWaitTests(TestCase):
         committing = threading.Thread(target=commit)
         committing.start()
         # The lock is held past the timeout and its watch, then released.
-        yield later(0.5 + 2 * 0.125 + 0.2)
+        yield later(1.0 + 2 * 0.25 + 0.1)
         locker.execute("ROLLBACK")
         committing.join(10)
         self.assertEqual(abandoned, [])
