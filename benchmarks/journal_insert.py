@@ -89,6 +89,16 @@ def _run_statements(conn: sqlite3.Connection, statements: list[tuple[str, list[o
     _transaction(conn, run)
 
 
+@functools.cache
+def _insert_sql_before(columns: tuple[str, ...], rows: int) -> str:
+    """
+    One INSERT of C{rows} rows of C{columns}, a parameter per column, as
+    before issue 12 (and before each row carried its group id).
+    """
+    row = f"({', '.join('?' for _ in columns)})"
+    return f"INSERT INTO requests ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
+
+
 def _inserts_before(records: Sequence[Record]) -> Iterator[tuple[str, list[object]]]:
     """
     L{schema.inserts} before issue 12: eight parameters a count row.
@@ -106,7 +116,7 @@ def _inserts_before(records: Sequence[Record]) -> Iterator[tuple[str, list[objec
         group = records[start:end]
         columns = schema.COUNT_COLUMNS if short else schema.COLUMNS
         yield (
-            schema._insert_sql(columns, len(group)),
+            _insert_sql_before(columns, len(group)),
             list(chain.from_iterable(record[: len(columns)] for record in group)),
         )
         start = end

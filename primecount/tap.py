@@ -20,12 +20,15 @@ from primecount.core import options as coerce
 from primecount.core.privileges import Owner, acting_as, switched_to
 from primecount.core.proxyheader import DEFAULT_TRUSTED, TrustedProxies
 from primecount.journal import (
+    DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    DURABILITIES,
     JournalURL,
     JournalURLError,
     check_journal,
     for_worker,
     parse_url,
+    resolve_durability,
 )
 from primecount.journal.sqlite import check_writable
 from primecount.server import placement
@@ -53,6 +56,21 @@ def _journal(value: str) -> JournalURL:
 
 _journal.coerceDoc = (  # type: ignore[attr-defined]
     "PATH or sqlite:PATH (an SQLite file), postgresql://USER@HOST:PORT/DB?... or none."
+)
+
+
+def _durability(value: str) -> str:
+    if value not in DURABILITIES:
+        raise ValueError(
+            f"--journal-durability wants one of {', '.join(DURABILITIES)}; got {value!r}"
+        )
+    return value
+
+
+_durability.coerceDoc = (  # type: ignore[attr-defined]
+    "process: primecount being killed; disk: also a crash or power loss of the "
+    "database's host; standby: also a failover to a synchronous standby "
+    "(PostgreSQL only)."
 )
 
 
@@ -150,7 +168,7 @@ class PrimecountOptions(usage.Options):
         [
             "journal-fsync",
             None,
-            "fsync every journal commit: survives power loss, not only a crash.",
+            "The older spelling of --journal-durability disk (SQLite) or standby (PostgreSQL).",
         ],
     ]
 
@@ -199,6 +217,24 @@ class PrimecountOptions(usage.Options):
             "96",
             "Memory budget for what clients make a serving process hold.",
             _maxMemory,
+        ],
+        [
+            "journal-durability",
+            None,
+            None,
+            "What an acknowledged record survives (default: process for SQLite, "
+            "standby for PostgreSQL)",
+            _durability,
+        ],
+        [
+            "journal-timeout",
+            None,
+            DEFAULT_TIMEOUT,
+            "Seconds a journal commit may take (a frozen database or file system, a "
+            "table lock) before its requests are answered ERR journal unavailable.",
+            coerce.number(
+                float, "a number of seconds, at least 0.1", 0.1, option="journal-timeout"
+            ),
         ],
         [
             "max-per-peer",
@@ -308,6 +344,12 @@ class PrimecountOptions(usage.Options):
     def postOptions(self) -> None:
         if isinstance(self["journal"], str):  # the default, not yet coerced
             self["journal"] = _journal(self["journal"])
+        try:
+            self["journal-durability"] = resolve_durability(
+                self["journal"].scheme, self["journal-durability"], bool(self["journal-fsync"])
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if isinstance(self["cpu-affinity"], str):
             self["cpu-affinity"] = _cpus(self["cpu-affinity"])
         try:

@@ -6,6 +6,7 @@ them, and a scripted line server on a real socket for the load generators.
 
 from __future__ import annotations
 
+import contextlib
 import socketserver
 import threading
 from collections.abc import Callable, Sequence
@@ -130,8 +131,10 @@ class FakeJournal:
     """
 
     keepsRecords = True
+    stuck = False
 
     def __init__(self) -> None:
+        self.abandoned: list[Callable[[frozenset[int]], None]] = []
         self.records: list[Record] = []
         self.failing = False
         self.result: Callable[[], Deferred[None]] = lambda: succeed(None)
@@ -144,6 +147,13 @@ class FakeJournal:
         if self.failing:
             raise JournalUnavailable("test says no")
         self._keep(records)
+
+    def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """
+        Keep C{callback}: a test calls the callbacks in L{abandoned} to say
+        a commit was given up.
+        """
+        self.abandoned.append(callback)
 
     def append(self, records: Sequence[Record]) -> Deferred[None]:
         """
@@ -294,3 +304,77 @@ def serve_in_thread(test: Any, server: socketserver.BaseServer) -> int:
 
     test.addCleanup(stop)
     return int(server.server_address[1])  # type: ignore[index]
+
+
+class CopyCuttingRelay:
+    """
+    A TCP relay to a PostgreSQL server that, once L{armed}, cuts the
+    connection right after it forwards the end of a COPY (the client's
+    C{CopyDone} message): the server may commit, the client never hears.
+    Every other connection and byte passes through.
+
+    @ivar port: the relay's port on 127.0.0.1.
+    @ivar armed: cut at the next C{CopyDone}; cleared when it has cut.
+    @ivar cuts: how many connections it cut.
+    """
+
+    #: The frontend's CopyDone message: C{c}, then its length, 4.
+    COPY_DONE = b"c\x00\x00\x00\x04"
+
+    def __init__(self, target: int) -> None:
+        import socket
+
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.armed = False
+        self.cuts = 0
+        self._open: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            self._open += [client, server]
+            # Set before the CopyDone goes on: from then on the server's
+            # answer is never passed back, however fast it comes.
+            cut = threading.Event()
+            for source, sink, upstream in ((client, server, True), (server, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, upstream, cut), daemon=True
+                ).start()
+
+    def _pump(self, source: Any, sink: Any, upstream: bool, cut: threading.Event) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data or cut.is_set():
+                    break
+                if upstream and self.armed and self.COPY_DONE in data:
+                    self.armed = False
+                    self.cuts += 1
+                    cut.set()
+                    sink.sendall(data)
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+            sock.close()
+
+    def close(self) -> None:
+        """
+        Stop accepting and close every connection.
+        """
+        self._listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,50 @@ DEFAULT_URL = "sqlite:primecount.sqlite3"
 
 #: The schemes of a PostgreSQL connection URL (libpq accepts both).
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
+#: C{--journal-durability}: what an acknowledged record survives, weakest
+#: first. C{process}: primecount being killed (SQLite C{synchronous=NORMAL},
+#: PostgreSQL C{synchronous_commit=off}); C{disk}: also a crash or power loss
+#: of the database's host (SQLite C{FULL}, PostgreSQL C{local}); C{standby}:
+#: also a failover to a synchronous standby (PostgreSQL C{on}; SQLite has
+#: no standby).
+PROCESS = "process"
+DISK = "disk"
+STANDBY = "standby"
+DURABILITIES = (PROCESS, DISK, STANDBY)
+
+#: Each backend's durability when C{--journal-durability} is not given, and
+#: what the older C{--journal-fsync} means for it.
+DEFAULT_DURABILITY = {"sqlite": PROCESS, "postgresql": STANDBY, "none": PROCESS}
+FSYNC_DURABILITY = {"sqlite": DISK, "postgresql": STANDBY, "none": PROCESS}
+
+#: Seconds a commit may take before its requests are answered C{ERR
+#: journal unavailable} and it is given up (C{--journal-timeout}).
+DEFAULT_TIMEOUT = 5.0
+
+
+def resolve_durability(scheme: str, level: str | None, fsync: bool = False) -> str:
+    """
+    The durability a journal of C{scheme} runs with: C{level} when given,
+    else what C{fsync} (C{--journal-fsync}, the older spelling) or the
+    backend's default says.
+
+    @raise ValueError: in one line, for a level the backend cannot give, or
+        for both C{level} and C{fsync}.
+    """
+    if level is None:
+        return (FSYNC_DURABILITY if fsync else DEFAULT_DURABILITY)[scheme]
+    if fsync:
+        raise ValueError(
+            "--journal-fsync is the older spelling of --journal-durability: give one of them"
+        )
+    if level == STANDBY and scheme == "sqlite":
+        raise ValueError(
+            "--journal-durability standby needs a PostgreSQL journal with a synchronous "
+            "standby; an SQLite journal offers process or disk"
+        )
+    return level
 
 
 class JournalUnavailable(Exception):
@@ -57,12 +101,15 @@ class Journal(Protocol):
     @ivar running: whether the service is started.
     @ivar committed: how many records were committed.
     @ivar batches: how many transactions committed them.
+    @ivar stuck: whether a thread is still inside a commit that was given
+        up (see L{onAbandon}): it may keep the process from exiting.
     """
 
     keepsRecords: bool
     running: bool | int
     committed: int
     batches: int
+    stuck: bool
 
     def commit(self, records: Sequence[Record]) -> None:
         """
@@ -104,6 +151,14 @@ class Journal(Protocol):
         The stop's deadline is near: wait for the database no longer.
         """
 
+    def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """
+        Call C{callback} (reactor thread) each time a commit in progress is
+        given up for taking longer than the journal's timeout, with the ids
+        of the threads whose L{commit}s were given up: whoever waits for
+        such a commit answers its requests then.
+        """
+
 
 class NullJournal(Service):
     """
@@ -113,6 +168,7 @@ class NullJournal(Service):
     keepsRecords = False
     committed = 0
     batches = 0
+    stuck = False
 
     def commit(self, records: Sequence[Record]) -> None:
         """
@@ -134,6 +190,11 @@ class NullJournal(Service):
     def hurry(self) -> None:
         """
         Nothing waits for a database here.
+        """
+
+    def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """
+        Nothing is ever given up here.
         """
 
 
@@ -262,7 +323,8 @@ def open_journal(
     url: JournalURL | str,
     reactor: Any,
     *,
-    fsync: bool = False,
+    durability: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     metrics: Any = None,
 ) -> Journal:
     """
@@ -270,7 +332,9 @@ def open_journal(
 
     @param url: a journal URL, parsed (L{parse_url}) or not.
     @param reactor: the reactor the journal hands its results back on.
-    @param fsync: make every commit survive a power loss, not only a crash.
+    @param durability: one of L{DURABILITIES}; L{None} for the backend's
+        default (L{DEFAULT_DURABILITY}).
+    @param timeout: seconds a commit may take before it is given up.
     @param metrics: a L{primecount.metrics.prometheus.MetricsRecorder} told
         of commits and failures, or L{None}.
     @raise JournalURLError: for a value that names no journal, or a
@@ -281,4 +345,7 @@ def open_journal(
     if url.scheme == "none":
         return NullJournal()
     _, journal = _backend(url)
-    return journal(url.path, reactor, fsync=fsync, metrics=metrics)  # type: ignore[no-any-return]
+    level = durability if durability is not None else DEFAULT_DURABILITY[url.scheme]
+    return journal(  # type: ignore[no-any-return]
+        url.path, reactor, durability=level, timeout=timeout, metrics=metrics
+    )

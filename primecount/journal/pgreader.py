@@ -27,7 +27,15 @@ import psycopg
 
 from primecount.journal import mask_password
 from primecount.journal.formats import writer
-from primecount.journal.pgschema import CHANNEL, TABLE, connect, message_of, why
+from primecount.journal.pgschema import (
+    CHANNEL,
+    FAILED_ERROR,
+    FAILED_GROUPS,
+    TABLE,
+    connect,
+    message_of,
+    why,
+)
 from primecount.journal.reader import Backend, JournalError, Query
 from primecount.journal.records import Record
 
@@ -40,6 +48,21 @@ PRUNE_BATCH = 5000
 _COLUMNS = (
     "id, time, host, port, protocol, message, message_bytes, count, prime, error, a, b, sum_ok"
 )
+
+#: L{_COLUMNS} for a journal of schema version 2 or later: a record of a
+#: group in C{primecount_failed_groups} (its client was told ERR journal
+#: unavailable, see L{primecount.journal.postgresql}) has that error.
+_MARKED_COLUMNS = _COLUMNS.replace(
+    "error",
+    f"CASE WHEN group_id IN (SELECT group_id FROM {FAILED_GROUPS}) "
+    f"THEN '{FAILED_ERROR}' ELSE error END",
+)
+
+
+def _columns(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (FAILED_GROUPS,)).fetchone()
+    return _MARKED_COLUMNS if row and row[0] else _COLUMNS
+
 
 #: The oldest transaction still running: every row below it is final.
 _XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
@@ -114,7 +137,7 @@ def select(
             clauses.append(clause)
             params.append(value)
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    sql = f"SELECT {_COLUMNS} FROM {TABLE}{where}"
+    sql = f"SELECT {_columns(conn)} FROM {TABLE}{where}"
     if query.limit is None:
         # Row by row (libpq's single-row mode): a big journal is never
         # held in memory whole.

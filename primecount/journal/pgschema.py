@@ -32,8 +32,10 @@ CONNECTION_DEFAULTS = {
     "application_name": "primecount",
 }
 
-#: The version of the schema below, kept in C{primecount_schema}.
-SCHEMA_VERSION = 1
+#: The version of the schema below, kept in C{primecount_schema}: 2 added
+#: C{group_id}, C{primecount_failed_groups} and C{primecount_probe}
+#: (L{MIGRATE}).
+SCHEMA_VERSION = 2
 
 #: Serialises schema creation between hosts starting at once.
 _SCHEMA_LOCK = 0x7072696D65  # "prime"
@@ -63,7 +65,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     error         text,
     a             bigint,
     b             bigint,
-    sum_ok        boolean
+    sum_ok        boolean,
+    group_id      bigint              -- the group commit that wrote it
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} USING brin (time);
 CREATE INDEX IF NOT EXISTS {TABLE}_xact ON {TABLE} USING brin (xact);
@@ -74,12 +77,37 @@ INSERT INTO primecount_schema (version)
     SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT FROM primecount_schema);
 """
 
+#: What version 2 added; run on every journal older than that, and on a new
+#: one after L{SCHEMA}.
+MIGRATE = f"""
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS group_id bigint;
+-- The groups whose clients were told ERR journal unavailable although they
+-- may have been committed ("Commits in doubt"): readers show their records
+-- with that error.
+CREATE TABLE IF NOT EXISTS primecount_failed_groups (
+    group_id bigint PRIMARY KEY,
+    marked   timestamptz NOT NULL DEFAULT now()
+);
+-- One row, rewritten by the probe that tests the journal takes writes.
+CREATE TABLE IF NOT EXISTS primecount_probe (
+    id   integer PRIMARY KEY CHECK (id = 1),
+    time timestamptz NOT NULL
+);
+UPDATE primecount_schema SET version = {SCHEMA_VERSION} WHERE version < {SCHEMA_VERSION};
+"""
+
+#: The table of groups in doubt.
+FAILED_GROUPS = "primecount_failed_groups"
+
+#: The error readers show for a record of a group in L{FAILED_GROUPS}.
+FAILED_ERROR = "journal unavailable"
+
 #: The columns a record fills, in COPY order, and their types: the SQLite
 #: journal's columns, the message split in two (text and bytes). C{host}
 #: holds L{Record.peer}: the column keeps its old name, since renaming it
 #: in existing journals needs a migration.
 _MESSAGE = COLUMNS.index("message") + 1
-COPY_COLUMNS = (*COLUMNS[:_MESSAGE], "message_bytes", *COLUMNS[_MESSAGE:])
+COPY_COLUMNS = (*COLUMNS[:_MESSAGE], "message_bytes", *COLUMNS[_MESSAGE:], "group_id")
 COPY_TYPES = (
     "timestamptz",
     "text",
@@ -93,6 +121,7 @@ COPY_TYPES = (
     "int8",
     "int8",
     "bool",
+    "int8",
 )
 COPY = f"COPY {TABLE} ({', '.join(COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
@@ -108,9 +137,9 @@ WHERE id = (
 """
 
 
-def to_row(record: Record) -> tuple[object, ...]:
+def to_row(record: Record, group: int | None = None) -> tuple[object, ...]:
     """
-    The COPY row of a record: a message that PostgreSQL text can hold (no
+    The COPY row of a record, written by the group commit C{group}: a message that PostgreSQL text can hold (no
     NUL) goes to C{message}; bytes (not UTF-8) and text with NUL go to
     C{message_bytes}, as the bytes that arrived (readers give text back when
     they are UTF-8: see L{message_of}).
@@ -135,6 +164,7 @@ def to_row(record: Record) -> tuple[object, ...]:
         record.a,
         record.b,
         record.sum_ok,
+        group,
     )
 
 
@@ -187,14 +217,19 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
         "SELECT to_regclass(%s) IS NOT NULL AND to_regclass('primecount_schema') IS NOT NULL",
         (TABLE,),
     ).fetchone()
-    if not (found and found[0]):
+    version = None
+    if found and found[0]:
+        row = conn.execute("SELECT max(version) FROM primecount_schema").fetchone()
+        version = row[0] if row else None
+    if version is None or version < SCHEMA_VERSION:
         with conn.transaction():
             # Durable whatever the session's synchronous_commit says.
             conn.execute("SET LOCAL synchronous_commit = on")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             conn.execute(SCHEMA.encode())
-    row = conn.execute("SELECT max(version) FROM primecount_schema").fetchone()
-    version = row[0] if row else None
+            conn.execute(MIGRATE.encode())
+        row = conn.execute("SELECT max(version) FROM primecount_schema").fetchone()
+        version = row[0] if row else None
     if version is not None and version > SCHEMA_VERSION:
         raise JournalURLError(
             f"the journal's schema is version {version}; this primecount knows "

@@ -12,12 +12,15 @@ grouped (leader/follower): one group is ONE binary C{COPY} in its own
 transaction (autocommit: the COPY is the transaction, no BEGIN/COMMIT round
 trips), on the one connection the journal's commit lock guards.
 
-Durability: C{--journal-fsync} sets C{synchronous_commit=on}: a reply waits
-until PostgreSQL has flushed the commit to disk, so it survives a crash of
-PostgreSQL or of its host. Without it, C{synchronous_commit=off}: a commit is
-acknowledged once PostgreSQL has it in memory; it survives primecount being
-killed, but a crash of PostgreSQL or its host loses up to three
-C{wal_writer_delay}s (600 ms by default) of acknowledged records.
+Durability (L{SYNCHRONOUS_COMMIT}): by default (C{standby}),
+C{synchronous_commit=on}: a reply waits until PostgreSQL has flushed the
+commit to disk and, where the cluster replicates synchronously, until its
+synchronous standby has it too, so it survives a crash of PostgreSQL or of
+its host and a failover to that standby. C{disk} (C{local}) waits for the
+local flush only; C{process} (C{off}) acknowledges a commit once PostgreSQL
+has it in memory: it survives primecount being killed, but a crash of
+PostgreSQL or its host loses up to three C{wal_writer_delay}s (600 ms by
+default) of acknowledged records.
 
 Faults: the connection has a connect timeout, a TCP user timeout and
 keepalives (L{pgschema.CONNECTION_DEFAULTS}, each overridable in the URL), so a
@@ -27,10 +30,23 @@ the journal's thread probes for the end of the episode (one log line at its
 start, one at its end). A connection the server closed while it was idle
 (PostgreSQL restarted) is noticed before it is used and replaced.
 
-In doubt: when the connection is lost after the end of the COPY was sent,
-PostgreSQL may have committed the group or not; its requests are answered
-C{ERR journal unavailable} and their records may nevertheless be in the
-journal (never the other way round: nothing acknowledged is missing).
+In doubt: when the connection is lost after the end of the COPY was sent
+(or the commit is given up after the journal's timeout, or PostgreSQL
+cancelled the wait for its synchronous standby), PostgreSQL may have
+committed the group or not. Its requests are answered C{ERR journal
+unavailable}; every row carries its group's id (C{group_id}), and the probe
+that ends the episode records the ids of such groups in
+C{primecount_failed_groups}, in the same transaction as its own write, so
+the readers show those records with the error their clients were told.
+Nothing acknowledged is missing, and a record whose client got ERR says so
+once the database answers again (unless primecount is killed before then).
+
+The probe: a new connection, then one transaction with a short lock and
+statement timeout that takes the journal table's insert lock, records the
+groups in doubt and rewrites the C{primecount_probe} row, committed with
+the journal's durability: it ends the episode only when the journal can
+really take a write (not merely connect, nor while another session holds a
+lock on the table).
 
 Passwords: from the environment (C{PGPASSWORD}), C{~/.pgpass}
 (C{PGPASSFILE}) or the URL; the URL is only ever printed with its password
@@ -40,22 +56,33 @@ masked.
 from __future__ import annotations
 
 import contextlib
+import random
 import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
 
-from primecount.journal import JournalURL, JournalURLError, mask_password
+from primecount.journal import (
+    DEFAULT_TIMEOUT,
+    DISK,
+    PROCESS,
+    STANDBY,
+    JournalURL,
+    JournalURLError,
+    mask_password,
+)
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.pgschema import (
     CHANNEL,
     COPY,
     COPY_TYPES,
+    FAILED_GROUPS,
     SETTLE,
+    TABLE,
     connect,
     ensure_schema,
     to_row,
@@ -64,12 +91,25 @@ from primecount.journal.pgschema import (
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
 
+#: PostgreSQL's C{synchronous_commit} for each durability.
+SYNCHRONOUS_COMMIT = {PROCESS: "off", DISK: "local", STANDBY: "on"}
+
 #: The server-side bound on one statement, in milliseconds (a COPY waiting
 #: on a lock, a settle waiting for a prune).
 STATEMENT_TIMEOUT_MS = 10000
 
 #: Seconds between probes while commits fail.
 PROBE_INTERVAL = 0.25
+
+#: The probe's bounds, in milliseconds: how long it waits for the journal
+#: table's lock, and for any one statement.
+PROBE_LOCK_TIMEOUT_MS = 1000
+PROBE_STATEMENT_TIMEOUT_MS = 2000
+
+#: The SQLSTATE of the warning PostgreSQL sends when it stops waiting for
+#: the synchronous standby (query_canceled): the transaction is committed
+#: locally, maybe not on the standby.
+_SYNC_WAIT_CANCELLED = "57014"
 
 #: The least seconds between two NOTIFYs (sent after commits, off the commit
 #: path: a follower also polls, so a notification only makes it quicker).
@@ -117,27 +157,30 @@ class PostgresJournal(ThreadedJournal):
         url: str,
         reactor: Any,
         *,
-        fsync: bool = False,
+        durability: str = STANDBY,
+        timeout: float = DEFAULT_TIMEOUT,
         connect: Callable[[str], psycopg.Connection[Any]] = connect,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param url: the C{postgresql://} URL.
         @param reactor: used to hand results back to the reactor thread.
-        @param fsync: C{synchronous_commit=on} (survives a database crash).
+        @param durability: one of L{primecount.journal.DURABILITIES}
+            (L{SYNCHRONOUS_COMMIT}).
+        @param timeout: seconds a commit may take before it is given up.
         @param connect: opens a connection (tests hand in failing ones).
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
-        super().__init__(reactor, metrics=metrics)
+        super().__init__(reactor, metrics=metrics, timeout=timeout)
         self.url = url
         self.shown = mask_password(url)
-        self._fsync = fsync
+        self.durability = durability
         self._connect = connect
         # Guarded by _commitLock: one statement at a time on it.
         self._conn: psycopg.Connection[Any] | None = None
         self._schemaReady = False
-        self._busy = False
+        self._inStatement = False
         self._notifyDue = False
         self._nextNotify = 0.0
 
@@ -148,10 +191,10 @@ class PostgresJournal(ThreadedJournal):
         the TCP user timeout), and fail the next commits at once if it
         failed.
         """
-        super().hurry()
         conn = self._conn
-        if conn is not None and self._busy:
+        if conn is not None and self._inStatement:
             threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
+        super().hurry()
 
     # -- backend hooks ------------------------------------------------------------
 
@@ -161,9 +204,20 @@ class PostgresJournal(ThreadedJournal):
     def _probeInterval(self) -> float:
         return PROBE_INTERVAL
 
-    def _write(self, records: list[Record]) -> str | None:
-        rows = [to_row(r) for r in records]
-        return self._attempt(lambda conn: self._copy(conn, rows))
+    def _write(self, records: list[Record], group: int) -> str | None:
+        rows = [to_row(r, group) for r in records]
+        return self._attempt(lambda conn: self._copy(conn, rows), group)
+
+    def _groupId(self) -> int:
+        # Any number of hosts write: ids are drawn at random, not counted.
+        return random.getrandbits(63)
+
+    def _abandonConnection(self) -> None:
+        # The stuck thread closes it when (if) it returns; its statement is
+        # cancelled, in case the server answers that (a lock wait).
+        conn, self._conn = self._conn, None
+        if conn is not None and self._inStatement:
+            threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
 
     def _settleRecords(self, records: Sequence[Record]) -> str | None:
         rows = [(r.count, r.error, r.sum_ok, r.peer, r.port, r.a, r.b) for r in records]
@@ -181,10 +235,6 @@ class PostgresJournal(ThreadedJournal):
         if not self._notifyDue:
             self._notifyDue = True
             self._queue.put(_WAKE)
-
-    def _episodeStarted(self) -> None:
-        # The journal's thread may be waiting for work: it probes now.
-        self._queue.put(_WAKE)
 
     def _tick(self, now: float) -> float | None:
         """
@@ -209,30 +259,50 @@ class PostgresJournal(ThreadedJournal):
             for row in rows:
                 copy.write_row(row)
 
-    def _attempt(self, write: Callable[[psycopg.Connection[Any]], object]) -> str | None:
+    def _attempt(
+        self, write: Callable[[psycopg.Connection[Any]], object], group: int | None = None
+    ) -> str | None:
         """
         Run C{write} on the journal's connection (opened when needed; the
         caller holds C{_commitLock}).
 
+        @param group: the id of the group C{write} commits, if it does: a
+            failure that leaves its fate unknown (the connection broke, the
+            wait for the synchronous standby was cancelled) puts it in
+            doubt (L{_doubt}).
         @return: L{None} once committed, else why not (the connection is
             then dropped: the next commit starts afresh).
         """
         if self._closed:
             return "journal is stopped"
+        conn = None
         try:
             conn = self._usable()
-            self._busy = True
+            self._inStatement = True
+            _Unconfirmed.clear(conn)
             try:
                 write(conn)
             finally:
-                self._busy = False
+                self._inStatement = False
+            if _Unconfirmed.seen(conn):
+                raise _Unconfirmed()
         except Exception as e:
             if isinstance(e, psycopg.errors.UndefinedTable):
                 # Dropped, or lost with a database restored from a backup:
                 # the next connection creates it again.
                 self._schemaReady = False
-            self._drop()
+            if group is not None and (
+                conn is None or conn.broken or conn.closed or isinstance(e, _Unconfirmed)
+            ):
+                self._doubt(group)
+            if conn is not None:
+                self._dropIf(conn)
+            else:
+                self._drop()
             return why(e)
+        if self._conn is not conn:
+            # Given up while it ran (see base): it is no longer ours.
+            _close_quietly(conn)
         return None
 
     def _usable(self) -> psycopg.Connection[Any]:
@@ -251,6 +321,7 @@ class PostgresJournal(ThreadedJournal):
 
     def _open(self) -> psycopg.Connection[Any]:
         conn = self._connect(self.url)
+        _Unconfirmed.watch(conn)
         try:
             if not self._schemaReady:
                 ensure_schema(conn)
@@ -258,7 +329,7 @@ class PostgresJournal(ThreadedJournal):
             conn.execute(
                 "SELECT set_config('synchronous_commit', %s, false), "
                 "set_config('statement_timeout', %s, false)",
-                ("on" if self._fsync else "off", str(STATEMENT_TIMEOUT_MS)),
+                (SYNCHRONOUS_COMMIT[self.durability], str(STATEMENT_TIMEOUT_MS)),
             )
         except BaseException:
             _close_quietly(conn)
@@ -270,31 +341,60 @@ class PostgresJournal(ThreadedJournal):
             _close_quietly(self._conn)
             self._conn = None
 
-    def _probe(self) -> None:
+    def _dropIf(self, conn: psycopg.Connection[Any]) -> None:
         """
-        During a failure episode, try a new connection (outside the commit
-        lock: commits keep failing at once meanwhile) and whether it can
-        write; on success it becomes the journal's connection and commits
-        try PostgreSQL again. The journal's thread.
+        Close C{conn}; forget it if it is still the journal's.
+        """
+        if self._conn is conn:
+            self._drop()
+        else:
+            _close_quietly(conn)
+
+    def _probe(self, doubtful: list[int]) -> bool:
+        """
+        During a failure episode, try a new connection and a real write on
+        it (outside the commit lock: commits keep failing at once
+        meanwhile): one transaction, bounded by L{PROBE_LOCK_TIMEOUT_MS} and
+        L{PROBE_STATEMENT_TIMEOUT_MS}, that takes the journal table's insert
+        lock (a C{LOCK TABLE} held by another session fails it), records
+        the groups in doubt and rewrites the probe row, committed with the
+        journal's durability. On success the connection becomes the
+        journal's and commits try PostgreSQL again. The prober thread.
         """
         try:
             conn = self._open()
         except Exception:
-            return
+            return False
         try:
-            row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
-            if row is None or row[0] == "on":
-                raise psycopg.OperationalError("read-only")
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true), "
+                    "set_config('statement_timeout', %s, true)",
+                    (str(PROBE_LOCK_TIMEOUT_MS), str(PROBE_STATEMENT_TIMEOUT_MS)),
+                )
+                conn.execute(f"LOCK TABLE {TABLE} IN ROW EXCLUSIVE MODE")
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        f"INSERT INTO {FAILED_GROUPS} (group_id) VALUES (%s) "
+                        "ON CONFLICT DO NOTHING",
+                        [(group,) for group in doubtful],
+                    )
+                conn.execute(
+                    "INSERT INTO primecount_probe (id, time) VALUES (1, now()) "
+                    "ON CONFLICT (id) DO UPDATE SET time = excluded.time"
+                )
+            if _Unconfirmed.seen(conn):
+                raise _Unconfirmed()
         except Exception:
             _close_quietly(conn)
-            return
+            return False
         with self._commitLock:
             if self._closed:
                 _close_quietly(conn)
-                return
+                return False
             self._drop()
             self._conn = conn
-            self._blocked = None
+        return True
 
     def _notify(self) -> None:
         """
@@ -307,6 +407,41 @@ class PostgresJournal(ThreadedJournal):
                 return
             with contextlib.suppress(Exception):
                 self._conn.execute(f"NOTIFY {CHANNEL}")
+
+
+class _Unconfirmed(psycopg.OperationalError):
+    """
+    PostgreSQL committed the transaction locally but stopped waiting for
+    its synchronous standby (a cancel, a statement timeout): it is not
+    acknowledged, and its group is in doubt.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("commit not confirmed by the synchronous standby")
+
+    #: Connections (by id) that got that warning since L{clear}.
+    _seen: ClassVar[set[int]] = set()
+
+    @classmethod
+    def watch(cls, conn: psycopg.Connection[Any]) -> None:
+        """
+        Note on C{conn} the warning that the wait was cancelled.
+        """
+        key = id(conn)
+
+        def notice(diag: psycopg.errors.Diagnostic) -> None:
+            if diag.sqlstate == _SYNC_WAIT_CANCELLED:
+                cls._seen.add(key)
+
+        conn.add_notice_handler(notice)
+
+    @classmethod
+    def clear(cls, conn: psycopg.Connection[Any]) -> None:
+        cls._seen.discard(id(conn))
+
+    @classmethod
+    def seen(cls, conn: psycopg.Connection[Any]) -> bool:
+        return id(conn) in cls._seen
 
 
 def _readable(conn: psycopg.Connection[Any]) -> bool:

@@ -12,8 +12,14 @@ they read as one journal.
 
 The reader opens the SQLite journal read-only and never takes a lock the
 server's writer would wait for (the journal is in WAL mode), so it is safe to
-run against a live server. Pruning writes, in short batches, so the server's
-group commits slip in between them.
+run against a live server. It reads in chunks of L{READ_CHUNK} records, each
+its own short read transaction, so that an export never holds a snapshot
+that keeps the server's checkpoints (and a rotation, see
+L{primecount.journal.sqlite}) waiting for long. Pruning writes, in short
+batches, so the server's group commits slip in between them.
+
+A record whose commit was in doubt and whose client was told C{ERR journal
+unavailable} (its group is in C{failed_groups}) reads back with that error.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from primecount.core.fileaccess import explain
 from primecount.journal import schema
 from primecount.journal.formats import writer
 from primecount.journal.records import Record
+
+#: Records read per read transaction.
+READ_CHUNK = 2000
 
 #: Seconds between two polls of C{--follow}.
 POLL_INTERVAL = 0.2
@@ -102,7 +111,8 @@ class Query:
         return sql, params
 
 
-_SELECT_ID = schema.SELECT.replace("SELECT ", "SELECT id, ", 1)
+def _select_id(conn: sqlite3.Connection) -> str:
+    return schema.select_sql(conn).replace("SELECT ", "SELECT id, ", 1)
 
 
 def select(
@@ -116,7 +126,13 @@ def select(
     those whose id is above C{after_id} and at most C{upto_id}.
 
     With a limit, the last C{query.limit} of them (still oldest first).
+    Without one, they are read L{READ_CHUNK} at a time, each chunk in a
+    read transaction of its own, and the rows committed while the records
+    are read are left out (only those up to the top id at the start).
     """
+    select_id = _select_id(conn)
+    if query.limit is None and upto_id is None:
+        upto_id = _top_id(conn)
     where, params = query.where(after_id, upto_id)
     # Narrow the scan to the ids that can hold the time window (there is no
     # index on time); the time conditions in `where` stay exact.
@@ -128,12 +144,20 @@ def select(
     if bounds:
         where = (where + " AND " if where else " WHERE ") + " AND ".join(bounds)
     if query.limit is None:
-        rows = conn.execute(f"{_SELECT_ID}{where} ORDER BY id", params)
-        for row in rows:
-            yield row[0], schema.from_row(row[1:])
-        return
+        after = (where + " AND " if where else " WHERE ") + "id > ?"
+        last = 0 if after_id is None else after_id
+        while True:
+            # fetchall: the statement ends, and its read transaction with it.
+            rows = conn.execute(
+                f"{select_id}{after} ORDER BY id LIMIT {READ_CHUNK}", [*params, last]
+            ).fetchall()
+            for row in rows:
+                yield row[0], schema.from_row(row[1:])
+            if len(rows) < READ_CHUNK:
+                return
+            last = rows[-1][0]
     newest = conn.execute(
-        f"{_SELECT_ID}{where} ORDER BY id DESC LIMIT ?", [*params, query.limit]
+        f"{select_id}{where} ORDER BY id DESC LIMIT ?", [*params, query.limit]
     ).fetchall()
     for row in reversed(newest):
         yield row[0], schema.from_row(row[1:])

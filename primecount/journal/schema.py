@@ -49,8 +49,15 @@ CREATE TABLE IF NOT EXISTS requests (
     error    TEXT,
     a        INTEGER,
     b        INTEGER,
-    sum_ok   INTEGER             -- 0/1, NULL when unknown
+    sum_ok   INTEGER,            -- 0/1, NULL when unknown
+    group_id INTEGER             -- the group commit that wrote it
 );
+-- The groups whose clients were told ERR journal unavailable although
+-- they may have been committed (see the docs, "Commits in doubt"):
+-- readers show their records with that error.
+CREATE TABLE IF NOT EXISTS failed_groups (group_id INTEGER PRIMARY KEY, time REAL);
+-- One row, rewritten by the probe that tests the journal takes writes.
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), time REAL);
 -- No index on time: it would cost 40% of every insert. Records are stored
 -- in commit order, so time is non-decreasing up to milliseconds of jitter;
 -- readers find a time window by binary search over ids (first_id_since).
@@ -91,7 +98,45 @@ def first_id_since(conn: sqlite3.Connection, when: float) -> int:
     return low
 
 
+#: The version of the schema above, kept in C{PRAGMA user_version}:
+#: 2 added C{group_id}, C{failed_groups} and C{probe}.
+VERSION = 2
+
+#: The error readers show for a record whose group is in C{failed_groups}:
+#: what its client was told (the C{journal unavailable} outcome's text).
+FAILED_ERROR = "journal unavailable"
+
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
+
+#: L{SELECT} for a journal of L{VERSION} 2 or later: the error of a record
+#: whose group is in C{failed_groups} is L{FAILED_ERROR}.
+SELECT_MARKED = (
+    "SELECT "
+    + ", ".join(
+        f"CASE WHEN group_id IN (SELECT group_id FROM failed_groups) THEN '{FAILED_ERROR}' "
+        "ELSE error END"
+        if column == "error"
+        else column
+        for column in COLUMNS
+    )
+    + " FROM requests"
+)
+
+
+def select_sql(conn: sqlite3.Connection) -> str:
+    """
+    The SELECT of records for the journal C{conn} has open: L{SELECT_MARKED},
+    or L{SELECT} for a file written before version 2 (read-only readers
+    cannot migrate it).
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    marked = (
+        "group_id" in columns
+        and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failed_groups'"
+        ).fetchone()
+    )
+    return SELECT_MARKED if marked else SELECT
 
 
 #: What follows C{PATH} in the name of worker C{N}'s part of the journal
@@ -160,12 +205,15 @@ sqlite3.register_adapter(bool, int)
 @functools.cache
 def _insert_sql(columns: tuple[str, ...], rows: int, row: str = "") -> str:
     """
-    One INSERT of C{rows} rows of C{columns}: one statement step for many
-    rows costs ~40% less per row than executemany's step per row. Each row
-    is C{row}, by default one parameter per column.
+    One INSERT of C{rows} rows of C{columns} and C{group_id}: one statement
+    step for many rows costs ~40% less per row than executemany's step per
+    row. Each row is C{row}, by default one parameter per column; the
+    group id is one parameter for the whole statement, the first.
     """
     row = row or f"({', '.join('?' for _ in columns)})"
-    return f"INSERT INTO requests ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
+    # ?1 comes first, so every plain ? after it numbers from 2 on.
+    row = f"(?1, {row[1:]}"
+    return f"INSERT INTO requests (group_id, {', '.join(columns)}) VALUES {', '.join([row] * rows)}"
 
 
 def _plain(records: Sequence[Record]) -> bool:
@@ -186,9 +234,12 @@ def _short(record: Record) -> bool:
     return record.a is None and record.b is None and record.sum_ok is None
 
 
-def inserts(records: Sequence[Record]) -> Iterator[tuple[str, list[object]]]:
+def inserts(
+    records: Sequence[Record], group: int | None = None
+) -> Iterator[tuple[str, list[object]]]:
     """
-    The statements that insert C{records}, in order, as (SQL, parameters):
+    The statements that insert C{records}, in order, each row with the
+    group id C{group}, as (SQL, parameters):
     runs of count-protocol records bind only L{COUNT_COLUMNS}, and each
     statement carries at most L{MAX_ROWS} rows. When every record is an
     answered count-protocol request, each row binds only six parameters
@@ -196,11 +247,10 @@ def inserts(records: Sequence[Record]) -> Iterator[tuple[str, list[object]]]:
     """
     if _plain(records):
         for start in range(0, len(records), MAX_ROWS):
-            group = records[start : start + MAX_ROWS]
-            yield (
-                _insert_sql(_PLAIN_COLUMNS, len(group), _PLAIN_ROW),
-                list(chain.from_iterable(map(_plain_params, group))),
-            )
+            part = records[start : start + MAX_ROWS]
+            params: list[object] = [group]
+            params.extend(chain.from_iterable(map(_plain_params, part)))
+            yield _insert_sql(_PLAIN_COLUMNS, len(part), _PLAIN_ROW), params
         return
     start = 0
     while start < len(records):
@@ -208,14 +258,15 @@ def inserts(records: Sequence[Record]) -> Iterator[tuple[str, list[object]]]:
         end = start + 1
         while end < len(records) and end - start < MAX_ROWS and _short(records[end]) == short:
             end += 1
-        group = records[start:end]
+        part = records[start:end]
+        values: list[object] = [group]
         if short:
-            sql = _insert_sql(COUNT_COLUMNS, len(group))
-            values = chain.from_iterable(record[:_COUNT_WIDTH] for record in group)
+            sql = _insert_sql(COUNT_COLUMNS, len(part))
+            values.extend(chain.from_iterable(record[:_COUNT_WIDTH] for record in part))
         else:
-            sql = _insert_sql(COLUMNS, len(group))
-            values = chain.from_iterable(group)
-        yield sql, list(values)
+            sql = _insert_sql(COLUMNS, len(part))
+            values.extend(chain.from_iterable(part))
+        yield sql, values
         start = end
 
 
@@ -309,7 +360,7 @@ def connect(
         cached_statements=CACHED_STATEMENTS,
     )
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(CREATE)
+    migrate(conn)
     return conn
 
 
@@ -335,3 +386,44 @@ def create_private(path: str) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+class SchemaError(sqlite3.DatabaseError):
+    """
+    The file's schema is newer than this primecount knows.
+    """
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """
+    Create the schema in a new file, or bring an older file's up to
+    L{VERSION} (adding C{group_id}: no rewrite of the rows), in one
+    transaction.
+
+    @raise SchemaError: for a file of a newer version.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == VERSION:
+        return
+    if version > VERSION:
+        raise SchemaError(
+            f"the journal's schema is version {version}; this primecount knows "
+            f"up to {VERSION}: upgrade primecount"
+        )
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    missing = columns and "group_id" not in columns
+    add = "ALTER TABLE requests ADD COLUMN group_id INTEGER;" if missing else ""
+    try:
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {add} {CREATE}; PRAGMA user_version = {VERSION}; COMMIT;"
+        )
+    except sqlite3.OperationalError as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if "duplicate column" not in str(e):
+            raise
+        # Another connection migrated it meanwhile.
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -10,17 +10,44 @@ transaction holding its records has committed: the request path writes a
 reply only then, so a C{kill -9} can never lose a request whose answer a
 client received.
 
-Durability: the database is in WAL mode. By default (C{synchronous=NORMAL})
-a commit survives the server process being killed; with C{fsync=True}
-(C{synchronous=FULL}) every group commit is also flushed to disk and
-survives a power loss, at the cost of one fsync per group.
+Durability: the database is in WAL mode. By default (durability
+C{process}, C{synchronous=NORMAL}) a commit survives the server process
+being killed; with C{disk} (C{synchronous=FULL}) every group commit is also
+flushed to disk and survives a crash or power loss of the host, at the cost
+of one fsync per group. There is no C{standby} for SQLite.
 
 Faults: the writer thread keeps the WAL bounded (L{WAL_LIMIT}); once a
-commit fails, later ones fail at once while the writer thread probes for
-the end of the episode; after every transaction the path is checked to
-still name the open file (a deleted or replaced journal is reopened at the
-path before anything is acknowledged); L{SQLiteJournal.hurry} stops waiting
-for other writers' locks so that a stop keeps its deadline.
+commit fails, later ones fail at once while a probe looks for the end of
+the episode with a real write; a commit that takes longer than the
+journal's timeout is given up (L{primecount.journal.base}), but a lock
+held by another writer fails a commit cleanly before that
+(L{LOCK_WAIT_SHARE}); after every transaction, and before any new
+connection, the path is checked to still name the journal's file, and a
+deleted, renamed or replaced journal is left only once nothing of it is
+left behind in the C{-wal} named after the path (L{SQLiteJournal._switch});
+L{SQLiteJournal.hurry} stops waiting for other writers' locks so that a
+stop keeps its deadline.
+
+The journal's file outlives its connections: a failed or given-up
+connection is dropped, but the journal keeps its checkpointing connection
+and a descriptor of the file until it leaves the file, so that a rename
+noticed later can still be checkpointed into the old file, and so that
+SQLite's locks on the file hold (closing any descriptor of a file drops
+all of the process's locks on it; see L{SQLiteJournal._hold}).
+
+Rotation (C{mv PATH PATH.old} while the server runs): SQLite names the
+C{-wal} and C{-shm} files after the path it opened, so after the rename
+the old file's recent commits are still in C{PATH-wal}, and a new journal
+opened at C{PATH} would take that file over (and a reader of C{PATH.old}
+would not see them). So the group whose commit notices the rename counts
+in the old file (it is never written again to the new one), and the
+journal keeps writing the old file until a C{TRUNCATE} checkpoint has
+copied every frame of C{PATH-wal} into it (a reader's snapshot can hold
+that back: the checkpoint is retried after each commit); only then are its
+connections closed and the old C{PATH-wal} and C{PATH-shm} unlinked, so
+the new journal at C{PATH} starts with files of its own. A deleted journal
+(no link left) has nothing to keep: its group is written again at the
+path.
 """
 
 from __future__ import annotations
@@ -34,7 +61,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from primecount.core.fileaccess import explain
-from primecount.journal import JournalURL, JournalURLError, schema
+from primecount.journal import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError, schema
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
@@ -63,6 +90,9 @@ def check_writable(url: JournalURL) -> None:
         raise JournalURLError(f"cannot write journal {url.path}: {why}") from None
 
 
+#: SQLite's C{synchronous} setting for each durability.
+SYNCHRONOUS = {PROCESS: "NORMAL", DISK: "FULL"}
+
 #: Seconds between the writer thread's WAL checkpoints.
 CHECKPOINT_INTERVAL = 0.5
 
@@ -78,7 +108,7 @@ WAL_LIMIT = 4 << 20
 #: process is in the way and tries again at the next interval.
 LOCKED_CHECKPOINT_BUSY_MS = 100
 
-#: Seconds between the writer thread's probes while commits fail.
+#: Seconds between probes while commits fail.
 PROBE_INTERVAL = 0.25
 
 #: SQLite's busy timeout, in milliseconds, for a probe.
@@ -89,6 +119,17 @@ PROBE_BUSY_MS = 100
 #: L{schema.BUSY_TIMEOUT} in all, so that L{SQLiteJournal.hurry} can cut the
 #: wait short (SQLite's own wait cannot be interrupted).
 BUSY_STEP_MS = 50
+
+#: The share of the journal's timeout a commit waits for another writer's
+#: lock (at most L{schema.BUSY_TIMEOUT}): a lock held longer fails the
+#: commit with "database is locked", nothing written, before the watchdog
+#: would give the commit up (and leave it in doubt, see
+#: L{primecount.journal.base}).
+LOCK_WAIT_SHARE = 0.8
+
+#: Seconds the stop still tries to leave a renamed journal file whose WAL a
+#: reader held back (see L{SQLiteJournal._switchBeforeStop}).
+SWITCH_AT_STOP = 1.0
 
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
@@ -114,29 +155,45 @@ class SQLiteJournal(ThreadedJournal):
         path: str,
         reactor: Any,
         *,
-        fsync: bool = False,
+        durability: str = PROCESS,
+        timeout: float = DEFAULT_TIMEOUT,
         connect: Callable[[str], sqlite3.Connection] = schema.connect,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         """
         @param path: the database file.
         @param reactor: used to hand results back to the reactor thread.
-        @param fsync: flush every group commit to disk (power-loss safe).
+        @param durability: L{PROCESS} or L{DISK} (flush every group commit
+            to disk: power-loss safe).
+        @param timeout: seconds a commit may take before it is given up.
         @param connect: opens the database (tests hand in failing ones).
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
-        super().__init__(reactor, metrics=metrics)
+        if durability not in (PROCESS, DISK):
+            raise ValueError(
+                f"an SQLite journal offers durability process or disk, not {durability}"
+            )
+        super().__init__(reactor, metrics=metrics, timeout=timeout)
         self.path = path
-        self._fsync = fsync
+        self.durability = durability
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
-        # (st_dev, st_ino) of the file _conn has open.
+        # The journal's file (see _hold): its (st_dev, st_ino), a
+        # descriptor of it (its link count says deleted or renamed), and
+        # the identities of the -wal and -shm files it uses. Kept across
+        # dropped and given-up connections, until the journal leaves the
+        # file (_switch) or stops (_close).
         self._identity: tuple[int, int] | None = None
+        self._fileFd: int | None = None
+        self._sidecars: dict[str, tuple[int, int]] = {}
+        # The last group id given out (ids grow within a file).
+        self._group = 0
         # The writer thread's checkpointing connection; _checkpointLock
         # guards it (taken after _commitLock when both are needed).
         self._checkpointLock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
+        self._switchPending = False
         self._sinceCheckpoint = 0
         self._checkpointDue = False
         self._nextCheckpoint: float | None = None
@@ -158,15 +215,31 @@ class SQLiteJournal(ThreadedJournal):
     def _probeInterval(self) -> float:
         return PROBE_INTERVAL
 
-    def _write(self, records: list[Record]) -> str | None:
-        statements = list(schema.inserts(records))
+    def _write(self, records: list[Record], group: int) -> str | None:
+        statements = list(schema.inserts(records, group))
 
         def insert(conn: sqlite3.Connection) -> None:
             for sql, params in statements:
                 conn.execute(sql, params)
 
         # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
-        return self._transaction(insert, single=len(statements) == 1)
+        return self._transaction(insert, single=len(statements) == 1, rewrite=True)
+
+    def _groupId(self) -> int:
+        self._group += 1
+        return self._group
+
+    def _abandonConnection(self) -> None:
+        # The stuck thread closes its connection when it returns. The
+        # checkpointing connection is given up too only when it is in use
+        # (it may be the stuck one); the journal's file stays held (its
+        # descriptor must outlive every connection to it, see _hold).
+        self._conn = None
+        if self._checkpointLock.acquire(blocking=False):
+            self._checkpointLock.release()
+        else:
+            self._checkpointLock = threading.Lock()
+            self._checkpointer = None
 
     def _settleRecords(self, records: Sequence[Record]) -> str | None:
         rows = [schema.settle_row(r) for r in records]
@@ -194,20 +267,107 @@ class SQLiteJournal(ThreadedJournal):
 
     def _finishing(self) -> None:
         self._nextCheckpoint = None
+        with self._commitLock:
+            if self._replaced():
+                self._switchBeforeStop()
         with self._checkpointLock:
             if self._checkpointer is not None:
                 _close_quietly(self._checkpointer)
                 self._checkpointer = None
 
+    def _switchBeforeStop(self) -> None:
+        """
+        The journal stops while its file was renamed and not yet left (a
+        reader's snapshot held the checkpoint back): until a C{TRUNCATE}
+        checkpoint copies the WAL into it, the renamed file is not readable
+        by itself (a partial checkpoint leaves pages only in the WAL named
+        after the path), and a journal opened at the path later would take
+        that WAL over. So try again for up to L{SWITCH_AT_STOP} seconds
+        (less once hurried), and say so when it still cannot. Writer
+        thread, holding C{_commitLock}.
+        """
+        deadline = time.monotonic() + SWITCH_AT_STOP
+        while True:
+            with contextlib.suppress(OSError):
+                self._switch()
+            if self._identity is None or self._hurry or time.monotonic() >= deadline:
+                break
+            time.sleep(PROBE_INTERVAL / 5)
+        if self._identity is not None:
+            self._reactor.callFromThread(
+                self._log.error,
+                "journal {path} was renamed and a reader still holds its WAL at the stop: "
+                "its last commits are only in {wal}, which belongs to the renamed file",
+                path=self.path,
+                wal=self.path + "-wal",
+            )
+
     def _drop(self) -> None:
+        # The connection only: the checkpointing one and the descriptor
+        # stay with the file (see _hold).
         if self._conn is not None:
             _close_quietly(self._conn)
             self._conn = None
 
+    def _close(self) -> None:
+        self._drop()
+        self._release()
+
+    def _dropIf(self, conn: sqlite3.Connection) -> None:
+        """
+        Close C{conn}; forget it if it is still the journal's (a connection
+        given up meanwhile is no longer, see L{_abandonConnection}).
+        """
+        if self._conn is conn:
+            self._drop()
+        else:
+            _close_quietly(conn)
+
+    def _hold(self) -> None:
+        """
+        Make the file the path names the journal's file: remember its
+        identity, its C{-wal} and C{-shm}, and keep a descriptor of it (its
+        link count tells a deleted file from a renamed one). Holds
+        C{_commitLock}, right after a connection to it was opened.
+
+        The descriptor is closed only once no connection of the journal's
+        uses the file any more (L{_release}): closing any descriptor of a
+        file drops every POSIX lock the process holds on it, SQLite's
+        included, and without its shared lock another process that closes
+        its connection believes it is the file's last user, checkpoints,
+        and deletes the C{-wal} and C{-shm} the journal is still writing:
+        every later commit would go to a deleted WAL.
+        """
+        if self._fileFd is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            found = os.fstat(fd)
+            self._fileFd = fd
+            self._identity = (found.st_dev, found.st_ino)
+        self._sidecars = {}
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                side = os.stat(self.path + suffix)
+                self._sidecars[suffix] = (side.st_dev, side.st_ino)
+
+    def _release(self) -> None:
+        """
+        Forget the journal's file and close its descriptor: no connection
+        of the journal's uses it any more (the journal left it, or stops).
+        """
+        if self._fileFd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fileFd)
+            self._fileFd = None
+        self._identity = None
+        self._sidecars = {}
+
     # -- transactions ---------------------------------------------------------------
 
     def _transaction(
-        self, write: Callable[[sqlite3.Connection], object], single: bool = False
+        self,
+        write: Callable[[sqlite3.Connection], object],
+        single: bool = False,
+        rewrite: bool = False,
     ) -> str | None:
         """
         Run C{write} in one transaction on the journal's connection (the
@@ -216,8 +376,9 @@ class SQLiteJournal(ThreadedJournal):
         itself (the connection is in autocommit mode).
 
         Then, before anything is acknowledged, check that the path still
-        names the file written to: if it was deleted, or renamed and
-        replaced, open a journal at the path and run C{write} again there.
+        names the file written to (L{_switch}): a renamed file keeps what
+        was committed to it; when it was deleted, C{write} (with
+        C{rewrite}) runs again in a new journal at the path.
 
         @return: L{None} once committed, else why it failed (rolled back,
             and the connection dropped so the next one starts afresh: the
@@ -226,9 +387,16 @@ class SQLiteJournal(ThreadedJournal):
         if self._closed:
             return "journal is stopped"
         error = self._attempt(write, single)
+        if self._givenUp():
+            # Answered already; the journal is another generation's now.
+            return error
         if error is None and self._replaced():
-            self._reopen()
-            error = self._attempt(write, single)
+            try:
+                deleted = self._switch()
+            except OSError as e:
+                return str(e)
+            if deleted and rewrite:
+                error = self._attempt(write, single)
         return error
 
     def _attempt(
@@ -237,33 +405,41 @@ class SQLiteJournal(ThreadedJournal):
         """
         One try of L{_transaction}'s C{write}.
         """
+        conn = None
         try:
             if self._conn is None:
                 self._conn = self._open()
             conn = self._conn
             if single:
                 self._patiently(lambda: write(conn))
-                return None
-            self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
-            try:
-                write(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            else:
+                self._patiently(lambda: conn.execute("BEGIN IMMEDIATE"))
+                try:
+                    write(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except Exception as e:
-            self._drop()
+            if conn is not None:
+                self._dropIf(conn)
+            else:
+                self._drop()
             return str(e) or type(e).__name__
+        if self._conn is not conn:
+            # Given up while it ran (see base): it is no longer ours.
+            _close_quietly(conn)
         return None
 
     def _patiently(self, step: Callable[[], object]) -> None:
         """
         Run C{step}, a statement that takes the write lock, again while
-        another writer holds that lock, up to L{schema.BUSY_TIMEOUT} (or
-        until L{hurry}). A statement that fails busy has done nothing.
+        another writer holds that lock, up to L{schema.BUSY_TIMEOUT} or
+        L{LOCK_WAIT_SHARE} of the journal's timeout, whichever is shorter
+        (or until L{hurry}). A statement that fails busy has done nothing.
         """
-        deadline = time.monotonic() + schema.BUSY_TIMEOUT
+        deadline = time.monotonic() + min(schema.BUSY_TIMEOUT, self.timeout * LOCK_WAIT_SHARE)
         while True:
             try:
                 step()
@@ -277,10 +453,11 @@ class SQLiteJournal(ThreadedJournal):
 
     def _replaced(self) -> bool:
         """
-        Whether the journal's path no longer names the file its connection
-        has open (one C{stat} per transaction).
+        Whether the journal's path no longer names the journal's file (one
+        C{stat} per transaction), whether or not a connection to it is open
+        right now.
         """
-        if self._conn is None or self._identity is None:
+        if self._identity is None:
             return False
         try:
             found = os.stat(self.path)
@@ -288,44 +465,170 @@ class SQLiteJournal(ThreadedJournal):
             return True
         return (found.st_dev, found.st_ino) != self._identity
 
-    def _reopen(self) -> None:
+    def _switch(self) -> bool:
         """
-        The path names another file, or none: say so, and close both
-        connections to the old file so that the next transaction opens a
-        journal at the path. The old WAL is checkpointed into the old file
-        and emptied first, so no frame of it can be applied to a new file.
-        Holds C{_commitLock}.
+        The path names another file, or none: leave the journal's file once
+        nothing of it is left in the C{-wal} named after the path. Holds
+        C{_commitLock}.
+
+        A renamed file (it still has a link) keeps what was committed to
+        it: a C{TRUNCATE} checkpoint copies every frame of the WAL into it;
+        while a reader's snapshot holds that back, the journal keeps
+        writing the old file (when its connection is open) and tries again
+        after the next commit or probe. A deleted file has nothing to keep.
+        Then both connections are closed and the old C{-wal} and C{-shm}
+        unlinked (they would otherwise become the new journal's), so that
+        the next transaction opens a journal of its own at the path.
+
+        @return: whether the old file was deleted (its last group must be
+            written again at the path); L{False} also when it is kept for
+            now (the journal still holds it).
         """
+        assert self._fileFd is not None
+        deleted = os.fstat(self._fileFd).st_nlink == 0
+        if not deleted:
+            checkpointed = self._checkpointedAll()
+            if self._givenUp():
+                # Given up while it checkpointed: another generation's now.
+                return False
+            if not checkpointed:
+                if not self._switchPending:
+                    self._switchPending = True
+                    self._reactor.callFromThread(
+                        self._log.warn,
+                        "journal {path} was renamed while a reader holds a snapshot of it; "
+                        "writing it until its WAL can be checkpointed into it",
+                        path=self.path,
+                    )
+                return False
         self._reactor.callFromThread(
             self._log.error,
-            "journal {path} was deleted or replaced while in use; records "
-            "from now on go to a new journal at {path}",
+            "journal {path} was {how} while in use; records from now on go to a new "
+            "journal at {path}",
             path=self.path,
+            how="deleted" if deleted else "renamed or replaced",
         )
+        self._switchPending = False
         with self._checkpointLock:
             if self._checkpointer is not None:
                 _close_quietly(self._checkpointer)
                 self._checkpointer = None
-        old, self._conn, self._identity = self._conn, None, None
-        if old is not None:
+        sidecars = self._sidecars
+        self._drop()
+        for suffix, identity in sidecars.items():
+            _unlink_if(self.path + suffix, identity)
+        self._release()
+        return deleted
+
+    def _checkpointedAll(self) -> bool:
+        """
+        Whether a C{TRUNCATE} checkpoint, on the journal's connection or
+        else on the checkpointing one, emptied the journal's file's WAL
+        into it (L{_checkpointed}). It waits for the writer thread's
+        checkpoint in progress (SQLite would answer busy at once): only a
+        reader's snapshot holds the switch back. With neither connection
+        left (the checkpointing one was given up, stuck), nothing can be
+        checkpointed any more: the file is left as it is, and that is
+        logged.
+        """
+        with self._checkpointLock:
+            if self._conn is not None:
+                return self._checkpointed(self._conn)
+            if self._checkpointer is not None:
+                return self._checkpointed(self._checkpointer)
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path} was renamed while no connection to it could checkpoint its WAL; "
+            "its last commits may be missing from the renamed file",
+            path=self.path,
+        )
+        return True
+
+    @staticmethod
+    def _checkpointed(conn: sqlite3.Connection) -> bool:
+        """
+        Whether a C{TRUNCATE} checkpoint on C{conn} copied every frame of
+        its WAL into its database and emptied the WAL (not when a reader's
+        snapshot still needs frames: SQLite then answers busy at once).
+        """
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        finally:
             with contextlib.suppress(sqlite3.Error):
-                old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            _close_quietly(old)
+                conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+        return busy == 0 and log == done
 
     def _open(self) -> sqlite3.Connection:
+        """
+        A new connection to the journal's file at the path, and the
+        checkpointing one if there is none. Holds C{_commitLock}.
+
+        When the path no longer names the journal's file (it was renamed or
+        deleted while no connection to it was open), the journal leaves that
+        file first (L{_switch}): a connection opened at the path meanwhile
+        would take the old file's C{-wal} for its own. While a renamed
+        file's WAL cannot be checkpointed yet this fails, and the probe
+        tries again.
+        """
+        if self._replaced():
+            self._switch()
+            if self._identity is not None:
+                raise sqlite3.OperationalError(
+                    "journal file was renamed; its WAL is not checkpointed into it yet"
+                )
         conn = self._connect(self.path)
         try:
-            found = os.stat(self.path)
-        except OSError:
+            if self._replaced():
+                raise sqlite3.OperationalError("journal file was replaced while it was opened")
+            self._hold()
+            row = conn.execute("SELECT group_id FROM requests ORDER BY id DESC LIMIT 1").fetchone()
+            if row is not None and row[0] is not None:
+                self._group = max(self._group, row[0])
+            conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.durability]}")
+            # No checkpoint inside a commit (its fsyncs would hold up every
+            # request waiting for the commit lock): the writer thread runs them.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+        except BaseException:
             _close_quietly(conn)
             raise
-        self._identity = (found.st_dev, found.st_ino)
-        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
-        # No checkpoint inside a commit (its fsyncs would hold up every
-        # request waiting for the commit lock): the writer thread runs them.
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+        # Not behind the writer thread's checkpoint: if it holds the lock,
+        # it opens the connection itself.
+        if self._checkpointLock.acquire(blocking=False):
+            try:
+                self._openCheckpointer()
+            finally:
+                self._checkpointLock.release()
+        return conn
+
+    def _openCheckpointer(self) -> sqlite3.Connection | None:
+        """
+        The checkpointing connection, opened if there is none, but only to
+        the journal's file while the path names it; holds
+        C{_checkpointLock}. Besides checkpointing, it keeps a connection to
+        the file open whatever happens to the journal's, so that a rename
+        noticed later can still be checkpointed into the old file.
+
+        @return: it, or L{None} when there is none.
+        """
+        if self._checkpointer is not None:
+            return self._checkpointer
+        if self._identity is None or self._replaced():
+            return None
+        try:
+            conn = self._connect(self.path)
+        except Exception:
+            return None
+        if self._replaced():
+            _close_quietly(conn)
+            return None
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        self._checkpointer = conn
         return conn
 
     def _checkpoint(self) -> None:
@@ -361,17 +664,12 @@ class SQLiteJournal(ThreadedJournal):
 
         @return: (page size, frames in the WAL), or L{None} when it failed
             (busy, or unwritable: commit failures are what gets reported).
+            The connection stays open either way (L{_openCheckpointer}).
         """
-        conn = self._checkpointer
-        if conn is None and self._replaced():
-            # Not beside a connection to the file the path named before
-            # (they would share the -shm at the path): the next commit
-            # reopens first.
+        conn = self._openCheckpointer()
+        if conn is None:
             return None
         try:
-            if conn is None:
-                conn = self._checkpointer = self._connect(self.path)
-                conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             if busyMs is not None:
                 conn.execute(f"PRAGMA busy_timeout={busyMs}")
             try:
@@ -381,45 +679,86 @@ class SQLiteJournal(ThreadedJournal):
                 if busyMs is not None:
                     conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
         except Exception:
-            if conn is not None:
-                _close_quietly(conn)
-            self._checkpointer = None
             return None
+        finally:
+            if self._checkpointer is not conn:
+                # Given up while it ran (see _abandonConnection): no longer
+                # the journal's.
+                _close_quietly(conn)
         return pageSize, logFrames
 
-    def _probe(self) -> None:
+    def _probe(self, doubtful: list[int]) -> bool:
         """
-        During a failure episode, try whether the journal takes writes
-        again: C{BEGIN IMMEDIATE} (with a short busy timeout) then
-        C{ROLLBACK}, on the checkpointing connection so that the request
-        path never waits for it. That connection is opened afresh at the
-        path, so a probe tests the file the path names now (it may have
-        been deleted or replaced during the episode). Success lets commits
-        try SQLite again (a full disk, say, is only known by trying).
-        Writer thread.
+        During a failure episode, try whether the journal takes a real write
+        again: a transaction that records the groups in doubt and rewrites
+        the C{probe} row, with a short busy timeout, on a connection of its
+        own opened afresh at the path (so a probe tests the file the path
+        names now), or on the journal's while it still writes a renamed
+        file (L{_switch}). Success lets commits try SQLite again (a full
+        disk, say, is only known by trying). The prober thread.
         """
         with self._commitLock:
-            # Never beside a connection to a file the path no longer names.
-            if self._replaced():
-                self._reopen()
-        with self._checkpointLock:
-            if self._checkpointer is not None:
-                _close_quietly(self._checkpointer)
-            conn = self._checkpointer = None
             try:
-                conn = self._checkpointer = self._connect(self.path)
-                conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.execute("ROLLBACK")
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout={int(schema.BUSY_TIMEOUT * 1000)}")
+                if self._replaced():
+                    self._switch()
+                if self._replaced():
+                    # Still the renamed file's, until its WAL is emptied.
+                    return self._conn is not None and _probe_write(self._conn, doubtful)
             except Exception:
-                if conn is not None:
-                    _close_quietly(conn)
-                self._checkpointer = None
-                return
-        self._blocked = None
+                return False
+        conn = None
+        try:
+            conn = self._connect(self.path)
+            # Not a file the path named only while it was opened.
+            return not self._replaced() and _probe_write(conn, doubtful)
+        except Exception:
+            return False
+        finally:
+            if conn is not None:
+                _close_quietly(conn)
+
+
+def _probe_write(conn: sqlite3.Connection, doubtful: list[int]) -> bool:
+    """
+    The probe's transaction on C{conn}: C{BEGIN IMMEDIATE} (waiting at most
+    L{PROBE_BUSY_MS} for another writer), the group ids C{doubtful} into
+    C{failed_groups}, the C{probe} row rewritten, C{COMMIT}.
+
+    @return: whether it committed.
+    """
+    conn.execute(f"PRAGMA busy_timeout={PROBE_BUSY_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            conn.executemany(
+                "INSERT OR IGNORE INTO failed_groups (group_id, time) VALUES (?, ?)",
+                [(group, now) for group in doubtful],
+            )
+            conn.execute("INSERT OR REPLACE INTO probe (id, time) VALUES (1, ?)", (now,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        return False
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
+    return True
+
+
+def _unlink_if(path: str, identity: tuple[int, int]) -> None:
+    """
+    Remove the file at C{path} if it is still the one of C{identity}
+    (C{st_dev}, C{st_ino}): an old journal's C{-wal} or C{-shm}, never a
+    new journal's.
+    """
+    with contextlib.suppress(OSError):
+        found = os.stat(path)
+        if (found.st_dev, found.st_ino) == identity:
+            os.unlink(path)
 
 
 def _size(path: str) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from threading import get_ident
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -71,14 +72,35 @@ Request = tuple[bytes | Evaluation, Sink, PendingReply]
 Answers = tuple[list[bytes], list[Outcome]]
 
 
-def answer_batch(items: Sequence[tuple[bytes | Evaluation, str, int]], journal: Journal) -> Answers:
+class Job:
+    """
+    One batch in the pool: its requests, when the oldest arrived, and the
+    pool thread running it (set by that thread before it commits).
+    """
+
+    __slots__ = ("batch", "since", "thread")
+
+    def __init__(self, batch: list[Request], since: float) -> None:
+        self.batch = batch
+        self.since = since
+        self.thread: int | None = None
+
+
+def answer_batch(
+    items: Sequence[tuple[bytes | Evaluation, str, int]], journal: Journal, job: Job | None = None
+) -> Answers:
     """
     The pool job: evaluate a batch, commit its records, return the answers.
 
     Everything between parsing and replying happens here, in one thread
     hop; a request whose record could not be committed is answered
     C{ERR journal unavailable} instead.
+
+    @param job: told which thread runs it (before the commit), so that a
+        commit given up can be matched to its job.
     """
+    if job is not None:
+        job.thread = get_ident()
     replies, outcomes, records = evaluate_batch(items, journal.keepsRecords)
     try:
         journal.commit(records)
@@ -215,8 +237,11 @@ class Pipeline:
         # goes to the back.
         self._queues: dict[Sink, deque[tuple[Request, float]]] = {}
         self._busy = False  # a job is in flight or about to leave
+        # The job in flight.
+        self._job: Job | None = None
         self.inFlight = 0
         self._idle: list[Deferred[None]] = []
+        journal.onAbandon(self._abandoned)
 
     def submit(self, requests: list[Request]) -> None:
         """
@@ -278,6 +303,7 @@ class Pipeline:
             self._busy = False
             return
         self._busy = True
+        job = self._job = Job(batch, since)
         items = [(item, sink.peer, sink.port) for item, sink, _ in batch]
         d = deferToThreadPool(
             self._reactor,  # type: ignore[arg-type]
@@ -285,18 +311,41 @@ class Pipeline:
             answer_batch,
             items,
             self._journal,
+            job,
         )
         d.addCallbacks(
-            self._answer,
+            self._finished,
             self._failed,
-            callbackArgs=(batch, since),
-            errbackArgs=(batch, since, "evaluation failed"),
+            callbackArgs=(job,),
+            errbackArgs=(job, "evaluation failed"),
         )
         d.addErrback(lambda f: self._log.failure("answering failed", f))
 
-    def _failed(self, failure: Failure, batch: list[Request], since: float, why: str) -> None:
+    def _finished(self, answers: Answers, job: Job) -> None:
+        """
+        The pool job returned: answer its batch, unless it was given up
+        meanwhile (L{_abandoned}: already answered).
+        """
+        if job is self._job:
+            self._job = None
+            self._answer(answers, job.batch, job.since)
+
+    def _failed(self, failure: Failure, job: Job, why: str) -> None:
+        if job is not self._job:
+            return
         self._log.failure("{why}", failure, why=why)
-        self._answer(failed_batch(INTERNAL_ERROR, len(batch)), batch, since)
+        self._finished(failed_batch(INTERNAL_ERROR, len(job.batch)), job)
+
+    def _abandoned(self, threads: frozenset[int]) -> None:
+        """
+        The journal gave up the commits of C{threads}, which took too long:
+        if the job in flight is one of them (its pool thread may be stuck),
+        its batch is answered C{ERR journal unavailable} now and the next
+        job leaves; whatever the stuck job returns later is dropped.
+        """
+        job = self._job
+        if job is not None and job.thread in threads:
+            self._finished(failed_batch(JOURNAL_UNAVAILABLE, len(job.batch)), job)
 
     def _measure(self, outcomes: list[Outcome], since: float) -> None:
         metrics = self._metrics

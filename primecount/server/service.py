@@ -7,6 +7,7 @@ the root service that starts them and stops them in order
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import threading
@@ -81,6 +82,9 @@ class PrimecountService(service.MultiService):
         self.shutdownTimeout = shutdownTimeout
         self.listeners: list[Any] = []
         self._clock = clock
+        #: How the process ends when a stuck thread keeps it alive
+        #: (replaced by tests).
+        self._exit: Callable[[int], object] = os._exit
 
     def addListener(self, listener: Any) -> None:
         """
@@ -139,10 +143,28 @@ class PrimecountService(service.MultiService):
                     records=plural(self.journal.committed, "record"),
                     transactions=plural(self.journal.batches, "transaction"),
                 )
+            if self.journal.stuck:
+                self._lastResort()
         finally:
             for timer in timers:
                 if timer.active():
                     timer.cancel()
+
+    def _lastResort(self) -> None:
+        """
+        A thread is stuck in a commit the journal gave up (a frozen database
+        or file system): the reactor would wait for it forever when it joins
+        its thread pool. Exit L{STUCK_MARGIN} seconds from now if the
+        process is still there, leaving the commit to the database's own
+        recovery.
+        """
+        _log.warn(
+            "stopping: a journal commit is still stuck; exiting in {t:g} s without waiting for it",
+            t=STUCK_MARGIN,
+        )
+        timer = threading.Timer(STUCK_MARGIN, self._exit, (STUCK_EXIT,))
+        timer.daemon = True
+        timer.start()
 
     def _hurry(self) -> None:
         """
@@ -166,6 +188,12 @@ class PrimecountService(service.MultiService):
 #: Seconds before the stop's deadline at which the journal is hurried, so
 #: that what waits for it is answered before the connections are dropped.
 HURRY_BEFORE = 0.5
+
+#: Seconds the process still gets to exit by itself once the stop is done
+#: while a thread is stuck in a given-up commit; then it exits with
+#: L{STUCK_EXIT}.
+STUCK_MARGIN = 1.0
+STUCK_EXIT = 1
 
 
 #: Descriptors kept for all but client connections: the journal's files,
@@ -219,7 +247,8 @@ def settings_text(config: Mapping[str, Any]) -> str:
         f"cpu-affinity={config['cpu-affinity']} "
         f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
         f"framing={_framing_text(config['framing'])} "
-        f"journal={url}{' (fsync)' if config['journal-fsync'] and url.scheme != 'none' else ''}"
+        f"journal={url}"
+        + (f" durability={config['journal-durability']}" if url.scheme != "none" else "")
     )
 
 
@@ -281,7 +310,11 @@ def serve(
         metrics = NullMetrics()
     metrics.watchThreadPool(threadpool)
     journal = open_journal(
-        config["journal"], reactor, fsync=config["journal-fsync"], metrics=metrics
+        config["journal"],
+        reactor,
+        durability=config["journal-durability"],
+        timeout=config["journal-timeout"],
+        metrics=metrics,
     )
     pipeline = Pipeline(reactor, threadpool, journal, metrics)
     budget = MemoryBudget(config["max-memory"], connections.episodes)

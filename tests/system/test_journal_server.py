@@ -140,7 +140,12 @@ class FsyncOptionTests(SynchronousTestCase):
         with server.connect() as sock:
             sock.sendall(b"abc2a\n")
             self.assertEqual(recv_lines(sock, 1), [b"2 " + YES + b"\n"])
-        self.assertIn(b"(fsync)", server.log)
+        self.assertIn(
+            b"journal=sqlite:"
+            + os.path.join(directory, "j.sqlite3").encode()
+            + b" durability=disk",
+            server.log,
+        )
         self.assertEqual(journalled(os.path.join(directory, "j.sqlite3")), ["abc2a"])
 
 

@@ -159,9 +159,15 @@ class WriterTests(_Database, TestCase):
             ),
         )
 
-    def test_fsyncMeansSynchronousCommit(self) -> None:
-        for fsync, expected in ((True, "on"), (False, "off")):
-            journal = self.journal(fsync=fsync)
+    def test_durabilityMeansSynchronousCommit(self) -> None:
+        for durability, expected in (
+            (None, "on"),
+            ("standby", "on"),
+            ("disk", "local"),
+            ("process", "off"),
+        ):
+            kw = {} if durability is None else {"durability": durability}
+            journal = self.journal(**kw)
             journal.commit([record(0)])
             assert journal._conn is not None
             (setting,) = journal._conn.execute("SHOW synchronous_commit").fetchone()
@@ -206,6 +212,103 @@ class WriterTests(_Database, TestCase):
         self.assertEqual(stored(self.url), [record(0)])
 
 
+class TableLockTests(_Database, TestCase):
+    """
+    Another session holds C{LOCK TABLE … ACCESS EXCLUSIVE}: one episode,
+    not a stall per batch (the probe must take the table's lock, not merely
+    connect).
+    """
+
+    @defer.inlineCallbacks
+    def test_tableLockIsOneEpisode(self) -> Any:
+        import psycopg
+        from twisted.internet.threads import deferToThread
+
+        from primecount.journal import postgresql
+
+        self.patch(postgresql, "PROBE_INTERVAL", 0.05)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        journal = self.journal(timeout=1.0)
+        journal.commit([record(0)])
+        locker = psycopg.connect(self.url)
+        self.addCleanup(locker.close)
+        locker.execute("LOCK TABLE primecount_requests IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with self.assertRaises(JournalUnavailable):
+            yield deferToThread(journal.commit, [record(1)])
+        self.assertLess(time.monotonic() - started, 5)
+        # While the lock is held, every commit fails at once: the probe
+        # never ends the episode.
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            started = time.monotonic()
+            with self.assertRaises(JournalUnavailable):
+                yield deferToThread(journal.commit, [record(2)])
+            self.assertLess(time.monotonic() - started, 0.5)
+            yield deferLater(reactor, 0.05, lambda: None)
+        locker.rollback()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                yield deferToThread(journal.commit, [record(3)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery within 30 s")
+                yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.1, lambda: None)
+        said = [e.get("log_format", "") for e in events]
+        self.assertEqual(len([f for f in said if "cannot commit" in f]), 1, said)
+        self.assertEqual(len([f for f in said if "writable again" in f]), 1, said)
+        self.assertEqual([r.port for r in stored(self.url)], [1000, 1003])
+
+
+class InDoubtTests(_Database, TestCase):
+    """
+    The connection cut right after the end of a COPY was sent: the client
+    is told ERR, and once the database answers again the record (if it was
+    committed) reads back with that error.
+    """
+
+    @defer.inlineCallbacks
+    def test_cutAtCopyEndIsRecordedAsFailed(self) -> Any:
+        from twisted.internet.threads import deferToThread
+
+        from primecount.journal import postgresql
+        from tests.doubles import CopyCuttingRelay
+
+        self.patch(postgresql, "PROBE_INTERVAL", 0.05)
+        relay = CopyCuttingRelay(self.pg.port)
+        self.addCleanup(relay.close)
+        through = self.url.replace(f":{self.pg.port}/", f":{relay.port}/")
+        from primecount.journal.postgresql import PostgresJournal
+
+        journal = PostgresJournal(through, reactor)
+        journal.startService()
+        self.addCleanup(journal.stopService)
+        yield deferToThread(journal.commit, [record(0)])
+        relay.armed = True
+        with self.assertRaises(JournalUnavailable):
+            yield deferToThread(journal.commit, [record(1)])
+        self.assertEqual(relay.cuts, 1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                yield deferToThread(journal.commit, [record(2)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery within 30 s")
+                yield deferLater(reactor, 0.05, lambda: None)
+        found = {r.port: r.error for r in stored(self.url)}
+        # PostgreSQL got the whole COPY: it committed the group, whose
+        # client was told ERR; the reader says so.
+        self.assertEqual(found, {1000: None, 1001: "journal unavailable", 1002: None})
+        status, out, _ = run_journal("--journal", self.url, "--format", "jsonl")
+        self.assertEqual(status, 0)
+        self.assertIn('"error":"journal unavailable"', out.splitlines()[1])
+
+
 class FaultTests(_Database, TestCase):
     """
     The database going away and coming back (its own cluster, as these
@@ -219,9 +322,9 @@ class FaultTests(_Database, TestCase):
         self.addCleanup(self.ensureRunning)
 
     def journal(self, **kw: Any) -> Any:
-        # synchronous_commit=on: what was acknowledged survives the
-        # immediate stop (a crash) of PostgreSQL.
-        return super().journal(fsync=True, **kw)
+        # The default, synchronous_commit=on: what was acknowledged
+        # survives the immediate stop (a crash) of PostgreSQL.
+        return super().journal(**kw)
 
     def ensureRunning(self) -> None:
         if not self.pg.running():
@@ -501,7 +604,7 @@ class ServerTests(_Database, SynchronousTestCase):
         ranges = [(r.a, r.b, r.count, r.sum_ok) for r in found if r.protocol == PROTOCOL_RANGE]
         self.assertEqual(ranges, [(10, 20, 4, True)])
         log = server.log.decode("utf-8", "replace")
-        self.assertIn(f"journal={self.url}", log)
+        self.assertIn(f"journal={self.url} durability=standby", log)
 
     def test_unreachableStopsTheStartInOneLine(self) -> None:
         import subprocess

@@ -40,7 +40,7 @@ class PluginTests(SynchronousTestCase):
     def test_primecountHelpListsOptions(self) -> None:
         result = twistd("primecount", "--help")
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(len(EVERY_OPTION), 20)
+        self.assertEqual(len(EVERY_OPTION), 22)
         for option in EVERY_OPTION:
             self.assertIn(f"--{option}", result.stdout)
 

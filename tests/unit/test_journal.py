@@ -395,7 +395,8 @@ class InsertsTests(SynchronousTestCase):
             conn.execute(sql, params)
         stored = [schema.from_row(r) for r in conn.execute(schema.SELECT + " ORDER BY id")]
         self.assertEqual(stored, records)
-        widths = [sql.split(")", 1)[0].count(",") + 1 for sql, _ in statements]
+        # Each statement names its columns and group_id.
+        widths = [sql.split(")", 1)[0].count(",") for sql, _ in statements]
         self.assertEqual(
             widths,
             [
@@ -536,9 +537,26 @@ class InsertsExactTests(SynchronousTestCase):
         protocol and the NULL error are in the statement, not bound.
         """
         records = [record(i) for i in range(5)]
-        ((sql, params),) = schema.inserts(records)
-        self.assertEqual(len(params), 6 * len(records))
+        ((sql, params),) = schema.inserts(records, 7)
+        # And the group id, once for the statement.
+        self.assertEqual(len(params), 6 * len(records) + 1)
         self.assertEqual(sql.count("'count'"), len(records))
         withError = [*records, record(5)._replace(count=None, prime=None, error="ERR x")]
-        ((sql, params),) = schema.inserts(withError)
-        self.assertEqual(len(params), len(schema.COUNT_COLUMNS) * len(withError))
+        ((sql, params),) = schema.inserts(withError, 7)
+        self.assertEqual(len(params), len(schema.COUNT_COLUMNS) * len(withError) + 1)
+
+    def test_everyRowCarriesItsGroupId(self) -> None:
+        """
+        Every row a group inserts, whatever its shape and however many
+        statements the group takes, carries the group's id.
+        """
+        conn = sqlite3.connect(":memory:")
+        conn.executescript(schema.CREATE)
+        ranged = Record(1_700_000_000.0, "::1", 9, PROTOCOL_RANGE, None, 4, None, None, 2, 9, True)
+        plain = [record(i) for i in range(schema.MAX_ROWS + 3)]
+        for group, records in ((5, plain), (6, [record(0), ranged, record(1)])):
+            for sql, params in schema.inserts(records, group):
+                conn.execute(sql, params)
+        groups = [g for (g,) in conn.execute("SELECT group_id FROM requests ORDER BY id")]
+        self.assertEqual(groups, [5] * len(plain) + [6] * 3)
+        conn.close()

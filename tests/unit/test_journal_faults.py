@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -244,3 +246,182 @@ class HurryTests(TestCase):
         self.assertLess(time.monotonic() - hurried, 1.0)
         self.assertEqual(len(outcome), 1)
         self.assertIsInstance(outcome[0], JournalUnavailable)
+
+
+def inOtherProcess(path: str, code: str) -> str:
+    """
+    Run C{code} in another Python process with C{conn}, a read-write
+    SQLite connection to C{path} (closed afterwards, as any reader closes
+    its connection); what it prints.
+    """
+    program = f"import sqlite3\nconn = sqlite3.connect({path!r})\n{code}\nconn.close()\n"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", program], capture_output=True, text=True, timeout=30
+    )
+    if done.returncode != 0:
+        raise AssertionError(done.stderr)
+    return done.stdout
+
+
+class OtherProcessTests(TestCase):
+    """
+    Another process opening and closing the journal (a reader, the tool of
+    an operator) after a failure episode: SQLite's locks on the file, which
+    tell that process that the journal still uses the C{-wal}, are kept.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.control = LockControl()
+        self.patch(journal_module, "PROBE_INTERVAL", 0.02)
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 0.02)
+        self.journal = SQLiteJournal(
+            self.path, reactor, connect=lambda path: LockedConnection(path, self.control)
+        )
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+
+    @defer.inlineCallbacks
+    def test_commitAfterAnEpisodeSeenByOtherProcesses(self) -> Any:
+        self.journal.commit([record(0)])
+        # The writer thread checkpoints (its connection stays open).
+        before = os.path.getsize(self.path)
+        deadline = time.monotonic() + 10
+        while os.path.getsize(self.path) <= before and time.monotonic() < deadline:
+            yield deferLater(0.02)
+        # No more checkpoints from now on: what another process sees of a
+        # commit is what the commit wrote, in the WAL.
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+        yield deferLater(0.05)
+        # An episode: the failed commit drops the journal's connection.
+        self.control.locked = True
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
+        self.control.locked = False
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.journal.commit([record(2)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery")
+                yield deferLater(0.02)
+        # Another process reads the journal and closes its connection; the
+        # journal commits on, and another process reads it all.
+        inOtherProcess(self.path, "conn.execute('SELECT count(*) FROM requests').fetchall()")
+        self.journal.commit([record(3)])
+        seen = inOtherProcess(
+            self.path, "print(*[m for (m,) in conn.execute('SELECT message FROM requests')])"
+        )
+        self.assertEqual(seen.split(), [record(i).message for i in (0, 2, 3)])
+
+
+def messagesIn(path: str) -> list[str]:
+    """
+    The messages of the journal file at C{path}, read as any reader would
+    (none when it lost even its table: its schema was in a lost WAL too).
+    """
+    conn = schema.connect(path, readonly=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchall():
+            return []
+        return [m for (m,) in conn.execute("SELECT message FROM requests ORDER BY id")]
+    finally:
+        conn.close()
+
+
+class RenameDuringEpisodeTests(TestCase):
+    """
+    The journal file renamed (log rotation) and then a failed commit: the
+    journal's connection is gone before the rename is noticed, and what
+    was committed to the old file stays in it, once, although its last
+    commits were still in the C{-wal} named after the path.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.control = LockControl()
+        self.patch(journal_module, "PROBE_INTERVAL", 0.02)
+        # No checkpoint by the writer thread: the commits stay in the WAL.
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+        self.journal = SQLiteJournal(
+            self.path, reactor, connect=lambda path: LockedConnection(path, self.control)
+        )
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+
+    @defer.inlineCallbacks
+    def test_oldFileKeepsItsRecords(self) -> Any:
+        self.journal.commit([record(0)])
+        os.rename(self.path, self.path + ".old")
+        self.control.locked = True
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
+        self.control.locked = False
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.journal.commit([record(2)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery")
+                yield deferLater(0.02)
+        yield self.journal.stopService()
+        self.assertEqual(messagesIn(self.path + ".old"), [record(0).message])
+        self.assertEqual(messagesIn(self.path), [record(2).message])
+
+
+class RenamePendingAtStopTests(TestCase):
+    """
+    The journal file renamed while a reader's snapshot holds its WAL back,
+    and the journal stopped before the next commit: what was committed to
+    the old file is in it, although it was still in the C{-wal} named
+    after the path.
+    """
+
+    @defer.inlineCallbacks
+    def test_stopCheckpointsTheRenamedFile(self) -> Any:
+        path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+        journal = SQLiteJournal(path, reactor)
+        journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        journal.commit([record(0)])
+        reader = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(reader.close)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM requests").fetchall()
+        journal.commit([record(1)])
+        os.rename(path, path + ".old")
+        # Noticed; the reader's snapshot holds the checkpoint back.
+        journal.commit([record(2)])
+        reader.execute("COMMIT")
+        reader.close()
+        yield journal.stopService()
+        self.assertEqual(messagesIn(path + ".old"), [record(i).message for i in range(3)])
+
+
+class RenameBesideCheckpointsTests(TestCase):
+    """
+    The journal file renamed again and again while the writer thread
+    checkpoints without a pause: the journal's own checkpoints never hold
+    its switch back (only a reader's snapshot may), so the commit that
+    notices a rename is the old file's last, and the next one makes a new
+    file at the path.
+    """
+
+    @defer.inlineCallbacks
+    def test_commitThatNoticesIsTheOldFilesLast(self) -> Any:
+        path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 0)
+        journal = SQLiteJournal(path, reactor)
+        journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        rounds = 30
+        for n in range(rounds):
+            journal.commit([record(2 * n)])
+            self.assertTrue(os.path.exists(path), f"round {n}: still writing the renamed file")
+            os.rename(path, f"{path}.{n}")
+            journal.commit([record(2 * n + 1)])
+        yield journal.stopService()
+        kept = [messagesIn(f"{path}.{n}") for n in range(rounds)]
+        expected = [[record(2 * n).message, record(2 * n + 1).message] for n in range(rounds)]
+        self.assertEqual(kept, expected)

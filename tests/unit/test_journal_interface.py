@@ -112,9 +112,11 @@ class OpenJournalTests(TestCase):
         C{sqlite:PATH} opens an L{SQLiteJournal} on the file, relative to
         the current directory, keeping its records.
         """
-        journal = open_journal("sqlite:j.sqlite3", Clock(), fsync=True)
+        journal = open_journal("sqlite:j.sqlite3", Clock(), durability="disk", timeout=2.0)
         self.assertIsInstance(journal, SQLiteJournal)
         assert isinstance(journal, SQLiteJournal)
+        self.assertEqual((journal.durability, journal.timeout), ("disk", 2.0))
+        self.assertEqual(open_journal("sqlite:j.sqlite3", Clock()).durability, "process")  # type: ignore[attr-defined]
         self.assertEqual(journal.path, os.path.abspath("j.sqlite3"))
         self.assertTrue(journal.keepsRecords)
 

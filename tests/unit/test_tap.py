@@ -93,6 +93,13 @@ EVERY_OPTION: dict[str, tuple[list[str], object, list[str] | None, str | None]] 
         TrustedProxies.parse("192.0.2.10,2001:db8::/32,unix"),
         ["--trusted-proxies", "haproxy.example"], "not an IP address, a network (CIDR)",
     ),
+    "journal-durability": (
+        ["--journal-durability", "disk"], "disk", ["--journal-durability", "all"],
+        "process, disk, standby",
+    ),
+    "journal-timeout": (
+        ["--journal-timeout", "2.5"], 2.5, ["--journal-timeout", "0"], "at least 0.1",
+    ),
 }  # fmt: skip
 
 
@@ -280,6 +287,45 @@ class OptionsTests(SynchronousTestCase):
             usage.UsageError, self.parse, "--listen", "systemd:domain=INET:index=0"
         )
         self.assertIn("systemd passed no such socket", str(e))
+
+    def test_durabilityDefaultsPerBackend(self) -> None:
+        """
+        C{--journal-durability} defaults to C{process} for SQLite and
+        C{standby} for PostgreSQL; C{--journal-fsync}, its older spelling,
+        means C{disk} for SQLite and C{standby} for PostgreSQL.
+        """
+        from primecount import journal
+
+        self.assertEqual(self.parse()["journal-durability"], "process")
+        for scheme, level, fsync, expected in (
+            ("sqlite", None, False, "process"),
+            ("sqlite", None, True, "disk"),
+            ("postgresql", None, False, "standby"),
+            ("postgresql", None, True, "standby"),
+            ("postgresql", "process", False, "process"),
+            ("postgresql", "disk", False, "disk"),
+            ("sqlite", "disk", False, "disk"),
+        ):
+            self.assertEqual(journal.resolve_durability(scheme, level, fsync), expected)
+
+    def test_durabilityStandbyRefusedForSQLite(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        error = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            "--journal",
+            f"sqlite:{path}",
+            "--journal-durability",
+            "standby",
+        )
+        self.assertIn("standby needs a PostgreSQL journal", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_durabilityAndFsyncTogetherRefused(self) -> None:
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--journal-fsync", "--journal-durability", "disk"
+        )
+        self.assertIn("older spelling", str(error))
 
     def test_timeoutZeroAllowed(self) -> None:
         self.assertEqual(self.parse("--timeout", "0")["timeout"], 0.0)
