@@ -121,6 +121,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def environment_file(path: Path) -> dict[str, str]:
+    """
+    The C{NAME=value} lines of an environment file such as
+    C{/etc/default/etcd} (comments and blank lines skipped).
+    """
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            found[name] = value
+    return found
+
+
 def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
     """
     Poll C{check()} until it is true.
@@ -155,7 +169,7 @@ class Node:
         overlay = {
             "bootstrap": {"dcs": cluster.dcs},
             "postgresql": {
-                "parameters": {**TEST_PARAMETERS, "unix_socket_directories": self.dir},
+                "parameters": {**cluster.parameters, "unix_socket_directories": self.dir},
             },
         }
         # JSON is YAML: Patroni reads it after config.yml and merges it in.
@@ -185,7 +199,7 @@ class Node:
             "PATRONI_POSTGRESQL_DATA_DIR": self.data,
             "PATRONI_POSTGRESQL_PGPASS": os.path.join(self.dir, "pgpass"),
             "PATRONI_POSTGRESQL_BIN_DIR": self.cluster.bindir,
-            "PATRONI_ETCD3_HOSTS": f"127.0.0.1:{self.cluster.etcd_port}",
+            "PATRONI_ETCD_HOSTS": f"127.0.0.1:{self.cluster.etcd_port}",
         }
 
     def start(self) -> None:
@@ -339,14 +353,22 @@ class PatroniCluster:
         C{rewind}, C{restapi}), new for each cluster.
     """
 
-    def __init__(self, nodes: int = 2, dcs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        nodes: int = 2,
+        dcs: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> None:
         """
         @param dcs: Patroni's bootstrap configuration, instead of
             L{TEST_DCS}.
+        @param parameters: each node's PostgreSQL settings, instead of
+            L{TEST_PARAMETERS} (a benchmark: C{{}}, PostgreSQL's defaults).
         """
         self.patroni, self.etcd = programs()
         self.bindir = pgcluster.bindir()
         self.dcs = dict(TEST_DCS if dcs is None else dcs)
+        self.parameters = dict(TEST_PARAMETERS if parameters is None else parameters)
         self.dir = tempfile.mkdtemp(prefix="primecount-patroni-")
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -372,31 +394,36 @@ class PatroniCluster:
         self.wait_healthy()
 
     def _start_etcd(self) -> None:
+        """
+        Start etcd, one member, with the shipped C{deploy/patroni/etcd.conf}
+        as its environment, the addresses and the data directory replaced.
+        """
         client = f"http://127.0.0.1:{self.etcd_port}"
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
-        data = os.path.join(self.dir, "etcd")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": self.dir,
+            **environment_file(DEPLOY_PATRONI / "etcd.conf"),
+            "ETCD_NAME": "etcd1",
+            "ETCD_DATA_DIR": os.path.join(self.dir, "etcd"),
+            "ETCD_LISTEN_PEER_URLS": peer,
+            "ETCD_LISTEN_CLIENT_URLS": client,
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
+            "ETCD_ADVERTISE_CLIENT_URLS": client,
+            "ETCD_INITIAL_CLUSTER": f"etcd1={peer}",
+            "ETCD_INITIAL_CLUSTER_TOKEN": os.path.basename(self.dir),
+        }
         with open(os.path.join(self.dir, "etcd.log"), "ab") as log:
             self.etcd_process = subprocess.Popen(
-                [
-                    self.etcd,
-                    "--name", "etcd1",
-                    "--data-dir", data,
-                    "--listen-client-urls", client,
-                    "--advertise-client-urls", client,
-                    "--listen-peer-urls", peer,
-                    "--initial-advertise-peer-urls", peer,
-                    "--initial-cluster", f"etcd1={peer}",
-                    "--initial-cluster-state", "new",
-                    "--initial-cluster-token", os.path.basename(self.dir),
-                ],
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir},
+                [self.etcd],
+                env=env,
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 **_as_postgres(),
-            )  # fmt: skip
+            )
 
         def healthy() -> bool:
             try:

@@ -29,7 +29,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from unittest import SkipTest
 from urllib.parse import quote
 
@@ -377,8 +376,8 @@ class ShippedFilesTests(SynchronousTestCase):
         cluster = patronicluster.shared()
         env = dict(
             os.environ,
-            **environment_file(patronicluster.DEPLOY_PATRONI / "patroni_env.conf"),
-            PATRONI_ETCD3_HOSTS=f"127.0.0.1:{cluster.etcd_port}",
+            **patronicluster.environment_file(patronicluster.DEPLOY_PATRONI / "patroni_env.conf"),
+            PATRONI_ETCD_HOSTS=f"127.0.0.1:{cluster.etcd_port}",
         )
         config = patronicluster.DEPLOY_PATRONI / "config.yml"
         done = subprocess.run(
@@ -396,19 +395,8 @@ class ShippedFilesTests(SynchronousTestCase):
         sets (with their own values): they run the shipped configuration
         the way a production node does.
         """
-        shipped = environment_file(patronicluster.DEPLOY_PATRONI / "patroni_env.conf")
+        shipped = patronicluster.environment_file(
+            patronicluster.DEPLOY_PATRONI / "patroni_env.conf"
+        )
         cluster = patronicluster.shared()
         self.assertLessEqual(set(shipped), set(cluster.nodes[0].environment()))
-
-
-def environment_file(path: Path) -> dict[str, Any]:
-    """
-    The C{NAME=value} lines of an environment file (comments skipped).
-    """
-    found = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            found[name] = value
-    return found
