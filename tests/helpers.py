@@ -240,11 +240,10 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while self.process.poll() is None and time.monotonic() < deadline:
             self.readLog(0.05)
-        while self.readLog(0):
-            if (
-                self.process.poll() is not None
-                and not select.select([self.process.stdout], [], [], 0)[0]
-            ):
+        # Drain what an exited server wrote; one still running past the
+        # deadline is killed below (draining it would wait for ever).
+        while self.process.poll() is not None and self.readLog(0):
+            if not select.select([self.process.stdout], [], [], 0)[0]:
                 break
         if self.process.poll() is None:
             self.process.kill()
