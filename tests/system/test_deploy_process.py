@@ -340,7 +340,7 @@ class SystemdTests(TestCase):
         options.parseOptions(args)
         self.assertEqual(options["listen"], ["haproxy:systemd:domain=INET:index=0"])
         self.assertEqual(options["metrics-port"], 9100)
-        self.assertEqual(options["interface"], "127.0.0.1")  # the metrics port's
+        self.assertEqual(options["metrics-interface"], "127.0.0.1")
         self.assertEqual(str(options["trusted-proxies"]), "192.0.2.10")
         self.assertEqual(str(options["journal"].path), os.path.join(scratch, "primecount.sqlite3"))
 
