@@ -13,9 +13,10 @@ import glob
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from operator import itemgetter
+from urllib.parse import quote
 
 from primecount.journal.records import PROTOCOL_COUNT, Record
 
@@ -330,7 +331,12 @@ BUSY_TIMEOUT = 5.0
 
 
 def connect(
-    path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT
+    path: str,
+    *,
+    readonly: bool = False,
+    timeout: float = BUSY_TIMEOUT,
+    create: bool = True,
+    check: Callable[[], object] | None = None,
 ) -> sqlite3.Connection:
     """
     Open the journal database at C{path}.
@@ -338,11 +344,21 @@ def connect(
     C{timeout} is SQLite's busy timeout: how long a write waits for another
     writer (another worker's group commit, a prune) before failing.
 
-    A writable connection creates the file when it is missing, readable
-    and writable by its owner only (L{create_private}), then the schema,
-    and switches the file to WAL, so readers never block the writer. A
-    read-only connection fails with L{sqlite3.OperationalError} when the
+    A writable connection creates the file when it is missing (unless
+    C{create} is false), readable and writable by its owner only
+    (L{create_private}), then the schema, and switches the file to WAL, so
+    readers never block the writer. SQLite itself never creates the file:
+    when it is gone by the time SQLite opens it, the open fails. A
+    read-only connection fails with C{sqlite3.OperationalError} when the
     file does not exist.
+
+    C{check}, when given, runs once SQLite has opened the file and before
+    the first statement, which is when SQLite opens the C{-wal} and C{-shm}
+    named after C{path}: an exception from it closes the connection, having
+    touched nothing but the file, and is raised. The journal checks there
+    that C{path} still names the file it holds (a file renamed meanwhile
+    still owns the C{-wal} named after C{path}; see
+    L{primecount.journal.sqlite}).
 
     @raise OSError: when the missing file cannot be created.
     """
@@ -351,17 +367,37 @@ def connect(
             f"file:{path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
         )
         return conn
-    create_private(path)
+    if create:
+        create_private(path)
     conn = sqlite3.connect(
-        path,
+        _uri(path, "rw"),
+        uri=True,
         timeout=timeout,
         check_same_thread=False,
         isolation_level=None,
         cached_statements=CACHED_STATEMENTS,
     )
-    conn.execute("PRAGMA journal_mode=WAL")
-    migrate(conn)
+    try:
+        if check is not None:
+            check()
+        conn.execute("PRAGMA journal_mode=WAL")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _uri(path: str, mode: str) -> str:
+    """
+    The SQLite URI opening the file at C{path} in C{mode} (C{rw}: not
+    created when missing). The path is %-escaped, so that a C{?}, C{#} or
+    C{%} in a name is not read as URI syntax (nor a byte that is not UTF-8
+    lost), and an absolute path has an empty authority (C{file:///…}), so
+    that a path starting with C{//} is not read as a host.
+    """
+    prefix = "file://" if path.startswith("/") else "file:"
+    return f"{prefix}{quote(os.fsencode(path))}?mode={mode}"
 
 
 #: The mode of a journal file primecount creates: its owner's alone. The

@@ -21,10 +21,11 @@ commit fails, later ones fail at once while a probe looks for the end of
 the episode with a real write; a commit that takes longer than the
 journal's timeout is given up (L{primecount.journal.base}), but a lock
 held by another writer fails a commit cleanly before that
-(L{LOCK_WAIT_SHARE}); after every transaction, and before any new
-connection, the path is checked to still name the journal's file, and a
-deleted, renamed or replaced journal is left only once nothing of it is
-left behind in the C{-wal} named after the path (L{SQLiteJournal._switch});
+(L{LOCK_WAIT_SHARE}); after every transaction, and before and during
+the open of any new connection, the path is checked to still name the
+journal's file (L{SQLiteJournal._connectTo}), and a deleted, renamed or
+replaced journal is left only once nothing of it is left behind in the
+C{-wal} named after the path (L{SQLiteJournal._switch});
 L{SQLiteJournal.hurry} stops waiting for other writers' locks so that a
 stop keeps its deadline.
 
@@ -131,6 +132,10 @@ LOCK_WAIT_SHARE = 0.8
 #: reader held back (see L{SQLiteJournal._switchBeforeStop}).
 SWITCH_AT_STOP = 1.0
 
+#: Why a new connection to the journal's file failed when the path stopped
+#: naming it while the connection was opened (L{SQLiteJournal._connectTo}).
+RENAMED_AT_OPEN = "journal file was renamed or replaced while it was opened"
+
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
 #: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
@@ -157,7 +162,7 @@ class SQLiteJournal(ThreadedJournal):
         *,
         durability: str = PROCESS,
         timeout: float = DEFAULT_TIMEOUT,
-        connect: Callable[[str], sqlite3.Connection] = schema.connect,
+        connect: Callable[..., sqlite3.Connection] = schema.connect,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         """
@@ -166,7 +171,8 @@ class SQLiteJournal(ThreadedJournal):
         @param durability: L{PROCESS} or L{DISK} (flush every group commit
             to disk: power-loss safe).
         @param timeout: seconds a commit may take before it is given up.
-        @param connect: opens the database (tests hand in failing ones).
+        @param connect: opens the database, taking L{schema.connect}'s
+            C{create} and C{check} (tests hand in failing ones).
         @param metrics: told each group commit's size and duration, and how
             many records could not be committed.
         """
@@ -338,16 +344,24 @@ class SQLiteJournal(ThreadedJournal):
         and deletes the C{-wal} and C{-shm} the journal is still writing:
         every later commit would go to a deleted WAL.
         """
-        if self._fileFd is None:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            found = os.fstat(fd)
-            self._fileFd = fd
-            self._identity = (found.st_dev, found.st_ino)
+        self._pin()
         self._sidecars = {}
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(OSError):
                 side = os.stat(self.path + suffix)
                 self._sidecars[suffix] = (side.st_dev, side.st_ino)
+
+    def _pin(self) -> None:
+        """
+        Unless the journal holds a file, make the file the path names the
+        journal's file: keep a descriptor of it and its identity (see
+        L{_hold}).
+        """
+        if self._fileFd is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            found = os.fstat(fd)
+            self._fileFd = fd
+            self._identity = (found.st_dev, found.st_ino)
 
     def _release(self) -> None:
         """
@@ -459,11 +473,36 @@ class SQLiteJournal(ThreadedJournal):
         """
         if self._identity is None:
             return False
+        return _identity_at(self.path) != self._identity
+
+    def _connectTo(self, held: tuple[int, int]) -> sqlite3.Connection:
+        """
+        A new connection at the path to C{held}, the identity of the file
+        the journal holds. The path is checked before (by the caller) and
+        again once SQLite opened the file, before its first statement:
+        SQLite opens the C{-wal} and C{-shm} named after the path only
+        then (L{schema.connect}'s C{check}). A rename landing between the
+        first check and the open would otherwise give a connection to
+        another file, or to a file it creates, that takes over the C{-wal}
+        the renamed file still owns: SQLite deletes it for an empty file,
+        and the renamed file loses the commits not yet checkpointed into
+        it. So the file is never created, and a connection to another
+        file is closed having touched nothing else.
+
+        @raise sqlite3.OperationalError: when the path no longer names
+            C{held}.
+        """
+
+        def check() -> None:
+            if _identity_at(self.path) != held:
+                raise sqlite3.OperationalError(RENAMED_AT_OPEN)
+
         try:
-            found = os.stat(self.path)
-        except OSError:
-            return True
-        return (found.st_dev, found.st_ino) != self._identity
+            return self._connect(self.path, create=False, check=check)
+        except sqlite3.OperationalError:
+            if _identity_at(self.path) != held:
+                raise sqlite3.OperationalError(RENAMED_AT_OPEN) from None
+            raise
 
     def _switch(self) -> bool:
         """
@@ -571,7 +610,9 @@ class SQLiteJournal(ThreadedJournal):
         file first (L{_switch}): a connection opened at the path meanwhile
         would take the old file's C{-wal} for its own. While a renamed
         file's WAL cannot be checkpointed yet this fails, and the probe
-        tries again.
+        tries again; so does a rename landing during the open
+        (L{_connectTo}). Holding no file, it creates the journal at the
+        path and holds the file SQLite opened before its first statement.
         """
         if self._replaced():
             self._switch()
@@ -579,7 +620,8 @@ class SQLiteJournal(ThreadedJournal):
                 raise sqlite3.OperationalError(
                     "journal file was renamed; its WAL is not checkpointed into it yet"
                 )
-        conn = self._connect(self.path)
+        held = self._identity
+        conn = self._connect(self.path, check=self._pin) if held is None else self._connectTo(held)
         try:
             if self._replaced():
                 raise sqlite3.OperationalError("journal file was replaced while it was opened")
@@ -620,7 +662,7 @@ class SQLiteJournal(ThreadedJournal):
         if self._identity is None or self._replaced():
             return None
         try:
-            conn = self._connect(self.path)
+            conn = self._connectTo(self._identity)
         except Exception:
             return None
         if self._replaced():
@@ -706,9 +748,10 @@ class SQLiteJournal(ThreadedJournal):
                     return self._conn is not None and _probe_write(self._conn, doubtful)
             except Exception:
                 return False
+            held = self._identity
         conn = None
         try:
-            conn = self._connect(self.path)
+            conn = self._connect(self.path) if held is None else self._connectTo(held)
             # Not a file the path named only while it was opened.
             return not self._replaced() and _probe_write(conn, doubtful)
         except Exception:
@@ -747,6 +790,18 @@ def _probe_write(conn: sqlite3.Connection, doubtful: list[int]) -> bool:
         with contextlib.suppress(sqlite3.Error):
             conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
     return True
+
+
+def _identity_at(path: str) -> tuple[int, int] | None:
+    """
+    The (C{st_dev}, C{st_ino}) of the file C{path} names; C{None} when
+    it names none.
+    """
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _unlink_if(path: str, identity: tuple[int, int]) -> None:

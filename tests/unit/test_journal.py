@@ -33,8 +33,8 @@ class FlakyConnection:
     first commit can be held back until C{gate} is set.
     """
 
-    def __init__(self, path: str, control: Any) -> None:
-        self._conn = schema.connect(path)
+    def __init__(self, path: str, control: Any, **options: Any) -> None:
+        self._conn = schema.connect(path, **options)
         self._control = control
         self._rows = 0
 
@@ -89,9 +89,9 @@ class WriterTests(TestCase):
         self.path = os.path.abspath(self.mktemp())
         self.control = Control()
 
-        def connect(path: str) -> Any:
+        def connect(path: str, **options: Any) -> Any:
             self.control.opened += 1
-            return FlakyConnection(path, self.control)
+            return FlakyConnection(path, self.control, **options)
 
         self.journal = SQLiteJournal(self.path, reactor, connect=connect)
         self.journal.startService()

@@ -100,8 +100,8 @@ class LockedConnection:
     than the journal's writer thread (the request path).
     """
 
-    def __init__(self, path: str, control: LockControl) -> None:
-        self._conn = schema.connect(path)
+    def __init__(self, path: str, control: LockControl, **options: Any) -> None:
+        self._conn = schema.connect(path, **options)
         self._control = control
 
     def execute(self, sql: str, params: Any = ()) -> Any:
@@ -147,7 +147,9 @@ class FailFastTests(TestCase):
         self.control = LockControl()
         self.patch(journal_module, "PROBE_INTERVAL", 0.05)
         self.journal = SQLiteJournal(
-            self.path, reactor, connect=lambda path: LockedConnection(path, self.control)
+            self.path,
+            reactor,
+            connect=lambda path, **options: LockedConnection(path, self.control, **options),
         )
         self.journal.startService()
         self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
@@ -276,7 +278,9 @@ class OtherProcessTests(TestCase):
         self.patch(journal_module, "PROBE_INTERVAL", 0.02)
         self.patch(journal_module, "CHECKPOINT_INTERVAL", 0.02)
         self.journal = SQLiteJournal(
-            self.path, reactor, connect=lambda path: LockedConnection(path, self.control)
+            self.path,
+            reactor,
+            connect=lambda path, **options: LockedConnection(path, self.control, **options),
         )
         self.journal.startService()
         self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
@@ -344,7 +348,9 @@ class RenameDuringEpisodeTests(TestCase):
         # No checkpoint by the writer thread: the commits stay in the WAL.
         self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
         self.journal = SQLiteJournal(
-            self.path, reactor, connect=lambda path: LockedConnection(path, self.control)
+            self.path,
+            reactor,
+            connect=lambda path, **options: LockedConnection(path, self.control, **options),
         )
         self.journal.startService()
         self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
@@ -425,3 +431,171 @@ class RenameBesideCheckpointsTests(TestCase):
         kept = [messagesIn(f"{path}.{n}") for n in range(rounds)]
         expected = [[record(2 * n).message, record(2 * n + 1).message] for n in range(rounds)]
         self.assertEqual(kept, expected)
+
+
+class RenameAtOpen:
+    """
+    Opens the journal's connections as C{connect} does; once armed, the
+    next open first renames the journal file (log rotation), and with
+    C{replace} puts an empty file at the path, as C{logrotate}'s
+    C{create} does: a rename landing between the journal's check that the
+    path names its file and the open of a new connection there.
+
+    @ivar opened: set once the armed open was tried.
+    """
+
+    def __init__(self, connect: Any = schema.connect) -> None:
+        self._connect = connect
+        self._rename: tuple[str, bool] | None = None
+        self.opened = threading.Event()
+
+    def arm(self, target: str, replace: bool = False) -> None:
+        self.opened.clear()
+        self._rename = (target, replace)
+
+    def __call__(self, path: str, **options: Any) -> Any:
+        armed, self._rename = self._rename, None
+        if armed is None:
+            return self._connect(path, **options)
+        target, replace = armed
+        os.rename(path, target)
+        if replace:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            return self._connect(path, **options)
+        finally:
+            self.opened.set()
+
+
+class RenameAtOpenTests(TestCase):
+    """
+    The journal file renamed right before the journal opens a new
+    connection at the path (L{RenameAtOpen}), after it checked that the
+    path names its file: whichever connection it is (the checkpointing
+    one, the probe's, the journal's own), it makes no file at the path and
+    never touches the C{-wal} named after it while that is the old
+    file's, so every record committed to the old file stays in it, and the
+    next commit that notices the rename starts a new journal at the path.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.old = self.path + ".old"
+        self.control = LockControl()
+        self.opener = RenameAtOpen(
+            lambda path, **options: LockedConnection(path, self.control, **options)
+        )
+        self.patch(journal_module, "PROBE_INTERVAL", 0.02)
+        # No checkpoint unless a test asks: the commits stay in the WAL.
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+
+    def start(self) -> SQLiteJournal:
+        journal = SQLiteJournal(self.path, reactor, connect=self.opener)
+        journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        return journal
+
+    def startWithOneRecord(self) -> SQLiteJournal:
+        """
+        Start the journal and commit C{record(0)}, which leaves the
+        checkpointing connection open: a rename is then checkpointed into
+        the old file through it, whatever happened to the journal's.
+        """
+        journal = self.start()
+        journal.commit([record(0)])
+        self.assertIsNotNone(journal._checkpointer, "the commit opened no checkpointing connection")
+        return journal
+
+    def opened(self) -> None:
+        self.assertTrue(self.opener.opened.wait(10), "the armed open never came")
+
+    @defer.inlineCallbacks
+    def commitUntilItTakes(self, journal: SQLiteJournal, r: Record) -> Any:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                journal.commit([r])
+                return
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery")
+                yield deferLater(0.02)
+
+    @defer.inlineCallbacks
+    def checkpointerOpensAfterARename(self, replace: bool) -> Any:
+        """
+        The flaky interleaving of
+        L{RenameBesideCheckpointsTests.test_commitThatNoticesIsTheOldFilesLast}:
+        the writer thread checkpoints while the first commit to a file
+        opens it, so the commit leaves the checkpointing connection to the
+        writer thread, whose open lands after the rename.
+        """
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 0.01)
+        journal = self.start()
+        with journal._checkpointLock:
+            journal.commit([record(0)])
+            self.opener.arm(self.old, replace=replace)
+        self.opened()
+        if not replace:
+            self.assertFalse(os.path.exists(self.path), "a file was made at the path")
+        journal.commit([record(1)])
+        journal.commit([record(2)])
+        yield journal.stopService()
+        self.assertEqual(messagesIn(self.old), [record(0).message, record(1).message])
+        self.assertEqual(messagesIn(self.path), [record(2).message])
+
+    def test_checkpointingConnection(self) -> Any:
+        return self.checkpointerOpensAfterARename(replace=False)
+
+    def test_checkpointingConnectionWhileAnotherFileIsAtThePath(self) -> Any:
+        return self.checkpointerOpensAfterARename(replace=True)
+
+    @defer.inlineCallbacks
+    def test_probe(self) -> Any:
+        journal = self.startWithOneRecord()
+        self.control.locked = True
+        # The failed commit drops the journal's connection: the probe's
+        # is the next one opened.
+        self.opener.arm(self.old)
+        self.assertRaises(JournalUnavailable, journal.commit, [record(1)])
+        self.opened()
+        self.control.locked = False
+        yield self.commitUntilItTakes(journal, record(2))
+        yield journal.stopService()
+        self.assertEqual(messagesIn(self.old), [record(0).message])
+        self.assertEqual(messagesIn(self.path), [record(2).message])
+
+    @defer.inlineCallbacks
+    def test_journalsConnection(self) -> Any:
+        journal = self.startWithOneRecord()
+        self.control.locked = True
+        self.assertRaises(JournalUnavailable, journal.commit, [record(1)])
+        self.control.locked = False
+        # The episode ends (the probe writes the file the journal holds),
+        # and the next commit opens the journal's connection again.
+        deadline = time.monotonic() + 10
+        while journal._blocked is not None:
+            self.assertLess(time.monotonic(), deadline, "no recovery")
+            yield deferLater(0.02)
+        self.opener.arm(self.old)
+        self.assertRaises(JournalUnavailable, journal.commit, [record(2)])
+        self.opened()
+        yield self.commitUntilItTakes(journal, record(3))
+        yield journal.stopService()
+        self.assertEqual(messagesIn(self.old), [record(0).message])
+        self.assertEqual(messagesIn(self.path), [record(3).message])
+
+    def test_newJournalRenamedAsItIsMade(self) -> None:
+        """
+        The journal's file is made private (L{schema.create_private}) and
+        renamed before SQLite opens it: SQLite does not make another one,
+        readable by every local user, at the path; the open fails.
+        """
+        made = schema.create_private
+
+        def madeThenRenamed(path: str) -> None:
+            made(path)
+            os.rename(path, self.old)
+
+        self.patch(schema, "create_private", madeThenRenamed)
+        self.assertRaises(sqlite3.OperationalError, schema.connect, self.path)
+        self.assertFalse(os.path.exists(self.path))

@@ -42,8 +42,8 @@ class BlockingConnection:
     connection.
     """
 
-    def __init__(self, path: str, gate: threading.Event) -> None:
-        self._conn = schema.connect(path)
+    def __init__(self, path: str, gate: threading.Event, **options: Any) -> None:
+        self._conn = schema.connect(path, **options)
         self._gate = gate
 
     def execute(self, sql: str, params: Any = ()) -> Any:
@@ -83,7 +83,7 @@ class StuckCommitTests(TestCase):
             self.path,
             reactor,
             timeout=0.3,
-            connect=lambda path: BlockingConnection(path, self.gate),  # type: ignore[arg-type,return-value]
+            connect=lambda path, **options: BlockingConnection(path, self.gate, **options),  # type: ignore[arg-type,return-value]
         )
         self.abandoned: list[frozenset[int]] = []
         self.journal.onAbandon(self.abandoned.append)
