@@ -21,9 +21,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from primecount.journal import JournalUnavailable, schema
-from primecount.journal import sqlite as journal_module
 from primecount.journal.records import PROTOCOL_COUNT, Record
 from primecount.journal.sqlite import SQLiteJournal
+from primecount.journal.sqlite import writer as journal_module
 
 
 def record(i: int) -> Record:
