@@ -24,7 +24,7 @@ from typing import TextIO
 
 from primecount.journal import DEFAULT_URL
 from primecount.journal.formats import FORMATS, format_iso_time
-from primecount.journal.reader import JournalError, Query, backend
+from primecount.journal.sqlite.reader import JournalError, Query, backend
 from primecount.journal.stats import TOP
 
 #: How many records C{--follow} shows before waiting for new ones, unless

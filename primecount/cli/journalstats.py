@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from primecount.cli.texts import duration_text
 from primecount.journal.formats import format_iso_time, format_seed_time
-from primecount.journal.reader import Query
+from primecount.journal.sqlite.reader import Query
 from primecount.journal.stats import MINUTE, Peer, Summary, buckets, summarize
 
 #: The bars of a sparkline, lowest to highest; a blank is no request at all.

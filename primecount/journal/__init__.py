@@ -277,7 +277,7 @@ def for_worker(url: JournalURL, index: int) -> JournalURL:
     """
     if url.scheme != "sqlite":
         return url
-    from primecount.journal import schema
+    from primecount.journal.sqlite import schema
 
     return JournalURL("sqlite", schema.part_path(url.path, index))
 

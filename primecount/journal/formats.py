@@ -34,8 +34,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
+import primecount.journal.sqlite.schema as schema
 from primecount.core.count import NO, YES
-from primecount.journal import schema
 from primecount.journal.records import PROTOCOL_RANGE, Record
 
 #: The output formats, the first being the default.

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
-from primecount.journal.reader import JournalFiles, Query
+from primecount.journal.sqlite.reader import JournalFiles, Query
 
 #: How many peers each of the top lists holds unless told otherwise.
 TOP = 10
@@ -263,10 +263,10 @@ def source(conn: Any) -> Source:
     or a PostgreSQL connection.
     """
     if isinstance(conn, JournalFiles):
-        from primecount.journal.sqlitestats import FileSource
+        from primecount.journal.sqlite.stats import FileSource
 
         return FileSource(conn)
-    from primecount.journal.pgstats import DatabaseSource
+    from primecount.journal.postgresql.stats import DatabaseSource
 
     return DatabaseSource(conn)
 

@@ -39,7 +39,7 @@ def stored(url: str) -> list[Record]:
     """
     Every record in the journal at C{url}, in id order.
     """
-    from primecount.journal import pgreader
+    from primecount.journal.postgresql import reader as pgreader
 
     conn = pgreader.open_database(url)
     try:
@@ -174,8 +174,8 @@ class WriterTests(_Database, TestCase):
             self.assertEqual(setting, expected)
 
     def test_schemaCreatedOnceAndVersioned(self) -> None:
-        from primecount.journal.pgschema import SCHEMA_VERSION
         from primecount.journal.postgresql import check_writable
+        from primecount.journal.postgresql.schema import SCHEMA_VERSION
 
         check_writable(parse_url(self.url))
         check_writable(parse_url(self.url))
@@ -224,7 +224,7 @@ class TableLockTests(_Database, TestCase):
         import psycopg
         from twisted.internet.threads import deferToThread
 
-        from primecount.journal import postgresql
+        from primecount.journal.postgresql import writer as postgresql
 
         self.patch(postgresql, "PROBE_INTERVAL", 0.05)
         events: list[dict[str, Any]] = []
@@ -275,7 +275,7 @@ class InDoubtTests(_Database, TestCase):
     def test_cutAtCopyEndIsRecordedAsFailed(self) -> Any:
         from twisted.internet.threads import deferToThread
 
-        from primecount.journal import postgresql
+        from primecount.journal.postgresql import writer as postgresql
         from tests.doubles import CopyCuttingRelay
 
         self.patch(postgresql, "PROBE_INTERVAL", 0.05)
@@ -476,7 +476,7 @@ class ReaderTests(_Database, TestCase):
         self.same("--since", since, "--peer", "127.0.0.1", "--limit", "1", "--format", "jsonl")
 
     def test_prune(self) -> None:
-        from primecount.journal import pgreader
+        from primecount.journal.postgresql import reader as pgreader
 
         self.patch(pgreader, "PRUNE_BATCH", 2)
         status, out, err = run_journal(
@@ -513,8 +513,8 @@ class FollowTests(_Database, TestCase):
     def test_neverSkipsARecordCommittedLate(self) -> None:
         import psycopg
 
-        from primecount.journal import pgreader
-        from primecount.journal.pgschema import COPY, COPY_TYPES, to_row
+        from primecount.journal.postgresql import reader as pgreader
+        from primecount.journal.postgresql.schema import COPY, COPY_TYPES, to_row
 
         journal = self.journal()
         journal.commit([record(0)])
@@ -541,7 +541,7 @@ class FollowTests(_Database, TestCase):
         self.assertLess(ids[1001], ids[1002])
 
     def test_followCommand(self) -> None:
-        from primecount.journal import pgreader
+        from primecount.journal.postgresql import reader as pgreader
 
         journal = self.journal()
         journal.commit([record(i) for i in range(12)])

@@ -15,7 +15,8 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.core.count import expected_reply
-from primecount.journal import formats, reader
+from primecount.journal import formats
+from primecount.journal.sqlite import reader
 from tests.helpers import ServerProcess, recv_all, recv_lines
 
 YES = "sí".encode()

@@ -17,9 +17,9 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount.journal import JournalUnavailable, JournalURLError, parse_url, schema
+from primecount.journal import JournalUnavailable, JournalURLError, parse_url
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
-from primecount.journal.sqlite import SQLiteJournal, check_writable
+from primecount.journal.sqlite import SQLiteJournal, check_writable, schema
 from primecount.metrics.recorder import NullMetrics
 
 

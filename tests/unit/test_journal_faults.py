@@ -20,9 +20,9 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from primecount.journal import JournalUnavailable, schema
+from primecount.journal import JournalUnavailable
 from primecount.journal.records import PROTOCOL_COUNT, Record
-from primecount.journal.sqlite import SQLiteJournal
+from primecount.journal.sqlite import SQLiteJournal, schema
 from primecount.journal.sqlite import writer as journal_module
 
 

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from primecount.cli import journal as journalcli
-from primecount.journal import JournalURL, for_worker, formats, parse_url, reader, schema
+from primecount.journal import JournalURL, for_worker, formats, parse_url
 from primecount.journal.records import Record
+from primecount.journal.sqlite import reader, schema
 
 #: 2026-02-16 10:37:12.345 UTC.
 T = datetime(2026, 2, 16, 10, 37, 12, 345000, tzinfo=UTC).timestamp()

@@ -28,9 +28,10 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.cli import journalstats
-from primecount.journal import schema, sqlitestats
-from primecount.journal.reader import JournalFiles, Query
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
+from primecount.journal.sqlite import schema
+from primecount.journal.sqlite import stats as sqlitestats
+from primecount.journal.sqlite.reader import JournalFiles, Query
 from primecount.journal.stats import Peer, buckets, merged_sums, summarize, top_peers
 from tests.unit.test_journalcli import RunMixin, append, temp_path
 

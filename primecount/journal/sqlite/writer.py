@@ -60,8 +60,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import primecount.journal.sqlite.schema as schema
 from primecount.core.fileaccess import explain
-from primecount.journal import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError, schema
+from primecount.journal import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError
 from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder

@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from primecount.journal import JournalURLError, mask_password
 from primecount.journal.records import Record
-from primecount.journal.schema import COLUMNS
+from primecount.journal.sqlite.schema import COLUMNS
 
 #: Connection settings used unless the URL gives its own: a connection
 #: attempt gives up after 5 s; data unacknowledged by the server for 10 s,

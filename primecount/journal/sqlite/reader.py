@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import primecount.journal.sqlite.schema as schema
 from primecount import journal
 from primecount.core.fileaccess import explain
-from primecount.journal import schema
 from primecount.journal.formats import writer
 from primecount.journal.records import Record
 
@@ -425,7 +425,7 @@ def backend(url: str) -> Backend:
     """
     if url.startswith(journal.POSTGRESQL_SCHEMES):
         try:
-            from primecount.journal import pgreader
+            from primecount.journal.postgresql import reader as pgreader
         except ImportError:
             raise JournalError(
                 "reading a PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"

@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 
-from primecount.journal.pgschema import TABLE
-from primecount.journal.reader import Query
+from primecount.journal.postgresql.schema import TABLE
+from primecount.journal.sqlite.reader import Query
 from primecount.journal.stats import Peer
 
 

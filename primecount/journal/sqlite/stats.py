@@ -30,8 +30,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from primecount.journal import schema
-from primecount.journal.reader import JournalFiles, Query
+import primecount.journal.sqlite.schema as schema
+from primecount.journal.sqlite.reader import JournalFiles, Query
 from primecount.journal.stats import Peer, merged_sums, top_peers
 
 #: Rows handed over at once by a file read in a thread of its own.

@@ -27,7 +27,7 @@ import psycopg
 
 from primecount.journal import mask_password
 from primecount.journal.formats import writer
-from primecount.journal.pgschema import (
+from primecount.journal.postgresql.schema import (
     CHANNEL,
     FAILED_ERROR,
     FAILED_GROUPS,
@@ -36,8 +36,8 @@ from primecount.journal.pgschema import (
     message_of,
     why,
 )
-from primecount.journal.reader import Backend, JournalError, Query
 from primecount.journal.records import Record
+from primecount.journal.sqlite.reader import Backend, JournalError, Query
 
 #: Seconds between two polls of C{--follow} when no NOTIFY wakes it.
 POLL_INTERVAL = 1.0

@@ -76,7 +76,7 @@ from primecount.journal import (
     mask_password,
 )
 from primecount.journal.base import _WAKE, ThreadedJournal
-from primecount.journal.pgschema import (
+from primecount.journal.postgresql.schema import (
     CHANNEL,
     COPY,
     COPY_TYPES,
