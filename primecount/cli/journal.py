@@ -3,11 +3,12 @@
 C{primecount journal}: read the request journal back, follow it, sum it
 up (C{--stats}), prune it.
 
-The options are declared and checked here; reading is
-L{primecount.journal.reader} (SQLite) or L{primecount.journal.pgreader}
-(PostgreSQL), the output formats are L{primecount.journal.formats}; the
-sums are L{primecount.journal.stats}, written by
-L{primecount.cli.journalstats}.
+The options are declared and checked here; reading is the journal's
+backend's (L{primecount.journal.reader_for} picks it from the backend
+table: L{primecount.journal.sqlite.reader} or
+L{primecount.journal.postgresql.reader}), the output formats are
+L{primecount.journal.formats}; the sums are L{primecount.journal.stats},
+written by L{primecount.cli.journalstats}.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import time
 from datetime import UTC, datetime
 from typing import TextIO
 
-from primecount.journal import DEFAULT_URL
+from primecount.journal import DEFAULT_URL, JournalError, Query, reader_for
 from primecount.journal.formats import FORMATS, format_iso_time
-from primecount.journal.sqlite.reader import JournalError, Query, backend
 from primecount.journal.stats import TOP
 
 #: How many records C{--follow} shows before waiting for new ones, unless
@@ -226,7 +226,7 @@ def query_of(args: argparse.Namespace) -> Query:
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     _check(args)
-    reader = backend(args.journal)
+    reader = reader_for(args.journal)
     if args.prune_before is not None:
         before = parse_time(args.prune_before)
         conn = reader.connect(False)
@@ -246,7 +246,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             from primecount.cli import journalstats
 
             width = shutil.get_terminal_size().columns
-            journalstats.write(conn, query, args.format, reader.shown, out, top=top, width=width)
+            journalstats.write(
+                reader.stats(conn), query, args.format, reader.shown, out, top=top, width=width
+            )
             return 0
         reader.show(conn, query, args.format, out, follow=args.follow)
     except KeyboardInterrupt:

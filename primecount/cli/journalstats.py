@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from primecount.cli.texts import duration_text
 from primecount.journal.formats import format_iso_time, format_seed_time
-from primecount.journal.sqlite.reader import Query
+from primecount.journal.interface import Query, Source
 from primecount.journal.stats import MINUTE, Peer, Summary, buckets, summarize
 
 #: The bars of a sparkline, lowest to highest; a blank is no request at all.
@@ -135,7 +135,7 @@ def _iso(when: float | None) -> str | None:
     return None if when is None else format_iso_time(when)
 
 
-def write_json(conn: Any, query: Query, shown: str, out: TextIO, top: int) -> None:
+def write_json(source: Source, query: Query, shown: str, out: TextIO, top: int) -> None:
     """
     The summary and the per-minute series as one JSON object on one line
     (C{--format jsonl}); the series comes first, written as it is read.
@@ -150,7 +150,7 @@ def write_json(conn: Any, query: Query, shown: str, out: TextIO, top: int) -> No
         sep = ","
 
     out.write('{"per_minute":[')
-    summary = summarize(conn, query, top, minute)
+    summary = summarize(source, query, top, minute)
     rest = {
         "journal": shown,
         "files": summary.files,
@@ -171,36 +171,36 @@ def write_json(conn: Any, query: Query, shown: str, out: TextIO, top: int) -> No
     out.write("]," + json.dumps(rest, separators=(",", ":"), ensure_ascii=False)[1:] + "\n")
 
 
-def write_csv(conn: Any, query: Query, out: TextIO) -> None:
+def write_csv(source: Source, query: Query, out: TextIO) -> None:
     """
     The per-minute series as CSV (C{--format csv}): C{minute,requests,errors}.
     """
     rows = csv.writer(out, lineterminator="\n")
     rows.writerow(("minute", "requests", "errors"))
-    for start, requests, errors in buckets(conn, query, MINUTE):
+    for start, requests, errors in buckets(source, query, MINUTE):
         rows.writerow((format_iso_time(start), requests, errors))
 
 
 def write(
-    conn: Any, query: Query, fmt: str, shown: str, out: TextIO, *, top: int, width: int = 80
+    source: Source, query: Query, fmt: str, shown: str, out: TextIO, *, top: int, width: int = 80
 ) -> None:
     """
     Sum up the records of C{query} and write them in format C{fmt}.
 
-    @param conn: the journal, as L{primecount.journal.reader.backend}
-        opens it.
+    @param source: the journal, as its
+        L{primecount.journal.interface.Reader}'s C{stats} gives it.
     @param shown: the journal's name, fit to print.
     @param top: how many peers each top list holds.
     @param width: the terminal's width, for the sparkline.
     """
     if fmt == "jsonl":
-        write_json(conn, query, shown, out, top)
+        write_json(source, query, shown, out, top)
     elif fmt == "csv":
-        write_csv(conn, query, out)
+        write_csv(source, query, out)
     else:
         minutes = array("q")
         summary = summarize(
-            conn, query, top, lambda start, requests, errors: minutes.append(requests)
+            source, query, top, lambda start, requests, errors: minutes.append(requests)
         )
         write_text(summary, minutes, shown, out, width)
     out.flush()

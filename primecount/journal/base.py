@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount.core.wording import plural
-from primecount.journal import DEFAULT_TIMEOUT, JournalUnavailable
+from primecount.journal.interface import DEFAULT_TIMEOUT, JournalUnavailable
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 

@@ -34,16 +34,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
-import primecount.journal.sqlite.schema as schema
 from primecount.core.count import NO, YES
-from primecount.journal.records import PROTOCOL_RANGE, Record
+from primecount.journal.records import FIELDS, PROTOCOL_RANGE, Record
 
 #: The output formats, the first being the default.
 FORMATS = ("seed", "jsonl", "csv")
 
 
 #: The columns of C{--format csv} and the keys of C{--format jsonl}.
-CSV_COLUMNS = schema.FIELDS
+CSV_COLUMNS = FIELDS
 
 
 _SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -32,6 +32,7 @@ from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
 from primecount.journal.sqlite import schema
 from primecount.journal.sqlite import stats as sqlitestats
 from primecount.journal.sqlite.reader import JournalFiles, Query
+from primecount.journal.sqlite.stats import FileSource
 from primecount.journal.stats import Peer, buckets, merged_sums, summarize, top_peers
 from tests.unit.test_journalcli import RunMixin, append, temp_path
 
@@ -250,7 +251,7 @@ class StatsTests(RunMixin, TestCase):
         out = io.StringIO()
         files = JournalFiles(self.path)
         self.addCleanup(files.close)
-        journalstats.write(files, Query(), "seed", self.path, out, top=3, width=80)
+        journalstats.write(FileSource(files), Query(), "seed", self.path, out, top=3, width=80)
         self.assertEqual(
             out.getvalue().splitlines(),
             [
@@ -310,7 +311,7 @@ class SeriesTests(SynchronousTestCase):
         files = JournalFiles(path)
         self.addCleanup(files.close)
         self.assertEqual(
-            list(buckets(files, Query(), 120)),
+            list(buckets(FileSource(files), Query(), 120)),
             [(T0, 8, 2), (T0 + 120, 6, 3), (T0 + 240, 1, 0)],
         )
 
@@ -382,7 +383,7 @@ class MergeTests(SynchronousTestCase):
         append(path, [])
         files = JournalFiles(path)
         self.addCleanup(files.close)
-        summary = summarize(files, Query())
+        summary = summarize(FileSource(files), Query())
         self.assertEqual((summary.requests, summary.first, summary.by_requests), (0, None, []))
 
 

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
 """
 C{primecount journal --journal postgresql://…}: the PostgreSQL journal read
-back, followed and pruned, with the options and the output formats of the
-SQLite one (L{primecount.journal.reader}, L{primecount.journal.formats}).
+back (L{show}), followed (L{Follower}) and pruned (L{prune}), with the
+options and the output formats of the SQLite one
+(L{primecount.journal.sqlite.reader}, L{primecount.journal.formats}).
 
 Following: ids are assigned at insert, not at commit, so with several
 writers a record with a lower id can be committed after one with a higher
@@ -25,8 +26,8 @@ from typing import Any, TextIO
 
 import psycopg
 
-from primecount.journal import mask_password
 from primecount.journal.formats import writer
+from primecount.journal.interface import JournalError, Query, mask_password
 from primecount.journal.postgresql.schema import (
     CHANNEL,
     FAILED_ERROR,
@@ -37,7 +38,6 @@ from primecount.journal.postgresql.schema import (
     why,
 )
 from primecount.journal.records import Record
-from primecount.journal.sqlite.reader import Backend, JournalError, Query
 
 #: Seconds between two polls of C{--follow} when no NOTIFY wakes it.
 POLL_INTERVAL = 1.0
@@ -257,18 +257,3 @@ def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
     if vacuum:
         conn.execute(f"VACUUM (FULL, ANALYZE) {TABLE}")
     return total
-
-
-def backend(url: str) -> Backend:
-    """
-    The reader of the PostgreSQL journal at C{url}, for
-    L{primecount.journal.reader.backend}.
-    """
-    return Backend(
-        shown=mask_password(url),
-        connect=lambda readonly: open_database(url),
-        show=show,
-        prune=prune,
-        errors=psycopg.Error,
-        why=why,
-    )

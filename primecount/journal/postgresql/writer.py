@@ -66,7 +66,8 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 
-from primecount.journal import (
+from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.interface import (
     DEFAULT_TIMEOUT,
     DISK,
     PROCESS,
@@ -75,7 +76,6 @@ from primecount.journal import (
     JournalURLError,
     mask_password,
 )
-from primecount.journal.base import _WAKE, ThreadedJournal
 from primecount.journal.postgresql.schema import (
     CHANNEL,
     COPY,

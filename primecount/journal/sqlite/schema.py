@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.unit.test_journal -*-
 """
-The journal's SQLite schema, and the mapping between rows and L{Record}s.
+The SQLite journal's schema, and the mapping between rows and L{Record}s
+(the table C{requests} holds a record in the columns L{COLUMNS}).
 
-Shared by the writer (L{primecount.journal.sqlite}) and the reader
-(C{primecount journal}), so the two can never disagree on a column.
+Shared by the writer (L{primecount.journal.sqlite.writer}) and the readers
+(L{primecount.journal.sqlite.reader}, L{primecount.journal.sqlite.stats}),
+so they can never disagree on a column.
 """
 
 from __future__ import annotations
@@ -17,24 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from operator import itemgetter
 
-from primecount.journal.records import PROTOCOL_COUNT, Record
-
-#: The columns of C{requests}, in the order of L{Record}'s fields. The
-#: C{host} column holds L{Record.peer}: the storage keeps its old name,
-#: since renaming a column of existing journals needs a migration.
-COLUMNS = (
-    "time",
-    "host",
-    "port",
-    "protocol",
-    "message",
-    "count",
-    "prime",
-    "error",
-    "a",
-    "b",
-    "sum_ok",
-)
+from primecount.journal.records import COLUMNS, PROTOCOL_COUNT, Record
 
 CREATE = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -297,12 +282,6 @@ def settle_row(record: Record) -> tuple[object, ...]:
         record.a,
         record.b,
     )
-
-
-#: L{Record}'s field of each column of L{COLUMNS}.
-FIELDS = tuple("peer" if column == "host" else column for column in COLUMNS)
-
-assert Record._fields == FIELDS, "Record's fields must be the columns, in order"
 
 
 def from_row(row: Iterable[object]) -> Record:

@@ -62,8 +62,8 @@ from typing import Any
 
 import primecount.journal.sqlite.schema as schema
 from primecount.core.fileaccess import explain
-from primecount.journal import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError
 from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.interface import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
 
