@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from primecount.journal import DEFAULT_URL, JournalError, Query, reader_for
-from primecount.journal.formats import FORMATS, format_iso_time
+from primecount.journal.formats import FORMATS, format_iso_time, format_name
 from primecount.journal.stats import TOP
 
 #: How many records C{--follow} shows before waiting for new ones, unless
@@ -121,10 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default=FORMATS[0],
+        type=format_name,
         choices=FORMATS,
-        help="seed: the original log lines (default); jsonl: one JSON object "
-        "per line; csv: a header row, then one row per record (with --stats: "
-        "see there)",
+        help="original: the original server's log lines (default; seed, its "
+        "older name, works too); jsonl: one JSON object per line; csv: a header "
+        "row, then one row per record (with --stats: see there)",
     )
     parser.add_argument(
         "--since",
@@ -155,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="sum up the matching records instead of listing them: totals by "
         "outcome, error share, top peers, range bad sums, requests per minute "
-        "(seed: a report with a sparkline; jsonl: one JSON object with the "
+        "(original: a report with a sparkline; jsonl: one JSON object with the "
         "per-minute series; csv: the per-minute series); counted by the database",
     )
     parser.add_argument(

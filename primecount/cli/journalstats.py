@@ -3,7 +3,7 @@
 C{primecount journal --stats}: the output of the journal's sums
 (L{primecount.journal.stats}) in each C{--format}.
 
-  - C{seed} (the default): a report for a person: the totals by outcome with
+  - C{original} (the default): a report for a person: the totals by outcome with
     their shares, the range protocol's bad sums, the top peers by requests
     and by errors, and the requests per minute as a sparkline as wide as
     the terminal (each column one minute, or several when the range is
@@ -23,7 +23,7 @@ from array import array
 from typing import Any, TextIO
 
 from primecount.cli.texts import duration_text
-from primecount.journal.formats import format_iso_time, format_seed_time
+from primecount.journal.formats import format_iso_time, format_original_time
 from primecount.journal.interface import Query, Source
 from primecount.journal.stats import MINUTE, Peer, Summary, buckets, summarize
 
@@ -83,7 +83,7 @@ def columns_of(minutes: array[int], columns: int) -> tuple[list[float], int]:
 
 def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, width: int) -> None:
     """
-    The report for a person (C{--format seed}), at most C{width} columns
+    The report for a person (C{--format original}), at most C{width} columns
     wide, from the summary and its requests per minute.
     """
     files = f" ({summary.files} files)" if summary.files > 1 else ""
@@ -92,7 +92,7 @@ def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, w
         out.write("no records\n")
         return
     out.write(
-        f"{format_seed_time(summary.first)} to {format_seed_time(summary.last)} UTC "
+        f"{format_original_time(summary.first)} to {format_original_time(summary.last)} UTC "
         f"({duration_text(summary.last - summary.first)})\n\n"
     )
     n = summary.requests
@@ -122,7 +122,7 @@ def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, w
         f"mean {n / len(minutes):,.1f}\n"
     )
     out.write(f"  {sparkline(series)}\n")
-    start, end = format_seed_time(summary.first)[:16], format_seed_time(summary.last)[:16]
+    start, end = format_original_time(summary.first)[:16], format_original_time(summary.last)[:16]
     gap = len(series) - len(start) - len(end)
     out.write(f"  {start}{' ' * gap}{end}\n" if gap > 0 else f"  {start} to {end}\n")
 

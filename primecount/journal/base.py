@@ -112,7 +112,7 @@ class ThreadedJournal(Service):
     L{_finishing} and L{_close}; work that may have been given up asks
     L{_givenUp} before it touches anything but its own connection.
 
-    @ivar batches: how many transactions were committed.
+    @ivar groups: how many group commits (transactions) were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     @ivar timeout: seconds a commit may take before it is given up.
@@ -176,7 +176,7 @@ class ThreadedJournal(Service):
         self._wakeProber = threading.Event()
         # The generation whose commit lock this thread holds (see _givenUp).
         self._holding = threading.local()
-        self.batches = 0
+        self.groups = 0
         self.committed = 0
         self.failed = 0
 
@@ -504,7 +504,7 @@ class ThreadedJournal(Service):
 
     def _committed(self, n: int, seconds: float) -> None:
         self._afterCommit()
-        self.batches += 1
+        self.groups += 1
         self.committed += n
         self._metrics.journalCommit(n, seconds)
         if self._failing:
@@ -698,19 +698,19 @@ class ThreadedJournal(Service):
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 continue
-            batch = []
+            taken = []
             while True:
                 if item is _STOP:
                     stopping = True
                 elif item is not _WAKE:
-                    batch.append(item)
+                    taken.append(item)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             # Inserts first: a settle only ever follows its own insert.
-            inserts = [(records, d) for records, d, settles in batch if not settles]
-            settles = [(records, d) for records, d, settles in batch if settles]
+            inserts = [(records, d) for records, d, settles in taken if not settles]
+            settles = [(records, d) for records, d, settles in taken if settles]
             for work, group in ((self.commit, inserts), (self._settle, settles)):
                 if not group:
                     continue

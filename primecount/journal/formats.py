@@ -2,19 +2,19 @@
 """
 The journal's output formats (one record is always exactly one line):
 
-  - C{seed}: the original server's log line,
+  - C{original}: the original server's log line,
     C{2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí}; an error as
     C{2026-02-16 10:37:12 | 127.0.0.1 |  | ERR empty message}; a range
     request as C{2026-02-16 10:37:12 | 127.0.0.1 | range [10, 20] | 4 | sum ok}.
   - C{jsonl}: one JSON object per record.
   - C{csv}: a header row, then one row per record.
 
-In C{seed} and C{csv}, control characters in messages and errors are
+In C{original} and C{csv}, control characters in messages and errors are
 escaped with L{escape}; JSON escapes them itself (and this module also
 escapes the few that JSON leaves raw but some readers split lines on).
 
 A message that was not valid UTF-8 is kept in the journal as the bytes that
-arrived (L{message_text}): C{seed} and C{csv} show each byte that is not
+arrived (L{message_text}): C{original} and C{csv} show each byte that is not
 part of UTF-8 text as C{\\udcXX} (XX its value in hex: C{ab\\udcff} for
 C{b"ab\\xff"}), which no client's text can produce (the server stores as
 text only what decoded as UTF-8, and a backslash sent as text is shown
@@ -38,7 +38,18 @@ from primecount.core.count import NO, YES
 from primecount.journal.records import FIELDS, PROTOCOL_RANGE, Record
 
 #: The output formats, the first being the default.
-FORMATS = ("seed", "jsonl", "csv")
+FORMATS = ("original", "jsonl", "csv")
+
+#: Older names of formats, still accepted: C{seed} is C{original}.
+FORMAT_ALIASES = {"seed": "original"}
+
+
+def format_name(name: str) -> str:
+    """
+    The format C{name} names: itself, or the format it is an older name of
+    (L{FORMAT_ALIASES}).
+    """
+    return FORMAT_ALIASES.get(name, name)
 
 
 #: The columns of C{--format csv} and the keys of C{--format jsonl}.
@@ -121,9 +132,10 @@ def _utc_second(second: int) -> datetime:
     return datetime.fromtimestamp(second, UTC)
 
 
-def format_seed_time(when: float) -> str:
+def format_original_time(when: float) -> str:
     """
-    C{2026-02-16 10:37:12}: UTC, to the second (truncated), as the seed logged.
+    C{2026-02-16 10:37:12}: UTC, to the second (truncated), as the original
+    server logged it.
     """
     return f"{_utc_second(_split_time(when)[0]):%Y-%m-%d %H:%M:%S}"
 
@@ -161,7 +173,7 @@ def _error(error: str) -> str:
     return "ERR " + escape(error)
 
 
-def format_seed(record: Record) -> str:
+def format_original(record: Record) -> str:
     """
     One record as the original server's log line (without line end).
 
@@ -172,7 +184,7 @@ def format_seed(record: Record) -> str:
     failed request of either kind is answered C{ERR reason}. A missing value
     is shown as C{?}.
     """
-    head = f"{format_seed_time(record.time)} | {record.peer}"
+    head = f"{format_original_time(record.time)} | {record.peer}"
     if record.protocol == PROTOCOL_RANGE:
         bounds = ", ".join("?" if v is None else str(v) for v in (record.a, record.b))
         asked = f"range [{bounds}]"
@@ -243,7 +255,7 @@ def csv_row(record: Record) -> list[object]:
 
     Flags are C{true}/C{false}, a missing value is an empty cell, and text
     is escaped with L{escape} so that a row is exactly one line (a message
-    kept as bytes as in C{seed}, see L{message_text}).
+    kept as bytes as in C{original}, see L{message_text}).
     """
     values = record_dict(record)
     values["message"] = message_text(record.message) if record.message is not None else None
@@ -263,7 +275,7 @@ def writer(fmt: str, out: TextIO) -> Callable[[Record], None]:
             rows.writerow(csv_row(record))
 
         return write_row
-    line = format_jsonl if fmt == "jsonl" else format_seed
+    line = format_jsonl if fmt == "jsonl" else format_original
 
     def write_line(record: Record) -> None:
         out.write(line(record) + "\n")

@@ -72,7 +72,7 @@ class Journal(Protocol):
         may skip building them.
     @ivar running: whether the service is started.
     @ivar committed: how many records were committed.
-    @ivar batches: how many transactions committed them.
+    @ivar groups: how many group commits (transactions) committed them.
     @ivar stuck: whether a thread is still inside a commit that was given
         up (see L{onAbandon}): it may keep the process from exiting.
     """
@@ -80,7 +80,7 @@ class Journal(Protocol):
     keepsRecords: bool
     running: bool | int
     committed: int
-    batches: int
+    groups: int
     stuck: bool
 
     def commit(self, records: Sequence[Record]) -> None:
@@ -139,7 +139,7 @@ class NullJournal(Service):
 
     keepsRecords = False
     committed = 0
-    batches = 0
+    groups = 0
     stuck = False
 
     def commit(self, records: Sequence[Record]) -> None:

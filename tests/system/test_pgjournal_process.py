@@ -91,7 +91,7 @@ class WriterTests(_Database, TestCase):
         journal.commit([record(0), record(1)])
         journal.commit([record(2)])
         self.assertEqual(stored(self.url), [record(0), record(1), record(2)])
-        self.assertEqual((journal.batches, journal.committed), (2, 3))
+        self.assertEqual((journal.groups, journal.committed), (2, 3))
 
     def test_oneCopyPerGroup(self) -> None:
         # A group is one transaction: its rows share one transaction id.
@@ -461,7 +461,7 @@ class ReaderTests(_Database, TestCase):
         return pg[1]
 
     def test_formats(self) -> None:
-        for fmt in ("seed", "jsonl", "csv"):
+        for fmt in ("original", "jsonl", "csv"):
             out = self.same("--format", fmt)
             self.assertEqual(len(out.splitlines()), len(MIXED) + (fmt == "csv"))
         self.assertIn("a\\x00b\\nc", self.same())
@@ -478,7 +478,7 @@ class ReaderTests(_Database, TestCase):
     def test_prune(self) -> None:
         from primecount.journal.postgresql import reader as pgreader
 
-        self.patch(pgreader, "PRUNE_BATCH", 2)
+        self.patch(pgreader, "PRUNE_CHUNK", 2)
         status, out, err = run_journal(
             "--journal", self.url, "--prune-before", "2026-02-16T10:38:00Z"
         )

@@ -132,7 +132,7 @@ class CountProtocolTests(ServerTestCase):
             records = [r for _, r in reader.select(conn, reader.Query())]
         finally:
             conn.close()
-        shown = [formats.format_seed(r).split(" | ")[2] for r in records[2:]]
+        shown = [formats.format_original(r).split(" | ")[2] for r in records[2:]]
         self.assertEqual(shown, ["\\udcff", "\\\\xff"])
 
     def test_sigtermExitsCleanly(self) -> None:

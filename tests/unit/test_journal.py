@@ -130,7 +130,7 @@ class WriterTests(TestCase):
         self.control.gate.set()
         yield defer.gatherResults([first, *later])
         self.assertEqual(self.control.batchSizes, [1, 50])
-        self.assertEqual(self.journal.batches, 2)
+        self.assertEqual(self.journal.groups, 2)
         self.assertEqual([r.port for r in self.stored()], [1000 + i for i in range(51)])
 
     @defer.inlineCallbacks

@@ -105,7 +105,7 @@ class OpenJournalTests(TestCase):
         self.assertIsNone(self.successResultOf(journal.settle([RECORD])))
         journal.hurry()
         self.assertIsNone(journal.stopService())
-        self.assertEqual((journal.committed, journal.batches), (0, 0))
+        self.assertEqual((journal.committed, journal.groups), (0, 0))
 
     def test_sqlitePath(self) -> None:
         """

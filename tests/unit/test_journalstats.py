@@ -178,10 +178,20 @@ class StatsTests(RunMixin, TestCase):
         together = json.loads(self.lines("--journal", one, "--stats", "--format", "jsonl")[0])
         self.assertEqual(together["files"], 1)
         self.assertEqual(without_name(together), EXPECTED)
-        for fmt in ("seed", "csv"):
+        for fmt in ("original", "csv"):
             split = self.lines("--journal", self.url, "--stats", "--format", fmt)
             whole = self.lines("--journal", one, "--stats", "--format", fmt)
             self.assertEqual(split[1:], whole[1:])
+
+    def test_seedIsTheOriginalReport(self) -> None:
+        """
+        C{--stats --format seed}, the original format's older name, gives
+        the report of C{--format original}.
+        """
+        self.assertEqual(
+            self.lines("--journal", self.url, "--stats", "--format", "seed"),
+            self.lines("--journal", self.url, "--stats", "--format", "original"),
+        )
 
     def test_topCutsBothLists(self) -> None:
         found = self.stats("--top", "2")
@@ -251,7 +261,7 @@ class StatsTests(RunMixin, TestCase):
         out = io.StringIO()
         files = JournalFiles(self.path)
         self.addCleanup(files.close)
-        journalstats.write(FileSource(files), Query(), "seed", self.path, out, top=3, width=80)
+        journalstats.write(FileSource(files), Query(), "original", self.path, out, top=3, width=80)
         self.assertEqual(
             out.getvalue().splitlines(),
             [

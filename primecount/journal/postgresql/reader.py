@@ -43,7 +43,7 @@ from primecount.journal.records import Record
 POLL_INTERVAL = 1.0
 
 #: Records deleted per transaction when pruning.
-PRUNE_BATCH = 5000
+PRUNE_CHUNK = 5000
 
 _COLUMNS = (
     "id, time, host, port, protocol, message, message_bytes, count, prime, error, a, b, sum_ok"
@@ -236,8 +236,8 @@ def show(
 
 def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
     """
-    Delete the records older than C{before}, oldest first, in batches of
-    L{PRUNE_BATCH} (one short transaction each, beside the writers' COPYs,
+    Delete the records older than C{before}, oldest first, in chunks of
+    L{PRUNE_CHUNK} (one short transaction each, beside the writers' COPYs,
     which insert and never wait for it); return how many. PostgreSQL's
     autovacuum makes the space reusable; with C{vacuum}, C{VACUUM FULL}
     also returns it to the file system, holding a lock that blocks the
@@ -249,10 +249,10 @@ def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
         cursor = conn.execute(
             f"DELETE FROM {TABLE} WHERE id IN "
             f"(SELECT id FROM {TABLE} WHERE time < %s ORDER BY id LIMIT %s)",
-            (_stamp(before), PRUNE_BATCH),
+            (_stamp(before), PRUNE_CHUNK),
         )
         total += cursor.rowcount
-        if cursor.rowcount < PRUNE_BATCH:
+        if cursor.rowcount < PRUNE_CHUNK:
             break
     if vacuum:
         conn.execute(f"VACUUM (FULL, ANALYZE) {TABLE}")

@@ -145,7 +145,7 @@ class PostgresJournal(ThreadedJournal):
     no lock another one waits for). Group commit and the journal's thread:
     L{ThreadedJournal}.
 
-    @ivar batches: how many groups were committed.
+    @ivar groups: how many group commits were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """

@@ -14,7 +14,7 @@ run against a live server. It reads in chunks of L{READ_CHUNK} records, each
 its own short read transaction, so that an export never holds a snapshot
 that keeps the server's checkpoints (and a rotation, see
 L{primecount.journal.sqlite.writer}) waiting for long. Pruning writes, in
-short batches, so the server's group commits slip in between them.
+short chunks, so the server's group commits slip in between them.
 
 A record whose commit was in doubt and whose client was told C{ERR journal
 unavailable} (its group is in C{failed_groups}) reads back with that error.
@@ -45,7 +45,7 @@ POLL_INTERVAL = 0.2
 
 #: Records deleted per transaction when pruning; small enough that the
 #: server's writer never waits long for its next group commit.
-PRUNE_BATCH = 5000
+PRUNE_CHUNK = 5000
 
 
 #: Seconds a pruning transaction waits for the server's writer to finish.
@@ -318,8 +318,8 @@ def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
     """
     Delete the records of one file older than C{before}; return how many.
 
-    Deletes in batches of L{PRUNE_BATCH}, one short transaction each, so a
-    server writing meanwhile waits at most one batch. The freed pages are
+    Deletes in chunks of L{PRUNE_CHUNK}, one short transaction each, so a
+    server writing meanwhile waits at most one chunk. The freed pages are
     reused by new records; when the file uses incremental auto-vacuum they
     are also returned to the file system. With C{vacuum}, the file is
     rebuilt to its smallest size, which holds a write lock for the whole
@@ -331,10 +331,10 @@ def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
         deleted = conn.execute(
             "DELETE FROM requests WHERE id IN "
             "(SELECT id FROM requests WHERE time < ? AND id < ? ORDER BY id LIMIT ?)",
-            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_BATCH),
+            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_CHUNK),
         ).rowcount
         total += deleted
-        if deleted < PRUNE_BATCH:
+        if deleted < PRUNE_CHUNK:
             break
     if vacuum:
         conn.execute("VACUUM")

@@ -144,7 +144,7 @@ class SQLiteJournal(ThreadedJournal):
     (group commit and the writer thread: L{ThreadedJournal}).
 
     @ivar path: the database file.
-    @ivar batches: how many transactions were committed.
+    @ivar groups: how many group commits (transactions) were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """
