@@ -6,8 +6,8 @@ failure episodes (one log line at the start, one at the end; commits fail at
 once meanwhile while the writer thread probes for the end), and the service's
 start and stop.
 
-A backend (L{primecount.journal.sqlite.SQLiteJournal},
-L{primecount.journal.postgresql.PostgresJournal}) supplies how records are written
+A backend's writer (L{primecount.journal.sqlite.writer.SQLiteJournal},
+L{primecount.journal.postgresql.writer.PostgresJournal}) supplies how records are written
 and settled, how a probe tests the database, its periodic work and how its
 connection is dropped.
 """
@@ -64,7 +64,7 @@ class _Busy:
     One piece of work on the database in progress (a commit, a settle, the
     writer thread's periodic work), watched so that it can be given up.
 
-    @ivar started: when it began (L{time.monotonic}).
+    @ivar started: when it began (C{time.monotonic}).
     @ivar generation: the journal's generation it began in; older than the
         journal's means it was given up.
     """
@@ -120,7 +120,8 @@ class ThreadedJournal(Service):
 
     _log = Logger()
 
-    #: It keeps what it is given (a L{primecount.journal.NullJournal} does not).
+    #: It keeps what it is given (a L{primecount.journal.interface.NullJournal}
+    #: does not).
     keepsRecords: bool = True
 
     #: The writer thread's name.
@@ -194,7 +195,7 @@ class ThreadedJournal(Service):
         C{group}; holds C{_commitLock}. A backend that cannot tell whether a
         failed write was committed calls L{_doubt}.
 
-        @return: L{None} once committed, else why not.
+        @return: C{None} once committed, else why not.
         """
         raise NotImplementedError
 
@@ -202,7 +203,7 @@ class ThreadedJournal(Service):
         """
         Apply settles in one transaction; holds C{_commitLock}.
 
-        @return: L{None} once done, else why not.
+        @return: C{None} once done, else why not.
         """
         raise NotImplementedError
 
@@ -249,7 +250,7 @@ class ThreadedJournal(Service):
         """
         The writer thread's periodic work, run when it wakes.
 
-        @return: when next to wake for it (L{time.monotonic}), or L{None}.
+        @return: when next to wake for it (C{time.monotonic}), or C{None}.
         """
         return None
 
@@ -329,7 +330,7 @@ class ThreadedJournal(Service):
         """
         Call C{callback} (reactor thread) each time work in progress is
         given up for taking longer than L{timeout}, with the ids of the
-        threads (L{threading.get_ident}) whose L{commit}s were given up:
+        threads (C{threading.get_ident}) whose L{commit}s were given up:
         whoever waits for such a commit answers its requests then.
         """
         self._onAbandon.append(callback)

@@ -2,10 +2,13 @@
 """
 The journal's output formats (one record is always exactly one line):
 
-  - C{original}: the original server's log line,
-    C{2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí}; an error as
-    C{2026-02-16 10:37:12 | 127.0.0.1 |  | ERR empty message}; a range
-    request as C{2026-02-16 10:37:12 | 127.0.0.1 | range [10, 20] | 4 | sum ok}.
+  - C{original}: the original server's log line: an answered count
+    request, an error (here of an empty message), a range request::
+
+        2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí
+        2026-02-16 10:37:12 | 127.0.0.1 |  | ERR empty message
+        2026-02-16 10:37:12 | 127.0.0.1 | range [10, 20] | 4 | sum ok
+
   - C{jsonl}: one JSON object per record.
   - C{csv}: a header row, then one row per record.
 
@@ -209,7 +212,7 @@ def record_dict(record: Record) -> dict[str, object]:
     One record as the object C{--format jsonl} prints: keys C{time, peer,
     port, protocol, message, count, prime, error}; for a range request
     also C{a, b, sum_ok}; for a message kept as bytes (not UTF-8),
-    C{message} is L{None} and C{message_hex} holds the bytes in hex.
+    C{message} is C{None} and C{message_hex} holds the bytes in hex.
     """
     fields: dict[str, object] = {
         "time": format_iso_time(record.time),

@@ -52,7 +52,7 @@ class Summary:
     What the matching records come to.
 
     @ivar requests: how many records.
-    @ivar outcomes: records by their error text, L{None} for C{ok}.
+    @ivar outcomes: records by their error text, C{None} for C{ok}.
     @ivar range_requests: records of the range protocol.
     @ivar bad_sums: range records whose client sent a wrong sum.
     @ivar first: the time of the oldest record, if any.
@@ -82,7 +82,7 @@ class Summary:
     @property
     def error_share(self) -> float | None:
         """
-        The errors' share of the records (0 to 1), L{None} without records.
+        The errors' share of the records (0 to 1), C{None} without records.
         """
         return self.errors / self.requests if self.requests else None
 

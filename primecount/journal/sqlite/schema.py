@@ -174,7 +174,7 @@ CACHED_STATEMENTS = 3 * MAX_ROWS + 32
 #: The row of an answered count-protocol request (no error, no range
 #: columns), the common case: the protocol is a literal and the error is
 #: left NULL, so it binds six parameters, not eight. The parameter binding
-#: holds the GIL, and sqlite3 binds a L{None} four times slower than an int
+#: holds the GIL, and sqlite3 binds a C{None} four times slower than an int
 #: (it searches for an adapter first).
 _PLAIN_ROW = "(?, ?, ?, 'count', ?, ?, ?)"
 _PLAIN_COLUMNS = COLUMNS[:7]
@@ -320,7 +320,7 @@ def connect(
     A writable connection creates the file when it is missing, readable
     and writable by its owner only (L{create_private}), then the schema,
     and switches the file to WAL, so readers never block the writer. A
-    read-only connection fails with L{sqlite3.OperationalError} when the
+    read-only connection fails with C{sqlite3.OperationalError} when the
     file does not exist.
 
     @raise OSError: when the missing file cannot be created.
@@ -355,7 +355,7 @@ def create_private(path: str) -> None:
     umask): readable by every local user. It gives the C{-wal} and C{-shm}
     files it creates later the mode and owner of the database file, so
     they are private too (checked by
-    L{tests.unit.test_privileges.JournalFileTests}).
+    C{tests.unit.test_privileges.JournalFileTests}).
 
     @raise OSError: when it cannot be created (no such directory, no
         permission).
