@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journal,tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal,tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 What every journal backend shares: group commit (leader/follower), the
 writer thread serving L{ThreadedJournal.append} and L{ThreadedJournal.settle},

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
 Journal records: what is kept of every request, on either protocol.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journalstats,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_journalstats,tests.system.test_postgresql_journal_process -*-
 """
 C{primecount journal --stats}: the journal summed up by the database.
 

@@ -15,7 +15,7 @@ import json
 
 from twisted.trial.unittest import TestCase
 
-from tests.system.test_pgjournal_process import _Database, run_journal
+from tests.system.test_postgresql_journal_process import _Database, run_journal
 from tests.unit.test_journalstats import EXPECTED, KNOWN, known_journal, without_name
 
 

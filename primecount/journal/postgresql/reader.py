@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 C{primecount journal --journal postgresql://…}: the PostgreSQL journal read
 back (L{show}), followed (L{Follower}) and pruned (L{prune}), with the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 The PostgreSQL journal's schema and connections, shared by the writer
 (L{primecount.journal.postgresql.writer}) and the readers

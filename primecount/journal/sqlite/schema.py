@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
 The SQLite journal's schema, and the mapping between rows and L{Record}s
 (the table C{requests} holds a record in the columns L{COLUMNS}).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
 The request journal: every request recorded, durably, before it is answered.
 

@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.unit.test_journal_faults -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal_faults -*-
 """
-The journal's faults, in process: a WAL that must stay bounded, a lock that
+The SQLite journal's faults, in process: a WAL that must stay bounded, a lock that
 fails commits fast and then lets them resume, a stop that stops waiting
 for a lock. Faults under a real server are in
-L{tests.system.test_journal_faults_process}.
+L{tests.system.test_sqlite_journal_faults_process}.
 """
 
 from __future__ import annotations

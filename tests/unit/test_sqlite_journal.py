@@ -1,6 +1,9 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
-The journal writer: group commit, order, failure and recovery, flush on stop.
+The SQLite journal (L{primecount.journal.sqlite}): its writer (group commit,
+order, failure and recovery, flush on stop), its URLs and its schema's
+inserts and time look-ups. What every journal shares is in
+L{tests.unit.test_journal_interface}.
 """
 
 from __future__ import annotations

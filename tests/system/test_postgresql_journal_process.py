@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.system.test_postgresql_journal_process -*-
 """
 The PostgreSQL journal against a real throwaway cluster (L{tests.pgcluster}):
 the writer, its faults, the reader, and a real twistd journalling to it.
