@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journal_interface -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal,tests.unit.test_journal_interface -*-
 """
 The SQLite journal: C{--journal sqlite:PATH} (or a bare C{PATH}), the file
 C{PATH} and, under C{--workers N}, one part per worker beside it.
