@@ -49,8 +49,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 
-from primecount.journal import schema
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
+from primecount.journal.sqlite import schema
 
 BATCH = 50
 

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from primecount.journal import schema
+from primecount.journal.sqlite import schema
 
 #: 2026-02-16 00:00:00 UTC.
 START = 1771200000.0
@@ -98,7 +98,7 @@ def build_postgresql(url: str, records: int) -> None:
     """
     The journal's table in the database at C{url}, holding the records.
     """
-    from primecount.journal import pgschema
+    from primecount.journal.postgresql import schema as pgschema
 
     with pgschema.connect(url) as conn:
         pgschema.ensure_schema(conn)
@@ -107,7 +107,7 @@ def build_postgresql(url: str, records: int) -> None:
 
 
 def drop_postgresql(url: str) -> None:
-    from primecount.journal import pgschema
+    from primecount.journal.postgresql import schema as pgschema
 
     with pgschema.connect(url) as conn:
         conn.execute(f"DROP TABLE {pgschema.TABLE}, primecount_schema".encode())

@@ -48,7 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from primecount.journal import pgreader  # noqa: E402
+from primecount.journal.postgresql import reader as pgreader  # noqa: E402
 from primecount.tap import PrimecountOptions  # noqa: E402
 from tests import patronicluster, pgcluster  # noqa: E402
 from tests.helpers import ServerProcess  # noqa: E402

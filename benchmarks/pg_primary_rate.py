@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from primecount.journal import pgschema  # noqa: E402
+from primecount.journal.postgresql import schema as pgschema  # noqa: E402
 from primecount.journal.records import PROTOCOL_COUNT, Record  # noqa: E402
 from tests import patronicluster  # noqa: E402
 

@@ -12,8 +12,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -119,15 +120,21 @@ class SyncPool:
         return self.ran.count("encoded_segment")
 
 
-class FakeJournal:
+class FakeJournal(Service):
     """
     A journal that keeps what it is given: committed (from the pool),
-    appended or settled (from the reactor).
+    appended or settled (from the reactor). It passes the journal interface
+    tests (L{tests.unit.test_journal_interface.JournalContract}) that the
+    SQLite and the PostgreSQL journals pass.
 
     @ivar records: every record kept, in order.
-    @ivar failing: while set, L{commit} raises L{JournalUnavailable}.
+    @ivar failing: while set, L{commit} raises L{JournalUnavailable}, and
+        L{append} and L{settle} fail with it, keeping nothing.
     @ivar result: makes the result of each L{append} and L{settle};
         succeeds by default.
+    @ivar committed: how many records were committed.
+    @ivar groups: how many group commits (calls of L{commit} and
+        L{append}) committed them.
     """
 
     keepsRecords = True
@@ -137,15 +144,48 @@ class FakeJournal:
         self.abandoned: list[Callable[[frozenset[int]], None]] = []
         self.records: list[Record] = []
         self.failing = False
+        self.committed = 0
+        self.groups = 0
         self.result: Callable[[], Deferred[None]] = lambda: succeed(None)
         self._waiting: list[tuple[Callable[[Record], bool], Deferred[Record]]] = []
+        self._stopped = False
+
+    def startService(self) -> None:
+        """
+        Start (again): records are taken, as they are before the first start.
+        """
+        super().startService()
+        self._stopped = False
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop: from now on nothing is taken (everything given so far was
+        kept at once).
+        """
+        super().stopService()
+        self._stopped = True
+        return succeed(None)
+
+    def hurry(self) -> None:
+        """
+        Nothing waits for a database here.
+        """
+
+    def _refusal(self) -> JournalUnavailable | None:
+        if self._stopped:
+            return JournalUnavailable("journal is stopped")
+        if self.failing:
+            return JournalUnavailable("test says no")
+        return None
 
     def commit(self, records: Sequence[Record]) -> None:
         """
-        Keep C{records}, or raise L{JournalUnavailable} while C{failing}.
+        Keep C{records}, or raise L{JournalUnavailable} while C{failing} or
+        once stopped.
         """
-        if self.failing:
-            raise JournalUnavailable("test says no")
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
         self._keep(records)
 
     def onAbandon(self, callback: Callable[[frozenset[int]], None]) -> None:
@@ -157,17 +197,25 @@ class FakeJournal:
 
     def append(self, records: Sequence[Record]) -> Deferred[None]:
         """
-        Keep C{records}.
+        Keep C{records}; fail with L{JournalUnavailable}, keeping nothing,
+        while C{failing} or once stopped.
         """
+        refusal = self._refusal()
+        if refusal is not None:
+            return fail(refusal)
         self._keep(records)
         return self.result()
 
     def settle(self, records: Sequence[Record]) -> Deferred[None]:
         """
-        Complete pending records as the SQLite journal does: the latest
+        Complete pending records as the real journals do: the latest
         record of the same connection and range with neither a sum check
-        nor an error takes the new count, error and sum check.
+        nor an error takes the new count, error and sum check. Fails with
+        L{JournalUnavailable} while C{failing} or once stopped.
         """
+        refusal = self._refusal()
+        if refusal is not None:
+            return fail(refusal)
         for record in records:
             for i in range(len(self.records) - 1, -1, -1):
                 old = self.records[i]
@@ -185,6 +233,8 @@ class FakeJournal:
         return self.result()
 
     def _keep(self, records: Sequence[Record]) -> None:
+        self.committed += len(records)
+        self.groups += 1
         self.records.extend(records)
         for record in records:
             self._notify(record)

@@ -413,7 +413,7 @@ def journal_messages(path: str) -> set[str]:
     """
     import sqlite3
 
-    from primecount.journal import schema
+    from primecount.journal.sqlite import schema
 
     found = set()
     for file in [path, *schema.part_paths(path)]:

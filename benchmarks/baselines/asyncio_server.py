@@ -19,7 +19,7 @@ from typing import IO
 
 from primecount.core.count import evaluate
 from primecount.core.outcomes import LINE_TOO_LONG
-from primecount.journal.formats import format_seed
+from primecount.journal.formats import format_original as format_seed
 from primecount.journal.records import PROTOCOL_COUNT, Record
 
 MAX_LINE = 16384

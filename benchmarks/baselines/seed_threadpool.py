@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from primecount.core.count import evaluate
-from primecount.journal.formats import format_seed
+from primecount.journal.formats import format_original as format_seed
 from primecount.journal.records import PROTOCOL_COUNT, Record
 
 POOL_SIZE = 10

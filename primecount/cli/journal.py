@@ -3,11 +3,12 @@
 C{primecount journal}: read the request journal back, follow it, sum it
 up (C{--stats}), prune it.
 
-The options are declared and checked here; reading is
-L{primecount.journal.reader} (SQLite) or L{primecount.journal.pgreader}
-(PostgreSQL), the output formats are L{primecount.journal.formats}; the
-sums are L{primecount.journal.stats}, written by
-L{primecount.cli.journalstats}.
+The options are declared and checked here; reading is the journal's
+backend's (L{primecount.journal.reader_for} picks it from the backend
+table: L{primecount.journal.sqlite.reader} or
+L{primecount.journal.postgresql.reader}), the output formats are
+L{primecount.journal.formats}; the sums are L{primecount.journal.stats},
+written by L{primecount.cli.journalstats}.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import time
 from datetime import UTC, datetime
 from typing import TextIO
 
-from primecount.journal import DEFAULT_URL
-from primecount.journal.formats import FORMATS, format_iso_time
-from primecount.journal.reader import JournalError, Query, backend
+from primecount.journal import DEFAULT_URL, JournalError, Query, reader_for
+from primecount.journal.formats import FORMATS, format_iso_time, format_name
 from primecount.journal.stats import TOP
 
 #: How many records C{--follow} shows before waiting for new ones, unless
@@ -121,10 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default=FORMATS[0],
+        type=format_name,
         choices=FORMATS,
-        help="seed: the original log lines (default); jsonl: one JSON object "
-        "per line; csv: a header row, then one row per record (with --stats: "
-        "see there)",
+        help="original: the original server's log lines (default; seed, its "
+        "older name, works too); jsonl: one JSON object per line; csv: a header "
+        "row, then one row per record (with --stats: see there)",
     )
     parser.add_argument(
         "--since",
@@ -155,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="sum up the matching records instead of listing them: totals by "
         "outcome, error share, top peers, range bad sums, requests per minute "
-        "(seed: a report with a sparkline; jsonl: one JSON object with the "
+        "(original: a report with a sparkline; jsonl: one JSON object with the "
         "per-minute series; csv: the per-minute series); counted by the database",
     )
     parser.add_argument(
@@ -226,7 +227,7 @@ def query_of(args: argparse.Namespace) -> Query:
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     _check(args)
-    reader = backend(args.journal)
+    reader = reader_for(args.journal)
     if args.prune_before is not None:
         before = parse_time(args.prune_before)
         conn = reader.connect(False)
@@ -246,7 +247,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             from primecount.cli import journalstats
 
             width = shutil.get_terminal_size().columns
-            journalstats.write(conn, query, args.format, reader.shown, out, top=top, width=width)
+            journalstats.write(
+                reader.stats(conn), query, args.format, reader.shown, out, top=top, width=width
+            )
             return 0
         reader.show(conn, query, args.format, out, follow=args.follow)
     except KeyboardInterrupt:

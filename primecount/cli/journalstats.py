@@ -3,7 +3,7 @@
 C{primecount journal --stats}: the output of the journal's sums
 (L{primecount.journal.stats}) in each C{--format}.
 
-  - C{seed} (the default): a report for a person: the totals by outcome with
+  - C{original} (the default): a report for a person: the totals by outcome with
     their shares, the range protocol's bad sums, the top peers by requests
     and by errors, and the requests per minute as a sparkline as wide as
     the terminal (each column one minute, or several when the range is
@@ -23,8 +23,8 @@ from array import array
 from typing import Any, TextIO
 
 from primecount.cli.texts import duration_text
-from primecount.journal.formats import format_iso_time, format_seed_time
-from primecount.journal.reader import Query
+from primecount.journal.formats import format_iso_time, format_original_time
+from primecount.journal.interface import Query, Source
 from primecount.journal.stats import MINUTE, Peer, Summary, buckets, summarize
 
 #: The bars of a sparkline, lowest to highest; a blank is no request at all.
@@ -83,7 +83,7 @@ def columns_of(minutes: array[int], columns: int) -> tuple[list[float], int]:
 
 def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, width: int) -> None:
     """
-    The report for a person (C{--format seed}), at most C{width} columns
+    The report for a person (C{--format original}), at most C{width} columns
     wide, from the summary and its requests per minute.
     """
     files = f" ({summary.files} files)" if summary.files > 1 else ""
@@ -92,7 +92,7 @@ def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, w
         out.write("no records\n")
         return
     out.write(
-        f"{format_seed_time(summary.first)} to {format_seed_time(summary.last)} UTC "
+        f"{format_original_time(summary.first)} to {format_original_time(summary.last)} UTC "
         f"({duration_text(summary.last - summary.first)})\n\n"
     )
     n = summary.requests
@@ -122,7 +122,7 @@ def write_text(summary: Summary, minutes: array[int], shown: str, out: TextIO, w
         f"mean {n / len(minutes):,.1f}\n"
     )
     out.write(f"  {sparkline(series)}\n")
-    start, end = format_seed_time(summary.first)[:16], format_seed_time(summary.last)[:16]
+    start, end = format_original_time(summary.first)[:16], format_original_time(summary.last)[:16]
     gap = len(series) - len(start) - len(end)
     out.write(f"  {start}{' ' * gap}{end}\n" if gap > 0 else f"  {start} to {end}\n")
 
@@ -135,7 +135,7 @@ def _iso(when: float | None) -> str | None:
     return None if when is None else format_iso_time(when)
 
 
-def write_json(conn: Any, query: Query, shown: str, out: TextIO, top: int) -> None:
+def write_json(source: Source, query: Query, shown: str, out: TextIO, top: int) -> None:
     """
     The summary and the per-minute series as one JSON object on one line
     (C{--format jsonl}); the series comes first, written as it is read.
@@ -150,7 +150,7 @@ def write_json(conn: Any, query: Query, shown: str, out: TextIO, top: int) -> No
         sep = ","
 
     out.write('{"per_minute":[')
-    summary = summarize(conn, query, top, minute)
+    summary = summarize(source, query, top, minute)
     rest = {
         "journal": shown,
         "files": summary.files,
@@ -171,36 +171,36 @@ def write_json(conn: Any, query: Query, shown: str, out: TextIO, top: int) -> No
     out.write("]," + json.dumps(rest, separators=(",", ":"), ensure_ascii=False)[1:] + "\n")
 
 
-def write_csv(conn: Any, query: Query, out: TextIO) -> None:
+def write_csv(source: Source, query: Query, out: TextIO) -> None:
     """
     The per-minute series as CSV (C{--format csv}): C{minute,requests,errors}.
     """
     rows = csv.writer(out, lineterminator="\n")
     rows.writerow(("minute", "requests", "errors"))
-    for start, requests, errors in buckets(conn, query, MINUTE):
+    for start, requests, errors in buckets(source, query, MINUTE):
         rows.writerow((format_iso_time(start), requests, errors))
 
 
 def write(
-    conn: Any, query: Query, fmt: str, shown: str, out: TextIO, *, top: int, width: int = 80
+    source: Source, query: Query, fmt: str, shown: str, out: TextIO, *, top: int, width: int = 80
 ) -> None:
     """
     Sum up the records of C{query} and write them in format C{fmt}.
 
-    @param conn: the journal, as L{primecount.journal.reader.backend}
-        opens it.
+    @param source: the journal, as its
+        L{primecount.journal.interface.Reader}'s C{stats} gives it.
     @param shown: the journal's name, fit to print.
     @param top: how many peers each top list holds.
     @param width: the terminal's width, for the sparkline.
     """
     if fmt == "jsonl":
-        write_json(conn, query, shown, out, top)
+        write_json(source, query, shown, out, top)
     elif fmt == "csv":
-        write_csv(conn, query, out)
+        write_csv(source, query, out)
     else:
         minutes = array("q")
         summary = summarize(
-            conn, query, top, lambda start, requests, errors: minutes.append(requests)
+            source, query, top, lambda start, requests, errors: minutes.append(requests)
         )
         write_text(summary, minutes, shown, out, width)
     out.flush()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journal,tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal,tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 What every journal backend shares: group commit (leader/follower), the
 writer thread serving L{ThreadedJournal.append} and L{ThreadedJournal.settle},
@@ -6,8 +6,8 @@ failure episodes (one log line at the start, one at the end; commits fail at
 once meanwhile while the writer thread probes for the end), and the service's
 start and stop.
 
-A backend (L{primecount.journal.sqlite.SQLiteJournal},
-L{primecount.journal.postgresql.PostgresJournal}) supplies how records are written
+A backend's writer (L{primecount.journal.sqlite.writer.SQLiteJournal},
+L{primecount.journal.postgresql.writer.PostgresJournal}) supplies how records are written
 and settled, how a probe tests the database, its periodic work and how its
 connection is dropped.
 """
@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from primecount.core.wording import plural
-from primecount.journal import DEFAULT_TIMEOUT, JournalUnavailable
+from primecount.journal.interface import DEFAULT_TIMEOUT, JournalUnavailable
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 
@@ -64,7 +64,7 @@ class _Busy:
     One piece of work on the database in progress (a commit, a settle, the
     writer thread's periodic work), watched so that it can be given up.
 
-    @ivar started: when it began (L{time.monotonic}).
+    @ivar started: when it began (C{time.monotonic}).
     @ivar generation: the journal's generation it began in; older than the
         journal's means it was given up.
     """
@@ -112,7 +112,7 @@ class ThreadedJournal(Service):
     L{_finishing} and L{_close}; work that may have been given up asks
     L{_givenUp} before it touches anything but its own connection.
 
-    @ivar batches: how many transactions were committed.
+    @ivar groups: how many group commits (transactions) were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     @ivar timeout: seconds a commit may take before it is given up.
@@ -120,7 +120,8 @@ class ThreadedJournal(Service):
 
     _log = Logger()
 
-    #: It keeps what it is given (a L{primecount.journal.NullJournal} does not).
+    #: It keeps what it is given (a L{primecount.journal.interface.NullJournal}
+    #: does not).
     keepsRecords: bool = True
 
     #: The writer thread's name.
@@ -176,7 +177,7 @@ class ThreadedJournal(Service):
         self._wakeProber = threading.Event()
         # The generation whose commit lock this thread holds (see _givenUp).
         self._holding = threading.local()
-        self.batches = 0
+        self.groups = 0
         self.committed = 0
         self.failed = 0
 
@@ -194,7 +195,7 @@ class ThreadedJournal(Service):
         C{group}; holds C{_commitLock}. A backend that cannot tell whether a
         failed write was committed calls L{_doubt}.
 
-        @return: L{None} once committed, else why not.
+        @return: C{None} once committed, else why not.
         """
         raise NotImplementedError
 
@@ -202,7 +203,7 @@ class ThreadedJournal(Service):
         """
         Apply settles in one transaction; holds C{_commitLock}.
 
-        @return: L{None} once done, else why not.
+        @return: C{None} once done, else why not.
         """
         raise NotImplementedError
 
@@ -249,7 +250,7 @@ class ThreadedJournal(Service):
         """
         The writer thread's periodic work, run when it wakes.
 
-        @return: when next to wake for it (L{time.monotonic}), or L{None}.
+        @return: when next to wake for it (C{time.monotonic}), or C{None}.
         """
         return None
 
@@ -329,7 +330,7 @@ class ThreadedJournal(Service):
         """
         Call C{callback} (reactor thread) each time work in progress is
         given up for taking longer than L{timeout}, with the ids of the
-        threads (L{threading.get_ident}) whose L{commit}s were given up:
+        threads (C{threading.get_ident}) whose L{commit}s were given up:
         whoever waits for such a commit answers its requests then.
         """
         self._onAbandon.append(callback)
@@ -504,7 +505,7 @@ class ThreadedJournal(Service):
 
     def _committed(self, n: int, seconds: float) -> None:
         self._afterCommit()
-        self.batches += 1
+        self.groups += 1
         self.committed += n
         self._metrics.journalCommit(n, seconds)
         if self._failing:
@@ -698,19 +699,19 @@ class ThreadedJournal(Service):
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 continue
-            batch = []
+            taken = []
             while True:
                 if item is _STOP:
                     stopping = True
                 elif item is not _WAKE:
-                    batch.append(item)
+                    taken.append(item)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             # Inserts first: a settle only ever follows its own insert.
-            inserts = [(records, d) for records, d, settles in batch if not settles]
-            settles = [(records, d) for records, d, settles in batch if settles]
+            inserts = [(records, d) for records, d, settles in taken if not settles]
+            settles = [(records, d) for records, d, settles in taken if settles]
             for work, group in ((self.commit, inserts), (self._settle, settles)):
                 if not group:
                     continue

@@ -2,19 +2,22 @@
 """
 The journal's output formats (one record is always exactly one line):
 
-  - C{seed}: the original server's log line,
-    C{2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí}; an error as
-    C{2026-02-16 10:37:12 | 127.0.0.1 |  | ERR empty message}; a range
-    request as C{2026-02-16 10:37:12 | 127.0.0.1 | range [10, 20] | 4 | sum ok}.
+  - C{original}: the original server's log line: an answered count
+    request, an error (here of an empty message), a range request::
+
+        2026-02-16 10:37:12 | 127.0.0.1 | abc2a | 2 | sí
+        2026-02-16 10:37:12 | 127.0.0.1 |  | ERR empty message
+        2026-02-16 10:37:12 | 127.0.0.1 | range [10, 20] | 4 | sum ok
+
   - C{jsonl}: one JSON object per record.
   - C{csv}: a header row, then one row per record.
 
-In C{seed} and C{csv}, control characters in messages and errors are
+In C{original} and C{csv}, control characters in messages and errors are
 escaped with L{escape}; JSON escapes them itself (and this module also
 escapes the few that JSON leaves raw but some readers split lines on).
 
 A message that was not valid UTF-8 is kept in the journal as the bytes that
-arrived (L{message_text}): C{seed} and C{csv} show each byte that is not
+arrived (L{message_text}): C{original} and C{csv} show each byte that is not
 part of UTF-8 text as C{\\udcXX} (XX its value in hex: C{ab\\udcff} for
 C{b"ab\\xff"}), which no client's text can produce (the server stores as
 text only what decoded as UTF-8, and a backslash sent as text is shown
@@ -35,15 +38,25 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from primecount.core.count import NO, YES
-from primecount.journal import schema
-from primecount.journal.records import PROTOCOL_RANGE, Record
+from primecount.journal.records import FIELDS, PROTOCOL_RANGE, Record
 
 #: The output formats, the first being the default.
-FORMATS = ("seed", "jsonl", "csv")
+FORMATS = ("original", "jsonl", "csv")
+
+#: Older names of formats, still accepted: C{seed} is C{original}.
+FORMAT_ALIASES = {"seed": "original"}
+
+
+def format_name(name: str) -> str:
+    """
+    The format C{name} names: itself, or the format it is an older name of
+    (L{FORMAT_ALIASES}).
+    """
+    return FORMAT_ALIASES.get(name, name)
 
 
 #: The columns of C{--format csv} and the keys of C{--format jsonl}.
-CSV_COLUMNS = schema.FIELDS
+CSV_COLUMNS = FIELDS
 
 
 _SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -122,9 +135,10 @@ def _utc_second(second: int) -> datetime:
     return datetime.fromtimestamp(second, UTC)
 
 
-def format_seed_time(when: float) -> str:
+def format_original_time(when: float) -> str:
     """
-    C{2026-02-16 10:37:12}: UTC, to the second (truncated), as the seed logged.
+    C{2026-02-16 10:37:12}: UTC, to the second (truncated), as the original
+    server logged it.
     """
     return f"{_utc_second(_split_time(when)[0]):%Y-%m-%d %H:%M:%S}"
 
@@ -162,7 +176,7 @@ def _error(error: str) -> str:
     return "ERR " + escape(error)
 
 
-def format_seed(record: Record) -> str:
+def format_original(record: Record) -> str:
     """
     One record as the original server's log line (without line end).
 
@@ -173,7 +187,7 @@ def format_seed(record: Record) -> str:
     failed request of either kind is answered C{ERR reason}. A missing value
     is shown as C{?}.
     """
-    head = f"{format_seed_time(record.time)} | {record.peer}"
+    head = f"{format_original_time(record.time)} | {record.peer}"
     if record.protocol == PROTOCOL_RANGE:
         bounds = ", ".join("?" if v is None else str(v) for v in (record.a, record.b))
         asked = f"range [{bounds}]"
@@ -198,7 +212,7 @@ def record_dict(record: Record) -> dict[str, object]:
     One record as the object C{--format jsonl} prints: keys C{time, peer,
     port, protocol, message, count, prime, error}; for a range request
     also C{a, b, sum_ok}; for a message kept as bytes (not UTF-8),
-    C{message} is L{None} and C{message_hex} holds the bytes in hex.
+    C{message} is C{None} and C{message_hex} holds the bytes in hex.
     """
     fields: dict[str, object] = {
         "time": format_iso_time(record.time),
@@ -244,7 +258,7 @@ def csv_row(record: Record) -> list[object]:
 
     Flags are C{true}/C{false}, a missing value is an empty cell, and text
     is escaped with L{escape} so that a row is exactly one line (a message
-    kept as bytes as in C{seed}, see L{message_text}).
+    kept as bytes as in C{original}, see L{message_text}).
     """
     values = record_dict(record)
     values["message"] = message_text(record.message) if record.message is not None else None
@@ -264,7 +278,7 @@ def writer(fmt: str, out: TextIO) -> Callable[[Record], None]:
             rows.writerow(csv_row(record))
 
         return write_row
-    line = format_jsonl if fmt == "jsonl" else format_seed
+    line = format_jsonl if fmt == "jsonl" else format_original
 
     def write_line(record: Record) -> None:
         out.write(line(record) + "\n")

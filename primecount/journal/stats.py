@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_journalstats,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_journalstats,tests.system.test_postgresql_journal_process -*-
 """
 C{primecount journal --stats}: the journal summed up by the database.
 
@@ -10,10 +10,11 @@ L{buckets}: requests and errors per stretch of time, oldest first.
 Everything is counted by SQL aggregates (C{GROUP BY}) in the database:
 what comes back is one row per minute, per error text or per peer, never
 one per record, so memory does not grow with the records. The sources
-are L{primecount.journal.sqlitestats} (an SQLite journal, every worker
-file of it) and L{primecount.journal.pgstats} (PostgreSQL); each
-answers four questions (L{Source}), and this module puts the answers
-together the same way for both:
+are each backend's: L{primecount.journal.sqlite.stats} (an SQLite
+journal, every worker file of it) and L{primecount.journal.postgresql.stats}
+(PostgreSQL), given by the journal's L{primecount.journal.interface.Reader};
+each answers four questions (L{Source}), and this module puts the answers
+together the same way for all:
 
   - the requests and errors per minute; their sums are the totals (and
     the C{ok} count), so the series and the totals always agree;
@@ -32,12 +33,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any
 
-from primecount.journal.reader import JournalFiles, Query
+from primecount.journal.interface import Peer, Query, Source
 
 #: How many peers each of the top lists holds unless told otherwise.
 TOP = 10
@@ -46,28 +46,13 @@ TOP = 10
 MINUTE = 60
 
 
-@dataclass(frozen=True)
-class Peer:
-    """
-    One client address and what it sent.
-
-    @ivar peer: the address, as the journal holds it.
-    @ivar requests: its requests.
-    @ivar errors: those that did not end C{ok}.
-    """
-
-    peer: str
-    requests: int
-    errors: int
-
-
 @dataclass
 class Summary:
     """
     What the matching records come to.
 
     @ivar requests: how many records.
-    @ivar outcomes: records by their error text, L{None} for C{ok}.
+    @ivar outcomes: records by their error text, C{None} for C{ok}.
     @ivar range_requests: records of the range protocol.
     @ivar bad_sums: range records whose client sent a wrong sum.
     @ivar first: the time of the oldest record, if any.
@@ -97,7 +82,7 @@ class Summary:
     @property
     def error_share(self) -> float | None:
         """
-        The errors' share of the records (0 to 1), L{None} without records.
+        The errors' share of the records (0 to 1), C{None} without records.
         """
         return self.errors / self.requests if self.requests else None
 
@@ -216,63 +201,8 @@ def within(query: Query, since: float, until: float) -> Query:
     )
 
 
-class Source(Protocol):
-    """
-    A journal that answers the questions of L{summarize}, each by SQL
-    aggregates.
-
-    @ivar files: how many files (or databases) it reads.
-    """
-
-    files: int
-
-    def snapshot(self) -> AbstractContextManager[None]:
-        """
-        One read transaction for every question asked within.
-        """
-
-    def buckets(self, query: Query, seconds: int) -> Iterator[tuple[int, int, int]]:
-        """
-        C{(bucket, requests, errors)} of C{query}'s records, C{bucket}
-        being their time divided by C{seconds} and rounded down, in bucket
-        order, only the buckets with records.
-        """
-
-    def outcomes(self, query: Query) -> Iterable[tuple[str, str | None, int, int]]:
-        """
-        C{(protocol, error, records, bad sums)} of the records of C{query}
-        that ended in an error or are of the range protocol.
-        """
-
-    def edge(self, query: Query, newest: bool) -> float | None:
-        """
-        The time of the oldest (or C{newest}) record of C{query}.
-        """
-
-    def peers(self, query: Query, top: int) -> tuple[list[Peer], list[Peer]]:
-        """
-        The C{top} peers with most requests and the C{top} with most
-        errors (at least one), as L{top_peers} orders them.
-        """
-
-
-def source(conn: Any) -> Source:
-    """
-    The L{Source} of a journal opened by
-    L{primecount.journal.reader.backend}: an SQLite one (L{JournalFiles})
-    or a PostgreSQL connection.
-    """
-    if isinstance(conn, JournalFiles):
-        from primecount.journal.sqlitestats import FileSource
-
-        return FileSource(conn)
-    from primecount.journal.pgstats import DatabaseSource
-
-    return DatabaseSource(conn)
-
-
 def summarize(
-    conn: Any,
+    source: Source,
     query: Query,
     top: int = TOP,
     minutes: Callable[[int, int, int], None] | None = None,
@@ -280,18 +210,17 @@ def summarize(
     """
     What the records of C{query} come to (its C{limit} aside).
 
-    @param conn: an SQLite journal (L{JournalFiles}) or a connection to a
-        PostgreSQL one, as L{primecount.journal.reader.backend} opens them.
+    @param source: the journal, as its
+        L{primecount.journal.interface.Reader}'s C{stats} gives it.
     @param top: how many peers each top list holds.
     @param minutes: called with C{(start, requests, errors)} for each
         minute from the first record's to the last's, in order, C{start}
         in seconds since the epoch.
     """
-    found = source(conn)
-    summary = Summary(files=found.files)
-    with found.snapshot():
+    summary = Summary(files=source.files)
+    with source.snapshot():
         first = last = None
-        for minute, requests, errors in filled(found.buckets(query, MINUTE)):
+        for minute, requests, errors in filled(source.buckets(query, MINUTE)):
             first = minute if first is None else first
             last = minute
             summary.requests += requests
@@ -300,15 +229,15 @@ def summarize(
                 minutes(minute * MINUTE, requests, errors)
         if first is None or last is None:
             return summary
-        for protocol, error, n, bad in found.outcomes(query):
+        for protocol, error, n, bad in source.outcomes(query):
             summary.add_outcome(protocol, error, n, bad)
-        summary.first = found.edge(within(query, first * MINUTE, (first + 1) * MINUTE), False)
-        summary.last = found.edge(within(query, last * MINUTE, (last + 1) * MINUTE), True)
-        summary.by_requests, summary.by_errors = found.peers(query, top)
+        summary.first = source.edge(within(query, first * MINUTE, (first + 1) * MINUTE), False)
+        summary.last = source.edge(within(query, last * MINUTE, (last + 1) * MINUTE), True)
+        summary.by_requests, summary.by_errors = source.peers(query, top)
     return summary
 
 
-def buckets(conn: Any, query: Query, seconds: int = MINUTE) -> Iterator[tuple[int, int, int]]:
+def buckets(source: Source, query: Query, seconds: int = MINUTE) -> Iterator[tuple[int, int, int]]:
     """
     The requests and errors of C{query} per C{seconds} of time, as
     C{(start, requests, errors)} with C{start} in seconds since the epoch
@@ -316,7 +245,7 @@ def buckets(conn: Any, query: Query, seconds: int = MINUTE) -> Iterator[tuple[in
     record to the last; stretches without one in between are there, with
     zeros.
 
-    @param conn: as for L{summarize}.
+    @param source: as for L{summarize}.
     """
-    for bucket, requests, errors in filled(source(conn).buckets(query, seconds)):
+    for bucket, requests, errors in filled(source.buckets(query, seconds)):
         yield bucket * seconds, requests, errors

@@ -141,7 +141,7 @@ class PrimecountService(service.MultiService):
                 _log.info(
                     "journal closed: {records} committed since the start, in {transactions}",
                     records=plural(self.journal.committed, "record"),
-                    transactions=plural(self.journal.batches, "transaction"),
+                    transactions=plural(self.journal.groups, "transaction"),
                 )
             if self.journal.stuck:
                 self._lastResort()

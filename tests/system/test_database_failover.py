@@ -41,7 +41,7 @@ from tests.helpers import (
     start_shipped_haproxy,
     stop_process,
 )
-from tests.system.test_pgjournal_process import stored
+from tests.system.test_postgresql_journal_process import stored
 from tests.system.test_several_hosts import CLIENT, Client
 
 #: The shipped HAProxy configuration of the database side.

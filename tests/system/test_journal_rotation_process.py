@@ -19,8 +19,8 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.core.count import expected_reply
-from primecount.journal import schema
 from primecount.journal.records import PROTOCOL_COUNT, Record
+from primecount.journal.sqlite import schema
 from tests.helpers import ServerProcess, recv_lines
 
 #: Records in the journal before the server starts: enough that the export

@@ -15,7 +15,7 @@ import json
 
 from twisted.trial.unittest import TestCase
 
-from tests.system.test_pgjournal_process import _Database, run_journal
+from tests.system.test_postgresql_journal_process import _Database, run_journal
 from tests.unit.test_journalstats import EXPECTED, KNOWN, known_journal, without_name
 
 
@@ -42,13 +42,13 @@ class PostgresStatsTests(_Database, TestCase):
 
     def test_sameAsSQLite(self) -> None:
         for argv in (
-            ("--format", "seed"),
+            ("--format", "original"),
             ("--format", "csv"),
             ("--format", "jsonl", "--top", "2"),
             ("--format", "jsonl", "--since", "2026-02-16T10:02"),
             ("--format", "jsonl", "--until", "2026-02-16T10:02"),
             ("--format", "jsonl", "--peer", "10.0.0.2"),
-            ("--format", "seed", "--since", "2027-01-01"),
+            ("--format", "original", "--since", "2027-01-01"),
         ):
             pg, lite = self.stats(self.url, *argv), self.stats(self.sqlite, *argv)
             if "jsonl" in argv:

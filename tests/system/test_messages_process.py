@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.journal import schema
+from primecount.journal.sqlite import schema
 from tests.helpers import (
     CAP_DAC_OVERRIDE,
     CAP_DAC_READ_SEARCH,

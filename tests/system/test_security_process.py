@@ -30,7 +30,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 import primecount
 from primecount.core import rangecodec
-from primecount.journal.schema import part_paths
+from primecount.journal.sqlite.schema import part_paths
 from primecount.workers.shared import SCRATCH_PREFIX
 from tests.helpers import (
     TWISTD,

@@ -15,7 +15,8 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.core.count import expected_reply
-from primecount.journal import formats, reader
+from primecount.journal import formats
+from primecount.journal.sqlite import reader
 from tests.helpers import ServerProcess, recv_all, recv_lines
 
 YES = "sí".encode()
@@ -131,7 +132,7 @@ class CountProtocolTests(ServerTestCase):
             records = [r for _, r in reader.select(conn, reader.Query())]
         finally:
             conn.close()
-        shown = [formats.format_seed(r).split(" | ")[2] for r in records[2:]]
+        shown = [formats.format_original(r).split(" | ")[2] for r in records[2:]]
         self.assertEqual(shown, ["\\udcff", "\\\\xff"])
 
     def test_sigtermExitsCleanly(self) -> None:

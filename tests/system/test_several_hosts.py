@@ -24,7 +24,7 @@ from primecount.core.count import evaluate
 from primecount.core.outcomes import JOURNAL_UNAVAILABLE
 from tests import pgcluster
 from tests.helpers import ServerProcess, require_program, start_shipped_haproxy
-from tests.system.test_pgjournal_process import stored
+from tests.system.test_postgresql_journal_process import stored
 
 #: The client side of every connection: not HAProxy's 127.0.0.1.
 CLIENT = "127.0.0.2"

@@ -16,7 +16,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.journal import schema
+from primecount.journal.sqlite import schema
 from primecount.workers.supervisor import PARENT_DIED
 from tests.helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
 

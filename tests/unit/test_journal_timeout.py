@@ -21,11 +21,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount.journal import JournalUnavailable, schema
-from primecount.journal import sqlite as journal_module
-from primecount.journal.reader import JournalFiles, Query, select_all
+from primecount.journal import JournalUnavailable
 from primecount.journal.records import PROTOCOL_COUNT, Record
-from primecount.journal.sqlite import SQLiteJournal
+from primecount.journal.sqlite import SQLiteJournal, schema
+from primecount.journal.sqlite import writer as journal_module
+from primecount.journal.sqlite.reader import JournalFiles, Query, select_all
 from primecount.server.pipeline import Pipeline
 from tests.doubles import FakeJournal, FakeReactor, SyncPool
 

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from primecount.cli import journal as journalcli
-from primecount.journal import JournalURL, for_worker, formats, parse_url, reader, schema
+from primecount.journal import JournalURL, for_worker, formats, parse_url
 from primecount.journal.records import Record
+from primecount.journal.sqlite import reader, schema
 
 #: 2026-02-16 10:37:12.345 UTC.
 T = datetime(2026, 2, 16, 10, 37, 12, 345000, tzinfo=UTC).timestamp()
@@ -129,11 +130,11 @@ class FormatTests(RunMixin, TestCase):
     def setUp(self) -> None:
         self.url = "sqlite:" + make_journal(self, [GOOD, COMPOSITE, EMPTY, RANGE])
 
-    def test_seedIsTheDefault(self) -> None:
+    def test_originalIsTheDefault(self) -> None:
         """
-        Without C{--format}, records come out as the seed's log lines: UTC to
-        the second; an error as C{ERR reason}; a range request as its bounds,
-        its count and its sum check.
+        Without C{--format}, records come out as the original server's log
+        lines: UTC to the second; an error as C{ERR reason}; a range request
+        as its bounds, its count and its sum check.
         """
         self.assertEqual(
             self.lines("--journal", self.url),
@@ -145,7 +146,24 @@ class FormatTests(RunMixin, TestCase):
             ],
         )
 
-    def test_seedRangeOutcomes(self) -> None:
+    def test_seedIsTheOriginalFormatsOlderName(self) -> None:
+        """
+        C{--format seed}, the original format's older name, still gives the
+        original server's log lines, and C{--help} says so.
+        """
+        original = self.lines("--journal", self.url, "--format", "original")
+        self.assertEqual(self.lines("--journal", self.url, "--format", "seed"), original)
+        self.assertEqual(self.lines("--journal", self.url), original)
+        self.assertEqual(parse("--format", "seed").format, "original")
+        parser = argparse.ArgumentParser(prog="primecount journal")
+        journalcli.add_arguments(parser)
+        shown = " ".join(parser.format_help().split())
+        self.assertIn("{original,jsonl,csv}", shown)
+        self.assertIn(
+            "original: the original server's log lines (default; seed, its older name", shown
+        )
+
+    def test_originalRangeOutcomes(self) -> None:
         """
         A range request whose sum was wrong, unknown, or that failed.
         """
@@ -268,9 +286,9 @@ class EscapeTests(RunMixin, TestCase):
         self.assertEqual(len((escaped + "x").splitlines()), 1)
         self.assertEqual(formats.unescape(escaped), text)
 
-    def test_seedOneLine(self) -> None:
+    def test_originalOneLine(self) -> None:
         """
-        In seed format the message is escaped and the record is one line.
+        In original format the message is escaped and the record is one line.
         """
         out = self.journal("--journal", self.url)[1]
         self.assertEqual(len(out.splitlines()), 1)
@@ -320,7 +338,7 @@ class ByteMessageTests(RunMixin, TestCase):
     def test_storedAsBytes(self) -> None:
         self.assertEqual([r.message for r in stored(self.path)], [b"ab\xff", "ab\\xff", "ab\\xff"])
 
-    def test_seed(self) -> None:
+    def test_original(self) -> None:
         raw, text, old = self.lines("--journal", self.url)
         self.assertEqual(raw, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\udcff | ERR invalid UTF-8")
         self.assertEqual(text, "2026-02-16 10:37:12 | 127.0.0.1 | ab\\\\xff | 1 | no")
@@ -540,12 +558,12 @@ class PruneTests(RunMixin, TestCase):
         )
         self.assertEqual(stored(self.path), self.records[2:])
 
-    def test_pruneInBatches(self) -> None:
+    def test_pruneInChunks(self) -> None:
         """
-        Several batches delete everything that is old enough, and nothing
+        Several chunks delete everything that is old enough, and nothing
         else.
         """
-        self.patch(reader, "PRUNE_BATCH", 2)
+        self.patch(reader, "PRUNE_CHUNK", 2)
         self.assertEqual(
             self.lines("--journal", self.url, "--prune-before", "2026-02-20T10:37:12"),
             ["pruned 4 records older than 2026-02-20T10:37:12.000Z"],

@@ -28,9 +28,11 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.cli import journalstats
-from primecount.journal import schema, sqlitestats
-from primecount.journal.reader import JournalFiles, Query
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
+from primecount.journal.sqlite import schema
+from primecount.journal.sqlite import stats as sqlitestats
+from primecount.journal.sqlite.reader import JournalFiles, Query
+from primecount.journal.sqlite.stats import FileSource
 from primecount.journal.stats import Peer, buckets, merged_sums, summarize, top_peers
 from tests.unit.test_journalcli import RunMixin, append, temp_path
 
@@ -176,10 +178,20 @@ class StatsTests(RunMixin, TestCase):
         together = json.loads(self.lines("--journal", one, "--stats", "--format", "jsonl")[0])
         self.assertEqual(together["files"], 1)
         self.assertEqual(without_name(together), EXPECTED)
-        for fmt in ("seed", "csv"):
+        for fmt in ("original", "csv"):
             split = self.lines("--journal", self.url, "--stats", "--format", fmt)
             whole = self.lines("--journal", one, "--stats", "--format", fmt)
             self.assertEqual(split[1:], whole[1:])
+
+    def test_seedIsTheOriginalReport(self) -> None:
+        """
+        C{--stats --format seed}, the original format's older name, gives
+        the report of C{--format original}.
+        """
+        self.assertEqual(
+            self.lines("--journal", self.url, "--stats", "--format", "seed"),
+            self.lines("--journal", self.url, "--stats", "--format", "original"),
+        )
 
     def test_topCutsBothLists(self) -> None:
         found = self.stats("--top", "2")
@@ -249,7 +261,7 @@ class StatsTests(RunMixin, TestCase):
         out = io.StringIO()
         files = JournalFiles(self.path)
         self.addCleanup(files.close)
-        journalstats.write(files, Query(), "seed", self.path, out, top=3, width=80)
+        journalstats.write(FileSource(files), Query(), "original", self.path, out, top=3, width=80)
         self.assertEqual(
             out.getvalue().splitlines(),
             [
@@ -309,7 +321,7 @@ class SeriesTests(SynchronousTestCase):
         files = JournalFiles(path)
         self.addCleanup(files.close)
         self.assertEqual(
-            list(buckets(files, Query(), 120)),
+            list(buckets(FileSource(files), Query(), 120)),
             [(T0, 8, 2), (T0 + 120, 6, 3), (T0 + 240, 1, 0)],
         )
 
@@ -381,7 +393,7 @@ class MergeTests(SynchronousTestCase):
         append(path, [])
         files = JournalFiles(path)
         self.addCleanup(files.close)
-        summary = summarize(files, Query())
+        summary = summarize(FileSource(files), Query())
         self.assertEqual((summary.requests, summary.first, summary.by_requests), (0, None, []))
 
 

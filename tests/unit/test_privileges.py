@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from primecount import tap
 from primecount.core.privileges import Owner, acting_as, give, switched_to
-from primecount.journal import schema
+from primecount.journal.sqlite import schema
 from primecount.server.listeners import Listener
 from primecount.workers.shared import SCRATCH_PREFIX, Scratch
 from tests.helpers import require_root

@@ -1,6 +1,9 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
-The journal writer: group commit, order, failure and recovery, flush on stop.
+The SQLite journal (L{primecount.journal.sqlite}): its writer (group commit,
+order, failure and recovery, flush on stop), its URLs and its schema's
+inserts and time look-ups. What every journal shares is in
+L{tests.unit.test_journal_interface}.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from primecount.journal import JournalUnavailable, JournalURLError, parse_url, schema
+from primecount.journal import JournalUnavailable, JournalURLError, parse_url
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
-from primecount.journal.sqlite import SQLiteJournal, check_writable
+from primecount.journal.sqlite import SQLiteJournal, check_writable, schema
 from primecount.metrics.recorder import NullMetrics
 
 
@@ -130,7 +133,7 @@ class WriterTests(TestCase):
         self.control.gate.set()
         yield defer.gatherResults([first, *later])
         self.assertEqual(self.control.batchSizes, [1, 50])
-        self.assertEqual(self.journal.batches, 2)
+        self.assertEqual(self.journal.groups, 2)
         self.assertEqual([r.port for r in self.stored()], [1000 + i for i in range(51)])
 
     @defer.inlineCallbacks

@@ -1,9 +1,11 @@
-# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 The PostgreSQL journal's schema and connections, shared by the writer
-(L{primecount.journal.postgresql}) and the reader
-(L{primecount.journal.pgreader}): the table, the COPY row of a record and
-its message read back, connecting with timeouts, creating the schema.
+(L{primecount.journal.postgresql.writer}) and the readers
+(L{primecount.journal.postgresql.reader},
+L{primecount.journal.postgresql.stats}): the table, the COPY row of a
+record and its message read back, connecting with timeouts, creating the
+schema.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from primecount.journal import JournalURLError, mask_password
-from primecount.journal.records import Record
-from primecount.journal.schema import COLUMNS
+from primecount.journal.interface import JournalURLError, mask_password
+from primecount.journal.records import COLUMNS, Record
 
 #: Connection settings used unless the URL gives its own: a connection
 #: attempt gives up after 5 s; data unacknowledged by the server for 10 s,

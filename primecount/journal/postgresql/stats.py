@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.system.test_journalstats_process -*-
 """
 The aggregates of C{primecount journal --stats} (L{primecount.journal.stats})
-over a PostgreSQL journal: its one table, every host's records.
+over a PostgreSQL journal: its one table, every host's records
+(L{DatabaseSource}).
 
 PostgreSQL aggregates by hashing, spilling to disk past C{work_mem}, so
 memory stays bounded on its side too; the peers come back already cut to
@@ -19,9 +20,8 @@ from typing import Any
 
 import psycopg
 
-from primecount.journal.pgschema import TABLE
-from primecount.journal.reader import Query
-from primecount.journal.stats import Peer
+from primecount.journal.interface import Peer, Query
+from primecount.journal.postgresql.schema import TABLE
 
 
 def _where(query: Query, condition: str = "") -> tuple[str, list[object]]:
@@ -47,7 +47,7 @@ def _where(query: Query, condition: str = "") -> tuple[str, list[object]]:
 
 class DatabaseSource:
     """
-    A PostgreSQL journal as a L{primecount.journal.stats.Source}.
+    A PostgreSQL journal as a L{primecount.journal.interface.Source}.
     """
 
     files = 1

@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 C{primecount journal --journal postgresql://…}: the PostgreSQL journal read
-back, followed and pruned, with the options and the output formats of the
-SQLite one (L{primecount.journal.reader}, L{primecount.journal.formats}).
+back (L{show}), followed (L{Follower}) and pruned (L{prune}), with the
+options and the output formats of the SQLite one
+(L{primecount.journal.sqlite.reader}, L{primecount.journal.formats}).
 
 Following: ids are assigned at insert, not at commit, so with several
 writers a record with a lower id can be committed after one with a higher
@@ -25,9 +26,9 @@ from typing import Any, TextIO
 
 import psycopg
 
-from primecount.journal import mask_password
 from primecount.journal.formats import writer
-from primecount.journal.pgschema import (
+from primecount.journal.interface import JournalError, Query, mask_password
+from primecount.journal.postgresql.schema import (
     CHANNEL,
     FAILED_ERROR,
     FAILED_GROUPS,
@@ -36,14 +37,13 @@ from primecount.journal.pgschema import (
     message_of,
     why,
 )
-from primecount.journal.reader import Backend, JournalError, Query
 from primecount.journal.records import Record
 
 #: Seconds between two polls of C{--follow} when no NOTIFY wakes it.
 POLL_INTERVAL = 1.0
 
 #: Records deleted per transaction when pruning.
-PRUNE_BATCH = 5000
+PRUNE_CHUNK = 5000
 
 _COLUMNS = (
     "id, time, host, port, protocol, message, message_bytes, count, prime, error, a, b, sum_ok"
@@ -236,8 +236,8 @@ def show(
 
 def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
     """
-    Delete the records older than C{before}, oldest first, in batches of
-    L{PRUNE_BATCH} (one short transaction each, beside the writers' COPYs,
+    Delete the records older than C{before}, oldest first, in chunks of
+    L{PRUNE_CHUNK} (one short transaction each, beside the writers' COPYs,
     which insert and never wait for it); return how many. PostgreSQL's
     autovacuum makes the space reusable; with C{vacuum}, C{VACUUM FULL}
     also returns it to the file system, holding a lock that blocks the
@@ -249,26 +249,11 @@ def prune(conn: psycopg.Connection[Any], before: float, *, vacuum: bool) -> int:
         cursor = conn.execute(
             f"DELETE FROM {TABLE} WHERE id IN "
             f"(SELECT id FROM {TABLE} WHERE time < %s ORDER BY id LIMIT %s)",
-            (_stamp(before), PRUNE_BATCH),
+            (_stamp(before), PRUNE_CHUNK),
         )
         total += cursor.rowcount
-        if cursor.rowcount < PRUNE_BATCH:
+        if cursor.rowcount < PRUNE_CHUNK:
             break
     if vacuum:
         conn.execute(f"VACUUM (FULL, ANALYZE) {TABLE}")
     return total
-
-
-def backend(url: str) -> Backend:
-    """
-    The reader of the PostgreSQL journal at C{url}, for
-    L{primecount.journal.reader.backend}.
-    """
-    return Backend(
-        shown=mask_password(url),
-        connect=lambda readonly: open_database(url),
-        show=show,
-        prune=prune,
-        errors=psycopg.Error,
-        why=why,
-    )

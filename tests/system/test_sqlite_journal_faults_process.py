@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.system.test_journal_faults_process -*-
+# -*- test-case-name: tests.system.test_sqlite_journal_faults_process -*-
 """
-The journal's faults under a real server: a file deleted or replaced under
+The SQLite journal's faults under a real server: a file deleted or replaced under
 it, a lock held by another process, a stop that must keep its bound. The
-in-process faults are in L{tests.unit.test_journal_faults}.
+in-process faults are in L{tests.unit.test_sqlite_journal_faults}.
 """
 
 from __future__ import annotations

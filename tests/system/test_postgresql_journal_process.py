@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.system.test_postgresql_journal_process -*-
 """
 The PostgreSQL journal against a real throwaway cluster (L{tests.pgcluster}):
 the writer, its faults, the reader, and a real twistd journalling to it.
@@ -39,7 +39,7 @@ def stored(url: str) -> list[Record]:
     """
     Every record in the journal at C{url}, in id order.
     """
-    from primecount.journal import pgreader
+    from primecount.journal.postgresql import reader as pgreader
 
     conn = pgreader.open_database(url)
     try:
@@ -91,7 +91,7 @@ class WriterTests(_Database, TestCase):
         journal.commit([record(0), record(1)])
         journal.commit([record(2)])
         self.assertEqual(stored(self.url), [record(0), record(1), record(2)])
-        self.assertEqual((journal.batches, journal.committed), (2, 3))
+        self.assertEqual((journal.groups, journal.committed), (2, 3))
 
     def test_oneCopyPerGroup(self) -> None:
         # A group is one transaction: its rows share one transaction id.
@@ -174,8 +174,8 @@ class WriterTests(_Database, TestCase):
             self.assertEqual(setting, expected)
 
     def test_schemaCreatedOnceAndVersioned(self) -> None:
-        from primecount.journal.pgschema import SCHEMA_VERSION
         from primecount.journal.postgresql import check_writable
+        from primecount.journal.postgresql.schema import SCHEMA_VERSION
 
         check_writable(parse_url(self.url))
         check_writable(parse_url(self.url))
@@ -224,7 +224,7 @@ class TableLockTests(_Database, TestCase):
         import psycopg
         from twisted.internet.threads import deferToThread
 
-        from primecount.journal import postgresql
+        from primecount.journal.postgresql import writer as postgresql
 
         self.patch(postgresql, "PROBE_INTERVAL", 0.05)
         events: list[dict[str, Any]] = []
@@ -275,7 +275,7 @@ class InDoubtTests(_Database, TestCase):
     def test_cutAtCopyEndIsRecordedAsFailed(self) -> Any:
         from twisted.internet.threads import deferToThread
 
-        from primecount.journal import postgresql
+        from primecount.journal.postgresql import writer as postgresql
         from tests.doubles import CopyCuttingRelay
 
         self.patch(postgresql, "PROBE_INTERVAL", 0.05)
@@ -461,7 +461,7 @@ class ReaderTests(_Database, TestCase):
         return pg[1]
 
     def test_formats(self) -> None:
-        for fmt in ("seed", "jsonl", "csv"):
+        for fmt in ("original", "jsonl", "csv"):
             out = self.same("--format", fmt)
             self.assertEqual(len(out.splitlines()), len(MIXED) + (fmt == "csv"))
         self.assertIn("a\\x00b\\nc", self.same())
@@ -476,9 +476,9 @@ class ReaderTests(_Database, TestCase):
         self.same("--since", since, "--peer", "127.0.0.1", "--limit", "1", "--format", "jsonl")
 
     def test_prune(self) -> None:
-        from primecount.journal import pgreader
+        from primecount.journal.postgresql import reader as pgreader
 
-        self.patch(pgreader, "PRUNE_BATCH", 2)
+        self.patch(pgreader, "PRUNE_CHUNK", 2)
         status, out, err = run_journal(
             "--journal", self.url, "--prune-before", "2026-02-16T10:38:00Z"
         )
@@ -513,8 +513,8 @@ class FollowTests(_Database, TestCase):
     def test_neverSkipsARecordCommittedLate(self) -> None:
         import psycopg
 
-        from primecount.journal import pgreader
-        from primecount.journal.pgschema import COPY, COPY_TYPES, to_row
+        from primecount.journal.postgresql import reader as pgreader
+        from primecount.journal.postgresql.schema import COPY, COPY_TYPES, to_row
 
         journal = self.journal()
         journal.commit([record(0)])
@@ -541,7 +541,7 @@ class FollowTests(_Database, TestCase):
         self.assertLess(ids[1001], ids[1002])
 
     def test_followCommand(self) -> None:
-        from primecount.journal import pgreader
+        from primecount.journal.postgresql import reader as pgreader
 
         journal = self.journal()
         journal.commit([record(i) for i in range(12)])

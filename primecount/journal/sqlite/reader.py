@@ -1,9 +1,7 @@
 # -*- test-case-name: tests.unit.test_journalcli,tests.system.test_journalcli_process -*-
 """
-Reading the SQLite journal back: which records (L{Query}), listing and
-following them (L{show}), pruning (L{prune}); and L{backend}, which picks
-this module or L{primecount.journal.pgreader} for a journal URL, so the
-command line has one path for both.
+Reading the SQLite journal back: listing and following the records of a
+L{Query} (L{show}), pruning (L{prune}).
 
 An SQLite journal is the file C{PATH} and the parts the workers of
 C{--workers N} write beside it (C{PATH.worker0}, ...: L{schema.part_paths});
@@ -15,8 +13,8 @@ server's writer would wait for (the journal is in WAL mode), so it is safe to
 run against a live server. It reads in chunks of L{READ_CHUNK} records, each
 its own short read transaction, so that an export never holds a snapshot
 that keeps the server's checkpoints (and a rotation, see
-L{primecount.journal.sqlite}) waiting for long. Pruning writes, in short
-batches, so the server's group commits slip in between them.
+L{primecount.journal.sqlite.writer}) waiting for long. Pruning writes, in
+short chunks, so the server's group commits slip in between them.
 
 A record whose commit was in doubt and whose client was told C{ERR journal
 unavailable} (its group is in C{failed_groups}) reads back with that error.
@@ -30,13 +28,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
-from primecount import journal
+import primecount.journal.sqlite.schema as schema
 from primecount.core.fileaccess import explain
-from primecount.journal import schema
 from primecount.journal.formats import writer
+from primecount.journal.interface import JournalError, Query
 from primecount.journal.records import Record
 
 #: Records read per read transaction.
@@ -48,7 +45,7 @@ POLL_INTERVAL = 0.2
 
 #: Records deleted per transaction when pruning; small enough that the
 #: server's writer never waits long for its next group commit.
-PRUNE_BATCH = 5000
+PRUNE_CHUNK = 5000
 
 
 #: Seconds a pruning transaction waits for the server's writer to finish.
@@ -59,56 +56,33 @@ PRUNE_BUSY_TIMEOUT = 30.0
 _sleep: Callable[[float], None] = time.sleep
 
 
-class JournalError(Exception):
+def where_clause(
+    query: Query, after_id: int | None = None, upto_id: int | None = None
+) -> tuple[str, list[object]]:
     """
-    A problem the user can fix, reported as one line on stderr.
+    The C{WHERE} clause (possibly empty) and its parameters, for the
+    records of an SQLite journal that match C{query} and whose id is above
+    C{after_id} and at most C{upto_id} (when given).
     """
-
-
-@dataclass(frozen=True)
-class Query:
-    """
-    Which records to show.
-
-    @ivar since: only records at or after this time (epoch seconds), if set.
-    @ivar until: only records before this time (epoch seconds), if set.
-    @ivar peer: only records from a client whose IP is spelt one of these
-        ways, if set (see L{parse_peer}).
-    @ivar limit: only the last this many matching records, if set.
-    """
-
-    since: float | None = None
-    until: float | None = None
-    peer: tuple[str, ...] | None = None
-    limit: int | None = None
-
-    def where(
-        self, after_id: int | None = None, upto_id: int | None = None
-    ) -> tuple[str, list[object]]:
-        """
-        The C{WHERE} clause (possibly empty) and its parameters, for the
-        records that match and whose id is above C{after_id} and at most
-        C{upto_id} (when given).
-        """
-        clauses: list[str] = []
-        params: list[object] = []
-        if after_id is not None:
-            clauses.append("id > ?")
-            params.append(after_id)
-        if upto_id is not None:
-            clauses.append("id <= ?")
-            params.append(upto_id)
-        if self.since is not None:
-            clauses.append("time >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append("time < ?")
-            params.append(self.until)
-        if self.peer is not None:
-            clauses.append(f"host IN ({', '.join('?' for _ in self.peer)})")
-            params.extend(self.peer)
-        sql = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return sql, params
+    clauses: list[str] = []
+    params: list[object] = []
+    if after_id is not None:
+        clauses.append("id > ?")
+        params.append(after_id)
+    if upto_id is not None:
+        clauses.append("id <= ?")
+        params.append(upto_id)
+    if query.since is not None:
+        clauses.append("time >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("time < ?")
+        params.append(query.until)
+    if query.peer is not None:
+        clauses.append(f"host IN ({', '.join('?' for _ in query.peer)})")
+        params.extend(query.peer)
+    sql = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return sql, params
 
 
 def _select_id(conn: sqlite3.Connection) -> str:
@@ -133,7 +107,7 @@ def select(
     select_id = _select_id(conn)
     if query.limit is None and upto_id is None:
         upto_id = _top_id(conn)
-    where, params = query.where(after_id, upto_id)
+    where, params = where_clause(query, after_id, upto_id)
     # Narrow the scan to the ids that can hold the time window (there is no
     # index on time); the time conditions in `where` stay exact.
     bounds = []
@@ -161,22 +135,6 @@ def select(
     ).fetchall()
     for row in reversed(newest):
         yield row[0], schema.from_row(row[1:])
-
-
-def journal_path(url: str) -> str:
-    """
-    The file named by a journal URL, as the server reads C{--journal}
-    (L{primecount.journal.sqlite.parse_url}).
-
-    @raise JournalError: for C{none} or a URL that names no journal.
-    """
-    try:
-        parsed = journal.parse_url(url)
-    except journal.JournalURLError as e:
-        raise JournalError(str(e)) from None
-    if parsed.scheme == "none":
-        raise JournalError("the journal is off (--journal none): nothing to read")
-    return parsed.path
 
 
 def _decode(data: bytes) -> str:
@@ -360,8 +318,8 @@ def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
     """
     Delete the records of one file older than C{before}; return how many.
 
-    Deletes in batches of L{PRUNE_BATCH}, one short transaction each, so a
-    server writing meanwhile waits at most one batch. The freed pages are
+    Deletes in chunks of L{PRUNE_CHUNK}, one short transaction each, so a
+    server writing meanwhile waits at most one chunk. The freed pages are
     reused by new records; when the file uses incremental auto-vacuum they
     are also returned to the file system. With C{vacuum}, the file is
     rebuilt to its smallest size, which holds a write lock for the whole
@@ -373,10 +331,10 @@ def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
         deleted = conn.execute(
             "DELETE FROM requests WHERE id IN "
             "(SELECT id FROM requests WHERE time < ? AND id < ? ORDER BY id LIMIT ?)",
-            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_BATCH),
+            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_CHUNK),
         ).rowcount
         total += deleted
-        if deleted < PRUNE_BATCH:
+        if deleted < PRUNE_CHUNK:
             break
     if vacuum:
         conn.execute("VACUUM")
@@ -392,50 +350,3 @@ def prune(files: JournalFiles, before: float, *, vacuum: bool) -> int:
     journal (L{prune_file}, one file after the other); return how many.
     """
     return sum(prune_file(conn, before, vacuum=vacuum) for conn in files.conns.values())
-
-
-@dataclass(frozen=True)
-class Backend:
-    """
-    How to read one kind of journal: the same steps for SQLite and
-    PostgreSQL, so C{primecount journal} has one path for both.
-
-    @ivar shown: the journal, fit to print (no password).
-    @ivar connect: opens it, read-only or (C{False}) for pruning.
-    @ivar show: L{show} for this kind of connection.
-    @ivar prune: L{prune} for this kind of connection.
-    @ivar errors: the driver's exceptions, reported as one line.
-    @ivar why: one line of text for such an exception.
-    """
-
-    shown: str
-    connect: Callable[[bool], Any]
-    show: Callable[..., None]
-    prune: Callable[..., int]
-    errors: type[Exception]
-    why: Callable[[BaseException], str] = str
-
-
-def backend(url: str) -> Backend:
-    """
-    The reader of the journal at C{url} (C{sqlite:PATH} or a PostgreSQL URL).
-
-    @raise JournalError: for C{none}, a URL that names no journal, or a
-        PostgreSQL journal without psycopg.
-    """
-    if url.startswith(journal.POSTGRESQL_SCHEMES):
-        try:
-            from primecount.journal import pgreader
-        except ImportError:
-            raise JournalError(
-                "reading a PostgreSQL journal needs psycopg: pip install 'primecount[postgresql]'"
-            ) from None
-        return pgreader.backend(url)
-    path = journal_path(url)
-    return Backend(
-        shown=path,
-        connect=lambda readonly: JournalFiles(path, readonly=readonly),
-        show=show,
-        prune=prune,
-        errors=sqlite3.Error,
-    )

@@ -1,11 +1,11 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
 The request journal: every request recorded, durably, before it is answered.
 
 One writer thread owns the SQLite connection. Records queue up while it
 commits; each commit takes everything that arrived meanwhile (group commit),
 so under load the cost of a transaction is shared by many requests. The
-L{Deferred} returned by L{SQLiteJournal.append} fires only after the
+C{Deferred} returned by L{SQLiteJournal.append} fires only after the
 transaction holding its records has committed: the request path writes a
 reply only then, so a C{kill -9} can never lose a request whose answer a
 client received.
@@ -61,9 +61,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import primecount.journal.sqlite.schema as schema
 from primecount.core.fileaccess import explain
-from primecount.journal import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError, schema
 from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.interface import DEFAULT_TIMEOUT, DISK, PROCESS, JournalURL, JournalURLError
 from primecount.journal.records import Record
 from primecount.metrics.recorder import MetricsRecorder
 
@@ -148,7 +149,7 @@ class SQLiteJournal(ThreadedJournal):
     (group commit and the writer thread: L{ThreadedJournal}).
 
     @ivar path: the database file.
-    @ivar batches: how many transactions were committed.
+    @ivar groups: how many group commits (transactions) were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """
@@ -394,7 +395,7 @@ class SQLiteJournal(ThreadedJournal):
         was committed to it; when it was deleted, C{write} (with
         C{rewrite}) runs again in a new journal at the path.
 
-        @return: L{None} once committed, else why it failed (rolled back,
+        @return: C{None} once committed, else why it failed (rolled back,
             and the connection dropped so the next one starts afresh: the
             file may have been replaced, remounted or repaired meanwhile).
         """
@@ -520,7 +521,7 @@ class SQLiteJournal(ThreadedJournal):
         the next transaction opens a journal of its own at the path.
 
         @return: whether the old file was deleted (its last group must be
-            written again at the path); L{False} also when it is kept for
+            written again at the path); C{False} also when it is kept for
             now (the journal still holds it).
         """
         assert self._fileFd is not None
@@ -655,7 +656,7 @@ class SQLiteJournal(ThreadedJournal):
         the file open whatever happens to the journal's, so that a rename
         noticed later can still be checkpointed into the old file.
 
-        @return: it, or L{None} when there is none.
+        @return: it, or C{None} when there is none.
         """
         if self._checkpointer is not None:
             return self._checkpointer
@@ -704,7 +705,7 @@ class SQLiteJournal(ThreadedJournal):
         One C{wal_checkpoint(mode)} on the checkpointing connection (opened
         when needed); holds C{_checkpointLock}.
 
-        @return: (page size, frames in the WAL), or L{None} when it failed
+        @return: (page size, frames in the WAL), or C{None} when it failed
             (busy, or unwritable: commit failures are what gets reported).
             The connection stays open either way (L{_openCheckpointer}).
         """

@@ -1,9 +1,10 @@
-# -*- test-case-name: tests.unit.test_pgjournal,tests.system.test_pgjournal_process -*-
+# -*- test-case-name: tests.unit.test_postgresql_journal,tests.system.test_postgresql_journal_process -*-
 """
 The PostgreSQL journal: C{--journal postgresql://USER@HOST:PORT/DB?...}, one
 table shared by every host and every worker that journal to it.
 
-The contract is the SQLite journal's (L{primecount.journal.sqlite.SQLiteJournal}):
+The contract is the SQLite journal's
+(L{primecount.journal.sqlite.writer.SQLiteJournal}):
 the request path calls L{PostgresJournal.commit} from the pool thread, which
 returns once the records are committed (or raises L{JournalUnavailable});
 the range protocol uses L{PostgresJournal.append} and
@@ -23,9 +24,9 @@ PostgreSQL or its host loses up to three C{wal_writer_delay}s (600 ms by
 default) of acknowledged records.
 
 Faults: the connection has a connect timeout, a TCP user timeout and
-keepalives (L{pgschema.CONNECTION_DEFAULTS}, each overridable in the URL), so a
-network partition turns into C{ERR journal unavailable} within seconds, not a
-commit stuck for minutes. Once a commit fails, later ones fail at once while
+keepalives (L{primecount.journal.postgresql.schema.CONNECTION_DEFAULTS},
+each overridable in the URL), so a network partition turns into C{ERR
+journal unavailable} within seconds, not a commit stuck for minutes. Once a commit fails, later ones fail at once while
 the journal's thread probes for the end of the episode (one log line at its
 start, one at its end). A connection the server closed while it was idle
 (PostgreSQL restarted) is noticed before it is used and replaced.
@@ -66,7 +67,8 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 
-from primecount.journal import (
+from primecount.journal.base import _WAKE, ThreadedJournal
+from primecount.journal.interface import (
     DEFAULT_TIMEOUT,
     DISK,
     PROCESS,
@@ -75,8 +77,7 @@ from primecount.journal import (
     JournalURLError,
     mask_password,
 )
-from primecount.journal.base import _WAKE, ThreadedJournal
-from primecount.journal.pgschema import (
+from primecount.journal.postgresql.schema import (
     CHANNEL,
     COPY,
     COPY_TYPES,
@@ -145,7 +146,7 @@ class PostgresJournal(ThreadedJournal):
     no lock another one waits for). Group commit and the journal's thread:
     L{ThreadedJournal}.
 
-    @ivar batches: how many groups were committed.
+    @ivar groups: how many group commits were committed.
     @ivar committed: how many records were committed.
     @ivar failed: how many records could not be committed.
     """
@@ -269,8 +270,8 @@ class PostgresJournal(ThreadedJournal):
         @param group: the id of the group C{write} commits, if it does: a
             failure that leaves its fate unknown (the connection broke, the
             wait for the synchronous standby was cancelled) puts it in
-            doubt (L{_doubt}).
-        @return: L{None} once committed, else why not (the connection is
+            doubt (L{primecount.journal.base.ThreadedJournal._doubt}).
+        @return: C{None} once committed, else why not (the connection is
             then dropped: the next commit starts afresh).
         """
         if self._closed:

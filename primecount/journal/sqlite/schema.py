@@ -1,9 +1,11 @@
-# -*- test-case-name: tests.unit.test_journal -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal -*-
 """
-The journal's SQLite schema, and the mapping between rows and L{Record}s.
+The SQLite journal's schema, and the mapping between rows and L{Record}s
+(the table C{requests} holds a record in the columns L{COLUMNS}).
 
-Shared by the writer (L{primecount.journal.sqlite}) and the reader
-(C{primecount journal}), so the two can never disagree on a column.
+Shared by the writer (L{primecount.journal.sqlite.writer}) and the readers
+(L{primecount.journal.sqlite.reader}, L{primecount.journal.sqlite.stats}),
+so they can never disagree on a column.
 """
 
 from __future__ import annotations
@@ -18,24 +20,7 @@ from itertools import chain
 from operator import itemgetter
 from urllib.parse import quote
 
-from primecount.journal.records import PROTOCOL_COUNT, Record
-
-#: The columns of C{requests}, in the order of L{Record}'s fields. The
-#: C{host} column holds L{Record.peer}: the storage keeps its old name,
-#: since renaming a column of existing journals needs a migration.
-COLUMNS = (
-    "time",
-    "host",
-    "port",
-    "protocol",
-    "message",
-    "count",
-    "prime",
-    "error",
-    "a",
-    "b",
-    "sum_ok",
-)
+from primecount.journal.records import COLUMNS, PROTOCOL_COUNT, Record
 
 CREATE = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -190,7 +175,7 @@ CACHED_STATEMENTS = 3 * MAX_ROWS + 32
 #: The row of an answered count-protocol request (no error, no range
 #: columns), the common case: the protocol is a literal and the error is
 #: left NULL, so it binds six parameters, not eight. The parameter binding
-#: holds the GIL, and sqlite3 binds a L{None} four times slower than an int
+#: holds the GIL, and sqlite3 binds a C{None} four times slower than an int
 #: (it searches for an adapter first).
 _PLAIN_ROW = "(?, ?, ?, 'count', ?, ?, ?)"
 _PLAIN_COLUMNS = COLUMNS[:7]
@@ -300,12 +285,6 @@ def settle_row(record: Record) -> tuple[object, ...]:
     )
 
 
-#: L{Record}'s field of each column of L{COLUMNS}.
-FIELDS = tuple("peer" if column == "host" else column for column in COLUMNS)
-
-assert Record._fields == FIELDS, "Record's fields must be the columns, in order"
-
-
 def from_row(row: Iterable[object]) -> Record:
     """
     The record of one row of L{SELECT}.
@@ -412,7 +391,7 @@ def create_private(path: str) -> None:
     umask): readable by every local user. It gives the C{-wal} and C{-shm}
     files it creates later the mode and owner of the database file, so
     they are private too (checked by
-    L{tests.unit.test_privileges.JournalFileTests}).
+    C{tests.unit.test_privileges.JournalFileTests}).
 
     @raise OSError: when it cannot be created (no such directory, no
         permission).

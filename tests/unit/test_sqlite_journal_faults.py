@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.unit.test_journal_faults -*-
+# -*- test-case-name: tests.unit.test_sqlite_journal_faults -*-
 """
-The journal's faults, in process: a WAL that must stay bounded, a lock that
+The SQLite journal's faults, in process: a WAL that must stay bounded, a lock that
 fails commits fast and then lets them resume, a stop that stops waiting
 for a lock. Faults under a real server are in
-L{tests.system.test_journal_faults_process}.
+L{tests.system.test_sqlite_journal_faults_process}.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from primecount.journal import JournalUnavailable, schema
-from primecount.journal import sqlite as journal_module
+from primecount.journal import JournalUnavailable
 from primecount.journal.records import PROTOCOL_COUNT, Record
-from primecount.journal.sqlite import SQLiteJournal
+from primecount.journal.sqlite import SQLiteJournal, schema
+from primecount.journal.sqlite import writer as journal_module
 
 
 def record(i: int) -> Record:

@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.unit.test_pgjournal -*-
+# -*- test-case-name: tests.unit.test_postgresql_journal -*-
 """
 C{--journal postgresql://…} URLs, which need no database. The PostgreSQL
-journal itself is tested in L{tests.system.test_pgjournal_process}.
+journal itself is tested in L{tests.system.test_postgresql_journal_process}.
 """
 
 from __future__ import annotations

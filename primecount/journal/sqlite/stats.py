@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_journalstats -*-
 """
 The aggregates of C{primecount journal --stats} (L{primecount.journal.stats})
-over an SQLite journal: the file C{PATH} and every worker file of it.
+over an SQLite journal: the file C{PATH} and every worker file of it
+(L{FileSource}).
 
 Each file answers by itself, in a thread of its own when there are
 several (SQLite computes without Python's lock, so the files of
@@ -16,7 +17,7 @@ SQLite has no hash aggregation: a C{GROUP BY} sorts the rows it groups.
 So the errors are grouped on their own (the few rows with an error or of
 the range protocol), and the totals are the sums of the minutes. There is
 no index on time: C{--since}/C{--until} become bounds on ids as in the
-listing (L{primecount.journal.schema.first_id_since}), and the oldest and
+listing (L{primecount.journal.sqlite.schema.first_id_since}), and the oldest and
 newest record are looked for in the first and last minute only.
 """
 
@@ -30,9 +31,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from primecount.journal import schema
-from primecount.journal.reader import JournalFiles, Query
-from primecount.journal.stats import Peer, merged_sums, top_peers
+import primecount.journal.sqlite.schema as schema
+from primecount.journal.interface import Peer, Query
+from primecount.journal.sqlite.reader import JournalFiles, where_clause
+from primecount.journal.stats import merged_sums, top_peers
 
 #: Rows handed over at once by a file read in a thread of its own.
 CHUNK = 1000
@@ -43,7 +45,7 @@ def _where(conn: sqlite3.Connection, query: Query, condition: str = "") -> tuple
     The C{WHERE} clause of C{query} (and C{condition}) on one file, with
     the time window also as bounds on ids.
     """
-    where, params = query.where()
+    where, params = where_clause(query)
     clauses = [where.removeprefix(" WHERE ")] if where else []
     if query.since is not None:
         clauses.append(f"id >= {int(schema.first_id_since(conn, query.since))}")
@@ -112,7 +114,7 @@ class _Ahead:
 
 class FileSource:
     """
-    An SQLite journal's files as one L{primecount.journal.stats.Source}.
+    An SQLite journal's files as one L{primecount.journal.interface.Source}.
     """
 
     def __init__(self, files: JournalFiles) -> None:
