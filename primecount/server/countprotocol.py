@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_protocol -*-
+# -*- test-case-name: tests.unit.test_countprotocol -*-
 """
 The count protocol: one request per line, one reply per request, in order.
 

@@ -336,7 +336,7 @@ def serve(
         for label in (COUNT, PROXY)
     }
     if config["range-port"] is not None or config["range-listen"]:
-        from primecount.server.rangefactory import RangeFactory
+        from primecount.server.rangeprotocol import RangeFactory
 
         factories[RANGE] = RangeFactory(
             reactor,

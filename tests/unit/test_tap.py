@@ -437,7 +437,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_listenersOnTheGivenReactor(self) -> None:
         from primecount.server.countprotocol import CountFactory
         from primecount.server.metricsport import MetricsGate
-        from primecount.server.rangefactory import RangeFactory
+        from primecount.server.rangeprotocol import RangeFactory
 
         options = tap.PrimecountOptions()
         options.parseOptions(

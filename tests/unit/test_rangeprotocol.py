@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.unit.test_rangeserver -*-
+# -*- test-case-name: tests.unit.test_rangeprotocol -*-
 """
 Tests for L{primecount.server.rangeprotocol}: the wire bytes, the sum check, the
 journal, the producer's flow control, over a L{StringTransport} (real sockets:
-L{tests.system.test_rangeserver_sockets}).
+L{tests.system.test_rangeprotocol_sockets}).
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from primecount.journal.records import PROTOCOL_RANGE
 from primecount.server import primestream
 from primecount.server.connections import Connections
 from primecount.server.primestream import PrimeStream
-from primecount.server.rangefactory import RangeFactory
-from primecount.server.rangeprotocol import RangeProtocol
+from primecount.server.rangeprotocol import RangeFactory, RangeProtocol
 from tests.doubles import FakeJournal, FakeReactor, SyncPool
 from tests.unit.test_proxyheader import v1, v2, v2_inet
 

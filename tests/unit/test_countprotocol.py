@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_protocol -*-
+# -*- test-case-name: tests.unit.test_countprotocol -*-
 """
 The count protocol, driven through L{StringTransport} with a fake clock, a
 synchronous pool and a fake journal.
@@ -37,7 +37,7 @@ class FramingTests(SynchronousTestCase):
     Lines, replies, and the error replies that keep the connection open.
     """
 
-    def test_seedExamples(self) -> None:
+    def test_originalExamples(self) -> None:
         h = Harness()
         h.send(b"abc2a\nabacada\nabacadabb\na\n")
         self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n", "3 sí\n".encode(), b"1 no\n"])
@@ -312,7 +312,7 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
 
-class SeedModeAndLimitsTests(SynchronousTestCase):
+class OriginalModeAndLimitsTests(SynchronousTestCase):
     """
     --close-after-reply and --max-connections.
     """
