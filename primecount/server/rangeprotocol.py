@@ -60,6 +60,7 @@ from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.core.wording import plural
 from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE, Record, now
+from primecount.metrics.episodes import Episodes
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.budget import MemoryBudget
 from primecount.server.connections import Connections, no_delay, peer_of
@@ -170,16 +171,16 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._budget = self.factory.budget
         self._budget.join(self)
         if not self.factory.proxyHeader:
-            self._admitted()
-        elif not self._awaitProxy():
+            self.connectionAdmitted()
+        elif not self.awaitProxyHeader():
             return  # not from a trusted proxy: closed
         self._waitForClient()
 
-    def _admitted(self) -> None:
+    def connectionAdmitted(self) -> None:
         self.factory.connections.opened(self, self.peer)
         self.factory.metrics.connectionOpened(PROTOCOL_RANGE)
 
-    def _refuse(self, outcome: Outcome) -> None:
+    def refuseConnection(self, outcome: Outcome) -> None:
         transport: Any = self.transport
         transport.loseConnection()
 
@@ -197,8 +198,8 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         Buffer the bytes and act on every complete message in them.
         """
-        if self._awaitingProxy:
-            data = self._proxyHeader(data)
+        if self.awaitingProxyHeader:
+            data = self.proxyHeaderReceived(data)
             if not data:
                 return
         self._buffer += data
@@ -456,7 +457,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._buffer.clear()
         self._setOutput(0)
         self._budget.leave(self)
-        if self._awaitingProxy:
+        if self.awaitingProxyHeader:
             return  # never admitted: nothing counted, no request to journal
         self.factory.metrics.connectionClosed(PROTOCOL_RANGE)
         if self._stream is not None:
@@ -550,6 +551,7 @@ class RangeFactory(Factory):
         proxyHeader: bool = False,
         trustedProxies: TrustedProxies = TRUSTED_BY_DEFAULT,
         budget: MemoryBudget | None = None,
+        episodes: Episodes | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
@@ -571,6 +573,9 @@ class RangeFactory(Factory):
             only addresses whose connections are served; others are closed.
         @param budget: the memory the process's connections may hold for
             their clients, shared with the count protocol's factory.
+        @param episodes: where refused PROXY headers and journal failures
+            are logged, once per episode; by default the connections' own
+            (L{Connections.episodes}).
         """
         self.reactor = reactor
         self.threadpool = threadpool
@@ -587,6 +592,7 @@ class RangeFactory(Factory):
         self.proxyHeader = proxyHeader
         self.trustedProxies = trustedProxies
         self.budget = budget if budget is not None else MemoryBudget()
+        self.episodes = episodes if episodes is not None else self.connections.episodes
 
     def behindProxy(self) -> RangeFactory:
         """
@@ -671,13 +677,13 @@ class RangeFactory(Factory):
         the journal logged it itself.
         """
         if not failure.check(JournalUnavailable):
-            self.connections.episodes.event(
+            self.episodes.event(
                 "range records the journal failed to write",
                 "Journal unavailable ({why}); range requests are refused until it recovers",
                 level=LogLevel.error,
                 ended="range records the journal failed to write: {total} in {seconds:.0f} s; "
                 "none for {quiet:g} s now",
                 why=failure.getErrorMessage(),
-                quiet=self.connections.episodes.quiet,
+                quiet=self.episodes.quiet,
             )
         return False

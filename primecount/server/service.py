@@ -332,6 +332,7 @@ def serve(
             framing=config["framing"][0],
             readWindow=config["framing"][1],
             budget=budget,
+            episodes=connections.episodes,
         )
         for label in (COUNT, PROXY)
     }
@@ -347,6 +348,7 @@ def serve(
             metrics=metrics,
             trustedProxies=config["trusted-proxies"],
             budget=budget,
+            episodes=connections.episodes,
         )
         # One pool of range job slots for both.
         factories[RANGE_PROXY] = factories[RANGE].behindProxy()

@@ -608,6 +608,26 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertIn("--trusted-proxies 192.0.2.7", text)
         self.assertEqual(said[0]["log_level"], LogLevel.warn)
 
+    def test_refusalsAreLoggedInTheFactorysEpisodes(self) -> None:
+        """
+        The factory logs through the episodes it is handed, not only the
+        connections' own.
+        """
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from primecount.metrics.episodes import Episodes
+        from tests.unit.test_episodes import capture
+
+        events = capture(self)
+        mine = Episodes(Logger(namespace="test.mine"), Clock())
+        h = Harness(proxyHeader=True, episodes=mine)
+        _, protocol = h.connect("127.0.0.3")
+        h.send(self.FORGED, protocol)
+        said = [e for e in events if e.get("log_namespace") == "test.mine"]
+        self.assertEqual([e["peer"] for e in said], ["127.0.0.3"])
+        self.assertIs(h.factory.episodes, mine)
+
     def test_unixSocketPeersNeedTheUnixWord(self) -> None:
         """
         On a UNIX-socket listener the peer has no address: it is trusted

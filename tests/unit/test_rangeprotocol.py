@@ -576,6 +576,32 @@ class ProxyHeaderTests(TestCase):
         proto.dataReceived(wireSum(a, b))
         self.reactor.advance(0)
 
+    def test_refusalsAreLoggedInTheFactorysEpisodes(self) -> None:
+        """
+        The factory logs through the episodes it is handed, not only the
+        connections' own; its twin behind the proxy shares them.
+        """
+        from twisted.logger import Logger
+
+        from primecount.metrics.episodes import Episodes
+        from tests.unit.test_episodes import capture
+
+        events = capture(self)
+        mine = Episodes(Logger(namespace="test.mine"), self.reactor)
+        self.factory = RangeFactory(
+            self.reactor,
+            SyncPool(),  # type: ignore[arg-type]
+            self.journal,
+            connections=self.connections,
+            trustedProxies=TrustedProxies.parse(PEER.host),
+            episodes=mine,
+        ).behindProxy()
+        proto, transport = self.connect()
+        proto.dataReceived(b"PROXY garbage\r\n")
+        said = [e for e in events if e.get("log_namespace") == "test.mine"]
+        self.assertEqual([e["peer"] for e in said], [PEER.host])
+        self.assertTrue(transport.disconnecting)
+
     def test_version1NamesTheClient(self) -> None:
         proto, transport = self.connect()
         self.ask(proto, v1(self.SOURCE, self.DESTINATION))
