@@ -163,7 +163,7 @@ class PrimecountOptions(usage.Options):
         [
             "close-after-reply",
             None,
-            "Close each connection after its first reply (seed behaviour).",
+            "Close each connection after its first reply (the original server's behaviour).",
         ],
         [
             "journal-fsync",

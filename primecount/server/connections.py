@@ -9,7 +9,7 @@ factories' C{buildProtocol} (Twisted's C{LimitConnectionsByPeer} breaks on
 IPv4 addresses and its wrapping hides half-close).
 
 The counts themselves live in a L{Counts}: a plain in-process one here, or
-one in shared memory (L{primecount.workers.supervisor}) so that several worker
+one in shared memory (L{primecount.workers.shared}) so that several worker
 processes enforce one limit together.
 """
 

@@ -188,7 +188,7 @@ class Pipeline:
     So the pool gets one job at a time: while it runs, the reactor reads and
     queues; when it returns, everything queued leaves as the next job. The
     batch size follows the load by itself: one request when the server is
-    idle, hundreds under load, with one hop and one journal transaction per
+    quiet, hundreds under load, with one hop and one journal transaction per
     batch either way.
 
     A batch is capped (L{maxBatch}) and every connection with queued
@@ -240,7 +240,7 @@ class Pipeline:
         # The job in flight.
         self._job: Job | None = None
         self.inFlight = 0
-        self._idle: list[Deferred[None]] = []
+        self._drained: list[Deferred[None]] = []
         journal.onAbandon(self._abandoned)
 
     def submit(self, requests: list[Request]) -> None:
@@ -367,17 +367,18 @@ class Pipeline:
             sink.replyReady()
         self._measure(outcomes, since)
         if not self.inFlight:
-            idle, self._idle = self._idle, []
-            for d in idle:
+            drained, self._drained = self._drained, []
+            for d in drained:
                 d.callback(None)
 
-    def whenIdle(self) -> Deferred[None]:
+    def whenDrained(self) -> Deferred[None]:
         """
-        A L{Deferred} that fires once every accepted request is answered.
+        A L{Deferred} that fires once every accepted request is answered
+        (nothing is in flight).
         """
         d: Deferred[None] = Deferred()
         if self.inFlight:
-            self._idle.append(d)
+            self._drained.append(d)
         else:
             d.callback(None)
         return d

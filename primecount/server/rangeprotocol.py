@@ -98,7 +98,7 @@ def acknowledge_now(transport: object) -> None:
             handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
-_IDLE = "idle"  # waiting for a request
+_AWAITING_REQUEST = "awaiting request"  # waiting for the next request
 _COUNTING = "counting"  # N is being computed in the pool
 _STREAMING = "streaming"  # the primes are being sent
 _AWAITING_SUM = "awaiting sum"  # all sent, waiting for the client's sum
@@ -142,7 +142,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self.factory = factory
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
         self._buffer = bytearray()
-        self._state = _IDLE
+        self._state = _AWAITING_REQUEST
         self._a: int | None = None
         self._b: int | None = None
         self._count: int | None = None
@@ -190,7 +190,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         then close instead of reading the next one.
         """
         self._closing = True
-        if self._state == _IDLE and not self._lost:
+        if self._state == _AWAITING_REQUEST and not self._lost:
             transport: Any = self.transport
             transport.loseConnection()
 
@@ -211,7 +211,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         if self._lost:
             return
-        if self._state == _IDLE and len(self._buffer) >= rangecodec.REQUEST_STRUCT.size:
+        if self._state == _AWAITING_REQUEST and len(self._buffer) >= rangecodec.REQUEST_STRUCT.size:
             request = bytes(self._buffer[: rangecodec.REQUEST_STRUCT.size])
             del self._buffer[: rangecodec.REQUEST_STRUCT.size]
             self._request(*rangecodec.decode_request(request))
@@ -399,7 +399,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         if self._lost:
             return
-        self._state = _IDLE
+        self._state = _AWAITING_REQUEST
         if self._closing:
             transport: Any = self.transport
             transport.loseConnection()
@@ -469,7 +469,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             self._record(self._timeoutError or DISCONNECTED_MID_STREAM)
         elif self._state == _AWAITING_SUM:
             self._record(self._timeoutError or DISCONNECTED_BEFORE_SUM)
-        elif self._state == _IDLE and incomplete:
+        elif self._state == _AWAITING_REQUEST and incomplete:
             self._a = self._b = None
             self._record(INCOMPLETE_REQUEST)
         self._state = _JOURNALLING

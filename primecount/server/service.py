@@ -67,7 +67,8 @@ class PrimecountService(service.MultiService):
     ) -> None:
         """
         @param pipeline: the count requests' pipeline, drained at stop.
-        @param journal: started first, stopped last; L{None} for none.
+        @param journal: started first, stopped last (a
+            L{primecount.journal.NullJournal} when there is none).
         @param connections: the open connections, answered then closed at
             stop.
         @param settings: the settings, as the start's log line says them.
@@ -135,7 +136,7 @@ class PrimecountService(service.MultiService):
                 )
                 # Fires once every connection is gone, dropped ones included.
                 yield self.connections.closeAll()
-            yield self.pipeline.whenIdle()
+            yield self.pipeline.whenDrained()
             yield self.journal.stopService()
             if self.journal.keepsRecords:
                 _log.info(
