@@ -148,7 +148,7 @@ class Connections:
     The open connections of one process, with their limits.
 
     @ivar maxConnections: the most open connections, all protocols together.
-    @ivar maxPerPeer: the most open connections from one address, or L{None}.
+    @ivar maxPerPeer: the most open connections from one address, or C{None}.
     @ivar episodes: logs what clients do wrong once per episode, with counts.
     @ivar refused: connections refused at the limits since the start.
     """

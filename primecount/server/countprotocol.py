@@ -260,10 +260,10 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         Split what one read delivered into lines, in linear time.
 
-        L{LineReceiver.dataReceived} re-copies the rest of the buffer for
+        C{LineReceiver.dataReceived} re-copies the rest of the buffer for
         every line, which is quadratic in the lines per read; a client
         pipelining short lines would make each read cost milliseconds of
-        the reactor's time. This keeps L{LineReceiver}'s C{MAX_LENGTH} and
+        the reactor's time. This keeps C{LineReceiver}'s C{MAX_LENGTH} and
         C{lineLengthExceeded} but splits once per read (L{_parse}).
         """
         if self._closing:

@@ -7,7 +7,7 @@ thread pool at a time; it evaluates its batch and commits the batch's
 journal records before it returns, so only committed requests come back
 with their replies. Whatever was parsed while it ran is the next job,
 taken round-robin across connections; the connections then write their
-replies in request order.
+replies in request order::
 
     connections ──► per-connection queues ──► one pool job at a time
     (evaluate, journal.commit) ──► each connection's pending replies filled
@@ -218,7 +218,7 @@ class Pipeline:
         @param reactor: provides C{callLater}, C{callFromThread} and
             C{seconds}.
         @param threadpool: the pool that evaluates (a
-            L{twisted.python.threadpool.ThreadPool} or a stand-in with
+            C{twisted.python.threadpool.ThreadPool} or a stand-in with
             C{callInThreadWithCallback}).
         @param journal: where records go (a L{primecount.journal.NullJournal}
             for none).
@@ -373,7 +373,7 @@ class Pipeline:
 
     def whenDrained(self) -> Deferred[None]:
         """
-        A L{Deferred} that fires once every accepted request is answered
+        A C{Deferred} that fires once every accepted request is answered
         (nothing is in flight).
         """
         d: Deferred[None] = Deferred()

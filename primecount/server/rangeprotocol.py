@@ -72,7 +72,7 @@ from primecount.server.transport import buffered
 #: until the protocol catches up.
 MAX_BUFFER = 1 << 16
 
-#: Linux's option that sends a pending ACK now (L{None} elsewhere).
+#: Linux's option that sends a pending ACK now (C{None} elsewhere).
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -529,7 +529,7 @@ class RangeFactory(Factory):
     @ivar threadpool: where counting and sieving happen.
     @ivar journal: where records go (a L{primecount.journal.NullJournal}
         for none).
-    @ivar timeout: idle seconds before a connection is closed; 0 or L{None}
+    @ivar timeout: idle seconds before a connection is closed; 0 or C{None}
         disables it.
     @ivar segmentSize: numbers sieved per pool job.
     @ivar maxJobs: how many range jobs may run in the pool at once.
@@ -555,7 +555,7 @@ class RangeFactory(Factory):
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{callFromThread}.
-        @param threadpool: a started L{ThreadPool} (or a test double with
+        @param threadpool: a started C{ThreadPool} (or a test double with
             C{callInThreadWithCallback}).
         @param journal: where records go.
         @param timeout: idle seconds before a connection is closed.
