@@ -18,7 +18,7 @@ from typing import Any
 from twisted.python.threadpool import ThreadPool
 
 from primecount.journal import NullJournal
-from primecount.server.rangefactory import RangeFactory
+from primecount.server.rangeprotocol import RangeFactory
 
 
 def main(argv: list[str]) -> None:

@@ -2,20 +2,26 @@
 """
 The twistd plugin's options and service: C{twistd primecount --port 5050}.
 
-L{Options} parses and checks the command line; L{makeService} composes the
-server from it: one serving process, or with C{--workers N} a supervisor
-of N worker processes (each of which runs this same plugin).
+L{Options} parses and checks the command line; L{settings} unpacks it, once,
+into the typed L{Settings} of this process; L{makeService} hands those to
+L{primecount.compose}, which builds one serving process, or with
+C{--workers N} a supervisor of N worker processes (each of which runs this
+same plugin), or one of those workers. Only this module reads the options
+by their names.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from twisted.application import service
 from twisted.python import usage
 
+from primecount import compose
+from primecount.compose import Framing, JournalSettings, Limits, Listening, Processes, Settings
 from primecount.core import options as coerce
 from primecount.core.privileges import Owner, acting_as, switched_to
 from primecount.core.proxyheader import DEFAULT_TRUSTED, TrustedProxies
@@ -35,6 +41,7 @@ from primecount.server import placement
 from primecount.server.budget import parse_size
 from primecount.server.countprotocol import parse_framing
 from primecount.server.listeners import (
+    Wanted,
     check_description,
     descriptions,
     metrics_wanted,
@@ -42,9 +49,7 @@ from primecount.server.listeners import (
     tcp_description,
 )
 from primecount.server.proxy import check_trusted
-from primecount.server.service import OneStopSignal
-from primecount.workers import compose
-from primecount.workers.environment import WORKER_ENV, WorkerEnvironment
+from primecount.workers.environment import WorkerEnvironment
 
 
 def _journal(value: str) -> JournalURL:
@@ -148,7 +153,7 @@ _COERCE_FAILED = "Parameter type enforcement failed: "
 
 class PrimecountOptions(usage.Options):
     """
-    The options of C{twistd primecount}; bad values raise L{usage.UsageError}.
+    The options of C{twistd primecount}; bad values raise C{usage.UsageError}.
     """
 
     synopsis = "[options]"
@@ -163,7 +168,7 @@ class PrimecountOptions(usage.Options):
         [
             "close-after-reply",
             None,
-            "Close each connection after its first reply (seed behaviour).",
+            "Close each connection after its first reply (the original server's behaviour).",
         ],
         [
             "journal-fsync",
@@ -308,9 +313,20 @@ class PrimecountOptions(usage.Options):
     #: Whom twistd runs the server as after binding (C{--uid/--gid}), if
     #: anyone: what the start creates is created as that user.
     owner: Owner | None = None
+    #: What the supervisor told this process in its environment, when it is
+    #: one of C{--workers N}; else C{None}.
+    worker: WorkerEnvironment | None = None
+    #: The command line after C{primecount}: each worker runs with the same.
+    argv: list[str]
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        """
+        @param environ: the process's environment (C{os.environ} when
+            C{None}), where a supervisor tells its workers what they are.
+        """
         super().__init__()
+        self._environ = os.environ if environ is None else environ
+        self.argv = []
         self["listen"] = []
         self["range-listen"] = []
 
@@ -366,7 +382,8 @@ class PrimecountOptions(usage.Options):
         self.owner = _owner(self)
         if not self["listen"]:
             self["listen"] = [tcp_description(self["port"], self["interface"])]
-        if os.environ.get(WORKER_ENV):
+        self.worker = WorkerEnvironment.decode(self._environ)
+        if self.worker is not None:
             # Its supervisor checked the listeners (systemd: sockets are the
             # supervisor's alone) and every journal part before starting it.
             return
@@ -378,15 +395,10 @@ class PrimecountOptions(usage.Options):
             check_trusted(checked, self["trusted-proxies"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        wanted = descriptions(
-            self["listen"],
-            self["range-port"],
-            self["interface"],
-            self["range-listen"],
-            self["port"],
-        )
-        if self["metrics-port"] is not None:
-            wanted.append(metrics_wanted(self["metrics-port"], self["metrics-interface"]))
+        wanted = _listeners(self)
+        metrics = _metrics(self)
+        if metrics is not None:
+            wanted.append(metrics)
         twice = repeated_port(wanted)
         if twice is not None:
             raise usage.UsageError(twice)
@@ -425,22 +437,84 @@ class Options(PrimecountOptions):
             raise SystemExit(1) from None
 
 
+def _listeners(options: PrimecountOptions) -> list[Wanted]:
+    """
+    The count and range listeners the options ask for.
+    """
+    return descriptions(
+        options["listen"],
+        options["range-port"],
+        options["interface"],
+        options["range-listen"],
+        options["port"],
+    )
+
+
+def _metrics(options: PrimecountOptions) -> Wanted | None:
+    """
+    The metrics listener the options ask for, if any.
+    """
+    if options["metrics-port"] is None:
+        return None
+    return metrics_wanted(options["metrics-port"], options["metrics-interface"])
+
+
+def settings(options: PrimecountOptions) -> Settings:
+    """
+    The settings of this process, from its parsed options: the options'
+    values, typed, and what they imply here, computed once. A worker of
+    C{--workers N} (see L{PrimecountOptions.worker}) journals to its own
+    part (L{for_worker}); the connection limit is what the open-files limit
+    allows (L{compose.effective_connections}, which raises that limit as
+    far as it goes).
+    """
+    worker = options.worker
+    metrics = _metrics(options)
+    url = options["journal"] if worker is None else for_worker(options["journal"], worker.index)
+    kind, readWindow = options["framing"]
+    shape = compose.shape_of(options["workers"], worker)
+    return Settings(
+        listening=Listening(
+            listeners=tuple(_listeners(options)),
+            metrics=metrics,
+            trustedProxies=options["trusted-proxies"],
+        ),
+        limits=Limits(
+            maxConnections=compose.effective_connections(
+                shape, options["max-connections"], metrics
+            ),
+            maxPerPeer=options["max-per-peer"],
+            maxMemory=options["max-memory"],
+            maxLine=options["max-line"],
+            timeout=options["timeout"],
+            shutdownTimeout=options["shutdown-timeout"],
+        ),
+        framing=Framing(
+            kind=kind, readWindow=readWindow, closeAfterReply=bool(options["close-after-reply"])
+        ),
+        journal=JournalSettings(
+            url=url,
+            durability=options["journal-durability"],
+            timeout=options["journal-timeout"],
+        ),
+        processes=Processes(
+            workers=options["workers"],
+            threads=options["threads"],
+            placement=options["cpu-affinity"],
+            owner=options.owner,
+            argv=tuple(options.argv),
+            worker=worker,
+        ),
+    )
+
+
 def makeService(options: PrimecountOptions, reactor: Any = None) -> service.MultiService:
     """
     Build the server from parsed options: one serving process, or (with
     C{--workers N}) a supervisor of N, or one of those N workers.
 
-    @param reactor: the reactor to run on; the global one when L{None}.
+    @param reactor: the reactor to run on; the global one when C{None}.
     """
     if reactor is None:
         from twisted.internet import reactor
-    told = WorkerEnvironment.decode(os.environ)
-    top: service.MultiService
-    if told is not None:
-        top = compose.worker(options, reactor, told)
-    elif options["workers"] > 1:
-        top = compose.supervisor(options, reactor)
-    else:
-        top = compose.single(options, reactor)
-    OneStopSignal(reactor).setServiceParent(top)
-    return top
+    return compose.process(settings(options), reactor)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_rangeserver,tests.unit.test_multiclient -*-
+# -*- test-case-name: tests.unit.test_rangeprotocol,tests.unit.test_multiclient -*-
 """
 The range protocol's codec: the byte layouts of its four messages.
 

@@ -9,7 +9,7 @@ factories' C{buildProtocol} (Twisted's C{LimitConnectionsByPeer} breaks on
 IPv4 addresses and its wrapping hides half-close).
 
 The counts themselves live in a L{Counts}: a plain in-process one here, or
-one in shared memory (L{primecount.workers.supervisor}) so that several worker
+one in shared memory (L{primecount.workers.shared}) so that several worker
 processes enforce one limit together.
 """
 
@@ -148,7 +148,7 @@ class Connections:
     The open connections of one process, with their limits.
 
     @ivar maxConnections: the most open connections, all protocols together.
-    @ivar maxPerPeer: the most open connections from one address, or L{None}.
+    @ivar maxPerPeer: the most open connections from one address, or C{None}.
     @ivar episodes: logs what clients do wrong once per episode, with counts.
     @ivar refused: connections refused at the limits since the start.
     """

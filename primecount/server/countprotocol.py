@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_protocol -*-
+# -*- test-case-name: tests.unit.test_countprotocol -*-
 """
 The count protocol: one request per line, one reply per request, in order.
 
@@ -36,6 +36,7 @@ from primecount.core.count import Evaluation
 from primecount.core.outcomes import LINE_TOO_LONG, SERVER_BUSY, Outcome
 from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.journal.records import PROTOCOL_COUNT
+from primecount.metrics.episodes import Episodes
 from primecount.metrics.recorder import MetricsRecorder, NullMetrics
 from primecount.server.budget import REQUEST_OVERHEAD, MemoryBudget
 from primecount.server.connections import Connections, no_delay, peer_of
@@ -160,11 +161,11 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         if factory.proxyHeader:
             # Admitted once the PROXY line names the real client (if it
             # comes from a trusted proxy at all).
-            self._awaitProxy()
+            self.awaitProxyHeader()
             return
-        self._admitted()
+        self.connectionAdmitted()
 
-    def _admitted(self) -> None:
+    def connectionAdmitted(self) -> None:
         self.factory.connections.opened(self, self.peer)
         self.factory.metrics.connectionOpened(PROTOCOL_COUNT)
 
@@ -180,7 +181,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._setOutput(0)
         if not self._pending:
             self._budget.leave(self)
-        if not self._awaitingProxy:
+        if not self.awaitingProxyHeader:
             self.factory.connections.closed(self)
             self.factory.metrics.connectionClosed(PROTOCOL_COUNT)
 
@@ -223,7 +224,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         if self._writePaused or self._closing:
             # Replies are stuck in the send buffer: the client stopped
             # reading them, and a graceful close would wait for it forever.
-            self.factory.connections.episodes.event(
+            self.factory.episodes.event(
                 "clients dropped for not reading their replies",
                 "{peer}:{port} stopped reading its replies for {timeout:g} s; dropping it"
                 " (more such are counted, not logged)",
@@ -233,7 +234,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
             )
             self.transport.abortConnection()
             return
-        self.factory.connections.episodes.event(
+        self.factory.episodes.event(
             "idle connections closed",
             "closing idle connection from {peer}:{port} (more such are counted, not logged)",
             peer=self.peer,
@@ -259,16 +260,16 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         """
         Split what one read delivered into lines, in linear time.
 
-        L{LineReceiver.dataReceived} re-copies the rest of the buffer for
+        C{LineReceiver.dataReceived} re-copies the rest of the buffer for
         every line, which is quadratic in the lines per read; a client
         pipelining short lines would make each read cost milliseconds of
-        the reactor's time. This keeps L{LineReceiver}'s C{MAX_LENGTH} and
+        the reactor's time. This keeps C{LineReceiver}'s C{MAX_LENGTH} and
         C{lineLengthExceeded} but splits once per read (L{_parse}).
         """
         if self._closing:
             return
-        if self._awaitingProxy:
-            data = self._proxyHeader(data)
+        if self.awaitingProxyHeader:
+            data = self.proxyHeaderReceived(data)
             if not data:
                 return
         if self.factory.framing == READ:
@@ -371,7 +372,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         self._send()
         self._account()
 
-    def _refuse(self, outcome: Outcome) -> None:
+    def refuseConnection(self, outcome: Outcome) -> None:
         self._closing = True
         self.transport.write(outcome.reply())
         self._close()
@@ -381,7 +382,7 @@ class CountProtocol(ProxyHeaderReceiver, LineReceiver):
         Framing is lost: answer C{ERR line too long} after the earlier
         replies, then close.
         """
-        self.factory.connections.episodes.event(
+        self.factory.episodes.event(
             "connections closed with ERR line too long",
             "{peer}:{port} sent a line longer than {limit} bytes; closing"
             " (more such are counted, not logged)",
@@ -586,10 +587,14 @@ class CountFactory(Factory):
         framing: str = LINE,
         readWindow: float = READ_WINDOW,
         budget: MemoryBudget | None = None,
+        episodes: Episodes | None = None,
     ) -> None:
         """
         @param connections: the process's open connections and their limits,
             shared with the range protocol's factory.
+        @param episodes: where what clients do wrong (idle, too long a line,
+            a refused PROXY header) is logged, once per episode; by default
+            the connections' own (L{Connections.episodes}).
         @param budget: the memory the process's connections may hold for
             their clients, shared with the range protocol's factory.
         @param metrics: counts open connections and refusals.
@@ -620,6 +625,7 @@ class CountFactory(Factory):
         self.framing = framing
         self.readWindow = readWindow
         self.budget = budget if budget is not None else MemoryBudget()
+        self.episodes = episodes if episodes is not None else self.connections.episodes
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.proxyHeader:

@@ -7,7 +7,7 @@ connection opens, moved on every request, cancelled when it closes, each a
 heap operation on the reactor's timer queue. With one message per
 connection that is three timer operations per request for a timeout that
 almost never fires. Here a connection only notes when it was last active
-(one attribute store), and one L{LoopingCall} per factory looks over the
+(one attribute store), and one C{LoopingCall} per factory looks over the
 open connections a few times per timeout period.
 
 A connection is closed between C{timeout} and C{timeout + interval}
@@ -27,7 +27,7 @@ class Idler(Protocol):
     What the sweep needs of a connection.
 
     @ivar lastActive: when the connection was last active (the clock's
-        seconds), or L{None} while its idle timeout is paused.
+        seconds), or C{None} while its idle timeout is paused.
     """
 
     lastActive: float | None
@@ -46,14 +46,14 @@ class IdleSweep:
     """
     Closes connections that stayed inactive for C{timeout} seconds.
 
-    @ivar timeout: idle seconds allowed; 0 or L{None} disables the sweep.
+    @ivar timeout: idle seconds allowed; 0 or C{None} disables the sweep.
     @ivar interval: seconds between sweeps.
     """
 
     def __init__(self, clock: Any, timeout: float | None) -> None:
         """
         @param clock: provides C{seconds} and C{callLater} (the reactor).
-        @param timeout: idle seconds allowed; 0 or L{None}: no timeout.
+        @param timeout: idle seconds allowed; 0 or C{None}: no timeout.
         """
         self._clock = clock
         self.timeout = timeout or None

@@ -139,7 +139,7 @@ _EVERYWHERE = ("", "0.0.0.0", "::")
 def tcp_address(description: str) -> tuple[str, str] | None:
     """
     The (interface, port) text of a TCP-style endpoint description
-    (C{tcp:}, C{tcp6:}, C{ssl:}, also after C{haproxy:}), else L{None}.
+    (C{tcp:}, C{tcp6:}, C{ssl:}, also after C{haproxy:}), else C{None}.
     """
     if description.startswith(HAPROXY):
         description = description[len(HAPROXY) :]
@@ -155,7 +155,7 @@ def repeated_port(wanted: Iterable[Wanted]) -> str | None:
     """
     Two listeners asked for on the same TCP port (of the same address, or
     one of them on every address): C{port 5058 is given twice: --port 5058
-    and --range-port 5058}; else L{None}. Port 0 (any free port) never
+    and --range-port 5058}; else C{None}. Port 0 (any free port) never
     repeats.
     """
     seen: list[tuple[str, str, str]] = []
@@ -267,7 +267,7 @@ def cannot_listen(option: str, error: BaseException) -> str:
     address is already in use (another program listens there)}. The same
     words with and without C{--workers}.
 
-    @param error: a L{CannotListenError}, or the C{OSError} of a UNIX
+    @param error: a C{CannotListenError}, or the C{OSError} of a UNIX
         socket's lock file.
     """
     if not isinstance(error, CannotListenError):
@@ -325,7 +325,7 @@ class Listener(service.Service):
     @ivar description: where, as the endpoint description or inherited
         descriptor it was made from.
     @ivar factory: the protocol factory of its connections.
-    @ivar port: the listening port once bound, else L{None}.
+    @ivar port: the listening port once bound, else C{None}.
     """
 
     def __init__(

@@ -10,7 +10,7 @@ L{METRICS_CONNECTIONS} connections at once (more are answered C{503} and
 closed) and closes a connection that sent nothing for L{METRICS_TIMEOUT}
 seconds. Those connections are reserved from the open-files limit before
 the count port's share is computed
-(L{primecount.server.service.connection_limit}), and the port accepts
+(L{primecount.compose.connection_limit}), and the port accepts
 through a L{primecount.server.connections.RefusingPort} sharing the
 process's reserve descriptor, so that it never takes a descriptor the
 count port counts on, and out of descriptors it answers C{503} instead of

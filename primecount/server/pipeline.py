@@ -7,7 +7,7 @@ thread pool at a time; it evaluates its batch and commits the batch's
 journal records before it returns, so only committed requests come back
 with their replies. Whatever was parsed while it ran is the next job,
 taken round-robin across connections; the connections then write their
-replies in request order.
+replies in request order::
 
     connections ──► per-connection queues ──► one pool job at a time
     (evaluate, journal.commit) ──► each connection's pending replies filled
@@ -188,7 +188,7 @@ class Pipeline:
     So the pool gets one job at a time: while it runs, the reactor reads and
     queues; when it returns, everything queued leaves as the next job. The
     batch size follows the load by itself: one request when the server is
-    idle, hundreds under load, with one hop and one journal transaction per
+    quiet, hundreds under load, with one hop and one journal transaction per
     batch either way.
 
     A batch is capped (L{maxBatch}) and every connection with queued
@@ -218,7 +218,7 @@ class Pipeline:
         @param reactor: provides C{callLater}, C{callFromThread} and
             C{seconds}.
         @param threadpool: the pool that evaluates (a
-            L{twisted.python.threadpool.ThreadPool} or a stand-in with
+            C{twisted.python.threadpool.ThreadPool} or a stand-in with
             C{callInThreadWithCallback}).
         @param journal: where records go (a L{primecount.journal.NullJournal}
             for none).
@@ -240,7 +240,7 @@ class Pipeline:
         # The job in flight.
         self._job: Job | None = None
         self.inFlight = 0
-        self._idle: list[Deferred[None]] = []
+        self._drained: list[Deferred[None]] = []
         journal.onAbandon(self._abandoned)
 
     def submit(self, requests: list[Request]) -> None:
@@ -367,17 +367,18 @@ class Pipeline:
             sink.replyReady()
         self._measure(outcomes, since)
         if not self.inFlight:
-            idle, self._idle = self._idle, []
-            for d in idle:
+            drained, self._drained = self._drained, []
+            for d in drained:
                 d.callback(None)
 
-    def whenIdle(self) -> Deferred[None]:
+    def whenDrained(self) -> Deferred[None]:
         """
-        A L{Deferred} that fires once every accepted request is answered.
+        A C{Deferred} that fires once every accepted request is answered
+        (nothing is in flight).
         """
         d: Deferred[None] = Deferred()
         if self.inFlight:
-            self._idle.append(d)
+            self._drained.append(d)
         else:
             d.callback(None)
         return d

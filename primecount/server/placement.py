@@ -67,7 +67,7 @@ def parse(text: str) -> Placement:
 
 def choose(placement: Placement, index: int, allowed: set[int]) -> int | None:
     """
-    The CPU serving process number C{index} should run on, or L{None} to
+    The CPU serving process number C{index} should run on, or C{None} to
     leave it to the scheduler.
 
     C{auto} spreads processes over the CPUs this process may use (its

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_rangeserver -*-
+# -*- test-case-name: tests.unit.test_rangeprotocol -*-
 """
 The primes of a range, streamed with flow control: L{PrimeStream}, a push
 producer that sieves one segment per pool job (L{encoded_segment}) and

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import LogLevel
@@ -20,6 +20,9 @@ from twisted.logger import LogLevel
 from primecount.core import proxyheader
 from primecount.core.outcomes import BAD_PROXY_HEADER, SERVER_BUSY, UNTRUSTED_PROXY, Outcome
 from primecount.journal.records import PROTOCOL_COUNT
+from primecount.metrics.episodes import Episodes
+from primecount.metrics.recorder import MetricsRecorder
+from primecount.server.connections import Connections
 from primecount.server.listeners import HAPROXY
 
 #: An endpoint description (after C{haproxy:}) of a UNIX socket: C{unix:…},
@@ -65,6 +68,93 @@ def proxy_peer(source: tuple[str, int]) -> tuple[str, int]:
     return host, port
 
 
+class ProxyFactory(Protocol):
+    """
+    What the factory of a connection behind HAProxy provides to
+    L{ProxyHeaderReceiver} (L{primecount.server.countprotocol.CountFactory}
+    and L{primecount.server.rangeprotocol.RangeFactory} do).
+    """
+
+    @property
+    def trustedProxies(self) -> proxyheader.TrustedProxies:
+        """
+        The only addresses whose connections may name a client
+        (C{--trusted-proxies}).
+        """
+
+    @property
+    def connections(self) -> Connections:
+        """
+        The process's open connections and their limits: the header's
+        client is admitted under them.
+        """
+
+    @property
+    def metrics(self) -> MetricsRecorder:
+        """
+        Where refusals are counted.
+        """
+
+    @property
+    def episodes(self) -> Episodes:
+        """
+        Where refusals are logged, once per episode.
+        """
+
+
+class ProxyHost(Protocol):
+    """
+    What a protocol that mixes in L{ProxyHeaderReceiver} provides to it
+    (mypy checks it wherever the host calls the receiver's methods).
+    """
+
+    @property
+    def factory(self) -> ProxyFactory:
+        """
+        The factory that made the connection.
+        """
+
+    @property
+    def transport(self) -> Any:
+        """
+        The connection's transport; its peer is the proxy's address.
+        """
+
+    #: The client's address: the proxy's until the header names the client.
+    peer: str
+    #: The client's port.
+    port: int
+
+    def connectionAdmitted(self) -> None:
+        """
+        The connection is admitted under its client's address: count it
+        open.
+        """
+
+    def refuseConnection(self, outcome: Outcome) -> None:
+        """
+        The connection is refused (C{outcome} says why): say so if the
+        protocol can, and close.
+        """
+
+
+class _Receiving(ProxyHost, Protocol):
+    """
+    A L{ProxyHost} with L{ProxyHeaderReceiver} mixed in: what the
+    receiver's own methods use.
+    """
+
+    metricsProtocol: str
+    refusals: str
+    awaitingProxyHeader: bool
+    _proxyBuffer: bytes
+    _proxyRefused: bool
+
+    def _proxyRefuse(
+        self, outcome: Outcome, text: str = ..., level: LogLevel = ..., **fields: Any
+    ) -> None: ...
+
+
 class ProxyHeaderReceiver:
     """
     Reads the PROXY protocol header (version 1 or 2) that HAProxy sends
@@ -76,37 +166,29 @@ class ProxyHeaderReceiver:
     own address is not a trusted proxy's (the factory's C{trustedProxies})
     is refused before a byte of it is read: it could name any client.
 
-    Mixed into a protocol, which calls L{_awaitProxy} when a connection
-    behind HAProxy is made, passes every read to L{_proxyHeader} while
-    C{_awaitingProxy} is set, and provides C{factory} (with C{connections},
-    C{metrics} and C{trustedProxies}), C{transport}, the C{peer} and C{port}
-    of the client, C{_admitted()} (count the connection open) and
-    C{_refuse(outcome)} (say why if the protocol can, and close). A refused
-    connection is logged once per episode, never counted open, never
-    journalled.
+    Mixed into a protocol that provides L{ProxyHost} (a factory that
+    provides L{ProxyFactory}, the transport, the client's C{peer} and
+    C{port}, L{ProxyHost.connectionAdmitted} and
+    L{ProxyHost.refuseConnection}). The protocol calls
+    L{awaitProxyHeader} when a connection behind HAProxy is made, and
+    passes every read to L{proxyHeaderReceived} while
+    L{awaitingProxyHeader} is set. A refused connection is logged once per
+    episode, never counted open, never journalled.
 
     @cvar metricsProtocol: the protocol's name in metrics (L{PROTOCOL_COUNT}, ...).
     @cvar refusals: how the episodes of refusals are named, before the
         outcome.
+    @ivar awaitingProxyHeader: the connection is behind HAProxy and not
+        admitted yet (its header is incomplete, or it was refused).
     """
 
     metricsProtocol = PROTOCOL_COUNT
     refusals = "connections closed with ERR"
-    factory: Any
-    transport: Any
-    peer: str
-    port: int
-    _awaitingProxy = False  # behind HAProxy, before its header
+    awaitingProxyHeader = False
     _proxyBuffer = b""
     _proxyRefused = False
 
-    def _admitted(self) -> None:
-        raise NotImplementedError
-
-    def _refuse(self, outcome: Outcome) -> None:
-        raise NotImplementedError
-
-    def _awaitProxy(self) -> bool:
+    def awaitProxyHeader(self: _Receiving) -> bool:
         """
         A connection on a listener behind HAProxy is made: wait for its
         header if it comes from a trusted proxy, else refuse it (C{ERR
@@ -115,7 +197,7 @@ class ProxyHeaderReceiver:
 
         @return: whether the connection waits for its header.
         """
-        self._awaitingProxy = True
+        self.awaitingProxyHeader = True
         trusted = self.factory.trustedProxies
         own = self.transport.getPeer()
         if trusted.trusts(None if isinstance(own, UNIXAddress) else self.peer):
@@ -130,7 +212,7 @@ class ProxyHeaderReceiver:
         )
         return False
 
-    def _proxyHeader(self, data: bytes) -> bytes:
+    def proxyHeaderReceived(self: _Receiving, data: bytes) -> bytes:
         """
         Take C{data}, the next bytes of the connection while it waits for
         its header; admit the connection once the header is complete.
@@ -154,25 +236,25 @@ class ProxyHeaderReceiver:
             self.factory.metrics.requests(self.metricsProtocol, SERVER_BUSY)
             self._proxyRefuse(SERVER_BUSY)
             return b""
-        self._awaitingProxy = False
-        self._admitted()
+        self.awaitingProxyHeader = False
+        self.connectionAdmitted()
         return result.rest
 
     def _proxyRefuse(
-        self,
+        self: _Receiving,
         outcome: Outcome,
         text: str = "{peer}:{port}: {reason}; closing (more such are counted, not logged)",
         level: LogLevel = LogLevel.info,
-        **fields: object,
+        **fields: Any,
     ) -> None:
         """
-        Refuse the connection before admitting it (C{_awaitingProxy} stays
-        set: connectionLost has nothing to release), logging once per
+        Refuse the connection before admitting it (L{awaitingProxyHeader}
+        stays set: connectionLost has nothing to release), logging once per
         episode C{text} at C{level} with the peer, its port, the C{reason}
         and C{fields}.
         """
         self._proxyRefused = True
-        self.factory.connections.episodes.event(
+        self.factory.episodes.event(
             f"{self.refusals} {outcome.text}",
             text,
             level,
@@ -181,4 +263,4 @@ class ProxyHeaderReceiver:
             reason=outcome.text,
             **fields,
         )
-        self._refuse(outcome)
+        self.refuseConnection(outcome)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_rangeserver,tests.system.test_rangeserver_sockets -*-
+# -*- test-case-name: tests.unit.test_rangeprotocol,tests.system.test_rangeprotocol_sockets -*-
 """
 The range protocol server: the primes in [a, b], streamed with flow control.
 
@@ -11,26 +11,34 @@ two segments per connection whatever the width of the range. The client
 then sends its sum (C{!q}); the server compares it with its own, journals a
 L{Record} and reads the next request.
 
+L{RangeProtocol} is one connection; L{RangeFactory} builds them and holds
+what they share: the reactor, the thread pool, the journal, the slots that
+keep range jobs fair, the connection limits.
+
 Fairness: every sieve job covers one segment (a few milliseconds), each
 stream has at most one job queued or running, and all range jobs share a
-small number of slots (L{RangeFactory.maxJobs}, in L{primecount.server.rangefactory}; by default at most the
+small number of slots (L{RangeFactory.maxJobs}: by default at most the
 number of CPUs and always fewer than the pool's threads) taken in arrival
 order. Streams therefore take turns segment by segment, and the count
-protocol always finds an idle thread in the shared pool.
+protocol always finds a free thread in the shared pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 import socket
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorCore
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from primecount.core import rangecodec
@@ -43,27 +51,28 @@ from primecount.core.outcomes import (
     INTERNAL_ERROR,
     NO_SUM,
     OK,
+    SERVER_BUSY,
     STOPPED_READING,
     Outcome,
 )
-from primecount.core.primes import (
-    count_between,
-)
+from primecount.core.primes import SEGMENT_SIZE, count_between
+from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.core.wording import plural
+from primecount.journal import Journal, JournalUnavailable
 from primecount.journal.records import PROTOCOL_RANGE, Record, now
-from primecount.server.connections import no_delay, peer_of
+from primecount.metrics.episodes import Episodes
+from primecount.metrics.recorder import MetricsRecorder, NullMetrics
+from primecount.server.budget import MemoryBudget
+from primecount.server.connections import Connections, no_delay, peer_of
 from primecount.server.primestream import PrimeStream
 from primecount.server.proxy import ProxyHeaderReceiver
 from primecount.server.transport import buffered
-
-if TYPE_CHECKING:
-    from primecount.server.rangefactory import RangeFactory
 
 #: Unprocessed input beyond this many bytes stops reading from the client
 #: until the protocol catches up.
 MAX_BUFFER = 1 << 16
 
-#: Linux's option that sends a pending ACK now (L{None} elsewhere).
+#: Linux's option that sends a pending ACK now (C{None} elsewhere).
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -89,7 +98,7 @@ def acknowledge_now(transport: object) -> None:
             handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
-_IDLE = "idle"  # waiting for a request
+_AWAITING_REQUEST = "awaiting request"  # waiting for the next request
 _COUNTING = "counting"  # N is being computed in the pool
 _STREAMING = "streaming"  # the primes are being sent
 _AWAITING_SUM = "awaiting sum"  # all sent, waiting for the client's sum
@@ -133,7 +142,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self.factory = factory
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
         self._buffer = bytearray()
-        self._state = _IDLE
+        self._state = _AWAITING_REQUEST
         self._a: int | None = None
         self._b: int | None = None
         self._count: int | None = None
@@ -162,16 +171,16 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._budget = self.factory.budget
         self._budget.join(self)
         if not self.factory.proxyHeader:
-            self._admitted()
-        elif not self._awaitProxy():
+            self.connectionAdmitted()
+        elif not self.awaitProxyHeader():
             return  # not from a trusted proxy: closed
         self._waitForClient()
 
-    def _admitted(self) -> None:
+    def connectionAdmitted(self) -> None:
         self.factory.connections.opened(self, self.peer)
         self.factory.metrics.connectionOpened(PROTOCOL_RANGE)
 
-    def _refuse(self, outcome: Outcome) -> None:
+    def refuseConnection(self, outcome: Outcome) -> None:
         transport: Any = self.transport
         transport.loseConnection()
 
@@ -181,7 +190,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         then close instead of reading the next one.
         """
         self._closing = True
-        if self._state == _IDLE and not self._lost:
+        if self._state == _AWAITING_REQUEST and not self._lost:
             transport: Any = self.transport
             transport.loseConnection()
 
@@ -189,8 +198,8 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         Buffer the bytes and act on every complete message in them.
         """
-        if self._awaitingProxy:
-            data = self._proxyHeader(data)
+        if self.awaitingProxyHeader:
+            data = self.proxyHeaderReceived(data)
             if not data:
                 return
         self._buffer += data
@@ -202,7 +211,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         if self._lost:
             return
-        if self._state == _IDLE and len(self._buffer) >= rangecodec.REQUEST_STRUCT.size:
+        if self._state == _AWAITING_REQUEST and len(self._buffer) >= rangecodec.REQUEST_STRUCT.size:
             request = bytes(self._buffer[: rangecodec.REQUEST_STRUCT.size])
             del self._buffer[: rangecodec.REQUEST_STRUCT.size]
             self._request(*rangecodec.decode_request(request))
@@ -390,7 +399,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         if self._lost:
             return
-        self._state = _IDLE
+        self._state = _AWAITING_REQUEST
         if self._closing:
             transport: Any = self.transport
             transport.loseConnection()
@@ -448,7 +457,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._buffer.clear()
         self._setOutput(0)
         self._budget.leave(self)
-        if self._awaitingProxy:
+        if self.awaitingProxyHeader:
             return  # never admitted: nothing counted, no request to journal
         self.factory.metrics.connectionClosed(PROTOCOL_RANGE)
         if self._stream is not None:
@@ -460,7 +469,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             self._record(self._timeoutError or DISCONNECTED_MID_STREAM)
         elif self._state == _AWAITING_SUM:
             self._record(self._timeoutError or DISCONNECTED_BEFORE_SUM)
-        elif self._state == _IDLE and incomplete:
+        elif self._state == _AWAITING_REQUEST and incomplete:
             self._a = self._b = None
             self._record(INCOMPLETE_REQUEST)
         self._state = _JOURNALLING
@@ -499,3 +508,182 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
             self._pending = False
             return self.factory.journalSettle(record)
         return self.factory.journalAppend(record)
+
+
+class _Refused(Protocol):
+    """
+    Closes a connection over the limits.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.loseConnection()
+
+
+class RangeFactory(Factory):
+    """
+    Builds L{RangeProtocol}s and holds what they share: the reactor, the
+    thread pool, the journal and the slots that keep range jobs fair.
+
+    @ivar reactor: the reactor the protocols run on.
+    @ivar threadpool: where counting and sieving happen.
+    @ivar journal: where records go (a L{primecount.journal.NullJournal}
+        for none).
+    @ivar timeout: idle seconds before a connection is closed; 0 or C{None}
+        disables it.
+    @ivar segmentSize: numbers sieved per pool job.
+    @ivar maxJobs: how many range jobs may run in the pool at once.
+    """
+
+    protocol = RangeProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorCore,
+        threadpool: ThreadPool,
+        journal: Journal,
+        timeout: float | None = 5.0,
+        segmentSize: int = SEGMENT_SIZE,
+        maxJobs: int | None = None,
+        connections: Connections | None = None,
+        metrics: MetricsRecorder | None = None,
+        proxyHeader: bool = False,
+        trustedProxies: TrustedProxies = TRUSTED_BY_DEFAULT,
+        budget: MemoryBudget | None = None,
+        episodes: Episodes | None = None,
+    ) -> None:
+        """
+        @param reactor: provides C{callLater} and C{callFromThread}.
+        @param threadpool: a started C{ThreadPool} (or a test double with
+            C{callInThreadWithCallback}).
+        @param journal: where records go.
+        @param timeout: idle seconds before a connection is closed.
+        @param segmentSize: numbers sieved per pool job.
+        @param maxJobs: range jobs allowed in the pool at once; by default
+            the number of CPUs, but always fewer than the pool's threads
+            when it has more than one, so other work finds a thread.
+        @param connections: the process's open connections and their limits,
+            shared with the count protocol's factory.
+        @param metrics: counts requests by outcome and open connections.
+        @param proxyHeader: connections start with a PROXY protocol header
+            (behind HAProxy's C{send-proxy-v2} or C{send-proxy}); limits
+            and the journal use the client address it names.
+        @param trustedProxies: with C{proxyHeader} (or L{behindProxy}), the
+            only addresses whose connections are served; others are closed.
+        @param budget: the memory the process's connections may hold for
+            their clients, shared with the count protocol's factory.
+        @param episodes: where refused PROXY headers and journal failures
+            are logged, once per episode; by default the connections' own
+            (L{Connections.episodes}).
+        """
+        self.reactor = reactor
+        self.threadpool = threadpool
+        self.journal = journal
+        self.timeout = timeout
+        self.segmentSize = segmentSize
+        if maxJobs is None:
+            threads = int(getattr(threadpool, "max", 1) or 1)
+            maxJobs = max(1, min(os.cpu_count() or 1, threads - 1))
+        self.maxJobs = maxJobs
+        self._slots = DeferredSemaphore(maxJobs)
+        self.connections = connections if connections is not None else Connections(clock=reactor)
+        self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
+        self.proxyHeader = proxyHeader
+        self.trustedProxies = trustedProxies
+        self.budget = budget if budget is not None else MemoryBudget()
+        self.episodes = episodes if episodes is not None else self.connections.episodes
+
+    def behindProxy(self) -> RangeFactory:
+        """
+        This factory for a listener behind HAProxy: the same pool, journal,
+        job slots and connections, but every connection starts with a PROXY
+        protocol header.
+        """
+        twin = copy.copy(self)
+        twin.proxyHeader = True
+        return twin
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        """
+        A new protocol for a new connection, or one that closes at once when
+        the process is at its connection limits (the binary protocol has no
+        way to say why). Behind HAProxy, admission waits for the header.
+        """
+        if self.proxyHeader:
+            return RangeProtocol(self)
+        if not self.connections.admit(peer_of(addr)[0]):
+            self.metrics.requests(PROTOCOL_RANGE, SERVER_BUSY)
+            return _Refused()
+        return RangeProtocol(self)
+
+    def run(self, f: Any, *args: Any) -> Deferred[Any]:
+        """
+        Run C{f(*args)} in the pool once a range job slot is free.
+        """
+        return self._slots.run(deferToThreadPool, self.reactor, self.threadpool, f, *args)
+
+    def stream(
+        self,
+        consumer: IConsumer,
+        a: int,
+        b: int,
+        producer: IPushProducer | None = None,
+    ) -> PrimeStream:
+        """
+        A L{PrimeStream} of the primes in [a, b] to C{consumer}, registered
+        as C{producer} (by default itself).
+        """
+        return PrimeStream(
+            self.reactor,
+            self.threadpool,
+            self._slots,
+            consumer,
+            a,
+            b,
+            self.segmentSize,
+            producer,
+        )
+
+    def _journal(self, write: Any, record: Record) -> Deferred[bool]:
+        """
+        C{write([record])} to the journal. The journal logs its own outages
+        (L{JournalUnavailable}); any other failure is logged here once per
+        episode, which ends once none failed for a while (a journal that
+        fails every other write is one episode, not a line per write).
+
+        @return: fires with whether it worked; never errbacks.
+        """
+        d = maybeDeferred(write, [record])
+        d.addCallbacks(lambda _: True, self._journalFailed)
+        return d
+
+    def journalAppend(self, record: Record) -> Deferred[bool]:
+        """
+        Commit a request's record: one about to be answered (its sum check
+        still pending) or one that ended before its reply.
+        """
+        return self._journal(self.journal.append, record)
+
+    def journalSettle(self, record: Record) -> Deferred[bool]:
+        """
+        Complete a pending record with how its request ended.
+        """
+        return self._journal(self.journal.settle, record)
+
+    def _journalFailed(self, failure: Failure) -> bool:
+        """
+        A record could not be committed: log it, once per episode, unless
+        the journal logged it itself.
+        """
+        if not failure.check(JournalUnavailable):
+            self.episodes.event(
+                "range records the journal failed to write",
+                "Journal unavailable ({why}); range requests are refused until it recovers",
+                level=LogLevel.error,
+                ended="range records the journal failed to write: {total} in {seconds:.0f} s; "
+                "none for {quiet:g} s now",
+                why=failure.getErrorMessage(),
+                quiet=self.episodes.quiet,
+            )
+        return False

@@ -1,48 +1,27 @@
 # -*- test-case-name: tests.unit.test_connections,tests.system.test_connections_process -*-
 """
-The serving process: its parts composed from the options (L{serve}), and
-the root service that starts them and stops them in order
-(L{PrimecountService}).
+The root service of a serving process (L{PrimecountService}), which starts
+its parts and stops them in order, and the stop signals' handling
+(L{OneStopSignal}). The parts are composed in L{primecount.compose}.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import threading
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from primecount import __version__
-from primecount.core.fdlimit import raise_open_files_limit
-from primecount.core.outcomes import SERVER_BUSY
 from primecount.core.wording import plural
-from primecount.journal import Journal, JournalURL, open_journal
-from primecount.metrics.recorder import NullMetrics
-from primecount.server.budget import MemoryBudget, size_text
-from primecount.server.connections import Connections, RefusingReactor
-from primecount.server.countprotocol import CountFactory
-from primecount.server.listeners import (
-    COUNT,
-    PROXY,
-    RANGE,
-    RANGE_PROXY,
-    Listener,
-    descriptions,
-    metrics_wanted,
-)
-from primecount.server.metricsport import BUSY as METRICS_BUSY
-from primecount.server.metricsport import METRICS_CONNECTIONS, MetricsGate
+from primecount.journal import Journal
+from primecount.server.connections import Connections
 from primecount.server.pipeline import Pipeline
-from primecount.server.placement import PlacementService
-
-if TYPE_CHECKING:
-    from primecount.metrics.prometheus import Metrics
 
 _log = Logger(namespace="primecount")
 
@@ -67,7 +46,8 @@ class PrimecountService(service.MultiService):
     ) -> None:
         """
         @param pipeline: the count requests' pipeline, drained at stop.
-        @param journal: started first, stopped last; L{None} for none.
+        @param journal: started first, stopped last (a
+            L{primecount.journal.NullJournal} when there is none).
         @param connections: the open connections, answered then closed at
             stop.
         @param settings: the settings, as the start's log line says them.
@@ -135,7 +115,7 @@ class PrimecountService(service.MultiService):
                 )
                 # Fires once every connection is gone, dropped ones included.
                 yield self.connections.closeAll()
-            yield self.pipeline.whenIdle()
+            yield self.pipeline.whenDrained()
             yield self.journal.stopService()
             if self.journal.keepsRecords:
                 _log.info(
@@ -194,188 +174,6 @@ HURRY_BEFORE = 0.5
 #: L{STUCK_EXIT}.
 STUCK_MARGIN = 1.0
 STUCK_EXIT = 1
-
-
-#: Descriptors kept for all but client connections: the journal's files,
-#: listening sockets, the log, pipes to workers, what libraries open.
-SPARE_DESCRIPTORS = 64
-
-
-def connection_limit(wanted: int, warn: bool = True, others: int = 0) -> int:
-    """
-    The most connections this process can hold at once: C{wanted}
-    (C{--max-connections}), or fewer when the open-files limit, raised as
-    far as it goes, cannot cover that many plus L{SPARE_DESCRIPTORS} plus
-    C{others}; then one warning names both numbers.
-
-    @param others: connections of other ports this process serves (the
-        metrics port's L{METRICS_CONNECTIONS}), whose descriptors are set
-        aside first.
-    """
-    spare = SPARE_DESCRIPTORS + others
-    limit = raise_open_files_limit(wanted + spare)
-    if limit == resource.RLIM_INFINITY or limit >= wanted + spare:
-        return wanted
-    effective = max(1, limit - spare)
-    if warn:
-        _log.warn(
-            "open files limit is {limit}: serving at most {effective} at "
-            "once, not --max-connections {wanted} (raise the limit, e.g. 'ulimit -n' "
-            "or LimitNOFILE=, to serve more)",
-            limit=limit,
-            effective=plural(effective, "connection"),
-            wanted=wanted,
-        )
-    return effective
-
-
-def _framing_text(framing: tuple[str, float]) -> str:
-    kind, window = framing
-    return f"{kind}:{window * 1000:g}" if window else kind
-
-
-def settings_text(config: Mapping[str, Any]) -> str:
-    """
-    The settings the options chose, for the start's log line.
-    """
-    url: JournalURL = config["journal"]
-    return (
-        f"threads={config['threads']} timeout={config['timeout']:g} "
-        f"max-line={config['max-line']} max-connections={config['max-connections']} "
-        f"max-per-peer={config['max-per-peer'] or 'off'} "
-        f"max-memory={size_text(config['max-memory']).replace(' ', '')} "
-        f"cpu-affinity={config['cpu-affinity']} "
-        f"close-after-reply={'on' if config['close-after-reply'] else 'off'} "
-        f"framing={_framing_text(config['framing'])} "
-        f"journal={url}"
-        + (f" durability={config['journal-durability']}" if url.scheme != "none" else "")
-    )
-
-
-def metrics_recorder(config: Mapping[str, Any], reactor: Any) -> Metrics | None:
-    """
-    The metrics recorder C{--metrics-port} asks for, else L{None}.
-    """
-    if config["metrics-port"] is None:
-        return None
-    from primecount.metrics.prometheus import Metrics
-
-    return Metrics(clock=reactor)
-
-
-def metrics_listener(config: Mapping[str, Any], reactor: Any, metrics: Metrics) -> Listener:
-    """
-    The listener of C{--metrics-port}: C{/metrics} over HTTP, on
-    C{--metrics-interface}, behind its own limits (L{MetricsGate}); out of
-    descriptors, it answers C{503} with the reserve descriptor.
-    """
-    from primecount.metrics.http import metricsSite
-
-    gate = MetricsGate(metricsSite(metrics, reactor), reactor)
-    label, description, option = metrics_wanted(config["metrics-port"], config["metrics-interface"])
-    refusing = RefusingReactor(reactor, METRICS_BUSY, gate.episodes)
-    endpoint = endpoints.serverFromString(refusing, description)
-    return Listener(label, description, endpoint, gate, option)
-
-
-def metrics_connections(config: Mapping[str, Any]) -> int:
-    """
-    The descriptors this process sets aside for the metrics port's
-    connections (see L{connection_limit}).
-    """
-    return METRICS_CONNECTIONS if config["metrics-port"] is not None else 0
-
-
-def serve(
-    config: Mapping[str, Any],
-    reactor: Any,
-    connections: Connections,
-    adopted: list[tuple[str, int, int]] | None = None,
-    metrics: Any = None,
-    index: int = 0,
-) -> PrimecountService:
-    """
-    A serving process: listening itself, or on C{adopted} sockets
-    (label, fd, family) handed down by a supervisor.
-
-    @param config: the parsed options of C{twistd primecount}.
-    @param reactor: the reactor it runs on.
-    @param connections: the table of open connections and their limits.
-    @param metrics: where it records; L{None} for nowhere.
-    @param index: which serving process this is (for C{--cpu-affinity}).
-    """
-    reactor.suggestThreadPoolSize(config["threads"])
-    threadpool = reactor.getThreadPool()
-    if metrics is None:
-        metrics = NullMetrics()
-    metrics.watchThreadPool(threadpool)
-    journal = open_journal(
-        config["journal"],
-        reactor,
-        durability=config["journal-durability"],
-        timeout=config["journal-timeout"],
-        metrics=metrics,
-    )
-    pipeline = Pipeline(reactor, threadpool, journal, metrics)
-    budget = MemoryBudget(config["max-memory"], connections.episodes)
-    factories: dict[str, Any] = {
-        label: CountFactory(
-            reactor,
-            pipeline,
-            timeout=config["timeout"],
-            maxLine=config["max-line"],
-            closeAfterReply=config["close-after-reply"],
-            connections=connections,
-            metrics=metrics,
-            proxyHeader=label == PROXY,
-            trustedProxies=config["trusted-proxies"],
-            framing=config["framing"][0],
-            readWindow=config["framing"][1],
-            budget=budget,
-        )
-        for label in (COUNT, PROXY)
-    }
-    if config["range-port"] is not None or config["range-listen"]:
-        from primecount.server.rangefactory import RangeFactory
-
-        factories[RANGE] = RangeFactory(
-            reactor,
-            threadpool,
-            journal,
-            timeout=config["timeout"],
-            connections=connections,
-            metrics=metrics,
-            trustedProxies=config["trusted-proxies"],
-            budget=budget,
-        )
-        # One pool of range job slots for both.
-        factories[RANGE_PROXY] = factories[RANGE].behindProxy()
-    busy = SERVER_BUSY.reply()
-    top = PrimecountService(
-        pipeline, journal, connections, settings_text(config), config["shutdown-timeout"], reactor
-    )
-    PlacementService(config["cpu-affinity"], index).setServiceParent(top)
-
-    def refusing(label: str) -> RefusingReactor:
-        # Out of descriptors, a TCP listener still answers ERR server busy.
-        return RefusingReactor(
-            reactor, b"" if label in (RANGE, RANGE_PROXY) else busy, connections.episodes
-        )
-
-    if adopted is None:
-        for label, description, option in descriptions(
-            config["listen"],
-            config["range-port"],
-            config["interface"],
-            config["range-listen"],
-            config["port"],
-        ):
-            endpoint = endpoints.serverFromString(refusing(label), description)
-            top.addListener(Listener(label, description, endpoint, factories[label], option))
-    else:
-        for label, fd, family in adopted:
-            top.addListener(Listener.adopted(refusing(label), label, fd, family, factories[label]))
-    return top
 
 
 #: The signals that stop the server in order: Twisted's (SIGTERM, SIGINT)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_protocol -*-
+# -*- test-case-name: tests.unit.test_countprotocol -*-
 """
 Sending a reply at once when nothing is queued.
 

@@ -119,7 +119,7 @@ class WorkerEnvironment:
     @classmethod
     def decode(cls, environ: Mapping[str, str]) -> WorkerEnvironment | None:
         """
-        The environment of a worker, or L{None} when C{environ} is not a
+        The environment of a worker, or C{None} when C{environ} is not a
         worker's (no L{WORKER_ENV}).
         """
         if not environ.get(WORKER_ENV):

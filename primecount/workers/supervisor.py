@@ -70,7 +70,7 @@ def _orphaned(signum: int, frame: Any) -> None:
 
 def die_with_parent(supervisor: int) -> None:
     """
-    Ask Linux to signal this process (L{PARENT_DIED}) when its parent dies,
+    Ask Linux to signal this process (C{PARENT_DIED}) when its parent dies,
     so that a worker never outlives a supervisor that was killed outright;
     it then stops gracefully and quietly.
 
@@ -146,7 +146,7 @@ class Supervisor(service.Service):
         @param counts: the connection counts shared with the workers.
         @param env: extra environment for the workers.
         @param stopTimeout: seconds a worker gets to stop before SIGKILL;
-            L{None} waits for as long as it takes.
+            C{None} waits for as long as it takes.
         @param metrics: told of restarts and of workers that are gone.
         """
         self._reactor = reactor

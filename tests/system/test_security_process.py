@@ -10,7 +10,7 @@ The three holes of issue 20, each against a real C{twistd primecount}:
     - L{PrivateJournalTests}: the journal's files are 0600.
 
 The in-process tests of the same rules are in L{tests.unit.test_privileges},
-L{tests.unit.test_protocol} and L{tests.unit.test_rangeserver}.
+L{tests.unit.test_countprotocol} and L{tests.unit.test_rangeprotocol}.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class CountProtocolTests(ServerTestCase):
         self.assertIn("threads=10", log)
         self.assertIn("journal=sqlite:", log)
 
-    def test_seedExamplesAndNoGreeting(self) -> None:
+    def test_originalExamplesAndNoGreeting(self) -> None:
         with self.server.connect() as sock:
             sock.settimeout(0.3)
             self.assertRaises(TimeoutError, sock.recv, 1)

@@ -22,7 +22,7 @@ from primecount.server.budget import (
     parse_size,
     size_text,
 )
-from primecount.server.rangefactory import RangeFactory
+from primecount.server.rangeprotocol import RangeFactory
 from tests.doubles import FakeJournal, FakeReactor, Harness, SyncPool
 
 
@@ -280,7 +280,7 @@ class RangeProtocolTests(SynchronousTestCase):
     """
 
     def stream(self, budget: MemoryBudget) -> tuple[Any, StringTransport, SyncPool]:
-        from tests.unit.test_rangeserver import PEER, PausingTransport
+        from tests.unit.test_rangeprotocol import PEER, PausingTransport
 
         reactor = FakeReactor()
         pool = SyncPool()

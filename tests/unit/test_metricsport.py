@@ -16,9 +16,10 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 
+from primecount import compose
 from primecount.metrics.http import BodilessRequest, metricsSite
 from primecount.metrics.prometheus import Metrics
-from primecount.server import service
+from primecount.server.listeners import metrics_wanted
 from primecount.server.metricsport import BUSY, METRICS_CONNECTIONS, MetricsGate
 from tests.unit.test_episodes import capture
 
@@ -101,16 +102,16 @@ class BodyTests(SynchronousTestCase):
 
 class DescriptorShareTests(SynchronousTestCase):
     """
-    L{service.connection_limit} sets the metrics port's connections aside
+    L{compose.connection_limit} sets the metrics port's connections aside
     before the count port's share of descriptors.
     """
 
     def test_metricsConnectionsComeOffTheLimit(self) -> None:
-        self.patch(service, "raise_open_files_limit", lambda wanted: 256)
-        alone = service.connection_limit(10000, warn=False)
-        withMetrics = service.connection_limit(
-            10000, warn=False, others=service.metrics_connections({"metrics-port": 9100})
+        self.patch(compose, "raise_open_files_limit", lambda wanted: 256)
+        alone = compose.connection_limit(10000, warn=False)
+        withMetrics = compose.connection_limit(
+            10000, warn=False, others=compose.metrics_connections(metrics_wanted(9100, "127.0.0.1"))
         )
-        self.assertEqual(alone, 256 - service.SPARE_DESCRIPTORS)
+        self.assertEqual(alone, 256 - compose.SPARE_DESCRIPTORS)
         self.assertEqual(alone - withMetrics, METRICS_CONNECTIONS)
-        self.assertEqual(service.metrics_connections({"metrics-port": None}), 0)
+        self.assertEqual(compose.metrics_connections(None), 0)

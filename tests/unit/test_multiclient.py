@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from primecount.cli import multiclient
 from primecount.core.primes import primes_between
-from primecount.server.rangefactory import RangeFactory
+from primecount.server.rangeprotocol import RangeFactory
 from tests.doubles import FakeJournal
 
 

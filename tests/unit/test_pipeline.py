@@ -100,16 +100,36 @@ class NaturalBatchingTests(SynchronousTestCase):
         self.assertEqual(len(self.journal.records), 6)
         self.assertEqual(p.inFlight, 0)
 
-    def test_idleAfterLastJob(self) -> None:
+    def test_dispatchesAgainOnceNothingIsInFlight(self) -> None:
         p = self.pipeline()
         a = Sink("a")
         p.submit(a.requests(1))
         self.reactor.advance(0)
         self.assertEqual(a.answered(), 1)
-        # Idle again: a new request is dispatched on the next turn.
+        # Nothing in flight again: a new request is dispatched on the next turn.
         p.submit(a.requests(1))
         self.reactor.advance(0)
         self.assertEqual((self.pool.jobs, a.answered()), (2, 2))
+
+    def test_whenDrainedFiresOnceNothingIsInFlight(self) -> None:
+        """
+        L{Pipeline.whenDrained} fires at once when nothing is in flight,
+        else once every accepted request is answered.
+        """
+        p = self.pipeline()
+        self.assertIsNone(self.successResultOf(p.whenDrained()))
+        a = Sink("a")
+        self.pool.hold = True
+        p.submit(a.requests(1))
+        self.reactor.advance(0)
+        p.submit(a.requests(2))
+        drained = p.whenDrained()
+        self.assertNoResult(drained)
+        self.pool.held.pop(0)()
+        self.assertNoResult(drained)
+        self.pool.release()
+        self.assertEqual(a.answered(), 3)
+        self.assertIsNone(self.successResultOf(drained))
 
     def test_batchIsCapped(self) -> None:
         p = self.pipeline(maxBatch=100, share=100)

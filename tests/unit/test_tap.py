@@ -12,6 +12,7 @@ import pwd
 import signal
 import socket
 import sys
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 from twisted.application.service import IService
@@ -25,13 +26,28 @@ from twisted.python.threadpool import ThreadPool
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount import tap
+from primecount import compose, tap
+from primecount.compose import (
+    SINGLE,
+    SPARE_DESCRIPTORS,
+    SUPERVISOR,
+    WORKER,
+    Framing,
+    JournalSettings,
+    Limits,
+    Listening,
+    Processes,
+    Settings,
+)
 from primecount.core.fdlimit import raise_open_files_limit
 from primecount.core.proxyheader import TrustedProxies
 from primecount.journal import JournalURL, NullJournal
 from primecount.server import placement
-from primecount.server.listeners import Listener
+from primecount.server.listeners import COUNT, METRICS, PROXY, RANGE, Listener, Wanted
+from primecount.server.metricsport import METRICS_CONNECTIONS
 from primecount.server.service import STOP_SIGNALS, OneStopSignal, ignored
+from primecount.workers.environment import WorkerEnvironment
+from tests.unit.test_episodes import capture
 
 
 def declared_options() -> set[str]:
@@ -437,7 +453,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_listenersOnTheGivenReactor(self) -> None:
         from primecount.server.countprotocol import CountFactory
         from primecount.server.metricsport import MetricsGate
-        from primecount.server.rangefactory import RangeFactory
+        from primecount.server.rangeprotocol import RangeFactory
 
         options = tap.PrimecountOptions()
         options.parseOptions(
@@ -466,6 +482,232 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(top.running)
         # The stop's deadline timers are cancelled once it is done.
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class SettingsTests(SynchronousTestCase):
+    """
+    L{tap.settings}: the parsed options unpacked once into typed
+    L{Settings}, with what they imply for this process computed there.
+    """
+
+    def setUp(self) -> None:
+        #: What the open-files limit can be raised to (L{None}: as far as
+        #: asked).
+        self.openFiles: int | None = None
+        self.patch(
+            compose,
+            "raise_open_files_limit",
+            lambda wanted: wanted if self.openFiles is None else self.openFiles,
+        )
+
+    def parse(self, *args: str, environ: dict[str, str] | None = None) -> tap.PrimecountOptions:
+        options = tap.PrimecountOptions(environ={} if environ is None else environ)
+        options.parseOptions(["--journal", "none", *args])
+        return options
+
+    def warnings(self, events: list[dict[str, Any]]) -> list[str]:
+        return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+    def test_defaults(self) -> None:
+        settings = tap.settings(self.parse())
+        self.assertEqual(
+            settings,
+            Settings(
+                listening=Listening(
+                    listeners=(
+                        Wanted(COUNT, "tcp:5050:interface=0.0.0.0:backlog=4096", "--port 5050"),
+                    ),
+                    metrics=None,
+                    trustedProxies=TrustedProxies.parse("127.0.0.1,::1"),
+                ),
+                limits=Limits(
+                    maxConnections=10000,
+                    maxPerPeer=None,
+                    maxMemory=96 << 20,
+                    maxLine=16384,
+                    timeout=5.0,
+                    shutdownTimeout=10.0,
+                ),
+                framing=Framing(kind="line", readWindow=0.0, closeAfterReply=False),
+                journal=JournalSettings(url=JournalURL("none"), durability="process", timeout=5.0),
+                processes=Processes(
+                    workers=1,
+                    threads=10,
+                    placement=placement.Placement("auto"),
+                    owner=None,
+                    argv=("--journal", "none"),
+                    worker=None,
+                ),
+            ),
+        )
+        self.assertEqual(settings.shape, SINGLE)
+        self.assertFalse(settings.listening.servesRange)
+        self.assertEqual(
+            settings.summary(),
+            "threads=10 timeout=5 max-line=16384 max-connections=10000 max-per-peer=off "
+            "max-memory=96MiB cpu-affinity=auto close-after-reply=off framing=line journal=none",
+        )
+
+    def test_derivedValues(self) -> None:
+        """
+        The listeners in order (C{--listen}, C{--range-port},
+        C{--range-listen}; C{haproxy:} ones labelled for the header), the
+        metrics listener apart; the connection limit is what the open-files
+        limit allows once the spare descriptors and the metrics port's are
+        set aside, with one warning naming both numbers.
+        """
+        self.openFiles = 1000
+        events = capture(self)
+        args = (
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--listen", "haproxy:tcp:0:interface=127.0.0.1",
+            "--interface", "127.0.0.1", "--range-port", "0",
+            "--range-listen", "tcp:0:interface=127.0.0.2",
+            "--metrics-port", "0", "--metrics-interface", "::1",
+            "--framing", "read:5", "--close-after-reply",
+            "--max-connections", "5000", "--max-per-peer", "2", "--max-memory", "64M",
+            "--max-line", "80", "--timeout", "2.5", "--shutdown-timeout", "0",
+            "--threads", "3", "--cpu-affinity", "none",
+        )  # fmt: skip
+        settings = tap.settings(self.parse(*args))
+        self.assertEqual(
+            settings.listening,
+            Listening(
+                listeners=(
+                    Wanted(
+                        COUNT, "tcp:0:interface=127.0.0.1", "--listen 'tcp:0:interface=127.0.0.1'"
+                    ),
+                    Wanted(
+                        PROXY,
+                        "tcp:0:interface=127.0.0.1",
+                        "--listen 'haproxy:tcp:0:interface=127.0.0.1'",
+                    ),
+                    Wanted(RANGE, "tcp:0:interface=127.0.0.1:backlog=4096", "--range-port 0"),
+                    Wanted(
+                        RANGE,
+                        "tcp:0:interface=127.0.0.2",
+                        "--range-listen 'tcp:0:interface=127.0.0.2'",
+                    ),
+                ),
+                metrics=Wanted(METRICS, "tcp:0:interface=\\:\\:1:backlog=4096", "--metrics-port 0"),
+                trustedProxies=TrustedProxies.parse("127.0.0.1,::1"),
+            ),
+        )
+        self.assertTrue(settings.listening.servesRange)
+        effective = 1000 - SPARE_DESCRIPTORS - METRICS_CONNECTIONS
+        self.assertEqual(
+            settings.limits,
+            Limits(
+                maxConnections=effective,
+                maxPerPeer=2,
+                maxMemory=64 << 20,
+                maxLine=80,
+                timeout=2.5,
+                shutdownTimeout=0.0,
+            ),
+        )
+        self.assertEqual(
+            settings.framing, Framing(kind="read", readWindow=0.005, closeAfterReply=True)
+        )
+        self.assertEqual(
+            settings.processes,
+            Processes(
+                workers=1,
+                threads=3,
+                placement=placement.Placement("none"),
+                owner=None,
+                argv=("--journal", "none", *args),
+                worker=None,
+            ),
+        )
+        [warning] = self.warnings(events)
+        self.assertIn(f"serving at most {effective} connections at once", warning)
+        self.assertIn("not --max-connections 5000", warning)
+
+    def test_worker(self) -> None:
+        """
+        A worker's settings: what its supervisor told it in the
+        environment, its own part of the SQLite journal, and its connection
+        limit without a second warning (its supervisor gave it); the checks
+        its supervisor made (every journal part) are not made again.
+        """
+        self.openFiles = 1000
+        events = capture(self)
+        base = os.path.abspath(self.mktemp())  # no such directory
+        told = WorkerEnvironment({"count0": (3, 2)}, "/run/pc/connections", 2, 1, 4242)
+        args = ["--workers", "2", "--journal", f"sqlite:{base}/j.sqlite3", "--metrics-port", "0"]
+        self.assertRaises(usage.UsageError, tap.PrimecountOptions(environ={}).parseOptions, args)
+        options = tap.PrimecountOptions(environ={"HOME": "/", **told.encode()})
+        options.parseOptions(args)
+        settings = tap.settings(options)
+        self.assertEqual(settings.shape, WORKER)
+        self.assertEqual(
+            settings.processes,
+            Processes(
+                workers=2,
+                threads=10,
+                placement=placement.Placement("auto"),
+                owner=None,
+                argv=tuple(args),
+                worker=told,
+            ),
+        )
+        self.assertEqual(
+            settings.journal,
+            JournalSettings(
+                url=JournalURL("sqlite", f"{base}/j.sqlite3.worker1"),
+                durability="process",
+                timeout=5.0,
+            ),
+        )
+        # The metrics port is the supervisor's: nothing set aside for it.
+        self.assertEqual(settings.limits.maxConnections, 1000 - SPARE_DESCRIPTORS)
+        self.assertEqual(self.warnings(events), [])
+
+    def test_supervisor(self) -> None:
+        """
+        The supervisor of C{--workers N} warns when the open-files limit
+        (which its workers inherit) lowers the connection limit; its journal
+        is the one given.
+        """
+        self.openFiles = 1000
+        events = capture(self)
+        settings = tap.settings(self.parse("--workers", "3", "--metrics-port", "0"))
+        self.assertEqual(settings.shape, SUPERVISOR)
+        self.assertEqual(settings.limits.maxConnections, 1000 - SPARE_DESCRIPTORS)
+        self.assertEqual(settings.journal.url, JournalURL("none"))
+        self.assertEqual(len(self.warnings(events)), 1)
+
+    def test_frozen(self) -> None:
+        settings = tap.settings(self.parse())
+        self.assertRaises(FrozenInstanceError, setattr, settings.limits, "maxConnections", 1)
+        self.assertRaises(FrozenInstanceError, setattr, settings, "journal", None)
+
+    def test_makeServiceLeavesTheOptionsAsParsed(self) -> None:
+        """
+        Nothing changes the options once they are parsed: not the
+        connection limit the open-files limit lowers, not a worker's
+        journal part; the process is built from its settings.
+        """
+        self.openFiles = 1000
+        self.patch(compose, "die_with_parent", lambda supervisor: None)
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        told = WorkerEnvironment({"count0": (3, 2)}, f"{base}/connections", 2, 1, os.getpid())
+        for environ, workers, journal in (
+            ({}, "1", f"{base}/j.sqlite3"),
+            (told.encode(), "2", f"{base}/j.sqlite3.worker1"),
+        ):
+            options = self.parse(
+                "--workers", workers, "--journal", f"sqlite:{base}/j.sqlite3",
+                "--max-connections", "5000", "--port", "0", environ=environ,
+            )  # fmt: skip
+            before = dict(options)
+            top = tap.makeService(options, ThreadedMemoryReactor())
+            self.assertEqual(dict(options), before)
+            self.assertEqual(top.journal.path, journal)
+            self.assertEqual(top.connections.maxConnections, 1000 - SPARE_DESCRIPTORS)
+        self.assertEqual([lsn.description for lsn in top.listeners], ["fd:3"])
 
 
 class ListenerTests(SynchronousTestCase):

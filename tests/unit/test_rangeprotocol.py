@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.unit.test_rangeserver -*-
+# -*- test-case-name: tests.unit.test_rangeprotocol -*-
 """
 Tests for L{primecount.server.rangeprotocol}: the wire bytes, the sum check, the
 journal, the producer's flow control, over a L{StringTransport} (real sockets:
-L{tests.system.test_rangeserver_sockets}).
+L{tests.system.test_rangeprotocol_sockets}).
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from primecount.journal.records import PROTOCOL_RANGE
 from primecount.server import primestream
 from primecount.server.connections import Connections
 from primecount.server.primestream import PrimeStream
-from primecount.server.rangefactory import RangeFactory
-from primecount.server.rangeprotocol import RangeProtocol
+from primecount.server.rangeprotocol import RangeFactory, RangeProtocol
 from tests.doubles import FakeJournal, FakeReactor, SyncPool
 from tests.unit.test_proxyheader import v1, v2, v2_inet
 
@@ -576,6 +575,32 @@ class ProxyHeaderTests(TestCase):
         self.reactor.advance(0)
         proto.dataReceived(wireSum(a, b))
         self.reactor.advance(0)
+
+    def test_refusalsAreLoggedInTheFactorysEpisodes(self) -> None:
+        """
+        The factory logs through the episodes it is handed, not only the
+        connections' own; its twin behind the proxy shares them.
+        """
+        from twisted.logger import Logger
+
+        from primecount.metrics.episodes import Episodes
+        from tests.unit.test_episodes import capture
+
+        events = capture(self)
+        mine = Episodes(Logger(namespace="test.mine"), self.reactor)
+        self.factory = RangeFactory(
+            self.reactor,
+            SyncPool(),  # type: ignore[arg-type]
+            self.journal,
+            connections=self.connections,
+            trustedProxies=TrustedProxies.parse(PEER.host),
+            episodes=mine,
+        ).behindProxy()
+        proto, transport = self.connect()
+        proto.dataReceived(b"PROXY garbage\r\n")
+        said = [e for e in events if e.get("log_namespace") == "test.mine"]
+        self.assertEqual([e["peer"] for e in said], [PEER.host])
+        self.assertTrue(transport.disconnecting)
 
     def test_version1NamesTheClient(self) -> None:
         proto, transport = self.connect()

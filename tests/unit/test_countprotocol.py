@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_protocol -*-
+# -*- test-case-name: tests.unit.test_countprotocol -*-
 """
 The count protocol, driven through L{StringTransport} with a fake clock, a
 synchronous pool and a fake journal.
@@ -37,7 +37,7 @@ class FramingTests(SynchronousTestCase):
     Lines, replies, and the error replies that keep the connection open.
     """
 
-    def test_seedExamples(self) -> None:
+    def test_originalExamples(self) -> None:
         h = Harness()
         h.send(b"abc2a\nabacada\nabacadabb\na\n")
         self.assertEqual(h.replies(), ["2 sí\n".encode(), b"4 no\n", "3 sí\n".encode(), b"1 no\n"])
@@ -312,7 +312,7 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
 
-class SeedModeAndLimitsTests(SynchronousTestCase):
+class OriginalModeAndLimitsTests(SynchronousTestCase):
     """
     --close-after-reply and --max-connections.
     """
@@ -607,6 +607,26 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertIn("127.0.0.3", text)
         self.assertIn("--trusted-proxies 192.0.2.7", text)
         self.assertEqual(said[0]["log_level"], LogLevel.warn)
+
+    def test_refusalsAreLoggedInTheFactorysEpisodes(self) -> None:
+        """
+        The factory logs through the episodes it is handed, not only the
+        connections' own.
+        """
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from primecount.metrics.episodes import Episodes
+        from tests.unit.test_episodes import capture
+
+        events = capture(self)
+        mine = Episodes(Logger(namespace="test.mine"), Clock())
+        h = Harness(proxyHeader=True, episodes=mine)
+        _, protocol = h.connect("127.0.0.3")
+        h.send(self.FORGED, protocol)
+        said = [e for e in events if e.get("log_namespace") == "test.mine"]
+        self.assertEqual([e["peer"] for e in said], ["127.0.0.3"])
+        self.assertIs(h.factory.episodes, mine)
 
     def test_unixSocketPeersNeedTheUnixWord(self) -> None:
         """

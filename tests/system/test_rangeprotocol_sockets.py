@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.system.test_rangeserver_sockets -*-
+# -*- test-case-name: tests.system.test_rangeprotocol_sockets -*-
 """
 A L{primecount.server.rangeprotocol.RangeFactory} on a real port, with a
 real thread pool and blocking clients that take real time: fairness between
 a slow and a fast reader, a disconnect mid-stream. The protocol over a
-L{StringTransport} is in L{tests.unit.test_rangeserver}.
+L{StringTransport} is in L{tests.unit.test_rangeprotocol}.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from primecount.core.outcomes import (
 )
 from primecount.core.primes import count_between
 from primecount.server import primestream
-from primecount.server.rangefactory import RangeFactory
+from primecount.server.rangeprotocol import RangeFactory
 from tests.doubles import FakeJournal
 
 
