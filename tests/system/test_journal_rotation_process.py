@@ -90,6 +90,23 @@ class Client(threading.Thread):
                         self.errors += 1
 
 
+class Drain(threading.Thread):
+    """
+    Reads a pipe to its end (so that the writer never blocks on it), and
+    says when the first bytes came.
+    """
+
+    def __init__(self, pipe: object) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        read = self.pipe.read  # type: ignore[attr-defined]
+        while read(65536):
+            self.started.set()
+
+
 class RotationWithReaderTests(SynchronousTestCase):
     """
     C{mv journal journal.old} while a CSV export reads it, under load.
@@ -118,11 +135,15 @@ class RotationWithReaderTests(SynchronousTestCase):
                 "--format",
                 "csv",
             ],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         self.addCleanup(lambda: export.poll() is None and export.kill())
-        time.sleep(0.5)
+        exported = Drain(export.stdout)
+        exported.start()
+        # Rename once the export has the file open and is reading it (its
+        # start takes a while on a loaded machine).
+        self.assertTrue(exported.started.wait(60), "the export printed nothing in 60 s")
         os.rename(path, path + ".old")
         reading = export.poll() is None
         time.sleep(2.0)
@@ -130,6 +151,7 @@ class RotationWithReaderTests(SynchronousTestCase):
         for client in clients:
             client.join(30)
         export.wait(120)
+        exported.join(30)
         server.stop()
         self.assertTrue(reading, "the export ended before the rename: make BACKLOG larger")
         acknowledged = [m for client in clients for m in client.acknowledged]
