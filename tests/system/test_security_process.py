@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import sqlite3
@@ -26,9 +27,8 @@ import sys
 import tempfile
 import urllib.request
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-import primecount
 from primecount.core import rangecodec
 from primecount.journal.sqlite.schema import part_paths
 from primecount.workers.shared import SCRATCH_PREFIX
@@ -216,33 +216,129 @@ class ForgedHeaderTests(TestCase):
         self.assertEqual(rows(journal), [("6.6.6.6", 1111, "abc2a")])
 
 
-def nobody_python() -> tuple[str, dict[str, str]] | None:
+def _normalised(name: str) -> str:
     """
-    An interpreter that the user C{nobody} can run and that imports this
-    primecount, with the environment it needs: this one, or else the
-    system's Python of the same version given this one's packages (here
-    this one lives under C{/root}, which only root may enter). L{None} when
-    neither works.
+    A distribution's name as packaging compares them (PEP 503).
     """
-    import twisted
+    return re.sub(r"[-_.]+", "-", name).lower()
 
-    # Where primecount and its dependencies are; not this Python's own
-    # library (trial -j passes its sys.path down in PYTHONPATH).
-    where = [os.path.dirname(os.path.dirname(m.__file__ or "")) for m in (primecount, twisted)]
+
+def _distributions(name: str) -> set[str]:
+    """
+    The distribution C{name} and every one it needs to run, as installed
+    here (requirement markers evaluated; extras a requirement names
+    followed).
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(name, frozenset())]
+    while todo:
+        dist_name, extras = todo.pop()
+        key = _normalised(dist_name)
+        if key in found and not extras:
+            continue
+        try:
+            requires = metadata.distribution(dist_name).requires or []
+        except metadata.PackageNotFoundError:
+            if key != "primecount":
+                continue
+            requires = _checkout_requirements()
+        found.add(key)
+        for line in requires:
+            requirement = Requirement(line)
+            wanted = requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in ("", *extras)
+            )
+            if wanted:
+                todo.append((requirement.name, frozenset(requirement.extras)))
+    return found
+
+
+def _checkout_requirements() -> list[str]:
+    """
+    primecount's requirements from the checkout's C{pyproject.toml}, when it
+    runs from a checkout rather than an install.
+    """
+    import tomllib
+
+    import primecount as package
+
+    top = os.path.dirname(os.path.dirname(package.__file__ or ""))
+    with open(os.path.join(top, "pyproject.toml"), "rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
+
+
+def nobody_site() -> str:
+    """
+    A directory the user C{nobody} can read, holding primecount and every
+    package it needs: a copy of what this interpreter imports them from.
+    The test environment is often where nobody may not enter (a tox
+    environment is 0700, this Python lives under C{/root}).
+    """
+    from importlib import metadata
+
+    import primecount as package
+
+    site = tempfile.mkdtemp(prefix="pc-site-")
+    os.chmod(site, 0o755)
+    names = _distributions("primecount")
+    for dist in metadata.distributions():
+        name = _normalised(dist.metadata["Name"] or "")
+        if name not in names:
+            continue
+        if name == "primecount":
+            continue  # copied from where it is imported (an install or a checkout)
+        for file in dist.files or []:
+            source = str(dist.locate_file(file))
+            if file.parts[0] == ".." or not os.path.isfile(source):
+                continue
+            target = os.path.join(site, *file.parts)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(source, target)
+    shutil.copytree(
+        os.path.dirname(package.__file__ or ""),
+        os.path.join(site, "primecount"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    # The dropin, from wherever twistd finds it (an install or a checkout).
+    import twisted.plugins
+
+    plugins = os.path.join(site, "twisted", "plugins")
+    os.makedirs(plugins, exist_ok=True)
+    for directory in twisted.plugins.__path__:
+        dropin = os.path.join(directory, "primecount_plugin.py")
+        if os.path.exists(dropin):
+            shutil.copy2(dropin, plugins)
+            break
+    for directory, subdirectories, files in os.walk(site):
+        for name in subdirectories:
+            os.chmod(os.path.join(directory, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o644)
+    return site
+
+
+def nobody_python(site: str) -> tuple[str, dict[str, str]] | None:
+    """
+    An interpreter of this Python version that the user C{nobody} can run
+    and that imports this primecount from C{site} (L{nobody_site}): this
+    one, or else the system's. L{None} when neither works.
+    """
     system = shutil.which("python3", path="/usr/bin:/bin")
-    candidates: list[tuple[str, dict[str, str]]] = [(sys.executable, {})]
-    if system:
-        candidates.append((system, {"PYTHONPATH": os.pathsep.join(dict.fromkeys(where))}))
+    candidates = [sys.executable] + ([system] if system else [])
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for python, env in candidates:
+    env = {"PYTHONPATH": site}
+    for python in candidates:
         probe = (
             "import sys, primecount.tap, twisted.scripts.twistd; "
             f"assert '{version}' == '%d.%d' % sys.version_info[:2]"
         )
         try:
             result = subprocess.run(
-                ["runuser", "-u", "nobody", "--", "env", *(f"{k}={v}" for k, v in env.items()),
-                 python, "-c", probe],
+                ["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={site}", python, "-c", probe],
                 capture_output=True, timeout=60, cwd="/",
             )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired):
@@ -310,11 +406,13 @@ class PrivilegeDropTests(TestCase):
         workers (started after the switch) serve, the supervisor's
         C{/metrics} sums them, and the stop removes the scratch directory.
         """
-        found = nobody_python()
-        if found is None:
-            raise SkipTest(
-                "SKIPPED, NOT TESTED: no Python that nobody can run imports primecount here"
-            )
+        site = nobody_site()
+        self.addCleanup(shutil.rmtree, site, True)
+        found = nobody_python(site)
+        self.assertIsNotNone(
+            found, "no Python of this version that nobody can run (Debian: python3)"
+        )
+        assert found is not None
         python, env = found
 
         def scratch() -> set[str]:
