@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests import pgcluster  # noqa: E402
+from primecount.testing import pgcluster  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

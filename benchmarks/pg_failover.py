@@ -50,9 +50,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from primecount.journal import pgreader  # noqa: E402
 from primecount.tap import PrimecountOptions  # noqa: E402
-from tests import patronicluster, pgcluster  # noqa: E402
-from tests.helpers import ServerProcess  # noqa: E402
-from tests.system.test_several_hosts import Client  # noqa: E402
+from primecount.testing import patronicluster, pgcluster  # noqa: E402
+from primecount.testing.clients import ClientThread as Client  # noqa: E402
+from primecount.testing.twistd import ServerProcess  # noqa: E402
 
 #: PostgreSQL's synchronous_commit for each durability (primecount's
 #: --journal-durability values).

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from primecount.journal import pgschema  # noqa: E402
 from primecount.journal.records import PROTOCOL_COUNT, Record  # noqa: E402
-from tests import patronicluster  # noqa: E402
+from primecount.testing import patronicluster  # noqa: E402
 
 
 def write(

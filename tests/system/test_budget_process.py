@@ -13,7 +13,8 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 from tests.system.test_hostile import LogPump
 from tests.unit.test_journal_interface import load_benchmark
 

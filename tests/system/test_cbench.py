@@ -34,8 +34,10 @@ from twisted.trial.unittest import TestCase
 from primecount.cli.bench.plan import DEFAULT_MESSAGES
 from primecount.core.count import expected_reply
 from primecount.core.outcomes import LINE_TOO_LONG
+from primecount.testing.processes import stop_process
+from primecount.testing.twistd import ServerProcess
 from tests.doubles import LineHandler, ThreadedServer, serve_in_thread
-from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
+from tests.helpers import recv_all, recv_lines
 
 HERE = Path(__file__).resolve().parent
 COMPARE = HERE.parents[1] / "benchmarks" / "compare.py"

@@ -14,7 +14,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess, recv_all
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_all
 from tests.unit.test_journal_interface import load_benchmark
 
 

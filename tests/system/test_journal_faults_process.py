@@ -16,7 +16,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.core.count import expected_reply
-from tests.helpers import ServerProcess, recv_all, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_all, recv_lines
 
 
 class LockedJournalServerTests(SynchronousTestCase):

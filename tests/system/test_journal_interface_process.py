@@ -16,7 +16,7 @@ import time
 from twisted.trial.unittest import TestCase
 
 from primecount.cli.multiclient import fetch, send_sum
-from tests.helpers import stop_process
+from primecount.testing.processes import stop_process
 from tests.unit.test_journal_interface import BENCHMARKS
 
 

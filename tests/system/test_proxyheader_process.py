@@ -29,7 +29,8 @@ from primecount.core.proxyheader import (
     Header,
     parse,
 )
-from tests.helpers import ServerProcess, require_program, stop_process
+from primecount.testing.processes import require_program, stop_process
+from primecount.testing.twistd import ServerProcess
 
 #: How long a step against the real HAProxy may take on a loaded machine.
 DEADLINE = 30.0

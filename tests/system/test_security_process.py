@@ -31,15 +31,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 import primecount
 from primecount.core import rangecodec
 from primecount.journal.schema import part_paths
+from primecount.testing.processes import free_port
+from primecount.testing.twistd import TWISTD, ServerProcess
 from primecount.workers.shared import SCRATCH_PREFIX
-from tests.helpers import (
-    TWISTD,
-    ServerProcess,
-    free_port,
-    recv_all,
-    recv_lines,
-    require_root,
-)
+from tests.helpers import recv_all, recv_lines, require_root
 
 #: The forgery of the issue: a header naming 6.6.6.6, then a request.
 FORGED = b"PROXY TCP4 6.6.6.6 1.2.3.4 1111 2222\r\nabc2a\n"
@@ -435,7 +430,7 @@ class PostgresGrantsTests(TestCase):
     def test_documentedGrantsServeAndNoMore(self) -> None:
         import psycopg
 
-        from tests import pgcluster
+        from primecount.testing import pgcluster
 
         cluster = pgcluster.shared()
         url = pgcluster.database(cluster)

@@ -10,7 +10,7 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess
+from primecount.testing.twistd import ServerProcess
 
 
 class ServerProcessTests(SynchronousTestCase):
