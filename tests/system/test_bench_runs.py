@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from unittest import SkipTest
 
+from primecount.cli.bench.held import HeldConnections
 from primecount.cli.bench.load import measure
 from primecount.cli.bench.stats import (
     percentiles_ms,
@@ -152,14 +153,29 @@ class VerificationTests(BenchTestCase):
         self.assertGreater(result.ok, 0)
         self.assertLess(result.elapsed, 1.5)
 
-    def test_idleConnectionsHeld(self) -> None:
+    def test_heldConnectionsStayOpen(self) -> None:
         """
-        Idle connections stay open during the run.
+        Held connections (C{--hold}) stay open during the run.
         """
-        result = measure(self.plan(self.serve(correct), requests=50, idle=20))
+        result = measure(self.plan(self.serve(correct), requests=50, hold=20))
         self.assertEqual(result.ok, 50)
-        self.assertEqual(result.idle["open"], 20)
-        self.assertEqual(result.idle["failed"], 0)
+        self.assertEqual(result.held["open"], 20)
+        self.assertEqual(result.held["failed"], 0)
+
+    def test_heldConnectionsThatFailToOpenAreCounted(self) -> None:
+        """
+        A held connection that cannot be opened before the run counts as
+        failed in the result: the count survives the start of the run's
+        own tally.
+        """
+
+        async def refused(held: HeldConnections) -> None:
+            raise ConnectionRefusedError("refused")
+
+        self.patch(HeldConnections, "_connect", refused)
+        result = measure(self.plan(self.serve(correct), requests=50, hold=7))
+        self.assertEqual(result.held, {"open": 0, "reopened": 0, "failed": 7})
+        self.assertEqual(result.ok, 50)
 
 
 BASELINES = Path(__file__).resolve().parents[2] / "benchmarks" / "baselines"
