@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from primecount.cli.multiclient import ProtocolError, fetch, send_sum
+from primecount.cli.primes import ProtocolError, fetch, send_sum
 from primecount.core import rangecodec
 from primecount.core.primes import primes_between
 from primecount.workers.environment import primecount_argv

@@ -21,7 +21,7 @@ from primecount import __version__
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "ask": ("primecount.cli.ask", "send messages to the count protocol and print the replies"),
-    "primes": ("primecount.cli.multiclient", "the seed's multi-client for the range protocol"),
+    "primes": ("primecount.cli.primes", "the original multi-client for the range protocol"),
     "bench": ("primecount.cli.bench", "load generator for both protocols"),
     "journal": ("primecount.cli.journal", "read, follow, sum up or prune the request journal"),
     "top": ("primecount.cli.top", "live view of running servers, from their metrics endpoints"),

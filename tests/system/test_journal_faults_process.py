@@ -184,7 +184,7 @@ class RangesCutByStopTests(SynchronousTestCase):
     """
 
     def run_stop(self, client: Any) -> tuple[list[tuple[object, ...]], str]:
-        from primecount.cli.multiclient import fetch
+        from primecount.cli.primes import fetch
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)

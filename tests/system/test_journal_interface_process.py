@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.testing.processes import stop_process
 from tests.unit.test_journal_interface import BENCHMARKS
 

@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.core.count import expected_reply
 from primecount.testing.twistd import ServerProcess
 from tests.helpers import recv_lines

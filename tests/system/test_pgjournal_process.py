@@ -580,7 +580,7 @@ class ServerTests(_Database, SynchronousTestCase):
         import os
         import socket
 
-        from primecount.cli.multiclient import fetch, send_sum
+        from primecount.cli.primes import fetch, send_sum
         from primecount.core.count import expected_reply
         from primecount.testing.twistd import ServerProcess
         from tests.helpers import recv_lines

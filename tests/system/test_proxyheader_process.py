@@ -19,7 +19,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.core.primes import primes_between
 from primecount.core.proxyheader import (
     INCOMPLETE,

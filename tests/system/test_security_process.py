@@ -456,7 +456,7 @@ class PostgresGrantsTests(TestCase):
         self.addCleanup(server.stop)
         with server.connect(timeout=DEADLINE) as client:
             self.assertEqual(ask(client, b"abc2a\n"), ["2 sí\n".encode()])
-        from primecount.cli.multiclient import fetch, send_sum
+        from primecount.cli.primes import fetch, send_sum
 
         with socket.create_connection(("127.0.0.1", server.ports["range"]), DEADLINE) as client:
             send_sum(client, fetch(client, 10, 30))
