@@ -28,24 +28,16 @@ import argparse
 import signal
 import socket
 import sys
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
-from primecount.cli.bench.load import GeneratorFailed, interrupt, measure
 from primecount.cli.bench.plan import DEFAULT_MESSAGES, Plan
-from primecount.cli.bench.report import (
-    PlotUnavailable,
-    check_plot,
-    diagnosis,
-    plot,
-    summary_lines,
-    write_json,
-)
-from primecount.cli.bench.stats import Result
 from primecount.core.options import number, positive
 from primecount.core.rangecodec import STRIDE
 from primecount.core.wording import plural
 
-__all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
+if TYPE_CHECKING:
+    from primecount.cli.bench.stats import Result
 
 
 #: The server's default count port, and the range port its documentation
@@ -374,9 +366,9 @@ def _run_with_progress(plan: Plan, processes: int) -> Result:
         TextColumn("errors {task.fields[errors]:,}"),
         TimeElapsedColumn(),
     )
-    import time
-
     from rich.console import Console
+
+    from primecount.cli.bench.load import measure
 
     with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("bench", total=total, rate=0.0, errors=0)
@@ -399,7 +391,21 @@ def _run_with_progress(plan: Plan, processes: int) -> Result:
 def run(args: argparse.Namespace) -> int:
     """
     Run C{primecount bench} with parsed options; return the exit status.
+
+    The generator and its statistics are imported here, not with this
+    module: C{--help} and the dispatcher's check for the C{tools} extra
+    (L{primecount.cli.missing_tools}) come first.
     """
+    from primecount.cli.bench.load import GeneratorFailed, interrupt, measure
+    from primecount.cli.bench.report import (
+        PlotUnavailable,
+        check_plot,
+        diagnosis,
+        plot,
+        summary_lines,
+        write_json,
+    )
+
     interrupted: list[bool] = []
 
     def on_sigint(signum: int, frame: Any) -> None:
