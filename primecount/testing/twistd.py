@@ -2,7 +2,8 @@
 """
 A real C{twistd -n primecount} in a subprocess, on free ports of 127.0.0.1
 (L{ServerProcess}), for the tests and the benchmarks: the ports it listens
-on are read from its start line, its log is collected.
+on are read from its start line, its log is collected (through a pipe, or
+in a file for a server that may log much).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import IO
 
 from primecount.workers.environment import primecount_argv, twistd_argv
 
@@ -53,6 +55,7 @@ class ServerProcess:
 
     @ivar ports: listener label (C{"count"}, C{"range"}, C{"proxy"},
         C{"range-proxy"}, C{"metrics"}) -> port.
+    @ivar log: the server's output read so far (see L{readLog}).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class ServerProcess:
         twistdOptions: Sequence[str] = (),
         python: str | None = None,
         environment: Mapping[str, str] | None = None,
+        output: str | None = None,
     ) -> None:
         """
         @param launcher: a command that runs the rest of the command line
@@ -75,6 +79,9 @@ class ServerProcess:
             e.g. C{--uid}.
         @param python: the interpreter to run twistd with, if not this one.
         @param environment: more environment variables for the server.
+        @param output: a file the server writes its output to, instead of a
+            pipe: a server that logs much (under a benchmark's load) never
+            waits for this process to read it.
         """
         command = primecount_argv("--port", "0", "--interface", "127.0.0.1", *args)
         at = len(TWISTD)  # after the interpreter and its program: twistd's options
@@ -83,15 +90,27 @@ class ServerProcess:
             command[0] = python
         argv = [*launcher, *command]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(environment or {}))
-        self.process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
-            pass_fds=pass_fds,
-        )
+        sink = subprocess.PIPE if output is None else open(output, "wb")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn,
+                pass_fds=pass_fds,
+            )
+        finally:
+            if output is not None:
+                sink.close()  # type: ignore[union-attr]
+        self._piped = output is None
+        self._output: IO[bytes]
+        if output is None:
+            assert self.process.stdout is not None
+            self._output = self.process.stdout
+        else:
+            self._output = open(output, "rb")  # noqa: SIM115 - closed by stop()
         self.log = b""
         self.ports: dict[str, int] = {}
         deadline = time.monotonic() + startTimeout
@@ -116,11 +135,19 @@ class ServerProcess:
         """
         Collect log output available within C{timeout}; False at its end.
         """
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], max(timeout, 0))
+        if not self._piped:
+            chunk = self._output.read()
+            if chunk:
+                self.log += chunk
+                return True
+            if self.process.poll() is not None:
+                return False
+            time.sleep(min(max(timeout, 0), 0.05))
+            return True
+        ready, _, _ = select.select([self._output], [], [], max(timeout, 0))
         if not ready:
             return True
-        chunk = os.read(self.process.stdout.fileno(), 65536)
+        chunk = os.read(self._output.fileno(), 65536)
         self.log += chunk
         return bool(chunk)
 
@@ -146,10 +173,8 @@ class ServerProcess:
             self.readLog(0.05)
         # Drain what an exited server wrote; one still running past the
         # deadline is killed below (draining it would wait for ever).
-        stdout = self.process.stdout
-        assert stdout is not None
         while self.process.poll() is not None and self.readLog(0):
-            if not select.select([stdout], [], [], 0)[0]:
+            if self._piped and not select.select([self._output], [], [], 0)[0]:
                 break
         if self.process.poll() is None:
             self.process.kill()
@@ -159,9 +184,9 @@ class ServerProcess:
         """
         Stop the server with SIGTERM (SIGKILL if it lingers).
         """
-        if self.process.stdout is None or self.process.stdout.closed:
+        if self._output.closed:
             return self.process.wait()
         self.signal(signal.SIGTERM)
         status = self.wait()
-        self.process.stdout.close()
+        self._output.close()
         return status

@@ -16,9 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from unittest import SkipTest
 
+from benchmarks.harness import BASELINES
 from primecount.cli.bench.held import HeldConnections
 from primecount.cli.bench.load import measure
 from primecount.cli.bench.stats import (
@@ -178,9 +178,6 @@ class VerificationTests(BenchTestCase):
         self.assertEqual(result.ok, 50)
 
 
-BASELINES = Path(__file__).resolve().parents[2] / "benchmarks" / "baselines"
-
-
 class BaselineTests(BenchTestCase):
     """
     The benchmark baselines speak the count protocol: the generator finds
@@ -217,18 +214,18 @@ class BaselineTests(BenchTestCase):
         result = measure(self.plan(port, requests=100, per_request=per_request))
         self.assertEqual((result.ok, result.wrong, result.error_count), (100, 0, 0))
 
-    def test_seedThreadpool(self) -> None:
+    def test_originalThreadpool(self) -> None:
         """
         The original thread-pool design answers one message per connection.
         """
-        self.check("seed_threadpool", per_request=True)
+        self.check("original_threadpool", per_request=True)
 
-    def test_seedThreadpoolReadFraming(self) -> None:
+    def test_originalThreadpoolReadFraming(self) -> None:
         """
         The original design answers its own clients' way: no newline, the
         reply read until it closes.
         """
-        port = self.start_baseline("seed_threadpool")
+        port = self.start_baseline("original_threadpool")
         result = measure(self.plan(port, requests=100, per_request=True, framing="read"))
         self.assertEqual((result.ok, result.wrong, result.error_count), (100, 0, 0))
 

@@ -1,5 +1,5 @@
 """
-Tests for the test helpers that drive real processes (L{tests.helpers}).
+Tests for L{primecount.testing.twistd}: a real server in a process.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import threading
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 
 
 class ServerProcessTests(SynchronousTestCase):
@@ -35,3 +36,25 @@ class ServerProcessTests(SynchronousTestCase):
         waiting.start()
         waiting.join(10)
         self.assertEqual(status, [-signal.SIGKILL])
+
+    def test_outputToAFile(self) -> None:
+        """
+        With C{output}, the server writes its log to that file (no pipe
+        for it to fill): its ports are still found, and L{ServerProcess.stop}
+        collects the whole log.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "server.log")
+        server = ServerProcess("--journal", "none", cwd=directory, output=path)
+        self.addCleanup(server.process.kill)
+        with server.connect() as sock:
+            sock.sendall(b"abc2a\n")
+            self.assertEqual(recv_lines(sock, 1), [b"2 s\xc3\xad\n"])
+        # twistd ends on SIGTERM by raising it again.
+        self.assertEqual(server.stop(), -signal.SIGTERM)
+        with open(path, "rb") as f:
+            written = f.read()
+        self.assertIn(b"listening on", written)
+        self.assertIn(b"Server Shut Down.", written)
+        self.assertEqual(server.log, written)

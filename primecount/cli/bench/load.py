@@ -24,7 +24,7 @@ connection-per-request mode, where the generator's headroom over the
 servers (3,000-6,000 req/s) is about 2-3x on one core: use
 C{--processes 2} on a machine with spare cores. Runs on a shared machine
 are noisy (other processes take CPU time): compare medians of several
-alternating rounds, as C{benchmarks/compare.py} does.
+alternating rounds, as C{python -m benchmarks.compare} does.
 """
 
 from __future__ import annotations
