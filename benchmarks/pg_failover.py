@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.harness import patroni_cluster, reported, start_server
+from benchmarks.harness import BenchmarkError, patroni_cluster, reported, start_server
 from primecount.journal import pgreader
 from primecount.testing import patronicluster, pgcluster
 from primecount.testing.clients import ClientThread
@@ -57,15 +57,19 @@ def run(
     database = cluster.create_database(f"failover_{durability}_{n}")
     url = cluster.url(user="primecount", database=database, query="target_session_attrs=read-write")
     directory = tempfile.mkdtemp(prefix="primecount-failover-")
+    served = False
     server = start_server(
         *("--journal", url, "--journal-durability", durability, "--timeout", "120"),
         cwd=directory,
     )
     running: list[ClientThread] = []
     try:
+        # Bounded in time only: a fast client would run out of questions
+        # before the promotion.
         deadline = time.monotonic() + seconds + 120
         running = [
-            ClientThread(f"{durability}{i}", server.port, deadline, 30.0) for i in range(clients)
+            ClientThread(f"{durability}{i}", server.port, deadline, 30.0, questions=10**9)
+            for i in range(clients)
         ]
         for client in running:
             client.start()
@@ -84,7 +88,7 @@ def run(
         primary.kill()
         promoted = promotion.wait(120)
         promotion.stop()
-        pgcluster.wait_for(
+        served = pgcluster.wait_for(
             lambda: any(t > promoted for c in running for _, t in c.acknowledged), timeout=60
         )
         time.sleep(1)
@@ -94,7 +98,13 @@ def run(
         for client in running:
             client.join(40)
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if served:
+            shutil.rmtree(directory, ignore_errors=True)
+    if not served:
+        raise BenchmarkError(
+            f"{durability}: no correct reply within 60 s of the promotion; the server's log "
+            f"is in {directory}"
+        )
     acknowledged = [m for c in running for m, _ in c.acknowledged]
     stored = journalled(url)
     after = [t for c in running for _, t in c.acknowledged if t > promoted]

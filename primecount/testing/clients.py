@@ -23,8 +23,8 @@ class ClientThread(threading.Thread):
     """
     Asks one question after another from C{CLIENT} (through HAProxy, or
     straight to a host), a new connection for each after a failure, until
-    told to stop (bounded by C{deadline}); keeps every message whose correct
-    reply it received, and every other reply.
+    told to stop (bounded by C{deadline} and by C{questions}); keeps every
+    message whose correct reply it received, and every other reply.
 
     @ivar acknowledged: (message, when) of each correct reply.
     @ivar refused: when each C{ERR journal unavailable} came.
@@ -33,15 +33,26 @@ class ClientThread(threading.Thread):
     @ivar failures: connections that failed, closed or timed out.
     """
 
-    def __init__(self, name: str, port: int, deadline: float, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        deadline: float,
+        timeout: float = 5.0,
+        questions: int = 100_000,
+    ) -> None:
         """
+        @param deadline: when to stop at the latest, on the
+            C{time.monotonic} clock.
         @param timeout: seconds to wait for a reply before giving up on the
             connection.
+        @param questions: how many to ask at most.
         """
         super().__init__(name=name, daemon=True)
         self.port = port
         self.deadline = deadline
         self.timeout = timeout
+        self.questions = questions
         self.stopping = threading.Event()
         self.acknowledged: list[tuple[str, float]] = []
         self.refused: list[float] = []
@@ -61,11 +72,13 @@ class ClientThread(threading.Thread):
 
     def run(self) -> None:
         """
-        Ask until stopped, past the deadline, or after 100,000 questions.
+        Ask until stopped, past the deadline, or out of questions.
         """
         sock: socket.socket | None = None
         n = 0
-        while not self.stopping.is_set() and time.monotonic() < self.deadline and n < 100_000:
+        while (
+            not self.stopping.is_set() and time.monotonic() < self.deadline and n < self.questions
+        ):
             n += 1
             message = f"{self.name}-{n}-{'x' * (n % 5)}"
             try:
