@@ -43,6 +43,81 @@ def imports(path: Path) -> Iterator[str]:
             yield from (alias.name for alias in node.names)
 
 
+def module_of(path: Path) -> str:
+    """
+    The dotted name of a module of the package (a package by its name).
+    """
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_circles(paths: list[Path]) -> list[list[str]]:
+    """
+    The import circles among the modules at C{paths}: the groups of two or
+    more modules that import one another, directly or not (imports made
+    only for type checking count too: a circle is a circle to a reader).
+    A module importing its own package does not count.
+    """
+    names = {module_of(path): path for path in paths}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in names:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {
+        module: {
+            target
+            for name in imports(path)
+            if (target := resolve(name)) is not None
+            and target != module
+            and not module.startswith(target + ".")
+        }
+        for module, path in names.items()
+    }
+    # Tarjan's strongly connected components, iteratively.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, targets = work[-1]
+            for target in targets:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph[target]))))
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        group.append(member)
+                        if member == node:
+                            break
+                    if len(group) > 1:
+                        circles.append(sorted(group))
+    return circles
+
+
 def layer_of(path: Path) -> str:
     """
     The layer a module of the package belongs to.
@@ -76,6 +151,19 @@ class LayoutTests(SynchronousTestCase):
                 target = parts[1]
                 if target != layer and target not in ALLOWED[layer]:
                     wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+        self.assertEqual(wrong, [])
+
+    def test_noImportCirclesInTheClientToolsAndTheTestingHelpers(self) -> None:
+        """
+        No module of C{cli} or C{testing} takes part in an import circle
+        (the load generator's pieces meet at small protocols instead).
+        """
+        circles = import_circles(list(PACKAGE.rglob("*.py")))
+        wrong = [
+            circle
+            for circle in circles
+            if any(m.split(".")[1] in ("cli", "testing") for m in circle)
+        ]
         self.assertEqual(wrong, [])
 
     def test_coreHasNoTwisted(self) -> None:
