@@ -35,13 +35,13 @@
  * The run lasts --duration seconds (default 10) after --settle seconds of
  * load that is verified but neither timed nor counted as throughput; at most
  * --requests requests are sent in all (a hard cap, default 100 million).
- * --idle N holds N more silent connections open (reopened when the server
- * closes them).
+ * --hold N holds N more silent connections open (reopened when the server
+ * closes them; --idle N, its former name, is the same).
  *
  * Output: a summary line on stderr (unless --quiet) and, with --json FILE,
  * the fields of primecount.cli.bench's JSON document: elapsed, requests, ok,
  * wrong, errors {total, connect, reset, timeout}, throughput, latency_ms
- * {p50, p90, p99, p99.9, mean, max}, idle, plus "generator": {"name":
+ * {p50, p90, p99, p99.9, mean, max}, held, plus "generator": {"name":
  * "cload", threads, cpu_seconds, user_seconds, resolved, cpu_us_per_request} (resolved and
  * the CPU time include the settle time).  Latency percentiles come from
  * a log-linear histogram (32 sub-buckets per power of two of nanoseconds:
@@ -143,7 +143,7 @@ static uint64_t bucket_top(int b)
 
 struct options {
     int port, clients, pipeline, per_request, read_to_eof, no_newline, half_close;
-    int threads, idle, quiet;
+    int threads, hold, quiet;
     double duration, settle, timeout;
     long long requests;
     const char *json, *message;
@@ -193,7 +193,7 @@ static int take_tickets(int want)
 
 /* ---- one worker thread ------------------------------------------------- */
 
-enum kind { CLIENT, IDLE };
+enum kind { CLIENT, HELD };
 enum state { OFF, CONNECTING, OPEN, WAITING };
 
 struct inflight {
@@ -219,7 +219,7 @@ struct conn {
 struct result {
     long long ok, wrong, connect_errors, resets, timeouts;
     long long resolved;           /* every request resolved, settle time included */
-    long long idle_reopened, idle_failed, idle_open;
+    long long held_reopened, held_failed, held_open;
     uint64_t hist[HBUCKETS];
     uint64_t max_ns;
     double sum_ns;
@@ -227,7 +227,7 @@ struct result {
 };
 
 struct worker {
-    int index, epfd, n_clients, n_idle;
+    int index, epfd, n_clients, n_held;
     struct conn *conns;
     struct result r;
     uint32_t next_message;
@@ -389,9 +389,9 @@ static void fill(struct worker *w, struct conn *c)
 
 static void broken(struct worker *w, struct conn *c, long long *counter)
 {
-    if (c->kind == IDLE) {
+    if (c->kind == HELD) {
         close_conn(w, c);
-        w->r.idle_reopened++;
+        w->r.held_reopened++;
         wait_then_retry(c);
         return;
     }
@@ -453,7 +453,7 @@ static void connected(struct worker *w, struct conn *c)
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err) {
         close_conn(w, c);
-        if (c->kind == IDLE) { w->r.idle_failed++; wait_then_retry(c); return; }
+        if (c->kind == HELD) { w->r.held_failed++; wait_then_retry(c); return; }
         if (opt.per_request) drop_inflight(w, c, &w->r.connect_errors);
         else if (take_tickets(1) == 1) record_error(w, &w->r.connect_errors, 1);
         wait_then_retry(c);
@@ -462,7 +462,7 @@ static void connected(struct worker *w, struct conn *c)
     c->state = OPEN;
     epoll_set(w, c, EPOLL_CTL_MOD, EPOLLIN | EPOLLRDHUP);
     c->wants_out = 0;
-    if (c->kind == IDLE) { w->r.idle_open++; return; }
+    if (c->kind == HELD) { w->r.held_open++; return; }
     if (opt.per_request) flush_out(w, c);
     else fill(w, c);
 }
@@ -503,7 +503,7 @@ static void readable(struct worker *w, struct conn *c)
             broken(w, c, &w->r.resets);
             return;
         }
-        if (c->kind == IDLE) { c->in_len = 0; continue; }
+        if (c->kind == HELD) { c->in_len = 0; continue; }
         c->in_len += (size_t)n;
         if (opt.per_request && opt.read_to_eof) continue;
         uint64_t t = now_ns();
@@ -540,9 +540,9 @@ static void sweep(struct worker *w, int n_conns)
         struct conn *c = &w->conns[i];
         if (c->state == WAITING && t >= c->wake_ns) {
             c->state = OFF;
-            if (c->kind == IDLE) {
-                if (start_connect(w, c, 0) < 0) { w->r.idle_failed++; wait_then_retry(c); }
-                else if (c->state == OPEN) w->r.idle_open++;
+            if (c->kind == HELD) {
+                if (start_connect(w, c, 0) < 0) { w->r.held_failed++; wait_then_retry(c); }
+                else if (c->state == OPEN) w->r.held_open++;
             } else {
                 client_go(w, c);
             }
@@ -569,13 +569,13 @@ static int busy(struct worker *w)
 static void *run_worker(void *arg)
 {
     struct worker *w = arg;
-    int n_conns = w->n_clients + w->n_idle;
+    int n_conns = w->n_clients + w->n_held;
     struct epoll_event events[256];
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (w->epfd < 0) die("epoll_create1: %s", strerror(errno));
     for (int i = 0; i < n_conns; i++) {
         struct conn *c = &w->conns[i];
-        c->kind = i < w->n_clients ? CLIENT : IDLE;
+        c->kind = i < w->n_clients ? CLIENT : HELD;
         c->fd = -1;
         c->ring = calloc((size_t)opt.pipeline, sizeof *c->ring);
         if (!c->ring) die("out of memory");
@@ -583,8 +583,8 @@ static void *run_worker(void *arg)
     for (int i = w->n_clients; i < n_conns; i++) {
         struct conn *c = &w->conns[i];
         int r = start_connect(w, c, 0);
-        if (r < 0) { w->r.idle_failed++; wait_then_retry(c); }
-        else if (r == 1) w->r.idle_open++;
+        if (r < 0) { w->r.held_failed++; wait_then_retry(c); }
+        else if (r == 1) w->r.held_open++;
     }
     for (int i = 0; i < w->n_clients; i++) client_go(w, &w->conns[i]);
     double last_sweep = now_s();
@@ -607,10 +607,10 @@ static void *run_worker(void *arg)
     int tail = 0;
     for (int i = 0; i < n_conns; i++) {
         struct conn *c = &w->conns[i];
-        if (c->kind == IDLE && c->state == OPEN) tail++;
+        if (c->kind == HELD && c->state == OPEN) tail++;
         close_conn(w, c);
     }
-    w->r.idle_open = tail;
+    w->r.held_open = tail;
     close(w->epfd);
     return NULL;
 }
@@ -622,7 +622,7 @@ static void usage(void)
     fputs("usage: cload [--port P] [--clients C] [--duration S | --requests N]\n"
           "             [--connection-per-request [--read-to-eof] [--no-newline] [--half-close]\n"
           "              [--framing line|read]]\n"
-          "             [--pipeline K] [--idle N] [--threads T] [--settle S] [--timeout S]\n"
+          "             [--pipeline K] [--hold N] [--threads T] [--settle S] [--timeout S]\n"
           "             [--message TEXT] [--host 127.0.0.1] [--json FILE] [--quiet]\n"
           "             [--print-expected]\n",
           stderr);
@@ -692,7 +692,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--clients")) { VALUE(); opt.clients = (int)whole(a, v, 1, 100000); }
         else if (!strcmp(a, "--pipeline")) { VALUE(); opt.pipeline = (int)whole(a, v, 1, 1024); pipeline_given = 1; }
         else if (!strcmp(a, "--threads") || !strcmp(a, "--processes")) { VALUE(); opt.threads = (int)whole(a, v, 1, 64); }
-        else if (!strcmp(a, "--idle")) { VALUE(); opt.idle = (int)whole(a, v, 0, 100000); }
+        else if (!strcmp(a, "--hold") || !strcmp(a, "--idle")) { VALUE(); opt.hold = (int)whole(a, v, 0, 100000); }
         else if (!strcmp(a, "--duration")) { VALUE(); opt.duration = positive(a, v, 0); }
         else if (!strcmp(a, "--settle")) { VALUE(); opt.settle = positive(a, v, 1); }
         else if (!strcmp(a, "--timeout")) { VALUE(); opt.timeout = positive(a, v, 0); }
@@ -749,7 +749,7 @@ int main(int argc, char **argv)
         close(fd);
     }
     struct rlimit rl;
-    long need = (long)opt.clients + opt.idle + 64;
+    long need = (long)opt.clients + opt.hold + 64;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && (long)rl.rlim_cur < need) {
         rl.rlim_cur = rl.rlim_max < (rlim_t)need ? rl.rlim_max : (rlim_t)need;
         setrlimit(RLIMIT_NOFILE, &rl);
@@ -766,9 +766,9 @@ int main(int argc, char **argv)
         struct worker *w = &workers[i];
         w->index = i;
         w->n_clients = opt.clients / opt.threads + (i < opt.clients % opt.threads);
-        w->n_idle = opt.idle / opt.threads + (i < opt.idle % opt.threads);
+        w->n_held = opt.hold / opt.threads + (i < opt.hold % opt.threads);
         w->next_message = (uint32_t)i * 7u;
-        w->conns = calloc((size_t)(w->n_clients + w->n_idle), sizeof *w->conns);
+        w->conns = calloc((size_t)(w->n_clients + w->n_held), sizeof *w->conns);
         if (!w->conns) die("out of memory");
         if (pthread_create(&w->thread, NULL, run_worker, w)) die("cannot start a thread");
     }
@@ -783,9 +783,9 @@ int main(int argc, char **argv)
         total.resets += r->resets;
         total.timeouts += r->timeouts;
         total.resolved += r->resolved;
-        total.idle_open += r->idle_open;
-        total.idle_reopened += r->idle_reopened;
-        total.idle_failed += r->idle_failed;
+        total.held_open += r->held_open;
+        total.held_reopened += r->held_reopened;
+        total.held_failed += r->held_failed;
         total.sum_ns += r->sum_ns;
         if (r->max_ns > total.max_ns) total.max_ns = r->max_ns;
         if (r->last_s > total.last_s) total.last_s = r->last_s;
@@ -817,17 +817,17 @@ int main(int argc, char **argv)
                 " \"throughput\": %.3f,\n"
                 " \"latency_ms\": {\"p50\": %.6f, \"p90\": %.6f, \"p99\": %.6f, \"p99.9\": %.6f, "
                 "\"mean\": %.6f, \"max\": %.6f},\n"
-                " \"idle\": {\"open\": %lld, \"reopened\": %lld, \"failed\": %lld},\n"
+                " \"held\": {\"open\": %lld, \"reopened\": %lld, \"failed\": %lld},\n"
                 " \"generator\": {\"name\": \"cload\", \"threads\": %d, \"cpu_seconds\": %.6f, \"user_seconds\": %.6f, "
                 "\"resolved\": %lld, \"cpu_us_per_request\": %.3f},\n"
                 " \"settings\": {\"port\": %d, \"clients\": %d, \"connection_per_request\": %s, "
-                "\"pipeline\": %d, \"idle\": %d, \"duration\": %.3f, \"settle\": %.3f, "
+                "\"pipeline\": %d, \"hold\": %d, \"duration\": %.3f, \"settle\": %.3f, "
                 "\"read_to_eof\": %s, \"no_newline\": %s, \"half_close\": %s, \"timeout\": %.3f}}\n",
                 elapsed, requests, total.ok, total.wrong, errors, total.connect_errors,
                 total.resets, total.timeouts, throughput, ms(p50), ms(p90), ms(p99), ms(p999), mean,
-                ms(total.max_ns), total.idle_open, total.idle_reopened, total.idle_failed,
+                ms(total.max_ns), total.held_open, total.held_reopened, total.held_failed,
                 opt.threads, cpu, user, total.resolved, cpu_us, opt.port, opt.clients,
-                opt.per_request ? "true" : "false", opt.pipeline, opt.idle,
+                opt.per_request ? "true" : "false", opt.pipeline, opt.hold,
                 opt.duration >= 1e9 ? 0.0 : opt.duration, opt.settle,
                 opt.read_to_eof ? "true" : "false", opt.no_newline ? "true" : "false",
                 opt.half_close ? "true" : "false", opt.timeout);

@@ -1,85 +1,16 @@
+# -*- test-case-name: tests.system.test_compare -*-
 """
-Run primecount and the baseline servers side by side under the same load.
+Run primecount and the baseline servers side by side under the same load,
+and check the targets of C{benchmarks/targets.toml}: a markdown table of
+medians on stdout (also written to C{benchmarks/results/}, with a JSON file
+and a PNG), then PASS or FAIL for each target; exit status 1 when one fails.
 
-    python benchmarks/compare.py                      # every workload, every server
-    python benchmarks/compare.py --workload seed --servers primecount,seed_threadpool
-    python benchmarks/compare.py --workload seed,seed_read \
-        --servers primecount,primecount_read,seed_threadpool   # both framings
-    python benchmarks/compare.py --rounds 5 --duration 10 --primecount-args="--journal none"
+For example::
 
-    # this checkout against an earlier revision, both with the journal on and off
-    git worktree add /tmp/before HEAD~3
-    python benchmarks/compare.py --workload persistent --servers primecount \
-        --variant nojournal='--journal none' --variant before= \
-        --variant before_nojournal='--journal none' \
-        --variant-code before=/tmp/before --variant-code before_nojournal=/tmp/before
+    python -m benchmarks.compare --workload original,persistent --rounds 3 --duration 4
 
-Every server runs as its own subprocess on a free port of 127.0.0.1; the
-load comes from C{cload} (C{benchmarks/cload.c}, a closed-loop generator in
-C that verifies every reply), built with C{cc -O2} (or C{$CC}) into a
-temporary directory at the start of each run; without a compiler compare
-stops with one line, and C{--generator python} runs
-C{python -m primecount.cli.bench} instead (which costs several times more CPU
-per request: the fastest servers are then measured against it). Each
-measured run follows C{--settle} seconds (default 1) of load that is
-verified but not timed. Within a round
-every server gets each workload once, and the order of the servers is
-reversed from one round to the next, so slow drifts of the machine (other
-processes, thermal limits) hit every server alike. Figures are medians over
-the rounds; ratios are medians of the per-round ratios (each round's pair is
-measured minutes apart at most).
-
-Workloads:
-
-  seed        one message per connection (connect, send, read, close), 10 clients
-  seed_read   the same as the original's own clients did it: no newline, the
-              reply read until the server closes (C{primecount bench
-              --framing read}); primecount takes it as C{primecount_read},
-              the same server started with C{--framing read}
-  persistent  persistent connections, 100 clients, one request in flight each
-  active10    persistent connections, 10 clients (the reference for C{idle})
-  idle        C{active10} plus 1000 idle connections held open
-
-Servers: primecount, the baselines in C{benchmarks/baselines/} and
-C{c_epoll} (C{baselines/c_epoll_server.c}, one epoll loop in C, no journal,
-built like cload): the limit, what this machine can serve at all.
-
-CPU placement (C{--placement}, both by default, one after the other, the
-servers restarted for each): C{pinned} puts the servers on CPU 0 and the
-generator on CPU 1 (C{os.sched_setaffinity}), so the generator never takes
-CPU time from the server under test (each Python server is bound by its
-GIL to about one core anyway); C{unpinned} lets the kernel place them, as
-users run them. C{--no-pin} is C{--placement unpinned}.
-
-The generator is not the bottleneck when the limit server runs well above
-what primecount is asked for: for each target of primecount against a
-baseline, compare prints "generator headroom: c_epoll X req/s = Y×
-primecount's target" and checks Y >= 1.5 (PASS/FAIL). The table also gives
-the generator's CPU time per request.
-
-primecount runs with its defaults (the SQLite journal on, in a temporary
-directory) plus C{--timeout 60}, so idle connections stay open for the whole
-run as they do on the baselines, which have no idle timeout; add options
-with C{--primecount-args}. seed_threadpool writes its text log (the
-original design includes it); the other baselines have no journal.
-seed_threadpool answers one message per connection, so it only takes part
-in the C{seed} and C{seed_read} workloads; C{primecount_read} (primecount
-with C{--framing read}) only in C{seed_read}, the only workload whose
-clients send no newline.
-
-Output: a markdown table on stdout, and in C{benchmarks/results/} (not in
-git) a JSON file, the table and a PNG per run; C{--markdown FILE} also
-writes the table there (e.g. C{benchmarks/RESULTS.md}; in a file that holds
-the markers C{<!-- compare:begin -->} and C{<!-- compare:end -->} only the
-text between them is replaced) and the PNG beside it (C{RESULTS.png}).
-
-Targets checked (PASS/FAIL, per placement; exit status 1 when one fails):
-primecount >= 2.0x seed_threadpool on C{seed}; primecount >= 0.75x
-asyncio_server on C{persistent}; primecount on C{idle} >= 0.9x primecount
-on C{active10}; when the run has the variant C{--variant nojournal='--journal
-none'}, primecount >= 0.9x nojournal on C{persistent} (the journal's cost);
-when it has C{--variant workers2='--workers 2'}, workers2 >= 1.0x
-primecount on C{seed} and C{persistent}; and the generator headroom above.
+How it measures (generator, rounds, placements, headroom) is in
+C{benchmarks/RESULTS.md}; C{--help} gives every option.
 """
 
 from __future__ import annotations
@@ -89,31 +20,39 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.harness import (
+    HERE,
+    BenchmarkError,
+    Generator,
+    Servers,
+    build_c,
+    c_compiler,
+    cpu_seconds,
+    machine,
+    machine_busy_seconds,
+    pinned,
+    postgresql_database,
+    reported,
+    variant_code,
+)
 from primecount.core.wording import plural
-from primecount.workers.environment import primecount_argv
-
-HERE = Path(__file__).resolve().parent
-BASELINES = HERE / "baselines"
 
 #: Every server the comparison knows, primecount first.
 SERVERS = (
     "primecount",
     "primecount_read",
-    "seed_threadpool",
+    "original_threadpool",
     "select_loop",
     "asyncio_server",
     "uvloop_server",
@@ -138,13 +77,13 @@ WORKLOADS = {
     w.name: w
     for w in (
         Workload(
-            "seed",
+            "original",
             "one message per connection, 10 clients",
             ("--clients", "10", "--connection-per-request"),
             one_message_servers_too=True,
         ),
         Workload(
-            "seed_read",
+            "original_read",
             "the original's clients: no newline, read to close, 10 clients",
             ("--clients", "10", "--framing", "read"),
             one_message_servers_too=True,
@@ -153,25 +92,38 @@ WORKLOADS = {
         Workload("persistent", "persistent, 100 clients", ("--clients", "100")),
         Workload("active10", "persistent, 10 clients", ("--clients", "10")),
         Workload(
-            "idle",
-            "persistent, 10 clients + 1000 idle connections",
-            ("--clients", "10", "--idle", "1000"),
+            "held",
+            "persistent, 10 clients + 1000 held connections",
+            ("--clients", "10", "--hold", "1000"),
         ),
     )
 }
 
+#: Names workloads and servers had before, still accepted (with a note):
+#: the original server was called the seed, held connections idle ones.
+FORMER_NAMES = {
+    "seed": "original",
+    "seed_read": "original_read",
+    "idle": "held",
+    "seed_threadpool": "original_threadpool",
+}
+
 #: Servers that close after one message and cannot hold connections.
-ONE_MESSAGE_SERVERS = frozenset({"seed_threadpool"})
+ONE_MESSAGE_SERVERS = frozenset({"original_threadpool"})
 
 #: primecount servers started with C{--framing read}: their clients send no
 #: newline, so they only take the read-framing workloads.
 READ_SERVERS = {"primecount_read": ["--framing", "read"]}
 
+#: The variants C{--postgresql} adds: primecount journalling to PostgreSQL at
+#: two durabilities (the C{--journal} URL is appended when it is known).
+POSTGRESQL_VARIANTS = {
+    "pg_standby": ["--journal-durability", "standby"],
+    "pg_process": ["--journal-durability", "process"],
+}
 
-class CompareError(Exception):
-    """
-    The comparison cannot run; reported as one line.
-    """
+#: The targets checked after every run, and the generator headroom.
+TARGETS_FILE = HERE / "targets.toml"
 
 
 @dataclass
@@ -223,233 +175,6 @@ class Cell:
         return statistics.median(values) if values else 0.0
 
 
-def free_port() -> int:
-    """
-    A TCP port of 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
-    """
-    A C{preexec_fn} that confines a child process to C{cpus}.
-    """
-    if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-class Servers:
-    """
-    The servers under test, each a subprocess on its own port.
-    """
-
-    def __init__(
-        self,
-        names: list[str],
-        workdir: Path,
-        primecount_args: list[str],
-        cpus: set[int] | None,
-        variants: dict[str, list[str]] | None = None,
-        code: dict[str, str] | None = None,
-        programs: dict[str, Path] | None = None,
-    ) -> None:
-        self.names = names
-        self.programs = programs or {}
-        self.code = code or {}
-        self.workdir = workdir
-        self.primecount_args = primecount_args
-        self.variants = variants or {}
-        self.cpus = cpus
-        self.ports: dict[str, int] = {}
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def command(self, name: str, port: int) -> list[str]:
-        """
-        The command line that starts server C{name} on C{port}.
-        """
-        if name == "primecount" or name in READ_SERVERS or name in self.variants:
-            return primecount_argv(
-                "--port",
-                str(port),
-                "--interface",
-                "127.0.0.1",
-                "--timeout",
-                "60",
-                *self.primecount_args,
-                *READ_SERVERS.get(name, []),
-                *self.variants.get(name, []),
-            )
-        if name in self.programs:
-            return [str(self.programs[name]), "--port", str(port)]
-        command = [sys.executable, str(BASELINES / f"{name}.py"), "--port", str(port)]
-        if name == "seed_threadpool":
-            command += ["--log", str(self.workdir / "seed.log")]
-        return command
-
-    def start(self) -> None:
-        """
-        Start every server and wait until each accepts connections.
-        """
-        for name in self.names:
-            port = free_port()
-            log = open(self.workdir / f"{name}.out", "wb")  # noqa: SIM115
-            env = None
-            if name in self.code:
-                # The variant's own primecount comes first on the path.
-                env = {**os.environ, "PYTHONPATH": self.code[name]}
-            process = subprocess.Popen(
-                self.command(name, port),
-                cwd=self.workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=pinned(self.cpus),
-            )
-            log.close()
-            self.ports[name] = port
-            self.processes[name] = process
-        for name in self.names:
-            self.wait_ready(name)
-
-    def wait_ready(self, name: str) -> None:
-        """
-        Wait (at most 20 s) until server C{name} accepts a connection.
-        """
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.processes[name].poll() is not None:
-                tail = (self.workdir / f"{name}.out").read_text(errors="replace")
-                last = tail.strip().splitlines()[-1:] or ["no output"]
-                raise CompareError(f"{name} exited at start: {last[0]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports[name]), 1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise CompareError(f"{name} did not accept connections within 20 s")
-
-    def stop(self) -> None:
-        """
-        Stop every server (SIGTERM, then SIGKILL after 5 s).
-        """
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """
-    The CPU time (user + system) process C{pid} has used, all its threads.
-    """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """
-    The CPU time all processors of the machine have spent busy so far.
-    """
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    ticks = [int(f) for f in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    guest = sum(ticks[8:10]) if len(ticks) > 9 else 0
-    return (sum(ticks) - idle - guest) / os.sysconf("SC_CLK_TCK")
-
-
-#: The C programs compare builds at run time: cload, and the limit server.
-C_SOURCES = {"cload": HERE / "cload.c", "c_epoll": BASELINES / "c_epoll_server.c"}
-
-
-def build_c(directory: Path, names: list[str], compiler: str | None = None) -> dict[str, Path]:
-    """
-    Compile the C programs C{names} (keys of L{C_SOURCES}) with C{cc -O2}
-    into C{directory}; their paths by name.
-
-    @param compiler: the compiler; default C{$CC}, else C{cc}.
-    @raise CompareError: when there is no compiler or a build fails.
-    """
-    compiler = compiler or os.environ.get("CC") or "cc"
-    found = shutil.which(compiler)
-    if found is None:
-        raise CompareError(
-            f"no C compiler: {compiler!r} not found; install one (apt-get install gcc) "
-            "or set CC, or run the Python generator with --generator python"
-        )
-    programs = {}
-    for name in names:
-        program = directory / name
-        try:
-            built = subprocess.run(
-                [found, "-O2", "-o", str(program), str(C_SOURCES[name]), "-lpthread"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise CompareError(f"{compiler} could not build {C_SOURCES[name].name}: {e}") from None
-        if built.returncode != 0:
-            errors = [line for line in built.stderr.splitlines() if "error" in line]
-            first = (errors or built.stderr.strip().splitlines() or ["no message"])[0]
-            raise CompareError(f"{compiler} could not build {C_SOURCES[name].name}: {first}")
-        programs[name] = program
-    return programs
-
-
-@dataclass(frozen=True)
-class Generator:
-    """
-    The load generator of a comparison: C{cload} (the C program, when
-    C{program} is set) or C{python -m primecount.cli.bench}.
-
-    @ivar settle: seconds of load before each measured run (C only):
-        verified, neither timed nor counted as throughput.
-    """
-
-    name: str
-    program: Path | None = None
-    settle: float = 0.0
-
-    def command(
-        self, port: int, workload: Workload, duration: float, processes: int, output: Path
-    ) -> list[str]:
-        """
-        The command line of one generator run (both take the workloads'
-        options).
-        """
-        if self.program is not None:
-            common = [str(self.program), "--threads", str(processes)]
-            common += ["--settle", str(self.settle)]
-        else:
-            common = [sys.executable, "-m", "primecount.cli.bench", "--processes", str(processes)]
-        return [
-            *common,
-            "--port",
-            str(port),
-            "--duration",
-            str(duration),
-            "--quiet",
-            "--json",
-            str(output),
-            *workload.options,
-        ]
-
-
 def run_bench(
     port: int,
     server_pid: int,
@@ -464,7 +189,7 @@ def run_bench(
     Run the load generator once and read its JSON result.
     """
     generator = generator or Generator("python")
-    command = generator.command(port, workload, duration, processes, output)
+    command = generator.command(port, workload.options, duration, processes, output)
     server_before = cpu_seconds(server_pid)
     busy_before = machine_busy_seconds()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -478,7 +203,7 @@ def run_bench(
             preexec_fn=pinned(cpus),
         )
     except subprocess.TimeoutExpired:
-        raise CompareError(f"the generator did not finish: {shlex.join(command)}") from None
+        raise BenchmarkError(f"the generator did not finish: {shlex.join(command)}") from None
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_used = cpu_seconds(server_pid) - server_before
     busy = machine_busy_seconds() - busy_before
@@ -487,7 +212,7 @@ def run_bench(
     )
     if completed.returncode not in (0, 3):
         message = completed.stderr.strip().splitlines()[-1:] or ["no message"]
-        raise CompareError(f"the generator failed: {message[0]}")
+        raise BenchmarkError(f"the generator failed: {message[0]}")
     document = json.loads(output.read_text())
     wall = document["elapsed"] or (time.monotonic() - started)
     total_wall = max(wall, time.monotonic() - started)
@@ -519,22 +244,6 @@ def takes_part(server: str, workload: Workload) -> bool:
     return workload.one_message_servers_too or server not in ONE_MESSAGE_SERVERS
 
 
-def machine() -> str:
-    """
-    A one-line description of this machine.
-    """
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def paired_ratio(cells: dict[str, Cell], numerator: str, denominator: str) -> float:
     """
     The median over rounds of C{numerator}'s throughput divided by
@@ -548,95 +257,91 @@ def paired_ratio(cells: dict[str, Cell], numerator: str, denominator: str) -> fl
     return statistics.median(ratios) if ratios else 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     """
-    One goal: a ratio of two medians that must reach a bound.
+    One goal of L{TARGETS_FILE}: C{server} on C{workload} divided by
+    C{reference_server} on C{reference_workload} (median of the per-round
+    ratios) must reach C{bound}.
+
+    @ivar what: what the goal is about, for the report.
     """
 
-    text: str
+    what: str
     workload: str
     server: str
     reference_workload: str
     reference_server: str
     bound: float
 
-
-TARGETS = (
-    Target(
-        "primecount >= 2.0x seed_threadpool, one message per connection",
-        "seed",
-        "primecount",
-        "seed",
-        "seed_threadpool",
-        2.0,
-    ),
-    Target(
-        "primecount --framing read >= 2.0x seed_threadpool, the original's own clients",
-        "seed_read",
-        "primecount_read",
-        "seed_read",
-        "seed_threadpool",
-        2.0,
-    ),
-    Target(
-        "primecount >= 0.75x asyncio_server, persistent 100 clients",
-        "persistent",
-        "primecount",
-        "persistent",
-        "asyncio_server",
-        0.75,
-    ),
-    Target(
-        "primecount (journal on) >= 0.9x nojournal (--journal none), persistent 100 clients",
-        "persistent",
-        "primecount",
-        "persistent",
-        "nojournal",
-        0.9,
-    ),
-    Target(
-        "workers2 (--workers 2) >= 1.0x primecount, one message per connection",
-        "seed",
-        "workers2",
-        "seed",
-        "primecount",
-        1.0,
-    ),
-    Target(
-        "workers2 (--workers 2) >= 1.0x primecount, persistent 100 clients",
-        "persistent",
-        "workers2",
-        "persistent",
-        "primecount",
-        1.0,
-    ),
-    Target(
-        "primecount with 1000 idle >= 0.9x without",
-        "idle",
-        "primecount",
-        "active10",
-        "primecount",
-        0.9,
-    ),
-)
+    @property
+    def text(self) -> str:
+        """
+        The goal in one line, as the report prints it.
+        """
+        if self.workload == self.reference_workload:
+            ratio = f"{self.server} >= {self.bound:g}x {self.reference_server} on {self.workload}"
+        else:
+            ratio = (
+                f"{self.server} on {self.workload} >= {self.bound:g}x "
+                f"{self.reference_server} on {self.reference_workload}"
+            )
+        return f"{ratio} ({self.what})"
 
 
-#: The limit server must beat primecount's target by this much under the
-#: same generator, or the generator (not the server) may be what a run
-#: measures.
-HEADROOM = 1.5
+def load_targets(path: Path = TARGETS_FILE) -> tuple[tuple[Target, ...], float]:
+    """
+    The targets in C{path} and the generator headroom it asks for.
+
+    @raise BenchmarkError: in one line, when the file cannot be read or a
+        target is malformed.
+    """
+    import tomllib
+
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise BenchmarkError(f"{path}: {e}") from None
+    targets = []
+    for n, entry in enumerate(document.get("target", []), 1):
+        try:
+            workload = entry["workload"]
+            target = Target(
+                what=str(entry["what"]),
+                workload=workload,
+                server=str(entry["server"]),
+                reference_workload=entry.get("reference_workload", workload),
+                reference_server=str(entry["reference_server"]),
+                bound=float(entry["bound"]),
+            )
+        except KeyError as e:
+            raise BenchmarkError(f"{path}: target {n} has no {e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise BenchmarkError(f"{path}: target {n}: {e}") from None
+        unknown = {target.workload, target.reference_workload} - set(WORKLOADS)
+        if unknown:
+            raise BenchmarkError(f"{path}: target {n}: unknown workload {', '.join(unknown)}")
+        targets.append(target)
+    try:
+        headroom = float(document.get("headroom", 1.5))
+    except (TypeError, ValueError):
+        raise BenchmarkError(f"{path}: headroom must be a number") from None
+    return tuple(targets), headroom
 
 
-def headroom(results: dict[str, dict[str, Cell]]) -> list[tuple[str, float, bool]]:
+def headroom(
+    results: dict[str, dict[str, Cell]],
+    targets: tuple[Target, ...],
+    needed: float,
+) -> list[tuple[str, float, bool]]:
     """
     The generator-headroom checks: for each target of primecount against a
     baseline, C{c_epoll}'s throughput divided by the throughput the target
     asks of primecount (bound x the baseline's, per round; median), which
-    must reach L{HEADROOM}.
+    must reach C{needed}.
     """
     outcomes = []
-    for target in TARGETS:
+    for target in targets:
         if target.server != "primecount" or target.reference_server in ("primecount", "c_epoll"):
             continue
         cells = results.get(target.workload, {})
@@ -656,15 +361,15 @@ def headroom(results: dict[str, dict[str, Cell]]) -> list[tuple[str, float, bool
         text = (
             f"generator headroom: c_epoll {limit.median('throughput'):,.0f} req/s = "
             f"{ratio:.2f}x primecount's target ({goal:,.0f} req/s, {target.bound:g}x "
-            f"{target.reference_server}) on {target.workload}; needs >= {HEADROOM:g}x"
+            f"{target.reference_server}) on {target.workload}; needs >= {needed:g}x"
         )
-        outcomes.append((text, ratio, ratio >= HEADROOM))
+        outcomes.append((text, ratio, ratio >= needed))
     return outcomes
 
 
 def target_ratio(results: dict[str, dict[str, Cell]], target: Target) -> float | None:
     """
-    The measured ratio for C{target}, or L{None} when it was not measured.
+    The measured ratio for C{target}, or C{None} when it was not measured.
     """
     try:
         a = results[target.workload][target.server]
@@ -678,10 +383,14 @@ def target_ratio(results: dict[str, dict[str, Cell]], target: Target) -> float |
 
 
 def markdown(
-    results: dict[str, dict[str, Cell]], header: str
+    results: dict[str, dict[str, Cell]],
+    header: str,
+    targets: tuple[Target, ...],
+    needed: float,
 ) -> tuple[str, list[tuple[str, float, bool]]]:
     """
-    The results as a markdown document, and the targets' outcomes.
+    The results as a markdown document, and the outcomes of C{targets}
+    and of the generator headroom (C{needed}).
     """
     lines = [header, ""]
     lines.append(
@@ -728,7 +437,7 @@ def markdown(
     )
     outcomes = []
     target_lines = []
-    for target in TARGETS:
+    for target in targets:
         measured = target_ratio(results, target)
         if measured is None:
             continue
@@ -737,7 +446,7 @@ def markdown(
         target_lines.append(f"- {'PASS' if passed else 'FAIL'}: {target.text}: {measured:.2f}x")
     if target_lines:
         lines += ["", "Targets:", "", *target_lines]
-    checks = headroom(results)
+    checks = headroom(results, targets, needed)
     if checks:
         lines += ["", *(f"- {'PASS' if ok else 'FAIL'}: {text}" for text, _r, ok in checks)]
         outcomes += checks
@@ -802,7 +511,7 @@ def draw(path: Path, results: dict[str, dict[str, Cell]], title: str) -> bool:
 
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     """
-    The CPUs for the servers and for the generator, or L{None} for no pinning.
+    The CPUs for the servers and for the generator, or C{None} for no pinning.
     """
     if not pin:
         return None, None
@@ -812,25 +521,18 @@ def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     return {available[0]}, set(available[1:])
 
 
-@contextlib.contextmanager
-def servers_running(servers: Servers) -> Iterator[Servers]:
-    """
-    Start the servers and stop them afterwards, whatever happens.
-    """
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
-
-
 def parse_list(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
     """
-    A comma-separated list of names, each one of C{known} (or C{all}).
+    A comma-separated list of names, each one of C{known} (or C{all}); a
+    name of L{FORMER_NAMES} is taken for its new one, with a note.
     """
     if text == "all":
         return list(known)
     names = [name.strip() for name in text.split(",") if name.strip()]
+    for n, name in enumerate(names):
+        if name in FORMER_NAMES and FORMER_NAMES[name] in known:
+            names[n] = FORMER_NAMES[name]
+            print(f"compare: note: {what} {name} is now called {names[n]}", file=sys.stderr)
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
@@ -844,22 +546,9 @@ def variant(text: str) -> tuple[str, list[str]]:
     C{NAME=ARGS}: a primecount run under another name with extra options.
     """
     name, sep, options = text.partition("=")
-    if not sep or not name or name in SERVERS:
+    if not sep or not name or name in SERVERS or name in POSTGRESQL_VARIANTS:
         raise argparse.ArgumentTypeError(f"expected NAME=OPTIONS with a new name, not {text!r}")
     return name, shlex.split(options)
-
-
-def variant_code(text: str) -> tuple[str, str]:
-    """
-    C{NAME=DIR}: the source tree (holding C{primecount/}) a variant runs.
-    """
-    name, sep, directory = text.partition("=")
-    path = Path(directory).resolve()
-    if not sep or not name or not (path / "primecount" / "tap.py").is_file():
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=DIR where DIR holds a primecount source tree, not {text!r}"
-        )
-    return name, str(path)
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -867,7 +556,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     Parse the command line.
     """
     parser = argparse.ArgumentParser(
-        description="Run primecount and the baselines side by side.",
+        prog="python -m benchmarks.compare",
+        description="Run primecount and the baselines side by side; check the targets.",
+        epilog="Former names still accepted: "
+        + ", ".join(f"{old} (now {new})" for old, new in FORMER_NAMES.items())
+        + ".",
     )
     parser.add_argument(
         "--workload",
@@ -914,6 +607,15 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         "compare code versions side by side",
     )
     parser.add_argument(
+        "--postgresql",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="also run primecount with its journal on PostgreSQL, as variants pg_standby "
+        "(--journal-durability standby) and pg_process (process): on a throwaway cluster "
+        "(fsync off, no standby), or in the database at URL (default: neither)",
+    )
+    parser.add_argument(
         "--primecount-args",
         default="",
         help='extra twistd primecount options, e.g. --primecount-args="--journal none"',
@@ -944,9 +646,23 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--results", default=str(HERE / "results"), help="directory for the outputs"
     )
-    parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument(
+        "--markdown",
+        help="also write the table to this file (between its <!-- compare:begin --> and "
+        "<!-- compare:end --> lines when it has them) and the PNG beside it",
+    )
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        default=TARGETS_FILE,
+        help="the targets to check (default benchmarks/targets.toml)",
+    )
     args = parser.parse_args(argv)
-    unknown = {name for name, _ in args.variant_code} - {name for name, _ in args.variants}
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    named = {name for name, _ in args.variants}
+    if args.postgresql is not None:
+        named |= set(POSTGRESQL_VARIANTS)
+    unknown = {name for name, _ in args.variant_code} - named
     if unknown:
         parser.error(f"--variant-code names no --variant: {', '.join(sorted(unknown))}")
     if args.rounds < 1 or args.duration <= 0 or args.generator_processes < 1:
@@ -964,13 +680,6 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
 PLACEMENTS = ("pinned", "unpinned")
 
 
-def c_compiler() -> str | None:
-    """
-    The C compiler compare would use (C{$CC}, else C{cc}), or L{None}.
-    """
-    return shutil.which(os.environ.get("CC") or "cc")
-
-
 def c_setup(
     args: argparse.Namespace, names: list[str], directory: Path
 ) -> tuple[Generator, dict[str, Path], list[str]]:
@@ -981,7 +690,7 @@ def c_setup(
     @return: the generator, the built servers by name, and the server
         names left (C{c_epoll} is left out, with a warning, when the
         Python generator was asked for and there is no compiler).
-    @raise CompareError: when a needed program cannot be built.
+    @raise BenchmarkError: when a needed program cannot be built.
     """
     wanted = ["c_epoll"] if "c_epoll" in names else []
     if args.generator == "python":
@@ -1010,12 +719,16 @@ def run_placement(
     workloads: list[Workload],
     generator: Generator,
     programs: dict[str, Path],
+    variants: dict[str, list[str]],
     work: Path,
 ) -> tuple[dict[str, dict[str, Cell]], str] | None:
     """
     Every round of every workload under one placement, the servers started
-    for it; the results and a description of the placement, or L{None}
+    for it; the results and a description of the placement, or C{None}
     when it cannot be had here (pinning on a single CPU).
+
+    @param variants: primecount under other names (C{primecount_read} and
+        the run's variants) -> their extra options.
     """
     server_cpus, generator_cpus = cpu_plan(placement == "pinned")
     if placement == "pinned" and not (server_cpus and generator_cpus):
@@ -1035,11 +748,11 @@ def run_placement(
         work,
         shlex.split(args.primecount_args),
         server_cpus,
-        dict(args.variants),
+        variants,
         dict(args.variant_code),
         programs,
     )
-    with servers_running(servers):
+    with servers.running():
         scratch = work / "bench.json"
         for round_number in range(args.rounds):
             for workload in workloads:
@@ -1077,24 +790,39 @@ def compare(args: argparse.Namespace) -> int:
     """
     Run the comparison; return the exit status (1 when a target fails).
     """
+    targets, needed = load_targets(args.targets)
     workloads = [WORKLOADS[name] for name in args.workloads]
-    if "idle" in args.workloads and "active10" not in args.workloads:
-        workloads.insert(args.workloads.index("idle"), WORKLOADS["active10"])
+    if "held" in args.workloads and "active10" not in args.workloads:
+        workloads.insert(args.workloads.index("held"), WORKLOADS["active10"])
     variants = dict(args.variants)
+    if args.postgresql is not None:
+        variants.update(POSTGRESQL_VARIANTS)
     names = [
         name for name in args.servers if any(takes_part(name, workload) for workload in workloads)
     ] + list(variants)
     if not names:
-        raise CompareError("no selected server can take the selected workloads")
+        raise BenchmarkError("no selected server can take the selected workloads")
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     measured: dict[str, tuple[dict[str, dict[str, Cell]], str]] = {}
-    with tempfile.TemporaryDirectory(prefix="primecount-compare-") as work:
-        generator, programs, names = c_setup(args, names, Path(work))
+    with contextlib.ExitStack() as stack:
+        if args.postgresql is not None:
+            url = args.postgresql or stack.enter_context(postgresql_database())
+            for name, options in POSTGRESQL_VARIANTS.items():
+                variants[name] = ["--journal", url, *options]
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="primecount-compare-")))
+        generator, programs, names = c_setup(args, names, work)
         for placement in args.placements:
             outcome = run_placement(
-                args, placement, names, workloads, generator, programs, Path(work)
+                args,
+                placement,
+                names,
+                workloads,
+                generator,
+                programs,
+                {**READ_SERVERS, **variants},
+                work,
             )
             if outcome is not None:
                 measured[placement] = outcome
@@ -1108,12 +836,12 @@ def compare(args: argparse.Namespace) -> int:
     sections = [
         f"### Benchmark {stamp}\n\n"
         f"Machine: {machine()}.\n\n"
-        f"`python benchmarks/compare.py {shlex.join(sys.argv[1:])}`: "
+        f"`python -m benchmarks.compare {shlex.join(args.argv)}`: "
         f"{args.rounds} rounds of {args.duration:g} s, alternating order, {load}{extra}.\n"
     ]
     outcomes: list[tuple[str, float, bool]] = []
     for placement, (results, pinning) in measured.items():
-        table, found = markdown(results, f"#### {placement}: {pinning}")
+        table, found = markdown(results, f"#### {placement}: {pinning}", targets, needed)
         sections.append(table)
         outcomes += [(f"{placement}: {text}", ratio, ok) for text, ratio, ok in found]
     table = "\n".join(sections)
@@ -1124,7 +852,7 @@ def compare(args: argparse.Namespace) -> int:
     document = {
         "stamp": stamp,
         "machine": machine(),
-        "argv": sys.argv[1:],
+        "argv": args.argv,
         "generator": load,
         "pinning": {placement: pinning for placement, (_r, pinning) in measured.items()},
         "results": {
@@ -1150,17 +878,11 @@ def compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """
-    Entry point: one clear line on failure, never a traceback.
+    Parse the command line and run the comparison; the exit status (one
+    line on stderr when it cannot run).
     """
     args = arguments(argv)
-    try:
-        return compare(args)
-    except CompareError as e:
-        print(f"compare: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("compare: interrupted", file=sys.stderr)
-        return 130
+    return reported("compare", lambda: compare(args))
 
 
 if __name__ == "__main__":

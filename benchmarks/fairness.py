@@ -1,17 +1,17 @@
+# -*- test-case-name: tests.system.test_compare -*-
 """
-One interactive client beside ten deep pipeliners: does it wait for them?
+One interactive client beside deep pipeliners: its latency, which fair
+batching keeps within a few milliseconds however deep the others pipeline.
 
-    python benchmarks/fairness.py                       # this checkout
-    git worktree add /tmp/before HEAD~1
-    python benchmarks/fairness.py --variant-code before=/tmp/before
+For example::
 
-Each round starts every server (primecount with its defaults, journal on),
-loads it with C{--pipeliners} clients that each keep C{--depth} requests in
-flight, and after a second of that measures a single client that sends one
-request at a time. The interactive client's latency percentiles are the
-figure: with fair batching it stays within a few milliseconds, however deep
-the others pipeline. Rounds alternate the order of the servers; figures are
-medians over the rounds.
+    python -m benchmarks.fairness --rounds 3 --duration 5
+    python -m benchmarks.fairness --variant-code before=/tmp/before   # another checkout too
+
+Each round starts primecount (its defaults, journal on), loads it with
+C{--pipeliners} clients that each keep C{--depth} requests in flight and,
+a second later, measures one client that sends a request at a time; prints
+the medians over the rounds as a markdown table.
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from compare import Servers, variant_code
+from benchmarks.harness import BenchmarkError, Generator, Servers, reported, variant_code
 
 
-def bench(port: int, duration: float, options: list[str], output: Path) -> subprocess.Popen[bytes]:
+def start_load(
+    port: int, duration: float, options: list[str], output: Path
+) -> subprocess.Popen[bytes]:
     """
-    Start one C{primecount bench} subprocess writing its result to C{output}.
+    Start one quiet C{primecount bench} run writing its result to C{output}.
     """
-    command = [
-        sys.executable, "-m", "primecount.cli.bench", "--port", str(port),
-        "--duration", str(duration), "--quiet", "--json", str(output), *options,
-    ]  # fmt: skip
+    command = Generator("python").command(port, options, duration, 1, output)
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
@@ -43,24 +42,26 @@ def round_of(servers: Servers, name: str, args: argparse.Namespace, work: Path) 
     """
     One measurement of server C{name}: the interactive client's latency
     and both loads' throughput.
+
+    @raise BenchmarkError: when a generator fails or a reply is wrong.
     """
     port = servers.ports[name]
     deep, alone = work / f"{name}-deep.json", work / f"{name}-alone.json"
-    load = bench(
+    load = start_load(
         port,
         args.duration + 2,
         ["--clients", str(args.pipeliners), "--pipeline", str(args.depth)],
         deep,
     )
     time.sleep(1)
-    probe = bench(port, args.duration, ["--clients", "1", "--pipeline", "1"], alone)
+    probe = start_load(port, args.duration, ["--clients", "1", "--pipeline", "1"], alone)
     for process in (probe, load):
         if process.wait(args.duration + 60) not in (0, 3):
-            raise SystemExit(f"fairness: the load generator failed against {name}")
+            raise BenchmarkError(f"the load generator failed against {name}")
     interactive = json.loads(alone.read_text())
     pipelined = json.loads(deep.read_text())
     if interactive["wrong"] or pipelined["wrong"]:
-        raise SystemExit(f"fairness: {name} gave wrong replies")
+        raise BenchmarkError(f"{name} gave wrong replies")
     return {
         "p50": interactive["latency_ms"]["p50"],
         "p99": interactive["latency_ms"]["p99"],
@@ -69,31 +70,21 @@ def round_of(servers: Servers, name: str, args: argparse.Namespace, work: Path) 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--pipeliners", type=int, default=10)
-    parser.add_argument("--depth", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--variant-code", type=variant_code, action="append", default=[],
-        metavar="NAME=DIR", help="also run primecount from another checkout",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
+def fairness(args: argparse.Namespace) -> int:
+    """
+    Every round for every server; print the table.
+    """
     code = dict(args.variant_code)
     names = ["primecount", *code]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="primecount-fairness-") as tmp:
         work = Path(tmp)
         for n in range(args.rounds):
             order = names if n % 2 == 0 else names[::-1]
             for name in order:
-                servers = Servers([name], work, [], None, {v: [] for v in code}, code)
-                servers.start()
-                try:
+                servers = Servers([name], work, variants={v: [] for v in code}, code=code)
+                with servers.running():
                     results[name].append(round_of(servers, name, args, work))
-                finally:
-                    servers.stop()
                 print(f"round {n + 1}/{args.rounds} {name}: {results[name][-1]}", file=sys.stderr)
     print(
         f"| server | interactive p50 ms | p99 ms | interactive req/s | "
@@ -109,5 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse the command line and measure; the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.fairness", description=__doc__.strip().split("\n\n")[0]
+    )
+    parser.add_argument("--pipeliners", type=int, default=10, help="pipelining clients (10)")
+    parser.add_argument("--depth", type=int, default=1000, help="their requests in flight (1000)")
+    parser.add_argument("--duration", type=float, default=5, help="seconds a round (5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (3)")
+    parser.add_argument(
+        "--variant-code", type=variant_code, action="append", default=[],
+        metavar="NAME=DIR", help="also run primecount from another checkout",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    return reported("fairness", lambda: fairness(args))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,27 +1,18 @@
 """
 How long C{primecount journal --stats} takes on a big journal, and how much
-memory: figures for issue 23.
+memory it needs.
 
-Builds a journal of C{--records} records (10 million by default) with bulk
-SQL (a recursive CTE in SQLite, C{generate_series} in PostgreSQL), not
-through the server, then runs C{primecount journal --stats} on it as a
-user would (a subprocess, its output thrown away) once per output format,
-and prints the wall time, the CPU time and the peak resident memory of
-each run (C{getrusage} of the child). The journal is deleted afterwards.
+For example::
 
-The content is made to look like a busy day: one record a millisecond,
-half of them from 10 heavy peers and the rest spread over about 64,000
-addresses; 2% C{empty message}, 1% C{invalid UTF-8}, 1% range requests of
-which one in ten has a bad sum.
+    python -m benchmarks.journal_stats --records 1000000 --parts 2
+    python -m benchmarks.journal_stats --postgresql postgresql://USER@HOST:PORT/DB
 
-    python benchmarks/journal_stats.py [--records 10000000] [--parts 2]
-    python benchmarks/journal_stats.py --postgresql postgresql://USER@HOST:PORT/DB
-
-With C{--parts N} (SQLite) the records are spread over the worker files
-C{PATH.worker0} ... of C{--workers N}, as a server with workers writes
-them; C{--directory} picks where the file goes (default: the temporary
-directory). PostgreSQL's table must not exist yet, or be expendable: the
-benchmark drops it at the end.
+Builds a journal of C{--records} records with bulk SQL (SQLite, spread over
+C{--parts} worker files as C{--workers N} writes them, in a temporary
+directory; or the table in an expendable PostgreSQL database, dropped at
+the end), made to look like a busy day, then runs C{primecount journal
+--stats} on it once per output format, as a user would, and prints each
+run's wall time, CPU time and peak resident memory.
 """
 
 from __future__ import annotations
@@ -34,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.harness import reported
+from primecount.journal.formats import FORMATS
 from primecount.journal.sqlite import schema
 
 #: 2026-02-16 00:00:00 UTC.
@@ -107,6 +100,9 @@ def build_postgresql(url: str, records: int) -> None:
 
 
 def drop_postgresql(url: str) -> None:
+    """
+    Drop the journal's tables from the database at C{url}.
+    """
     from primecount.journal.postgresql import schema as pgschema
 
     with pgschema.connect(url) as conn:
@@ -140,14 +136,10 @@ def run_stats(journal: str, fmt: str) -> tuple[float, float, float]:
     return seconds, float(cpu), int(peak) / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=10_000_000)
-    parser.add_argument("--parts", type=int, default=2, help="worker files (SQLite; 0: one file)")
-    parser.add_argument("--directory", default=None, help="where the SQLite journal goes")
-    parser.add_argument("--postgresql", metavar="URL", help="measure this database instead")
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace) -> int:
+    """
+    Build the journal, time every format, remove the journal.
+    """
     started = time.perf_counter()
     if args.postgresql:
         build_postgresql(args.postgresql, args.records)
@@ -169,7 +161,7 @@ def main() -> None:
         f"built {args.records:,} records ({where}{size}) in {time.perf_counter() - started:.1f} s"
     )
     try:
-        for fmt in ("seed", "csv", "jsonl"):
+        for fmt in FORMATS:
             seconds, cpu, peak = run_stats(journal, fmt)
             print(
                 f"--stats --format {fmt:<5}  {seconds:6.1f} s   CPU {cpu:6.1f} s   "
@@ -177,7 +169,23 @@ def main() -> None:
             )
     finally:
         cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse the command line and measure; the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.journal_stats", description=__doc__.strip().split("\n\n")[0]
+    )
+    parser.add_argument("--records", type=int, default=10_000_000, help="records (10 million)")
+    parser.add_argument("--parts", type=int, default=2, help="worker files (SQLite; 0: one file)")
+    parser.add_argument("--directory", default=None, help="where the SQLite journal goes")
+    parser.add_argument("--postgresql", metavar="URL", help="measure this database instead")
+    args = parser.parse_args(argv)
+    return reported("journal_stats", lambda: measure(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,27 +1,17 @@
+# -*- test-case-name: tests.system.test_episodes_process -*-
 """
-Clients pressing on the server's limits: how many log lines, and is the
-count service still there?
+Clients pressing on the server's limits: how many log lines does the
+pressure write, and is the count service still there?
 
-    python benchmarks/limit_pressure.py                      # every pattern, 5 s each
-    python benchmarks/limit_pressure.py --pattern churn --duration 10
-    python benchmarks/limit_pressure.py --pattern metrics-flood
+For example::
 
-Each pattern starts its own C{twistd -n primecount} (journal off, on free
-ports of 127.0.0.1), presses on one limit for C{--duration} seconds from
-threads of this process, then waits for the episodes to end (their end is a
-line too) and prints the log lines the pressure wrote:
+    python -m benchmarks.limit_pressure --pattern churn --duration 10
+    python -m benchmarks.limit_pressure --pattern metrics-flood
 
-  churn           50 clients connect, send one request, read, close, in a loop,
-                  against --max-connections 20
-  per-peer        one client address, 5 such clients, against --max-per-peer 3
-  idle            50 clients that connect and send nothing, against --timeout 1
-  proxy           20 clients sending HTTP to a --listen haproxy: port
-  too-long        20 clients sending 40-byte lines, against --max-line 16
-  metrics-flood   300 idle connections to --metrics-port under ulimit -n 256,
-                  while 30 count requests are sent; then /metrics is asked
-                  until it answers. Prints how many count requests were
-                  answered (the count service's availability) and how long
-                  /metrics took to answer again.
+Each pattern (C{--help} lists them) starts its own C{twistd -n primecount}
+(journal off, on free ports of 127.0.0.1), presses on one limit for
+C{--duration} seconds, waits for the episodes to end, and prints what the
+clients got and how many log lines were written during and after.
 """
 
 from __future__ import annotations
@@ -39,9 +29,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# The sibling script, also when this one is loaded as a module (the tests).
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from memory_attack import start_server, stop_server
+from benchmarks.harness import reported, start_server
+from primecount.testing.processes import free_port
 
 #: How long an episode must be quiet before it ends (Episodes.QUIET), plus
 #: a margin: the pressure's last lines come that long after it stops.
@@ -184,17 +173,17 @@ def press(pattern: str, duration: float, settle: float = SETTLE) -> Pressure:
     """
     options, label, clients, one = PATTERNS[pattern]
     result = Pressure()
-    with tempfile.TemporaryDirectory(prefix="pc-pressure-") as cwd:
-        process, ports = start_server(["--journal", "none", *options], cwd)
+    with tempfile.TemporaryDirectory(prefix="primecount-pressure-") as cwd:
+        server = start_server("--journal", "none", *options, cwd=cwd)
         try:
             before = _ready(cwd, options)
-            port = ports[label]
+            port = server.ports[label]
             _loop(clients, duration, lambda: one(port), result.outcomes)
             during = _logLines(cwd)
             time.sleep(settle)
             after = _logLines(cwd)
         finally:
-            stop_server(process)
+            server.stop()
     result.during = len(during) - before
     result.after = len(after) - len(during)
     result.lines = after[before:]
@@ -236,16 +225,15 @@ def flood_metrics(
     @param options: more options for the server (C{--workers 2}).
     """
     result = Pressure()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metricsPort = probe.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="pc-pressure-") as cwd:
-        process, ports = start_server(
-            ["--journal", "none", "--metrics-port", str(metricsPort), "--timeout", "60", *options],
-            cwd,
+    metricsPort = free_port()
+    with tempfile.TemporaryDirectory(prefix="primecount-pressure-") as cwd:
+        server = start_server(
+            *("--journal", "none", "--metrics-port", str(metricsPort), "--timeout", "60"),
+            *options,
+            cwd=cwd,
             preexec_fn=_lowOpenFiles(openFiles),
         )
-        ports["metrics"] = metricsPort
+        ports = {**server.ports, "metrics": metricsPort}
         held: list[socket.socket] = []
         try:
             before = _ready(cwd, options)
@@ -279,19 +267,29 @@ def flood_metrics(
         finally:
             for sock in held:
                 sock.close()
-            stop_server(process)
+            server.stop()
     result.during = len(during) - before
     result.after = len(after) - len(during)
     result.lines = after[before:]
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--pattern", action="append", choices=[*PATTERNS, "metrics-flood"])
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--show-log", action="store_true", help="print the lines too")
-    args = parser.parse_args(argv)
+#: What each pattern does, for C{--help}.
+PATTERN_HELP = (
+    "churn: 50 clients connect, ask once, close, in a loop, against --max-connections 20; "
+    "per-peer: 5 clients from one address against --max-per-peer 3; "
+    "idle: 50 clients that send nothing against --timeout 1; "
+    "proxy: 20 clients sending HTTP to a --listen haproxy: port; "
+    "too-long: 20 clients sending 40-byte lines against --max-line 16; "
+    "metrics-flood: 300 idle connections to --metrics-port under ulimit -n 256 while 30 "
+    "count requests are sent, then /metrics asked until it answers"
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    """
+    Press with every pattern asked for; print what each did.
+    """
     for pattern in args.pattern or [*PATTERNS, "metrics-flood"]:
         if pattern == "metrics-flood":
             result = flood_metrics()
@@ -311,6 +309,25 @@ def main(argv: list[str] | None = None) -> int:
             for line in result.lines:
                 print("    " + line)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse the command line and press; the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.limit_pressure",
+        description=__doc__.strip().split("\n\n")[0],
+        epilog=PATTERN_HELP,
+    )
+    parser.add_argument(
+        "--pattern", action="append", choices=[*PATTERNS, "metrics-flood"],
+        help="one pattern (repeatable; default every one)",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds a pattern (5)")
+    parser.add_argument("--show-log", action="store_true", help="print the lines too")
+    args = parser.parse_args(argv)
+    return reported("limit_pressure", lambda: run(args))
 
 
 if __name__ == "__main__":

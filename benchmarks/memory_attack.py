@@ -1,51 +1,37 @@
+# -*- test-case-name: tests.system.test_budget_process -*-
 """
-How much memory can clients make the server hold? Peak RSS under an attack.
+How much memory can clients make the server hold? Its peak RSS under
+connections that pipeline long lines as fast as it takes them.
 
-    python benchmarks/memory_attack.py                       # 300 connections, 16,383-byte lines
-    python benchmarks/memory_attack.py --connections 50 --duration 10
-    python benchmarks/memory_attack.py --server-args="--max-memory 64 --workers 2"
-    python benchmarks/memory_attack.py --line 0              # empty lines: the most requests per byte
-    python benchmarks/memory_attack.py --no-read             # clients that never read their replies
+For example::
 
-Starts C{twistd -n primecount} (its defaults, the SQLite journal in a
-temporary directory, plus C{--server-args}) on a free port of 127.0.0.1,
-opens C{--connections} connections and has each of them pipeline lines of
-C{--line} bytes (the longest the default C{--max-line} allows is 16,383)
-as fast as the server takes them, for C{--duration} seconds, reading the
-replies as they come (C{--no-read}: never). Every 0.1 s it samples the
-resident set size of the server (with C{--workers}, the sum over the
-supervisor and its workers). It prints the peak, the RSS at the start and
-at the end, and how many replies came back, then stops the server.
+    python -m benchmarks.memory_attack --connections 50 --duration 10
+    python -m benchmarks.memory_attack --server-args="--max-memory 64 --workers 2"
 
-Bounded: the attack stops early when the server's RSS passes
-C{--rss-cap} MiB (default 3,000), so that measuring an unbounded server
-does not take the machine down; the figure is then printed as "> cap".
+Starts C{twistd -n primecount} (its defaults plus C{--server-args}) on a
+free port of 127.0.0.1, attacks it for C{--duration} seconds while sampling
+its resident memory (the supervisor's and its workers' together) every
+0.1 s, and prints the peak, the RSS before and after, and the replies read.
+The attack stops early past C{--rss-cap} MiB so that an unbounded server
+cannot take the machine down.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import selectors
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import primecount
+from benchmarks.harness import reported, start_server
 from primecount.core.count import expected_reply
-from primecount.workers.environment import primecount_argv
-
-_LISTENING = re.compile(rb"listening on (.*?);")
-_ADDRESS = re.compile(r"([a-z-]+) [0-9.]+:(\d+)")
 
 
 def rss_by_process(pid: int) -> dict[int, int]:
@@ -73,68 +59,6 @@ def rss_kib(pid: int) -> int:
     The resident set size of C{pid} and of every process below it, in KiB.
     """
     return sum(rss_by_process(pid).values())
-
-
-def _pythonpath() -> str:
-    """
-    C{PYTHONPATH} for the server: the primecount this script imports
-    first, whatever the server's working directory.
-    """
-    here = os.path.dirname(os.path.dirname(os.path.abspath(primecount.__file__)))
-    return os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-
-
-def start_server(
-    args: list[str],
-    cwd: str,
-    timeout: float = 30.0,
-    preexec_fn: Callable[[], None] | None = None,
-) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """
-    Start C{twistd -n primecount --port 0} with C{args} in C{cwd}; its
-    process and the ports it listens on, by label (C{count}, C{metrics},
-    ...). Its log goes to C{server.log} in C{cwd}.
-
-    @param preexec_fn: run in the server's process before it starts.
-    """
-    log = os.path.join(cwd, "server.log")
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            primecount_argv("--port", "0", "--interface", "127.0.0.1", *args),
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath()),
-            preexec_fn=preexec_fn,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(log, "rb") as f:
-            found = _LISTENING.search(f.read())
-        if found:
-            listeners = _ADDRESS.findall(found.group(1).decode())
-            return process, {label: int(port) for label, port in listeners}
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    stop_server(process)
-    with open(log, "rb") as f:
-        raise SystemExit(
-            f"memory_attack: the server did not start:\n{f.read().decode(errors='replace')}"
-        )
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """
-    SIGTERM, then SIGKILL after 20 s.
-    """
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -230,30 +154,23 @@ def attack(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--connections", type=int, default=300)
-    parser.add_argument("--line", type=int, default=16383, help="bytes per line, LF excluded")
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--no-read", dest="read", action="store_false")
-    parser.add_argument("--rss-cap", type=int, default=3000, help="MiB: stop the attack beyond")
-    parser.add_argument("--server-args", default="", help="more options for the server")
-    parser.add_argument("--log", help="copy the server's log here")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """
+    Start the server, attack it, print the figures.
+    """
     serverArgs = shlex.split(args.server_args)
-    with tempfile.TemporaryDirectory(prefix="pc-memory-") as work:
-        process, ports = start_server(serverArgs, work)
-        port = ports["count"]
+    with tempfile.TemporaryDirectory(prefix="primecount-memory-") as work:
+        server = start_server(*serverArgs, cwd=work)
         try:
-            before = rss_kib(process.pid)
+            before = rss_kib(server.process.pid)
             result = attack(
-                port, process.pid, args.connections, args.line, args.duration, args.read,
-                args.rss_cap * 1024,
+                server.port, server.process.pid, args.connections, args.line, args.duration,
+                args.read, args.rss_cap * 1024,
             )  # fmt: skip
             time.sleep(1)
-            after = rss_kib(process.pid)
+            after = rss_kib(server.process.pid)
         finally:
-            stop_server(process)
+            server.stop()
             if args.log:
                 shutil.copyfile(os.path.join(work, "server.log"), args.log)
     peak = f"> {args.rss_cap}" if result.capped else f"{result.peak_kib / 1024:.0f}"
@@ -267,6 +184,31 @@ def main(argv: list[str] | None = None) -> int:
         f"largest single process: {result.largest / 1024:.0f} MiB"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse the command line and attack; the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.memory_attack", description=__doc__.strip().split("\n\n")[0]
+    )
+    parser.add_argument("--connections", type=int, default=300, help="connections (300)")
+    parser.add_argument(
+        "--line", type=int, default=16383,
+        help="bytes a line, LF excluded (16383, the longest the default --max-line allows; "
+        "0: empty lines, the most requests a byte)",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds (20)")
+    parser.add_argument(
+        "--no-read", dest="read", action="store_false",
+        help="clients that never read their replies",
+    )  # fmt: skip
+    parser.add_argument("--rss-cap", type=int, default=3000, help="MiB: stop the attack beyond")
+    parser.add_argument("--server-args", default="", help="more options for the server")
+    parser.add_argument("--log", help="copy the server's log here")
+    args = parser.parse_args(argv)
+    return reported("memory_attack", lambda: run(args))
 
 
 if __name__ == "__main__":

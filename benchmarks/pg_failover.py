@@ -1,38 +1,21 @@
+# -*- test-case-name: tests.system.test_database_failover -*-
 """
-The PostgreSQL journal through a failover: what each durability loses, how
-soon service returns, and what durability costs.
+The PostgreSQL journal through a failover: for each durability, what it
+loses, how soon service returns, and what it costs.
 
-    python benchmarks/pg_failover.py                       # every durability, 20 clients, 10 s
-    python benchmarks/pg_failover.py --clients 20 --seconds 20 --durability process,standby
+For example::
 
-Starts a Patroni cluster (L{tests.patronicluster}: one etcd, two
-PostgreSQL 15 nodes, C{synchronous_mode}, the shipped
-C{deploy/patroni/config.yml}; Patroni's C{ttl} 20), then, for each
-durability in turn: a new database, one primecount host journalling to it
-through a libpq multi-host URL (C{target_session_attrs=read-write}), N
-keep-alive clients (one request in flight each, from 127.0.0.2) for
-C{--seconds}, then the primary node killed (C{kill -9} of its Patroni, its
-postmaster and the postmaster's children) while they go on; once the
-standby is promoted and answers again, the clients stop and the journal on
-the new primary is read back. The killed node rejoins (rewound) before the
-next durability.
+    python -m benchmarks.pg_failover --clients 20 --seconds 20 --durability process,standby
 
-Prints, for each durability: requests per second before the kill (and its
-ratio to the first durability's), acknowledged requests, how many of them
-are missing from the new primary, seconds from the kill to the promotion and
-from the promotion to the first correct reply, and how many requests were
-answered C{ERR journal unavailable}.
-
-Durabilities: C{process} (C{synchronous_commit=off}: acknowledged once
-PostgreSQL has the commit in memory), C{disk} (C{local}: on the primary's
-disk), C{standby} (C{on}: on the synchronous standby's disk too). With a
-primecount that has no C{--journal-durability} yet, C{process} is its
-default (no option) and C{standby} is C{--journal-fsync}; C{disk} is not
-available there.
-
-The nodes run with C{fsync=off} (a shared test disk: what differs between
-the durabilities is who has the commit when the reply leaves, not this
-disk's flush time); a process kill loses nothing the kernel holds.
+Starts a throwaway Patroni cluster (one etcd, two PostgreSQL nodes,
+synchronous replication, the shipped C{deploy/patroni/config.yml}); for each
+durability, runs one primecount host journalling to it through a multi-host
+URL under C{--clients} keep-alive clients for C{--seconds}, kills the
+primary node (C{kill -9}) while they go on, and once the standby is promoted
+reads the journal back. Prints per durability: requests per second before
+the kill, acknowledged requests missing from the new primary, seconds to
+the promotion and to the first correct reply after it, and C{ERR journal
+unavailable} replies.
 """
 
 from __future__ import annotations
@@ -43,30 +26,15 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from primecount.journal.postgresql import reader as pgreader  # noqa: E402
-from primecount.tap import PrimecountOptions  # noqa: E402
-from tests import patronicluster, pgcluster  # noqa: E402
-from tests.helpers import ServerProcess  # noqa: E402
-from tests.system.test_several_hosts import Client  # noqa: E402
+from benchmarks.harness import BenchmarkError, patroni_cluster, reported, start_server
+from primecount.journal.postgresql import reader as pgreader
+from primecount.testing import patronicluster, pgcluster
+from primecount.testing.clients import ClientThread
 
 #: PostgreSQL's synchronous_commit for each durability (primecount's
 #: --journal-durability values).
 DURABILITIES = {"process": "off", "disk": "local", "standby": "on"}
-
-
-def options(durability: str) -> list[str] | None:
-    """
-    The primecount options of C{durability}, or L{None} when this primecount
-    cannot ask for it.
-    """
-    if "journal-durability" in PrimecountOptions().synonyms:
-        return ["--journal-durability", durability]
-    return {"process": [], "standby": ["--journal-fsync"]}.get(durability)
 
 
 def journalled(url: str) -> set[str]:
@@ -82,21 +50,27 @@ def journalled(url: str) -> set[str]:
 
 def run(
     cluster: patronicluster.PatroniCluster, durability: str, n: int, clients: int, seconds: float
-) -> dict[str, float] | None:
+) -> dict[str, float]:
     """
     One failover under load with C{durability}; its figures.
     """
-    extra = options(durability)
-    if extra is None:
-        return None
     database = cluster.create_database(f"failover_{durability}_{n}")
     url = cluster.url(user="primecount", database=database, query="target_session_attrs=read-write")
     directory = tempfile.mkdtemp(prefix="primecount-failover-")
-    server = ServerProcess("--journal", url, *extra, "--timeout", "120", cwd=directory)
-    running: list[Client] = []
+    served = False
+    server = start_server(
+        *("--journal", url, "--journal-durability", durability, "--timeout", "120"),
+        cwd=directory,
+    )
+    running: list[ClientThread] = []
     try:
+        # Bounded in time only: a fast client would run out of questions
+        # before the promotion.
         deadline = time.monotonic() + seconds + 120
-        running = [Client(f"{durability}{i}", server.port, deadline, 30.0) for i in range(clients)]
+        running = [
+            ClientThread(f"{durability}{i}", server.port, deadline, 30.0, questions=10**9)
+            for i in range(clients)
+        ]
         for client in running:
             client.start()
         time.sleep(1)
@@ -114,7 +88,7 @@ def run(
         primary.kill()
         promoted = promotion.wait(120)
         promotion.stop()
-        pgcluster.wait_for(
+        served = pgcluster.wait_for(
             lambda: any(t > promoted for c in running for _, t in c.acknowledged), timeout=60
         )
         time.sleep(1)
@@ -124,7 +98,13 @@ def run(
         for client in running:
             client.join(40)
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if served:
+            shutil.rmtree(directory, ignore_errors=True)
+    if not served:
+        raise BenchmarkError(
+            f"{durability}: no correct reply within 60 s of the promotion; the server's log "
+            f"is in {directory}"
+        )
     acknowledged = [m for c in running for m, _ in c.acknowledged]
     stored = journalled(url)
     after = [t for c in running for _, t in c.acknowledged if t > promoted]
@@ -141,11 +121,14 @@ def run(
     return figures
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """
-    Run every durability asked for; print the table.
+    Parse the command line and run every durability asked for; the exit
+    status.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pg_failover", description=__doc__.strip().split("\n\n")[0]
+    )
     parser.add_argument("--clients", type=int, default=20, help="keep-alive clients (20)")
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="load before the kill, seconds (10)"
@@ -160,11 +143,15 @@ def main(argv: list[str]) -> int:
     unknown = [d for d in wanted if d not in DURABILITIES]
     if unknown:
         parser.error(f"unknown durability: {', '.join(unknown)}")
+    return reported("pg_failover", lambda: measure(wanted, args.clients, args.seconds))
+
+
+def measure(wanted: list[str], clients: int, seconds: float) -> int:
+    """
+    Start the cluster, run each durability in C{wanted}, print the table.
+    """
     started = time.monotonic()
-    cluster = patronicluster.PatroniCluster()
-    try:
-        cluster.start()
-        cluster.create_role()
+    with patroni_cluster() as cluster:
         print(f"Patroni cluster up in {time.monotonic() - started:.1f} s ({cluster.dir})")
         print(
             f"{'durability':<10} {'sync_commit':<11} {'req/s':>8} {'ratio':>6} "
@@ -174,10 +161,7 @@ def main(argv: list[str]) -> int:
         )
         base = None
         for n, durability in enumerate(wanted):
-            figures = run(cluster, durability, n, args.clients, args.seconds)
-            if figures is None:
-                print(f"{durability:<10} (this primecount cannot ask for it)", flush=True)
-                continue
+            figures = run(cluster, durability, n, clients, seconds)
             base = base or figures["rate"]
             print(
                 f"{durability:<10} {DURABILITIES[durability]:<11} {figures['rate']:>8.0f} "
@@ -187,11 +171,9 @@ def main(argv: list[str]) -> int:
                 f"{figures['unexpected']:>5.0f}",
                 flush=True,
             )
-    finally:
-        cluster.destroy()
     print(f"cpus: {os.cpu_count()}; total {time.monotonic() - started:.0f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,55 +1,44 @@
 """
 How many journal records a second one PostgreSQL primary takes with
 synchronous replication: the ceiling of the several-hosts design, where
-every host writes to one primary (docs/operations/high-availability.md,
-"Past one primary").
+every host writes to one primary.
 
-    python benchmarks/pg_primary_rate.py                       # a short matrix, 4 s a cell
-    python benchmarks/pg_primary_rate.py --writers 1,4,16 --batch 1,50,200 --seconds 10
-    python benchmarks/pg_primary_rate.py --synchronous-commit on --fsync-off
+For example::
 
-Starts a Patroni cluster (L{tests.patronicluster}: one etcd, two PostgreSQL
-15 nodes, C{synchronous_mode}, the shipped C{deploy/patroni/config.yml};
-PostgreSQL's own settings, C{fsync} on, unless C{--fsync-off}), creates the
-journal's table, then for each C{synchronous_commit} and each (writers,
-batch): that many writer processes, each writing as one primecount process
-does (one group commit in flight at a time): the journal's binary C{COPY}
-of C{batch} count-protocol records, in a transaction of its own, back to
-back, for C{--seconds}. A primecount process under load commits whatever
-arrived during the previous commit, so C{batch} stands for its clients in
-flight, C{writers} for its processes on every host.
+    python -m benchmarks.pg_primary_rate --writers 1,4,16 --group 1,50,200 --seconds 10
+    python -m benchmarks.pg_primary_rate --synchronous-commit on --fsync-off
 
-Prints records and commits a second and the commit time (median, p99) of
-each cell, and the best records-a-second figure for each
-C{synchronous_commit}. Everything shares this machine's cores: the writers'
-client work (about 2.5 microseconds of CPU a record) competes with both
-PostgreSQL nodes, so the figure is a floor of what a primary on its own
-machine takes.
+Starts a throwaway Patroni cluster (one etcd, two PostgreSQL nodes,
+synchronous replication, the shipped configuration, PostgreSQL's own
+settings), creates the journal's table, then for each C{synchronous_commit}
+and each (writers, group): that many writer processes, each committing as
+one primecount process does, a group of records at a time in the journal's
+binary C{COPY}, back to back, for C{--seconds}. Prints records and commits
+a second and the commit time (median, p99) of each cell. Everything shares
+this machine's cores, so the figures are a floor of what a primary on its
+own machine takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import multiprocessing.pool
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from primecount.journal.postgresql import schema as pgschema  # noqa: E402
-from primecount.journal.records import PROTOCOL_COUNT, Record  # noqa: E402
-from tests import patronicluster  # noqa: E402
+from benchmarks.harness import patroni_cluster, reported
+from primecount.journal.postgresql import schema as pgschema
+from primecount.journal.records import PROTOCOL_COUNT, Record
 
 
 def write(
-    url: str, synchronous_commit: str, writer: int, batch: int, start: float, seconds: float
+    url: str, synchronous_commit: str, writer: int, group: int, start: float, seconds: float
 ) -> tuple[int, list[float]]:
     """
-    One writer process: COPY C{batch} records at a time from the wall-clock
+    One writer process: COPY C{group} records at a time from the wall-clock
     time C{start} for C{seconds}; how many commits it made and each one's
     duration.
     """
@@ -61,7 +50,7 @@ def write(
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         rows = []
-        for _ in range(batch):
+        for _ in range(group):
             n += 1
             record = Record(
                 time.time(), "127.0.0.2", 40000 + writer, PROTOCOL_COUNT, f"w{writer}-{n}-abc", 1
@@ -82,7 +71,7 @@ def cell(
     url: str,
     synchronous_commit: str,
     writers: int,
-    batch: int,
+    group: int,
     seconds: float,
 ) -> tuple[float, float, float, float]:
     """
@@ -91,13 +80,13 @@ def cell(
     """
     start = time.time() + 1.0
     results = pool.starmap(
-        write, [(url, synchronous_commit, w, batch, start, seconds) for w in range(writers)]
+        write, [(url, synchronous_commit, w, group, start, seconds) for w in range(writers)]
     )
     commits = sum(c for c, _ in results)
     durations = sorted(d for _, ds in results for d in ds)
     p99 = durations[min(len(durations) - 1, int(len(durations) * 0.99))]
     return (
-        commits * batch / seconds,
+        commits * group / seconds,
         commits / seconds,
         statistics.median(durations) * 1000,
         p99 * 1000,
@@ -111,26 +100,38 @@ def numbers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """
-    Run the matrix; print the table.
+    Parse the command line and run the matrix; the exit status.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pg_primary_rate", description=__doc__.strip().split("\n\n")[0]
+    )
     parser.add_argument("--writers", default="1,4,16", help="writer processes (1,4,16)")
-    parser.add_argument("--batch", default="1,50,200", help="records a commit (1,50,200)")
+    parser.add_argument(
+        "--group",
+        "--batch",
+        dest="group",
+        default="1,50,200",
+        help="records a commit (1,50,200; --batch is its former name)",
+    )
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds a cell (4)")
     parser.add_argument(
         "--synchronous-commit", default="on,off", help="PostgreSQL's synchronous_commit (on,off)"
     )
     parser.add_argument("--fsync-off", action="store_true", help="run the nodes with fsync=off")
     args = parser.parse_args(argv)
-    writers, batches = numbers(args.writers), numbers(args.batch)
+    return reported("pg_primary_rate", lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
+    """
+    Start the cluster, run every cell, print the table.
+    """
+    writers, groups = numbers(args.writers), numbers(args.group)
     settings = [s.strip() for s in args.synchronous_commit.split(",") if s.strip()]
-    cluster = patronicluster.PatroniCluster(parameters={"fsync": "off"} if args.fsync_off else {})
     ctx = multiprocessing.get_context("spawn")
-    try:
-        cluster.start()
-        cluster.create_role()
+    with patroni_cluster({"fsync": "off"} if args.fsync_off else {}) as cluster:
         database = cluster.create_database()
         url = cluster.url(
             user="primecount", database=database, query="target_session_attrs=read-write"
@@ -146,7 +147,7 @@ def main(argv: list[str]) -> int:
             f"fsync {'off' if args.fsync_off else 'on'}; {os.cpu_count()} cpus"
         )
         print(
-            f"{'sync_commit':<11} {'writers':>7} {'batch':>6} {'records/s':>10} "
+            f"{'sync_commit':<11} {'writers':>7} {'group':>6} {'records/s':>10} "
             f"{'commits/s':>10} {'median ms':>9} {'p99 ms':>7}",
             flush=True,
         )
@@ -154,22 +155,20 @@ def main(argv: list[str]) -> int:
         with ctx.Pool(max(writers)) as pool:
             for setting in settings:
                 for w in writers:
-                    for batch in batches:
+                    for group in groups:
                         rate, commits, median, p99 = cell(
-                            pool, url, setting, w, batch, args.seconds
+                            pool, url, setting, w, group, args.seconds
                         )
                         best[setting] = max(best.get(setting, 0.0), rate)
                         print(
-                            f"{setting:<11} {w:>7} {batch:>6} {rate:>10.0f} {commits:>10.0f} "
+                            f"{setting:<11} {w:>7} {group:>6} {rate:>10.0f} {commits:>10.0f} "
                             f"{median:>9.2f} {p99:>7.2f}",
                             flush=True,
                         )
         for setting, rate in best.items():
             print(f"best with synchronous_commit={setting}: {rate:,.0f} records/s")
-    finally:
-        cluster.destroy()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,28 +1,25 @@
 # -*- test-case-name: tests.unit.test_journal_interface -*-
 """
-Range protocol benchmark: figures for issue 4.
+The range protocol end to end, and the sieve against the original design's
+trial division.
 
-1. [0, 10**8] end to end: a server in a subprocess (C{twistd -n primecount
-   --range-port}, or L{benchmarks/range_server.py} when that fails), a
-   client that receives all 5,761,455 primes, checks their sum
-   (279,209,790,387,276) and order with numpy and sends the sum; wall time
-   and the server's peak RSS (VmHWM).
-2. The sieve against the original design's per-number trial division on
-   [0, 10**6], medians of several runs, and their ratio.
-3. Fairness: count protocol round trips while clients stream all of
-   [0, 2**31 - 1] (only with C{twistd}, which serves both protocols).
+For example::
 
-    python benchmarks/range_bench.py [--runs 5] [--streams 2]
+    python -m benchmarks.range_bench --runs 5 --streams 2
+
+Prints: [0, 10**8] streamed by C{twistd -n primecount --range-port}, every
+one of its 5,761,455 primes checked (order, count, sum) with numpy, wall
+time and the server's peak memory; count protocol round trips while clients
+stream all of [0, 2**31 - 1]; the sieve's and trial division's time for
+[0, 10**6].
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,100 +28,25 @@ from collections.abc import Callable
 
 import numpy as np
 
-from primecount.cli.multiclient import ProtocolError, fetch, send_sum
+from benchmarks.harness import BenchmarkError, reported, start_server
+from primecount.cli.primes import ProtocolError, fetch, send_sum
 from primecount.core import rangecodec
 from primecount.core.primes import primes_between
-from primecount.workers.environment import primecount_argv
+from primecount.testing.twistd import ServerProcess
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 EXPECTED_COUNT = 5761455
 EXPECTED_SUM = 279209790387276
 
 
-def free_port() -> int:
+def peak_rss_mb(server: ServerProcess) -> float:
     """
-    A TCP port nobody listens on right now.
+    The server's peak resident memory (VmHWM), in MiB.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(port: int, proc: subprocess.Popen[bytes], seconds: float = 20) -> bool:
-    """
-    Wait until C{port} accepts connections, or C{proc} dies.
-    """
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-class Server:
-    """
-    A range server in a subprocess.
-
-    @ivar kind: C{"twistd"} or C{"fallback"}.
-    @ivar range_port: its range protocol port.
-    @ivar count_port: its count protocol port, or L{None} for the fallback.
-    """
-
-    def __init__(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory()
-        self.range_port = free_port()
-        self.count_port: int | None = free_port()
-        self.kind = "twistd"
-        command = primecount_argv(
-            "--interface=127.0.0.1",
-            f"--port={self.count_port}",
-            f"--range-port={self.range_port}",
-            "--journal=none",
-        )
-        self.proc = self._start(command)
-        if not wait_for(self.range_port, self.proc):
-            self.stop()
-            self.kind, self.count_port = "fallback", None
-            script = os.path.join(HERE, "range_server.py")
-            self.proc = self._start([sys.executable, script, str(self.range_port)])
-            if not wait_for(self.range_port, self.proc):
-                raise SystemExit("range_bench: could not start a range server")
-
-    def _start(self, command: list[str]) -> subprocess.Popen[bytes]:
-        """
-        Start C{command} in the scratch directory.
-        """
-        return subprocess.Popen(
-            command,
-            cwd=self.tmp.name,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def peak_rss_mb(self) -> float:
-        """
-        The server's peak resident memory (VmHWM), in MiB.
-        """
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return math.nan
-
-    def stop(self) -> None:
-        """
-        Stop the server.
-        """
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    with open(f"/proc/{server.process.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
 
 
 def end_to_end(
@@ -139,8 +61,8 @@ def end_to_end(
     of the full request.
 
     @param expected: the prime count and the sum of [C{a}, C{b}].
-    @raise SystemExit: with one line, when a reply is wrong or a request
-        does not complete.
+    @raise BenchmarkError: when a reply is wrong or a request does not
+        complete.
     """
     start = time.perf_counter()
     try:
@@ -149,14 +71,14 @@ def end_to_end(
             total = rangecodec.prime_sum(primes)
             ascending = bool(np.all(primes[1:] > primes[:-1]))
             if (len(primes), total, ascending) != (*expected, True):
-                raise SystemExit(f"range_bench: wrong reply: {len(primes)} primes, sum {total}")
+                raise BenchmarkError(f"wrong reply: {len(primes)} primes, sum {total}")
             send_sum(sock, primes)
             wall = time.perf_counter() - start
             if fetch(sock, 2, 3).tolist() != [2, 3]:
-                raise SystemExit("range_bench: wrong reply to [2, 3] after the sum")
+                raise BenchmarkError("wrong reply to [2, 3] after the sum")
             send_sum(sock, np.array([2, 3], np.uint32))
     except (OSError, ProtocolError) as e:
-        raise SystemExit(f"range_bench: request [{a}, {b}] did not complete: {e}") from None
+        raise BenchmarkError(f"request [{a}, {b}] did not complete: {e}") from None
     return wall
 
 
@@ -166,7 +88,7 @@ def trial_division_is_prime(n: int) -> bool:
     """
     if n < 2:
         return False
-    for d in range(2, math.isqrt(n) + 1):  # noqa: SIM110 (the seed's loop, as it was)
+    for d in range(2, math.isqrt(n) + 1):  # noqa: SIM110 (the original's loop, as it was)
         if n % d == 0:
             return False
     return True
@@ -174,7 +96,7 @@ def trial_division_is_prime(n: int) -> bool:
 
 def trial_division(a: int, b: int) -> list[int]:
     """
-    The primes in [a, b], one number at a time, as the seed did.
+    The primes in [a, b], one number at a time, as the original did.
     """
     return [n for n in range(max(a, 0), b + 1) if trial_division_is_prime(n)]
 
@@ -235,58 +157,73 @@ def describe(times: list[float]) -> str:
     )
 
 
-def main() -> None:
+def measure(args: argparse.Namespace) -> int:
     """
     Run the benchmarks and print the figures.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per figure")
-    parser.add_argument("--streams", type=int, default=2, help="fairness streams")
-    args = parser.parse_args()
-
-    server = Server()
-    try:
-        end_to_end(server.range_port)  # warm up: imports, base primes
-        wall = [end_to_end(server.range_port) for _ in range(args.runs)]
-        print(f"server: {server.kind} (pid {server.proc.pid})")
-        print(
-            f"[0, 10^8] end to end, {EXPECTED_COUNT} primes verified: "
-            f"median {statistics.median(wall):.3f} s, best {min(wall):.3f} s "
-            f"over {args.runs} runs"
-        )
-        print(f"server peak RSS (VmHWM): {server.peak_rss_mb():.1f} MiB")
-
-        if server.count_port is not None:
-            idle = count_round_trips(server.count_port, 1.0)
-            print(f"count protocol, idle: {describe(idle)}")
-            stop, done = threading.Event(), list[int]()
-            streams = [
-                threading.Thread(target=stream_everything, args=(server.range_port, stop, done))
-                for _ in range(args.streams)
-            ]
-            for t in streams:
-                t.start()
-            time.sleep(0.5)
-            loaded = count_round_trips(server.count_port, 3.0)
-            stop.set()
-            for t in streams:
-                t.join()
-            print(
-                f"count protocol, while {args.streams} clients stream [0, 2^31-1]: "
-                f"{describe(loaded)}; streamed {sum(done) / 2**20:.0f} MiB"
-            )
-            print(f"server peak RSS after streaming: {server.peak_rss_mb():.1f} MiB")
-    finally:
-        server.stop()
-
+    with tempfile.TemporaryDirectory(prefix="primecount-range-") as work:
+        server = start_server("--range-port", "0", "--journal", "none", cwd=work)
+        try:
+            served(server, args)
+        finally:
+            server.stop()
     sieve = median_time(lambda: primes_between(0, 10**6), max(args.runs, 5))
     trial = median_time(lambda: trial_division(0, 10**6), min(args.runs, 3))
-    assert primes_between(0, 10**6).tolist() == trial_division(0, 10**6)
+    if primes_between(0, 10**6).tolist() != trial_division(0, 10**6):
+        raise BenchmarkError("the sieve and trial division disagree on [0, 10^6]")
     print(
         f"[0, 10^6] trial division {trial * 1000:.1f} ms vs sieve "
         f"{sieve * 1000:.2f} ms (medians): sieve {trial / sieve:.0f}x faster"
     )
+    return 0
+
+
+def served(server: ServerProcess, args: argparse.Namespace) -> None:
+    """
+    The figures of the running server: end to end, then fairness.
+    """
+    port = server.ports["range"]
+    end_to_end(port)  # warm up: imports, base primes
+    wall = [end_to_end(port) for _ in range(args.runs)]
+    print(
+        f"[0, 10^8] end to end, {EXPECTED_COUNT} primes verified: "
+        f"median {statistics.median(wall):.3f} s, best {min(wall):.3f} s "
+        f"over {args.runs} runs"
+    )
+    print(f"server peak RSS (VmHWM): {peak_rss_mb(server):.1f} MiB")
+    alone = count_round_trips(server.port, 1.0)
+    print(f"count protocol, alone: {describe(alone)}")
+    stop, done = threading.Event(), list[int]()
+    streams = [
+        threading.Thread(target=stream_everything, args=(port, stop, done))
+        for _ in range(args.streams)
+    ]
+    for t in streams:
+        t.start()
+    time.sleep(0.5)
+    loaded = count_round_trips(server.port, 3.0)
+    stop.set()
+    for t in streams:
+        t.join()
+    print(
+        f"count protocol, while {args.streams} clients stream [0, 2^31-1]: "
+        f"{describe(loaded)}; streamed {sum(done) / 2**20:.0f} MiB"
+    )
+    print(f"server peak RSS after streaming: {peak_rss_mb(server):.1f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse the command line and measure; the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.range_bench", description=__doc__.strip().split("\n\n")[0]
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (5)")
+    parser.add_argument("--streams", type=int, default=2, help="streaming clients (2)")
+    args = parser.parse_args(argv)
+    return reported("range_bench", lambda: measure(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

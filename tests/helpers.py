@@ -1,46 +1,26 @@
 """
-Helpers shared by the test modules: a real server (C{twistd -n primecount}
-in a subprocess), blocking socket reads, subprocess stops and required
-programs. The test doubles are in L{tests.doubles}.
+Helpers shared by the test modules: blocking socket reads, signals in
+flight, the shipped HAProxy, limits root steps over. The real server,
+clusters and required programs are in L{primecount.testing} (the
+benchmarks use them too); the test doubles are in L{tests.doubles}.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import re
 import resource
-import select
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from unittest import SkipTest
 
-from primecount.workers.environment import primecount_argv, twistd_argv
-
-#: How tests start twistd: the interpreter running the tests, so the
-#: installed package under test is the one served.
-TWISTD = twistd_argv()
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """
-    Stop a helper subprocess the test started (SIGTERM, then SIGKILL after
-    10 s) and reap it.
-    """
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
+from primecount.testing.processes import free_port, stop_process
+from primecount.testing.twistd import ServerProcess
 
 #: Linux's C{prctl} request that takes a capability out of the bounding
 #: set: a program C{exec}ed afterwards, root or not, does without it.
@@ -76,33 +56,6 @@ def restricted(
     return apply
 
 
-def free_port() -> int:
-    """
-    A TCP port of 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def require_program(name: str, package: str) -> str:
-    """
-    The path of the program C{name} (also looked for in the sbin
-    directories, which a non-root C{PATH} may lack).
-
-    @raise SkipTest: when it is missing, outside CI.
-    @raise AssertionError: when it is missing and C{CI=true}: CI must run
-        the test, never skip it.
-    """
-    found = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
-    if found:
-        return found
-    message = f"{name} is not installed (Debian: apt-get install -y {package})"
-    if os.environ.get("CI") == "true":
-        raise AssertionError(f"CI=true and {message}")
-    raise SkipTest(f"SKIPPED, NOT TESTED: {message}")
-
-
 def require_root(why: str) -> None:
     """
     Go on only as root (C{why}: what the test does that needs it).
@@ -117,148 +70,6 @@ def require_root(why: str) -> None:
     if os.environ.get("CI") == "true":
         raise AssertionError(f"CI=true and not root: {message}")
     raise SkipTest(f"SKIPPED, NOT TESTED: {message}")
-
-
-_LISTENING = re.compile(rb"listening on (.*?);")
-_ADDRESS = re.compile(r"([a-z]+) (?:http://)?([0-9.:a-f\[\]]+):(\d+)(?:/metrics)?(?: \((.*)\))?")
-
-
-def listening_ports(line: str) -> dict[str, int]:
-    """
-    Listener label -> port, from the start's log line's list of listeners
-    (C{count 127.0.0.1:5050, count 127.0.0.1:5051 (PROXY header), metrics
-    http://127.0.0.1:9109/metrics}): a listener behind HAProxy is
-    C{"proxy"} or C{"range-proxy"}; one without a port (UNIX) is left out.
-    """
-    ports = {}
-    for entry in line.split(", "):
-        found = _ADDRESS.fullmatch(entry)
-        if found is None:
-            continue
-        label, _, port, kinds = found.groups()
-        if kinds and "PROXY header" in kinds:
-            label = "proxy" if label == "count" else f"{label}-proxy"
-        ports[label] = int(port)
-    return ports
-
-
-class ServerProcess:
-    """
-    A real C{twistd -n primecount} in a subprocess, on free ports of
-    127.0.0.1, its log collected.
-
-    @ivar ports: listener label (C{"count"}, C{"range"}, C{"proxy"},
-        C{"range-proxy"}, C{"metrics"}) -> port.
-    """
-
-    def __init__(
-        self,
-        *args: str,
-        cwd: str,
-        startTimeout: float = 20.0,
-        preexec_fn: Callable[[], None] | None = None,
-        launcher: Sequence[str] = (),
-        pass_fds: Sequence[int] = (),
-        twistdOptions: Sequence[str] = (),
-        python: str | None = None,
-        environment: Mapping[str, str] | None = None,
-    ) -> None:
-        """
-        @param launcher: a command that runs the rest of the command line
-            (twistd) in its own process, with the same pid (by C{exec}).
-        @param pass_fds: descriptors the server inherits.
-        @param twistdOptions: twistd's own options (before C{primecount}),
-            e.g. C{--uid}.
-        @param python: the interpreter to run twistd with, if not this one.
-        @param environment: more environment variables for the server.
-        """
-        command = primecount_argv("--port", "0", "--interface", "127.0.0.1", *args)
-        at = len(TWISTD)  # after the interpreter and its program: twistd's options
-        command[at:at] = twistdOptions
-        if python is not None:
-            command[0] = python
-        argv = [*launcher, *command]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(environment or {}))
-        self.process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
-            pass_fds=pass_fds,
-        )
-        self.log = b""
-        self.ports: dict[str, int] = {}
-        deadline = time.monotonic() + startTimeout
-        while time.monotonic() < deadline:
-            found = _LISTENING.search(self.log)
-            if found:
-                self.ports = listening_ports(found.group(1).decode())
-                return
-            if not self.readLog(deadline - time.monotonic()):
-                break
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log.decode(errors='replace')}")
-
-    @property
-    def port(self) -> int:
-        """
-        The count protocol's port.
-        """
-        return self.ports["count"]
-
-    def readLog(self, timeout: float = 0.0) -> bool:
-        """
-        Collect log output available within C{timeout}; False at its end.
-        """
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], max(timeout, 0))
-        if not ready:
-            return True
-        chunk = os.read(self.process.stdout.fileno(), 65536)
-        self.log += chunk
-        return bool(chunk)
-
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        """
-        A client socket connected to the count port.
-        """
-        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-
-    def signal(self, signum: int) -> None:
-        """
-        Send C{signum} to the server.
-        """
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        """
-        Wait for the server to exit, collecting its log; its exit status.
-        """
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            self.readLog(0.05)
-        # Drain what an exited server wrote; one still running past the
-        # deadline is killed below (draining it would wait for ever).
-        while self.process.poll() is not None and self.readLog(0):
-            if not select.select([self.process.stdout], [], [], 0)[0]:
-                break
-        if self.process.poll() is None:
-            self.process.kill()
-        return self.process.wait()
-
-    def stop(self) -> int:
-        """
-        Stop the server with SIGTERM (SIGKILL if it lingers).
-        """
-        if self.process.stdout is None or self.process.stdout.closed:
-            return self.process.wait()
-        self.signal(signal.SIGTERM)
-        status = self.wait()
-        self.process.stdout.close()
-        return status
 
 
 #: The shipped HAProxy configuration.

@@ -1,6 +1,6 @@
 /*
  * Starts Debian's JMeter 2.13 with XStream's type permissions opened, for
- * run_jmeter.py (beside this file), which compiles and runs it with Java's
+ * benchmarks/run_jmeter.py, which compiles and runs it with Java's
  * source launcher on JMeter's class path:
  *
  *     java -Djmeter.home=/usr/share/jmeter -cp JARS JMeterLauncher.java -n -t PLAN ...

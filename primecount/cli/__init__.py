@@ -4,14 +4,16 @@ The C{primecount} command: C{ask}, C{primes}, C{bench}, C{journal} and C{top}.
 
 Every subcommand lives in its own module exposing C{add_arguments(parser)}
 and C{run(args) -> int}; this module only dispatches. Any failure the user
-can cause (server down, bad numbers, a missing journal) ends in one line on
-stderr and a non-zero exit status, never a traceback.
+can cause (server down, bad numbers, a missing journal, a missing optional
+package) ends in one line on stderr and a non-zero exit status, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -21,11 +23,39 @@ from primecount import __version__
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "ask": ("primecount.cli.ask", "send messages to the count protocol and print the replies"),
-    "primes": ("primecount.cli.multiclient", "the seed's multi-client for the range protocol"),
+    "primes": ("primecount.cli.primes", "the original multi-client for the range protocol"),
     "bench": ("primecount.cli.bench", "load generator for both protocols"),
     "journal": ("primecount.cli.journal", "read, follow, sum up or prune the request journal"),
     "top": ("primecount.cli.top", "live view of running servers, from their metrics endpoints"),
 }
+
+#: The optional packages of the C{tools} extra (C{pip install
+#: 'primecount[tools]'}), by the name they are imported as: the server needs
+#: neither.
+TOOLS_EXTRA = {"rich": "rich", "hdrh": "hdrhistogram"}
+
+#: subcommand -> the packages of L{TOOLS_EXTRA} it imports.
+NEEDS_TOOLS = {"bench": ("hdrh", "rich"), "top": ("rich",)}
+
+
+def missing_tools(command: str) -> str | None:
+    """
+    The one line that says which packages of the C{tools} extra
+    C{primecount COMMAND} needs and does not find, or C{None} when it finds
+    them all.
+    """
+    absent = [
+        TOOLS_EXTRA[name]
+        for name in NEEDS_TOOLS.get(command, ())
+        if importlib.util.find_spec(name) is None
+    ]
+    if not absent:
+        return None
+    verb = "is" if len(absent) == 1 else "are"
+    return (
+        f"primecount {command}: needs {' and '.join(absent)}, which {verb} not installed: "
+        "pip install 'primecount[tools]'"
+    )
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -62,7 +92,7 @@ def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     The parser of the whole command.
 
     Only the subcommand named in C{argv} has its module imported (the load
-    generator pulls in numpy and rich; C{ask} should start instantly).
+    generator pulls in numpy; C{ask} should start instantly).
     """
     chosen = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = ArgumentParser(
@@ -87,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     args = build_parser(argv).parse_args(argv)
+    missing = missing_tools(args.command)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_rangeprotocol,tests.unit.test_multiclient -*-
+# -*- test-case-name: tests.unit.test_rangeprotocol,tests.unit.test_cli_primes -*-
 """
 The range protocol's codec: the byte layouts of its four messages.
 
@@ -33,7 +33,7 @@ WIRE_DTYPE = np.dtype(">u4")
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 
-#: The load clients (C{primecount multiclient}, C{primecount bench
+#: The load clients (C{primecount primes}, C{primecount bench
 #: --protocol range}) shift client i's range by C{STRIDE * i}:
 #: [A + STRIDE·i, B + STRIDE·i], so that they ask different questions.
 STRIDE = 1000

@@ -16,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from unittest import SkipTest
 
+from benchmarks.harness import BASELINES
+from primecount.cli.bench.held import HeldConnections
 from primecount.cli.bench.load import measure
 from primecount.cli.bench.stats import (
     percentiles_ms,
@@ -152,17 +153,29 @@ class VerificationTests(BenchTestCase):
         self.assertGreater(result.ok, 0)
         self.assertLess(result.elapsed, 1.5)
 
-    def test_idleConnectionsHeld(self) -> None:
+    def test_heldConnectionsStayOpen(self) -> None:
         """
-        Idle connections stay open during the run.
+        Held connections (C{--hold}) stay open during the run.
         """
-        result = measure(self.plan(self.serve(correct), requests=50, idle=20))
+        result = measure(self.plan(self.serve(correct), requests=50, hold=20))
         self.assertEqual(result.ok, 50)
-        self.assertEqual(result.idle["open"], 20)
-        self.assertEqual(result.idle["failed"], 0)
+        self.assertEqual(result.held["open"], 20)
+        self.assertEqual(result.held["failed"], 0)
 
+    def test_heldConnectionsThatFailToOpenAreCounted(self) -> None:
+        """
+        A held connection that cannot be opened before the run counts as
+        failed in the result: the count survives the start of the run's
+        own tally.
+        """
 
-BASELINES = Path(__file__).resolve().parents[2] / "benchmarks" / "baselines"
+        async def refused(held: HeldConnections) -> None:
+            raise ConnectionRefusedError("refused")
+
+        self.patch(HeldConnections, "_connect", refused)
+        result = measure(self.plan(self.serve(correct), requests=50, hold=7))
+        self.assertEqual(result.held, {"open": 0, "reopened": 0, "failed": 7})
+        self.assertEqual(result.ok, 50)
 
 
 class BaselineTests(BenchTestCase):
@@ -201,18 +214,18 @@ class BaselineTests(BenchTestCase):
         result = measure(self.plan(port, requests=100, per_request=per_request))
         self.assertEqual((result.ok, result.wrong, result.error_count), (100, 0, 0))
 
-    def test_seedThreadpool(self) -> None:
+    def test_originalThreadpool(self) -> None:
         """
         The original thread-pool design answers one message per connection.
         """
-        self.check("seed_threadpool", per_request=True)
+        self.check("original_threadpool", per_request=True)
 
-    def test_seedThreadpoolReadFraming(self) -> None:
+    def test_originalThreadpoolReadFraming(self) -> None:
         """
         The original design answers its own clients' way: no newline, the
         reply read until it closes.
         """
-        port = self.start_baseline("seed_threadpool")
+        port = self.start_baseline("original_threadpool")
         result = measure(self.plan(port, requests=100, per_request=True, framing="read"))
         self.assertEqual((result.ok, result.wrong, result.error_count), (100, 0, 0))
 

@@ -3,7 +3,7 @@
 The memory budget against a real server under attack: clients pipelining
 the longest lines do not make it hold more than C{--max-memory} and a
 margin. The units are in L{tests.unit.test_budget}; the figures for the
-defaults come from C{benchmarks/memory_attack.py}.
+defaults come from C{python -m benchmarks.memory_attack}.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess, recv_lines
+from benchmarks import memory_attack as attack
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 from tests.system.test_hostile import LogPump
-from tests.unit.test_journal_interface import load_benchmark
 
 #: The budget of the server under attack, in MiB: small, so that the
 #: attack fills it in a second.
@@ -33,7 +34,6 @@ class AttackTests(SynchronousTestCase):
     """
 
     def test_rssStaysWithinTheBudgetUnderAttack(self) -> None:
-        attack = load_benchmark("memory_attack")
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
         server = ServerProcess(

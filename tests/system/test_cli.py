@@ -12,7 +12,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess
+from primecount.testing.twistd import ServerProcess
 
 
 def primecount(*args: str) -> subprocess.CompletedProcess[bytes]:

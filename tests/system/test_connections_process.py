@@ -18,13 +18,8 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import (
-    ServerProcess,
-    journal_messages,
-    recv_all,
-    recv_lines,
-    sigterm_in_flight,
-)
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import journal_messages, recv_all, recv_lines, sigterm_in_flight
 
 
 class SigtermTests(SynchronousTestCase):

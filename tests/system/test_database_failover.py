@@ -33,16 +33,12 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests import patronicluster, pgcluster
-from tests.helpers import (
-    ServerProcess,
-    free_port,
-    require_program,
-    start_shipped_haproxy,
-    stop_process,
-)
+from primecount.testing import patronicluster, pgcluster
+from primecount.testing.clients import CLIENT, ClientThread
+from primecount.testing.processes import free_port, require_program, stop_process
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import start_shipped_haproxy
 from tests.system.test_postgresql_journal_process import stored
-from tests.system.test_several_hosts import CLIENT, Client
 
 #: The shipped HAProxy configuration of the database side.
 PG_HAPROXY = Path(__file__).resolve().parents[2] / "deploy" / "haproxy-postgresql.cfg"
@@ -76,11 +72,11 @@ class Outage:
     @ivar direct: the client asking each host directly, by host name.
     """
 
-    clients: list[Client]
-    direct: dict[str, Client]
+    clients: list[ClientThread]
+    direct: dict[str, ClientThread]
     faulted: float
     promoted: float
-    everyone: list[Client] = field(init=False)
+    everyone: list[ClientThread] = field(init=False)
 
     def __post_init__(self) -> None:
         self.everyone = [*self.clients, *self.direct.values()]
@@ -91,7 +87,7 @@ class Outage:
         """
         return [m for c in self.everyone for m, _ in c.acknowledged]
 
-    def first_ok(self, client: Client) -> float | None:
+    def first_ok(self, client: ClientThread) -> float | None:
         """
         Seconds from the promotion to C{client}'s first correct reply after
         it, if it got one.
@@ -185,9 +181,9 @@ class FailoverTests(SynchronousTestCase):
             self, self.haproxy, [a.ports["proxy"], b.ports["proxy"]]
         )
         deadline = time.monotonic() + 150
-        clients = [Client(f"c{i}", front, deadline, client_timeout) for i in range(CLIENTS)]
+        clients = [ClientThread(f"c{i}", front, deadline, client_timeout) for i in range(CLIENTS)]
         direct = {
-            name: Client(f"{name}-direct", server.port, deadline, client_timeout)
+            name: ClientThread(f"{name}-direct", server.port, deadline, client_timeout)
             for name, server in (("a", a), ("b", b))
         }
         everyone = [*clients, *direct.values()]

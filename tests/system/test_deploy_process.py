@@ -28,7 +28,9 @@ from twisted.internet import endpoints
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import TestCase
 
-from tests.helpers import TWISTD, recv_lines, require_program, start_shipped_haproxy
+from primecount.testing.processes import require_program
+from primecount.testing.twistd import TWISTD
+from tests.helpers import recv_lines, start_shipped_haproxy
 from tests.unit.test_deploy import DEPLOY, dashboardQueries
 
 #: How long one validation tool may run.

@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess, recv_all
-from tests.unit.test_journal_interface import load_benchmark
+from benchmarks import limit_pressure as pressure
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_all
 
 
 class RealServerTests(SynchronousTestCase):
@@ -53,7 +54,7 @@ class RealServerTests(SynchronousTestCase):
 class LimitPressureTests(SynchronousTestCase):
     """
     Clients pressing on the connection limits for seconds: a few log lines
-    (C{benchmarks/limit_pressure.py} measures the same for longer).
+    (C{python -m benchmarks.limit_pressure} measures the same for longer).
     """
 
     def test_sustainedRefusalsAreOneEpisodeEach(self) -> None:
@@ -64,7 +65,6 @@ class LimitPressureTests(SynchronousTestCase):
         refused for 10 s, its end with the count (before: 2,263 and 12,955
         lines in 5 s).
         """
-        pressure = load_benchmark("limit_pressure")
         results: dict[str, Any] = {}
 
         def press(pattern: str) -> None:

@@ -30,10 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.cli.multiclient import fetch, send_sum, verify
+from primecount.cli.primes import fetch, send_sum, verify
 from primecount.core import rangecodec
 from primecount.core.count import expected_reply
-from tests.helpers import ServerProcess, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 
 YES = "sí".encode()
 GOOD = b"2 " + YES + b"\n"

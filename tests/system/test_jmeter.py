@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.system.test_jmeter -*-
 """
-JMeter, run the way the README says, through the project's own launcher
-(C{benchmarks/jmeter/run_jmeter.py}) against a real C{twistd -n
-primecount}: the original server's plan (C{benchmarks/seed.jmx}) against
-C{--framing read}, the count protocol's plan (C{benchmarks/primecount.jmx})
-against the default framing, and the launcher failing loudly when JMeter is
-missing or runs nothing.
+JMeter, run the way the documentation says, through the project's own
+launcher (L{benchmarks.run_jmeter}) against a real C{twistd -n primecount}:
+the original server's plan (C{benchmarks/jmeter/original.jmx}) against
+C{--framing read}, the count protocol's plan
+(C{benchmarks/jmeter/primecount.jmx}) against the default framing, and the
+launcher failing loudly when JMeter is missing or runs nothing.
 
 JMeter is a Debian package (C{jmeter jmeter-tcp}, installed by
 C{.ci/debian-packages} under tox). Without it the tests that run it fail
@@ -25,11 +25,10 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.helpers import ServerProcess
+from primecount.testing.twistd import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ROOT / "benchmarks"
-RUN_JMETER = BENCHMARKS / "jmeter" / "run_jmeter.py"
+PLANS = ROOT / "benchmarks" / "jmeter"
 JMETER_HOME = Path("/usr/share/jmeter")
 
 #: The messages of both plans, each with its reply asserted.
@@ -38,7 +37,7 @@ MESSAGES = ("abc2a", "abacada", "abacadabb", "a", "ñandú ñu ñ", "日本語�
 
 def missing() -> str | None:
     """
-    What is missing to run JMeter here, or L{None}.
+    What is missing to run JMeter here, or C{None}.
     """
     if shutil.which("java") is None:
         return "Java is not installed (apt-get install -y jmeter jmeter-tcp)"
@@ -52,10 +51,13 @@ def run_jmeter(
     *args: str, cwd: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """
-    C{benchmarks/jmeter/run_jmeter.py ARGS}, as the README runs it.
+    C{python -m benchmarks.run_jmeter ARGS}, as the documentation runs it
+    (from anywhere: the checkout is on C{PYTHONPATH}).
     """
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, str(RUN_JMETER), *args],
+        [sys.executable, "-m", "benchmarks.run_jmeter", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -90,7 +92,7 @@ class JMeterTestCase(SynchronousTestCase):
         self.requireJMeter()
         results = os.path.join(self.dir, "results.csv")
         done = run_jmeter(
-            str(BENCHMARKS / plan),
+            str(PLANS / plan),
             results,
             f"-Jport={port}",
             f"-Jthreads={self.THREADS}",
@@ -125,23 +127,23 @@ class PlanTests(JMeterTestCase):
     The README's JMeter commands, with the project's launcher.
     """
 
-    def test_seedPlanAgainstReadFraming(self) -> None:
+    def test_originalPlanAgainstReadFraming(self) -> None:
         """
-        C{benchmarks/seed.jmx}: no newline, no end-of-line byte, one
+        C{benchmarks/jmeter/original.jmx}: no newline, no end-of-line byte, one
         connection per sample, every reply asserted.
         """
         server = ServerProcess(
             "--framing", "read", "--journal", "sqlite:journal.sqlite3", cwd=self.dir
         )
         self.addCleanup(server.stop)
-        samples = self.samples("seed.jmx", server.port)
+        samples = self.samples("original.jmx", server.port)
         self.assertEqual(len(samples), self.THREADS * self.LOOPS * len(MESSAGES))
         self.assertEqual([s for s in samples if s["success"] != "true"], [])
         self.assertJournalled(os.path.join(self.dir, "journal.sqlite3"))
 
     def test_countPlanAgainstLineFraming(self) -> None:
         """
-        C{benchmarks/primecount.jmx}: one persistent connection per thread,
+        C{benchmarks/jmeter/primecount.jmx}: one persistent connection per thread,
         each message ending in a newline, the reply read to the end-of-line
         byte (C{-Jtcp.eolByte=10}, as JMeter 2.13 needs it).
         """
@@ -171,7 +173,7 @@ class LauncherFailureTests(JMeterTestCase):
         env = dict(os.environ, JMETER_HOME=os.path.join(self.dir, "no-jmeter"))
         if shutil.which("java") is None:
             env["PATH"] = ""  # the same line either way: something is missing
-        done = run_jmeter(str(BENCHMARKS / "seed.jmx"), "results.csv", cwd=self.dir, env=env)
+        done = run_jmeter(str(PLANS / "original.jmx"), "results.csv", cwd=self.dir, env=env)
         self.assertOneLine(done, 2, "apt-get install -y jmeter jmeter-tcp")
         self.assertFalse(os.path.exists(os.path.join(self.dir, "results.csv")))
 
@@ -195,6 +197,6 @@ class LauncherFailureTests(JMeterTestCase):
     def test_noThreads(self) -> None:
         self.requireJMeter()
         done = run_jmeter(
-            str(BENCHMARKS / "seed.jmx"), "results.csv", "-Jport=1", "-Jthreads=0", cwd=self.dir
+            str(PLANS / "original.jmx"), "results.csv", "-Jport=1", "-Jthreads=0", cwd=self.dir
         )
         self.assertOneLine(done, 1, "JMeter ran no sample")

@@ -24,8 +24,9 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests import pgcluster
-from tests.helpers import ServerProcess, recv_lines
+from primecount.testing import pgcluster
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 
 #: The slowest reply allowed during a freeze with --journal-timeout 2: the
 #: timeout, a watch interval, and room for a loaded machine.

@@ -1,60 +1,38 @@
 # -*- test-case-name: tests.system.test_journal_interface_process -*-
 """
 The journal interface against a real PostgreSQL (a throwaway cluster,
-L{tests.pgcluster}): the same tests (L{JournalContract}) that the SQLite
-journal and the test double pass in L{tests.unit.test_journal_interface},
-and the backend table serving a PostgreSQL journal. Without PostgreSQL or
-psycopg these skip loudly, except under C{CI=true}, where they fail.
+L{primecount.testing.pgcluster}): the same tests (L{JournalContract}) that
+the SQLite journal and the test double pass in
+L{tests.unit.test_journal_interface}, and the backend table serving a
+PostgreSQL journal. Without PostgreSQL or psycopg these skip loudly, except
+under C{CI=true}, where they fail.
 
-Also the benchmark range server that runs without a journal
-(C{benchmarks/range_server.py}), as a process.
+Also the range protocol without a journal (C{--journal none}), in a real
+server process.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import socket
-import subprocess
-import sys
-import time
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.journal import Journal, Query, check_journal, open_journal, parse_url, reader_for
 from primecount.journal.records import Record
 from primecount.journal.stats import summarize
-from tests.helpers import stop_process
+from primecount.testing.twistd import ServerProcess
 from tests.system.test_postgresql_journal_process import _Database, stored
-from tests.unit.test_journal_interface import BENCHMARKS, JournalContract, numbered
+from tests.unit.test_journal_interface import JournalContract, numbered
 
 
-def read_line(process: subprocess.Popen[bytes], timeout: float = 30.0) -> bytes:
+class RangeWithoutJournalTests(TestCase):
     """
-    The first line C{process} prints on stdout, or what it printed before
-    exiting or before C{timeout} passed.
-    """
-    assert process.stdout is not None
-    data = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in data and time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(process.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            data += chunk
-    return data
-
-
-class RangeServerScriptTests(TestCase):
-    """
-    C{benchmarks/range_server.py}, the range benchmark's fallback server,
-    as a real process on 127.0.0.1.
+    C{twistd -n primecount --range-port 0 --journal none} on 127.0.0.1.
     """
 
     def test_sumEndsTheRequestAndTheConnectionStaysUsable(self) -> None:
@@ -63,17 +41,11 @@ class RangeServerScriptTests(TestCase):
         then takes the next request: the server settles the request's
         record without a journal instead of dropping the connection.
         """
-        process = subprocess.Popen(
-            [sys.executable, str(BENCHMARKS / "range_server.py"), "0", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.addCleanup(process.stdout.close)  # type: ignore[union-attr]
-        self.addCleanup(stop_process, process)
-        line = read_line(process)
-        self.assertTrue(line.startswith(b"listening "), line)
-        port = int(line.split()[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = ServerProcess("--range-port", "0", "--journal", "none", cwd=directory)
+        self.addCleanup(server.stop)
+        with socket.create_connection(("127.0.0.1", server.ports["range"]), timeout=30) as sock:
             primes = fetch(sock, 10, 30)
             self.assertEqual(primes.tolist(), [11, 13, 17, 19, 23, 29])
             self.assertEqual(send_sum(sock, primes), 112)

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from primecount.core.count import expected_reply
 from primecount.journal.records import PROTOCOL_COUNT, Record
 from primecount.journal.sqlite import schema
-from tests.helpers import ServerProcess, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 
 #: Records in the journal before the server starts: enough that the export
 #: is still running when the file is renamed.

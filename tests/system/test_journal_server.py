@@ -15,9 +15,10 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.core.count import expected_reply
-from tests.helpers import ServerProcess, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 
 YES = "sí".encode()
 

@@ -1,6 +1,6 @@
 """
 C{primecount journal --stats} on a PostgreSQL journal (a real throwaway
-cluster, L{tests.pgcluster}): the journal of known content of
+cluster, L{primecount.testing.pgcluster}): the journal of known content of
 L{tests.unit.test_journalstats} gives exactly its expected figures, and
 every format and filter says what the SQLite journal with the same
 records says.

@@ -24,15 +24,8 @@ from collections.abc import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.journal.sqlite import schema
-from tests.helpers import (
-    CAP_DAC_OVERRIDE,
-    CAP_DAC_READ_SEARCH,
-    CAP_FOWNER,
-    TWISTD,
-    ServerProcess,
-    recv_lines,
-    restricted,
-)
+from primecount.testing.twistd import TWISTD, ServerProcess
+from tests.helpers import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, recv_lines, restricted
 
 
 def unprivileged() -> Callable[[], None] | None:

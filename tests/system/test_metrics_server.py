@@ -15,7 +15,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_lines
 from tests.system.test_workers_process import children, wait_for
 
 

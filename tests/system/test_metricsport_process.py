@@ -3,7 +3,7 @@
 The metrics port flooded with idle connections under a low open-files
 limit, against a real server: the count service does not notice, and
 C{/metrics} answers again once the idle ones are dropped. The units are in
-L{tests.unit.test_metricsport}; C{benchmarks/limit_pressure.py --pattern
+L{tests.unit.test_metricsport}; C{python -m benchmarks.limit_pressure --pattern
 metrics-flood} prints the same figures.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from benchmarks import limit_pressure as pressure
 from primecount.server.metricsport import METRICS_TIMEOUT
-from tests.unit.test_journal_interface import load_benchmark
 
 
 class FloodTests(SynchronousTestCase):
@@ -34,7 +34,6 @@ class FloodTests(SynchronousTestCase):
         self.assertNotIn("EMFILE", log)
 
     def test_countServiceAndMetricsWithstandAFlood(self) -> None:
-        pressure = load_benchmark("limit_pressure")
         result = pressure.flood_metrics(connections=300, requests=30, openFiles=256, settle=1)
         self.assertWithstood(result, 30)
 
@@ -43,7 +42,6 @@ class FloodTests(SynchronousTestCase):
         With C{--workers}, the supervisor serves C{/metrics} under the same
         limits.
         """
-        pressure = load_benchmark("limit_pressure")
         result = pressure.flood_metrics(
             connections=100, requests=10, openFiles=256, settle=1, options=("--workers", "2")
         )

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.system.test_postgresql_journal_process -*-
 """
-The PostgreSQL journal against a real throwaway cluster (L{tests.pgcluster}):
+The PostgreSQL journal against a real throwaway cluster (L{primecount.testing.pgcluster}):
 the writer, its faults, the reader, and a real twistd journalling to it.
 
 Without PostgreSQL or psycopg these tests skip loudly, except under
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.journal import JournalUnavailable, JournalURLError, parse_url
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
-from tests import pgcluster
+from primecount.testing import pgcluster
 
 
 def record(i: int, message: str | bytes | None = None) -> Record:
@@ -580,9 +580,10 @@ class ServerTests(_Database, SynchronousTestCase):
         import os
         import socket
 
-        from primecount.cli.multiclient import fetch, send_sum
+        from primecount.cli.primes import fetch, send_sum
         from primecount.core.count import expected_reply
-        from tests.helpers import ServerProcess, recv_lines
+        from primecount.testing.twistd import ServerProcess
+        from tests.helpers import recv_lines
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -609,7 +610,7 @@ class ServerTests(_Database, SynchronousTestCase):
     def test_unreachableStopsTheStartInOneLine(self) -> None:
         import subprocess
 
-        from tests.helpers import TWISTD
+        from primecount.testing.twistd import TWISTD
 
         done = subprocess.run(
             [

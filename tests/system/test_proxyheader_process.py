@@ -19,7 +19,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.core.primes import primes_between
 from primecount.core.proxyheader import (
     INCOMPLETE,
@@ -29,7 +29,8 @@ from primecount.core.proxyheader import (
     Header,
     parse,
 )
-from tests.helpers import ServerProcess, require_program, stop_process
+from primecount.testing.processes import require_program, stop_process
+from primecount.testing.twistd import ServerProcess
 
 #: How long a step against the real HAProxy may take on a loaded machine.
 DEADLINE = 30.0

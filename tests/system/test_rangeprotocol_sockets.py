@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from primecount.cli.multiclient import fetch, send_sum
+from primecount.cli.primes import fetch, send_sum
 from primecount.core import rangecodec
 from primecount.core.outcomes import (
     DISCONNECTED_MID_STREAM,

@@ -31,15 +31,10 @@ from twisted.trial.unittest import TestCase
 
 from primecount.core import rangecodec
 from primecount.journal.sqlite.schema import part_paths
+from primecount.testing.processes import free_port
+from primecount.testing.twistd import TWISTD, ServerProcess
 from primecount.workers.shared import SCRATCH_PREFIX
-from tests.helpers import (
-    TWISTD,
-    ServerProcess,
-    free_port,
-    recv_all,
-    recv_lines,
-    require_root,
-)
+from tests.helpers import recv_all, recv_lines, require_root
 
 #: The forgery of the issue: a header naming 6.6.6.6, then a request.
 FORGED = b"PROXY TCP4 6.6.6.6 1.2.3.4 1111 2222\r\nabc2a\n"
@@ -527,13 +522,13 @@ class PostgresGrantsTests(TestCase):
     """
     The PostgreSQL grants the security page documents are enough for the
     hosts and the reader, and no more: run as written on a throwaway
-    cluster (L{tests.pgcluster}).
+    cluster (L{primecount.testing.pgcluster}).
     """
 
     def test_documentedGrantsServeAndNoMore(self) -> None:
         import psycopg
 
-        from tests import pgcluster
+        from primecount.testing import pgcluster
 
         cluster = pgcluster.shared()
         url = pgcluster.database(cluster)
@@ -559,7 +554,7 @@ class PostgresGrantsTests(TestCase):
         self.addCleanup(server.stop)
         with server.connect(timeout=DEADLINE) as client:
             self.assertEqual(ask(client, b"abc2a\n"), ["2 sí\n".encode()])
-        from primecount.cli.multiclient import fetch, send_sum
+        from primecount.cli.primes import fetch, send_sum
 
         with socket.create_connection(("127.0.0.1", server.ports["range"]), DEADLINE) as client:
             send_sum(client, fetch(client, 10, 30))

@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from primecount.core.count import expected_reply
 from primecount.journal import formats
 from primecount.journal.sqlite import reader
-from tests.helpers import ServerProcess, recv_all, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_all, recv_lines
 
 YES = "sí".encode()
 

@@ -14,93 +14,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from primecount.core.count import evaluate
-from primecount.core.outcomes import JOURNAL_UNAVAILABLE
-from tests import pgcluster
-from tests.helpers import ServerProcess, require_program, start_shipped_haproxy
+from primecount.testing import pgcluster
+from primecount.testing.clients import CLIENT, ClientThread
+from primecount.testing.processes import require_program
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import start_shipped_haproxy
 from tests.system.test_postgresql_journal_process import stored
-
-#: The client side of every connection: not HAProxy's 127.0.0.1.
-CLIENT = "127.0.0.2"
-
-
-class Client(threading.Thread):
-    """
-    Asks one question after another from C{CLIENT} (through HAProxy, or
-    straight to a host), a new connection for each after a failure, until
-    told to stop (bounded by C{deadline}); keeps every message whose correct
-    reply it received, and every other reply.
-
-    @ivar acknowledged: (message, when) of each correct reply.
-    @ivar refused: when each C{ERR journal unavailable} came.
-    @ivar unexpected: (message, reply) of any other reply.
-    @ivar slowest: the longest wait for a reply, in seconds.
-    @ivar failures: connections that failed, closed or timed out.
-    """
-
-    def __init__(self, name: str, port: int, deadline: float, timeout: float = 5.0) -> None:
-        """
-        @param timeout: seconds to wait for a reply before giving up on the
-            connection.
-        """
-        super().__init__(name=name, daemon=True)
-        self.port = port
-        self.deadline = deadline
-        self.timeout = timeout
-        self.stopping = threading.Event()
-        self.acknowledged: list[tuple[str, float]] = []
-        self.refused: list[float] = []
-        self.unexpected: list[tuple[str, bytes]] = []
-        self.slowest = 0.0
-        self.failures = 0
-
-    def connect(self) -> socket.socket:
-        sock = socket.socket()
-        sock.settimeout(self.timeout)
-        sock.bind((CLIENT, 0))
-        sock.connect(("127.0.0.1", self.port))
-        return sock
-
-    def run(self) -> None:
-        sock: socket.socket | None = None
-        n = 0
-        while not self.stopping.is_set() and time.monotonic() < self.deadline and n < 100_000:
-            n += 1
-            message = f"{self.name}-{n}-{'x' * (n % 5)}"
-            try:
-                if sock is None:
-                    sock = self.connect()
-                sent = time.monotonic()
-                sock.sendall(message.encode() + b"\n")
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    chunk = sock.recv(256)
-                    if not chunk:
-                        raise ConnectionError("closed")
-                    reply += chunk
-            except OSError:
-                self.failures += 1
-                if sock is not None:
-                    sock.close()
-                sock = None
-                time.sleep(0.01)
-                continue
-            now = time.monotonic()
-            self.slowest = max(self.slowest, now - sent)
-            if reply == evaluate(message.encode()).reply():
-                self.acknowledged.append((message, now))
-            elif reply == JOURNAL_UNAVAILABLE.reply():
-                self.refused.append(now)
-            else:
-                self.unexpected.append((message, reply))
-        if sock is not None:
-            sock.close()
 
 
 class SeveralHostsTests(SynchronousTestCase):
@@ -132,7 +55,7 @@ class SeveralHostsTests(SynchronousTestCase):
             self, self.haproxy, [first.ports["proxy"], second.ports["proxy"]]
         )
         deadline = time.monotonic() + 60
-        clients = [Client(f"c{i}", front, deadline) for i in range(6)]
+        clients = [ClientThread(f"c{i}", front, deadline) for i in range(6)]
         for client in clients:
             client.start()
         time.sleep(2)

@@ -12,7 +12,8 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import ServerProcess, journal_messages, sigterm_in_flight
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import journal_messages, sigterm_in_flight
 from tests.system.test_workers_process import alive, children, wait_for
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.core.count import expected_reply
-from tests.helpers import ServerProcess, recv_all, recv_lines
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import recv_all, recv_lines
 
 
 class LockedJournalServerTests(SynchronousTestCase):
@@ -183,7 +184,7 @@ class RangesCutByStopTests(SynchronousTestCase):
     """
 
     def run_stop(self, client: Any) -> tuple[list[tuple[object, ...]], str]:
-        from primecount.cli.multiclient import fetch
+        from primecount.cli.primes import fetch
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)

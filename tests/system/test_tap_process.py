@@ -13,7 +13,8 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import TWISTD, ServerProcess, recv_lines
+from primecount.testing.twistd import TWISTD, ServerProcess
+from tests.helpers import recv_lines
 from tests.unit.test_tap import EVERY_OPTION
 
 
@@ -127,7 +128,8 @@ class CPUAffinityTests(SynchronousTestCase):
     """
 
     def test_everyThreadOnTheChosenCPU(self) -> None:
-        from tests.helpers import ServerProcess, recv_lines
+        from primecount.testing.twistd import ServerProcess
+        from tests.helpers import recv_lines
 
         usable = sorted(os.sched_getaffinity(0))
         if len(usable) < 2:

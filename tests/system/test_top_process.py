@@ -23,14 +23,10 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests import pgcluster
-from tests.helpers import (
-    ServerProcess,
-    free_port,
-    require_program,
-    start_shipped_haproxy,
-    stop_process,
-)
+from primecount.testing import pgcluster
+from primecount.testing.processes import free_port, require_program, stop_process
+from primecount.testing.twistd import ServerProcess
+from tests.helpers import start_shipped_haproxy
 
 #: Seconds a server may take to show load in its metrics on a loaded machine.
 SETTLE = 60.0

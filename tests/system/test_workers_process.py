@@ -17,8 +17,9 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.journal.sqlite import schema
+from primecount.testing.twistd import ServerProcess
 from primecount.workers.supervisor import PARENT_DIED
-from tests.helpers import ServerProcess, journal_messages, recv_all, recv_lines, sigterm_in_flight
+from tests.helpers import journal_messages, recv_all, recv_lines, sigterm_in_flight
 
 YES = "sí".encode()
 

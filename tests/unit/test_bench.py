@@ -25,9 +25,9 @@ from primecount.cli.bench.load import measure
 from primecount.cli.bench.plan import Plan
 from primecount.cli.bench.stats import (
     BIN_EDGES,
-    Recorder,
     Result,
     Second,
+    Tally,
     bin_percentile_ms,
     percentiles_ms,
 )
@@ -58,7 +58,7 @@ def drop(line: bytes) -> None:
     return None
 
 
-class _SeedHandler(socketserver.BaseRequestHandler):
+class _OriginalHandler(socketserver.BaseRequestHandler):
     """
     The original server's way: one C{recv(1024)} is the message; write the
     server's C{answer} for it, close.
@@ -178,17 +178,17 @@ class ReadFramingTests(BenchTestCase):
     """
 
     def test_messagesWithoutNewlineAllOk(self) -> None:
-        port = self.serve(no_newline, _SeedHandler)
+        port = self.serve(no_newline, _OriginalHandler)
         result = measure(self.plan(port, per_request=True, framing="read", requests=60))
         self.assertEqual((result.ok, result.wrong, result.error_count), (60, 0, 0))
 
     def test_moreThanOneReplyBeforeTheCloseIsWrong(self) -> None:
-        port = self.serve(then_more, _SeedHandler)
+        port = self.serve(then_more, _OriginalHandler)
         result = measure(self.plan(port, per_request=True, framing="read", requests=20))
         self.assertEqual((result.ok, result.wrong), (0, 20))
 
     def test_closeWithoutReplyIsAnError(self) -> None:
-        port = self.serve(drop, _SeedHandler)
+        port = self.serve(drop, _OriginalHandler)
         result = measure(self.plan(port, per_request=True, framing="read", requests=20))
         self.assertEqual((result.ok, result.errors["reset"]), (0, 20))
 
@@ -250,7 +250,7 @@ class StatisticsTests(TestCase):
         p99 = 990 ms, p99.9 = 999 ms and max = 1000 ms, within the
         histogram's three significant digits.
         """
-        recorder = Recorder(0.0)
+        recorder = Tally(0.0)
         for ms in range(1, 1001):
             recorder.reply(ms / 1000.0, True)
         recorder.flush()
@@ -276,7 +276,7 @@ class StatisticsTests(TestCase):
         The timeline's bin percentiles are within one bin (about 10 %) above
         the true value.
         """
-        recorder = Recorder(0.0)
+        recorder = Tally(0.0)
         for ms in range(1, 101):
             recorder.reply(ms / 1000.0, True)
         recorder.flush()
@@ -289,7 +289,7 @@ class StatisticsTests(TestCase):
         """
         Correct, wrong and failed requests are counted apart, per second.
         """
-        recorder = Recorder(0.0)
+        recorder = Tally(0.0)
         recorder.reply(0.001, True)
         recorder.reply(0.001, False)
         recorder.error("reset", 3)
@@ -309,7 +309,7 @@ class StatisticsTests(TestCase):
         """
         parts = []
         for base in (1, 1001):
-            recorder = Recorder(0.0)
+            recorder = Tally(0.0)
             for ms in range(base, base + 1000):
                 recorder.reply(ms / 1000.0, True)
             recorder.flush()
@@ -387,12 +387,24 @@ class CommandLineTests(BenchTestCase):
         self.assertEqual(status, 2)
         self.assertEqual(len(err.splitlines()), 1)
 
+    def test_holdAndItsFormerNameIdle(self) -> None:
+        """
+        C{--hold N} holds N silent connections open during the run, shown in
+        the summary; C{--idle N}, its former name, does the same.
+        """
+        port = self.serve(correct)
+        for option in ("--hold", "--idle"):
+            status, out, _err = self.run_bench("--port", str(port), "--requests", "20", option, "3")
+            self.assertEqual(status, 0, out)
+            self.assertIn("3 held", out.splitlines()[0])
+            self.assertIn("held conns   open 3, reopened 0, failed 0", out)
+
     def test_readFraming(self) -> None:
         """
         C{--framing read} drives one connection per request without a
         newline; it cannot pipeline.
         """
-        port = self.serve(no_newline, _SeedHandler)
+        port = self.serve(no_newline, _OriginalHandler)
         status, out, _err = self.run_bench(
             "--port", str(port), "--requests", "30", "--framing", "read"
         )

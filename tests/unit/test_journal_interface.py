@@ -17,22 +17,17 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import numpy as np
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import primecount
-from primecount.core import rangecodec
 from primecount.journal import (
     DEFAULT_URL,
     Journal,
@@ -56,59 +51,6 @@ from tests.unit.test_layout import PACKAGE, imports
 from tests.unit.test_sqlite_journal import Control, FlakyConnection
 
 RECORD = Record(1_700_000_000.0, "192.0.2.7", 4000, PROTOCOL_COUNT, "abc2a", 2, True)
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """
-    C{benchmarks/NAME.py} as a module (C{benchmarks} is no package).
-    """
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-class RangeBenchTests(TestCase):
-    """
-    C{benchmarks/range_bench.py} notices a request that does not complete.
-    """
-
-    def test_droppedAfterTheSumFailsInOneLine(self) -> None:
-        """
-        A server that answers the range but drops the connection once the
-        sum arrives makes L{end_to_end} stop the benchmark with one line
-        (C{SystemExit} with a message: exit status 1).
-        """
-        bench = load_benchmark("range_bench")
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        listener.settimeout(30)
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(30)
-                received = b""
-                while len(received) < rangecodec.REQUEST_STRUCT.size:
-                    received += conn.recv(rangecodec.REQUEST_STRUCT.size - len(received))
-                conn.sendall(
-                    rangecodec.encode_count(1) + rangecodec.encode_primes(np.array([2], np.uint32))
-                )
-                conn.recv(rangecodec.SUM_STRUCT.size)
-
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        self.addCleanup(server.join, 30)
-        port = listener.getsockname()[1]
-        error = self.assertRaises(SystemExit, bench.end_to_end, port, 2, 2, (1, 2))
-        message = str(error.code)
-        self.assertIn("range_bench: request [2, 2] did not complete", message)
-        self.assertNotIn("\n", message)
-
 
 class OpenJournalTests(TestCase):
     """

@@ -1,6 +1,6 @@
 """
 Tests for C{primecount journal --stats}: L{primecount.journal.stats},
-L{primecount.journal.sqlitestats} and L{primecount.cli.journalstats}.
+L{primecount.journal.sqlite.stats} and L{primecount.cli.journalstats}.
 
 One journal of known content (L{KNOWN}: fifteen records over five
 minutes, four peers, four kinds of error, the range protocol's bad sum,
@@ -400,7 +400,7 @@ class MergeTests(SynchronousTestCase):
 class AheadTests(SynchronousTestCase):
     """
     A worker file read in a thread of its own
-    (L{primecount.journal.sqlitestats._Ahead}).
+    (L{primecount.journal.sqlite.stats._Ahead}).
     """
 
     def test_startsAtOnce(self) -> None:

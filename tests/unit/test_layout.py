@@ -26,6 +26,9 @@ ALLOWED = {
     "compose": {"core", "metrics", "journal", "server", "workers"},
     "tap": {"core", "metrics", "journal", "server", "workers", "compose"},
     "cli": {"core", "metrics", "journal"},
+    # Helpers that start real servers and clusters for tests and benchmarks:
+    # they may use anything; no layer above may import them.
+    "testing": {"core", "metrics", "journal", "server", "workers", "compose", "tap", "cli"},
 }
 
 #: The layers below the tap, where the options are unpacked: they take

@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.journal import JournalURLError, parse_url
-from tests import pgcluster
+from primecount.testing import pgcluster
 
 
 class URLTests(SynchronousTestCase):

@@ -31,7 +31,7 @@ from primecount.core.proxyheader import (
     TrustedProxies,
     parse,
 )
-from tests.helpers import require_program
+from primecount.testing.processes import require_program
 
 # --- a small encoder, written from the spec, to build the headers tested ---
 

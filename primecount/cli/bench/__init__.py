@@ -1,12 +1,12 @@
 # -*- test-case-name: tests.unit.test_bench,tests.system.test_bench_runs -*-
 """
 C{primecount bench}: a load generator for the count protocol that verifies
-every reply and reports honest latency percentiles.
+every reply and reports honest latency percentiles::
 
     primecount bench --clients 100 --duration 10
     primecount bench --connection-per-request --clients 10 --requests 50000
     primecount bench --rate 5000 --clients 50 --json run.json --plot run.png
-    primecount bench --idle 1000 --clients 10 --processes 2
+    primecount bench --hold 1000 --clients 10 --processes 2
 
 Throughput counts correct replies only: a server that answers wrongly
 shows up under I{wrong}, one that drops connections under I{errors}, never
@@ -28,24 +28,16 @@ import argparse
 import signal
 import socket
 import sys
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
-from primecount.cli.bench.load import GeneratorFailed, interrupt, measure
 from primecount.cli.bench.plan import DEFAULT_MESSAGES, Plan
-from primecount.cli.bench.report import (
-    PlotUnavailable,
-    check_plot,
-    diagnosis,
-    plot,
-    summary_lines,
-    write_json,
-)
-from primecount.cli.bench.stats import Result
 from primecount.core.options import number, positive
 from primecount.core.rangecodec import STRIDE
 from primecount.core.wording import plural
 
-__all__ = ["DEFAULT_MESSAGES", "Plan", "Result", "add_arguments", "measure", "run"]
+if TYPE_CHECKING:
+    from primecount.cli.bench.stats import Result
 
 
 #: The server's default count port, and the range port its documentation
@@ -177,11 +169,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="generator processes sharing the clients (default %(default)s)",
     )
     parser.add_argument(
+        "--hold",
         "--idle",
+        dest="hold",
         type=_count,
         default=0,
         metavar="N",
-        help="extra connections held open, silent, during the run (default %(default)s)",
+        help="extra connections held open, silent, during the run (default %(default)s; "
+        "--idle N is the same, its former name)",
     )
     parser.add_argument(
         "--message",
@@ -265,7 +260,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         per_request=args.connection_per_request or args.framing == "read",
         pipeline=args.pipeline,
         rate=args.rate,
-        idle=args.idle,
+        hold=args.hold,
         messages=messages,
         timeout=args.timeout,
         loop=args.loop,
@@ -321,9 +316,9 @@ def describe(plan: Plan, processes: int) -> str:
     if plan.protocol == "range":
         a, b = plan.ranges[0]
         mode = f"range protocol [{a}, {b}]+{STRIDE}i, {mode}"
-    idle = f", {plan.idle} idle" if plan.idle else ""
+    held = f", {plan.hold} held" if plan.hold else ""
     return (
-        f"primecount bench {plan.host}:{plan.port}: {plural(plan.clients, 'client')}{idle}, "
+        f"primecount bench {plan.host}:{plan.port}: {plural(plan.clients, 'client')}{held}, "
         f"{mode}, {load}, {amount}, {plural(processes, 'process', 'processes')}"
     )
 
@@ -343,7 +338,7 @@ def settings(plan: Plan, processes: int) -> dict[str, Any]:
         "connection_per_request": plan.per_request,
         "pipeline": plan.pipeline,
         "rate": plan.rate,
-        "idle": plan.idle,
+        "hold": plan.hold,
         "processes": processes,
         "timeout": plan.timeout,
         "loop": loop_factory(plan.loop)[1],
@@ -371,9 +366,9 @@ def _run_with_progress(plan: Plan, processes: int) -> Result:
         TextColumn("errors {task.fields[errors]:,}"),
         TimeElapsedColumn(),
     )
-    import time
-
     from rich.console import Console
+
+    from primecount.cli.bench.load import measure
 
     with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("bench", total=total, rate=0.0, errors=0)
@@ -396,7 +391,21 @@ def _run_with_progress(plan: Plan, processes: int) -> Result:
 def run(args: argparse.Namespace) -> int:
     """
     Run C{primecount bench} with parsed options; return the exit status.
+
+    The generator and its statistics are imported here, not with this
+    module: C{--help} and the dispatcher's check for the C{tools} extra
+    (L{primecount.cli.missing_tools}) come first.
     """
+    from primecount.cli.bench.load import GeneratorFailed, interrupt, measure
+    from primecount.cli.bench.report import (
+        PlotUnavailable,
+        check_plot,
+        diagnosis,
+        plot,
+        summary_lines,
+        write_json,
+    )
+
     interrupted: list[bool] = []
 
     def on_sigint(signum: int, frame: Any) -> None:

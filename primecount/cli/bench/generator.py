@@ -7,8 +7,8 @@ separate generator processes.
 Each generator process runs one asyncio event loop (uvloop when it is
 installed) with plain C{asyncio.Protocol} objects: no streams, no task per
 request, so a reply costs a buffer split, one comparison with the
-precomputed expected reply and one list append. Requests go out in
-batches per C{write} when the pipeline allows it.
+precomputed expected reply and one list append. Several requests go out
+in one C{write} when the pipeline allows it.
 
 A I{client} is one logical user: with persistent connections it keeps one
 connection open and up to C{pipeline} requests in flight on it; with
@@ -43,23 +43,25 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from primecount.cli.bench.connections import _Client, _Connection
-from primecount.cli.bench.idle import IdleConnections
+from primecount.cli.bench.connections import Client, Connection
+from primecount.cli.bench.exchanges import Exchanges
+from primecount.cli.bench.held import HeldConnections
 from primecount.cli.bench.plan import (
-    IDLE_BATCH,
+    CONNECT_CHUNK,
     RETRY_DELAY,
     SWEEP_INTERVAL,
     Plan,
     loop_factory,
 )
-from primecount.cli.bench.stats import Recorder, Result
-from primecount.cli.bench.workload import Workload
+from primecount.cli.bench.stats import Result, Tally
 from primecount.core.fdlimit import raise_open_files_limit
 
 
 class LoadGenerator:
     """
-    Runs one L{Plan} on the current event loop and records what happens.
+    Runs one L{Plan} on the current event loop and records what happens;
+    the L{primecount.cli.bench.connections.ReplySink} its connections hand
+    their replies to.
     """
 
     def __init__(
@@ -72,27 +74,29 @@ class LoadGenerator:
         @param plan: what to do.
         @param gate: called once every connection is ready; blocks until the
             run may start and returns the start time on the
-            C{time.monotonic} clock (L{None}: now).
+            C{time.monotonic} clock (C{None}: now).
         @param progress: called about four times a second with the requests
             resolved so far and how many of them failed.
         """
         self.plan = plan
         self.gate = gate
         self.progress = progress
-        self.work = Workload.of(plan)
+        self.work = Exchanges.of(plan)
         self.range = self.work.range
         self.lines = self.work.lines
         self.expected = self.work.expected
         self.max_primes = self.work.max_primes
         self.connection = self.work.connection
         self.capacity = 1 if plan.per_request or self.range else plan.pipeline
-        self.clients = [_Client(self) for _ in range(plan.clients)]
-        self.recorder = Recorder(time.monotonic())
+        self.clients = [Client(self) for _ in range(plan.clients)]
+        self.tally = Tally(time.monotonic())
         self.outstanding = 0
         self.tickets = plan.requests
         self.stopping = False
         self.backlog: deque[float] = deque()
-        self.idle = IdleConnections(self)
+        self.held = HeldConnections(
+            plan.host, plan.port, plan.hold, plan.timeout, lambda: self.finished
+        )
         self._counter = 0
         self._timers: list[asyncio.TimerHandle] = []
         self.interrupted = False
@@ -113,8 +117,8 @@ class LoadGenerator:
         self._done = loop.create_future()
         if self.interrupted:
             self._done.set_result(None)
-        raise_open_files_limit(self.plan.clients + self.plan.idle + 64)
-        await self.idle.open()
+        raise_open_files_limit(self.plan.clients + self.plan.hold + 64)
+        await self.held.open()
         if not self.plan.per_request:
             await self._connect_all()
         start = self.gate() if self.gate is not None else None
@@ -123,7 +127,7 @@ class LoadGenerator:
             start = now
         elif start > now:
             await asyncio.sleep(start - now)
-        self.recorder = Recorder(start)
+        self.tally = Tally(start)
         self._every(1.0, self._tick, start)
         self._every(SWEEP_INTERVAL, self._sweep, start)
         if self.plan.duration is not None:
@@ -145,10 +149,10 @@ class LoadGenerator:
         for timer in self._timers:
             timer.cancel()
         self._close_all()
-        self.recorder.flush()
-        result = self.recorder.result
+        self.tally.flush()
+        result = self.tally.result
         result.elapsed = finished - start
-        result.idle["open"] = self.idle.count_open()
+        result.held = {"open": self.held.count_open(), **self.held.counts}
         self._report()
         await asyncio.sleep(0)
         return result
@@ -167,11 +171,11 @@ class LoadGenerator:
         self._at(start + interval, lambda: again(1))
 
     def _tick(self) -> None:
-        self.recorder.flush()
+        self.tally.flush()
 
     def _report(self) -> None:
         if self.progress is not None:
-            self.progress(self.recorder.resolved, self.recorder.result.error_count)
+            self.progress(self.tally.resolved, self.tally.result.error_count)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -185,9 +189,9 @@ class LoadGenerator:
         if (
             self.stopping
             and duration is not None
-            and now > self.recorder.start + duration + limit + 1.0
+            and now > self.tally.start + duration + limit + 1.0
         ):
-            self.recorder.error("timeout", len(self.backlog))
+            self.tally.error("timeout", len(self.backlog))
             self.backlog.clear()
             for client in self.clients:
                 if client.inflight or client.connecting:
@@ -236,13 +240,13 @@ class LoadGenerator:
             if client.task is not None:
                 client.task.cancel()
             self._release(client)
-        self.idle.close()
+        self.held.close()
 
     # -- requests ------------------------------------------------------
 
     def _take(self, now: float) -> float | None:
         """
-        The due time of the next request to send, or L{None} if none is due.
+        The due time of the next request to send, or C{None} if none is due.
         """
         if self.plan.rate is not None:
             return self.backlog.popleft() if self.backlog else None
@@ -281,7 +285,7 @@ class LoadGenerator:
             self._at(max(self._next_due, now + 0.001), self._pump)
         self._check_done()
 
-    def _feed(self, client: _Client) -> None:
+    def _feed(self, client: Client) -> None:
         """
         Give C{client} as many requests as it has room for.
         """
@@ -320,26 +324,26 @@ class LoadGenerator:
                 self._prefix = b""
             conn.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
-    def replies(self, client: _Client, lines: list[bytes]) -> None:
+    def replies(self, client: Client, lines: list[bytes]) -> None:
         """
         Check and record reply lines that arrived for C{client}.
         """
         now = time.monotonic()
         inflight = client.inflight
         expected = self.expected
-        record = self.recorder.reply
+        record = self.tally.reply
         sums = []
         for line in lines:
             if not inflight:
                 # A line nobody asked for: the server is wrong.
-                self.recorder.unsolicited(line)
+                self.tally.unsolicited(line)
                 continue
             index, due, _sent = inflight.popleft()
             self.outstanding -= 1
             correct = line == expected[index]
             record(now - due, correct)
             if not correct:
-                self.recorder.sample(line)
+                self.tally.sample(line)
             if self.range:
                 sums.append(self.work.range_sum(index, line, correct))
         if sums:
@@ -354,25 +358,25 @@ class LoadGenerator:
             self._flush_prefix(client)
         self._check_done()
 
-    def _flush_prefix(self, client: _Client) -> None:
+    def _flush_prefix(self, client: Client) -> None:
         prefix, self._prefix = self._prefix, b""
         conn = client.conn
         if prefix and conn is not None and conn.transport is not None:
             conn.transport.write(prefix)
 
-    def overlong(self, client: _Client) -> None:
+    def overlong(self, client: Client) -> None:
         """
         The server sent an endless line: count it wrong and hang up.
         """
         if client.inflight:
             _index, due, _sent = client.inflight.popleft()
             self.outstanding -= 1
-            self.recorder.reply(time.monotonic() - due, False)
+            self.tally.reply(time.monotonic() - due, False)
             if client.conn is not None:
-                self.recorder.sample(bytes(client.conn.buffer))
+                self.tally.sample(bytes(client.conn.buffer))
         self._fail(client, "reset")
 
-    def lost(self, client: _Client, conn: _Connection) -> None:
+    def lost(self, client: Client, conn: Connection) -> None:
         """
         C{client}'s connection closed without us asking.
         """
@@ -384,12 +388,12 @@ class LoadGenerator:
             # A reply without its LF: the line is malformed.
             _index, due, _sent = client.inflight.popleft()
             self.outstanding -= 1
-            self.recorder.reply(time.monotonic() - due, False)
-            self.recorder.sample(bytes(conn.buffer))
+            self.tally.reply(time.monotonic() - due, False)
+            self.tally.sample(bytes(conn.buffer))
         self._drop_inflight(client, "reset")
         self._resume(client)
 
-    def _fail(self, client: _Client, kind: str) -> None:
+    def _fail(self, client: Client, kind: str) -> None:
         """
         Give up on C{client}'s connection: its requests fail as C{kind}.
         """
@@ -403,15 +407,15 @@ class LoadGenerator:
         self._drop_inflight(client, kind)
         self._resume(client)
 
-    def _drop_inflight(self, client: _Client, kind: str) -> None:
+    def _drop_inflight(self, client: Client, kind: str) -> None:
         n = len(client.inflight)
         if n:
             client.inflight.clear()
             self.outstanding -= n
-            self.recorder.error(kind, n)
+            self.tally.error(kind, n)
         self._check_done()
 
-    def _resume(self, client: _Client) -> None:
+    def _resume(self, client: Client) -> None:
         """
         Get C{client} going again after its connection ended.
         """
@@ -423,7 +427,7 @@ class LoadGenerator:
         else:
             self._timers.append(self._loop.call_later(RETRY_DELAY, self._connect, client))
 
-    def _release(self, client: _Client) -> None:
+    def _release(self, client: Client) -> None:
         """
         Close C{client}'s connection ourselves.
         """
@@ -433,7 +437,7 @@ class LoadGenerator:
 
     # -- connections ---------------------------------------------------
 
-    def _connect(self, client: _Client) -> None:
+    def _connect(self, client: Client) -> None:
         if client.conn is not None or client.connecting:
             return
         if self._done is not None and self._done.done():
@@ -442,7 +446,7 @@ class LoadGenerator:
         client.connecting = True
         client.task = self._loop.create_task(self._open(client))
 
-    async def _open(self, client: _Client) -> None:
+    async def _open(self, client: Client) -> None:
         assert self._loop is not None
         try:
             transport, conn = await self._loop.create_connection(
@@ -467,13 +471,13 @@ class LoadGenerator:
         else:
             self._feed(client)
 
-    def _connect_failed(self, client: _Client) -> None:
+    def _connect_failed(self, client: Client) -> None:
         if self.plan.per_request:
             self._drop_inflight(client, "connect")
         else:
             # The request this connection would have carried is lost.
             if self._take(time.monotonic()) is not None:
-                self.recorder.error("connect")
+                self.tally.error("connect")
             self._check_done()
         if self._done is None or self._done.done() or not self._has_work():
             return
@@ -490,8 +494,8 @@ class LoadGenerator:
         """
         assert self._loop is not None
         loop = self._loop
-        for first in range(0, len(self.clients), IDLE_BATCH):
-            batch = self.clients[first : first + IDLE_BATCH]
+        for first in range(0, len(self.clients), CONNECT_CHUNK):
+            chunk = self.clients[first : first + CONNECT_CHUNK]
             results = await asyncio.gather(
                 *(
                     asyncio.wait_for(
@@ -502,11 +506,11 @@ class LoadGenerator:
                         ),
                         self.plan.timeout,
                     )
-                    for c in batch
+                    for c in chunk
                 ),
                 return_exceptions=True,
             )
-            for client, outcome in zip(batch, results, strict=True):
+            for client, outcome in zip(chunk, results, strict=True):
                 if isinstance(outcome, BaseException):
                     continue
                 client.conn = outcome[1]

@@ -9,7 +9,7 @@ The generator's own ceiling, measured on this project's 2-CPU machine
 (AMD EPYC VM, Python 3.11, uvloop) against the trivial
 C{benchmarks/baselines/uvloop_server.py}, the generator pinned to one CPU
 and the server to the other, 5 s runs; the cost per request is the
-generator's CPU time (user + system) divided by the requests it resolved:
+generator's CPU time (user + system) divided by the requests it resolved::
 
     mode                                   generator CPU/request   ceiling per core
     persistent, 100 clients, pipeline 1    11-15 us                ~75,000 req/s
@@ -24,7 +24,7 @@ connection-per-request mode, where the generator's headroom over the
 servers (3,000-6,000 req/s) is about 2-3x on one core: use
 C{--processes 2} on a machine with spare cores. Runs on a shared machine
 are noisy (other processes take CPU time): compare medians of several
-alternating rounds, as C{benchmarks/compare.py} does.
+alternating rounds, as C{python -m benchmarks.compare} does.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ SWEEP_INTERVAL = 0.25
 #: Pause before a failed connection is retried, in seconds.
 RETRY_DELAY = 0.05
 
-#: Idle connections are opened this many at a time.
-IDLE_BATCH = 100
+#: Connections opened before the run (persistent and held) are opened this
+#: many at a time.
+CONNECT_CHUNK = 100
 
 #: A reply line longer than this is wrong, whatever it says.
 MAX_REPLY = 1 << 16
@@ -50,12 +51,12 @@ class Plan:
     @ivar host: the server's address.
     @ivar port: the server's TCP port.
     @ivar clients: concurrent clients.
-    @ivar duration: seconds to run, or L{None} when C{requests} bounds it.
-    @ivar requests: requests to resolve, or L{None} when C{duration} does.
+    @ivar duration: seconds to run, or C{None} when C{requests} bounds it.
+    @ivar requests: requests to resolve, or C{None} when C{duration} does.
     @ivar per_request: one connection per request instead of persistent ones.
     @ivar pipeline: requests in flight per persistent connection.
-    @ivar rate: requests per second (open loop), or L{None} (closed loop).
-    @ivar idle: extra connections held open and silent during the run.
+    @ivar rate: requests per second (open loop), or C{None} (closed loop).
+    @ivar hold: extra connections held open and silent during the run.
     @ivar messages: the messages sent, in turn.
     @ivar timeout: seconds a request may wait for its reply.
     @ivar loop: C{"auto"}, C{"uvloop"} or C{"asyncio"}.
@@ -74,7 +75,7 @@ class Plan:
     per_request: bool = False
     pipeline: int = 1
     rate: float | None = None
-    idle: int = 0
+    hold: int = 0
     messages: tuple[str, ...] = DEFAULT_MESSAGES
     timeout: float = 5.0
     loop: str = "auto"
@@ -91,7 +92,7 @@ class Plan:
     def share(self, index: int, processes: int) -> Plan:
         """
         The part of this plan that generator process C{index} of
-        C{processes} runs: clients, requests, rate and idle connections
+        C{processes} runs: clients, requests, rate and held connections
         split as evenly as possible.
         """
 
@@ -103,7 +104,7 @@ class Plan:
             clients=part(self.clients),
             requests=None if self.requests is None else part(self.requests),
             rate=None if self.rate is None else self.rate / processes,
-            idle=part(self.idle),
+            hold=part(self.hold),
         )
 
 

@@ -65,11 +65,11 @@ def summary_lines(result: Result, title: str, plan: Plan | None = None) -> list[
         "latency ms   "
         + "  ".join(f"{key} {latency[key]:.3f}" for key in ("p50", "p90", "p99", "p99.9", "max")),
     ]
-    idle = result.idle
-    if any(idle.values()):
+    held = result.held
+    if any(held.values()):
         lines.append(
-            f"idle conns   open {idle['open']}, reopened {idle['reopened']}, "
-            f"failed {idle['failed']}"
+            f"held conns   open {held['open']}, reopened {held['reopened']}, "
+            f"failed {held['failed']}"
         )
     if result.wrong:
         differ = "differs" if result.wrong == 1 else "differ"
@@ -84,7 +84,7 @@ def diagnosis(result: Result, plan: Plan) -> str | None:
     """
     Why a run in which a third or more of the requests failed failed, in
     one line with the likely cause (nothing listening, the other
-    protocol's port, the other framing); L{None} when fewer failed.
+    protocol's port, the other framing); C{None} when fewer failed.
 
     The guess comes from how they failed: every kind of mismatch between
     C{primecount bench} and a server has its own signature (a range client

@@ -3,8 +3,8 @@
 The load generator's statistics: latency histograms, the per-second
 timeline and the result of a run, mergeable across generator processes.
 
-The hot path only appends a float to a list (L{Recorder.reply}); once a
-second, and at the end, L{Recorder.flush} folds the collected latencies into
+The hot path only appends a float to a list (L{Tally.reply}); once a
+second, and at the end, L{Tally.flush} folds the collected latencies into
 an HDR histogram (exact to three significant digits, for the summary's
 percentiles) and into a fixed set of logarithmic bins (for the timeline's
 per-second percentiles). Both are sums of counts, so results from several
@@ -141,10 +141,11 @@ class Result:
     @ivar errors: failed requests by kind (L{ERROR_KINDS}).
     @ivar histogram: latencies of all replies (correct or wrong), in µs.
     @ivar timeline: one L{Second} per second of the run.
-    @ivar idle: counters of the extra idle connections: C{open} at the end,
-        C{reopened} after the server closed them, C{failed} to connect.
+    @ivar held: counters of the held connections (C{--hold}): C{open} at
+        the end, C{reopened} after the server closed them, C{failed} to
+        connect.
     @ivar wrong_sample: the first wrong reply (up to L{SAMPLE_BYTES} bytes),
-        to show what the server said instead (L{None} when none was wrong).
+        to show what the server said instead (C{None} when none was wrong).
     """
 
     elapsed: float = 0.0
@@ -153,7 +154,7 @@ class Result:
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     histogram: HdrHistogram = field(default_factory=new_histogram)
     timeline: list[Second] = field(default_factory=list)
-    idle: dict[str, int] = field(default_factory=lambda: {"open": 0, "reopened": 0, "failed": 0})
+    held: dict[str, int] = field(default_factory=lambda: {"open": 0, "reopened": 0, "failed": 0})
     wrong_sample: bytes | None = None
 
     @property
@@ -192,8 +193,8 @@ class Result:
                 self.timeline[index].add(second)
             else:
                 self.timeline.append(second)
-        for key, n in other.idle.items():
-            self.idle[key] = self.idle.get(key, 0) + n
+        for key, n in other.held.items():
+            self.held[key] = self.held.get(key, 0) + n
         if self.wrong_sample is None:
             self.wrong_sample = other.wrong_sample
 
@@ -208,7 +209,7 @@ class Result:
             "errors": dict(self.errors),
             "histogram": self.histogram.encode(),
             "timeline": [(s.ok, s.wrong, s.errors, s.maximum_us, s.bins) for s in self.timeline],
-            "idle": dict(self.idle),
+            "held": dict(self.held),
             "wrong_sample": self.wrong_sample,
         }
 
@@ -226,7 +227,7 @@ class Result:
             errors=dict(wire["errors"]),
             histogram=histogram,
             timeline=[Second(*entry) for entry in wire["timeline"]],
-            idle=dict(wire["idle"]),
+            held=dict(wire["held"]),
             wrong_sample=wire.get("wrong_sample"),
         )
 
@@ -253,7 +254,7 @@ class Result:
             "errors": {"total": self.error_count, **self.errors},
             "throughput": round(self.throughput, 3),
             "latency_ms": percentiles_ms(self.histogram),
-            "idle": dict(self.idle),
+            "held": dict(self.held),
             "first_wrong_reply": (
                 None
                 if self.wrong_sample is None
@@ -264,9 +265,9 @@ class Result:
         }
 
 
-class Recorder:
+class Tally:
     """
-    Collects one process's outcomes as they happen.
+    Counts one generator process's outcomes as they happen.
 
     @ivar result: the totals so far; complete after the last L{flush}.
     """

@@ -1,80 +1,63 @@
+# -*- test-case-name: tests.system.test_cload -*-
 """
-Tests for the C benchmark pieces: C{benchmarks/cload.c} (the load
-generator), C{benchmarks/baselines/c_epoll_server.c} (the limit server)
-and how C{benchmarks/compare.py} builds and uses them.
+Tests for the C benchmark programs: C{benchmarks/cload.c} (the load
+generator) and C{benchmarks/baselines/c_epoll_server.c} (the limit server).
+How L{benchmarks.compare} uses them is in L{tests.system.test_compare}.
 
 Both programs are compiled once per test run with C{cc -O2} (through
-compare.py's own L{build_c}). Without a compiler these tests are skipped
-with a loud reason, except under CI (C{CI=true}), where they fail.
+L{benchmarks.harness.build_c}, as the benchmarks build them). Without a
+compiler these tests are skipped with a loud reason, except under CI
+(C{CI=true}), where they fail.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
-import io
 import json
 import os
 import select
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
+from benchmarks import harness
 from primecount.cli.bench.plan import DEFAULT_MESSAGES
 from primecount.core.count import expected_reply
 from primecount.core.outcomes import LINE_TOO_LONG
+from primecount.testing.processes import stop_process
+from primecount.testing.twistd import ServerProcess
 from tests.doubles import LineHandler, ThreadedServer, serve_in_thread
-from tests.helpers import ServerProcess, recv_all, recv_lines, stop_process
-
-HERE = Path(__file__).resolve().parent
-COMPARE = HERE.parents[1] / "benchmarks" / "compare.py"
-
-
-def load_compare() -> ModuleType:
-    """
-    C{benchmarks/compare.py} as a module (C{benchmarks} is no package).
-    """
-    spec = importlib.util.spec_from_file_location("compare_under_test", COMPARE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_compare()
+from tests.helpers import recv_all, recv_lines
 
 _built: dict[str, Path] = {}
 
 
 def programs(test: TestCase) -> dict[str, Path]:
     """
-    C{cload} and C{c_epoll} built (once) with compare.py's L{build_c}.
+    C{cload} and C{c_epoll} built (once) with L{harness.build_c}.
 
     @raise SkipTest: without a C compiler, unless C{CI=true} (then the
         test fails).
     """
     if _built:
         return _built
-    if compare.c_compiler() is None:
+    if harness.c_compiler() is None:
         reason = "NO C COMPILER (cc): the C benchmark tests did not run; install gcc"
         if os.environ.get("CI") == "true":
             test.fail(reason)
         raise SkipTest(reason)
     directory = Path(tempfile.mkdtemp(prefix="primecount-cbench-"))
     atexit.register(shutil.rmtree, directory, True)
-    _built.update(compare.build_c(directory, ["cload", "c_epoll"]))
+    _built.update(harness.build_c(directory, ["cload", "c_epoll"]))
     return _built
 
 
@@ -137,7 +120,7 @@ class CBenchTestCase(TestCase):
 
     def assertClean(self, status: int, document: dict[str, Any]) -> None:
         """
-        A run with correct replies only, and the fields compare.py reads.
+        A run with correct replies only, and the fields compare reads.
         """
         self.assertEqual(status, 0, document)
         self.assertEqual(document["wrong"], 0)
@@ -253,7 +236,7 @@ class GeneratorTests(CBenchTestCase):
     def test_persistent(self) -> None:
         """
         Persistent connections for about a second: correct replies, the
-        JSON fields compare.py reads.
+        JSON fields compare reads.
         """
         status, document, _ = self.cload(self.c_server(), "--clients", "20", "--duration", "1")
         self.assertClean(status, document)
@@ -286,19 +269,29 @@ class GeneratorTests(CBenchTestCase):
             self.assertTrue(document["settings"]["no_newline"])
             self.assertTrue(document["settings"]["read_to_eof"])
 
-    def test_requestCapPipelineThreadsIdle(self) -> None:
+    def test_requestCapPipelineThreadsHeld(self) -> None:
         """
         C{--requests} bounds the run exactly, with a pipeline, two threads,
-        clients that do not divide evenly and idle connections held open.
+        clients that do not divide evenly and held connections (C{--hold}).
         """
         status, document, _ = self.cload(
             self.c_server(),
             *("--clients", "7", "--pipeline", "4", "--threads", "2"),
-            *("--idle", "20", "--requests", "5000"),
+            *("--hold", "20", "--requests", "5000"),
         )
         self.assertClean(status, document)
         self.assertEqual((document["requests"], document["ok"]), (5000, 5000))
-        self.assertEqual(document["idle"]["open"], 20)
+        self.assertEqual(document["held"]["open"], 20)
+        self.assertEqual(document["settings"]["hold"], 20)
+
+    def test_idleIsTheFormerNameOfHold(self) -> None:
+        """
+        C{--idle N}, the former name of C{--hold N}, still holds N
+        connections.
+        """
+        status, document, _ = self.cload(self.c_server(), "--idle", "5", "--requests", "100")
+        self.assertClean(status, document)
+        self.assertEqual(document["held"]["open"], 5)
 
     def test_settleIsNotMeasured(self) -> None:
         """
@@ -394,135 +387,3 @@ class PrimecountTests(CBenchTestCase):
             server.port, "--clients", "10", "--duration", "1", "--connection-per-request"
         )
         self.assertClean(status, document)
-
-
-def measurement(throughput: float) -> Any:
-    """
-    A compare.py measurement with only a throughput.
-    """
-    return compare.Measurement(throughput, 1.0, 2.0, 0, 0, 0.5, 0.5, 0.0)
-
-
-@contextlib.contextmanager
-def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
-    """
-    Collect what is printed on stdout and stderr meanwhile.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        yield out, err
-
-
-class CompareTests(TestCase):
-    """
-    compare.py builds the C programs, reports the generator's headroom and
-    its cost per request.
-    """
-
-    def test_noCompilerIsOneLine(self) -> None:
-        """
-        Without a compiler the C generator cannot run: one line, exit 2.
-        """
-        self.patch(os, "environ", {**os.environ, "CC": "/nonexistent/cc"})
-        with captured() as (_out, err):
-            status = compare.main(
-                ["--servers", "c_epoll", "--workload", "persistent", "--results", self.mktemp()]
-            )
-        self.assertEqual(status, 2)
-        lines = err.getvalue().strip().splitlines()
-        self.assertEqual(len(lines), 1)
-        self.assertIn("no C compiler", lines[0])
-        self.assertIn("--generator python", lines[0])
-
-    def test_buildErrorIsOneLine(self) -> None:
-        """
-        A source that does not compile: the compiler's first error line.
-        """
-        programs(self)
-        broken = Path(self.mktemp() + ".c")
-        broken.write_text("int main(void) { return nonsense; }\n")
-        self.patch(compare, "C_SOURCES", {"cload": broken})
-        with self.assertRaises(compare.CompareError) as raised:
-            compare.build_c(Path(self.mktemp()).parent, ["cload"])
-        self.assertIn("could not build", str(raised.exception))
-        self.assertIn("nonsense", str(raised.exception))
-
-    def test_generatorCommands(self) -> None:
-        """
-        cload gets the workload's options, its threads and the settle time;
-        the Python generator its processes.
-        """
-        workload = compare.WORKLOADS["seed"]
-        output = Path("out.json")
-        c = compare.Generator("c", Path("/x/cload"), 1.5).command(5, workload, 2.0, 3, output)
-        self.assertEqual(c[:5], ["/x/cload", "--threads", "3", "--settle", "1.5"])
-        self.assertEqual(c[-3:], ["--clients", "10", "--connection-per-request"])
-        python = compare.Generator("python").command(5, workload, 2.0, 3, output)
-        self.assertEqual(python[1:5], ["-m", "primecount.cli.bench", "--processes", "3"])
-
-    def test_headroom(self) -> None:
-        """
-        The headroom is c_epoll's throughput over what a target asks of
-        primecount (bound x the baseline's): PASS from 1.5x.
-        """
-        results = {
-            "seed": {
-                "seed_threadpool": compare.Cell([measurement(5000)]),
-                "c_epoll": compare.Cell([measurement(14000)]),
-            },
-            "persistent": {
-                "asyncio_server": compare.Cell([measurement(100_000)]),
-                "c_epoll": compare.Cell([measurement(300_000)]),
-            },
-        }
-        checks = compare.headroom(results)
-        self.assertEqual([round(ratio, 2) for _t, ratio, _ok in checks], [1.4, 4.0])
-        self.assertEqual([ok for _t, _r, ok in checks], [False, True])
-        self.assertIn("generator headroom: c_epoll 14,000 req/s = 1.40x", checks[0][0])
-
-    def test_runAgainstTheLimitServer(self) -> None:
-        """
-        A short run against c_epoll alone: built, measured, with the
-        generator's CPU per request in the JSON results.
-        """
-        programs(self)
-        results = Path(self.mktemp())
-        with captured() as (out, err):
-            status = compare.main(
-                [
-                    *("--servers", "c_epoll", "--workload", "persistent"),
-                    *("--rounds", "1", "--duration", "0.5", "--settle", "0.2"),
-                    *("--placement", "unpinned", "--results", str(results)),
-                ]
-            )
-        self.assertEqual(status, 0, err.getvalue())
-        self.assertIn("generator µs/request", out.getvalue())
-        (document,) = [json.loads(p.read_text()) for p in results.glob("*.json")]
-        (run,) = document["results"]["unpinned"]["persistent"]["c_epoll"]
-        self.assertGreater(run["throughput"], 0)
-        self.assertEqual(run["wrong"], 0)
-        self.assertGreater(run["generator_us"], 0)
-
-    def test_placements(self) -> None:
-        """
-        Both placements by default, pinned first; C{--no-pin} is unpinned
-        alone.
-        """
-        self.assertEqual(compare.arguments([]).placements, ["pinned", "unpinned"])
-        self.assertEqual(compare.arguments(["--no-pin"]).placements, ["unpinned"])
-        self.assertEqual(compare.arguments(["--placement", "pinned"]).placements, ["pinned"])
-
-    def test_pythonGeneratorWithoutCompiler(self) -> None:
-        """
-        Asked for, the Python generator runs without a compiler, with a
-        warning, and c_epoll is left out with another.
-        """
-        self.patch(os, "environ", {**os.environ, "CC": "/nonexistent/cc"})
-        args = compare.arguments(["--generator", "python"])
-        with captured() as (_out, err):
-            generator, built, names = compare.c_setup(
-                args, ["primecount", "c_epoll"], Path(self.mktemp())
-            )
-        self.assertEqual((generator.program, built, names), (None, {}, ["primecount"]))
-        self.assertIn("warning: the Python generator", err.getvalue())
-        self.assertIn("c_epoll left out", err.getvalue())

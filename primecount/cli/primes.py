@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.unit.test_multiclient -*-
+# -*- test-case-name: tests.unit.test_cli_primes -*-
 """
-C{primecount primes A B [-t N]}: the seed's multi-client for the range
+C{primecount primes A B [-t N]}: the original multi-client for the range
 protocol.
 
 N clients run at once, client i asking for [A + 1000·i, B + 1000·i]. Each
@@ -88,7 +88,7 @@ def verify(primes: npt.NDArray[np.uint32], a: int, b: int) -> str | None:
     """
     Check a reply against the range it answers.
 
-    @return: L{None} when C{primes} is exactly the primes in [a, b], in
+    @return: C{None} when C{primes} is exactly the primes in [a, b], in
         increasing order; otherwise what is wrong.
     """
     if len(primes) and (int(primes[0]) < a or int(primes[-1]) > b):
@@ -115,10 +115,10 @@ class ClientRun:
 
     @ivar a: the lower bound it asked for.
     @ivar b: the upper bound it asked for.
-    @ivar count: N as received, or L{None} after an error.
-    @ivar total: the sum it sent, or L{None} after an error.
-    @ivar problem: what was wrong with the reply, or L{None}.
-    @ivar error: the network or protocol error, or L{None}.
+    @ivar count: N as received, or C{None} after an error.
+    @ivar total: the sum it sent, or C{None} after an error.
+    @ivar problem: what was wrong with the reply, or C{None}.
+    @ivar error: the network or protocol error, or C{None}.
     @ivar seconds: from connecting to sending the sum.
     """
 

@@ -1,5 +1,7 @@
+# -*- test-case-name: tests.unit.test_pgjournal -*-
 """
-A throwaway PostgreSQL cluster for the tests, started and stopped by them.
+A throwaway PostgreSQL cluster for the tests and benchmarks, started and
+stopped by them.
 
 Debian's C{postgresql} package provides the binaries under
 C{/usr/lib/postgresql/VERSION/bin}. As root, the cluster is initialised and
@@ -21,24 +23,14 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-from unittest import SkipTest
+
+from primecount.testing.processes import free_port, missing
 
 #: Seconds a cluster may take to start or stop on a loaded machine.
 START_TIMEOUT = 60
-
-
-def _missing(message: str) -> SkipTest:
-    """
-    What to raise when a test cannot run: L{SkipTest}, or under C{CI=true}
-    an AssertionError (CI must run these tests, never skip them).
-    """
-    if os.environ.get("CI") == "true":
-        raise AssertionError(f"CI=true and {message}")
-    return SkipTest(f"SKIPPED, NOT TESTED: {message}")
 
 
 def bindir() -> str:
@@ -50,20 +42,14 @@ def bindir() -> str:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        raise _missing("psycopg is not installed (pip install 'primecount[postgresql]')") from None
+        raise missing("psycopg is not installed (pip install 'primecount[postgresql]')") from None
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
         key=lambda path: int(path.split("/")[-3]) if path.split("/")[-3].isdigit() else 0,
     )
     if not found:
-        raise _missing("PostgreSQL is not installed (Debian: apt-get install -y postgresql)")
+        raise missing("PostgreSQL is not installed (Debian: apt-get install -y postgresql)")
     return os.path.dirname(found[-1])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Cluster:
@@ -81,7 +67,7 @@ class Cluster:
         self.data = os.path.join(self.dir, "data")
         if self.root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
 

@@ -7,7 +7,7 @@ bytes as the one message, appends a line C{time | ip | message | k | sí/no}
 to a text log under a lock (opening the file for each line, as the
 original did), sends the reply and closes the connection.
 
-    python benchmarks/baselines/seed_threadpool.py --port 5051 --log seed.log
+    python benchmarks/baselines/original_threadpool.py --port 5051 --log original.log
 
 Replies come from L{primecount.core.count}, so every server in the comparison
 computes the same answers; only the serving design differs.
@@ -30,7 +30,7 @@ POOL_SIZE = 10
 RECEIVE_TIMEOUT = 5.0
 
 
-class SeedServer:
+class OriginalServer:
     """
     The original design: accept loop, thread pool, one message per
     connection, append-under-lock log.
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--log", help="append one line per request to this file")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        SeedServer(args.log).serve(args.interface, args.port)
+        OriginalServer(args.log).serve(args.interface, args.port)
 
 
 if __name__ == "__main__":

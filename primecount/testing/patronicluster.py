@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.system.test_database_failover -*-
 """
 A throwaway highly available PostgreSQL for the tests and benchmarks: one
 etcd and two (or more) PostgreSQL nodes run by Patroni, on 127.0.0.1, started
@@ -14,7 +15,7 @@ gives them in production. Data, sockets and logs live in one C{mkdtemp}
 directory.
 
 As root, etcd and Patroni run as the C{postgres} user (PostgreSQL refuses to
-run as root), started by L{subprocess.Popen} with C{user=}: no C{runuser} in
+run as root), started by C{subprocess.Popen} with C{user=}: no C{runuser} in
 between, so the process the test holds is Patroni itself and a C{kill -9}
 reaches it. One etcd and two nodes come up in about 16 s here.
 
@@ -43,11 +44,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests import pgcluster
-from tests.helpers import free_port, require_program
+from primecount.testing import pgcluster
+from primecount.testing.processes import free_port, require_program
 
 #: The shipped Patroni files.
-DEPLOY_PATRONI = Path(__file__).resolve().parents[1] / "deploy" / "patroni"
+DEPLOY_PATRONI = Path(__file__).resolve().parents[2] / "deploy" / "patroni"
 
 #: Patroni's timing in the tests (written to etcd at bootstrap): a dead
 #: leader is replaced C{ttl} seconds after its last renewal.
@@ -85,7 +86,7 @@ def programs() -> tuple[str, str]:
 
 def _as_postgres() -> dict[str, Any]:
     """
-    The L{subprocess.Popen} arguments that run a program as C{postgres}
+    The C{subprocess.Popen} arguments that run a program as C{postgres}
     when the tests run as root (nothing otherwise).
     """
     if os.geteuid() != 0:
@@ -152,7 +153,7 @@ class Node:
     @ivar name: its Patroni name (C{pg1}, C{pg2}, ...).
     @ivar port: PostgreSQL's port on 127.0.0.1.
     @ivar api: Patroni's REST API port on 127.0.0.1.
-    @ivar process: the running Patroni, or L{None}.
+    @ivar process: the running Patroni, or C{None}.
     """
 
     def __init__(self, cluster: PatroniCluster, number: int) -> None:
@@ -320,7 +321,7 @@ class Node:
     def rest(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
         """
         C{GET} C{path} of the node's REST API: its status and JSON body
-        (0 and L{None} when it does not answer).
+        (0 and C{None} when it does not answer).
         """
         try:
             with urllib.request.urlopen(
@@ -554,7 +555,7 @@ class PatroniCluster:
         A libpq URL naming C{nodes} (all by default) as a host list.
 
         @param user: C{postgres} (the superuser) or C{primecount} (see
-            L{create_journal_database}): the URL carries its password.
+            L{PatroniCluster.create_database}): the URL carries its password.
         @param query: a query string (C{target_session_attrs=read-write}).
         """
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in (self.nodes if nodes is None else nodes))
@@ -597,7 +598,7 @@ class PatroniCluster:
 class Promotion(threading.Thread):
     """
     Watches a standby, polling it every 50 ms: C{at} is the moment it was
-    first seen accepting writes (C{pg_is_in_recovery()} false), L{None}
+    first seen accepting writes (C{pg_is_in_recovery()} false), C{None}
     until then.
     """
 

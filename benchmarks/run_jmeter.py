@@ -1,29 +1,20 @@
-#!/usr/bin/env python3
+# -*- test-case-name: tests.system.test_jmeter -*-
 """
 Run a JMeter test plan with Debian's JMeter 2.13, non-GUI, and fail loudly
 when JMeter is missing or ran nothing.
 
-    benchmarks/jmeter/run_jmeter.py PLAN.jmx RESULTS.csv [-Jname=value ...]
+For example::
 
-Needs C{apt-get install -y jmeter jmeter-tcp} (Debian bookworm: JMeter 2.13
-and its TCP sampler); C{JMETER_HOME} names another installation (default
-C{/usr/share/jmeter}). Plain C{jmeter -n} cannot load any plan with the
-XStream Debian ships, and still exits 0: this script starts JMeter through
-L{JMeterLauncher.java} (beside it), which opens XStream's permissions first.
+    python -m benchmarks.run_jmeter benchmarks/jmeter/primecount.jmx results.csv -Jport=5050
 
-RESULTS is replaced: one CSV row per sample, with a header row (column
-C{success} is C{true} or C{false}); JMeter's log goes beside it
-(C{RESULTS.jmeter.log}). Options after RESULTS go to JMeter as they are
-(C{-Jport=5050}: the plan's C{${__P(port)}}). JMeter's own summary lines
-pass through, and a last line says how many samples ran and failed.
-
-Exit status: 0 when every sample passed; 3 when some failed; 1 when JMeter
-failed or ran no sample (a plan it could not load, a thread group of no
-threads); 2 when JMeter, Java or the plan is missing. Every failure is one
-line on stderr, C{run_jmeter: ...}.
-
-Only the standard library: it runs with any Python 3.9+, primecount
-installed or not.
+Needs C{apt-get install -y jmeter jmeter-tcp} (C{JMETER_HOME} names another
+installation). Plain C{jmeter -n} cannot load any plan with the XStream
+Debian ships, and still exits 0: this starts JMeter through
+C{benchmarks/jmeter/JMeterLauncher.java}, which opens XStream's permissions
+first. RESULTS gets one CSV row per
+sample, JMeter's log goes beside it; options after RESULTS go to JMeter.
+Exit status: 0 every sample passed, 3 some failed, 1 JMeter ran no sample,
+2 something is missing (one line on stderr). Only the standard library.
 """
 
 from __future__ import annotations
@@ -38,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 #: The Java class that opens XStream's permissions, then starts JMeter.
-LAUNCHER = Path(__file__).resolve().with_name("JMeterLauncher.java")
+LAUNCHER = Path(__file__).resolve().parent / "jmeter" / "JMeterLauncher.java"
 
 #: Where Debian installs JMeter.
 DEFAULT_HOME = "/usr/share/jmeter"
@@ -165,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     The command line; the exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="run_jmeter.py",
+        prog="python -m benchmarks.run_jmeter",
         description="Run a JMeter test plan with Debian's JMeter 2.13, non-GUI.",
         epilog="Options after RESULTS go to JMeter as they are (-Jport=5050). Exit status: "
         "0 every sample passed, 3 some failed, 1 JMeter ran no sample, 2 something is missing.",

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.unit.test_multiclient -*-
+# -*- test-case-name: tests.unit.test_cli_primes -*-
 """
-Tests for L{primecount.cli.multiclient}: verification, arguments, errors, and a
+Tests for L{primecount.cli.primes}: verification, arguments, errors, and a
 run against a real server.
 """
 
@@ -17,7 +17,7 @@ from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from primecount.cli import multiclient
+from primecount.cli import primes as command
 from primecount.core.primes import primes_between
 from primecount.server.rangeprotocol import RangeFactory
 from tests.doubles import FakeJournal
@@ -28,7 +28,7 @@ def parse(*argv: str) -> argparse.Namespace:
     Parse C{primes} arguments as the dispatcher would.
     """
     parser = argparse.ArgumentParser()
-    multiclient.add_arguments(parser)
+    command.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -38,21 +38,21 @@ def runQuietly(args: argparse.Namespace) -> tuple[int, str, str]:
     """
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        status = multiclient.run(args)
+        status = command.run(args)
     return status, out.getvalue(), err.getvalue()
 
 
 class VerifyTests(TestCase):
     """
-    L{multiclient.verify} accepts exactly the right answer.
+    L{primecount.cli.primes.verify} accepts exactly the right answer.
     """
 
     def test_rightAnswer(self) -> None:
         """
         The primes of the range pass.
         """
-        self.assertIsNone(multiclient.verify(primes_between(100, 200), 100, 200))
-        self.assertIsNone(multiclient.verify(primes_between(5, 4), 5, 4))
+        self.assertIsNone(command.verify(primes_between(100, 200), 100, 200))
+        self.assertIsNone(command.verify(primes_between(5, 4), 5, 4))
 
     def test_wrongAnswers(self) -> None:
         """
@@ -66,7 +66,7 @@ class VerifyTests(TestCase):
             "outside": np.concatenate((good, np.array([211], np.uint32))),
         }
         for name, primes in cases.items():
-            self.assertIsNotNone(multiclient.verify(primes, 100, 200), name)
+            self.assertIsNotNone(command.verify(primes, 100, 200), name)
 
 
 class ArgumentTests(TestCase):
@@ -78,7 +78,7 @@ class ArgumentTests(TestCase):
         """
         Client i asks for [A + 1000 i, B + 1000 i].
         """
-        self.assertEqual(multiclient.ranges(100, 200, 3), [(100, 200), (1100, 1200), (2100, 2200)])
+        self.assertEqual(command.ranges(100, 200, 3), [(100, 200), (1100, 1200), (2100, 2200)])
 
     def test_outOfInt32IsOneLine(self) -> None:
         """

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_bench -*-
 """
-What a load generator sends and expects (L{Workload}): the request bytes of
+What a load generator sends and expects (L{Exchanges}): the request bytes of
 every message or range, the exact reply the server must give, and for the
 range protocol the sums the client sends back; computed once, before the
 run, from the same code the server uses.
@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from primecount.cli.bench.connections import (
-    _Connection,
-    _RangeConnection,
-    _ReadConnection,
-)
+from primecount.cli.bench.connections import Connection, RangeConnection, ReadConnection
 from primecount.cli.bench.plan import Plan
 from primecount.core import rangecodec
 from primecount.core.count import expected_reply
@@ -22,9 +18,9 @@ from primecount.core.primes import primes_between
 
 
 @dataclass
-class Workload:
+class Exchanges:
     """
-    The requests of a plan and their replies, by index.
+    The requests of a plan and their exact replies, by index.
 
     @ivar lines: the bytes of each request.
     @ivar expected: the exact reply to each (without its LF, for the count
@@ -41,12 +37,12 @@ class Workload:
     range: bool = False
     sums: list[bytes] = field(default_factory=list)
     max_primes: int = 0
-    connection: type[_Connection] = _Connection
+    connection: type[Connection] = Connection
 
     @classmethod
-    def of(cls, plan: Plan) -> Workload:
+    def of(cls, plan: Plan) -> Exchanges:
         """
-        The workload of C{plan}: its messages in its framing, or its ranges.
+        The exchanges of C{plan}: its messages in its framing, or its ranges.
         """
         if plan.protocol == "range":
             return cls.ranges(plan.ranges)
@@ -54,16 +50,16 @@ class Workload:
         return cls(
             lines=[m.encode("utf-8") + end for m in plan.messages],
             expected=[expected_reply(m).rstrip(b"\n") for m in plan.messages],
-            connection=_ReadConnection if plan.framing == "read" else _Connection,
+            connection=ReadConnection if plan.framing == "read" else Connection,
         )
 
     @classmethod
-    def ranges(cls, ranges: tuple[tuple[int, int], ...]) -> Workload:
+    def ranges(cls, ranges: tuple[tuple[int, int], ...]) -> Exchanges:
         """
         The requests, exact replies and sums of the range protocol, from the
         same sieve the server uses.
         """
-        work = cls([], [], range=True, connection=_RangeConnection)
+        work = cls([], [], range=True, connection=RangeConnection)
         most = 0
         for a, b in ranges:
             primes = primes_between(a, b) if a <= b else primes_between(1, 0)
