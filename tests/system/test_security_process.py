@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 from twisted.trial.unittest import TestCase
@@ -432,10 +433,18 @@ class PrivilegeDropTests(TestCase):
         for message in messages:
             with server.connect(timeout=DEADLINE) as client:
                 self.assertEqual(len(ask(client, message.encode() + b"\n")), 1)
-        page = urllib.request.urlopen(
-            f"http://127.0.0.1:{metricsPort}/metrics", timeout=DEADLINE
-        ).read()
-        self.assertIn(b'primecount_requests_total{outcome="ok",protocol="count"} 8.0', page)
+        # A worker counts a request just after writing its reply: the last
+        # one may reach the shared files a moment after the client has it.
+        counted = b'primecount_requests_total{outcome="ok",protocol="count"} 8.0'
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            page = urllib.request.urlopen(
+                f"http://127.0.0.1:{metricsPort}/metrics", timeout=DEADLINE
+            ).read()
+            if counted in page or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertIn(counted, page)
         parts = part_paths(self.journal)
         self.assertEqual(len(parts), 2)
         self.assertNobodys(self.journal, *parts)
