@@ -1,6 +1,5 @@
 """
-Baseline: the original thread-pool server, rebuilt from its description
-(C{docs/user/original.md}).
+Baseline: the original thread-pool server, as docs/user/original.md describes it.
 
 The main thread accepts connections and hands each one to a pool of 10
 threads. A worker reads once (C{recv(1024)}, 5 s timeout), treats those
