@@ -126,7 +126,7 @@ class Scrape:
 
     def value(self, name: str) -> float | None:
         """
-        The sum of the samples called C{name}, or L{None} when there is none.
+        The sum of the samples called C{name}, or C{None} when there is none.
         """
         found = self.series(name)
         return sum(found.values()) if found else None
