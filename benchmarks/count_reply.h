@@ -5,7 +5,7 @@
  *
  * Shared by benchmarks/cload.c (which checks every reply it gets) and
  * benchmarks/baselines/c_epoll_server.c (which gives them), so the two
- * cannot disagree; tests/system/test_cbench.py checks both against Python.
+ * cannot disagree; tests/system/test_cload.py checks both against Python.
  */
 #ifndef PRIMECOUNT_COUNT_REPLY_H
 #define PRIMECOUNT_COUNT_REPLY_H

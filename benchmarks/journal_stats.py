@@ -1,5 +1,5 @@
 """
-How long C{primecount journal --stats} takes on a big journal, and how much
+How long primecount journal --stats takes on a big journal, and how much
 memory it needs.
 
 For example::

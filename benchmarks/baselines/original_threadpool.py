@@ -1,5 +1,5 @@
 """
-Baseline: the original thread-pool server, rebuilt from DESIGN.md.
+Baseline: the original thread-pool server, as docs/user/original.md describes it.
 
 The main thread accepts connections and hands each one to a pool of 10
 threads. A worker reads once (C{recv(1024)}, 5 s timeout), treats those
@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from primecount.core.count import evaluate
-from primecount.journal.formats import format_original as format_seed
+from primecount.journal.formats import format_original
 from primecount.journal.records import PROTOCOL_COUNT, Record
 
 POOL_SIZE = 10
@@ -56,7 +56,7 @@ class OriginalServer:
             evaluation = evaluate(data)
             if self.log is not None:
                 entry = (
-                    format_seed(
+                    format_original(
                         Record(
                             time.time(), ip, 0, PROTOCOL_COUNT, *evaluation[:3], evaluation.error
                         )

@@ -21,7 +21,7 @@ from typing import IO
 
 from primecount.core.count import evaluate
 from primecount.core.outcomes import LINE_TOO_LONG
-from primecount.journal.formats import format_original as format_seed
+from primecount.journal.formats import format_original
 from primecount.journal.records import PROTOCOL_COUNT, Record
 
 MAX_LINE = 16384
@@ -48,7 +48,7 @@ class SelectServer:
         evaluation = evaluate(line)
         if self.log is not None:
             self.log.write(
-                format_seed(
+                format_original(
                     Record(time.time(), ip, 0, PROTOCOL_COUNT, *evaluation[:3], evaluation.error)
                 )
                 + "\n"

@@ -34,8 +34,8 @@ class Evaluation(NamedTuple):
     @ivar message: the message as text; for a line that is not valid UTF-8,
         its bytes as they arrived (without the LF or CR LF), so the journal
         tells them apart from text (see L{excerpt} for an over-long line).
-    @ivar count: occurrences of the last code point, or L{None} on error.
-    @ivar prime: whether C{count} is prime, or L{None} on error.
+    @ivar count: occurrences of the last code point, or C{None} on error.
+    @ivar prime: whether C{count} is prime, or C{None} on error.
     @ivar outcome: L{OK}, or the error that is the reply.
     """
 
@@ -47,7 +47,7 @@ class Evaluation(NamedTuple):
     @property
     def error(self) -> str | None:
         """
-        The journal's C{error}: L{None} for a good request.
+        The journal's C{error}: C{None} for a good request.
         """
         return self.outcome.error
 
@@ -120,9 +120,9 @@ class Reply(NamedTuple):
     """
     A reply line as a client reads it.
 
-    @ivar count: the count, or L{None} for an C{ERR} reply.
-    @ivar prime: whether the count is prime, or L{None} for an C{ERR} reply.
-    @ivar error: the C{ERR} reason, or L{None}.
+    @ivar count: the count, or C{None} for an C{ERR} reply.
+    @ivar prime: whether the count is prime, or C{None} for an C{ERR} reply.
+    @ivar error: the C{ERR} reason, or C{None}.
     """
 
     count: int | None  # type: ignore[assignment]  # shadows tuple.count

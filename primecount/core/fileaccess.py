@@ -78,7 +78,7 @@ def _denied(what: str, path: str, doing: str) -> str:
 def access_problem(path: str, *, write: bool) -> str | None:
     """
     What keeps this process from opening the SQLite database at C{path}
-    (to write when C{write}, else to read), as one phrase; L{None} when
+    (to write when C{write}, else to read), as one phrase; C{None} when
     neither the file nor its directory is in the way.
 
     Writing needs the directory to exist and take new files (the database

@@ -34,7 +34,7 @@ class Outcome(NamedTuple):
     @property
     def error(self) -> str | None:
         """
-        The journal's C{error} text: L{None} for L{OK}, else L{text}.
+        The journal's C{error} text: C{None} for L{OK}, else L{text}.
         """
         return None if self == OK else self.text
 

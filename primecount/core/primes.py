@@ -151,7 +151,7 @@ def _odd_sieve(lo: int, hi: int) -> npt.NDArray[np.bool_]:
 
 def _clip(a: int, b: int) -> tuple[int, int] | None:
     """
-    The part of [a, b] where primes can lie, or L{None} when there is none.
+    The part of [a, b] where primes can lie, or C{None} when there is none.
     """
     a = max(a, 2)
     b = min(b, INT32_MAX)

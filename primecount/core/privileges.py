@@ -29,7 +29,7 @@ class Owner:
 
     @ivar uid: the user id.
     @ivar gid: the primary group id.
-    @ivar groups: the supplementary groups, or L{None} to keep the
+    @ivar groups: the supplementary groups, or C{None} to keep the
         process's own (twistd sets them only when it switches user).
     """
 
@@ -44,7 +44,7 @@ def switched_to(uid: int | None, gid: int | None) -> Owner | None:
     does it: without C{--gid}, the user's primary group; with C{--uid}, the
     user's supplementary groups (C{initgroups}).
 
-    @return: L{None} when neither is given (no switch).
+    @return: C{None} when neither is given (no switch).
     """
     if uid is None and gid is None:
         return None
@@ -66,7 +66,7 @@ def acting_as(owner: Owner | None) -> Iterator[None]:
     groups, then come back: files it creates belong to C{owner}, and what
     it opens is checked against C{owner}'s permissions.
 
-    Nothing changes when C{owner} is L{None} or this process is not root
+    Nothing changes when C{owner} is C{None} or this process is not root
     (it cannot switch; twistd's own switch then fails or does nothing).
     Meant for the start, before the reactor's threads exist: the ids are
     the process's.
@@ -93,7 +93,7 @@ def give(directory: str, owner: Owner | None) -> None:
     made before the switch by this process itself (the supervisor's own
     metric files), and used by C{owner} after it.
 
-    Nothing changes when C{owner} is L{None} or this process is not root.
+    Nothing changes when C{owner} is C{None} or this process is not root.
     """
     if owner is None or os.geteuid() != 0:
         return

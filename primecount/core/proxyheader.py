@@ -25,7 +25,7 @@ idle timeout. Each call looks at no more than the header's bytes, and a
 version 2 header is decoded only once its declared length has arrived, so
 calling L{parse} on every read costs a few comparisons until then. Measured
 here: a whole TCP4 header 2 µs (version 2) or 8 µs (version 1, mostly
-L{ipaddress}); the worst case, 65535 bytes of empty TLVs to walk, 4 ms.
+C{ipaddress}); the worst case, 65535 bytes of empty TLVs to walk, 4 ms.
 
 Who may send a header at all is L{TrustedProxies} (C{--trusted-proxies}):
 a header is believed only from a connection whose own address is a trusted
@@ -115,12 +115,12 @@ class Header:
     @ivar command: L{PROXY} (relayed) or L{LOCAL} (the proxy's own
         connection, e.g. a health check).
     @ivar source: the client's C{(host, port)} as the journal and the
-        per-address limit should see it, or L{None} when the header names
+        per-address limit should see it, or C{None} when the header names
         none (L{LOCAL}, version 1 C{UNKNOWN}, version 2 C{UNSPEC}, or an
         unnamed UNIX socket): keep the connection's own peer. A UNIX client
         is C{(path, 0)}; an abstract socket's path starts with C{"@"}.
     @ivar destination: the address the client connected to, in the same
-        form, or L{None} under the same conditions.
+        form, or C{None} under the same conditions.
     @ivar rest: the bytes received after the header: the client's first
         data.
     """
@@ -206,7 +206,7 @@ def _v1Address(field: bytes, version: int) -> str | None:
     """
     The text of the IP address in C{field} (as L{_addressText} writes it) if
     it is one of IP C{version} in its strict form (no IPv6 zone, no leading
-    zeros), else L{None}.
+    zeros), else C{None}.
     """
     try:
         address = ipaddress.ip_address(field.decode("ascii"))
@@ -224,7 +224,7 @@ def _addressText(packed: bytes) -> str:
     An IPv4 or IPv6 address (4 or 16 bytes) as the socket API writes a
     peer's address (C{inet_ntop}), so that a client seen through a header is
     written as the same client connecting directly (C{::ffff:192.0.2.1}, not
-    L{ipaddress}'s C{::ffff:c000:201} of some Python versions).
+    C{ipaddress}'s C{::ffff:c000:201} of some Python versions).
     """
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
@@ -232,7 +232,7 @@ def _addressText(packed: bytes) -> str:
 def _v1Port(field: bytes) -> int | None:
     """
     The port in C{field} (1 to 5 decimal digits, at most 65535), else
-    L{None}. Stricter than L{int}, which takes signs, spaces and
+    C{None}. Stricter than C{int}, which takes signs, spaces and
     underscores.
     """
     if not 1 <= len(field) <= 5 or not _PORT_DIGITS.issuperset(field):
@@ -312,7 +312,7 @@ def _wellFormedTLVs(data: bytes) -> bool:
 
 def _unixPath(field: bytes) -> str | None:
     """
-    The path of a version 2 UNIX address (108 bytes, NUL-padded): L{None}
+    The path of a version 2 UNIX address (108 bytes, NUL-padded): C{None}
     for an unnamed socket, C{"@name"} for an abstract one, undecodable bytes
     as backslash escapes.
     """
@@ -383,7 +383,7 @@ class TrustedProxies:
 
         @param host: the connection's own peer address, as the socket API
             writes it (an IPv4-mapped IPv6 address counts as its IPv4
-            address); L{None} for a peer on a UNIX socket. Anything else
+            address); C{None} for a peer on a UNIX socket. Anything else
             (not an address) is not trusted.
         """
         if host is None:

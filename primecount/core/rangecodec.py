@@ -4,7 +4,7 @@ The range protocol's codec: the byte layouts of its four messages.
 
 Pure functions, free of Twisted, shared by the server, the C{primecount
 primes} multi-client and the benchmark so they can never disagree on the wire
-format (DESIGN.md, "Range protocol"):
+format (C{docs/user/range-protocol.md}):
 
     1. client -> server: the request, a and b as C{!ii};
     2. server -> client: N, the number of primes in [a, b], as C{!I};

@@ -106,7 +106,7 @@ def metricsSite(metrics: Metrics, clock: Any = None) -> QuietSite:
     The HTTP site serving C{metrics} at C{/metrics}, 404 elsewhere.
 
     @param clock: the reactor the site runs on (the global one when
-        L{None}).
+        C{None}).
     """
     root = _NotFound()
     # No mypy-zope here: mypy cannot see the classes' @implementer.

@@ -246,12 +246,12 @@ class Metrics:
 
     def __init__(self, clock: IReactorTime | None = None, sampleInterval: float = 1.0) -> None:
         """
-        @param clock: the reactor the process runs on; L{None} in a process
+        @param clock: the reactor the process runs on; C{None} in a process
             that watches no pool. In multiprocess mode it samples watched
             thread pools every C{sampleInterval} seconds (the supervisor
             that serves C{/metrics} cannot see a worker's pools); in either
             mode it dates the start of a journal failure episode (without
-            it, L{time.time}).
+            it, C{time.time}).
         @param sampleInterval: seconds between thread-pool samples in
             multiprocess mode.
         @raise RuntimeError: C{PROMETHEUS_MULTIPROC_DIR} was set after

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_pgjournal -*-
+# -*- test-case-name: tests.system.test_postgresql_journal_process -*-
 """
 A throwaway PostgreSQL cluster for the tests and benchmarks, started and
 stopped by them.

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from unittest import SkipTest
 
 from benchmarks.harness import BASELINES
 from primecount.cli.bench.held import HeldConnections
@@ -25,6 +24,7 @@ from primecount.cli.bench.stats import (
     percentiles_ms,
 )
 from primecount.core.count import expected_reply
+from primecount.testing.processes import missing
 from tests.unit.test_bench import BenchTestCase, correct, drop, wrong
 
 
@@ -246,7 +246,7 @@ class BaselineTests(BenchTestCase):
         The uvloop baseline answers on persistent connections.
         """
         if importlib.util.find_spec("uvloop") is None:
-            raise SkipTest("uvloop is not installed")
+            raise missing("uvloop is not installed (the test extra brings it)")
         self.check("uvloop_server", per_request=False)
 
 

@@ -3,8 +3,8 @@
 Hostile input against a real C{twistd -n primecount}: whatever bytes or
 connection behaviour a client throws at it, the server never crashes, never
 logs a traceback, never hangs, keeps answering well-behaved clients, and
-answers bad input with the C{ERR} lines of the spec (DESIGN.md, "Count
-protocol" and "Range protocol").
+answers bad input with the C{ERR} lines of the spec
+(C{docs/user/count-protocol.md} and C{docs/user/range-protocol.md}).
 
 Every test ends by checking that a fresh well-behaved client still gets
 C{abc2a} -> C{2 sí}, and every server's log is checked, once it has stopped,

@@ -124,7 +124,7 @@ class JMeterTestCase(SynchronousTestCase):
 
 class PlanTests(JMeterTestCase):
     """
-    The README's JMeter commands, with the project's launcher.
+    The JMeter commands of C{docs/user/bench.md}, with the project's launcher.
     """
 
     def test_originalPlanAgainstReadFraming(self) -> None:

@@ -2,8 +2,9 @@
 """
 A frozen journal under a real server: PostgreSQL stopped with SIGSTOP (the
 kernel still acknowledges, nothing answers) and an SQLite journal on a
-frozen file system (C{fsfreeze} on a loop-mounted ext4 image: needs root
-and a loop device, else the test skips saying so). Every reply stays
+frozen file system (C{fsfreeze} on a loop-mounted ext4 image: needs root,
+util-linux, e2fsprogs and a loop device, else the test skips saying so, or
+fails under C{CI=true}). Every reply stays
 within C{--journal-timeout} (plus the watch interval and margins), and
 SIGTERM during the freeze exits within C{--shutdown-timeout} plus the
 documented margin. The in-process half is L{tests.unit.test_journal_timeout}.
@@ -20,13 +21,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.testing import pgcluster
+from primecount.testing.processes import missing, require_program
 from primecount.testing.twistd import ServerProcess
-from tests.helpers import recv_lines
+from tests.helpers import recv_lines, require_root
 
 #: The slowest reply allowed during a freeze with --journal-timeout 2: the
 #: timeout, a watch interval, and room for a loaded machine.
@@ -195,11 +196,10 @@ class FrozenFileSystemTests(_Freeze, SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if os.geteuid() != 0:
-            raise SkipTest("SKIPPED, NOT TESTED: fsfreeze and mount need root")
-        for program in ("fsfreeze", "mkfs.ext4", "mount", "umount"):
-            if subprocess.run(["which", program], capture_output=True).returncode:
-                raise SkipTest(f"SKIPPED, NOT TESTED: {program} is missing (util-linux, e2fsprogs)")
+        require_root("freeze and mount a file system")
+        self.fsfreeze = require_program("fsfreeze", "util-linux")
+        mkfs = require_program("mkfs.ext4", "e2fsprogs")
+        mount, umount = require_program("mount", "mount"), require_program("umount", "mount")
         self.work = tempfile.mkdtemp(prefix="primecount-freeze-")
         self.addCleanup(subprocess.run, ["rm", "-rf", self.work])
         image = os.path.join(self.work, "fs.img")
@@ -207,20 +207,18 @@ class FrozenFileSystemTests(_Freeze, SynchronousTestCase):
         os.makedirs(self.mountpoint)
         with open(image, "wb") as f:
             f.truncate(64 << 20)
-        subprocess.run(["mkfs.ext4", "-q", image], check=True)
-        mounted = subprocess.run(
-            ["mount", "-o", "loop", image, self.mountpoint], capture_output=True
-        )
+        subprocess.run([mkfs, "-q", image], check=True)
+        mounted = subprocess.run([mount, "-o", "loop", image, self.mountpoint], capture_output=True)
         if mounted.returncode:
-            raise SkipTest(f"SKIPPED, NOT TESTED: no loop mount here: {mounted.stderr!r}")
-        self.addCleanup(subprocess.run, ["umount", "-l", self.mountpoint])
+            raise missing(f"no loop mount here: {mounted.stderr!r}")
+        self.addCleanup(subprocess.run, [umount, "-l", self.mountpoint])
         self.addCleanup(self.thaw)
 
     def freeze(self) -> None:
-        subprocess.run(["fsfreeze", "-f", self.mountpoint], check=True)
+        subprocess.run([self.fsfreeze, "-f", self.mountpoint], check=True)
 
     def thaw(self) -> None:
-        subprocess.run(["fsfreeze", "-u", self.mountpoint], capture_output=True)
+        subprocess.run([self.fsfreeze, "-u", self.mountpoint], capture_output=True)
 
     def journal(self) -> str:
         return "sqlite:" + os.path.join(self.mountpoint, "j.sqlite3")

@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import time
 from typing import IO
-from unittest import SkipTest
 
 from twisted.trial.unittest import TestCase
 
@@ -29,7 +28,7 @@ from primecount.core.proxyheader import (
     Header,
     parse,
 )
-from primecount.testing.processes import require_program, stop_process
+from primecount.testing.processes import missing, require_program, stop_process
 from primecount.testing.twistd import ServerProcess
 
 #: How long a step against the real HAProxy may take on a loaded machine.
@@ -170,7 +169,7 @@ class HAProxyTests(TestCase):
             listening.bind(address)
         except OSError as e:
             listening.close()
-            raise SkipTest(f"cannot bind {frontend}: {e}") from e
+            raise missing(f"cannot bind {frontend}: {e}") from e
         listening.listen(8)
         address = listening.getsockname()
         backend = self.start(server, listening)

@@ -108,7 +108,7 @@ class SocketTests(TestCase):
     async def test_clientWithNagleDoesNotStall(self) -> None:
         """
         A client that leaves Nagle's algorithm on (no C{TCP_NODELAY}, as a
-        client written from the README does) writes its sum and then its
+        client written from C{docs/user/range-protocol.md} does) writes its sum and then its
         next request: two small writes, and the server sends nothing after
         the sum. Unless the server acknowledges the sum at once, the request
         waits for the delayed ACK, about 40 ms each time: 50 requests took

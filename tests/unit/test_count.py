@@ -24,7 +24,8 @@ from primecount.core.primes import is_prime
 
 def slow_reply(line: bytes) -> bytes:
     """
-    The reply by the letter of DESIGN.md, written as plainly as possible.
+    The reply by the letter of C{docs/user/count-protocol.md}, written as
+    plainly as possible.
     """
     if line[-1:] == b"\r":
         line = line[:-1]

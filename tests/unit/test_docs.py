@@ -155,16 +155,66 @@ def included(page: Path) -> bool:
     return len(stream) == 1 and stream[0].type == "fence" and stream[0].info.startswith("{include}")
 
 
+#: A path of this repository inside a longer text: one of
+#: L{REPOSITORY_DIRECTORIES} at the start of a word, not the end of another
+#: path (C{/opt/primecount/...}, C{../deploy/...}).
+_REPOSITORY_PATH = re.compile(
+    rf"(?<![\w./-])(?:{'|'.join(map(re.escape, REPOSITORY_DIRECTORIES))})/[\w./-]*"
+)
+
+#: The packages of this repository that a page runs as modules
+#: (C{python -m benchmarks.compare}).
+REPOSITORY_PACKAGES = ("benchmarks", "primecount", "tests")
+
+_MODULE_COMMAND = re.compile(r"\bpython3? -m ([\w.]+)")
+
+
+def code_texts(path: Path) -> Iterator[str]:
+    """
+    The text of every code span and code block of C{path}, except the
+    blocks that are MyST directives (C{{toctree}} names pages, not files).
+    """
+    for token in tokens(path):
+        if token.type in ("fence", "code_block") and not token.info.startswith("{"):
+            yield token.content
+        elif token.type == "inline":
+            for child in token.children or []:
+                if child.type == "code_inline":
+                    yield child.content
+
+
 def repository_paths(path: Path) -> Iterator[str]:
     """
-    The paths of this repository that C{path} names in code spans
-    (C{`deploy/haproxy.cfg`}, C{`tests/helpers.py`}), each alone in its
-    span, outside code blocks.
+    The paths of this repository that C{path} names in its code spans and
+    code blocks (C{`deploy/haproxy.cfg`}, C{python -m benchmarks.run_jmeter
+    benchmarks/jmeter/original.jmx out.csv}), without a sentence's final
+    full stop.
     """
-    pattern = re.compile(rf"(?:{'|'.join(map(re.escape, REPOSITORY_DIRECTORIES))})/[\w./-]*")
-    for token in inline_tokens(path):
-        if token.type == "code_inline" and pattern.fullmatch(token.content):
-            yield token.content
+    for text in code_texts(path):
+        for found in _REPOSITORY_PATH.finditer(text):
+            yield found.group().rstrip(".")
+
+
+def repository_modules(path: Path) -> Iterator[str]:
+    """
+    The modules of this repository that C{path} runs with C{python -m} in
+    its code spans and code blocks, except placeholders in capitals
+    (C{python -m benchmarks.NAME}).
+    """
+    for text in code_texts(path):
+        for found in _MODULE_COMMAND.finditer(text):
+            parts = found.group(1).split(".")
+            if parts[0] in REPOSITORY_PACKAGES and not any(part.isupper() for part in parts):
+                yield found.group(1)
+
+
+def runnable(module: str) -> bool:
+    """
+    Whether C{python -m module} runs something from this checkout: a
+    module file, or a package with a C{__main__}.
+    """
+    base = ROOT.joinpath(*module.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()
 
 
 class ReadmeTests(TestCase):
@@ -226,8 +276,9 @@ class LinkTests(TestCase):
     def test_repositoryPathsExist(self) -> None:
         """
         Every path of the repository that the README or a page names in a
-        code span exists (a module moved without its documentation fails
-        here), unless it is one that C{.gitignore} names.
+        code span or a code block exists (a module moved without its
+        documentation fails here), unless it is one that C{.gitignore}
+        names.
         """
         missing = [
             f"{page.relative_to(ROOT)}: {name}"
@@ -236,6 +287,46 @@ class LinkTests(TestCase):
             if not (ROOT / name).exists() and not ignored(name)
         ]
         self.assertEqual(missing, [])
+
+    def test_modulesRun(self) -> None:
+        """
+        Every module of the repository that the README or a page runs with
+        C{python -m} exists and can be run (a benchmark renamed without its
+        documentation fails here).
+        """
+        missing = [
+            f"{page.relative_to(ROOT)}: python -m {name}"
+            for page in pages()
+            for name in repository_modules(page)
+            if not runnable(name)
+        ]
+        self.assertEqual(missing, [])
+
+    def test_pathsAndModulesAreFound(self) -> None:
+        """
+        L{repository_paths} and L{repository_modules} find what a page names
+        in code spans and code blocks, and leave alone paths outside the
+        repository, directives and placeholders; L{runnable} tells a module
+        from a package without C{__main__} and from nothing.
+        """
+        page = Path(self.mktemp() + ".md")
+        page.write_text(
+            "Run `python -m benchmarks.compare --markdown benchmarks/RESULTS.md`.\n\n"
+            "    python -m benchmarks.gone benchmarks/gone.jmx /opt/primecount/bin\n"
+            "    python3 -m benchmarks.NAME; python -m pip install .\n\n"
+            "```{toctree}\nbenchmarks/index\n```\n\n"
+            "See `deploy/haproxy.cfg`.\n",
+            encoding="utf-8",
+        )
+        self.assertEqual(
+            list(repository_paths(page)),
+            ["benchmarks/RESULTS.md", "benchmarks/gone.jmx", "deploy/haproxy.cfg"],
+        )
+        self.assertEqual(list(repository_modules(page)), ["benchmarks.compare", "benchmarks.gone"])
+        self.assertTrue(runnable("benchmarks.compare"))
+        self.assertTrue(runnable("primecount"))
+        self.assertFalse(runnable("benchmarks.gone"))
+        self.assertFalse(runnable("primecount.server"))
 
     def test_githubSlug(self) -> None:
         """

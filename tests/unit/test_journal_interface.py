@@ -52,6 +52,7 @@ from tests.unit.test_sqlite_journal import Control, FlakyConnection
 
 RECORD = Record(1_700_000_000.0, "192.0.2.7", 4000, PROTOCOL_COUNT, "abc2a", 2, True)
 
+
 class OpenJournalTests(TestCase):
     """
     L{open_journal} picks the backend from the URL; L{NullJournal} keeps

@@ -1,5 +1,5 @@
 """
-The package's layers, as the README's "Architecture" section draws them:
+The package's layers, as C{docs/architecture.md} draws them:
 imports run one way without circles, the pure core has no Twisted, and
 below the tap nothing reads an option by its name.
 """

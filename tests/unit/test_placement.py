@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from primecount.server import placement
 from primecount.server.placement import Placement, choose, parse
+from primecount.testing.processes import missing
 
 
 class ParseTests(SynchronousTestCase):
@@ -55,7 +56,7 @@ class ChooseTests(SynchronousTestCase):
 class PinTests(SynchronousTestCase):
     def test_pinsEveryThreadAndLaterOnes(self) -> None:
         if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
-            raise self.skipTest("needs two usable CPUs and sched_setaffinity")
+            raise missing("pinning threads needs two usable CPUs and os.sched_setaffinity")
         before = os.sched_getaffinity(0)
         cpu = max(before)
         started = threading.Event()

@@ -21,7 +21,7 @@ class PlotUnavailable(Exception):
     """
 
 
-#: What --plot needs and how to get it (the extra the README names).
+#: What --plot needs and how to get it (the extra C{docs/user/install.md} names).
 PLOT_HINT = (
     "--plot needs matplotlib, which is not installed: pip install '.[bench]' (the bench extra)"
 )

@@ -2,7 +2,7 @@
 """
 C{primecount top}: what one or several primecount servers are doing right
 now, in the terminal, from the metrics endpoints they serve
-(C{--metrics-port}).
+(C{--metrics-port})::
 
     primecount top                                  # http://127.0.0.1:9100/metrics
     primecount top host1:9100 host2:9100            # several hosts and their sum

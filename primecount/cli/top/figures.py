@@ -21,7 +21,7 @@ C{histogram_quantile()} do it:
     largest finite bound is that bound (the histogram knows no more).
 
 A family the endpoint does not declare (an older server, another program)
-gives L{None}, which the view shows as C{-}; one declared without samples
+gives C{None}, which the view shows as C{-}; one declared without samples
 yet (no request so far) counts as 0.
 
 Pure: no I/O, no clock.
@@ -89,7 +89,7 @@ def restarted(old: Scrape, new: Scrape) -> bool:
 def increases(old: Scrape, new: Scrape, name: str) -> dict[Labels, float] | None:
     """
     How much each series called C{name} grew from C{old} to C{new}, by its
-    labels, counting resets (see the module's docstring); L{None} when
+    labels, counting resets (see the module's docstring); C{None} when
     C{new} does not declare the family.
     """
     if not declared(new, name):
@@ -117,7 +117,7 @@ def _grouped(series: Mapping[Labels, float], label: str) -> dict[str, float]:
 def bucket_increases(old: Scrape, new: Scrape, name: str) -> Buckets | None:
     """
     How much each bucket of the histogram C{name} grew, summed over its
-    other labels (both protocols, say); L{None} when C{new} does not declare
+    other labels (both protocols, say); C{None} when C{new} does not declare
     it.
     """
     grown = increases(old, new, name + "_bucket")
@@ -129,7 +129,7 @@ def bucket_increases(old: Scrape, new: Scrape, name: str) -> Buckets | None:
 def buckets_now(scrape: Scrape, name: str) -> Buckets | None:
     """
     The cumulative buckets of the histogram C{name} as scraped, summed over
-    its other labels; L{None} when the page does not declare it.
+    its other labels; C{None} when the page does not declare it.
     """
     if not declared(scrape, name + "_bucket"):
         return None
@@ -140,7 +140,7 @@ def buckets_now(scrape: Scrape, name: str) -> Buckets | None:
 def merge_buckets(histograms: Iterable[Buckets | None]) -> Buckets | None:
     """
     The sum of several histograms' buckets over the bounds they all have
-    (hosts of one version have the same bounds); L{None} when none is given.
+    (hosts of one version have the same bounds); C{None} when none is given.
     """
     given = [h for h in histograms if h is not None]
     if not given:
@@ -152,7 +152,7 @@ def merge_buckets(histograms: Iterable[Buckets | None]) -> Buckets | None:
 def quantile(q: float, buckets: Buckets | None) -> float | None:
     """
     The C{q}-quantile (0.99 for p99) of the observations counted in
-    C{buckets}, as Prometheus' C{histogram_quantile} computes it; L{None}
+    C{buckets}, as Prometheus' C{histogram_quantile} computes it; C{None}
     when there is none.
     """
     if not buckets or math.inf not in buckets:
@@ -185,7 +185,7 @@ def quantile(q: float, buckets: Buckets | None) -> float | None:
 @dataclass(frozen=True)
 class JournalState:
     """
-    Whether a journal commits: L{since} is L{None} while it does, else the
+    Whether a journal commits: L{since} is C{None} while it does, else the
     start (seconds since the epoch) of the oldest failure episode under way.
 
     @ivar failing: journals (workers) whose commits fail now.
@@ -201,7 +201,7 @@ class JournalState:
 
 def journal_state(scrape: Scrape) -> JournalState | None:
     """
-    The journal's state from the page: L{None} without the family or its
+    The journal's state from the page: C{None} without the family or its
     samples (no journal, no commit yet, an older server).
     """
     values = list(scrape.series(JOURNAL).values())
@@ -217,7 +217,7 @@ def journal_state(scrape: Scrape) -> JournalState | None:
 @dataclass(frozen=True)
 class Figures:
     """
-    What the view shows of one host, one worker or all hosts; L{None}
+    What the view shows of one host, one worker or all hosts; C{None}
     where the endpoint does not say (or, for rates, before a second scrape).
 
     @ivar rate: requests answered per second, every outcome.
@@ -267,7 +267,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _or_zero(scrape: Scrape, name: str) -> float | None:
     """
     The summed samples of C{name}, 0 when the family is declared without
-    any, L{None} when it is not declared.
+    any, C{None} when it is not declared.
     """
     if not declared(scrape, name):
         return None
@@ -369,7 +369,7 @@ def worker_figures(old: Scrape | None, new: Scrape) -> dict[str, Figures]:
 
 def _add(values: Iterable[float | None]) -> float | None:
     """
-    The sum of the values given, L{None} when none is.
+    The sum of the values given, C{None} when none is.
     """
     given = [v for v in values if v is not None]
     return sum(given) if given else None

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 #: (more with many workers); anything far larger is not one.
 MAX_PAGE = 4 * 1024 * 1024
 
-#: The port C{top} looks at when given no URL: the README's C{--metrics-port}.
+#: The port C{top} looks at when given no URL: the C{--metrics-port} the
+#: documentation's examples use.
 DEFAULT_PORT = 9100
 
 #: The URL C{top} looks at when given none.
@@ -125,7 +126,7 @@ class Scrape:
 
     def value(self, name: str) -> float | None:
         """
-        The sum of the samples called C{name}, or L{None} when there is none.
+        The sum of the samples called C{name}, or C{None} when there is none.
         """
         found = self.series(name)
         return sum(found.values()) if found else None

@@ -50,8 +50,8 @@ class HostView:
     """
     One host as the view shows it.
 
-    @ivar figures: its figures, L{None} when it is down (or not scraped yet).
-    @ivar error: why it is down; L{None} when it is up, or not scraped yet.
+    @ivar figures: its figures, C{None} when it is down (or not scraped yet).
+    @ivar error: why it is down; C{None} when it is up, or not scraped yet.
     @ivar workers: the figures of each of its worker processes, by pid.
     """
 
@@ -393,7 +393,7 @@ def _journal_json(state: JournalState | None) -> dict[str, Any] | None:
 def figures_json(f: Figures) -> dict[str, Any]:
     """
     One host's, worker's or the total's figures as JSON: rates per second,
-    durations in seconds, L{None} (C{null}) where unknown.
+    durations in seconds, C{None} (C{null}) where unknown.
     """
     return {
         "requests_per_second": f.rate,
