@@ -41,6 +41,7 @@ from benchmarks.harness import (
     cpu_seconds,
     machine,
     machine_busy_seconds,
+    patroni_cluster,
     pinned,
     postgresql_database,
     reported,
@@ -121,6 +122,26 @@ POSTGRESQL_VARIANTS = {
     "pg_standby": ["--journal-durability", "standby"],
     "pg_process": ["--journal-durability", "process"],
 }
+
+#: C{--postgresql patroni}: a throwaway Patroni cluster, not a URL.
+PATRONI = "patroni"
+
+
+def postgresql_url(wanted: str, stack: contextlib.ExitStack) -> str:
+    """
+    The journal URL of C{--postgresql}: C{wanted} itself, or a database on
+    a throwaway cluster (C{""}: one node with C{fsync=off};
+    L{PATRONI}: two Patroni nodes with a synchronous standby and
+    PostgreSQL's own settings) that C{stack} removes afterwards.
+    """
+    if wanted == PATRONI:
+        cluster = stack.enter_context(patroni_cluster(parameters={}))
+        database = cluster.create_database()
+        return cluster.url(
+            user="primecount", database=database, query="target_session_attrs=read-write"
+        )
+    return wanted or stack.enter_context(postgresql_database())
+
 
 #: The targets checked after every run, and the generator headroom.
 TARGETS_FILE = HERE / "targets.toml"
@@ -460,14 +481,18 @@ BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 def write_markdown(path: Path, table: str) -> None:
     """
-    Put C{table} into C{path}: between the L{BEGIN} and L{END} markers when
-    the file has them, else as the whole file.
+    Put C{table} into C{path}: between the L{BEGIN} and L{END} marker lines
+    when the file has them, else as the whole file. A marker counts only
+    as a line of its own: prose that names one (as C{RESULTS.md}'s does)
+    is left alone.
     """
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        path.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    marks = [line.strip() for line in lines]
+    if BEGIN in marks and END in marks[marks.index(BEGIN) :]:
+        begin = marks.index(BEGIN)
+        end = marks.index(END, begin)
+        head, tail = "".join(lines[: begin + 1]), "".join(lines[end:])
+        path.write_text(f"{head}{table.rstrip(chr(10))}\n{tail}")
     else:
         path.write_text(table)
 
@@ -604,7 +629,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         type=variant_code,
         help="run variant NAME with the primecount package found in DIR (a "
         "checkout of another revision, e.g. from git worktree add), to "
-        "compare code versions side by side",
+        "compare code versions side by side; a NAME no --variant gives runs "
+        "with primecount's defaults",
     )
     parser.add_argument(
         "--postgresql",
@@ -613,7 +639,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         metavar="URL",
         help="also run primecount with its journal on PostgreSQL, as variants pg_standby "
         "(--journal-durability standby) and pg_process (process): on a throwaway cluster "
-        "(fsync off, no standby), or in the database at URL (default: neither)",
+        "(fsync off, no standby: CPU and round trips only); with 'patroni', on a throwaway "
+        "two-node Patroni cluster (a synchronous standby, PostgreSQL's own settings, fsync "
+        "on: what the durability costs); or in the database at URL (default: neither)",
     )
     parser.add_argument(
         "--primecount-args",
@@ -662,9 +690,13 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     named = {name for name, _ in args.variants}
     if args.postgresql is not None:
         named |= set(POSTGRESQL_VARIANTS)
-    unknown = {name for name, _ in args.variant_code} - named
-    if unknown:
-        parser.error(f"--variant-code names no --variant: {', '.join(sorted(unknown))}")
+    for name, _ in args.variant_code:
+        if name in SERVERS:
+            parser.error(f"--variant-code wants a new name for the variant, not the server {name}")
+        # Another revision with the defaults: --variant-code alone says it.
+        if name not in named:
+            args.variants.append((name, []))
+            named.add(name)
     if args.rounds < 1 or args.duration <= 0 or args.generator_processes < 1:
         parser.error("--rounds, --duration and --generator-processes must be positive")
     if args.settle < 0:
@@ -808,7 +840,7 @@ def compare(args: argparse.Namespace) -> int:
     measured: dict[str, tuple[dict[str, dict[str, Cell]], str]] = {}
     with contextlib.ExitStack() as stack:
         if args.postgresql is not None:
-            url = args.postgresql or stack.enter_context(postgresql_database())
+            url = postgresql_url(args.postgresql, stack)
             for name, options in POSTGRESQL_VARIANTS.items():
                 variants[name] = ["--journal", url, *options]
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="primecount-compare-")))

@@ -257,6 +257,93 @@ class NamesTests(TestCase):
         """
         self.assertEqual(compare.WORKLOADS["held"].options, ("--clients", "10", "--hold", "1000"))
 
+    def test_markdownBetweenMarkerLines(self) -> None:
+        """
+        C{--markdown} replaces only what lies between the marker lines:
+        prose that names the markers inside a line (as C{RESULTS.md}'s
+        method section does) is left as it is; a file without marker lines
+        is replaced whole.
+        """
+        path = Path(self.mktemp())
+        prose = (
+            "# Results\n"
+            f"compare writes the table (between the `{compare.BEGIN}`\n"
+            f"and `{compare.END}` lines) here.\n"
+            "\n"
+        )
+        path.write_text(f"{prose}{compare.BEGIN}\nold table\n{compare.END}\nafter\n")
+        compare.write_markdown(path, "| new | table |\n")
+        self.assertEqual(
+            path.read_text(), f"{prose}{compare.BEGIN}\n| new | table |\n{compare.END}\nafter\n"
+        )
+        compare.write_markdown(path, "| newer |")
+        self.assertEqual(
+            path.read_text(), f"{prose}{compare.BEGIN}\n| newer |\n{compare.END}\nafter\n"
+        )
+        plain = Path(self.mktemp())
+        plain.write_text(f"a file that names {compare.BEGIN} and {compare.END} in prose\n")
+        compare.write_markdown(plain, "| whole |\n")
+        self.assertEqual(plain.read_text(), "| whole |\n")
+
+    def test_variantCodeAlone(self) -> None:
+        """
+        C{--variant-code NAME=DIR} without a C{--variant NAME} runs that
+        checkout with primecount's defaults; a server's name is refused.
+        """
+        checkout = Path(compare.__file__).resolve().parents[1]
+        with captured():
+            args = compare.arguments(["--variant-code", f"before={checkout}"])
+        self.assertEqual(args.variants, [("before", [])])
+        self.assertEqual(args.variant_code, [("before", str(checkout))])
+        with captured():
+            args = compare.arguments(
+                ["--variant", "before=--journal none", "--variant-code", f"before={checkout}"]
+            )
+        self.assertEqual(args.variants, [("before", ["--journal", "none"])])
+        with captured() as (_out, err), self.assertRaises(SystemExit):
+            compare.arguments(["--variant-code", f"primecount={checkout}"])
+        self.assertIn("not the server primecount", err.getvalue())
+
+    def test_postgresqlPatroni(self) -> None:
+        """
+        C{--postgresql patroni} journals to a database on a throwaway
+        Patroni cluster with PostgreSQL's own settings (fsync on), through
+        a URL that finds the primary; C{--postgresql URL} uses the URL.
+        """
+        made: list[object] = []
+
+        class Cluster:
+            def create_database(self) -> str:
+                return "primecount"
+
+            def url(self, **kwargs: str) -> str:
+                made.append(kwargs)
+                return "postgresql://primecount@127.0.0.1:1,127.0.0.1:2/primecount"
+
+        @contextlib.contextmanager
+        def cluster(parameters: object = None) -> Iterator[Cluster]:
+            made.append(parameters)
+            yield Cluster()
+
+        self.patch(compare, "patroni_cluster", cluster)
+        with contextlib.ExitStack() as stack:
+            url = compare.postgresql_url("patroni", stack)
+            self.assertEqual(url, "postgresql://primecount@127.0.0.1:1,127.0.0.1:2/primecount")
+            self.assertEqual(
+                made,
+                [
+                    {},
+                    {
+                        "user": "primecount",
+                        "database": "primecount",
+                        "query": "target_session_attrs=read-write",
+                    },
+                ],
+            )
+            self.assertEqual(
+                compare.postgresql_url("postgresql://x@h/db", stack), "postgresql://x@h/db"
+            )
+
     def test_postgresqlVariants(self) -> None:
         """
         C{--postgresql} reserves the names of the two variants it adds, and
