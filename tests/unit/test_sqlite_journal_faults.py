@@ -21,6 +21,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from primecount.journal import JournalUnavailable
+from primecount.journal.backends import parse_url
+from primecount.journal.interface import JournalURLError
 from primecount.journal.records import PROTOCOL_COUNT, Record
 from primecount.journal.sqlite import SQLiteJournal, schema
 from primecount.journal.sqlite import writer as journal_module
@@ -403,6 +405,125 @@ class RenamePendingAtStopTests(TestCase):
         reader.close()
         yield journal.stopService()
         self.assertEqual(messagesIn(path + ".old"), [record(i).message for i in range(3)])
+
+
+class StrayWALTests(TestCase):
+    """
+    A journal renamed (or deleted) without its C{-wal} while its last
+    commits were only there: a new journal at the path would make SQLite
+    discard them, so it is refused at the start with one line that says how
+    to put them back.
+    """
+
+    def renamedWithoutItsWAL(self) -> tuple[str, str, list[str]]:
+        """
+        What a C{kill -9} and then a rotation of the file alone leave: the
+        renamed file without its last commits, and a C{-wal} at the path
+        that holds them.
+        """
+        path = os.path.abspath(self.mktemp())
+        writer = schema.connect(path)
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        messages = [f"m{i}" for i in range(200)]
+        for m in messages:
+            writer.execute(
+                "INSERT INTO requests (time, host, port, protocol, message, count, prime)"
+                " VALUES (1.0, '127.0.0.1', 1, 'count', ?, 1, 0)",
+                (m,),
+            )
+        # The -wal as a killed process leaves it (a close would checkpoint
+        # it into the file and remove it).
+        wal = _read(path + "-wal")
+        writer.close()
+        os.rename(path, path + ".old")
+        _write(path + "-wal", wal)
+        return path, path + ".old", messages
+
+    def test_startRefusedOverAStrayWAL(self) -> None:
+        path, old, messages = self.renamedWithoutItsWAL()
+        wal = _read(path + "-wal")
+        url = parse_url(f"sqlite:{path}")
+        e = self.assertRaises(JournalURLError, journal_module.check_writable, url)
+        self.assertIn(f"{path} is missing but {path}-wal", str(e))
+        self.assertIn(f"mv {path}-wal OLD-wal", str(e))
+        self.assertNotIn("\n", str(e))
+        # Nothing was touched: no file at the path, the -wal as it was.
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(_read(path + "-wal"), wal)
+        # Put back as the line says, the old file has every record.
+        os.rename(path + "-wal", old + "-wal")
+        if os.path.exists(path + "-shm"):
+            os.remove(path + "-shm")
+        self.assertEqual(messagesIn(old), messages)
+        # And a new journal starts at the path.
+        journal_module.check_writable(url)
+        self.assertEqual(messagesIn(path), [])
+
+    def test_journalStartsBesideAnEmptyWAL(self) -> None:
+        """
+        A C{-wal} that holds no frames (a C{TRUNCATE} checkpoint leaves one
+        of 0 bytes) is nobody's loss: the journal starts.
+        """
+        path = os.path.abspath(self.mktemp())
+        _write(path + "-wal", b"")
+        journal_module.check_writable(parse_url(f"sqlite:{path}"))
+        self.assertEqual(messagesIn(path), [])
+
+    @defer.inlineCallbacks
+    def test_stopWithTheRenamedFilesCommitsInTheWAL(self) -> Any:
+        """
+        A rename while another program's reader holds the checkpoint back
+        through the stop, and that reader killed: the old file's last
+        commits are only in the C{-wal} at the path. The next start
+        refuses; put back, the old file has every record.
+        """
+        path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+        journal = SQLiteJournal(path, reactor)
+        journal.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        journal.commit([record(0)])
+        program = (
+            "import sqlite3, sys, time\n"
+            f"conn = sqlite3.connect({path!r}, isolation_level=None)\n"
+            "conn.execute('BEGIN')\n"
+            "conn.execute('SELECT count(*) FROM requests').fetchall()\n"
+            "print('reading', flush=True)\n"
+            "time.sleep(30)\n"
+        )
+        reader = subprocess.Popen(
+            [sys.executable, "-I", "-c", program], stdout=subprocess.PIPE, text=True
+        )
+        self.addCleanup(reader.wait)
+        self.addCleanup(lambda: reader.poll() is None and reader.kill())
+        assert reader.stdout is not None
+        self.assertEqual(reader.stdout.readline().strip(), "reading")
+        journal.commit([record(1)])
+        os.rename(path, path + ".old")
+        journal.commit([record(2)])
+        yield journal.stopService()
+        reader.kill()
+        reader.wait()
+        self.assertGreater(os.path.getsize(path + "-wal"), schema.WAL_HEADER)
+        e = self.assertRaises(
+            JournalURLError, journal_module.check_writable, parse_url(f"sqlite:{path}")
+        )
+        self.assertIn("is missing but", str(e))
+        self.assertFalse(os.path.exists(path), "a file was made at the path")
+        os.rename(path + "-wal", path + ".old-wal")
+        if os.path.exists(path + "-shm"):
+            os.remove(path + "-shm")
+        self.assertEqual(messagesIn(path + ".old"), [record(i).message for i in range(3)])
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 class RenameBesideCheckpointsTests(TestCase):

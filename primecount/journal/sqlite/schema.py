@@ -347,6 +347,7 @@ def connect(
         )
         return conn
     if create:
+        refuse_stray_wal(path)
         create_private(path)
     conn = sqlite3.connect(
         _uri(path, "rw"),
@@ -401,6 +402,54 @@ def create_private(path: str) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+#: The length of a WAL file's header: a C{-wal} longer than this holds
+#: frames (committed pages, possibly not yet in any database file).
+WAL_HEADER = 32
+
+
+class StrayWAL(sqlite3.DatabaseError):
+    """
+    The journal file is missing but the C{-wal} named after it holds
+    frames: they belong to the file that was there before.
+    """
+
+
+def refuse_stray_wal(path: str) -> None:
+    """
+    Refuse to start a journal at C{path} over another file's WAL.
+
+    SQLite names the C{-wal} after the path, not the file. A journal
+    renamed or deleted without its C{-wal} while its last commits were
+    only there (after a C{kill -9}, a power loss, or a rename that came
+    while a reader held the checkpoint back) leaves them in C{PATH-wal}; a
+    new, empty file at C{PATH} would make SQLite discard them. This stops
+    instead, and says how to put them back.
+
+    Only a missing file is checked: while the journal holds its file, it
+    never opens a connection that may create one (see
+    L{primecount.journal.sqlite.writer}), so a C{-wal} without a file is
+    never its own.
+
+    @raise StrayWAL: when C{PATH} is missing and C{PATH-wal} holds frames.
+    """
+    if os.path.lexists(path):
+        # A file there owns its -wal (a new one is empty until its first
+        # checkpoint, its commits all in the -wal: that is no stray).
+        return
+    wal = path + "-wal"
+    try:
+        size = os.stat(wal).st_size
+    except FileNotFoundError:
+        return
+    if size > WAL_HEADER:
+        raise StrayWAL(
+            f"{path} is missing but {wal} ({size} bytes) is there: it holds the last commits "
+            f"of the file that was at {path} (renamed or deleted without it); put it back "
+            f"beside that file (mv {wal} OLD-wal; rm -f {path}-shm) or remove it, then start "
+            "again: a new journal here would discard it"
+        )
 
 
 class SchemaError(sqlite3.DatabaseError):
