@@ -17,6 +17,17 @@ from tests.helpers import journal_messages, sigterm_in_flight
 from tests.system.test_workers_process import alive, children, wait_for
 
 
+def foreground_job() -> None:
+    """
+    Start the server as a shell starts a foreground job: in its own process
+    group (what a closed terminal sends SIGHUP to), with SIGHUP at its
+    default action whatever the test run inherited (under C{nohup} it is
+    ignored, and a server keeps an ignored SIGHUP ignored).
+    """
+    os.setpgrp()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class HangUpTests(SynchronousTestCase):
     """
     SIGHUP with requests in flight: answered, journalled, nothing left
@@ -31,10 +42,8 @@ class HangUpTests(SynchronousTestCase):
         self.patch(os, "environ", dict(os.environ, TMPDIR=os.path.join(self.dir, "tmp")))
 
     def start(self, *args: str) -> ServerProcess:
-        # Its own process group, as a shell's foreground job: the group is
-        # what a closed terminal sends SIGHUP to.
         server = ServerProcess(
-            "--journal", "sqlite:j.sqlite3", *args, cwd=self.dir, preexec_fn=os.setpgrp
+            "--journal", "sqlite:j.sqlite3", *args, cwd=self.dir, preexec_fn=foreground_job
         )
         self.addCleanup(server.stop)
         return server
