@@ -18,7 +18,7 @@ parses reply bytes to learn how a request ended.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from threading import get_ident
 from typing import Any, Protocol
@@ -232,10 +232,10 @@ class Pipeline:
         self._metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.maxBatch = maxBatch
         self.share = share
-        # Connection -> its queued requests, each with the time it arrived.
-        # The dict's order is the round-robin order: a connection served
-        # goes to the back.
-        self._queues: dict[Sink, deque[tuple[Request, float]]] = {}
+        # Connection -> its queued requests, oldest first, each with the
+        # time it arrived. The dict's order is the round-robin order: a
+        # connection served goes to the back.
+        self._queues: dict[Sink, list[tuple[Request, float]]] = {}
         self._busy = False  # a job is in flight or about to leave
         # The job in flight.
         self._job: Job | None = None
@@ -255,7 +255,7 @@ class Pipeline:
             sink = request[1]
             queue = queues.get(sink)
             if queue is None:
-                queue = queues[sink] = deque()
+                queue = queues[sink] = []
             queue.append((request, arrived))
         self.inFlight += len(requests)
         if not self._busy:
@@ -272,24 +272,30 @@ class Pipeline:
         batch: list[Request] = []
         oldest = float("inf")
         budget = self.maxBatch
+        share = self.share
         queues = self._queues
         while budget and queues:
-            for sink in list(queues):
-                queue = queues[sink]
+            for sink, queue in list(queues.items()):
                 # Arrival times only grow along a queue: its head is oldest.
-                oldest = min(oldest, queue[0][1])
-                n = min(self.share, budget, len(queue))
-                for _ in range(n):
-                    batch.append(queue.popleft()[0])
+                if queue[0][1] < oldest:
+                    oldest = queue[0][1]
+                n = min(share, budget, len(queue))
                 budget -= n
-                if not queue:
+                if n == len(queue):
+                    # All of it (the common case: a request or a few).
+                    for request, _ in queue:
+                        batch.append(request)
                     del queues[sink]
-                elif n == self.share:
-                    # Served its share: to the back of the rotation. One
-                    # cut short by the cap keeps its place and starts the
-                    # next batch.
-                    del queues[sink]
-                    queues[sink] = queue
+                else:
+                    for request, _ in queue[:n]:
+                        batch.append(request)
+                    del queue[:n]
+                    if n == share:
+                        # Served its share: to the back of the rotation.
+                        # One cut short by the cap keeps its place and
+                        # starts the next batch.
+                        del queues[sink]
+                        queues[sink] = queue
                 if not budget:
                     break
         return batch, oldest
@@ -358,12 +364,12 @@ class Pipeline:
         # reactor writes these replies.
         self._dispatch()
         replies, outcomes = answers
-        touched: dict[int, Sink] = {}
+        touched: dict[Sink, None] = {}
         for (_, sink, pending), reply in zip(batch, replies, strict=True):
             pending.reply = reply
-            touched[id(sink)] = sink
+            touched[sink] = None
         self.inFlight -= len(batch)
-        for sink in touched.values():
+        for sink in touched:
             sink.replyReady()
         self._measure(outcomes, since)
         if not self.inFlight:
