@@ -30,6 +30,8 @@ class ClientThread(threading.Thread):
     @ivar refused: when each C{ERR journal unavailable} came.
     @ivar unexpected: (message, reply) of any other reply.
     @ivar slowest: the longest wait for a reply, in seconds.
+    @ivar slowestSent: when the request that waited longest was sent, on
+        the C{time.monotonic} clock.
     @ivar failures: connections that failed, closed or timed out.
     """
 
@@ -58,6 +60,7 @@ class ClientThread(threading.Thread):
         self.refused: list[float] = []
         self.unexpected: list[tuple[str, bytes]] = []
         self.slowest = 0.0
+        self.slowestSent = 0.0
         self.failures = 0
 
     def connect(self) -> socket.socket:
@@ -100,7 +103,8 @@ class ClientThread(threading.Thread):
                 time.sleep(0.01)
                 continue
             now = time.monotonic()
-            self.slowest = max(self.slowest, now - sent)
+            if now - sent > self.slowest:
+                self.slowest, self.slowestSent = now - sent, sent
             if reply == evaluate(message.encode()).reply():
                 self.acknowledged.append((message, now))
             elif reply == JOURNAL_UNAVAILABLE.reply():

@@ -176,6 +176,7 @@ class FailoverTests(SynchronousTestCase):
         """
         a = self.host(self.multihost, *options)
         b = self.host(self.start_pg_haproxy(), *options)
+        self.hosts = {"a (multi-host URL)": a, "b (HAProxy)": b}
         # The front HAProxy: the shipped deploy/haproxy.cfg.
         _, front, _ = start_shipped_haproxy(
             self, self.haproxy, [a.ports["proxy"], b.ports["proxy"]]
@@ -221,6 +222,21 @@ class FailoverTests(SynchronousTestCase):
         for client in everyone:
             client.join(client_timeout + 10)
         return Outage(clients, direct, faulted, promoted)
+
+    def slow(self, client: ClientThread, outage: Outage) -> str:
+        """
+        What a test failing on C{client}'s slowest reply says: when that
+        request was sent, and the hosts' logs.
+        """
+        logs = []
+        for name, server in self.hosts.items():
+            server.readLog(0.1)
+            logs.append(f"--- host {name}:\n{server.log.decode('utf-8', 'replace')[-6000:]}")
+        return (
+            f"{client.name}: {client.slowest:.2f} s for a request sent "
+            f"{client.slowestSent - outage.faulted:+.2f} s after the fault (promotion "
+            f"{outage.promoted - outage.faulted:+.2f} s)\n" + "\n".join(logs)
+        )
 
     # -- the checks ------------------------------------------------------------------
 
@@ -313,7 +329,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertOnlyCorrectOrUnavailable(outage)
         for client in outage.everyone:
             self.assertEqual(client.failures, 0, f"{client.name} waited in vain for a reply")
-            self.assertLess(client.slowest, JOURNAL_TIMEOUT + 5, client.name)
+            self.assertLess(client.slowest, JOURNAL_TIMEOUT + 5, self.slow(client, outage))
         for name, client in outage.direct.items():
             # After the promotion, a multi-host URL may first wait out
             # connect_timeout (5 s) on the frozen node.
