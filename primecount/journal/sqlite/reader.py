@@ -114,7 +114,7 @@ def select(
     if query.since is not None:
         bounds.append(f"id >= {schema.first_id_since(conn, query.since)}")
     if query.until is not None:
-        bounds.append(f"id < {schema.first_id_since(conn, query.until + 2 * schema.TIME_SLACK)}")
+        bounds.append(f"id < {schema.id_above_until(conn, query.until)}")
     if bounds:
         where = (where + " AND " if where else " WHERE ") + " AND ".join(bounds)
     if query.limit is None:
@@ -331,7 +331,7 @@ def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
         deleted = conn.execute(
             "DELETE FROM requests WHERE id IN "
             "(SELECT id FROM requests WHERE time < ? AND id < ? ORDER BY id LIMIT ?)",
-            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_CHUNK),
+            (before, schema.id_above_until(conn, before), PRUNE_CHUNK),
         ).rowcount
         total += deleted
         if deleted < PRUNE_CHUNK:

@@ -204,6 +204,10 @@ class SQLiteJournal(ThreadedJournal):
         self._sinceCheckpoint = 0
         self._checkpointDue = False
         self._nextCheckpoint: float | None = None
+        # The latest record time committed to the file _latestOf (its
+        # identity), since its last clock step (schema.clock_steps).
+        self._latest: float | None = None
+        self._latestOf: tuple[int, int] | None = None
 
     def hurry(self) -> None:
         """
@@ -224,13 +228,42 @@ class SQLiteJournal(ThreadedJournal):
 
     def _write(self, records: list[Record], group: int) -> str | None:
         statements = list(schema.inserts(records, group))
+        latest: list[float | None] = []
 
         def insert(conn: sqlite3.Connection) -> None:
             for sql, params in statements:
                 conn.execute(sql, params)
+            latest[:] = [self._noteClockSteps(conn, records)]
 
+        steps, _ = schema.clock_steps((r.time for r in records), self._latest)
         # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
-        return self._transaction(insert, single=len(statements) == 1, rewrite=True)
+        single = len(statements) == 1 and not steps and self._latestOf == self._identity
+        error = self._transaction(insert, single=single, rewrite=True)
+        if error is None and latest:
+            self._latest = latest[0]
+            self._latestOf = self._identity
+        return error
+
+    def _noteClockSteps(self, conn: sqlite3.Connection, records: list[Record]) -> float | None:
+        """
+        Note in the file's L{schema.CLOCK_STEPS} the records just inserted
+        (the last ones, in this transaction) that follow a step of the wall
+        clock back, so that readers do not look for a time window in the
+        wrong place; return the latest time after them.
+        """
+        # A file opened afresh (at the start, or a new one at the path):
+        # look where its records left off.
+        before = self._latest if self._latestOf == self._identity else schema.latest_time(conn)
+        steps, latest = schema.clock_steps((r.time for r in records), before)
+        if steps:
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            first = last - len(records) + 1
+            conn.execute(schema.CLOCK_STEPS)
+            conn.executemany(
+                "INSERT OR REPLACE INTO clock_steps (id, time, latest) VALUES (?, ?, ?)",
+                [(first + i, records[i].time, _latestBefore(records, i, before)) for i in steps],
+            )
+        return latest
 
     def _groupId(self) -> int:
         self._group += 1
@@ -791,6 +824,15 @@ def _probe_write(conn: sqlite3.Connection, doubtful: list[int]) -> bool:
         with contextlib.suppress(sqlite3.Error):
             conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
     return True
+
+
+def _latestBefore(records: list[Record], index: int, before: float | None) -> float | None:
+    """
+    The latest time before C{records[index]}, since the last clock step
+    (what L{schema.clock_steps} compared it with).
+    """
+    _, latest = schema.clock_steps((r.time for r in records[:index]), before)
+    return latest
 
 
 def _identity_at(path: str) -> tuple[int, int] | None:
