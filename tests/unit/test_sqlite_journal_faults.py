@@ -720,3 +720,60 @@ class RenameAtOpenTests(TestCase):
         self.patch(schema, "create_private", madeThenRenamed)
         self.assertRaises(sqlite3.OperationalError, schema.connect, self.path)
         self.assertFalse(os.path.exists(self.path))
+
+
+def mainFileAlone(path: str, copy: str) -> list[str]:
+    """
+    The messages of the journal file at C{path} copied alone to C{copy}:
+    what a crash leaves when the C{-wal} the journal writes was deleted
+    (a deleted file goes with the process).
+    """
+    with open(path, "rb") as source, open(copy, "wb") as target:
+        target.write(source.read())
+    return messagesIn(copy)
+
+
+class SidecarDeletedTests(TestCase):
+    """
+    The journal's C{-wal} or C{-shm} deleted by hand while it runs: what was
+    committed into the deleted C{-wal} is copied into the file before the
+    next reply, and the journal opens the file again with a C{-wal} and
+    C{-shm} of its own at the path. Before, it committed on into the
+    deleted C{-wal} until its next checkpoint: a crash then lost them (180
+    acknowledged records after C{rm j.sqlite3-wal} and C{kill -9} under
+    load).
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        # The writer thread's checkpoints would copy the frames anyway,
+        # later: only the commit's own path is tested.
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
+        self.patch(journal_module, "CHECKPOINT_EVERY", 1_000_000)
+        self.journal = SQLiteJournal(self.path, reactor)
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+
+    @defer.inlineCallbacks
+    def assertSurvivesDeleting(self, suffix: str) -> Any:
+        yield self.journal.append([record(i) for i in range(5)])
+        os.unlink(self.path + suffix)
+        yield self.journal.append([record(i) for i in range(5, 10)])
+        expected = [record(i).message for i in range(10)]
+        if suffix == "-wal":
+            self.assertEqual(mainFileAlone(self.path, self.path + ".copy"), expected)
+        # The journal goes on with a -wal and -shm at the path, which
+        # another process sees.
+        yield self.journal.append([record(10)])
+        self.assertTrue(os.path.exists(self.path + "-wal"))
+        self.assertTrue(os.path.exists(self.path + "-shm"))
+        seen = inOtherProcess(
+            self.path, "print(*[m for (m,) in conn.execute('SELECT message FROM requests')])"
+        )
+        self.assertEqual(seen.split(), [*expected, record(10).message])
+
+    def test_walDeleted(self) -> Any:
+        return self.assertSurvivesDeleting("-wal")
+
+    def test_shmDeleted(self) -> Any:
+        return self.assertSurvivesDeleting("-shm")

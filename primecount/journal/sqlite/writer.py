@@ -445,7 +445,59 @@ class SQLiteJournal(ThreadedJournal):
                 return str(e)
             if deleted and rewrite:
                 error = self._attempt(write, single)
+        if error is None and self._sidecarsGone():
+            error = self._leaveSidecars()
         return error
+
+    def _sidecarsGone(self) -> bool:
+        """
+        Whether the C{-wal} or C{-shm} the journal's file uses no longer is
+        the one at the path (deleted or replaced by hand): two more C{stat}s
+        per transaction.
+        """
+        return any(
+            _identity_at(self.path + suffix) != identity
+            for suffix, identity in self._sidecars.items()
+        )
+
+    def _leaveSidecars(self) -> str | None:
+        """
+        The journal's C{-wal} or C{-shm} was deleted or replaced while in
+        use. Commits go on into the deleted C{-wal}, which a crash would
+        take with it, and a new connection (another process's, or the
+        probe's) would make a C{-wal} and C{-shm} of its own at the path
+        beside the journal's: two writers that do not see each other's
+        frames. So copy every frame into the file (a C{TRUNCATE}
+        checkpoint) and close both connections before anything more is
+        acknowledged: the next transaction opens the file again, with a
+        new C{-wal} and C{-shm} at the path. Holds C{_commitLock}.
+
+        @return: C{None} once done; else why not (a reader's snapshot holds
+            the checkpoint back: the group just committed is then answered
+            C{ERR journal unavailable}, in doubt, and the next transaction
+            tries again).
+        """
+        if self._conn is None and self._checkpointer is None:
+            # Nothing of the journal's uses them: the next open looks again.
+            self._sidecars = {}
+            return None
+        if not self._checkpointedAll():
+            return "the journal's -wal or -shm was deleted; its WAL is not checkpointed yet"
+        if self._givenUp():
+            return "journal commit given up"
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path}: its -wal or -shm was deleted or replaced while in use; "
+            "its WAL was copied into the file, and the journal opens it again with new ones",
+            path=self.path,
+        )
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
+        self._drop()
+        self._sidecars = {}
+        return None
 
     def _attempt(
         self, write: Callable[[sqlite3.Connection], object], single: bool = False
@@ -775,6 +827,8 @@ class SQLiteJournal(ThreadedJournal):
         """
         with self._commitLock:
             try:
+                if self._sidecarsGone() and self._leaveSidecars() is not None:
+                    return False
                 if self._replaced():
                     self._switch()
                 if self._replaced():
