@@ -88,7 +88,7 @@ def latest_time(conn: sqlite3.Connection) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def clock_steps(times: Iterable[float], latest: float | None) -> tuple[list[int], float | None]:
+def clock_steps(times: Sequence[float], latest: float | None) -> tuple[list[int], float | None]:
     """
     Where the wall clock stepped back among records about to be committed in
     this order, after records whose latest time was C{latest}.
@@ -99,6 +99,12 @@ def clock_steps(times: Iterable[float], latest: float | None) -> tuple[list[int]
         back of more than L{STEP_BACK} seconds, and the latest time after
         them (since the last step: a step starts the count afresh).
     """
+    if not times:
+        return [], latest
+    low, high = min(times), max(times)
+    if high - low <= STEP_BACK and (latest is None or low >= latest - STEP_BACK):
+        # No record is that far before another: the usual group, in C.
+        return [], high if latest is None else max(latest, high)
     found = []
     for index, when in enumerate(times):
         if latest is not None and when < latest - STEP_BACK:

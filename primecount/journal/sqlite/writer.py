@@ -228,14 +228,15 @@ class SQLiteJournal(ThreadedJournal):
 
     def _write(self, records: list[Record], group: int) -> str | None:
         statements = list(schema.inserts(records, group))
+        times = [r.time for r in records]
         latest: list[float | None] = []
 
         def insert(conn: sqlite3.Connection) -> None:
             for sql, params in statements:
                 conn.execute(sql, params)
-            latest[:] = [self._noteClockSteps(conn, records)]
+            latest[:] = [self._noteClockSteps(conn, times)]
 
-        steps, _ = schema.clock_steps((r.time for r in records), self._latest)
+        steps, _ = schema.clock_steps(times, self._latest)
         # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
         single = len(statements) == 1 and not steps and self._latestOf == self._identity
         error = self._transaction(insert, single=single, rewrite=True)
@@ -244,7 +245,7 @@ class SQLiteJournal(ThreadedJournal):
             self._latestOf = self._identity
         return error
 
-    def _noteClockSteps(self, conn: sqlite3.Connection, records: list[Record]) -> float | None:
+    def _noteClockSteps(self, conn: sqlite3.Connection, times: list[float]) -> float | None:
         """
         Note in the file's L{schema.CLOCK_STEPS} the records just inserted
         (the last ones, in this transaction) that follow a step of the wall
@@ -254,14 +255,14 @@ class SQLiteJournal(ThreadedJournal):
         # A file opened afresh (at the start, or a new one at the path):
         # look where its records left off.
         before = self._latest if self._latestOf == self._identity else schema.latest_time(conn)
-        steps, latest = schema.clock_steps((r.time for r in records), before)
+        steps, latest = schema.clock_steps(times, before)
         if steps:
             last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            first = last - len(records) + 1
+            first = last - len(times) + 1
             conn.execute(schema.CLOCK_STEPS)
             conn.executemany(
                 "INSERT OR REPLACE INTO clock_steps (id, time, latest) VALUES (?, ?, ?)",
-                [(first + i, records[i].time, _latestBefore(records, i, before)) for i in steps],
+                [(first + i, times[i], schema.clock_steps(times[:i], before)[1]) for i in steps],
             )
         return latest
 
@@ -878,15 +879,6 @@ def _probe_write(conn: sqlite3.Connection, doubtful: list[int]) -> bool:
         with contextlib.suppress(sqlite3.Error):
             conn.execute(f"PRAGMA busy_timeout={BUSY_STEP_MS}")
     return True
-
-
-def _latestBefore(records: list[Record], index: int, before: float | None) -> float | None:
-    """
-    The latest time before C{records[index]}, since the last clock step
-    (what L{schema.clock_steps} compared it with).
-    """
-    _, latest = schema.clock_steps((r.time for r in records[:index]), before)
-    return latest
 
 
 def _identity_at(path: str) -> tuple[int, int] | None:
