@@ -25,7 +25,9 @@ from primecount.journal.backends import parse_url
 from primecount.journal.interface import JournalURLError
 from primecount.journal.records import PROTOCOL_COUNT, Record
 from primecount.journal.sqlite import SQLiteJournal, schema
+from primecount.journal.sqlite import reader as sqlite_reader
 from primecount.journal.sqlite import writer as journal_module
+from tests.unit.test_journalcli import RunMixin
 
 
 def record(i: int) -> Record:
@@ -777,3 +779,41 @@ class SidecarDeletedTests(TestCase):
 
     def test_shmDeleted(self) -> Any:
         return self.assertSurvivesDeleting("-shm")
+
+
+class FollowerThroughSidecarDeletionTests(RunMixin, TestCase):
+    """
+    A C{primecount journal --follow} started before the journal's C{-wal}
+    was deleted goes on once the journal opened its file again with a new
+    one: its connection still read the deleted C{-wal}, and it stopped
+    with C{cannot read journal PATH: disk I/O error}.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.journal = SQLiteJournal(self.path, reactor)
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+
+    def test_followerGoesOn(self) -> None:
+        self.journal.commit([record(0)])
+        polls: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            polls.append(seconds)
+            if len(polls) == 1:
+                os.unlink(self.path + "-wal")
+                self.journal.commit([record(1)])
+                self.journal.commit([record(2)])
+            elif len(polls) == 2:
+                self.journal.commit([record(3)])
+            else:
+                raise KeyboardInterrupt()
+
+        self.patch(sqlite_reader, "_sleep", sleep)
+        status, out, err = RunMixin.journal(self, "--journal", "sqlite:" + self.path, "--follow")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            [line.split(" | ")[2] for line in out.splitlines()],
+            [record(i).message for i in range(4)],
+        )

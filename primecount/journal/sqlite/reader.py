@@ -229,6 +229,17 @@ class JournalFiles:
             found.append(part)
         return found
 
+    def reopen(self, path: str) -> sqlite3.Connection:
+        """
+        Close the connection to C{path} and open a new one (its C{-wal} and
+        C{-shm} as they are at the path now).
+
+        @raise JournalError: when it cannot be opened.
+        """
+        self.conns[path].close()
+        self.conns[path] = open_file(path, readonly=self._readonly)
+        return self.conns[path]
+
     def close(self) -> None:
         """
         Close every connection.
@@ -300,16 +311,24 @@ def show(files: JournalFiles, query: Query, fmt: str, out: TextIO, *, follow: bo
             # A part that appeared after the start holds only new records.
             last[path] = 0
         streams = []
-        for path, conn in files.conns.items():
-            top = _top_id(conn)
+        for path in list(files.conns):
+            conn = files.conns[path]
+            try:
+                top = _top_id(conn)
+            except sqlite3.OperationalError:
+                # The server opened the file again with a new -wal (its
+                # -wal was deleted): this connection still reads the old
+                # one. A new connection reads what the server wrote.
+                conn = files.reopen(path)
+                top = _top_id(conn)
             if top < last[path]:
                 # Ids restart at 1 only when every record was pruned.
                 last[path] = 0
             if top == last[path]:
                 continue
-            streams.append(select(conn, unlimited, after_id=last[path], upto_id=top))
+            streams.append(list(select(conn, unlimited, after_id=last[path], upto_id=top)))
             last[path] = top
-        for record in merged(streams):
+        for record in merged(iter(stream) for stream in streams):
             write(record)
         out.flush()
 
