@@ -817,3 +817,43 @@ class FollowerThroughSidecarDeletionTests(RunMixin, TestCase):
             [line.split(" | ")[2] for line in out.splitlines()],
             [record(i).message for i in range(4)],
         )
+
+
+class EmptiedTests(TestCase):
+    """
+    The journal's file emptied while in use (logrotate's C{copytruncate}):
+    nothing more is acknowledged until it is moved away, then a new journal
+    starts at the path. Before, SQLite committed on into the C{-wal} and
+    checkpointed the pages into the empty file, which no reader could open
+    (measured: the server answered every request C{OK}, logged nothing, and
+    46,128 and 48,080 acknowledged records were in no readable file).
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.patch(journal_module, "PROBE_INTERVAL", 0.02)
+        self.patch(journal_module, "CHECKPOINT_INTERVAL", 0.02)
+        self.journal = SQLiteJournal(self.path, reactor)
+        self.journal.startService()
+        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+
+    @defer.inlineCallbacks
+    def test_nothingAcknowledgedIntoAnEmptiedFile(self) -> Any:
+        self.journal.commit([record(0)])
+        os.truncate(self.path, 0)
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
+        # The probe does not end the episode, the checkpoints leave it alone.
+        yield deferLater(0.2)
+        self.assertRaises(JournalUnavailable, self.journal.commit, [record(2)])
+        self.assertEqual(os.path.getsize(self.path), 0)
+        # Moved away: a new journal at the path.
+        os.rename(self.path, self.path + ".broken")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.journal.commit([record(3)])
+                break
+            except JournalUnavailable:
+                self.assertLess(time.monotonic(), deadline, "no recovery")
+                yield deferLater(0.02)
+        self.assertEqual(messagesIn(self.path), [record(3).message])

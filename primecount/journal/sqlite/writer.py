@@ -137,6 +137,15 @@ SWITCH_AT_STOP = 1.0
 #: naming it while the connection was opened (L{SQLiteJournal._connectTo}).
 RENAMED_AT_OPEN = "journal file was renamed or replaced while it was opened"
 
+#: The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: Why commits fail while the journal's file is emptied (L{SQLiteJournal._emptied}).
+EMPTIED = (
+    "the file was emptied while in use (copytruncate?); move it away "
+    "(mv {path} {path}.broken) and a new journal starts at its path"
+)
+
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
 #: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
@@ -448,7 +457,27 @@ class SQLiteJournal(ThreadedJournal):
                 error = self._attempt(write, single)
         if error is None and self._sidecarsGone():
             error = self._leaveSidecars()
+        if error is None and self._emptied():
+            error = EMPTIED.format(path=self.path)
         return error
+
+    def _emptied(self) -> bool:
+        """
+        Whether the journal's file lost its SQLite header while in use: it
+        was emptied (logrotate's C{copytruncate}, C{truncate -s 0}). SQLite
+        does not notice: it commits on into the C{-wal} and checkpoints the
+        pages into the empty file, which no reader can open any more
+        (tens of thousands of acknowledged records lost, with no error).
+        So nothing is acknowledged and nothing checkpointed into it until
+        it is moved away, when a new journal starts at the path. One
+        C{pread} of 16 bytes of the descriptor the journal holds.
+        """
+        if self._fileFd is None:
+            return False
+        try:
+            return os.pread(self._fileFd, len(SQLITE_HEADER), 0) != SQLITE_HEADER
+        except OSError:
+            return False
 
     def _sidecarsGone(self) -> bool:
         """
@@ -771,6 +800,8 @@ class SQLiteJournal(ThreadedJournal):
         which lets the next commit restart the WAL at its beginning. Writer
         thread.
         """
+        if self._emptied():
+            return
         with self._checkpointLock:
             frames = self._checkpointStep("PASSIVE")
         if frames is None:
@@ -835,6 +866,8 @@ class SQLiteJournal(ThreadedJournal):
                 if self._replaced():
                     # Still the renamed file's, until its WAL is emptied.
                     return self._conn is not None and _probe_write(self._conn, doubtful)
+                if self._emptied():
+                    return False
             except Exception:
                 return False
             held = self._identity
