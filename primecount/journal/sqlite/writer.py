@@ -642,6 +642,8 @@ class SQLiteJournal(ThreadedJournal):
         assert self._fileFd is not None
         deleted = os.fstat(self._fileFd).st_nlink == 0
         if not deleted:
+            if self._emptied():
+                self._saveEmptiedWAL()
             checkpointed = self._checkpointedAll()
             if self._givenUp():
                 # Given up while it checkpointed: another generation's now.
@@ -674,6 +676,43 @@ class SQLiteJournal(ThreadedJournal):
             _unlink_if(self.path + suffix, identity)
         self._release()
         return deleted
+
+    def _saveEmptiedWAL(self) -> None:
+        """
+        The journal leaves a file that was emptied while in use
+        (L{_emptied}): the commits that were only in its C{-wal} then are
+        in no readable file, and the checkpoint that comes next would write
+        them into the emptied one. Copy the C{-wal} beside the path first,
+        to be put beside the copy taken before the truncation (with its
+        name) and read with it. Holds C{_commitLock}.
+        """
+        wal = self.path + "-wal"
+        held = self._sidecars.get("-wal")
+        if held is None or _identity_at(wal) != held or _size(wal) <= schema.WAL_HEADER:
+            return
+        saved = f"{self.path}.emptied-{time.strftime('%Y%m%dT%H%M%S')}-wal"
+        try:
+            schema.create_private(saved)
+            with open(wal, "rb") as source, open(saved, "wb") as target:
+                while chunk := source.read(1 << 20):
+                    target.write(chunk)
+        except OSError as e:
+            self._reactor.callFromThread(
+                self._log.error,
+                "journal {path} was emptied while in use; its -wal could not be saved "
+                "({why}): the commits that were only there are lost",
+                path=self.path,
+                why=str(e),
+            )
+            return
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path} was emptied while in use: the commits that were only in its "
+            "-wal are saved in {saved}; to read them, copy it beside a copy of the file "
+            "taken before it was emptied, as that copy's -wal (cp COPY R; cp {saved} R-wal)",
+            path=self.path,
+            saved=saved,
+        )
 
     def _checkpointedAll(self) -> bool:
         """
