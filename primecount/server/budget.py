@@ -189,6 +189,21 @@ class MemoryBudget:
         if self.paused:
             self.eased(holder)
 
+    def room(self, holder: Holder, n: int) -> bool:
+        """
+        Whether C{holder} may take on C{n} bytes it does not hold yet (a
+        range stream's next segment, before it is sieved): while the total
+        stays within the limit with them, or C{holder} within its share.
+        Else it waits, paused, until L{Holder.resumeForMemory}: a segment
+        sieved is memory held until its client reads it, however many
+        connections ask for one.
+        """
+        if self.held + n <= self.limit or holder.held + n <= self.share():
+            return True
+        if holder not in self.paused:
+            self._paused(holder)
+        return False
+
     def overLimit(self, holder: Holder) -> None:
         """
         The total is over the limit after C{holder} took on more: stop
@@ -218,8 +233,10 @@ class MemoryBudget:
             holder.resumeForMemory()
 
     def _pause(self, holder: Holder) -> None:
-        if not holder.pauseForMemory():
-            return
+        if holder.pauseForMemory():
+            self._paused(holder)
+
+    def _paused(self, holder: Holder) -> None:
         self.paused[holder] = None
         self.pauses += 1
         self.episodes.event(

@@ -8,6 +8,7 @@ current one. The range protocol answers every request through one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
@@ -91,6 +92,15 @@ class PrimeStream:
         self._count = 0
         self._total = 0
         self.done: Deferred[tuple[int, int]] = Deferred()
+        #: Asked before each segment is requested, with its bounds: false
+        #: holds the stream (nothing is requested) until L{retry}. The
+        #: protocol reserves the segment's bytes of the memory budget here.
+        self.admit: Callable[[int, int], bool] | None = None
+        #: Told, with its bounds, that an admitted segment is sieved and
+        #: about to be written (or dropped), before the write.
+        self.settled: Callable[[int, int], None] | None = None
+        #: Told after each write to the consumer.
+        self.wrote: Callable[[], None] | None = None
 
     def start(self) -> None:
         """
@@ -137,10 +147,18 @@ class PrimeStream:
         if self._upcoming is None:
             return
         lo, hi = self._upcoming
+        if self.admit is not None and not self.admit(lo, hi):
+            return
         self._upcoming = next(self._bounds, None)
         job = self._slots.run(self._sieve, lo, hi)
         self._job = job
-        job.addCallbacks(self._written, self._failed)
+        job.addCallbacks(self._written, self._failed, callbackArgs=(lo, hi), errbackArgs=(lo, hi))
+
+    def retry(self) -> None:
+        """
+        Request the segment L{admit} held back, if it may be now.
+        """
+        self._next()
 
     def _sieve(self, lo: int, hi: int) -> Deferred[tuple[bytes, int, int] | None]:
         """
@@ -151,11 +169,16 @@ class PrimeStream:
             return succeed(None)
         return deferToThreadPool(self._reactor, self._threadpool, encoded_segment, lo, hi)
 
-    def _written(self, result: tuple[bytes, int, int] | None) -> None:
+    def _settle(self, lo: int, hi: int) -> None:
+        if self.settled is not None:
+            self.settled(lo, hi)
+
+    def _written(self, result: tuple[bytes, int, int] | None, lo: int, hi: int) -> None:
         """
         Write a sieved segment, then request the next one.
         """
         self._job = None
+        self._settle(lo, hi)
         if self._stopped or result is None:
             return
         data, count, total = result
@@ -164,6 +187,8 @@ class PrimeStream:
         paused = self._paused
         if data:
             self._consumer.write(data)
+            if self.wrote is not None:
+                self.wrote()
         self._next(lookahead=self.lookahead and not paused)
         self._finishIfDone()
 
@@ -179,11 +204,12 @@ class PrimeStream:
         self._consumer.unregisterProducer()
         self.done.callback((self._count, self._total))
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, lo: int, hi: int) -> None:
         """
         A sieve job failed: stop and pass the failure on through L{done}.
         """
         self._job = None
+        self._settle(lo, hi)
         if self._stopped:
             return
         self._stopped = True

@@ -55,7 +55,7 @@ from primecount.core.outcomes import (
     STOPPED_READING,
     Outcome,
 )
-from primecount.core.primes import SEGMENT_SIZE, count_between
+from primecount.core.primes import SEGMENT_SIZE, count_between, most_primes_between
 from primecount.core.proxyheader import TRUSTED_BY_DEFAULT, TrustedProxies
 from primecount.core.wording import plural
 from primecount.journal import Journal, JournalUnavailable
@@ -153,6 +153,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._memoryPaused = False  # the memory budget is spent
         self.held = 0  # charged to the budget: unread input, unsent primes
         self._outputHeld = 0
+        self._reserved = 0  # the budget reserved for the segments being sieved
         self._lost = False
         self._timeoutError: Outcome | None = None
         self.peer, self.port = "", 0
@@ -281,8 +282,42 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         assert self._a is not None and self._b is not None
         stream = self.factory.stream(transport, self._a, self._b, self)
         self._stream = stream
+        stream.admit = self._admitSegment
+        stream.settled = self._segmentSettled
+        stream.wrote = self._wrote
         stream.done.addCallbacks(self._streamed, self._failed)
         stream.start()
+
+    def _admitSegment(self, lo: int, hi: int) -> bool:
+        """
+        Reserve the memory budget for the primes of [lo, hi] before they
+        are sieved (at most L{most_primes_between} of them), or wait for
+        room (L{MemoryBudget.room}; L{resumeForMemory} asks again).
+        """
+        need = rangecodec.PRIME_SIZE * most_primes_between(lo, hi)
+        if not self._budget.room(self, need):
+            return False
+        self._reserved += need
+        self._account()
+        return True
+
+    def _segmentSettled(self, lo: int, hi: int) -> None:
+        """
+        The segment [lo, hi] is sieved: what it holds is counted once it is
+        written (L{_wrote}), not as a reservation any more.
+        """
+        self._reserved = max(
+            0, self._reserved - rangecodec.PRIME_SIZE * most_primes_between(lo, hi)
+        )
+        self._account()
+
+    def _wrote(self) -> None:
+        """
+        A segment was written: while the client is behind, the transport
+        holds it too (it paused the stream only once, at the first).
+        """
+        if self._writePaused:
+            self._setOutput(buffered(self.transport))
 
     def pauseProducing(self) -> None:
         """
@@ -320,7 +355,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         """
         Tell the budget what this connection holds now.
         """
-        delta = len(self._buffer) + self._outputHeld - self.held
+        delta = len(self._buffer) + self._outputHeld + self._reserved - self.held
         if delta > 0:
             self._budget.charge(self, delta)
         elif delta < 0:
@@ -353,6 +388,8 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._memoryPaused = False
         if self._stream is not None:
             self._stream.lookahead = True
+            # A segment held back for want of room may be requested now.
+            self._stream.retry()
 
     def _streamed(self, result: tuple[int, int]) -> None:
         """
@@ -455,6 +492,7 @@ class RangeProtocol(ProxyHeaderReceiver, Protocol, TimeoutMixin):
         self._lost = True
         incomplete = bool(self._buffer)
         self._buffer.clear()
+        self._reserved = 0
         self._setOutput(0)
         self._budget.leave(self)
         if self.awaitingProxyHeader:

@@ -23,6 +23,7 @@ from primecount.server.budget import (
     size_text,
 )
 from primecount.server.rangeprotocol import RangeFactory
+from primecount.server.transport import HIGH_WATER
 from tests.doubles import FakeJournal, FakeReactor, Harness, SyncPool
 
 
@@ -273,23 +274,58 @@ class CountProtocolTests(SynchronousTestCase):
         self.assertEqual(budget.held, 0)
 
 
+class FileTransport(StringTransport):
+    """
+    A transport that holds what it is written, as a C{FileDescriptor} whose
+    client reads nothing does (C{dataBuffer}), and pauses its streaming
+    producer once, when that passes the high-water mark.
+    """
+
+    def __init__(self) -> None:
+        from tests.unit.test_rangeprotocol import PEER
+
+        super().__init__(peerAddress=PEER)
+        self.producerPaused = False
+
+    @property
+    def dataBuffer(self) -> bytes:
+        return self.value()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if (
+            len(self.value()) > HIGH_WATER
+            and not self.producerPaused
+            and self.producer is not None
+            and self.streaming
+        ):
+            self.producerPaused = True
+            self.producer.pauseProducing()
+
+
 class RangeProtocolTests(SynchronousTestCase):
     """
     A range stream's unsent primes count against the budget; over it, a
     stream whose client is behind sieves nothing ahead.
     """
 
-    def stream(self, budget: MemoryBudget) -> tuple[Any, StringTransport, SyncPool]:
+    def stream(
+        self,
+        budget: MemoryBudget,
+        segmentSize: int = 1000,
+        transport: StringTransport | None = None,
+        pool: SyncPool | None = None,
+    ) -> tuple[Any, StringTransport, SyncPool]:
         from tests.unit.test_rangeprotocol import PEER, PausingTransport
 
         reactor = FakeReactor()
-        pool = SyncPool()
+        pool = pool or SyncPool()
         journal = FakeJournal()
-        factory = RangeFactory(reactor, pool, journal, segmentSize=1000, budget=budget)  # type: ignore[arg-type]
+        factory = RangeFactory(reactor, pool, journal, segmentSize=segmentSize, budget=budget)  # type: ignore[arg-type]
         protocol = factory.buildProtocol(PEER)
-        transport = PausingTransport(peerAddress=PEER)
+        transport = transport or PausingTransport(peerAddress=PEER)
         protocol.makeConnection(transport)
-        protocol.dataReceived(rangecodec.encode_request(0, 100000))
+        protocol.dataReceived(rangecodec.encode_request(0, 1_000_000))
         reactor.advance(0)
         return protocol, transport, pool
 
@@ -302,17 +338,67 @@ class RangeProtocolTests(SynchronousTestCase):
         self.assertEqual((budget.held, budget.members), (0, 0))
 
     def test_overBudgetNothingIsSievedAhead(self) -> None:
-        budget = MemoryBudget(64 << 10)
+        budget = MemoryBudget(128 << 10)
         hog = Holder()
         budget.join(hog)
-        budget.charge(hog, budget.limit)  # somebody else holds it all
+        budget.charge(hog, budget.limit - 4096)  # somebody else holds most
         protocol, transport, pool = self.stream(budget)
+        # Its first segment fit; over the budget then, none ahead of it.
         self.assertEqual(pool.segmentJobs(), 1)
         self.assertEqual(list(budget.paused), [protocol])
         # The others let go, the client takes what was sent: it goes on.
-        budget.release(hog, budget.limit)
+        budget.release(hog, budget.limit - 4096)
         transport.producer.resumeProducing()  # type: ignore[union-attr]
         protocol.factory.reactor.advance(0)
         # The next segment, and (sent, paused again) the one ahead of it.
         self.assertEqual(pool.segmentJobs(), 3)
         self.assertEqual(budget.paused, {})
+
+    def test_overBudgetNewStreamsWaitForRoom(self) -> None:
+        """
+        Over the budget, a stream sieves a segment only while it holds less
+        than its share with it: what range clients that never read make the
+        process hold stays within the budget's bound however many connect.
+        Before, every connection that asked for a range added segments up
+        to its transport's high-water mark however far over the budget the
+        process was (300 range clients that never read held 275 MB against
+        C{--max-memory 32}).
+        """
+        budget = MemoryBudget(512 << 10)
+        hog = Holder()
+        budget.join(hog)
+        budget.charge(hog, budget.limit)  # somebody else holds it all
+        pool = SyncPool()
+        # Segments of ~72 KiB: each fills its transport past the high-water
+        # mark, as a client that reads nothing makes it.
+        connections = [
+            self.stream(budget, segmentSize=200_000, transport=FileTransport(), pool=pool)
+            for _ in range(20)
+        ]
+        held = sum(len(transport.value()) for _, transport, _ in connections)
+        self.assertLessEqual(held, 2 * budget.limit)
+        waiting = [protocol for protocol, _, _ in connections if protocol in budget.paused]
+        self.assertGreater(len(waiting), 10)
+        # Room again (the others let go, the streams that hold segments are
+        # dropped): those that waited sieve.
+        jobs = pool.segmentJobs()
+        budget.release(hog, budget.limit)
+        for protocol, _, _ in connections:
+            if protocol not in waiting:
+                protocol.connectionLost(None)
+        self.assertGreater(pool.segmentJobs(), jobs)
+
+    def test_everySegmentHeldIsCharged(self) -> None:
+        """
+        A transport pauses its producer once, when its buffer passes the
+        high-water mark; the segment sieved ahead and written after that
+        is held too, and charged: before, only what the transport held at
+        the pause was.
+        """
+        budget = MemoryBudget()
+        transport = FileTransport()
+        protocol, transport, pool = self.stream(budget, segmentSize=200_000, transport=transport)
+        self.assertEqual(pool.segmentJobs(), 2)  # the one sent, the one ahead
+        self.assertEqual(budget.held, len(transport.value()))
+        protocol.connectionLost(None)
+        self.assertEqual((budget.held, budget.members), (0, 0))

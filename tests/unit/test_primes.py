@@ -18,6 +18,7 @@ from primecount.core.primes import (
     SEGMENT_SIZE,
     count_between,
     is_prime,
+    most_primes_between,
     prime_pi,
     primes_between,
     segment_bounds,
@@ -289,3 +290,33 @@ class CountTests(TestCase):
         """
         for n in [*range(-3, 2000), 2**31 - 1, 2**61 - 1, 2**31 + 1]:
             self.assertEqual(is_prime(n), slow_is_prime(n) if n < 2**40 else True, n)
+
+
+class MostPrimesTests(TestCase):
+    """
+    L{most_primes_between}: what a range stream reserves of the memory
+    budget before sieving a segment is never less than what it sieves.
+    """
+
+    @given(
+        st.one_of(
+            st.integers(0, 3_000_000), st.integers(INT32_MAX - (1 << 24), INT32_MAX - 70_000)
+        ),
+        st.one_of(st.integers(0, 200), st.integers(0, 1 << 16)),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_neverBelowTheCount(self, lo: int, length: int) -> None:
+        hi = lo + length
+        self.assertGreaterEqual(most_primes_between(lo, hi), len(primes_between(lo, hi)))
+
+    def test_segmentsNearTheTop(self) -> None:
+        """
+        For a default segment among large numbers, the bound is within a
+        quarter of the count: a reservation does not hold back much more than
+        a segment holds.
+        """
+        lo = INT32_MAX - SEGMENT_SIZE + 1
+        count = len(primes_between(lo, INT32_MAX))
+        bound = most_primes_between(lo, INT32_MAX)
+        self.assertGreaterEqual(bound, count)
+        self.assertLess(bound, count * 5 // 4)

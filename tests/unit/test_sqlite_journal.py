@@ -21,8 +21,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from primecount.journal import JournalUnavailable, JournalURLError, parse_url
+from primecount.journal.interface import Query
 from primecount.journal.records import PROTOCOL_COUNT, PROTOCOL_RANGE, Record
 from primecount.journal.sqlite import SQLiteJournal, check_writable, schema
+from primecount.journal.sqlite.reader import JournalFiles, select_all
+from primecount.journal.sqlite.stats import FileSource
 from primecount.metrics.recorder import NullMetrics
 
 
@@ -361,6 +364,166 @@ class FirstIdSinceTests(SynchronousTestCase):
         conn.set_progress_handler(None, 0)
         self.assertLess(len(steps), 100)
         conn.close()
+
+
+class ClockStepSearchTests(SynchronousTestCase):
+    """
+    L{schema.first_id_since} and L{schema.id_above_until} when the wall
+    clock stepped back (NTP) while records were written: the steps the
+    writer notes (L{schema.clock_steps}) keep every matching record inside
+    the bounds.
+    """
+
+    @given(
+        st.lists(
+            st.tuples(st.floats(min_value=-5000, max_value=50), st.integers(1, 15)),
+            min_size=1,
+            max_size=12,
+        ),
+        st.sets(st.integers(min_value=0, max_value=150), max_size=30),
+        st.floats(min_value=-6000, max_value=3000),
+    )
+    @settings(max_examples=80, deadline=None)
+    def test_neverSkipsAMatchingRecord(
+        self, runs: list[tuple[float, int]], pruned: set[int], when: float
+    ) -> None:
+        # Runs of records a second apart, each run starting some seconds
+        # after or (a step back) before the previous record.
+        conn = sqlite3.connect(":memory:")
+        conn.executescript(schema.CREATE)
+        times = []
+        clock = 1000.0
+        for jump, length in runs:
+            clock += jump
+            for _ in range(length):
+                times.append(clock)
+                clock += 1.0
+        for i, when_ in enumerate(times):
+            for sql, params in schema.inserts([record(i)._replace(time=when_)]):
+                conn.execute(sql, params)
+        steps, _ = schema.clock_steps(times, None)
+        if steps:
+            conn.execute(schema.CLOCK_STEPS)
+            conn.executemany("INSERT INTO clock_steps (id) VALUES (?)", [(i + 1,) for i in steps])
+        for i in pruned:
+            conn.execute("DELETE FROM requests WHERE id = ?", (i + 1,))
+        since = schema.first_id_since(conn, when)
+        until = schema.id_above_until(conn, when)
+        for id_, time_ in conn.execute("SELECT id, time FROM requests"):
+            if time_ >= when:
+                self.assertGreaterEqual(id_, since)
+            else:
+                self.assertLess(id_, until)
+        conn.close()
+
+    def test_stepsFound(self) -> None:
+        """
+        A record more than L{schema.STEP_BACK} seconds before the latest
+        one starts a new run, compared with the latest time since; a
+        smaller disorder does not.
+        """
+        step = schema.STEP_BACK
+        self.assertEqual(schema.clock_steps([5.0, 6.0, 5.5], None), ([], 6.0))
+        self.assertEqual(schema.clock_steps([6.0 - step], 6.0), ([], 6.0))
+        self.assertEqual(
+            schema.clock_steps([100.0, 50.0, 60.0, 49.0 - step, 100.0], 90.0),
+            ([1, 3], 100.0),
+        )
+
+
+class ClockStepWriterTests(TestCase):
+    """
+    A journal written while the wall clock steps back reads back whole with
+    C{--since}, C{--until} and C{--stats}: before the writer noted the
+    steps, the search over ids skipped every record before a step.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+
+    @defer.inlineCallbacks
+    def write(self, groups: list[list[float]]) -> Any:
+        journal = SQLiteJournal(self.path, reactor)
+        journal.startService()
+        try:
+            for group in groups:
+                yield journal.append([record(0)._replace(time=t) for t in group])
+        finally:
+            yield journal.stopService()
+
+    def truth(self, clause: str, value: float) -> int:
+        conn = sqlite3.connect(self.path)
+        try:
+            return int(
+                conn.execute(f"SELECT count(*) FROM requests WHERE {clause}", (value,)).fetchone()[
+                    0
+                ]
+            )
+        finally:
+            conn.close()
+
+    def read(self, query: Query) -> int:
+        files = JournalFiles(self.path)
+        try:
+            return len(list(select_all(files, query)))
+        finally:
+            files.close()
+
+    def counted(self, query: Query) -> int:
+        files = JournalFiles(self.path)
+        try:
+            source = FileSource(files)
+            with source.snapshot():
+                return sum(n for _, n, _ in source.buckets(query, 60))
+        finally:
+            files.close()
+
+    @defer.inlineCallbacks
+    def test_windowsAcrossClockSteps(self) -> Any:
+        start = 1_700_000_000.0
+        before = [start + i * 0.01 for i in range(300)]
+        # One hour back between two groups, then half an hour back in the
+        # middle of a group; then, after a restart, a day back.
+        yield self.write(
+            [
+                before[:150],
+                before[150:],
+                [start - 3600 + i * 0.01 for i in range(200)],
+                [start - 3598 + i * 0.01 for i in range(50)]
+                + [start - 5400 + i * 0.01 for i in range(50)],
+            ]
+        )
+        yield self.write([[start - 86400 + i * 0.01 for i in range(100)]])
+        for since in (start + 1.5, start - 3599.0, start - 5399.7, start - 86399.5):
+            expected = self.truth("time >= ?", since)
+            self.assertGreater(expected, 0)
+            self.assertEqual(self.read(Query(since=since)), expected)
+            self.assertEqual(self.counted(Query(since=since)), expected)
+        for until in (start + 1.5, start - 3599.0, start - 5399.7, start - 86399.5):
+            expected = self.truth("time < ?", until)
+            self.assertEqual(self.read(Query(until=until)), expected)
+            self.assertEqual(self.counted(Query(until=until)), expected)
+        conn = sqlite3.connect(self.path)
+        try:
+            steps = [row[0] for row in conn.execute("SELECT id FROM clock_steps ORDER BY id")]
+        finally:
+            conn.close()
+        self.assertEqual(steps, [301, 551, 601])
+
+    @defer.inlineCallbacks
+    def test_noStepNoTable(self) -> Any:
+        """
+        A journal whose clock never stepped back gets no C{clock_steps}.
+        """
+        yield self.write([[1000.0 + i for i in range(10)], [1005.0 + i for i in range(10)]])
+        conn = sqlite3.connect(self.path)
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'clock_steps'"
+            ).fetchone()
+        finally:
+            conn.close()
+        self.assertIsNone(found)
 
 
 class InsertsTests(SynchronousTestCase):

@@ -114,7 +114,7 @@ def select(
     if query.since is not None:
         bounds.append(f"id >= {schema.first_id_since(conn, query.since)}")
     if query.until is not None:
-        bounds.append(f"id < {schema.first_id_since(conn, query.until + 2 * schema.TIME_SLACK)}")
+        bounds.append(f"id < {schema.id_above_until(conn, query.until)}")
     if bounds:
         where = (where + " AND " if where else " WHERE ") + " AND ".join(bounds)
     if query.limit is None:
@@ -229,6 +229,17 @@ class JournalFiles:
             found.append(part)
         return found
 
+    def reopen(self, path: str) -> sqlite3.Connection:
+        """
+        Close the connection to C{path} and open a new one (its C{-wal} and
+        C{-shm} as they are at the path now).
+
+        @raise JournalError: when it cannot be opened.
+        """
+        self.conns[path].close()
+        self.conns[path] = open_file(path, readonly=self._readonly)
+        return self.conns[path]
+
     def close(self) -> None:
         """
         Close every connection.
@@ -300,16 +311,24 @@ def show(files: JournalFiles, query: Query, fmt: str, out: TextIO, *, follow: bo
             # A part that appeared after the start holds only new records.
             last[path] = 0
         streams = []
-        for path, conn in files.conns.items():
-            top = _top_id(conn)
+        for path in list(files.conns):
+            conn = files.conns[path]
+            try:
+                top = _top_id(conn)
+            except sqlite3.OperationalError:
+                # The server opened the file again with a new -wal (its
+                # -wal was deleted): this connection still reads the old
+                # one. A new connection reads what the server wrote.
+                conn = files.reopen(path)
+                top = _top_id(conn)
             if top < last[path]:
                 # Ids restart at 1 only when every record was pruned.
                 last[path] = 0
             if top == last[path]:
                 continue
-            streams.append(select(conn, unlimited, after_id=last[path], upto_id=top))
+            streams.append(list(select(conn, unlimited, after_id=last[path], upto_id=top)))
             last[path] = top
-        for record in merged(streams):
+        for record in merged(iter(stream) for stream in streams):
             write(record)
         out.flush()
 
@@ -331,7 +350,7 @@ def prune_file(conn: sqlite3.Connection, before: float, *, vacuum: bool) -> int:
         deleted = conn.execute(
             "DELETE FROM requests WHERE id IN "
             "(SELECT id FROM requests WHERE time < ? AND id < ? ORDER BY id LIMIT ?)",
-            (before, schema.first_id_since(conn, before + 2 * schema.TIME_SLACK), PRUNE_CHUNK),
+            (before, schema.id_above_until(conn, before), PRUNE_CHUNK),
         ).rowcount
         total += deleted
         if deleted < PRUNE_CHUNK:

@@ -16,7 +16,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
+from itertools import chain, pairwise
 from operator import itemgetter
 from urllib.parse import quote
 
@@ -45,43 +45,151 @@ CREATE TABLE IF NOT EXISTS failed_groups (group_id INTEGER PRIMARY KEY, time REA
 -- One row, rewritten by the probe that tests the journal takes writes.
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), time REAL);
 -- No index on time: it would cost 40% of every insert. Records are stored
--- in commit order, so time is non-decreasing up to milliseconds of jitter;
--- readers find a time window by binary search over ids (first_id_since).
+-- in commit order, so time is non-decreasing up to milliseconds of jitter
+-- (but for steps of the wall clock back, which the writer notes in
+-- clock_steps); readers find a time window by binary search over ids
+-- (first_id_since).
 DROP INDEX IF EXISTS requests_time;
 """
 
 #: How far out of order a record's time may be relative to its id (commit
-#: order): records are timed in the pool just before their group commit, so
-#: milliseconds in practice; this leaves room for a clock stepped back.
+#: order) within one run of the clock: records are timed in the pool just
+#: before their group commit, so milliseconds in practice.
 TIME_SLACK = 60.0
 
+#: A record timed more than this before the latest time of the records
+#: committed before it in the file marks a step of the wall clock back (NTP,
+#: an operator's C{date}): the writer notes its id in L{CLOCK_STEPS}, and
+#: the readers search each run of ids between two steps apart. Well below
+#: L{TIME_SLACK}, so that the writer's approximation of the latest time when
+#: it reopens a file (L{latest_time}) still leaves the search its slack.
+STEP_BACK = 10.0
 
-def first_id_since(conn: sqlite3.Connection, when: float) -> int:
+#: The ids of the records that follow a step of the wall clock back
+#: (L{STEP_BACK}), with their time and the latest time before them. Created
+#: by the writer at the first step: a file without one has no step.
+CLOCK_STEPS = """
+CREATE TABLE IF NOT EXISTS clock_steps (id INTEGER PRIMARY KEY, time REAL, latest REAL)
+"""
+
+#: Records looked at by L{latest_time}.
+LATEST_WINDOW = 1000
+
+
+def latest_time(conn: sqlite3.Connection) -> float | None:
     """
-    The lowest id whose record may have C{time >= when}: every record at or
-    after C{when} has an id at least this (given L{TIME_SLACK}). A binary
-    search over ids, each probe one rowid look-up: no index on time needed.
+    The latest time of the newest L{LATEST_WINDOW} records (C{None} in an
+    empty file): where the writer starts looking for clock steps when it
+    opens a file, without scanning it.
     """
-    bound = when - TIME_SLACK
+    row = conn.execute(
+        f"SELECT max(time) FROM (SELECT time FROM requests ORDER BY id DESC LIMIT {LATEST_WINDOW})"
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def clock_steps(times: Sequence[float], latest: float | None) -> tuple[list[int], float | None]:
+    """
+    Where the wall clock stepped back among records about to be committed in
+    this order, after records whose latest time was C{latest}.
+
+    @param times: the records' times, in commit order.
+    @param latest: the latest time before them (C{None}: none).
+    @return: the indexes (into C{times}) of the records that follow a step
+        back of more than L{STEP_BACK} seconds, and the latest time after
+        them (since the last step: a step starts the count afresh).
+    """
+    if not times:
+        return [], latest
+    low, high = min(times), max(times)
+    if high - low <= STEP_BACK and (latest is None or low >= latest - STEP_BACK):
+        # No record is that far before another: the usual group, in C.
+        return [], high if latest is None else max(latest, high)
+    found = []
+    for index, when in enumerate(times):
+        if latest is not None and when < latest - STEP_BACK:
+            found.append(index)
+            latest = when
+        elif latest is None or when > latest:
+            latest = when
+    return found, latest
+
+
+def _runs(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+    """
+    The runs of ids between clock steps (L{CLOCK_STEPS}): C{[low, high)}
+    each, in order, covering every record; none when the file is empty.
+    """
     # Two subqueries: SQLite takes min() or max() from the b-tree's ends
     # only when it is the query's one aggregate; together they scan.
     low, high = conn.execute(
         "SELECT (SELECT min(id) FROM requests), (SELECT max(id) FROM requests)"
     ).fetchone()
     if low is None:
-        return 1
+        return []
     high += 1
+    steps: list[int] = []
+    has_steps = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clock_steps'"
+    ).fetchone()
+    if has_steps:
+        steps = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM clock_steps WHERE id > ? AND id < ? ORDER BY id", (low, high)
+            )
+        ]
+    edges = [low, *steps, high]
+    return list(pairwise(edges))
+
+
+def _search(conn: sqlite3.Connection, bound: float, low: int, high: int) -> int:
+    """
+    The lowest id in C{[low, high)} whose record may have C{time >= bound}
+    (C{high} when none), for ids whose times grow up to L{TIME_SLACK}: a
+    binary search, each probe one rowid look-up.
+    """
     # Invariant: records with id < low have time < bound; the answer <= high.
     while low < high:
         middle = (low + high) // 2
         row = conn.execute(
-            "SELECT id, time FROM requests WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+            "SELECT id, time FROM requests WHERE id >= ? AND id < ? ORDER BY id LIMIT 1",
+            (middle, high),
         ).fetchone()
         if row is None or row[1] >= bound:
             high = middle
         else:
             low = row[0] + 1
     return low
+
+
+def first_id_since(conn: sqlite3.Connection, when: float) -> int:
+    """
+    The lowest id whose record may have C{time >= when}: every record at or
+    after C{when} has an id at least this (given L{TIME_SLACK} within each
+    run of ids between two clock steps, L{CLOCK_STEPS}). A binary search
+    over each run's ids, each probe one rowid look-up: no index on time
+    needed.
+    """
+    runs = _runs(conn)
+    if not runs:
+        return 1
+    found = [
+        start for low, high in runs if (start := _search(conn, when - TIME_SLACK, low, high)) < high
+    ]
+    return min(found) if found else runs[-1][1]
+
+
+def id_above_until(conn: sqlite3.Connection, when: float) -> int:
+    """
+    An id above that of every record with C{time < when} (given
+    L{TIME_SLACK} within each run of ids between two clock steps): the
+    highest of each run's bound.
+    """
+    runs = _runs(conn)
+    if not runs:
+        return 1
+    return max(_search(conn, when + TIME_SLACK, low, high) for low, high in runs)
 
 
 #: The version of the schema above, kept in C{PRAGMA user_version}:

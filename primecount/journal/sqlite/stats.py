@@ -50,7 +50,7 @@ def _where(conn: sqlite3.Connection, query: Query, condition: str = "") -> tuple
     if query.since is not None:
         clauses.append(f"id >= {int(schema.first_id_since(conn, query.since))}")
     if query.until is not None:
-        bound = schema.first_id_since(conn, query.until + 2 * schema.TIME_SLACK)
+        bound = schema.id_above_until(conn, query.until)
         clauses.append(f"id < {int(bound)}")
     if condition:
         clauses.append(f"({condition})")

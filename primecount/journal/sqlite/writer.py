@@ -137,6 +137,15 @@ SWITCH_AT_STOP = 1.0
 #: naming it while the connection was opened (L{SQLiteJournal._connectTo}).
 RENAMED_AT_OPEN = "journal file was renamed or replaced while it was opened"
 
+#: The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: Why commits fail while the journal's file is emptied (L{SQLiteJournal._emptied}).
+EMPTIED = (
+    "the file was emptied while in use (copytruncate?); move it away "
+    "(mv {path} {path}.broken) and a new journal starts at its path"
+)
+
 #: Group commits after which the writer thread checkpoints at once rather
 #: than at its next interval: a fast disk fills the WAL quicker than
 #: L{CHECKPOINT_INTERVAL} (each commit writes at least a page or two).
@@ -204,6 +213,10 @@ class SQLiteJournal(ThreadedJournal):
         self._sinceCheckpoint = 0
         self._checkpointDue = False
         self._nextCheckpoint: float | None = None
+        # The latest record time committed to the file _latestOf (its
+        # identity), since its last clock step (schema.clock_steps).
+        self._latest: float | None = None
+        self._latestOf: tuple[int, int] | None = None
 
     def hurry(self) -> None:
         """
@@ -224,13 +237,43 @@ class SQLiteJournal(ThreadedJournal):
 
     def _write(self, records: list[Record], group: int) -> str | None:
         statements = list(schema.inserts(records, group))
+        times = [r.time for r in records]
+        latest: list[float | None] = []
 
         def insert(conn: sqlite3.Connection) -> None:
             for sql, params in statements:
                 conn.execute(sql, params)
+            latest[:] = [self._noteClockSteps(conn, times)]
 
+        steps, _ = schema.clock_steps(times, self._latest)
         # A single INSERT is a transaction of its own: no BEGIN and COMMIT.
-        return self._transaction(insert, single=len(statements) == 1, rewrite=True)
+        single = len(statements) == 1 and not steps and self._latestOf == self._identity
+        error = self._transaction(insert, single=single, rewrite=True)
+        if error is None and latest:
+            self._latest = latest[0]
+            self._latestOf = self._identity
+        return error
+
+    def _noteClockSteps(self, conn: sqlite3.Connection, times: list[float]) -> float | None:
+        """
+        Note in the file's L{schema.CLOCK_STEPS} the records just inserted
+        (the last ones, in this transaction) that follow a step of the wall
+        clock back, so that readers do not look for a time window in the
+        wrong place; return the latest time after them.
+        """
+        # A file opened afresh (at the start, or a new one at the path):
+        # look where its records left off.
+        before = self._latest if self._latestOf == self._identity else schema.latest_time(conn)
+        steps, latest = schema.clock_steps(times, before)
+        if steps:
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            first = last - len(times) + 1
+            conn.execute(schema.CLOCK_STEPS)
+            conn.executemany(
+                "INSERT OR REPLACE INTO clock_steps (id, time, latest) VALUES (?, ?, ?)",
+                [(first + i, times[i], schema.clock_steps(times[:i], before)[1]) for i in steps],
+            )
+        return latest
 
     def _groupId(self) -> int:
         self._group += 1
@@ -412,7 +455,79 @@ class SQLiteJournal(ThreadedJournal):
                 return str(e)
             if deleted and rewrite:
                 error = self._attempt(write, single)
+        if error is None and self._sidecarsGone():
+            error = self._leaveSidecars()
+        if error is None and self._emptied():
+            error = EMPTIED.format(path=self.path)
         return error
+
+    def _emptied(self) -> bool:
+        """
+        Whether the journal's file lost its SQLite header while in use: it
+        was emptied (logrotate's C{copytruncate}, C{truncate -s 0}). SQLite
+        does not notice: it commits on into the C{-wal} and checkpoints the
+        pages into the empty file, which no reader can open any more
+        (tens of thousands of acknowledged records lost, with no error).
+        So nothing is acknowledged and nothing checkpointed into it until
+        it is moved away, when a new journal starts at the path. One
+        C{pread} of 16 bytes of the descriptor the journal holds.
+        """
+        if self._fileFd is None:
+            return False
+        try:
+            return os.pread(self._fileFd, len(SQLITE_HEADER), 0) != SQLITE_HEADER
+        except OSError:
+            return False
+
+    def _sidecarsGone(self) -> bool:
+        """
+        Whether the C{-wal} or C{-shm} the journal's file uses no longer is
+        the one at the path (deleted or replaced by hand): two more C{stat}s
+        per transaction.
+        """
+        return any(
+            _identity_at(self.path + suffix) != identity
+            for suffix, identity in self._sidecars.items()
+        )
+
+    def _leaveSidecars(self) -> str | None:
+        """
+        The journal's C{-wal} or C{-shm} was deleted or replaced while in
+        use. Commits go on into the deleted C{-wal}, which a crash would
+        take with it, and a new connection (another process's, or the
+        probe's) would make a C{-wal} and C{-shm} of its own at the path
+        beside the journal's: two writers that do not see each other's
+        frames. So copy every frame into the file (a C{TRUNCATE}
+        checkpoint) and close both connections before anything more is
+        acknowledged: the next transaction opens the file again, with a
+        new C{-wal} and C{-shm} at the path. Holds C{_commitLock}.
+
+        @return: C{None} once done; else why not (a reader's snapshot holds
+            the checkpoint back: the group just committed is then answered
+            C{ERR journal unavailable}, in doubt, and the next transaction
+            tries again).
+        """
+        if self._conn is None and self._checkpointer is None:
+            # Nothing of the journal's uses them: the next open looks again.
+            self._sidecars = {}
+            return None
+        if not self._checkpointedAll():
+            return "the journal's -wal or -shm was deleted; its WAL is not checkpointed yet"
+        if self._givenUp():
+            return "journal commit given up"
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path}: its -wal or -shm was deleted or replaced while in use; "
+            "its WAL was copied into the file, and the journal opens it again with new ones",
+            path=self.path,
+        )
+        with self._checkpointLock:
+            if self._checkpointer is not None:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
+        self._drop()
+        self._sidecars = {}
+        return None
 
     def _attempt(
         self, write: Callable[[sqlite3.Connection], object], single: bool = False
@@ -527,6 +642,8 @@ class SQLiteJournal(ThreadedJournal):
         assert self._fileFd is not None
         deleted = os.fstat(self._fileFd).st_nlink == 0
         if not deleted:
+            if self._emptied():
+                self._saveEmptiedWAL()
             checkpointed = self._checkpointedAll()
             if self._givenUp():
                 # Given up while it checkpointed: another generation's now.
@@ -559,6 +676,43 @@ class SQLiteJournal(ThreadedJournal):
             _unlink_if(self.path + suffix, identity)
         self._release()
         return deleted
+
+    def _saveEmptiedWAL(self) -> None:
+        """
+        The journal leaves a file that was emptied while in use
+        (L{_emptied}): the commits that were only in its C{-wal} then are
+        in no readable file, and the checkpoint that comes next would write
+        them into the emptied one. Copy the C{-wal} beside the path first,
+        to be put beside the copy taken before the truncation (with its
+        name) and read with it. Holds C{_commitLock}.
+        """
+        wal = self.path + "-wal"
+        held = self._sidecars.get("-wal")
+        if held is None or _identity_at(wal) != held or _size(wal) <= schema.WAL_HEADER:
+            return
+        saved = f"{self.path}.emptied-{time.strftime('%Y%m%dT%H%M%S')}-wal"
+        try:
+            schema.create_private(saved)
+            with open(wal, "rb") as source, open(saved, "wb") as target:
+                while chunk := source.read(1 << 20):
+                    target.write(chunk)
+        except OSError as e:
+            self._reactor.callFromThread(
+                self._log.error,
+                "journal {path} was emptied while in use; its -wal could not be saved "
+                "({why}): the commits that were only there are lost",
+                path=self.path,
+                why=str(e),
+            )
+            return
+        self._reactor.callFromThread(
+            self._log.error,
+            "journal {path} was emptied while in use: the commits that were only in its "
+            "-wal are saved in {saved}; to read them, copy it beside a copy of the file "
+            "taken before it was emptied, as that copy's -wal (cp COPY R; cp {saved} R-wal)",
+            path=self.path,
+            saved=saved,
+        )
 
     def _checkpointedAll(self) -> bool:
         """
@@ -685,6 +839,8 @@ class SQLiteJournal(ThreadedJournal):
         which lets the next commit restart the WAL at its beginning. Writer
         thread.
         """
+        if self._emptied():
+            return
         with self._checkpointLock:
             frames = self._checkpointStep("PASSIVE")
         if frames is None:
@@ -742,11 +898,15 @@ class SQLiteJournal(ThreadedJournal):
         """
         with self._commitLock:
             try:
+                if self._sidecarsGone() and self._leaveSidecars() is not None:
+                    return False
                 if self._replaced():
                     self._switch()
                 if self._replaced():
                     # Still the renamed file's, until its WAL is emptied.
                     return self._conn is not None and _probe_write(self._conn, doubtful)
+                if self._emptied():
+                    return False
             except Exception:
                 return False
             held = self._identity
