@@ -140,6 +140,22 @@ class LockControl:
         self.requestPathWrites = 0
 
 
+def startLocked(test: TestCase, path: str, control: LockControl) -> SQLiteJournal:
+    """
+    Start an SQLite journal at C{path} whose connections take the file's
+    lock whenever C{control} says so (L{LockedConnection}); stopped after
+    C{test}.
+    """
+    journal = SQLiteJournal(
+        path,
+        reactor,
+        connect=lambda path, **options: LockedConnection(path, control, **options),
+    )
+    journal.startService()
+    test.addCleanup(lambda: journal.stopService() if journal.running else None)
+    return journal
+
+
 class FailFastTests(TestCase):
     """
     Once a commit failed, later ones fail at once while the writer thread
@@ -150,13 +166,7 @@ class FailFastTests(TestCase):
         self.path = os.path.abspath(self.mktemp())
         self.control = LockControl()
         self.patch(journal_module, "PROBE_INTERVAL", 0.05)
-        self.journal = SQLiteJournal(
-            self.path,
-            reactor,
-            connect=lambda path, **options: LockedConnection(path, self.control, **options),
-        )
-        self.journal.startService()
-        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+        self.journal = startLocked(self, self.path, self.control)
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -281,13 +291,7 @@ class OtherProcessTests(TestCase):
         self.control = LockControl()
         self.patch(journal_module, "PROBE_INTERVAL", 0.02)
         self.patch(journal_module, "CHECKPOINT_INTERVAL", 0.02)
-        self.journal = SQLiteJournal(
-            self.path,
-            reactor,
-            connect=lambda path, **options: LockedConnection(path, self.control, **options),
-        )
-        self.journal.startService()
-        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+        self.journal = startLocked(self, self.path, self.control)
 
     @defer.inlineCallbacks
     def test_commitAfterAnEpisodeSeenByOtherProcesses(self) -> Any:
@@ -351,13 +355,7 @@ class RenameDuringEpisodeTests(TestCase):
         self.patch(journal_module, "PROBE_INTERVAL", 0.02)
         # No checkpoint by the writer thread: the commits stay in the WAL.
         self.patch(journal_module, "CHECKPOINT_INTERVAL", 600)
-        self.journal = SQLiteJournal(
-            self.path,
-            reactor,
-            connect=lambda path, **options: LockedConnection(path, self.control, **options),
-        )
-        self.journal.startService()
-        self.addCleanup(lambda: self.journal.stopService() if self.journal.running else None)
+        self.journal = startLocked(self, self.path, self.control)
 
     @defer.inlineCallbacks
     def test_oldFileKeepsItsRecords(self) -> Any:
