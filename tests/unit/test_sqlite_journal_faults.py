@@ -309,14 +309,7 @@ class OtherProcessTests(TestCase):
         self.control.locked = True
         self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
         self.control.locked = False
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.journal.commit([record(2)])
-                break
-            except JournalUnavailable:
-                self.assertLess(time.monotonic(), deadline, "no recovery")
-                yield deferLater(0.02)
+        yield commitOnceRecovered(self, self.journal, [record(2)])
         # Another process reads the journal and closes its connection; the
         # journal commits on, and another process reads it all.
         inOtherProcess(self.path, "conn.execute('SELECT count(*) FROM requests').fetchall()")
@@ -364,14 +357,7 @@ class RenameDuringEpisodeTests(TestCase):
         self.control.locked = True
         self.assertRaises(JournalUnavailable, self.journal.commit, [record(1)])
         self.control.locked = False
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.journal.commit([record(2)])
-                break
-            except JournalUnavailable:
-                self.assertLess(time.monotonic(), deadline, "no recovery")
-                yield deferLater(0.02)
+        yield commitOnceRecovered(self, self.journal, [record(2)])
         yield self.journal.stopService()
         self.assertEqual(messagesIn(self.path + ".old"), [record(0).message])
         self.assertEqual(messagesIn(self.path), [record(2).message])
@@ -631,17 +617,6 @@ class RenameAtOpenTests(TestCase):
         self.assertTrue(self.opener.opened.wait(10), "the armed open never came")
 
     @defer.inlineCallbacks
-    def commitUntilItTakes(self, journal: SQLiteJournal, r: Record) -> Any:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                journal.commit([r])
-                return
-            except JournalUnavailable:
-                self.assertLess(time.monotonic(), deadline, "no recovery")
-                yield deferLater(0.02)
-
-    @defer.inlineCallbacks
     def checkpointerOpensAfterARename(self, replace: bool) -> Any:
         """
         The flaky interleaving of
@@ -680,7 +655,7 @@ class RenameAtOpenTests(TestCase):
         self.assertRaises(JournalUnavailable, journal.commit, [record(1)])
         self.opened()
         self.control.locked = False
-        yield self.commitUntilItTakes(journal, record(2))
+        yield commitOnceRecovered(self, journal, [record(2)])
         yield journal.stopService()
         self.assertEqual(messagesIn(self.old), [record(0).message])
         self.assertEqual(messagesIn(self.path), [record(2).message])
@@ -700,7 +675,7 @@ class RenameAtOpenTests(TestCase):
         self.opener.arm(self.old)
         self.assertRaises(JournalUnavailable, journal.commit, [record(2)])
         self.opened()
-        yield self.commitUntilItTakes(journal, record(3))
+        yield commitOnceRecovered(self, journal, [record(3)])
         yield journal.stopService()
         self.assertEqual(messagesIn(self.old), [record(0).message])
         self.assertEqual(messagesIn(self.path), [record(3).message])
